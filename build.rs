@@ -1,0 +1,24 @@
+//! Compiles `proto/` with protox (pure Rust: no protoc on the build machine) and
+//! writes the encoded descriptor set next to the generated code, because
+//! `compile_fds` does not: server reflection serves it.
+
+use prost::Message;
+use std::{env, fs, path::PathBuf};
+
+const PROTOS: &[&str] = &[
+    "proto/apitokens/v1/common.proto",
+    "proto/apitokens/v1/accounts.proto",
+    "proto/apitokens/v1/tokens.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("apitokens_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Command line: `tokend serve` and its flags, each with an environment twin.
+//!
+//! Owns argument parsing and logging set-up only; it must never reach into
+//! the store or services directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::server::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tokend",
+    version,
+    about = "API tokens: issue, verify, delete, and watch every change"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "TOKEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TOKEND_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "TOKEND_DATA_DIR", default_value = "./tokend-data")]
+    pub data_dir: PathBuf,
+    /// Events kept for `start_revision` replays; older ones are compacted.
+    #[arg(long, env = "TOKEND_RETENTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention: u64,
+    /// Open WatchTokens streams allowed at once.
+    #[arg(long, env = "TOKEND_MAX_WATCHERS", default_value_t = 10_000)]
+    pub max_watchers: usize,
+    /// Idle watch streams get a PROGRESS event this often (e.g. 15s, 500ms).
+    #[arg(long, env = "TOKEND_PROGRESS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+    /// How long in-flight calls get to finish on SIGTERM/SIGINT.
+    #[arg(long, env = "TOKEND_SHUTDOWN_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            retention: self.retention,
+            max_watchers: self.max_watchers,
+            progress_interval: self.progress_interval,
+            shutdown_grace: self.shutdown_grace,
+            ..Config::new(self.listen, self.data_dir.clone())
+        }
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` refines the level (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,375 @@
+//! Mutations: what each command does to the state, as a pure plan.
+//!
+//! Owns the rules that span records: state transitions, etag checks, modules
+//! ⊆ the account's, ids never reused. [`plan`] reads a [`State`] and returns
+//! the record as it will be after the change; it must never write anything.
+//! The store's writer applies plans in order and persists them; a
+//! `validate_only` request runs the same plan against a snapshot and throws
+//! the result away, so "would succeed" and "succeeds" cannot disagree.
+
+use std::time::SystemTime;
+
+use crate::domain::{
+    Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, EventKind, Modules,
+    Subject, Token, TokenId, TokenStatus,
+};
+use crate::error::{Error, reason};
+use crate::secret::{Secret, SecretHash};
+use crate::state::State;
+
+/// A validated request to change something. Field formats were checked when
+/// it was built; everything that depends on current state is checked by [`plan`].
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateAccount(NewAccount),
+    UpdateAccount {
+        id: AccountId,
+        etag: Option<String>,
+        patch: AccountPatch,
+    },
+    CreateToken(NewToken),
+    UpdateToken {
+        id: TokenId,
+        etag: Option<String>,
+        patch: TokenPatch,
+    },
+    EnableToken {
+        id: TokenId,
+        etag: Option<String>,
+    },
+    DisableToken {
+        id: TokenId,
+        etag: Option<String>,
+    },
+    DeleteToken {
+        id: TokenId,
+        etag: Option<String>,
+        allow_missing: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub name: String,
+    pub kind: AccountType,
+    pub modules: Modules,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub account_id: AccountId,
+    pub name: String,
+    pub description: String,
+    pub icon: Option<String>,
+    pub modules: Modules,
+}
+
+/// Fields to change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TokenPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub icon: Option<Option<String>>,
+    pub modules: Option<Modules>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    pub name: Option<String>,
+    pub status: Option<AccountStatus>,
+    pub modules: Option<Modules>,
+}
+
+/// What happens to the secret index with a change.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretOp {
+    Keep,
+    Set(SecretHash),
+    /// Deletion: the hash is erased from the index and from disk.
+    Erase(SecretHash),
+}
+
+/// A planned change: the record after it, and what it does to the secret index.
+#[derive(Clone)]
+pub struct Change {
+    pub kind: EventKind,
+    pub subject: Subject,
+    pub secret: SecretOp,
+}
+
+/// The outcome of planning a command.
+pub enum Plan {
+    /// Something changes: commit it under the next revision.
+    Change(Change, Option<Secret>),
+    /// Nothing to write (a no-op update, an `allow_missing` delete of a
+    /// missing token); the caller is answered with the subject as it is.
+    Unchanged(Option<Subject>),
+}
+
+/// The context every change is made in.
+pub struct Ctx<'a> {
+    pub now: SystemTime,
+    pub actor: &'a Actor,
+}
+
+impl Ctx<'_> {
+    fn stamp(&self) -> Option<AuditEntry> {
+        Some(AuditEntry {
+            at: self.now,
+            by: self.actor.clone(),
+        })
+    }
+}
+
+/// Plans `cmd` against `state`. Pure apart from drawing fresh ids and secrets.
+pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
+    match cmd {
+        Command::CreateAccount(new) => {
+            let account = Account {
+                id: fresh_id(|id| state.account_id_taken(id), AccountId::from_number)?,
+                name: new.name.clone(),
+                kind: new.kind,
+                status: AccountStatus::Active,
+                modules: new.modules.clone(),
+                revision: 1,
+                audit: Audit {
+                    created: ctx.stamp(),
+                    ..Audit::default()
+                },
+            };
+            Ok(change(EventKind::Created, Subject::Account(account)))
+        }
+        Command::UpdateAccount { id, etag, patch } => {
+            let current = state
+                .account(id)
+                .ok_or_else(|| Error::account_not_found(id))?;
+            check_etag("account", etag, current.etag())?;
+            let mut next = (**current).clone();
+            if let Some(name) = &patch.name {
+                next.name = name.clone();
+            }
+            if let Some(status) = patch.status {
+                next.status = status;
+            }
+            if let Some(modules) = &patch.modules {
+                check_modules_unused(state, &next.id, modules)?;
+                next.modules = modules.clone();
+            }
+            if next == **current {
+                return Ok(Plan::Unchanged(Some(Subject::Account(next))));
+            }
+            next.revision += 1;
+            next.audit.updated = ctx.stamp();
+            Ok(change(EventKind::Updated, Subject::Account(next)))
+        }
+        Command::CreateToken(new) => {
+            let account = state
+                .account(&new.account_id)
+                .ok_or_else(|| Error::account_not_found(&new.account_id))?;
+            if account.status != AccountStatus::Active {
+                return Err(Error::precondition(
+                    reason::ACCOUNT_DISABLED,
+                    format!(
+                        "account {} is disabled: it cannot get new tokens",
+                        account.id
+                    ),
+                ));
+            }
+            check_modules_granted(account, &new.modules)?;
+            let id = fresh_id(|id| state.token_id_taken(id), TokenId::from_number)?;
+            let secret = Secret::generate(&id);
+            let token = Token {
+                id,
+                account_id: new.account_id.clone(),
+                name: new.name.clone(),
+                description: new.description.clone(),
+                icon: new.icon.clone(),
+                status: TokenStatus::Active,
+                modules: new.modules.clone(),
+                revision: 1,
+                audit: Audit {
+                    created: ctx.stamp(),
+                    ..Audit::default()
+                },
+                last_access_time: None,
+            };
+            let change = Change {
+                kind: EventKind::Created,
+                subject: Subject::Token(token),
+                secret: SecretOp::Set(secret.hash()),
+            };
+            Ok(Plan::Change(change, Some(secret)))
+        }
+        Command::UpdateToken { id, etag, patch } => {
+            let current = live_token(state, id)?;
+            check_etag("token", etag, current.etag())?;
+            let mut next = (**current).clone();
+            if let Some(name) = &patch.name {
+                next.name = name.clone();
+            }
+            if let Some(description) = &patch.description {
+                next.description = description.clone();
+            }
+            if let Some(icon) = &patch.icon {
+                next.icon = icon.clone();
+            }
+            if let Some(modules) = &patch.modules {
+                let account = state
+                    .account(&next.account_id)
+                    .ok_or_else(|| Error::Internal(format!("token {id} has no account")))?;
+                check_modules_granted(account, modules)?;
+                next.modules = modules.clone();
+            }
+            if next == **current {
+                return Ok(Plan::Unchanged(Some(Subject::Token(next))));
+            }
+            next.revision += 1;
+            next.audit.updated = ctx.stamp();
+            Ok(change(EventKind::Updated, Subject::Token(next)))
+        }
+        Command::EnableToken { id, etag } => {
+            let current = live_token(state, id)?;
+            check_etag("token", etag, current.etag())?;
+            if current.status != TokenStatus::Disabled {
+                return Err(Error::precondition(
+                    reason::TOKEN_NOT_DISABLED,
+                    format!("token {id} is already active"),
+                ));
+            }
+            let mut next = (**current).clone();
+            next.status = TokenStatus::Active;
+            next.revision += 1;
+            next.audit.enabled = ctx.stamp();
+            Ok(change(EventKind::Enabled, Subject::Token(next)))
+        }
+        Command::DisableToken { id, etag } => {
+            let current = live_token(state, id)?;
+            check_etag("token", etag, current.etag())?;
+            if current.status != TokenStatus::Active {
+                return Err(Error::precondition(
+                    reason::TOKEN_NOT_ACTIVE,
+                    format!("token {id} is already disabled"),
+                ));
+            }
+            let mut next = (**current).clone();
+            next.status = TokenStatus::Disabled;
+            next.revision += 1;
+            next.audit.disabled = ctx.stamp();
+            Ok(change(EventKind::Disabled, Subject::Token(next)))
+        }
+        Command::DeleteToken {
+            id,
+            etag,
+            allow_missing,
+        } => {
+            let current = match live_token(state, id) {
+                Ok(t) => t,
+                Err(Error::NotFound { .. }) if *allow_missing => return Ok(Plan::Unchanged(None)),
+                Err(e) => return Err(e),
+            };
+            check_etag("token", etag, current.etag())?;
+            let mut next = (**current).clone();
+            next.status = TokenStatus::Deleted;
+            next.revision += 1;
+            next.audit.deleted = ctx.stamp();
+            // A live token always has a hash; erasing it is what makes the
+            // deletion irreversible, even for someone holding the database.
+            let secret = match state.secret_of(id) {
+                Some(hash) => SecretOp::Erase(*hash),
+                None => SecretOp::Keep,
+            };
+            Ok(Plan::Change(
+                Change {
+                    kind: EventKind::Deleted,
+                    subject: Subject::Token(next),
+                    secret,
+                },
+                None,
+            ))
+        }
+    }
+}
+
+fn change(kind: EventKind, subject: Subject) -> Plan {
+    Plan::Change(
+        Change {
+            kind,
+            subject,
+            secret: SecretOp::Keep,
+        },
+        None,
+    )
+}
+
+/// A token that exists and is not deleted: tombstones answer NOT_FOUND to
+/// every mutation, so a deleted token can never be changed or deleted twice.
+fn live_token<'a>(state: &'a State, id: &TokenId) -> Result<&'a std::sync::Arc<Token>, Error> {
+    match state.token(id) {
+        Some(t) if !t.is_deleted() => Ok(t),
+        _ => Err(Error::token_not_found(id)),
+    }
+}
+
+fn check_etag(what: &'static str, given: &Option<String>, current: String) -> Result<(), Error> {
+    match given {
+        Some(etag) if *etag != current => Err(Error::EtagMismatch { what, current }),
+        _ => Ok(()),
+    }
+}
+
+fn check_modules_granted(account: &Account, modules: &Modules) -> Result<(), Error> {
+    let missing: Vec<&str> = modules
+        .difference(&account.modules)
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::precondition(
+            reason::MODULE_NOT_IN_ACCOUNT,
+            format!(
+                "account {} does not have module(s) {}; a token's modules must be a subset of its account's",
+                account.id,
+                missing.join(", ")
+            ),
+        ))
+    }
+}
+
+/// An account may not lose a module that one of its live tokens still holds:
+/// the token would silently keep a permission its account no longer has.
+fn check_modules_unused(
+    state: &State,
+    account: &AccountId,
+    modules: &Modules,
+) -> Result<(), Error> {
+    let holder = state
+        .tokens_after(Some(account), None)
+        .filter(|t| !t.is_deleted())
+        .find_map(|t| t.modules.difference(modules).next().map(|m| (t, m)));
+    match holder {
+        None => Ok(()),
+        Some((t, m)) => Err(Error::precondition(
+            reason::MODULE_IN_USE,
+            format!(
+                "module {m} is still held by token {}; remove it from the account's tokens first",
+                t.id
+            ),
+        )),
+    }
+}
+
+/// Draws random ids until one has never been issued. With 10^8 ids the loop
+/// almost always runs once; the bound turns a full id space into an error
+/// instead of a hang.
+fn fresh_id<I>(taken: impl Fn(&I) -> bool, make: impl Fn(u32) -> I) -> Result<I, Error> {
+    for _ in 0..1_000 {
+        let id = make(rand::random_range(1..100_000_000));
+        if !taken(&id) {
+            return Ok(id);
+        }
+    }
+    Err(Error::Internal(
+        "id space exhausted: 1000 random ids in a row were already issued".into(),
+    ))
+}

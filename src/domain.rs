@@ -1,0 +1,419 @@
+//! The domain: tokens, accounts, revisions and events as plain Rust values.
+//!
+//! Owns the shapes of the product and the rules that a single value must obey
+//! (id formats, name characters, lengths, the module catalogue). It must never
+//! know about protobuf, gRPC or sled: the service layer translates to and from
+//! the wire, the store layer persists these types as they are.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::error::Error;
+
+/// A position in the one global, gap-free sequence of committed changes.
+/// Revision 0 means "nothing yet"; the first change is revision 1.
+pub type Revision = u64;
+
+/// Who made a change: a token id, or [`Actor::OPERATOR`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The bootstrap operator credential (SPEC §4), and the actor of calls made
+    /// before authentication exists.
+    pub const OPERATOR: &'static str = "operator";
+
+    pub fn operator() -> Self {
+        Actor(Self::OPERATOR.to_string())
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `PREFIX-NNNN-NNNN` ids, validated once at the edge so that the rest of the
+/// code can trust them.
+macro_rules! numbered_id {
+    ($name:ident, $prefix:literal, $what:literal) => {
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Parses `PREFIX-NNNN-NNNN` (N a digit).
+            pub fn parse(s: &str) -> Result<Self, Error> {
+                if is_numbered_id(s, $prefix) {
+                    Ok(Self(s.to_string()))
+                } else {
+                    Err(Error::invalid(
+                        "id",
+                        format!(concat!(
+                            "not a ",
+                            $what,
+                            " id: expected ",
+                            $prefix,
+                            "-NNNN-NNNN"
+                        )),
+                    ))
+                }
+            }
+
+            /// Builds the id from a number below 10^8 (the store draws them at random).
+            pub fn from_number(n: u32) -> Self {
+                let n = n % 100_000_000;
+                Self(format!(
+                    concat!($prefix, "-{:04}-{:04}"),
+                    n / 10_000,
+                    n % 10_000
+                ))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self, Error> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+numbered_id!(TokenId, "TKN", "token");
+numbered_id!(AccountId, "ACC", "account");
+
+fn is_numbered_id(s: &str, prefix: &str) -> bool {
+    let Some(rest) = s.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let b = rest.as_bytes();
+    b.len() == 9
+        && b[4] == b'-'
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[5..].iter().all(u8::is_ascii_digit)
+}
+
+/// The permission areas a platform knows. A token's modules must be a subset
+/// of its account's; an account's must come from this catalogue, so a typo is
+/// refused instead of silently granting nothing.
+pub const MODULE_CATALOGUE: &[&str] = &[
+    "access-management",
+    "account-management",
+    "billing",
+    "catalog-management",
+    "commerce",
+    "extensions",
+    "helpdesk",
+    "platform-account-management",
+    "program-management",
+    "spotlight",
+];
+
+/// The module that lets a token manage its own account's tokens (SPEC §4).
+pub const MODULE_ACCESS_MANAGEMENT: &str = "access-management";
+/// The module that, on an `OPERATIONS` account, manages every account.
+pub const MODULE_PLATFORM_ACCOUNT_MANAGEMENT: &str = "platform-account-management";
+
+pub type Modules = BTreeSet<String>;
+
+/// Validates a list of module slugs against the catalogue; duplicates collapse.
+pub fn parse_modules(field: &'static str, list: &[String]) -> Result<Modules, Error> {
+    let mut out = Modules::new();
+    for m in list {
+        if !MODULE_CATALOGUE.contains(&m.as_str()) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "unknown module {:?}; known modules: {}",
+                    truncate_for_message(m),
+                    MODULE_CATALOGUE.join(", ")
+                ),
+            ));
+        }
+        out.insert(m.clone());
+    }
+    Ok(out)
+}
+
+pub const NAME_MAX_CHARS: usize = 200;
+pub const DESCRIPTION_MAX_CHARS: usize = 2000;
+pub const ICON_MAX_CHARS: usize = 2048;
+
+/// A token or account name: 1–200 characters of letters, digits, space and
+/// `-` `.` `'` `"` (SPEC §1). Leading or trailing spaces are refused rather
+/// than trimmed, so what is stored is exactly what was sent.
+pub fn parse_name(field: &'static str, s: &str) -> Result<String, Error> {
+    let n = s.chars().count();
+    if n == 0 {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if n > NAME_MAX_CHARS {
+        return Err(Error::invalid(
+            field,
+            format!("is {n} characters long; at most {NAME_MAX_CHARS} are allowed"),
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, ' ' | '-' | '.' | '\'' | '"')))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("contains {c:?}; allowed are letters, digits, space and - . ' \""),
+        ));
+    }
+    if s.starts_with(' ') || s.ends_with(' ') {
+        return Err(Error::invalid(field, "must not start or end with a space"));
+    }
+    Ok(s.to_string())
+}
+
+pub fn parse_description(s: &str) -> Result<String, Error> {
+    let n = s.chars().count();
+    if n > DESCRIPTION_MAX_CHARS {
+        return Err(Error::invalid(
+            "description",
+            format!("is {n} characters long; at most {DESCRIPTION_MAX_CHARS} are allowed"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An optional icon URL: empty for none, else an absolute http(s) URL.
+pub fn parse_icon(s: &str) -> Result<Option<String>, Error> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let ok_scheme = s.starts_with("https://") || s.starts_with("http://");
+    if !ok_scheme || s.chars().count() > ICON_MAX_CHARS || s.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(
+            "icon",
+            format!(
+                "must be an http or https URL of at most {ICON_MAX_CHARS} characters without spaces"
+            ),
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// Shortens user input quoted back in an error, so a 5 MB field does not come
+/// back as a 5 MB message.
+pub fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(MAX).collect::<String>())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenStatus {
+    Active,
+    Disabled,
+    Deleted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountType {
+    Client,
+    Vendor,
+    Operations,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountStatus {
+    Active,
+    Disabled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: SystemTime,
+    pub by: Actor,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    pub created: Option<AuditEntry>,
+    pub updated: Option<AuditEntry>,
+    pub enabled: Option<AuditEntry>,
+    pub disabled: Option<AuditEntry>,
+    pub deleted: Option<AuditEntry>,
+}
+
+/// An API token as the platform sees it. It never holds the secret: the store
+/// keeps only the secret's SHA-256, beside the token, until deletion erases it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: TokenId,
+    pub account_id: AccountId,
+    pub name: String,
+    pub description: String,
+    pub icon: Option<String>,
+    pub status: TokenStatus,
+    pub modules: Modules,
+    /// The token's own version: 1 at create, +1 on every change.
+    pub revision: u64,
+    pub audit: Audit,
+    /// Approximate; kept apart from the record (see `store::AccessLog`) so that
+    /// verification never changes `revision` or `etag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_access_time: Option<SystemTime>,
+}
+
+impl Token {
+    pub fn etag(&self) -> String {
+        etag(self.id.as_str(), self.revision)
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.status == TokenStatus::Deleted
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: AccountType,
+    pub status: AccountStatus,
+    pub modules: Modules,
+    /// The account's own version: 1 at create, +1 on every change.
+    pub revision: u64,
+    pub audit: Audit,
+}
+
+impl Account {
+    pub fn etag(&self) -> String {
+        etag(self.id.as_str(), self.revision)
+    }
+}
+
+/// Opaque to clients: a short hash of (id, version). Quoted, as HTTP etags are,
+/// so nobody mistakes it for a number to do arithmetic on.
+fn etag(id: &str, revision: u64) -> String {
+    let digest = Sha256::new()
+        .chain_update(id.as_bytes())
+        .chain_update(revision.to_be_bytes())
+        .finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// What a committed change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    Created,
+    Updated,
+    Enabled,
+    Disabled,
+    Deleted,
+}
+
+/// The record a change leaves behind, as it is after the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subject {
+    Token(Token),
+    Account(Account),
+}
+
+/// One committed change: the unit of the event log and of every watch stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: Revision,
+    pub kind: EventKind,
+    pub subject: Subject,
+    pub time: SystemTime,
+    pub actor: Actor,
+}
+
+impl Event {
+    pub fn token(&self) -> Option<&Token> {
+        match &self.subject {
+            Subject::Token(t) => Some(t),
+            Subject::Account(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_exactly_the_documented_shape() {
+        assert!(TokenId::parse("TKN-1234-5678").is_ok());
+        assert!(AccountId::parse("ACC-0000-0001").is_ok());
+        for bad in [
+            "",
+            "TKN-1234-567",
+            "TKN-1234-56789",
+            "tkn-1234-5678",
+            "ACC-1234-5678x",
+            "TKN_1234_5678",
+            "TKN-12a4-5678",
+            "TKN-١٢٣٤-5678",
+        ] {
+            assert!(TokenId::parse(bad).is_err(), "{bad}");
+        }
+        assert!(TokenId::parse("ACC-1234-5678").is_err());
+        assert_eq!(TokenId::from_number(12_345).as_str(), "TKN-0001-2345");
+    }
+
+    #[test]
+    fn names_follow_the_platform_rules() {
+        assert!(parse_name("name", "ci-deploy v2.0 'prod' \"eu\"").is_ok());
+        assert!(parse_name("name", "Zoë 東京").is_ok());
+        assert!(parse_name("name", &"a".repeat(200)).is_ok());
+        assert!(parse_name("name", &"a".repeat(201)).is_err());
+        for bad in [
+            "",
+            "a/b",
+            "a_b",
+            "semi;colon",
+            "tab\tname",
+            " lead",
+            "trail ",
+        ] {
+            assert!(parse_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn modules_must_come_from_the_catalogue() {
+        let ok = parse_modules("modules", &["commerce".into(), "commerce".into()]).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert!(parse_modules("modules", &["comerce".into()]).is_err());
+    }
+
+    #[test]
+    fn etag_changes_with_revision_and_is_opaque() {
+        assert_ne!(etag("TKN-0000-0001", 1), etag("TKN-0000-0001", 2));
+        assert!(etag("TKN-0000-0001", 1).starts_with('"'));
+    }
+}

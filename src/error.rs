@@ -1,0 +1,107 @@
+//! The one error type of the product, named by what a client must do about it.
+//!
+//! Owns the vocabulary of failures (each variant maps to exactly one gRPC code
+//! and one `ErrorInfo` reason, in `service::convert`). It must never carry a
+//! secret, nor echo unbounded user input: messages quote at most a short prefix.
+
+use crate::domain::Revision;
+
+/// Reason strings a client may branch on (`google.rpc.ErrorInfo.reason`,
+/// domain [`DOMAIN`]).
+pub mod reason {
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    pub const TOKEN_NOT_FOUND: &str = "TOKEN_NOT_FOUND";
+    pub const ACCOUNT_NOT_FOUND: &str = "ACCOUNT_NOT_FOUND";
+    pub const ETAG_MISMATCH: &str = "ETAG_MISMATCH";
+    pub const TOKEN_NOT_ACTIVE: &str = "TOKEN_NOT_ACTIVE";
+    pub const TOKEN_NOT_DISABLED: &str = "TOKEN_NOT_DISABLED";
+    pub const ACCOUNT_DISABLED: &str = "ACCOUNT_DISABLED";
+    pub const MODULE_NOT_IN_ACCOUNT: &str = "MODULE_NOT_IN_ACCOUNT";
+    pub const MODULE_IN_USE: &str = "MODULE_IN_USE";
+    pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
+    pub const TOO_MANY_WATCHERS: &str = "TOO_MANY_WATCHERS";
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// `google.rpc.ErrorInfo.domain` of every error this service raises.
+pub const DOMAIN: &str = "apitokens";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong; retrying it unchanged cannot succeed.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    /// The named thing does not exist (or the caller may not know it does).
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The request is valid but the thing is in the wrong state for it.
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
+    /// The caller's etag is stale: re-read, re-confirm, retry.
+    #[error("etag mismatch: the {what} changed since it was read (current etag {current})")]
+    EtagMismatch { what: &'static str, current: String },
+    /// A watch asked for history older than what is retained.
+    #[error(
+        "revision {requested} has been compacted; the oldest retained revision is {oldest}: re-sync with send_initial"
+    )]
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
+    /// The configured cap on open watch streams is reached.
+    #[error("too many open watch streams (limit {limit}); retry later")]
+    TooManyWatchers { limit: usize },
+    /// The store cannot take writes now (I/O failure, or shutting down).
+    #[error("{message}")]
+    Unavailable {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn token_not_found(id: impl ToString) -> Self {
+        Error::NotFound {
+            what: "token",
+            id: id.to_string(),
+        }
+    }
+
+    pub fn account_not_found(id: impl ToString) -> Self {
+        Error::NotFound {
+            what: "account",
+            id: id.to_string(),
+        }
+    }
+
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn shutting_down() -> Self {
+        Error::Unavailable {
+            reason: reason::SHUTTING_DOWN,
+            message: "tokend is shutting down".into(),
+        }
+    }
+}

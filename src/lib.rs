@@ -1,0 +1,23 @@
+//! tokend: an API-token service that issues tokens, verifies them, and deletes
+//! them so that every subscriber knows in real time.
+//!
+//! Where things live, following one delete from the wire to the watchers:
+//! - [`service`]: the gRPC handlers; `DeleteToken` builds a [`command::Command`].
+//! - [`command`]: what each mutation does, as a pure plan against a [`state::State`].
+//! - [`store`]: commits plans durably under the next global revision (sled by default).
+//! - [`watch`]: fans committed events out to `WatchTokens` streams.
+//! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
+//! - [`server`] and [`cli`]: the `tokend` binary around all of it.
+
+pub mod cli;
+pub mod command;
+pub mod domain;
+pub mod error;
+pub mod proto;
+pub mod query;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod watch;

@@ -1,0 +1,305 @@
+//! List queries: AIP-158 pagination and an AIP-160 filter subset.
+//!
+//! Owns page sizes, page tokens and filters. A page token is opaque to
+//! clients: the last id of the page and a fingerprint of the query, signed
+//! with the store's page key (HMAC-SHA256), so a tampered token, or one from
+//! another query, is refused with `INVALID_ARGUMENT` instead of silently
+//! listing something else. Paging by "after this id" keeps pages stable while
+//! tokens are created or deleted between calls. It must never trust a page
+//! token it did not sign.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::domain::truncate_for_message;
+use crate::error::Error;
+
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 1000;
+const TAG_LEN: usize = 16;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// AIP-158: 0 → the default, above the maximum → the maximum, negative → error.
+pub fn page_size(requested: i32) -> Result<usize, Error> {
+    match requested {
+        n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Signs and checks page tokens for one kind of query.
+pub struct Pager {
+    key: [u8; 32],
+    /// What the token is bound to: the resource and every request field that
+    /// shapes the result set (not page_size, which may change between pages).
+    fingerprint: [u8; 8],
+}
+
+impl Pager {
+    pub fn new(key: [u8; 32], query: &[&str]) -> Pager {
+        let mut h = Sha256::new();
+        for part in query {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        let digest = h.finalize();
+        Pager {
+            key,
+            fingerprint: digest[..8].try_into().expect("8 bytes"),
+        }
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length")
+    }
+
+    /// The token for the page after `last_id`.
+    pub fn encode(&self, last_id: &str) -> String {
+        let mut body = self.fingerprint.to_vec();
+        body.extend_from_slice(last_id.as_bytes());
+        let mut mac = self.mac();
+        mac.update(&body);
+        body.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(body)
+    }
+
+    /// The id to list after; `None` for an empty token (the first page).
+    pub fn decode(&self, token: &str) -> Result<Option<String>, Error> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || Error::invalid("page_token", "not a page token issued for this query");
+        let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+        if raw.len() < 8 + TAG_LEN {
+            return Err(bad());
+        }
+        let (body, tag) = raw.split_at(raw.len() - TAG_LEN);
+        let mut mac = self.mac();
+        mac.update(body);
+        mac.verify_truncated_left(tag).map_err(|_| bad())?;
+        let (fingerprint, id) = body.split_at(8);
+        if fingerprint != self.fingerprint {
+            return Err(bad());
+        }
+        String::from_utf8(id.to_vec()).map(Some).map_err(|_| bad())
+    }
+}
+
+/// One `field = value` or `field:value` comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Term {
+    field: String,
+    has: bool,
+    value: String,
+}
+
+/// A parsed filter: terms joined with AND. Fields are checked against the
+/// ones a resource supports, so a typo is an error and not an empty list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilterExpr {
+    terms: Vec<Term>,
+}
+
+impl FilterExpr {
+    /// Parses `a = b AND c:d AND name = "quoted value"`. `fields` lists the
+    /// supported fields; `has_fields` those that take `:` (repeated fields).
+    pub fn parse(input: &str, fields: &[&str], has_fields: &[&str]) -> Result<FilterExpr, Error> {
+        let words = split_words(input)?;
+        let mut terms = Vec::new();
+        let mut rest = words.as_slice();
+        while !rest.is_empty() {
+            let (term, after) = parse_term(rest, fields, has_fields)?;
+            terms.push(term);
+            rest = match after {
+                [] => after,
+                [and, more @ ..] if and.eq_ignore_ascii_case("AND") && !more.is_empty() => more,
+                [other, ..] => {
+                    return Err(Error::invalid(
+                        "filter",
+                        format!("expected AND, found {:?}", truncate_for_message(other)),
+                    ));
+                }
+            };
+        }
+        Ok(FilterExpr { terms })
+    }
+
+    /// True when every term matches. `values(field)` gives the resource's
+    /// values for a field (one for scalars, any number for repeated fields).
+    pub fn matches<'a>(&self, values: impl Fn(&str) -> Vec<&'a str>) -> bool {
+        self.terms.iter().all(|t| {
+            values(&t.field).iter().any(|v| {
+                if t.has {
+                    *v == t.value
+                } else {
+                    v.eq_ignore_ascii_case(&t.value) || *v == t.value
+                }
+            })
+        })
+    }
+}
+
+fn parse_term<'a>(
+    words: &'a [String],
+    fields: &[&str],
+    has_fields: &[&str],
+) -> Result<(Term, &'a [String]), Error> {
+    let bad = |msg: String| Error::invalid("filter", msg);
+    // `field:value` may come as one word.
+    if let Some((field, value)) = words[0].split_once(':') {
+        if !has_fields.contains(&field) {
+            return Err(bad(format!(
+                "`:` is not supported on {:?}",
+                truncate_for_message(field)
+            )));
+        }
+        let (value, rest) = if value.is_empty() {
+            let v = words
+                .get(1)
+                .ok_or_else(|| bad("missing value after `:`".into()))?;
+            (v.clone(), &words[2..])
+        } else {
+            (value.to_string(), &words[1..])
+        };
+        let term = Term {
+            field: field.to_string(),
+            has: true,
+            value: unquote(&value),
+        };
+        return Ok((term, rest));
+    }
+    let (field, op, value) = match words {
+        [f, op, v, ..] => (f, op, v),
+        _ => return Err(bad("expected `field = value`".into())),
+    };
+    if !fields.contains(&field.as_str()) {
+        return Err(bad(format!(
+            "unknown field {:?}; supported: {}",
+            truncate_for_message(field),
+            fields.join(", ")
+        )));
+    }
+    if op != "=" {
+        return Err(bad(format!(
+            "unsupported operator {:?}; supported: = and :",
+            truncate_for_message(op)
+        )));
+    }
+    let term = Term {
+        field: field.clone(),
+        has: false,
+        value: unquote(value),
+    };
+    Ok((term, &words[3..]))
+}
+
+fn unquote(s: &str) -> String {
+    s.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s)
+        .to_string()
+}
+
+/// Splits on whitespace, keeping "quoted strings" whole and `=` apart.
+fn split_words(input: &str) -> Result<Vec<String>, Error> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = input.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                cur.push('"');
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(Error::invalid("filter", "unterminated quote")),
+                    }
+                }
+                cur.push('"');
+            }
+            '=' => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                words.push("=".into());
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_follow_aip_158() {
+        assert_eq!(page_size(0).unwrap(), 50);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(5000).unwrap(), 1000);
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_tampering_and_other_queries() {
+        let p = Pager::new([7; 32], &["tokens", "ACC-1111-1111", "", "false"]);
+        let t = p.encode("TKN-0000-0042");
+        assert_eq!(p.decode(&t).unwrap().as_deref(), Some("TKN-0000-0042"));
+        assert_eq!(p.decode("").unwrap(), None);
+
+        let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        raw[10] ^= 1;
+        assert!(p.decode(&URL_SAFE_NO_PAD.encode(&raw)).is_err());
+        assert!(p.decode("garbage!").is_err());
+
+        let other = Pager::new([7; 32], &["tokens", "ACC-2222-2222", "", "false"]);
+        assert!(other.decode(&t).is_err());
+        let other_key = Pager::new([8; 32], &["tokens", "ACC-1111-1111", "", "false"]);
+        assert!(other_key.decode(&t).is_err());
+    }
+
+    #[test]
+    fn filters_parse_the_supported_subset() {
+        let f = FilterExpr::parse(
+            r#"status = active AND name="ci deploy" AND modules:commerce"#,
+            &["status", "name"],
+            &["modules"],
+        )
+        .unwrap();
+        let values = |field: &str| match field {
+            "status" => vec!["ACTIVE"],
+            "name" => vec!["ci deploy"],
+            "modules" => vec!["billing", "commerce"],
+            _ => vec![],
+        };
+        assert!(f.matches(values));
+        let g = FilterExpr::parse("modules:helpdesk", &[], &["modules"]).unwrap();
+        assert!(!g.matches(values));
+        for bad in [
+            "colour = red",
+            "status",
+            "status > 1",
+            "name = \"open",
+            "status = A OR status = B",
+        ] {
+            assert!(
+                FilterExpr::parse(bad, &["status", "name"], &["modules"]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

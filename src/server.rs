@@ -1,0 +1,199 @@
+//! The server: binds the port, opens the store, mounts every gRPC service
+//! (tokens, accounts, `grpc.health.v1`, reflection v1 and v1alpha) and shuts
+//! it all down in order.
+//!
+//! Owns process-level wiring and lifetimes. Shutdown order matters: stop
+//! accepting, end every watch stream with `UNAVAILABLE` and every health
+//! `Watch` stream, give in-flight unary calls a grace period, then close the
+//! store (which persists what is pending and flushes). tonic's graceful
+//! shutdown alone would wait forever for open streams, so the grace period is
+//! a hard deadline. This module must never contain request logic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+
+use crate::error::Error;
+use crate::proto::account_service_server::AccountServiceServer;
+use crate::proto::token_service_server::TokenServiceServer;
+use crate::service::Service;
+use crate::store::{SledConfig, SledStore, Store};
+use crate::watch::{Hub, WatchConfig, Watchers};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Events kept in the log for `start_revision` replays.
+    pub retention: u64,
+    pub max_watchers: usize,
+    pub progress_interval: Duration,
+    /// How long in-flight calls get after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Events the live fan-out keeps for watchers that fall briefly behind.
+    pub hub_capacity: usize,
+    /// A token's last-access time is persisted at most this often.
+    pub access_interval: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but where to listen and store.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            retention: 100_000,
+            max_watchers: 10_000,
+            progress_interval: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(3),
+            hub_capacity: 4096,
+            access_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Starts shutting down; returns at once.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped and the store is closed.
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task
+            .await
+            .map_err(|e| Error::Internal(format!("server task failed: {e}")))?
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Reflection describes our services and health, so `grpcurl list` and
+/// `describe` work with no proto files.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Binds, opens the store and starts serving in a background task.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable {
+            reason: crate::error::reason::STORE_UNAVAILABLE,
+            message: format!("cannot listen on {}: {e}", config.listen),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+
+    let hub = Hub::new(config.hub_capacity);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(
+        SledConfig {
+            data_dir: config.data_dir.clone(),
+            retention: config.retention,
+            access_interval: config.access_interval,
+        },
+        hub.clone(),
+    )?);
+    let shutdown = CancellationToken::new();
+    let watchers = Watchers::new(
+        store.clone(),
+        hub,
+        WatchConfig {
+            max_watchers: config.max_watchers,
+            progress_interval: config.progress_interval,
+        },
+        shutdown.clone(),
+    );
+    let service = Service::new(store.clone(), watchers);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let served = [
+        <TokenServiceServer<Service> as NamedService>::NAME,
+        <AccountServiceServer<Service> as NamedService>::NAME,
+    ];
+    for name in served {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let router = tonic::transport::Server::builder()
+        // Keepalives let proxies and clients see a dead peer on long-lived
+        // watch streams, and keep idle NAT/LB mappings open.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TokenServiceServer::new(service.clone()))
+        .add_service(AccountServiceServer::new(service));
+
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "tokend serving");
+    let signal = shutdown.clone();
+    let grace = config.shutdown_grace;
+    let task = tokio::spawn(async move {
+        let serve = router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            signal.clone().cancelled_owned(),
+        );
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            result = &mut serve => result,
+            _ = signal.cancelled() => {
+                tracing::info!("shutting down");
+                // Health watchers first learn NOT_SERVING, then their streams end.
+                let mut health = health;
+                for name in served.iter().copied().chain([""]) {
+                    health.set_service_status(name, ServingStatus::NotServing).await;
+                    health.clear_service_status(name).await;
+                }
+                match tokio::time::timeout(grace, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(?grace, "calls still open after the grace period; closing them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        store.close().await;
+        tracing::info!("stopped");
+        served.map_err(|e| Error::Internal(format!("transport: {e}")))
+    });
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,156 @@
+//! `apitokens.v1.AccountService`: accounts own tokens and bound their modules.
+//!
+//! Owns request-shape rules for accounts; like the token handlers it changes
+//! nothing except through [`Store::apply`].
+
+use tonic::{Request, Response, Status};
+
+use super::{Service, actor, convert, etag, mask_paths};
+use crate::command::{AccountPatch, Command, NewAccount};
+use crate::domain::{Account, AccountId, AccountStatus, Subject, parse_modules, parse_name};
+use crate::error::Error;
+use crate::proto::{self as pb, account_service_server::AccountService};
+use crate::query::{FilterExpr, Pager, page_size};
+
+const UPDATABLE: &[&str] = &["name", "status", "modules"];
+
+fn account_id(s: &str) -> Result<AccountId, Error> {
+    if s.is_empty() {
+        return Err(Error::invalid("id", "is required"));
+    }
+    AccountId::parse(s)
+}
+
+fn expect_account(subject: Option<Subject>) -> Result<pb::Account, Error> {
+    match subject {
+        Some(Subject::Account(a)) => Ok(convert::account(&a)),
+        _ => Err(Error::Internal(
+            "the store answered without the account".into(),
+        )),
+    }
+}
+
+fn account_patch(
+    a: &pb::Account,
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<AccountPatch, Error> {
+    let paths = mask_paths(mask, UPDATABLE, |path| match path {
+        "name" => !a.name.is_empty(),
+        "status" => a.status != 0,
+        "modules" => !a.modules.is_empty(),
+        _ => false,
+    })?;
+    let mut patch = AccountPatch::default();
+    for path in paths {
+        match path {
+            "name" => patch.name = Some(parse_name("account.name", &a.name)?),
+            "status" => patch.status = Some(convert::account_status_from(a.status)?),
+            "modules" => patch.modules = Some(parse_modules("account.modules", &a.modules)?),
+            _ => unreachable!("mask_paths only returns updatable paths"),
+        }
+    }
+    Ok(patch)
+}
+
+fn matches(filter: &FilterExpr, a: &Account) -> bool {
+    filter.matches(|field| match field {
+        "status" => vec![match a.status {
+            AccountStatus::Active => "ACTIVE",
+            AccountStatus::Disabled => "DISABLED",
+        }],
+        "type" => vec![match a.kind {
+            crate::domain::AccountType::Client => "CLIENT",
+            crate::domain::AccountType::Vendor => "VENDOR",
+            crate::domain::AccountType::Operations => "OPERATIONS",
+        }],
+        "name" => vec![a.name.as_str()],
+        "modules" => a.modules.iter().map(String::as_str).collect(),
+        _ => vec![],
+    })
+}
+
+#[tonic::async_trait]
+impl AccountService for Service {
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let r = request.into_inner();
+        let new = NewAccount {
+            name: parse_name("name", &r.name)?,
+            kind: convert::account_type_from(r.r#type)?,
+            modules: parse_modules("modules", &r.modules)?,
+        };
+        let applied = self
+            .store
+            .apply(Command::CreateAccount(new), actor())
+            .await?;
+        Ok(Response::new(expect_account(applied.subject)?))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let id = account_id(&request.into_inner().id)?;
+        let state = self.store.state();
+        let account = state
+            .account(&id)
+            .ok_or_else(|| Error::account_not_found(&id))?;
+        Ok(Response::new(convert::account(account)))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let r = request.into_inner();
+        let size = page_size(r.page_size)?;
+        let filter = FilterExpr::parse(&r.filter, &["status", "type", "name"], &["modules"])?;
+        let pager = Pager::new(self.store.page_key(), &["accounts", &r.filter]);
+        let after = pager
+            .decode(&r.page_token)?
+            .map(|s| AccountId::parse(&s))
+            .transpose()?;
+        let state = self.store.state();
+        let total = state
+            .accounts_after(None)
+            .filter(|a| matches(&filter, a))
+            .count();
+        let mut page: Vec<_> = state
+            .accounts_after(after.as_ref())
+            .filter(|a| matches(&filter, a))
+            .take(size + 1)
+            .collect();
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|a| pager.encode(a.id.as_str()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: page.into_iter().map(|a| convert::account(a)).collect(),
+            next_page_token,
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<pb::UpdateAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let r = request.into_inner();
+        let account = r
+            .account
+            .ok_or_else(|| Error::invalid("account", "is required"))?;
+        let cmd = Command::UpdateAccount {
+            id: account_id(&account.id)?,
+            etag: etag(&r.etag).or_else(|| etag(&account.etag)),
+            patch: account_patch(&account, r.update_mask.as_ref())?,
+        };
+        let applied = self.store.apply(cmd, actor()).await?;
+        Ok(Response::new(expect_account(applied.subject)?))
+    }
+}

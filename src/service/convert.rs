@@ -1,0 +1,242 @@
+//! Translation between the wire (prost messages, `tonic::Status`) and the
+//! domain. Owns the mapping of every domain [`Error`] to exactly one gRPC code
+//! with a `google.rpc.ErrorInfo` (and `BadRequest` for invalid fields).
+//! It must never put a secret into a message, nor make policy decisions.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{
+    Account, AccountStatus, AccountType, Audit, AuditEntry, Event, EventKind, Token, TokenStatus,
+};
+use crate::error::{DOMAIN, Error, reason};
+use crate::proto as pb;
+use crate::watch::Notice;
+
+pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn audit_entry(e: &Option<AuditEntry>) -> Option<pb::AuditEntry> {
+    e.as_ref().map(|e| pb::AuditEntry {
+        at: Some(timestamp(e.at)),
+        by: e.by.0.clone(),
+    })
+}
+
+fn audit(a: &Audit) -> Option<pb::Audit> {
+    Some(pb::Audit {
+        created: audit_entry(&a.created),
+        updated: audit_entry(&a.updated),
+        enabled: audit_entry(&a.enabled),
+        disabled: audit_entry(&a.disabled),
+        deleted: audit_entry(&a.deleted),
+    })
+}
+
+pub fn token_status(s: TokenStatus) -> pb::TokenStatus {
+    match s {
+        TokenStatus::Active => pb::TokenStatus::Active,
+        TokenStatus::Disabled => pb::TokenStatus::Disabled,
+        TokenStatus::Deleted => pb::TokenStatus::Deleted,
+    }
+}
+
+pub fn token(t: &Token, last_access: Option<SystemTime>) -> pb::Token {
+    pb::Token {
+        id: t.id.to_string(),
+        account_id: t.account_id.to_string(),
+        name: t.name.clone(),
+        description: t.description.clone(),
+        icon: t.icon.clone().unwrap_or_default(),
+        status: token_status(t.status) as i32,
+        modules: t.modules.iter().cloned().collect(),
+        etag: t.etag(),
+        revision: t.revision as i64,
+        audit: audit(&t.audit),
+        last_access_time: last_access.or(t.last_access_time).map(timestamp),
+    }
+}
+
+pub fn account_type(t: AccountType) -> pb::AccountType {
+    match t {
+        AccountType::Client => pb::AccountType::Client,
+        AccountType::Vendor => pb::AccountType::Vendor,
+        AccountType::Operations => pb::AccountType::Operations,
+    }
+}
+
+pub fn account_type_from(v: i32) -> Result<AccountType, Error> {
+    match pb::AccountType::try_from(v) {
+        Ok(pb::AccountType::Client) => Ok(AccountType::Client),
+        Ok(pb::AccountType::Vendor) => Ok(AccountType::Vendor),
+        Ok(pb::AccountType::Operations) => Ok(AccountType::Operations),
+        _ => Err(Error::invalid(
+            "type",
+            "must be ACCOUNT_TYPE_CLIENT, ACCOUNT_TYPE_VENDOR or ACCOUNT_TYPE_OPERATIONS",
+        )),
+    }
+}
+
+pub fn account_status(s: AccountStatus) -> pb::AccountStatus {
+    match s {
+        AccountStatus::Active => pb::AccountStatus::Active,
+        AccountStatus::Disabled => pb::AccountStatus::Disabled,
+    }
+}
+
+pub fn account_status_from(v: i32) -> Result<AccountStatus, Error> {
+    match pb::AccountStatus::try_from(v) {
+        Ok(pb::AccountStatus::Active) => Ok(AccountStatus::Active),
+        Ok(pb::AccountStatus::Disabled) => Ok(AccountStatus::Disabled),
+        _ => Err(Error::invalid(
+            "status",
+            "must be ACCOUNT_STATUS_ACTIVE or ACCOUNT_STATUS_DISABLED",
+        )),
+    }
+}
+
+pub fn account(a: &Account) -> pb::Account {
+    pb::Account {
+        id: a.id.to_string(),
+        name: a.name.clone(),
+        r#type: account_type(a.kind) as i32,
+        status: account_status(a.status) as i32,
+        modules: a.modules.iter().cloned().collect(),
+        etag: a.etag(),
+        revision: a.revision as i64,
+        audit: audit(&a.audit),
+    }
+}
+
+pub fn event_type(k: EventKind) -> pb::EventType {
+    match k {
+        EventKind::Created => pb::EventType::Created,
+        EventKind::Updated => pb::EventType::Updated,
+        EventKind::Enabled => pb::EventType::Enabled,
+        EventKind::Disabled => pb::EventType::Disabled,
+        EventKind::Deleted => pb::EventType::Deleted,
+    }
+}
+
+pub fn event_kind_from(v: i32) -> Result<EventKind, Error> {
+    match pb::EventType::try_from(v) {
+        Ok(pb::EventType::Created) => Ok(EventKind::Created),
+        Ok(pb::EventType::Updated) => Ok(EventKind::Updated),
+        Ok(pb::EventType::Enabled) => Ok(EventKind::Enabled),
+        Ok(pb::EventType::Disabled) => Ok(EventKind::Disabled),
+        Ok(pb::EventType::Deleted) => Ok(EventKind::Deleted),
+        _ => Err(Error::invalid(
+            "types",
+            "only change types (EVENT_TYPE_CREATED … EVENT_TYPE_DELETED) can be filtered",
+        )),
+    }
+}
+
+fn change_event(e: &Event) -> pb::TokenEvent {
+    pb::TokenEvent {
+        revision: e.revision as i64,
+        r#type: event_type(e.kind) as i32,
+        token: e.token().map(|t| token(t, None)),
+        time: Some(timestamp(e.time)),
+        actor: e.actor.0.clone(),
+    }
+}
+
+pub fn notice(n: &Notice) -> pb::TokenEvent {
+    let bare = |revision: u64, kind: pb::EventType| pb::TokenEvent {
+        revision: revision as i64,
+        r#type: kind as i32,
+        token: None,
+        time: Some(timestamp(SystemTime::now())),
+        actor: String::new(),
+    };
+    match n {
+        Notice::Change(e) => change_event(e),
+        Notice::Snapshot { revision, token: t } => pb::TokenEvent {
+            token: Some(token(t, None)),
+            ..bare(*revision, pb::EventType::Snapshot)
+        },
+        Notice::Synced(r) => bare(*r, pb::EventType::Synced),
+        Notice::Progress(r) => bare(*r, pb::EventType::Progress),
+    }
+}
+
+/// Revisions on the wire are int64 (as etcd's): negative is a client bug.
+pub fn revision_from(field: &'static str, v: i64) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|_| Error::invalid(field, "must not be negative"))
+}
+
+/// The single place where a domain error becomes a gRPC status.
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let message = e.to_string();
+        let info = |reason: &str, meta: HashMap<String, String>| {
+            ErrorDetails::with_error_info(reason, DOMAIN, meta)
+        };
+        let (code, details) = match &e {
+            Error::InvalidArgument { field, message } => {
+                let mut d = info(
+                    reason::INVALID_ARGUMENT,
+                    [("field".into(), field.to_string())].into(),
+                );
+                d.add_bad_request_violation(*field, message.clone());
+                (Code::InvalidArgument, d)
+            }
+            Error::NotFound { what, id } => {
+                let r = if *what == "account" {
+                    reason::ACCOUNT_NOT_FOUND
+                } else {
+                    reason::TOKEN_NOT_FOUND
+                };
+                (Code::NotFound, info(r, [("id".into(), id.clone())].into()))
+            }
+            Error::FailedPrecondition { reason, .. } => {
+                (Code::FailedPrecondition, info(reason, HashMap::new()))
+            }
+            Error::EtagMismatch { current, .. } => (
+                Code::Aborted,
+                info(
+                    reason::ETAG_MISMATCH,
+                    [("current_etag".into(), current.clone())].into(),
+                ),
+            ),
+            Error::Compacted { requested, oldest } => (
+                Code::OutOfRange,
+                info(
+                    reason::REVISION_COMPACTED,
+                    [
+                        ("requested_revision".into(), requested.to_string()),
+                        ("oldest_revision".into(), oldest.to_string()),
+                    ]
+                    .into(),
+                ),
+            ),
+            Error::TooManyWatchers { limit } => (
+                Code::ResourceExhausted,
+                info(
+                    reason::TOO_MANY_WATCHERS,
+                    [("limit".into(), limit.to_string())].into(),
+                ),
+            ),
+            Error::Unavailable { reason, .. } => (Code::Unavailable, info(reason, HashMap::new())),
+            Error::Internal(_) => (Code::Internal, info(reason::INTERNAL, HashMap::new())),
+        };
+        let mut status = Status::with_error_details(code, message, details);
+        // Plain metadata too, so grpcurl users and clients without the rich
+        // error model can still read the oldest retained revision.
+        if let Error::Compacted { oldest, .. } = e
+            && let Ok(v) = oldest.to_string().parse()
+        {
+            status.metadata_mut().insert("x-oldest-revision", v);
+        }
+        status
+    }
+}

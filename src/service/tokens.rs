@@ -1,0 +1,358 @@
+//! `apitokens.v1.TokenService`: validate the request, build a domain
+//! [`Command`] (or read the state), hand it to the store, translate the answer.
+//!
+//! Owns request-shape rules (required fields, update masks, how `etag`,
+//! `validate_only` and `allow_missing` are read). It must never write to the
+//! store except through [`Store::apply`], and never return or log a secret
+//! except the one `CreateToken` answers with.
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::{Service, actor, convert, etag, mask_paths};
+use crate::command::{self, Command, Ctx, NewToken, Plan, TokenPatch};
+use crate::domain::{
+    AccountId, AccountStatus, Subject, Token, TokenId, TokenStatus, parse_description, parse_icon,
+    parse_modules, parse_name,
+};
+use crate::error::Error;
+use crate::proto::{self as pb, token_service_server::TokenService};
+use crate::query::{FilterExpr, Pager, page_size};
+use crate::secret;
+use crate::watch::{Filter, Start};
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + Send>>;
+
+const UPDATABLE: &[&str] = &["name", "description", "icon", "modules"];
+
+impl Service {
+    fn token_out(&self, t: &Token) -> pb::Token {
+        convert::token(t, self.store.last_access(&t.id))
+    }
+
+    fn expect_token(applied: Option<Subject>) -> Result<Token, Error> {
+        match applied {
+            Some(Subject::Token(t)) => Ok(t),
+            _ => Err(Error::Internal(
+                "the store answered without the token".into(),
+            )),
+        }
+    }
+
+    async fn apply_token(&self, cmd: Command) -> Result<pb::Token, Status> {
+        let applied = self.store.apply(cmd, actor()).await?;
+        Ok(self.token_out(&Self::expect_token(applied.subject)?))
+    }
+}
+
+fn token_id(s: &str) -> Result<TokenId, Error> {
+    if s.is_empty() {
+        return Err(Error::invalid("id", "is required"));
+    }
+    TokenId::parse(s)
+}
+
+/// Builds the patch of an UpdateToken from its mask (AIP-134): an empty mask
+/// means every field that is set in `token`, `*` means all updatable fields.
+fn token_patch(
+    token: &pb::Token,
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<TokenPatch, Error> {
+    let paths = mask_paths(mask, UPDATABLE, |path| match path {
+        "name" => !token.name.is_empty(),
+        "description" => !token.description.is_empty(),
+        "icon" => !token.icon.is_empty(),
+        "modules" => !token.modules.is_empty(),
+        _ => false,
+    })?;
+    let mut patch = TokenPatch::default();
+    for path in paths {
+        match path {
+            "name" => patch.name = Some(parse_name("token.name", &token.name)?),
+            "description" => patch.description = Some(parse_description(&token.description)?),
+            "icon" => patch.icon = Some(parse_icon(&token.icon)?),
+            "modules" => patch.modules = Some(parse_modules("token.modules", &token.modules)?),
+            _ => unreachable!("mask_paths only returns updatable paths"),
+        }
+    }
+    Ok(patch)
+}
+
+fn token_filter(input: &str) -> Result<FilterExpr, Error> {
+    FilterExpr::parse(input, &["status", "name", "account_id"], &["modules"])
+}
+
+fn status_name(s: TokenStatus) -> &'static str {
+    match s {
+        TokenStatus::Active => "ACTIVE",
+        TokenStatus::Disabled => "DISABLED",
+        TokenStatus::Deleted => "DELETED",
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for Service {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let r = request.into_inner();
+        if r.account_id.is_empty() {
+            return Err(Error::invalid("account_id", "is required").into());
+        }
+        let new = NewToken {
+            account_id: AccountId::parse(&r.account_id)?,
+            name: parse_name("name", &r.name)?,
+            description: parse_description(&r.description)?,
+            icon: parse_icon(&r.icon)?,
+            modules: parse_modules("modules", &r.modules)?,
+        };
+        let applied = self.store.apply(Command::CreateToken(new), actor()).await?;
+        let secret = applied
+            .secret
+            .ok_or_else(|| Error::Internal("the store answered without a secret".into()))?;
+        let token = Self::expect_token(applied.subject)?;
+        tracing::info!(token = %token.id, account = %token.account_id, revision = applied.revision, "token created");
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(self.token_out(&token)),
+            secret: secret.expose().to_string(),
+        }))
+    }
+
+    async fn get_token(
+        &self,
+        request: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let r = request.into_inner();
+        let id = token_id(&r.id)?;
+        let state = self.store.state();
+        match state.token(&id) {
+            Some(t) if r.show_deleted || !t.is_deleted() => Ok(Response::new(self.token_out(t))),
+            _ => Err(Error::token_not_found(&id).into()),
+        }
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let r = request.into_inner();
+        let size = page_size(r.page_size)?;
+        let filter = token_filter(&r.filter)?;
+        let state = self.store.state();
+        let account = match r.account_id.as_str() {
+            "" => None,
+            s => {
+                let id = AccountId::parse(s)?;
+                state
+                    .account(&id)
+                    .ok_or_else(|| Error::account_not_found(&id))?;
+                Some(id)
+            }
+        };
+        let show_deleted = if r.show_deleted { "deleted" } else { "live" };
+        let pager = Pager::new(
+            self.store.page_key(),
+            &["tokens", &r.account_id, &r.filter, show_deleted],
+        );
+        let after = pager
+            .decode(&r.page_token)?
+            .map(|s| TokenId::parse(&s))
+            .transpose()?;
+        let matches = |t: &&std::sync::Arc<Token>| {
+            (r.show_deleted || !t.is_deleted())
+                && filter.matches(|field| match field {
+                    "status" => vec![status_name(t.status)],
+                    "name" => vec![t.name.as_str()],
+                    "account_id" => vec![t.account_id.as_str()],
+                    "modules" => t.modules.iter().map(String::as_str).collect(),
+                    _ => vec![],
+                })
+        };
+        let total = state
+            .tokens_after(account.as_ref(), None)
+            .filter(matches)
+            .count();
+        let mut page: Vec<_> = state
+            .tokens_after(account.as_ref(), after.as_ref())
+            .filter(matches)
+            .take(size + 1)
+            .collect();
+        let next_page_token = if page.len() > size {
+            page.truncate(size);
+            page.last()
+                .map(|t| pager.encode(t.id.as_str()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: page.into_iter().map(|t| self.token_out(t)).collect(),
+            next_page_token,
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn update_token(
+        &self,
+        request: Request<pb::UpdateTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let r = request.into_inner();
+        let token = r
+            .token
+            .ok_or_else(|| Error::invalid("token", "is required"))?;
+        let id = token_id(&token.id)?;
+        let patch = token_patch(&token, r.update_mask.as_ref())?;
+        let etag = etag(&r.etag).or_else(|| etag(&token.etag));
+        let out = self
+            .apply_token(Command::UpdateToken { id, etag, patch })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn enable_token(
+        &self,
+        request: Request<pb::EnableTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let r = request.into_inner();
+        let cmd = Command::EnableToken {
+            id: token_id(&r.id)?,
+            etag: etag(&r.etag),
+        };
+        Ok(Response::new(self.apply_token(cmd).await?))
+    }
+
+    async fn disable_token(
+        &self,
+        request: Request<pb::DisableTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        let r = request.into_inner();
+        let cmd = Command::DisableToken {
+            id: token_id(&r.id)?,
+            etag: etag(&r.etag),
+        };
+        Ok(Response::new(self.apply_token(cmd).await?))
+    }
+
+    async fn delete_token(
+        &self,
+        request: Request<pb::DeleteTokenRequest>,
+    ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let r = request.into_inner();
+        let cmd = Command::DeleteToken {
+            id: token_id(&r.id)?,
+            etag: etag(&r.etag),
+            allow_missing: r.allow_missing,
+        };
+        if r.validate_only {
+            // The very plan a real delete would run, against the current
+            // state, thrown away: no write, no revision, no event.
+            let actor = actor();
+            let ctx = Ctx {
+                now: SystemTime::now(),
+                actor: &actor,
+            };
+            let token = match command::plan(&self.store.state(), &cmd, &ctx)? {
+                Plan::Change(change, _) => Some(Self::expect_token(Some(change.subject))?),
+                Plan::Unchanged(_) => None,
+            };
+            return Ok(Response::new(pb::DeleteTokenResponse {
+                token: token.map(|t| self.token_out(&t)),
+                revision: 0,
+            }));
+        }
+        let applied = self.store.apply(cmd, actor()).await?;
+        let token = match applied.subject {
+            None => None,
+            subject => Some(Self::expect_token(subject)?),
+        };
+        if let Some(t) = &token {
+            tracing::info!(token = %t.id, account = %t.account_id, revision = applied.revision, "token deleted");
+        }
+        Ok(Response::new(pb::DeleteTokenResponse {
+            token: token.map(|t| self.token_out(&t)),
+            revision: applied.revision as i64,
+        }))
+    }
+
+    async fn verify_token(
+        &self,
+        request: Request<pb::VerifyTokenRequest>,
+    ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
+        let r = request.into_inner();
+        let answer = |result: pb::VerifyResult, token: Option<pb::Token>, account| {
+            Ok(Response::new(pb::VerifyTokenResponse {
+                valid: result == pb::VerifyResult::Valid,
+                result: result as i32,
+                token,
+                account,
+            }))
+        };
+        // Shape and checksum first: a look-alike never reaches the store.
+        let Ok(named) = secret::parse(&r.secret) else {
+            return answer(pb::VerifyResult::Malformed, None, None);
+        };
+        let state = self.store.state();
+        let token = match state.token_by_secret(&secret::hash(&r.secret)) {
+            Some(t) if t.id == named && !t.is_deleted() => t,
+            _ => return answer(pb::VerifyResult::NotFound, None, None),
+        };
+        let account = state.account(&token.account_id);
+        let result = if token.status == TokenStatus::Disabled {
+            pb::VerifyResult::Disabled
+        } else if account.is_none_or(|a| a.status != AccountStatus::Active) {
+            pb::VerifyResult::AccountDisabled
+        } else {
+            self.store.record_access(&token.id, SystemTime::now());
+            pb::VerifyResult::Valid
+        };
+        answer(
+            result,
+            Some(self.token_out(token)),
+            account.map(|a| convert::account(a)),
+        )
+    }
+
+    type WatchTokensStream = EventStream;
+
+    async fn watch_tokens(
+        &self,
+        request: Request<pb::WatchTokensRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let start_revision = convert::revision_from("start_revision", r.start_revision)?;
+        let start = match (r.send_initial, start_revision) {
+            (true, 0) => Start::Snapshot,
+            (true, _) => {
+                return Err(Error::invalid(
+                    "start_revision",
+                    "cannot be combined with send_initial: a snapshot starts at the current revision",
+                )
+                .into());
+            }
+            (false, 0) => Start::Now,
+            (false, n) => Start::At(n),
+        };
+        let account = match r.account_id.as_str() {
+            "" => None,
+            s => {
+                let id = AccountId::parse(s)?;
+                if self.store.state().account(&id).is_none() {
+                    return Err(Error::account_not_found(&id).into());
+                }
+                Some(id)
+            }
+        };
+        let kinds = r
+            .types
+            .iter()
+            .map(|&t| convert::event_kind_from(t))
+            .collect::<Result<_, _>>()?;
+        let stream = self.watchers.open(Filter { account, kinds }, start)?;
+        let stream = stream.map(|item| item.map(|n| convert::notice(&n)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

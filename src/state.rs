@@ -1,0 +1,155 @@
+//! The read model: every account and token as of one durable revision.
+//!
+//! Owns the in-memory indexes that reads, verification, plans and watch
+//! snapshots consult (by id, by account, by secret hash). Built on persistent
+//! maps, so a clone is O(1): a reader holds a consistent snapshot for as long
+//! as it likes while the writer prepares the next one. It must never be
+//! mutated except by the store's writer through [`State::apply`], and never
+//! hold a plain secret.
+
+use imbl::{HashMap, OrdMap, OrdSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::command::{Change, SecretOp};
+use crate::domain::{Account, AccountId, Revision, Subject, Token, TokenId};
+use crate::secret::SecretHash;
+
+#[derive(Clone, Default)]
+pub struct State {
+    revision: Revision,
+    tokens: OrdMap<TokenId, Arc<Token>>,
+    accounts: OrdMap<AccountId, Arc<Account>>,
+    /// Every token of an account, tombstones included (listing filters them).
+    account_tokens: OrdMap<AccountId, OrdSet<TokenId>>,
+    /// Live tokens only: deletion erases the hash from both maps.
+    secret_of: OrdMap<TokenId, SecretHash>,
+    by_secret: HashMap<SecretHash, TokenId>,
+}
+
+impl State {
+    /// The revision of the last change this state includes.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    pub fn token(&self, id: &TokenId) -> Option<&Arc<Token>> {
+        self.tokens.get(id)
+    }
+
+    pub fn account(&self, id: &AccountId) -> Option<&Arc<Account>> {
+        self.accounts.get(id)
+    }
+
+    /// The live token a secret hash belongs to. A hash lookup: never a scan.
+    pub fn token_by_secret(&self, hash: &SecretHash) -> Option<&Arc<Token>> {
+        self.by_secret.get(hash).and_then(|id| self.tokens.get(id))
+    }
+
+    pub fn secret_of(&self, id: &TokenId) -> Option<&SecretHash> {
+        self.secret_of.get(id)
+    }
+
+    /// Whether an id has ever been issued (tombstones count: ids are never reused).
+    pub fn token_id_taken(&self, id: &TokenId) -> bool {
+        self.tokens.contains_key(id)
+    }
+
+    pub fn account_id_taken(&self, id: &AccountId) -> bool {
+        self.accounts.contains_key(id)
+    }
+
+    /// Tokens in id order, after `after` (exclusive), of one account or all.
+    pub fn tokens_after<'a>(
+        &'a self,
+        account: Option<&AccountId>,
+        after: Option<&TokenId>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Token>> + Send + 'a> {
+        let lower = match after {
+            Some(id) => Bound::Excluded(id.clone()),
+            None => Bound::Unbounded,
+        };
+        match account {
+            None => Box::new(self.tokens.range((lower, Bound::Unbounded)).map(|(_, t)| t)),
+            Some(acc) => match self.account_tokens.get(acc) {
+                None => Box::new(std::iter::empty()),
+                Some(ids) => Box::new(
+                    ids.range((lower, Bound::Unbounded))
+                        .filter_map(|id| self.tokens.get(id)),
+                ),
+            },
+        }
+    }
+
+    /// Accounts in id order, after `after` (exclusive).
+    pub fn accounts_after<'a>(
+        &'a self,
+        after: Option<&AccountId>,
+    ) -> impl Iterator<Item = &'a Arc<Account>> + 'a {
+        let lower = match after {
+            Some(id) => Bound::Excluded(id.clone()),
+            None => Bound::Unbounded,
+        };
+        self.accounts
+            .range((lower, Bound::Unbounded))
+            .map(|(_, a)| a)
+    }
+
+    /// Applies one committed change at `revision`. Only the store's writer
+    /// calls this, in revision order, once the change is planned.
+    pub fn apply(&mut self, change: &Change, revision: Revision) {
+        debug_assert_eq!(revision, self.revision + 1, "revisions are gap-free");
+        self.revision = revision;
+        match &change.subject {
+            Subject::Account(a) => {
+                self.accounts.insert(a.id.clone(), Arc::new(a.clone()));
+            }
+            Subject::Token(t) => {
+                self.account_tokens
+                    .entry(t.account_id.clone())
+                    .or_default()
+                    .insert(t.id.clone());
+                self.tokens.insert(t.id.clone(), Arc::new(t.clone()));
+            }
+        }
+        match (&change.secret, &change.subject) {
+            (SecretOp::Set(hash), Subject::Token(t)) => {
+                self.secret_of.insert(t.id.clone(), *hash);
+                self.by_secret.insert(*hash, t.id.clone());
+            }
+            (SecretOp::Erase(hash), Subject::Token(t)) => {
+                self.secret_of.remove(&t.id);
+                self.by_secret.remove(hash);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rebuilds the state from persisted records at start-up.
+    pub fn restore(
+        revision: Revision,
+        accounts: impl IntoIterator<Item = Account>,
+        tokens: impl IntoIterator<Item = Token>,
+        secrets: impl IntoIterator<Item = (SecretHash, TokenId)>,
+    ) -> State {
+        let mut s = State {
+            revision,
+            ..State::default()
+        };
+        for a in accounts {
+            s.accounts.insert(a.id.clone(), Arc::new(a));
+        }
+        for t in tokens {
+            s.account_tokens
+                .entry(t.account_id.clone())
+                .or_default()
+                .insert(t.id.clone());
+            s.tokens.insert(t.id.clone(), Arc::new(t));
+        }
+        for (hash, id) in secrets {
+            s.secret_of.insert(id.clone(), hash);
+            s.by_secret.insert(hash, id);
+        }
+        s
+    }
+}

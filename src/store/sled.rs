@@ -1,0 +1,540 @@
+//! The embedded backend: one sled database, one writer thread, group commit.
+//!
+//! Owns the on-disk layout and the write pipeline. Every mutation goes through
+//! the single writer thread, which takes every queued command, plans each
+//! against a working copy of the state (so later commands in a batch see
+//! earlier ones), writes the whole batch — records, secret index, events, the
+//! revision counter — as ONE atomic sled batch, then calls `flush()` once
+//! (fsync) for all of it. Only then does it publish the new state, answer the
+//! callers and hand the events to the hub. One writer means revisions come
+//! out gap-free in commit order without locks, and concurrent writers share
+//! fsyncs. It must never answer or publish before the flush returned, and it
+//! never uses `flush_async` (it deadlocks under concurrency).
+//!
+//! Layout (one tree, keys by prefix, values JSON so the data dir stays
+//! inspectable and records can gain fields):
+//!   `m/format`           → format version
+//!   `m/revision`         → u64 BE, the last committed revision
+//!   `m/page_key`         → 32 random bytes for signing page tokens
+//!   `a/<ACC-id>`         → Account
+//!   `t/<TKN-id>`         → Token (tombstones stay forever: ids are never reused)
+//!   `s/<sha256>`         → TKN-id, live tokens only (deletion removes it)
+//!   `e/<u64 BE rev>`     → Event, the retained log
+//!   `l/<TKN-id>`         → last access time (not part of the token's revision)
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AccessLog, Applied, Store};
+use crate::command::{self, Change, Command, Ctx, Plan, SecretOp};
+use crate::domain::{Account, Actor, Event, Revision, Subject, Token, TokenId};
+use crate::error::{Error, reason};
+use crate::state::State;
+use crate::watch::Hub;
+
+const FORMAT: &[u8] = b"tokend-sled-1";
+const K_FORMAT: &[u8] = b"m/format";
+const K_REVISION: &[u8] = b"m/revision";
+const K_PAGE_KEY: &[u8] = b"m/page_key";
+const P_ACCOUNT: &[u8] = b"a/";
+const P_TOKEN: &[u8] = b"t/";
+const P_SECRET: &[u8] = b"s/";
+const P_EVENT: &[u8] = b"e/";
+const P_ACCESS: &[u8] = b"l/";
+
+/// Most commands one commit takes: bounds the latency a batch adds.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct SledConfig {
+    pub data_dir: PathBuf,
+    /// How many events the log keeps; older ones are compacted.
+    pub retention: u64,
+    /// How often a token's last-access time is written at most.
+    pub access_interval: Duration,
+}
+
+pub struct SledStore {
+    inner: Arc<Inner>,
+    jobs: mpsc::Sender<Job>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the writer thread and readers share.
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// The durable state; swapped by the writer after each flush.
+    state: RwLock<Arc<State>>,
+    oldest: AtomicU64,
+    retention: u64,
+    access: AccessLog,
+    page_key: [u8; 32],
+    /// Set when a commit failed after sled may have taken part of it: from
+    /// then on memory and disk may disagree, so writes are refused until a
+    /// restart re-reads the disk.
+    poisoned: AtomicBool,
+    hub: Hub,
+}
+
+enum Job {
+    Apply {
+        cmd: Command,
+        actor: Actor,
+        reply: oneshot::Sender<Result<Applied, Error>>,
+    },
+    PersistAccess,
+    Close(oneshot::Sender<()>),
+}
+
+fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    [prefix, id].concat()
+}
+
+fn event_key(rev: Revision) -> Vec<u8> {
+    key(P_EVENT, &rev.to_be_bytes())
+}
+
+fn io_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        reason: reason::STORE_UNAVAILABLE,
+        message: format!("storage failure while {context}: {e}"),
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("corrupt {what} in the data dir: {e}"))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `config.data_dir` and starts its writer.
+    /// Fails if the directory is locked by another process, is not writable,
+    /// or holds something that is not a tokend store.
+    pub fn open(config: SledConfig, hub: Hub) -> Result<SledStore, Error> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| io_error(&format!("creating {}", config.data_dir.display()), e))?;
+        let db = sled::Config::new()
+            .path(config.data_dir.join("db"))
+            .open()
+            .map_err(|e| io_error(&format!("opening {}", config.data_dir.display()), e))?;
+        let tree = db
+            .open_tree("tokend")
+            .map_err(|e| io_error("opening the tree", e))?;
+
+        match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
+            Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) => {
+                return Err(corrupt("format marker", String::from_utf8_lossy(&f)));
+            }
+            None if tree.is_empty() => {
+                let mut page_key = [0u8; 32];
+                getrandom::fill(&mut page_key).map_err(|e| Error::Internal(e.to_string()))?;
+                let mut b = sled::Batch::default();
+                b.insert(K_FORMAT, FORMAT);
+                b.insert(K_PAGE_KEY, &page_key[..]);
+                b.insert(K_REVISION, &0u64.to_be_bytes()[..]);
+                tree.apply_batch(b)
+                    .map_err(|e| io_error("initialising", e))?;
+                db.flush().map_err(|e| io_error("initialising", e))?;
+            }
+            None => return Err(corrupt("store", "records without a format marker")),
+        }
+
+        let (state, access) = restore(&tree)?;
+        let page_key: [u8; 32] = tree
+            .get(K_PAGE_KEY)
+            .map_err(|e| io_error("reading", e))?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .ok_or_else(|| corrupt("page key", "missing"))?;
+        let oldest = match tree.scan_prefix(P_EVENT).next() {
+            Some(Ok((k, _))) => decode_event_key(&k)?,
+            Some(Err(e)) => return Err(io_error("reading the event log", e)),
+            None => state.revision() + 1,
+        };
+        tracing::info!(
+            revision = state.revision(),
+            oldest_event = oldest,
+            dir = %config.data_dir.display(),
+            "store opened"
+        );
+
+        let inner = Arc::new(Inner {
+            db,
+            tree,
+            state: RwLock::new(Arc::new(state)),
+            oldest: AtomicU64::new(oldest),
+            retention: config.retention.max(1),
+            access: AccessLog::new(config.access_interval, access),
+            page_key,
+            poisoned: AtomicBool::new(false),
+            hub,
+        });
+        // Room for every in-flight request of a busy server; beyond it callers
+        // wait (backpressure) instead of queueing without bound.
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        let writer_inner = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("tokend-writer".into())
+            .spawn(move || writer_loop(writer_inner, rx))
+            .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
+
+        // Last-access times reach the disk through the writer too.
+        let ticker = jobs.clone();
+        let every = config.access_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if ticker.send(Job::PersistAccess).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        Ok(SledStore {
+            inner,
+            jobs,
+            writer: std::sync::Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
+    k.get(P_EVENT.len()..)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("event key", format!("{k:?}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(v).map_err(|e| corrupt(what, e))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("domain types always serialise")
+}
+
+type Restored = (State, Vec<(TokenId, SystemTime)>);
+
+fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
+    let revision = tree
+        .get(K_REVISION)
+        .map_err(|e| io_error("reading", e))?
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("revision counter", "missing"))?;
+    let scan = |prefix: &[u8]| -> Result<Vec<(sled::IVec, sled::IVec)>, Error> {
+        tree.scan_prefix(prefix)
+            .collect::<Result<_, _>>()
+            .map_err(|e| io_error("reading", e))
+    };
+    let accounts = scan(P_ACCOUNT)?
+        .iter()
+        .map(|(_, v)| decode::<Account>("account", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokens = scan(P_TOKEN)?
+        .iter()
+        .map(|(_, v)| decode::<Token>("token", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let secrets = scan(P_SECRET)?
+        .iter()
+        .map(|(k, v)| {
+            let hash = k[P_SECRET.len()..]
+                .try_into()
+                .map_err(|_| corrupt("secret index", "bad hash length"))?;
+            let id = TokenId::parse(&String::from_utf8_lossy(v))
+                .map_err(|e| corrupt("secret index", e))?;
+            Ok((hash, id))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let access = scan(P_ACCESS)?
+        .iter()
+        .map(|(k, v)| {
+            let id = TokenId::parse(&String::from_utf8_lossy(&k[P_ACCESS.len()..]))
+                .map_err(|e| corrupt("access log", e))?;
+            Ok((id, decode::<SystemTime>("access time", v)?))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok((State::restore(revision, accounts, tokens, secrets), access))
+}
+
+#[tonic::async_trait]
+impl Store for SledStore {
+    async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Apply { cmd, actor, reply })
+            .await
+            .map_err(|_| Error::shutting_down())?;
+        answer.await.map_err(|_| Error::shutting_down())?
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.inner.state.read().expect("state lock").clone()
+    }
+
+    async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error> {
+        // Bounded by the durable head: the writer puts events into sled before
+        // it flushes, and those must not be seen yet.
+        let head = self.state().revision();
+        let oldest = self.inner.oldest.load(Ordering::Acquire);
+        if from < oldest && from <= head {
+            return Err(Error::Compacted {
+                requested: from,
+                oldest,
+            });
+        }
+        let mut out = Vec::new();
+        if from > head {
+            return Ok(out);
+        }
+        for item in self
+            .inner
+            .tree
+            .range(event_key(from)..=event_key(head))
+            .take(max)
+        {
+            let (k, v) = item.map_err(|e| io_error("reading the event log", e))?;
+            let rev = decode_event_key(&k)?;
+            let expected = from + out.len() as u64;
+            if rev != expected {
+                // Compaction ran between our check and the read.
+                return Err(Error::Compacted {
+                    requested: expected,
+                    oldest: self.inner.oldest.load(Ordering::Acquire),
+                });
+            }
+            out.push(Arc::new(decode::<Event>("event", &v)?));
+        }
+        if out.is_empty() {
+            return Err(Error::Compacted {
+                requested: from,
+                oldest: self.inner.oldest.load(Ordering::Acquire),
+            });
+        }
+        Ok(out)
+    }
+
+    fn oldest_revision(&self) -> Revision {
+        self.inner.oldest.load(Ordering::Acquire)
+    }
+
+    fn record_access(&self, id: &TokenId, at: SystemTime) {
+        self.inner.access.record(id, at);
+    }
+
+    fn last_access(&self, id: &TokenId) -> Option<SystemTime> {
+        self.inner.access.get(id)
+    }
+
+    fn page_key(&self) -> [u8; 32] {
+        self.inner.page_key
+    }
+
+    async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.jobs.send(Job::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+        let handle = self.writer.lock().expect("writer handle").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+/// The writer thread: the only code that writes to sled.
+fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
+    loop {
+        let Some(first) = rx.blocking_recv() else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Some(done) = commit_batch(&inner, jobs) {
+            tracing::info!("store closed");
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// A reply owed to a caller once the batch is durable.
+type Owed = (
+    oneshot::Sender<Result<Applied, Error>>,
+    Result<Applied, Error>,
+);
+
+/// Plans, persists, flushes and publishes one batch. Returns the close
+/// acknowledgement if the batch asked the writer to stop.
+fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
+    let now = SystemTime::now();
+    let mut work = State::clone(&inner.state.read().expect("state lock"));
+    let mut changes: Vec<Change> = Vec::new();
+    let mut events: Vec<Arc<Event>> = Vec::new();
+    let mut owed: Vec<Owed> = Vec::with_capacity(jobs.len());
+    let mut persist_access = false;
+    let mut close = None;
+    let poisoned = inner.poisoned.load(Ordering::Acquire);
+
+    for job in jobs {
+        match job {
+            Job::Apply { reply, .. } if poisoned => {
+                let e = io_error("committing", "an earlier write failed; restart tokend");
+                owed.push((reply, Err(e)));
+            }
+            Job::Apply { cmd, actor, reply } => {
+                let answer = match command::plan(&work, &cmd, &Ctx { now, actor: &actor }) {
+                    Err(e) => Err(e),
+                    Ok(Plan::Unchanged(subject)) => Ok(Applied {
+                        revision: 0,
+                        subject,
+                        secret: None,
+                    }),
+                    Ok(Plan::Change(change, secret)) => {
+                        let revision = work.revision() + 1;
+                        work.apply(&change, revision);
+                        events.push(Arc::new(Event {
+                            revision,
+                            kind: change.kind,
+                            subject: change.subject.clone(),
+                            time: now,
+                            actor,
+                        }));
+                        let subject = Some(change.subject.clone());
+                        changes.push(change);
+                        Ok(Applied {
+                            revision,
+                            subject,
+                            secret,
+                        })
+                    }
+                };
+                owed.push((reply, answer));
+            }
+            Job::PersistAccess => persist_access = true,
+            Job::Close(done) => {
+                persist_access = true;
+                close = Some(done);
+            }
+        }
+    }
+
+    let access = if persist_access {
+        inner.access.take_due(now, close.is_some())
+    } else {
+        Vec::new()
+    };
+    if !changes.is_empty() || !access.is_empty() {
+        let started = Instant::now();
+        match persist(inner, &changes, &events, &access, work.revision()) {
+            Ok(()) => {
+                tracing::debug!(
+                    changes = changes.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+                if !changes.is_empty() {
+                    *inner.state.write().expect("state lock") = Arc::new(work);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; refusing writes until restart");
+                inner.poisoned.store(true, Ordering::Release);
+                events.clear();
+                for (_, answer) in owed.iter_mut() {
+                    if matches!(answer, Ok(a) if a.revision > 0) {
+                        *answer = Err(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    // Durable and visible: answer, then announce. The state swap above comes
+    // first so that a watcher that reads the log after subscribing can never
+    // miss an event the hub already sent.
+    for (reply, answer) in owed {
+        let _ = reply.send(answer);
+    }
+    for event in events {
+        inner.hub.publish(event);
+    }
+    close
+}
+
+/// Writes one batch atomically and waits for it to be on disk.
+fn persist(
+    inner: &Inner,
+    changes: &[Change],
+    events: &[Arc<Event>],
+    access: &[(TokenId, SystemTime)],
+    head: Revision,
+) -> Result<(), Error> {
+    let mut batch = sled::Batch::default();
+    for change in changes {
+        match &change.subject {
+            Subject::Token(t) => {
+                batch.insert(key(P_TOKEN, t.id.as_str().as_bytes()), encode(t));
+                match &change.secret {
+                    SecretOp::Set(hash) => batch.insert(key(P_SECRET, hash), t.id.as_str()),
+                    SecretOp::Erase(hash) => {
+                        batch.remove(key(P_SECRET, hash));
+                        batch.remove(key(P_ACCESS, t.id.as_str().as_bytes()));
+                        inner.access.forget(&t.id);
+                    }
+                    SecretOp::Keep => {}
+                }
+            }
+            Subject::Account(a) => {
+                batch.insert(key(P_ACCOUNT, a.id.as_str().as_bytes()), encode(a))
+            }
+        }
+    }
+    for event in events {
+        batch.insert(event_key(event.revision), encode(event.as_ref()));
+    }
+    for (id, at) in access {
+        batch.insert(key(P_ACCESS, id.as_str().as_bytes()), encode(at));
+    }
+    batch.insert(K_REVISION, &head.to_be_bytes()[..]);
+
+    // Compaction: keep the newest `retention` events. `oldest` moves before
+    // the keys go, so a reader sees OUT_OF_RANGE rather than a gap.
+    let keep_from = (head + 1).saturating_sub(inner.retention).max(1);
+    let oldest = inner.oldest.load(Ordering::Acquire);
+    if keep_from > oldest {
+        inner.oldest.store(keep_from, Ordering::Release);
+        for rev in oldest..keep_from {
+            batch.remove(event_key(rev));
+        }
+    }
+
+    inner
+        .tree
+        .apply_batch(batch)
+        .map_err(|e| io_error("writing a batch", e))?;
+    let started = Instant::now();
+    inner
+        .db
+        .flush()
+        .map_err(|e| io_error("flushing to disk", e))?;
+    tracing::trace!(fsync_us = started.elapsed().as_micros() as u64, "flushed");
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! Watch streams: every committed change, delivered in revision order with no
+//! gaps and no duplicates, to any number of subscribers.
+//!
+//! Owns the [`Hub`] (the live fan-out of durable events) and one follower
+//! task per stream. A follower remembers `next`, the next revision it owes its
+//! client. It subscribes to the hub *before* it reads the log, reads the log
+//! from `next` up to the durable head, then follows the hub, skipping what it
+//! already sent. Whenever the hub lags or shows a gap, it goes back to the
+//! log. The same code serves a new stream, a `start_revision` replay, a slow
+//! subscriber and a resume after restart.
+//!
+//! Memory per stream is bounded: a slow client only fills its own small
+//! channel, and the hub's ring is shared; what a client misses while slow it
+//! gets from the log, or ends with `OUT_OF_RANGE` once it falls behind
+//! retention. This module must never buffer without bound, and never deliver
+//! an event that is not durable (the hub only carries published events and
+//! the log is read up to the durable head).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Instant, sleep_until};
+use tokio_stream::Stream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::domain::{AccountId, Event, EventKind, Revision, Token};
+use crate::error::Error;
+use crate::store::Store;
+
+/// The live fan-out of durable events. The store publishes each event once it
+/// is durable and the state that includes it is visible, in revision order.
+#[derive(Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Hub {
+    /// `capacity` events are kept for receivers that fall behind; a receiver
+    /// further behind than that is told it lagged and re-reads the log.
+    pub fn new(capacity: usize) -> Hub {
+        Hub {
+            tx: broadcast::channel(capacity.max(16)).0,
+        }
+    }
+
+    pub fn publish(&self, event: Arc<Event>) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+}
+
+/// What a stream delivers.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A committed change.
+    Change(Arc<Event>),
+    /// `send_initial`: a live token as of the snapshot revision.
+    Snapshot {
+        revision: Revision,
+        token: Arc<Token>,
+    },
+    /// `send_initial`: the snapshot is complete as of this revision.
+    Synced(Revision),
+    /// Idle stream: everything up to this revision has been delivered.
+    Progress(Revision),
+}
+
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With the next change committed after the stream opens.
+    Now,
+    /// With the change at this revision (replayed from the log).
+    At(Revision),
+    /// With a snapshot of every live token, then `Synced`, then live changes.
+    Snapshot,
+}
+
+/// Which changes a stream carries.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `None`: every account.
+    pub account: Option<AccountId>,
+    /// Empty: every kind.
+    pub kinds: HashSet<EventKind>,
+}
+
+impl Filter {
+    fn wants_token(&self, token: &Token) -> bool {
+        self.account.as_ref().is_none_or(|a| *a == token.account_id)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        event.token().is_some_and(|t| self.wants_token(t))
+            && (self.kinds.is_empty() || self.kinds.contains(&event.kind))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Open streams allowed at once; more get `RESOURCE_EXHAUSTED`.
+    pub max_watchers: usize,
+    /// A `Progress` notice is sent after this long without any other.
+    pub progress_interval: Duration,
+}
+
+/// Opens watch streams and counts them.
+#[derive(Clone)]
+pub struct Watchers {
+    store: Arc<dyn Store>,
+    hub: Hub,
+    config: WatchConfig,
+    open: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+}
+
+/// Log reads happen in pages of this many events, so that catching up a far
+/// behind stream never holds more than one page in memory.
+const LOG_PAGE: usize = 256;
+/// Notices queued per stream before the follower waits for the client.
+const STREAM_BUFFER: usize = 64;
+
+impl Watchers {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Hub,
+        config: WatchConfig,
+        shutdown: CancellationToken,
+    ) -> Watchers {
+        Watchers {
+            store,
+            hub,
+            config,
+            open: Arc::new(AtomicUsize::new(0)),
+            shutdown,
+        }
+    }
+
+    /// Streams open right now.
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Opens a stream. Fails at once (rather than as the stream's first
+    /// message) when the cap is reached or `start` is already compacted.
+    pub fn open(&self, filter: Filter, start: Start) -> Result<WatchStream, Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::shutting_down());
+        }
+        let slot = Slot::take(&self.open, self.config.max_watchers)?;
+        // Subscribe before reading anything: every event committed from now
+        // on is in `live`, every earlier one is in the log or the snapshot.
+        let live = self.hub.subscribe();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let next = match start {
+            Start::Now => self.store.state().revision() + 1,
+            Start::At(rev) => {
+                let oldest = self.store.oldest_revision();
+                if rev < oldest {
+                    return Err(Error::Compacted {
+                        requested: rev,
+                        oldest,
+                    });
+                }
+                rev
+            }
+            Start::Snapshot => 0, // set by the follower from the snapshot it takes
+        };
+        let follower = Follower {
+            store: self.store.clone(),
+            filter,
+            next,
+            live,
+            tx,
+            progress_interval: self.config.progress_interval,
+        };
+        tokio::spawn(follower.run(start == Start::Snapshot));
+        Ok(WatchStream {
+            rx,
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            done: false,
+            _slot: slot,
+        })
+    }
+}
+
+/// One place in the watcher count; given back when the stream is dropped
+/// (client gone, stream ended or server shutting down).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Result<Slot, Error> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map_err(|_| Error::TooManyWatchers { limit: max })?;
+        Ok(Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The client's end of a watch: notices from the follower, ended with
+/// `UNAVAILABLE` the moment the server starts shutting down, even if the
+/// follower is blocked on a client that does not read.
+pub struct WatchStream {
+    rx: mpsc::Receiver<Result<Notice, Error>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+    _slot: Slot,
+}
+
+impl Stream for WatchStream {
+    type Item = Result<Notice, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(Error::shutting_down())));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            other => other,
+        }
+    }
+}
+
+/// The task behind one stream.
+struct Follower {
+    store: Arc<dyn Store>,
+    filter: Filter,
+    /// The next revision this stream owes its client.
+    next: Revision,
+    live: broadcast::Receiver<Arc<Event>>,
+    tx: mpsc::Sender<Result<Notice, Error>>,
+    progress_interval: Duration,
+}
+
+impl Follower {
+    async fn run(mut self, snapshot: bool) {
+        let result = async {
+            if snapshot {
+                self.send_snapshot().await?;
+            }
+            self.follow().await
+        }
+        .await;
+        if let Err(Some(e)) = result.map_err(|stop: StopOr| stop.0) {
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+
+    async fn send_snapshot(&mut self) -> Result<(), StopOr> {
+        let state = self.store.state();
+        let revision = state.revision();
+        let account = self.filter.account.clone();
+        for token in state.tokens_after(account.as_ref(), None) {
+            if !token.is_deleted() && self.filter.wants_token(token) {
+                let token = token.clone();
+                self.send(Notice::Snapshot { revision, token }).await?;
+            }
+        }
+        self.send(Notice::Synced(revision)).await?;
+        self.next = revision + 1;
+        Ok(())
+    }
+
+    async fn follow(&mut self) -> Result<(), StopOr> {
+        let mut deadline = Instant::now() + self.progress_interval;
+        loop {
+            // Behind the durable head: catch up from the log.
+            while self.next <= self.store.state().revision() {
+                let page = self
+                    .store
+                    .events(self.next, LOG_PAGE)
+                    .await
+                    .map_err(StopOr::error)?;
+                for event in page {
+                    if self.deliver(event).await? {
+                        deadline = Instant::now() + self.progress_interval;
+                    }
+                }
+            }
+            // Caught up: follow the hub until it lags or skips.
+            loop {
+                tokio::select! {
+                    received = self.live.recv() => match received {
+                        Ok(event) if event.revision < self.next => continue,
+                        Ok(event) if event.revision == self.next => {
+                            if self.deliver(event).await? {
+                                deadline = Instant::now() + self.progress_interval;
+                            }
+                        }
+                        // A gap (we subscribed mid-batch) or a lag: the log has it.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return Err(StopOr::error(Error::shutting_down()));
+                        }
+                    },
+                    _ = sleep_until(deadline) => {
+                        self.send(Notice::Progress(self.next - 1)).await?;
+                        deadline = Instant::now() + self.progress_interval;
+                    }
+                    _ = self.tx.closed() => return Err(StopOr(None)),
+                }
+            }
+        }
+    }
+
+    /// Advances past `event` and sends it if the filter wants it.
+    async fn deliver(&mut self, event: Arc<Event>) -> Result<bool, StopOr> {
+        debug_assert_eq!(event.revision, self.next, "no gaps, no duplicates");
+        self.next = event.revision + 1;
+        if self.filter.wants(&event) {
+            self.send(Notice::Change(event)).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn send(&self, notice: Notice) -> Result<(), StopOr> {
+        self.tx.send(Ok(notice)).await.map_err(|_| StopOr(None))
+    }
+}
+
+/// A follower stops either silently (client gone: `None`) or with an error
+/// the client should see.
+struct StopOr(Option<Error>);
+
+impl StopOr {
+    fn error(e: Error) -> StopOr {
+        StopOr(Some(e))
+    }
+}
