@@ -126,7 +126,11 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
     match cmd {
         Command::CreateAccount(new) => {
             let account = Account {
-                id: fresh_id(|id| state.account_id_taken(id), AccountId::from_number)?,
+                id: fresh_id(
+                    |id| state.account_id_taken(id),
+                    AccountId::from_number,
+                    draw,
+                )?,
                 name: new.name.clone(),
                 kind: new.kind,
                 status: AccountStatus::Active,
@@ -176,7 +180,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 ));
             }
             check_modules_granted(account, &new.modules)?;
-            let id = fresh_id(|id| state.token_id_taken(id), TokenId::from_number)?;
+            let id = fresh_id(|id| state.token_id_taken(id), TokenId::from_number, draw)?;
             let secret = Secret::generate(&id);
             let token = Token {
                 id,
@@ -359,12 +363,21 @@ fn check_modules_unused(
     }
 }
 
-/// Draws random ids until one has never been issued. With 10^8 ids the loop
-/// almost always runs once; the bound turns a full id space into an error
-/// instead of a hang.
-fn fresh_id<I>(taken: impl Fn(&I) -> bool, make: impl Fn(u32) -> I) -> Result<I, Error> {
+/// A uniformly random id number.
+fn draw() -> u32 {
+    rand::random_range(1..100_000_000)
+}
+
+/// Draws ids until one has never been issued (tombstones count). With 10^8
+/// ids the loop almost always runs once; the bound turns a full id space
+/// into an error instead of a hang.
+fn fresh_id<I>(
+    taken: impl Fn(&I) -> bool,
+    make: impl Fn(u32) -> I,
+    mut draw: impl FnMut() -> u32,
+) -> Result<I, Error> {
     for _ in 0..1_000 {
-        let id = make(rand::random_range(1..100_000_000));
+        let id = make(draw());
         if !taken(&id) {
             return Ok(id);
         }
@@ -372,4 +385,82 @@ fn fresh_id<I>(taken: impl Fn(&I) -> bool, make: impl Fn(u32) -> I) -> Result<I,
     Err(Error::Internal(
         "id space exhausted: 1000 random ids in a row were already issued".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Actor;
+
+    fn apply(state: &mut State, cmd: Command) -> Change {
+        let actor = Actor::operator();
+        let ctx = Ctx {
+            now: SystemTime::now(),
+            actor: &actor,
+        };
+        match plan(state, &cmd, &ctx).unwrap() {
+            Plan::Change(change, _) => {
+                state.apply(&change, state.revision() + 1);
+                change
+            }
+            Plan::Unchanged(_) => panic!("expected a change"),
+        }
+    }
+
+    fn token_of(change: &Change) -> Token {
+        match &change.subject {
+            Subject::Token(t) => t.clone(),
+            Subject::Account(_) => panic!("not a token"),
+        }
+    }
+
+    #[test]
+    fn deleted_ids_are_never_drawn_again() {
+        let mut state = State::default();
+        let account = match apply(
+            &mut state,
+            Command::CreateAccount(NewAccount {
+                name: "Acme".into(),
+                kind: AccountType::Client,
+                modules: Modules::new(),
+            }),
+        )
+        .subject
+        {
+            Subject::Account(a) => a,
+            _ => unreachable!(),
+        };
+        let token = token_of(&apply(
+            &mut state,
+            Command::CreateToken(NewToken {
+                account_id: account.id,
+                name: "t".into(),
+                description: String::new(),
+                icon: None,
+                modules: Modules::new(),
+            }),
+        ));
+        let deleted = apply(
+            &mut state,
+            Command::DeleteToken {
+                id: token.id.clone(),
+                etag: None,
+                allow_missing: false,
+            },
+        );
+        assert!(matches!(deleted.secret, SecretOp::Erase(_)));
+        assert!(state.secret_of(&token.id).is_none());
+
+        // The draw offers the tombstone's number twice before a fresh one.
+        let n: u32 = token.id.as_str()[4..].replace('-', "").parse().unwrap();
+        let mut draws = [n, n, 42].into_iter();
+        let id = fresh_id(
+            |id| state.token_id_taken(id),
+            TokenId::from_number,
+            || draws.next().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(id.as_str(), "TKN-0000-0042");
+        assert!(fresh_id(|id| state.token_id_taken(id), TokenId::from_number, || n).is_err());
+    }
 }

@@ -47,6 +47,8 @@ const P_SECRET: &[u8] = b"s/";
 const P_EVENT: &[u8] = b"e/";
 const P_ACCESS: &[u8] = b"l/";
 
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Most commands one commit takes: bounds the latency a batch adds.
 const MAX_BATCH: usize = 1024;
 
@@ -120,6 +122,9 @@ impl SledStore {
             .map_err(|e| io_error(&format!("creating {}", config.data_dir.display()), e))?;
         let db = sled::Config::new()
             .path(config.data_dir.join("db"))
+            // Reads are served from `State` in memory; sled's cache only
+            // speeds up log replays, so it need not be sled's default 1 GiB.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| io_error(&format!("opening {}", config.data_dir.display()), e))?;
         let tree = db

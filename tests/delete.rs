@@ -1,0 +1,434 @@
+//! SPEC §2, point by point: what deleting a token means.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokend::proto as pb;
+use tonic::Code;
+
+/// §2.1: status DELETED, audit.deleted, secret hash erased (from the index and
+/// the store), gone from the listing, one DELETED event with a new revision.
+#[tokio::test]
+async fn delete_is_one_atomic_change_that_erases_the_secret_hash() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (keep, _) = create_token(&mut c, &acc.id, "keep").await;
+    let (t, secret) = create_token(&mut c, &acc.id, "ci-deploy").await;
+    let mut events = watch(&mut c, pb::WatchTokensRequest::default()).await;
+
+    let r = delete(&mut c, &t.id).await.unwrap();
+    let tomb = r.token.unwrap();
+    assert_eq!(tomb.status, pb::TokenStatus::Deleted as i32);
+    assert_eq!(tomb.revision, t.revision + 1);
+    let deleted = tomb.audit.as_ref().unwrap().deleted.as_ref().unwrap();
+    assert_eq!(deleted.by, "operator");
+    assert!(deleted.at.is_some());
+
+    let e = next_change(&mut events).await;
+    assert_eq!(e.r#type, EventType::Deleted as i32);
+    assert_eq!(e.revision, r.revision);
+    assert_eq!(e.token.unwrap().id, t.id);
+
+    let list = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = list.tokens.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [keep.id.as_str()]);
+    assert_eq!(list.total_size, 1);
+
+    // On disk: no secret index entry names the token any more, and the
+    // hash of its secret is no longer a key.
+    drop(c);
+    drop(events);
+    let dir = s.stop().await;
+    let db = sled::open(dir.path().join("db")).unwrap();
+    let tree = db.open_tree("tokend").unwrap();
+    let hash = tokend::secret::hash(&secret);
+    assert!(
+        tree.get([&b"s/"[..], &hash[..]].concat())
+            .unwrap()
+            .is_none()
+    );
+    for kv in tree.scan_prefix(b"s/") {
+        let (_, v) = kv.unwrap();
+        assert_ne!(
+            v.as_ref(),
+            t.id.as_bytes(),
+            "secret index still names the token"
+        );
+    }
+    let stored: tokend::domain::Token =
+        serde_json::from_slice(&tree.get(format!("t/{}", t.id)).unwrap().unwrap()).unwrap();
+    assert_eq!(stored.status, tokend::domain::TokenStatus::Deleted);
+}
+
+/// §2.2: the answer comes after fsync. SIGKILL right after the answer must
+/// not resurrect the token.
+#[tokio::test]
+async fn an_acknowledged_delete_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_tokend(dir.path(), &[]).await;
+    let addr = child.addr;
+    let mut c = pb::token_service_client::TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut a = pb::account_service_client::AccountServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let acc = a
+        .create_account(pb::CreateAccountRequest {
+            name: "Acme".into(),
+            r#type: pb::AccountType::Client as i32,
+            modules: vec!["commerce".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut secrets = Vec::new();
+    for i in 0..20 {
+        let (t, secret) = create_token(&mut c, &acc.id, &format!("t{i}")).await;
+        secrets.push((t.id, secret));
+    }
+    // Delete half, concurrently, and kill the moment the last answer arrives.
+    let mut set = tokio::task::JoinSet::new();
+    for (id, _) in secrets.iter().step_by(2) {
+        let mut c = c.clone();
+        let id = id.clone();
+        set.spawn(async move { delete(&mut c, &id).await.map(|_| ()) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    child.kill();
+
+    let child = spawn_tokend(dir.path(), &[]).await;
+    let mut c =
+        pb::token_service_client::TokenServiceClient::connect(format!("http://{}", child.addr))
+            .await
+            .unwrap();
+    for (i, (id, secret)) in secrets.iter().enumerate() {
+        let v = verify(&mut c, secret).await;
+        if i % 2 == 0 {
+            assert_eq!(
+                v.result,
+                pb::VerifyResult::NotFound as i32,
+                "{id} came back"
+            );
+            assert_eq!(
+                get(&mut c, id, false).await.unwrap_err().code(),
+                Code::NotFound
+            );
+        } else {
+            assert!(v.valid, "{id} was lost");
+        }
+    }
+    drop(child);
+}
+
+/// §2.3: afterwards verify fails, get is NOT_FOUND (tombstone with
+/// show_deleted), list omits it, a second delete is NOT_FOUND, no mutation
+/// works on it, and it stays that way across a restart.
+#[tokio::test]
+async fn a_deleted_token_is_gone_for_good() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, secret) = create_token(&mut c, &acc.id, "ci-deploy").await;
+    assert!(verify(&mut c, &secret).await.valid);
+    delete(&mut c, &t.id).await.unwrap();
+
+    let s = s.restart().await;
+    let mut c = s.tokens().await;
+    let v = verify(&mut c, &secret).await;
+    assert!(!v.valid);
+    assert_eq!(v.result, pb::VerifyResult::NotFound as i32);
+    assert!(v.token.is_none(), "verify must not reveal the tombstone");
+
+    let e = get(&mut c, &t.id, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(reason(&e), "TOKEN_NOT_FOUND");
+    let tomb = get(&mut c, &t.id, true).await.unwrap();
+    assert_eq!(tomb.status, pb::TokenStatus::Deleted as i32);
+
+    let list = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.tokens.is_empty());
+    let with_deleted = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            show_deleted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(with_deleted.tokens.len(), 1);
+
+    assert_eq!(
+        delete(&mut c, &t.id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let enable = c
+        .enable_token(pb::EnableTokenRequest {
+            id: t.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(enable.code(), Code::NotFound);
+    let update = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                name: "resurrected".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(update.code(), Code::NotFound);
+    // The tombstone itself did not change.
+    assert_eq!(get(&mut c, &t.id, true).await.unwrap(), tomb);
+}
+
+/// §2.4: etag mismatch → ABORTED and nothing changes; validate_only changes
+/// nothing and emits nothing; allow_missing makes missing a no-op.
+#[tokio::test]
+async fn delete_confirms_the_api_way() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, secret) = create_token(&mut c, &acc.id, "ci-deploy").await;
+    let mut events = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            start_revision: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        next_change(&mut events).await.r#type,
+        EventType::Created as i32
+    );
+
+    // A dialog shows the token: validate_only.
+    let preview = c
+        .delete_token(pb::DeleteTokenRequest {
+            id: t.id.clone(),
+            etag: t.etag.clone(),
+            validate_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.revision, 0);
+    let shown = preview.token.unwrap();
+    assert_eq!(shown.name, "ci-deploy");
+    assert_eq!(
+        shown.status,
+        pb::TokenStatus::Deleted as i32,
+        "what would be deleted"
+    );
+    assert_eq!(
+        get(&mut c, &t.id, false).await.unwrap().status,
+        pb::TokenStatus::Active as i32
+    );
+    assert!(verify(&mut c, &secret).await.valid);
+
+    // validate_only runs every check: a stale etag or a missing token fails.
+    let stale = c
+        .delete_token(pb::DeleteTokenRequest {
+            id: t.id.clone(),
+            etag: "0000000000000000".into(),
+            validate_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    // Someone renames it between the dialog and the confirmation.
+    let renamed = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                name: "renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+            etag: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = c
+        .delete_token(pb::DeleteTokenRequest {
+            id: t.id.clone(),
+            etag: t.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Aborted);
+    assert_eq!(reason(&e), "ETAG_MISMATCH");
+    assert!(verify(&mut c, &secret).await.valid, "nothing changed");
+
+    // The UPDATED event is next; no event came from validate_only or the refusal.
+    let e = next_change(&mut events).await;
+    assert_eq!(e.r#type, EventType::Updated as i32);
+
+    let ok = c
+        .delete_token(pb::DeleteTokenRequest {
+            id: t.id.clone(),
+            etag: renamed.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_change(&mut events).await.revision, ok.revision);
+
+    // allow_missing: deleting what is gone (or never existed) is a no-op.
+    for id in [t.id.as_str(), "TKN-0000-0000"] {
+        let r = c
+            .delete_token(pb::DeleteTokenRequest {
+                id: id.into(),
+                allow_missing: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.revision, 0);
+        assert!(r.token.is_none());
+        assert_eq!(delete(&mut c, id).await.unwrap_err().code(), Code::NotFound);
+    }
+    // Nothing else reached the stream.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), events.message()).await;
+    assert!(quiet.is_err(), "no event for no-ops: {quiet:?}");
+}
+
+/// §2.5: the response is enough to print the confirmation message.
+#[tokio::test]
+async fn the_response_carries_the_tombstone_and_the_event_revision() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, _) = create_token(&mut c, &acc.id, "ci-deploy").await;
+    let r = delete(&mut c, &t.id).await.unwrap();
+    let tomb = r.token.as_ref().unwrap();
+    let message = format!("API token '{}' ({}) was deleted.", tomb.name, tomb.id);
+    assert_eq!(
+        message,
+        format!("API token 'ci-deploy' ({}) was deleted.", t.id)
+    );
+    assert!(r.revision > 0);
+    // The revision is the deletion event's, replayable from the log.
+    let mut replay = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            start_revision: r.revision,
+            ..Default::default()
+        },
+    )
+    .await;
+    let e = next_change(&mut replay).await;
+    assert_eq!(
+        (e.revision, e.r#type),
+        (r.revision, EventType::Deleted as i32)
+    );
+}
+
+/// §2.6: every open stream that may see the token hears of the deletion;
+/// a stream for another account does not.
+#[tokio::test]
+async fn every_watcher_hears_of_the_deletion() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let other = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, _) = create_token(&mut c, &acc.id, "ci-deploy").await;
+    let mut watchers = Vec::new();
+    for req in [
+        pb::WatchTokensRequest::default(),
+        pb::WatchTokensRequest {
+            account_id: acc.id.clone(),
+            ..Default::default()
+        },
+        pb::WatchTokensRequest {
+            types: vec![EventType::Deleted as i32],
+            ..Default::default()
+        },
+    ] {
+        watchers.push(watch(&mut s.tokens().await, req).await);
+    }
+    let mut elsewhere = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            account_id: other.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = delete(&mut c, &t.id).await.unwrap();
+    for w in &mut watchers {
+        let e = next_change(w).await;
+        assert_eq!(
+            (e.r#type, e.revision),
+            (EventType::Deleted as i32, r.revision)
+        );
+        assert_eq!(e.actor, "operator");
+        assert!(e.time.is_some());
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), elsewhere.message()).await;
+    assert!(quiet.is_err(), "another account's stream saw the deletion");
+}
+
+/// 50 concurrent deletes of one token: exactly one succeeds, exactly one event.
+#[tokio::test]
+async fn fifty_concurrent_deletes_of_one_token() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, _) = create_token(&mut c, &acc.id, "contended").await;
+    let mut events = watch(&mut c, pb::WatchTokensRequest::default()).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let mut c = s.tokens().await;
+        let id = t.id.clone();
+        set.spawn(async move { delete(&mut c, &id).await });
+    }
+    let (mut ok, mut not_found) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::NotFound => not_found += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((ok, not_found), (1, 49));
+    assert_eq!(
+        next_change(&mut events).await.r#type,
+        EventType::Deleted as i32
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), events.message()).await;
+    assert!(quiet.is_err(), "a second DELETED event");
+}
