@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Idle watch streams get a PROGRESS event this often (e.g. 15s, 500ms).
     #[arg(long, env = "TOKEND_PROGRESS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+    /// Events the live fan-out keeps for watchers that fall briefly behind;
+    /// one further behind catches up from the event log.
+    #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096)]
+    pub hub_capacity: usize,
     /// How long in-flight calls get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "TOKEND_SHUTDOWN_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -66,6 +70,7 @@ impl ServeArgs {
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,
             shutdown_grace: self.shutdown_grace,
+            hub_capacity: self.hub_capacity,
             ..Config::new(self.listen, self.data_dir.clone())
         }
     }

@@ -22,6 +22,7 @@ pub mod reason {
     pub const TOO_MANY_WATCHERS: &str = "TOO_MANY_WATCHERS";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    pub const LISTEN_FAILED: &str = "LISTEN_FAILED";
     pub const INTERNAL: &str = "INTERNAL";
 }
 

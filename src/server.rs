@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::error::Error;
@@ -102,12 +102,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable {
-            reason: crate::error::reason::STORE_UNAVAILABLE,
+            reason: crate::error::reason::LISTEN_FAILED,
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
+    // Socket options must be set here: the builder's tcp_nodelay/keepalive
+    // only apply when tonic binds the port itself. Without TCP_NODELAY a
+    // response of two segments waits ~40 ms for a delayed ACK.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
 
     let hub = Hub::new(config.hub_capacity);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(
@@ -152,8 +158,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         // watch streams, and keep idle NAT/LB mappings open.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -165,10 +169,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let signal = shutdown.clone();
     let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
-        let serve = router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            signal.clone().cancelled_owned(),
-        );
+        let serve = router.serve_with_incoming_shutdown(incoming, signal.clone().cancelled_owned());
         tokio::pin!(serve);
         let served = tokio::select! {
             result = &mut serve => result,

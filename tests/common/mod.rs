@@ -199,9 +199,8 @@ pub fn reason(s: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
-/// Resident memory of this process, in KiB.
-pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+fn rss_of(path: &str) -> u64 {
+    let status = std::fs::read_to_string(path).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -255,6 +254,11 @@ impl Process {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_of(&format!("/proc/{}/status", self.child.id()))
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,121 @@
+//! A throwaway first measurement of durable deletes per second (the real
+//! benchmark tool comes with its own issue). Starts tokend in-process on a
+//! temp dir, pre-creates tokens, then deletes them from C concurrent clients
+//! (each on its own connection) and prints deletes/s and p50/p99.
+//!
+//!     cargo run --release --example delete_rate -- 1 32
+
+use std::time::{Duration, Instant};
+
+use tokend::proto as pb;
+use tokend::proto::account_service_client::AccountServiceClient;
+use tokend::proto::token_service_client::TokenServiceClient;
+
+const TOKENS: usize = 4000;
+
+#[tokio::main]
+async fn main() {
+    let clients: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("client counts"))
+        .collect();
+    for c in if clients.is_empty() {
+        vec![1, 32]
+    } else {
+        clients
+    } {
+        run(c).await;
+    }
+}
+
+async fn run(clients: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tokend::server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let server = tokend::server::start(config).await.unwrap();
+    let url = format!("http://{}", server.addr);
+    let account = AccountServiceClient::connect(url.clone())
+        .await
+        .unwrap()
+        .create_account(pb::CreateAccountRequest {
+            name: "bench".into(),
+            r#type: pb::AccountType::Client as i32,
+            modules: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let desc = "d".repeat(
+        std::env::var("DESC")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0),
+    );
+    let created = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for k in 0..16 {
+        let (url, account, desc) = (url.clone(), account.id.clone(), desc.clone());
+        set.spawn(async move {
+            let mut c = TokenServiceClient::connect(url).await.unwrap();
+            let mut ids = Vec::new();
+            for i in (k..TOKENS).step_by(16) {
+                let t = c
+                    .create_token(pb::CreateTokenRequest {
+                        account_id: account.clone(),
+                        name: format!("t{i}"),
+                        description: desc.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids.push(t.token.unwrap().id);
+            }
+            ids
+        });
+    }
+    let mut ids = Vec::with_capacity(TOKENS);
+    while let Some(r) = set.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    println!(
+        "created {TOKENS} from 16 clients in {:?}",
+        created.elapsed()
+    );
+    let per_client = TOKENS / clients;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in ids.chunks(per_client).take(clients) {
+        let chunk = chunk.to_vec();
+        let url = url.clone();
+        set.spawn(async move {
+            let mut c = TokenServiceClient::connect(url).await.unwrap();
+            let mut lat = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                let t = Instant::now();
+                c.delete_token(pb::DeleteTokenRequest {
+                    id,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+                lat.push(t.elapsed());
+            }
+            lat
+        });
+    }
+    let mut lat: Vec<Duration> = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lat.extend(r.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "clients={clients:>3} deletes={} elapsed={:.2}s deletes/s={:.0} p50={:?} p99={:?}",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99)
+    );
+    server.stop().await.unwrap();
+}
