@@ -1,0 +1,270 @@
+//! The process around the API: restart persistence, shutdown, health,
+//! reflection, start-up failures.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use tokend::proto as pb;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_restart_keeps_tokens_tombstones_revisions_and_events() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (live, live_secret) = create_token(&mut c, &acc.id, "live").await;
+    let (gone, gone_secret) = create_token(&mut c, &acc.id, "gone").await;
+    let disabled = c
+        .disable_token(pb::DisableTokenRequest {
+            id: live.id.clone(),
+            etag: live.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deleted = delete(&mut c, &gone.id).await.unwrap();
+    for i in 0..3 {
+        create_token(&mut c, &acc.id, &format!("page {i}")).await;
+    }
+    let page1 = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let head = deleted.revision + 3;
+
+    // A watcher reads part of the history, then the server restarts.
+    let mut w = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            start_revision: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_change(&mut w).await.revision);
+    }
+    drop((w, c));
+    let s = s.restart().await;
+    let mut c = s.tokens().await;
+
+    assert_eq!(
+        get(&mut c, &live.id, false).await.unwrap(),
+        get_after(&disabled)
+    );
+    assert_eq!(
+        verify(&mut c, &live_secret).await.result,
+        pb::VerifyResult::Disabled as i32
+    );
+    assert_eq!(
+        verify(&mut c, &gone_secret).await.result,
+        pb::VerifyResult::NotFound as i32
+    );
+    assert_eq!(
+        get(&mut c, &gone.id, true).await.unwrap(),
+        deleted.token.unwrap()
+    );
+
+    // Page tokens issued before the restart still work (the key is persisted).
+    let page2 = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            page_size: 2,
+            page_token: page1.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.tokens.len() + page2.tokens.len(), 4);
+
+    // Resuming after the restart continues exactly where the watcher was.
+    let mut w = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            start_revision: seen.last().unwrap() + 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut expected = seen.last().unwrap() + 1;
+    while expected <= head {
+        assert_eq!(next_change(&mut w).await.revision, expected);
+        expected += 1;
+    }
+    // New writes continue the same sequence.
+    let (_, _) = create_token(&mut c, &acc.id, "after restart").await;
+    assert_eq!(next_change(&mut w).await.revision, head + 1);
+}
+
+/// What GetToken shows for a token an UpdateToken/DisableToken returned.
+fn get_after(t: &pb::Token) -> pb::Token {
+    t.clone()
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable_promptly() {
+    let s = TestServer::start().await;
+    let mut c = s.tokens().await;
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        watches.push(watch(&mut c, pb::WatchTokensRequest::default()).await);
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
+    let mut health_watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health_watch.message().await.unwrap().unwrap().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let started = Instant::now();
+    s.shutdown();
+    for w in &mut watches {
+        let end = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("the watch ended within 5 s");
+        let status = end.expect_err("ended with a status");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+    // Health watchers see NOT_SERVING, then their stream ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = health_watch.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "health Watch stream still open");
+    s.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_within_five_seconds_even_with_open_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_tokend(dir.path(), &[]).await;
+    let mut c = pb::token_service_client::TokenServiceClient::connect(p.url())
+        .await
+        .unwrap();
+    let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
+    // A stalled client too: it never reads, and must not hold shutdown up.
+    let mut stalled = pb::token_service_client::TokenServiceClient::connect(p.url())
+        .await
+        .unwrap();
+    let _stalled = watch(&mut stalled, pb::WatchTokensRequest::default()).await;
+    let channel = tonic::transport::Channel::from_shared(p.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let _health_watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    p.signal(15);
+    let status = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .expect("stream ended")
+        .expect_err("with a status");
+    assert_eq!(status.code(), Code::Unavailable);
+    loop {
+        if let Some(exit) = p.child.try_wait().unwrap() {
+            assert!(exit.success(), "exit status {exit:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_and_reflection_need_no_credentials_and_describe_everything() {
+    let s = TestServer::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel().await);
+    for service in [
+        "",
+        "apitokens.v1.TokenService",
+        "apitokens.v1.AccountService",
+    ] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(s.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a list response");
+    };
+    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    for want in [
+        "apitokens.v1.AccountService",
+        "apitokens.v1.TokenService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_tokend_on_the_same_data_dir_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = spawn_tokend(dir.path(), &[]).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("tokend: "), "{stderr}");
+    assert!(last.contains(&dir.path().display().to_string()), "{last}");
+}

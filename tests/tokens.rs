@@ -1,0 +1,633 @@
+//! The token lifecycle and the rules of SPEC §1 and §3 over gRPC.
+
+mod common;
+
+use common::*;
+use tokend::proto as pb;
+use tonic::Code;
+
+fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
+    Some(prost_types::FieldMask {
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+#[tokio::test]
+async fn full_lifecycle_create_verify_update_disable_enable_delete() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let created = c
+        .create_token(pb::CreateTokenRequest {
+            account_id: acc.id.clone(),
+            name: "ci-deploy".into(),
+            description: "Deploys from CI".into(),
+            icon: "https://example.com/ci.png".into(),
+            modules: vec!["commerce".into(), "billing".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let t = created.token.unwrap();
+    let secret = created.secret;
+    assert!(t.id.starts_with("TKN-") && t.id.len() == 13);
+    assert!(secret.starts_with(&format!("idt:{}:", t.id)));
+    assert_eq!(secret.len(), tokend::secret::SECRET_LEN);
+    assert_eq!(t.status, pb::TokenStatus::Active as i32);
+    assert_eq!(t.revision, 1);
+    assert_eq!(t.modules, ["billing", "commerce"]);
+    assert_eq!(
+        t.audit.as_ref().unwrap().created.as_ref().unwrap().by,
+        "operator"
+    );
+    assert!(t.last_access_time.is_none());
+
+    // The secret is shown once: nothing else ever returns it.
+    let fetched = get(&mut c, &t.id, false).await.unwrap();
+    assert_eq!(fetched, t);
+    assert!(!format!("{fetched:?}").contains(&secret[18..]));
+
+    let v = verify(&mut c, &secret).await;
+    assert!(v.valid);
+    assert_eq!(v.result, pb::VerifyResult::Valid as i32);
+    assert_eq!(v.token.as_ref().unwrap().id, t.id);
+    assert_eq!(v.account.as_ref().unwrap().id, acc.id);
+    // Verification records an approximate access time and changes nothing else.
+    let after = get(&mut c, &t.id, false).await.unwrap();
+    assert!(after.last_access_time.is_some());
+    assert_eq!((after.revision, &after.etag), (t.revision, &t.etag));
+
+    let updated = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                name: "ci deploy v2".into(),
+                description: String::new(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name", "description"]),
+            etag: t.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.name, "ci deploy v2");
+    assert_eq!(updated.description, "", "a masked empty field clears it");
+    assert_eq!(updated.icon, t.icon, "unmasked fields stay");
+    assert_eq!(updated.revision, 2);
+    assert_ne!(updated.etag, t.etag);
+    assert!(updated.audit.as_ref().unwrap().updated.is_some());
+
+    let disabled = c
+        .disable_token(pb::DisableTokenRequest {
+            id: t.id.clone(),
+            etag: updated.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(disabled.status, pb::TokenStatus::Disabled as i32);
+    assert_eq!(
+        verify(&mut c, &secret).await.result,
+        pb::VerifyResult::Disabled as i32
+    );
+    let again = c
+        .disable_token(pb::DisableTokenRequest {
+            id: t.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&again), "TOKEN_NOT_ACTIVE");
+
+    let enabled = c
+        .enable_token(pb::EnableTokenRequest {
+            id: t.id.clone(),
+            etag: disabled.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enabled.status, pb::TokenStatus::Active as i32);
+    assert_eq!(enabled.revision, 4);
+    let again = c
+        .enable_token(pb::EnableTokenRequest {
+            id: t.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert!(verify(&mut c, &secret).await.valid);
+
+    let stale = c
+        .enable_token(pb::EnableTokenRequest {
+            id: t.id.clone(),
+            etag: t.etag.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let r = delete(&mut c, &t.id).await.unwrap();
+    assert_eq!(r.token.unwrap().revision, 5);
+    assert!(!verify(&mut c, &secret).await.valid);
+}
+
+#[tokio::test]
+async fn verify_tells_malformed_unknown_disabled_and_account_disabled_apart() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (_, secret) = create_token(&mut c, &acc.id, "t").await;
+
+    // A bad checksum is malformed: decided offline.
+    let mut forged = secret.clone().into_bytes();
+    let last = forged.len() - 10;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for bad in ["", "hello", "Bearer x", forged.as_str()] {
+        let v = verify(&mut c, bad).await;
+        assert_eq!(v.result, pb::VerifyResult::Malformed as i32, "{bad}");
+        assert!(!v.valid && v.token.is_none());
+    }
+    // Well-formed, but not ours.
+    let other =
+        tokend::secret::Secret::generate(&tokend::domain::TokenId::parse("TKN-0000-0001").unwrap());
+    assert_eq!(
+        verify(&mut c, other.expose()).await.result,
+        pb::VerifyResult::NotFound as i32
+    );
+
+    // The account is disabled: its tokens stop verifying, and come back.
+    let mut a = s.accounts().await;
+    let disabled = a
+        .update_account(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                id: acc.id.clone(),
+                status: pb::AccountStatus::Disabled as i32,
+                ..Default::default()
+            }),
+            update_mask: mask(&["status"]),
+            etag: acc.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let v = verify(&mut c, &secret).await;
+    assert_eq!(v.result, pb::VerifyResult::AccountDisabled as i32);
+    assert!(!v.valid);
+    // A disabled account gets no new tokens.
+    let e = c
+        .create_token(pb::CreateTokenRequest {
+            account_id: acc.id.clone(),
+            name: "new".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "ACCOUNT_DISABLED")
+    );
+    a.update_account(pb::UpdateAccountRequest {
+        account: Some(pb::Account {
+            id: acc.id.clone(),
+            status: pb::AccountStatus::Active as i32,
+            ..Default::default()
+        }),
+        update_mask: mask(&["status"]),
+        etag: disabled.etag,
+    })
+    .await
+    .unwrap();
+    assert!(verify(&mut c, &secret).await.valid);
+}
+
+/// Bad input gets a precise status and leaves the store unchanged.
+#[tokio::test]
+async fn invalid_requests_are_refused_precisely_and_change_nothing() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, &["commerce"]).await;
+    let mut c = s.tokens().await;
+    let (t, _) = create_token(&mut c, &acc.id, "t").await;
+    let mut watch_all = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            start_revision: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let create = |name: &str, modules: &[&str], account: &str| pb::CreateTokenRequest {
+        account_id: account.into(),
+        name: name.into(),
+        description: String::new(),
+        icon: String::new(),
+        modules: modules.iter().map(|m| m.to_string()).collect(),
+    };
+    let cases: Vec<(pb::CreateTokenRequest, Code, &str)> = vec![
+        (
+            create("", &[], &acc.id),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            create(&"a".repeat(201), &[], &acc.id),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            create("semi;colon", &[], &acc.id),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            create("ok", &["no-such-module"], &acc.id),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            create("ok", &["billing"], &acc.id),
+            Code::FailedPrecondition,
+            "MODULE_NOT_IN_ACCOUNT",
+        ),
+        (
+            create("ok", &[], ""),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            create("ok", &[], "ACC-12"),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            create("ok", &[], "ACC-0000-0000"),
+            Code::NotFound,
+            "ACCOUNT_NOT_FOUND",
+        ),
+        (
+            pb::CreateTokenRequest {
+                description: "x".repeat(2001),
+                ..create("ok", &[], &acc.id)
+            },
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            pb::CreateTokenRequest {
+                icon: "javascript:alert(1)".into(),
+                ..create("ok", &[], &acc.id)
+            },
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+        ),
+    ];
+    for (req, code, why) in cases {
+        let e = c.create_token(req.clone()).await.unwrap_err();
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{req:?}");
+        assert!(e.message().len() < 300, "short message: {}", e.message());
+    }
+
+    // Update: unknown mask paths and immutable fields.
+    for paths in [
+        &["status"][..],
+        &["account_id"],
+        &["secret"],
+        &["name", "bogus"],
+    ] {
+        let e = c
+            .update_token(pb::UpdateTokenRequest {
+                token: Some(pb::Token {
+                    id: t.id.clone(),
+                    name: "x".into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(paths),
+                etag: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{paths:?}");
+    }
+    let e = c
+        .update_token(pb::UpdateTokenRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    for id in ["", "TKN-1", "tkn-0000-0000", "ACC-0000-0000"] {
+        let e = get(&mut c, id, false).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}");
+    }
+    assert_eq!(
+        get(&mut c, "TKN-0000-0000", false)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // Nothing above changed anything: the token is as it was, and no event
+    // was emitted (revision 3 never came).
+    assert_eq!(get(&mut c, &t.id, false).await.unwrap(), t);
+    let quiet =
+        tokio::time::timeout(std::time::Duration::from_millis(300), watch_all.message()).await;
+    assert!(quiet.is_err(), "an event after refused requests: {quiet:?}");
+}
+
+#[tokio::test]
+async fn update_masks_follow_aip_134_and_no_op_updates_change_nothing() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, _) = create_token(&mut c, &acc.id, "t").await;
+
+    // No mask: the fields set in the request.
+    let u = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                modules: vec!["billing".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (u.modules.clone(), u.name.clone(), u.revision),
+        (vec!["billing".to_string()], "t".to_string(), 2)
+    );
+
+    // The same values again: no change, no new revision.
+    let same = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                modules: vec!["billing".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same, u);
+
+    // "*" replaces every updatable field; the etag may come inside the token.
+    let star = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                name: "renamed".into(),
+                etag: u.etag.clone(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["*"]),
+            etag: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            star.name.as_str(),
+            star.description.as_str(),
+            star.modules.len()
+        ),
+        ("renamed", "", 0)
+    );
+
+    let e = c
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                name: "stale".into(),
+                etag: u.etag.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::Aborted, "ETAG_MISMATCH")
+    );
+}
+
+#[tokio::test]
+async fn listing_pages_per_aip_158_with_opaque_bound_page_tokens() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let other = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(create_token(&mut c, &acc.id, &format!("t{i}")).await.0.id);
+    }
+    create_token(&mut c, &other.id, "elsewhere").await;
+    ids.sort();
+
+    let list = |page_size: i32, page_token: String| pb::ListTokensRequest {
+        account_id: acc.id.clone(),
+        page_size,
+        page_token,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = c.list_tokens(list(3, token)).await.unwrap().into_inner();
+        assert_eq!(r.total_size, 7);
+        assert!(r.tokens.len() <= 3);
+        seen.extend(r.tokens.into_iter().map(|t| t.id));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(seen, ids, "every token once, in id order");
+
+    let all = c
+        .list_tokens(list(0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.tokens.len(), 7);
+    let capped = c
+        .list_tokens(list(100_000, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(capped.tokens.len(), 7);
+    let everyone = c
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(everyone.total_size, 8);
+
+    let e = c.list_tokens(list(-1, String::new())).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let first = c
+        .list_tokens(list(3, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tampered = first.next_page_token.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    for bad in [
+        String::from_utf8(tampered).unwrap(),
+        "garbage".into(),
+        "AAAA".into(),
+    ] {
+        let e = c.list_tokens(list(3, bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    // A token from another query (another account) is refused.
+    let foreign = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: other.id.clone(),
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::InvalidArgument);
+
+    // Filters.
+    let filtered = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            filter: "name = \"t3\" AND status = ACTIVE AND modules:commerce".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.tokens.len(), 1);
+    assert_eq!(filtered.tokens[0].name, "t3");
+    let e = c
+        .list_tokens(pb::ListTokensRequest {
+            filter: "colour = red".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: "ACC-0000-0000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn accounts_are_created_listed_and_bound_their_tokens_modules() {
+    let s = TestServer::start().await;
+    let mut a = s.accounts().await;
+    let acc = create_account(&s, &["commerce", "billing"]).await;
+    assert!(acc.id.starts_with("ACC-"));
+    assert_eq!(acc.status, pb::AccountStatus::Active as i32);
+    assert_eq!(
+        a.get_account(pb::GetAccountRequest { id: acc.id.clone() })
+            .await
+            .unwrap()
+            .into_inner(),
+        acc
+    );
+
+    let mut c = s.tokens().await;
+    let (_, _) = create_token(&mut c, &acc.id, "uses commerce").await;
+    // The account cannot drop a module a live token holds.
+    let e = a
+        .update_account(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                id: acc.id.clone(),
+                modules: vec!["billing".into()],
+                ..Default::default()
+            }),
+            update_mask: mask(&["modules"]),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "MODULE_IN_USE")
+    );
+
+    for bad in [
+        pb::CreateAccountRequest {
+            name: "x".into(),
+            r#type: 0,
+            modules: vec![],
+        },
+        pb::CreateAccountRequest {
+            name: "".into(),
+            r#type: pb::AccountType::Vendor as i32,
+            modules: vec![],
+        },
+        pb::CreateAccountRequest {
+            name: "x".into(),
+            r#type: pb::AccountType::Vendor as i32,
+            modules: vec!["nope".into()],
+        },
+    ] {
+        assert_eq!(
+            a.create_account(bad).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+    let e = a
+        .get_account(pb::GetAccountRequest {
+            id: "ACC-0000-0000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "ACCOUNT_NOT_FOUND")
+    );
+
+    for i in 0..4 {
+        a.create_account(pb::CreateAccountRequest {
+            name: format!("Vendor {i}"),
+            r#type: pb::AccountType::Vendor as i32,
+            modules: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let page = a
+        .list_accounts(pb::ListAccountsRequest {
+            page_size: 2,
+            filter: "type = VENDOR".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((page.accounts.len(), page.total_size), (2, 4));
+    let rest = a
+        .list_accounts(pb::ListAccountsRequest {
+            page_size: 10,
+            filter: "type = VENDOR".into(),
+            page_token: page.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.accounts.len(), 2);
+    assert!(rest.next_page_token.is_empty());
+}
