@@ -11,6 +11,11 @@ const PROTOS: &[&str] = &[
     "proto/apitokens/v1/tokens.proto",
 ];
 
+const SECRET_BEARING: &[&str] = &[
+    "apitokens.v1.CreateTokenResponse",
+    "apitokens.v1.VerifyTokenRequest",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(PROTOS, ["proto"])?;
@@ -19,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Messages that carry a plain secret get a redacting Debug (src/proto.rs).
+        .skip_debug(SECRET_BEARING)
         .compile_fds(fds)?;
     Ok(())
 }

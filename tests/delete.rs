@@ -240,7 +240,10 @@ async fn delete_confirms_the_api_way() {
     assert_eq!(preview.revision, 0);
     let shown = preview.token.unwrap();
     assert_eq!(shown.name, "ci-deploy");
-    assert_eq!(shown, t, "the token as it is, with the etag that confirms it");
+    assert_eq!(
+        shown, t,
+        "the token as it is, with the etag that confirms it"
+    );
     assert_eq!(
         get(&mut c, &t.id, false).await.unwrap().status,
         pb::TokenStatus::Active as i32

@@ -208,11 +208,6 @@ impl SledStore {
             writer: std::sync::Mutex::new(Some(writer)),
         })
     }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
