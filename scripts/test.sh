@@ -20,4 +20,4 @@ if ! have jq; then
 fi
 grpcurl -version 2>&1 | head -1
 
-exec cargo test --all-targets "$@"
+exec cargo test --tests "$@"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::server::Config;
+use crate::server::{Config, TlsFiles};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,6 +58,32 @@ pub struct ServeArgs {
     /// one further behind catches up from the event log.
     #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096)]
     pub hub_capacity: usize,
+    /// A file holding the operator secret to use, instead of the one tokend
+    /// generates into <data-dir>/operator.token on first start.
+    #[arg(long, env = "TOKEND_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
+    /// PEM certificate chain; with --tls-key, serve TLS instead of plaintext.
+    #[arg(long, env = "TOKEND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TOKEND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "TOKEND_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "TOKEND_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Concurrent calls per HTTP/2 connection.
+    #[arg(
+        long,
+        env = "TOKEND_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024
+    )]
+    pub max_streams_per_connection: u32,
+    /// Deadline for unary calls (e.g. 30s).
+    #[arg(long, env = "TOKEND_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
     /// How long in-flight calls get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "TOKEND_SHUTDOWN_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -71,6 +97,18 @@ impl ServeArgs {
             progress_interval: self.progress_interval,
             shutdown_grace: self.shutdown_grace,
             hub_capacity: self.hub_capacity,
+            operator_token_file: self.operator_token_file.clone(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_streams_per_connection: self.max_streams_per_connection,
+            request_timeout: self.request_timeout,
             ..Config::new(self.listen, self.data_dir.clone())
         }
     }

@@ -62,6 +62,10 @@ pub struct NewToken {
     pub description: String,
     pub icon: Option<String>,
     pub modules: Modules,
+    /// Only for the bootstrap operator token, whose secret may be supplied by
+    /// the operator (or written to disk before the token exists): its id and
+    /// hash. Every other token gets a fresh id and a fresh secret.
+    pub preset: Option<(TokenId, SecretHash)>,
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -180,8 +184,20 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 ));
             }
             check_modules_granted(account, &new.modules)?;
-            let id = fresh_id(|id| state.token_id_taken(id), TokenId::from_number, draw)?;
-            let secret = Secret::generate(&id);
+            let (id, hash, secret) = match &new.preset {
+                Some((id, _)) if state.token_id_taken(id) => {
+                    return Err(Error::precondition(
+                        reason::TOKEN_ID_TAKEN,
+                        format!("token id {id} was issued before and is never reused"),
+                    ));
+                }
+                Some((id, hash)) => (id.clone(), *hash, None),
+                None => {
+                    let id = fresh_token_id(state)?;
+                    let secret = Secret::generate(&id);
+                    (id, secret.hash(), Some(secret))
+                }
+            };
             let token = Token {
                 id,
                 account_id: new.account_id.clone(),
@@ -200,9 +216,9 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             let change = Change {
                 kind: EventKind::Created,
                 subject: Subject::Token(token),
-                secret: SecretOp::Set(secret.hash()),
+                secret: SecretOp::Set(hash),
             };
-            Ok(Plan::Change(change, Some(secret)))
+            Ok(Plan::Change(change, secret))
         }
         Command::UpdateToken { id, etag, patch } => {
             let current = live_token(state, id)?;
@@ -363,6 +379,11 @@ fn check_modules_unused(
     }
 }
 
+/// A token id never issued before (tombstones count).
+pub fn fresh_token_id(state: &State) -> Result<TokenId, Error> {
+    fresh_id(|id| state.token_id_taken(id), TokenId::from_number, draw)
+}
+
 /// A uniformly random id number.
 fn draw() -> u32 {
     rand::random_range(1..100_000_000)
@@ -393,7 +414,7 @@ mod tests {
     use crate::domain::Actor;
 
     fn apply(state: &mut State, cmd: Command) -> Change {
-        let actor = Actor::operator();
+        let actor = Actor("TKN-0000-0001".into());
         let ctx = Ctx {
             now: SystemTime::now(),
             actor: &actor,
@@ -438,6 +459,7 @@ mod tests {
                 description: String::new(),
                 icon: None,
                 modules: Modules::new(),
+                preset: None,
             }),
         ));
         let deleted = apply(

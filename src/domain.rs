@@ -17,19 +17,10 @@ use crate::error::Error;
 /// Revision 0 means "nothing yet"; the first change is revision 1.
 pub type Revision = u64;
 
-/// Who made a change: a token id, or [`Actor::OPERATOR`].
+/// Who made a change: the id of the calling token, or `bootstrap` for what
+/// tokend itself creates on first start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor(pub String);
-
-impl Actor {
-    /// The bootstrap operator credential (SPEC §4), and the actor of calls made
-    /// before authentication exists.
-    pub const OPERATOR: &'static str = "operator";
-
-    pub fn operator() -> Self {
-        Actor(Self::OPERATOR.to_string())
-    }
-}
 
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

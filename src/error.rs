@@ -18,12 +18,16 @@ pub mod reason {
     pub const ACCOUNT_DISABLED: &str = "ACCOUNT_DISABLED";
     pub const MODULE_NOT_IN_ACCOUNT: &str = "MODULE_NOT_IN_ACCOUNT";
     pub const MODULE_IN_USE: &str = "MODULE_IN_USE";
+    pub const TOKEN_ID_TAKEN: &str = "TOKEN_ID_TAKEN";
     pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
     pub const TOO_MANY_WATCHERS: &str = "TOO_MANY_WATCHERS";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
     pub const LISTEN_FAILED: &str = "LISTEN_FAILED";
     pub const INTERNAL: &str = "INTERNAL";
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
+    pub const CREDENTIAL_REVOKED: &str = "CREDENTIAL_REVOKED";
 }
 
 /// `google.rpc.ErrorInfo.domain` of every error this service raises.
@@ -37,6 +41,16 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    /// No valid credential. One message for every cause (missing, malformed,
+    /// unknown, disabled, deleted), so the answer is no oracle.
+    #[error("missing or invalid credentials: send `authorization: Bearer <token secret>`")]
+    Unauthenticated,
+    /// A watch stream's own credential was deleted or disabled.
+    #[error("the credential of this stream was {0}")]
+    CredentialRevoked(&'static str),
+    /// Authenticated, but this caller may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     /// The named thing does not exist (or the caller may not know it does).
     #[error("{what} {id} not found")]
     NotFound { what: &'static str, id: String },

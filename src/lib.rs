@@ -2,6 +2,7 @@
 //! them so that every subscriber knows in real time.
 //!
 //! Where things live, following one delete from the wire to the watchers:
+//! - [`auth`]: who is calling (bearer tokens) and what they may do.
 //! - [`service`]: the gRPC handlers; `DeleteToken` builds a [`command::Command`].
 //! - [`command`]: what each mutation does, as a pure plan against a [`state::State`].
 //! - [`store`]: commits plans durably under the next global revision (sled by default).
@@ -9,6 +10,7 @@
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
 //! - [`server`] and [`cli`]: the `tokend` binary around all of it.
 
+pub mod auth;
 pub mod cli;
 pub mod command;
 pub mod domain;

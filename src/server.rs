@@ -18,9 +18,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 use tonic_health::ServingStatus;
 
+use crate::auth::Authenticator;
 use crate::error::Error;
 use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
@@ -42,6 +45,25 @@ pub struct Config {
     pub hub_capacity: usize,
     /// A token's last-access time is persisted at most this often.
     pub access_interval: Duration,
+    /// A file holding the operator secret to use instead of generating one.
+    pub operator_token_file: Option<PathBuf>,
+    /// TLS; plaintext when `None`.
+    pub tls: Option<TlsFiles>,
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_streams_per_connection: u32,
+    /// Deadline for unary calls (a shorter `grpc-timeout` from the client wins).
+    pub request_timeout: Duration,
+}
+
+/// PEM files for TLS; with `client_ca`, clients must present a certificate
+/// signed by it (mTLS).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -56,6 +78,11 @@ impl Config {
             shutdown_grace: Duration::from_secs(3),
             hub_capacity: 4096,
             access_interval: Duration::from_secs(60),
+            operator_token_file: None,
+            tls: None,
+            max_request_bytes: 1024 * 1024,
+            max_streams_per_connection: 1024,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -97,8 +124,28 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, Error> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p)
+            .map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())))
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
+}
+
+/// tonic's TLS is rustls. Should two crypto providers ever end up in the
+/// tree, rustls cannot pick one and panics at the first handshake: name ours.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Binds, opens the store and starts serving in a background task.
 pub async fn start(config: Config) -> Result<Running, Error> {
+    install_crypto_provider();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable {
@@ -135,6 +182,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown.clone(),
     );
     let service = Service::new(store.clone(), watchers);
+    crate::auth::bootstrap(
+        store.as_ref(),
+        &config.data_dir,
+        config.operator_token_file.as_deref(),
+    )
+    .await?;
+    let auth = Authenticator::new(store.clone());
+    let limit = config.max_request_bytes;
+    let tokens = TokenServiceServer::new(service.clone()).max_decoding_message_size(limit);
+    let accounts = AccountServiceServer::new(service).max_decoding_message_size(limit);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let served = [
@@ -153,17 +210,26 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| Error::invalid("tls", e.to_string()))?;
+    }
+    let router = builder
         // Keepalives let proxies and clients see a dead peer on long-lived
         // watch streams, and keep idle NAT/LB mappings open.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(config.max_streams_per_connection)
+        // Applies to producing a response, so streams are not cut by it.
+        .timeout(config.request_timeout)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TokenServiceServer::new(service.clone()))
-        .add_service(AccountServiceServer::new(service));
+        .add_service(InterceptedService::new(tokens, auth.clone()))
+        .add_service(InterceptedService::new(accounts, auth));
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tokend serving");
     let signal = shutdown.clone();

@@ -29,6 +29,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::auth::{Caller, revokes};
 use crate::domain::{AccountId, Event, EventKind, Revision, Token};
 use crate::error::Error;
 use crate::store::Store;
@@ -93,6 +94,9 @@ pub struct Filter {
     pub account: Option<AccountId>,
     /// Empty: every kind.
     pub kinds: HashSet<EventKind>,
+    /// The caller whose credential opened the stream: the stream ends with
+    /// `UNAUTHENTICATED` right after a change that revokes it.
+    pub credential: Option<Caller>,
 }
 
 impl Filter {
@@ -180,6 +184,7 @@ impl Watchers {
             store: self.store.clone(),
             filter,
             next,
+            history_until: self.store.state().revision(),
             live,
             tx,
             progress_interval: self.config.progress_interval,
@@ -251,6 +256,9 @@ struct Follower {
     filter: Filter,
     /// The next revision this stream owes its client.
     next: Revision,
+    /// Changes up to here happened before the stream opened: replaying an
+    /// old revocation of the credential must not end the stream.
+    history_until: Revision,
     live: broadcast::Receiver<Arc<Event>>,
     tx: mpsc::Sender<Result<Notice, Error>>,
     progress_interval: Duration,
@@ -331,11 +339,17 @@ impl Follower {
     async fn deliver(&mut self, event: Arc<Event>) -> Result<bool, StopOr> {
         debug_assert_eq!(event.revision, self.next, "no gaps, no duplicates");
         self.next = event.revision + 1;
-        if self.filter.wants(&event) {
-            self.send(Notice::Change(event)).await?;
-            return Ok(true);
+        let sent = self.filter.wants(&event);
+        if sent {
+            self.send(Notice::Change(event.clone())).await?;
         }
-        Ok(false)
+        if event.revision > self.history_until
+            && let Some(caller) = &self.filter.credential
+            && let Some(how) = revokes(caller, &event.subject)
+        {
+            return Err(StopOr::error(Error::CredentialRevoked(how)));
+        }
+        Ok(sent)
     }
 
     async fn send(&self, notice: Notice) -> Result<(), StopOr> {

@@ -23,7 +23,7 @@ async fn delete_is_one_atomic_change_that_erases_the_secret_hash() {
     assert_eq!(tomb.status, pb::TokenStatus::Deleted as i32);
     assert_eq!(tomb.revision, t.revision + 1);
     let deleted = tomb.audit.as_ref().unwrap().deleted.as_ref().unwrap();
-    assert_eq!(deleted.by, "operator");
+    assert_eq!(deleted.by, operator_id(&mut c).await);
     assert!(deleted.at.is_some());
 
     let e = next_change(&mut events).await;
@@ -75,13 +75,8 @@ async fn delete_is_one_atomic_change_that_erases_the_secret_hash() {
 async fn an_acknowledged_delete_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_tokend(dir.path(), &[]).await;
-    let addr = child.addr;
-    let mut c = pb::token_service_client::TokenServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let mut a = pb::account_service_client::AccountServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut c = child.tokens().await;
+    let mut a = child.accounts().await;
     let acc = a
         .create_account(pb::CreateAccountRequest {
             name: "Acme".into(),
@@ -109,10 +104,7 @@ async fn an_acknowledged_delete_survives_sigkill() {
     child.kill();
 
     let child = spawn_tokend(dir.path(), &[]).await;
-    let mut c =
-        pb::token_service_client::TokenServiceClient::connect(format!("http://{}", child.addr))
-            .await
-            .unwrap();
+    let mut c = child.tokens().await;
     for (i, (id, secret)) in secrets.iter().enumerate() {
         let v = verify(&mut c, secret).await;
         if i % 2 == 0 {
@@ -213,10 +205,11 @@ async fn delete_confirms_the_api_way() {
     let acc = create_account(&s, ALL_MODULES).await;
     let mut c = s.tokens().await;
     let (t, secret) = create_token(&mut c, &acc.id, "ci-deploy").await;
+    let created_at = head(&mut c).await;
     let mut events = watch(
         &mut c,
         pb::WatchTokensRequest {
-            start_revision: 1,
+            start_revision: created_at,
             ..Default::default()
         },
     )
@@ -394,7 +387,7 @@ async fn every_watcher_hears_of_the_deletion() {
             (e.r#type, e.revision),
             (EventType::Deleted as i32, r.revision)
         );
-        assert_eq!(e.actor, "operator");
+        assert_eq!(e.actor, operator_id(&mut c).await);
         assert!(e.time.is_some());
     }
     let quiet = tokio::time::timeout(Duration::from_millis(300), elsewhere.message()).await;

@@ -65,7 +65,10 @@ async fn the_readme_grpcurl_walkthrough_works_as_written() {
     let mut script = String::from("set -euo pipefail\n");
     let mut background = Vec::new();
     for (i, b) in blocks.iter().enumerate() {
-        let text = b.text.replace("localhost:50051", &server.addr.to_string());
+        let text = b
+            .text
+            .replace("localhost:50051", &server.addr.to_string())
+            .replace("tokend-data/", &format!("{}/", data.path().display()));
         if b.background {
             let out = format!("background-{i}.out");
             writeln!(script, "( {text} ) > {out} 2>&1 &\nBG_{i}=$!\nsleep 1").unwrap();

@@ -157,14 +157,10 @@ async fn shutdown_ends_open_streams_with_unavailable_promptly() {
 async fn sigterm_stops_the_binary_within_five_seconds_even_with_open_streams() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn_tokend(dir.path(), &[]).await;
-    let mut c = pb::token_service_client::TokenServiceClient::connect(p.url())
-        .await
-        .unwrap();
+    let mut c = p.tokens().await;
     let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
     // A stalled client too: it never reads, and must not hold shutdown up.
-    let mut stalled = pb::token_service_client::TokenServiceClient::connect(p.url())
-        .await
-        .unwrap();
+    let mut stalled = p.tokens().await;
     let _stalled = watch(&mut stalled, pb::WatchTokensRequest::default()).await;
     let channel = tonic::transport::Channel::from_shared(p.url())
         .unwrap()

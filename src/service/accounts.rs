@@ -5,7 +5,8 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Service, actor, convert, etag, mask_paths};
+use super::{Service, convert, etag, mask_paths};
+use crate::auth::{Caller, caller};
 use crate::command::{AccountPatch, Command, NewAccount};
 use crate::domain::{Account, AccountId, AccountStatus, Subject, parse_modules, parse_name};
 use crate::error::Error;
@@ -13,6 +14,13 @@ use crate::proto::{self as pb, account_service_server::AccountService};
 use crate::query::{FilterExpr, Pager, page_size};
 
 const UPDATABLE: &[&str] = &["name", "status", "modules"];
+
+/// AccountService is for operators only (SPEC §4).
+fn operator<T>(request: &Request<T>) -> Result<Caller, Error> {
+    let caller = caller(request)?;
+    caller.require_operator()?;
+    Ok(caller)
+}
 
 fn account_id(s: &str) -> Result<AccountId, Error> {
     if s.is_empty() {
@@ -75,6 +83,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
+        let caller = operator(&request)?;
         let r = request.into_inner();
         let new = NewAccount {
             name: parse_name("name", &r.name)?,
@@ -83,7 +92,7 @@ impl AccountService for Service {
         };
         let applied = self
             .store
-            .apply(Command::CreateAccount(new), actor())
+            .apply(Command::CreateAccount(new), caller.actor())
             .await?;
         Ok(Response::new(expect_account(applied.subject)?))
     }
@@ -92,6 +101,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
+        operator(&request)?;
         let id = account_id(&request.into_inner().id)?;
         let state = self.store.state();
         let account = state
@@ -104,6 +114,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        operator(&request)?;
         let r = request.into_inner();
         let size = page_size(r.page_size)?;
         let filter = FilterExpr::parse(&r.filter, &["status", "type", "name"], &["modules"])?;
@@ -141,6 +152,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::UpdateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
+        let caller = operator(&request)?;
         let r = request.into_inner();
         let account = r
             .account
@@ -150,7 +162,7 @@ impl AccountService for Service {
             etag: etag(&r.etag).or_else(|| etag(&account.etag)),
             patch: account_patch(&account, r.update_mask.as_ref())?,
         };
-        let applied = self.store.apply(cmd, actor()).await?;
+        let applied = self.store.apply(cmd, caller.actor()).await?;
         Ok(Response::new(expect_account(applied.subject)?))
     }
 }

@@ -228,6 +228,18 @@ impl From<Error> for Status {
             ),
             Error::Unavailable { reason, .. } => (Code::Unavailable, info(reason, HashMap::new())),
             Error::Internal(_) => (Code::Internal, info(reason::INTERNAL, HashMap::new())),
+            Error::Unauthenticated => (
+                Code::Unauthenticated,
+                info(reason::UNAUTHENTICATED, HashMap::new()),
+            ),
+            Error::CredentialRevoked(_) => (
+                Code::Unauthenticated,
+                info(reason::CREDENTIAL_REVOKED, HashMap::new()),
+            ),
+            Error::PermissionDenied(_) => (
+                Code::PermissionDenied,
+                info(reason::PERMISSION_DENIED, HashMap::new()),
+            ),
         };
         let mut status = Status::with_error_details(code, message, details);
         // Plain metadata too, so grpcurl users and clients without the rich

@@ -2,7 +2,8 @@
 //!
 //! Owns translating requests into domain commands and reads, and answers into
 //! messages. Every handler follows the same path: parse and validate fields
-//! (→ `INVALID_ARGUMENT`), build a [`Command`](crate::command::Command), call
+//! (→ `INVALID_ARGUMENT`), check what the authenticated caller may do
+//! ([`crate::auth`]), build a [`Command`](crate::command::Command), call
 //! [`Store::apply`] (which answers once durable), convert the result. Errors
 //! become statuses in one place, `convert`. This layer must never touch sled,
 //! hold state of its own, or log a secret.
@@ -13,7 +14,6 @@ mod tokens;
 
 use std::sync::Arc;
 
-use crate::domain::Actor;
 use crate::error::Error;
 use crate::store::Store;
 use crate::watch::Watchers;
@@ -29,12 +29,6 @@ impl Service {
     pub fn new(store: Arc<dyn Store>, watchers: Watchers) -> Service {
         Service { store, watchers }
     }
-}
-
-/// Who is calling. Authentication is not wired in yet, so every caller acts
-/// as the operator; audit entries and event actors say so.
-fn actor() -> Actor {
-    Actor::operator()
 }
 
 /// An optional etag: empty on the wire means "not given".

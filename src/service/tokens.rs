@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{Service, actor, convert, etag, mask_paths};
+use super::{Service, convert, etag, mask_paths};
+use crate::auth::{Caller, caller};
 use crate::command::{self, Command, Ctx, NewToken, Plan, TokenPatch};
 use crate::domain::{
     AccountId, AccountStatus, Subject, Token, TokenId, TokenStatus, parse_description, parse_icon,
@@ -42,9 +43,36 @@ impl Service {
         }
     }
 
-    async fn apply_token(&self, cmd: Command) -> Result<pb::Token, Status> {
-        let applied = self.store.apply(cmd, actor()).await?;
+    async fn apply_token(&self, cmd: Command, caller: &Caller) -> Result<pb::Token, Status> {
+        let applied = self.store.apply(cmd, caller.actor()).await?;
         Ok(self.token_out(&Self::expect_token(applied.subject)?))
+    }
+
+    /// The caller may manage tokens, and may see the token `id` if it exists:
+    /// another account's token is answered as missing, never as forbidden.
+    /// The account of a token never changes, so this check cannot go stale
+    /// before the command runs.
+    fn authorize_token<T>(&self, request: &Request<T>, id: &TokenId) -> Result<Caller, Error> {
+        let caller = caller(request)?;
+        caller.require_manager()?;
+        match self.store.state().token(id) {
+            Some(t) if !caller.sees(&t.account_id) => Err(Error::token_not_found(id)),
+            _ => Ok(caller),
+        }
+    }
+
+    /// The account a list or watch covers: the one asked for, if the caller
+    /// may see it and it exists; else the caller's default scope.
+    fn scope(&self, caller: &Caller, account_id: &str) -> Result<Option<AccountId>, Error> {
+        caller.require_manager()?;
+        if account_id.is_empty() {
+            return Ok(caller.default_scope());
+        }
+        let id = AccountId::parse(account_id)?;
+        if !caller.sees(&id) || self.store.state().account(&id).is_none() {
+            return Err(Error::account_not_found(&id));
+        }
+        Ok(Some(id))
     }
 }
 
@@ -99,18 +127,28 @@ impl TokenService for Service {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require_manager()?;
         let r = request.into_inner();
         if r.account_id.is_empty() {
             return Err(Error::invalid("account_id", "is required").into());
         }
+        let account_id = AccountId::parse(&r.account_id)?;
+        if !caller.sees(&account_id) {
+            return Err(Error::account_not_found(&account_id).into());
+        }
         let new = NewToken {
-            account_id: AccountId::parse(&r.account_id)?,
+            account_id,
             name: parse_name("name", &r.name)?,
             description: parse_description(&r.description)?,
             icon: parse_icon(&r.icon)?,
             modules: parse_modules("modules", &r.modules)?,
+            preset: None,
         };
-        let applied = self.store.apply(Command::CreateToken(new), actor()).await?;
+        let applied = self
+            .store
+            .apply(Command::CreateToken(new), caller.actor())
+            .await?;
         let secret = applied
             .secret
             .ok_or_else(|| Error::Internal("the store answered without a secret".into()))?;
@@ -126,8 +164,9 @@ impl TokenService for Service {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
+        let id = token_id(&request.get_ref().id)?;
+        self.authorize_token(&request, &id)?;
         let r = request.into_inner();
-        let id = token_id(&r.id)?;
         let state = self.store.state();
         match state.token(&id) {
             Some(t) if r.show_deleted || !t.is_deleted() => Ok(Response::new(self.token_out(t))),
@@ -200,15 +239,17 @@ impl TokenService for Service {
         &self,
         request: Request<pb::UpdateTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
-        let r = request.into_inner();
-        let token = r
-            .token
-            .ok_or_else(|| Error::invalid("token", "is required"))?;
+        let Some(token) = &request.get_ref().token else {
+            return Err(Error::invalid("token", "is required").into());
+        };
         let id = token_id(&token.id)?;
+        let caller = self.authorize_token(&request, &id)?;
+        let r = request.into_inner();
+        let token = r.token.unwrap_or_default();
         let patch = token_patch(&token, r.update_mask.as_ref())?;
         let etag = etag(&r.etag).or_else(|| etag(&token.etag));
         let out = self
-            .apply_token(Command::UpdateToken { id, etag, patch })
+            .apply_token(Command::UpdateToken { id, etag, patch }, &caller)
             .await?;
         Ok(Response::new(out))
     }
@@ -217,33 +258,43 @@ impl TokenService for Service {
         &self,
         request: Request<pb::EnableTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
-        let r = request.into_inner();
+        let id = token_id(&request.get_ref().id)?;
+        let caller = self.authorize_token(&request, &id)?;
         let cmd = Command::EnableToken {
-            id: token_id(&r.id)?,
-            etag: etag(&r.etag),
+            id,
+            etag: etag(&request.get_ref().etag),
         };
-        Ok(Response::new(self.apply_token(cmd).await?))
+        Ok(Response::new(self.apply_token(cmd, &caller).await?))
     }
 
     async fn disable_token(
         &self,
         request: Request<pb::DisableTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
-        let r = request.into_inner();
+        let id = token_id(&request.get_ref().id)?;
+        let caller = self.authorize_token(&request, &id)?;
         let cmd = Command::DisableToken {
-            id: token_id(&r.id)?,
-            etag: etag(&r.etag),
+            id,
+            etag: etag(&request.get_ref().etag),
         };
-        Ok(Response::new(self.apply_token(cmd).await?))
+        Ok(Response::new(self.apply_token(cmd, &caller).await?))
     }
 
     async fn delete_token(
         &self,
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let id = token_id(&request.get_ref().id)?;
+        let caller = match self.authorize_token(&request, &id) {
+            // Another account's token is as good as missing.
+            Err(Error::NotFound { .. }) if request.get_ref().allow_missing => {
+                return Ok(Response::new(pb::DeleteTokenResponse::default()));
+            }
+            other => other?,
+        };
         let r = request.into_inner();
         let cmd = Command::DeleteToken {
-            id: token_id(&r.id)?,
+            id,
             etag: etag(&r.etag),
             allow_missing: r.allow_missing,
         };
@@ -251,7 +302,7 @@ impl TokenService for Service {
             // The very plan a real delete would run, against the current
             // state, thrown away: no write, no revision, no event. The answer
             // is the token as it is now, with the etag that confirms it.
-            let actor = actor();
+            let actor = caller.actor();
             let ctx = Ctx {
                 now: SystemTime::now(),
                 actor: &actor,
@@ -269,7 +320,7 @@ impl TokenService for Service {
                 revision: 0,
             }));
         }
-        let applied = self.store.apply(cmd, actor()).await?;
+        let applied = self.store.apply(cmd, caller.actor()).await?;
         let token = match applied.subject {
             None => None,
             subject => Some(Self::expect_token(subject)?),
@@ -327,6 +378,7 @@ impl TokenService for Service {
         &self,
         request: Request<pb::WatchTokensRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let start_revision = convert::revision_from("start_revision", r.start_revision)?;
         let start = match (r.send_initial, start_revision) {
@@ -341,22 +393,18 @@ impl TokenService for Service {
             (false, 0) => Start::Now,
             (false, n) => Start::At(n),
         };
-        let account = match r.account_id.as_str() {
-            "" => None,
-            s => {
-                let id = AccountId::parse(s)?;
-                if self.store.state().account(&id).is_none() {
-                    return Err(Error::account_not_found(&id).into());
-                }
-                Some(id)
-            }
-        };
+        let account = self.scope(&caller, &r.account_id)?;
         let kinds = r
             .types
             .iter()
             .map(|&t| convert::event_kind_from(t))
             .collect::<Result<_, _>>()?;
-        let stream = self.watchers.open(Filter { account, kinds }, start)?;
+        let filter = Filter {
+            account,
+            kinds,
+            credential: Some(caller),
+        };
+        let stream = self.watchers.open(filter, start)?;
         let stream = stream.map(|item| item.map(|n| convert::notice(&n)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -11,7 +11,62 @@ use tokend::proto as pb;
 use tokend::proto::account_service_client::AccountServiceClient;
 use tokend::proto::token_service_client::TokenServiceClient;
 use tokend::server::{Config, Running, start};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// Adds `authorization: Bearer <secret>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(secret: &str) -> Bearer {
+        Bearer(Some(
+            format!("Bearer {secret}").parse().expect("ASCII secret"),
+        ))
+    }
+
+    /// Sends no credential at all.
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+pub type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Accounts = AccountServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub async fn tokens_at(url: &str, bearer: Bearer) -> Tokens {
+    TokenServiceClient::with_interceptor(connect(url).await, bearer)
+}
+
+pub async fn accounts_at(url: &str, bearer: Bearer) -> Accounts {
+    AccountServiceClient::with_interceptor(connect(url).await, bearer)
+}
+
+/// The secret tokend wrote to `<data-dir>/operator.token` on first start.
+pub fn operator_secret(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("operator.token"))
+        .expect("operator.token written on first start")
+        .trim()
+        .to_string()
+}
 
 pub use pb::EventType;
 
@@ -85,44 +140,61 @@ impl TestServer {
         self.running.as_ref().unwrap().shutdown();
     }
 
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        connect(&self.url()).await
     }
 
-    pub async fn tokens(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::new(self.channel().await)
+    /// Where and as whom to connect, for spawned tasks.
+    pub fn target(&self) -> (String, Bearer) {
+        (self.url(), self.operator())
     }
 
-    pub async fn accounts(&self) -> AccountServiceClient<Channel> {
-        AccountServiceClient::new(self.channel().await)
+    pub fn operator(&self) -> Bearer {
+        Bearer::new(&operator_secret(&self.path))
+    }
+
+    /// A TokenService client authenticated as the operator.
+    pub async fn tokens(&self) -> Tokens {
+        tokens_at(&self.url(), self.operator()).await
+    }
+
+    pub async fn tokens_as(&self, bearer: Bearer) -> Tokens {
+        tokens_at(&self.url(), bearer).await
+    }
+
+    /// An AccountService client authenticated as the operator.
+    pub async fn accounts(&self) -> Accounts {
+        accounts_at(&self.url(), self.operator()).await
+    }
+
+    pub async fn accounts_as(&self, bearer: Bearer) -> Accounts {
+        accounts_at(&self.url(), bearer).await
     }
 }
 
 pub const ALL_MODULES: &[&str] = &["access-management", "commerce", "billing"];
 
 pub async fn create_account(s: &TestServer, modules: &[&str]) -> pb::Account {
-    s.accounts()
-        .await
-        .create_account(pb::CreateAccountRequest {
-            name: "Acme Inc.".into(),
-            r#type: pb::AccountType::Client as i32,
-            modules: modules.iter().map(|m| m.to_string()).collect(),
-        })
-        .await
-        .expect("account created")
-        .into_inner()
+    new_account(&mut s.accounts().await, modules).await
+}
+
+pub async fn new_account(a: &mut Accounts, modules: &[&str]) -> pb::Account {
+    a.create_account(pb::CreateAccountRequest {
+        name: "Acme Inc.".into(),
+        r#type: pb::AccountType::Client as i32,
+        modules: modules.iter().map(|m| m.to_string()).collect(),
+    })
+    .await
+    .expect("account created")
+    .into_inner()
 }
 
 /// Creates a token and returns it with its secret.
-pub async fn create_token(
-    c: &mut TokenServiceClient<Channel>,
-    account_id: &str,
-    name: &str,
-) -> (pb::Token, String) {
+pub async fn create_token(c: &mut Tokens, account_id: &str, name: &str) -> (pb::Token, String) {
     let r = c
         .create_token(pb::CreateTokenRequest {
             account_id: account_id.into(),
@@ -137,10 +209,7 @@ pub async fn create_token(
     (r.token.unwrap(), r.secret)
 }
 
-pub async fn delete(
-    c: &mut TokenServiceClient<Channel>,
-    id: &str,
-) -> Result<pb::DeleteTokenResponse, tonic::Status> {
+pub async fn delete(c: &mut Tokens, id: &str) -> Result<pb::DeleteTokenResponse, tonic::Status> {
     c.delete_token(pb::DeleteTokenRequest {
         id: id.into(),
         ..Default::default()
@@ -149,7 +218,7 @@ pub async fn delete(
     .map(|r| r.into_inner())
 }
 
-pub async fn verify(c: &mut TokenServiceClient<Channel>, secret: &str) -> pb::VerifyTokenResponse {
+pub async fn verify(c: &mut Tokens, secret: &str) -> pb::VerifyTokenResponse {
     c.verify_token(pb::VerifyTokenRequest {
         secret: secret.into(),
     })
@@ -158,11 +227,7 @@ pub async fn verify(c: &mut TokenServiceClient<Channel>, secret: &str) -> pb::Ve
     .into_inner()
 }
 
-pub async fn get(
-    c: &mut TokenServiceClient<Channel>,
-    id: &str,
-    show_deleted: bool,
-) -> Result<pb::Token, tonic::Status> {
+pub async fn get(c: &mut Tokens, id: &str, show_deleted: bool) -> Result<pb::Token, tonic::Status> {
     c.get_token(pb::GetTokenRequest {
         id: id.into(),
         show_deleted,
@@ -173,7 +238,7 @@ pub async fn get(
 
 pub type Events = tonic::Streaming<pb::TokenEvent>;
 
-pub async fn watch(c: &mut TokenServiceClient<Channel>, req: pb::WatchTokensRequest) -> Events {
+pub async fn watch(c: &mut Tokens, req: pb::WatchTokensRequest) -> Events {
     c.watch_tokens(req).await.expect("watch opens").into_inner()
 }
 
@@ -213,6 +278,7 @@ fn rss_of(path: &str) -> u64 {
 pub struct Process {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    pub dir: PathBuf,
 }
 
 pub async fn spawn_tokend(dir: &Path, extra: &[&str]) -> Process {
@@ -229,7 +295,11 @@ pub async fn spawn_tokend(dir: &Path, extra: &[&str]) -> Process {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let process = Process { child, addr };
+    let process = Process {
+        child,
+        addr,
+        dir: dir.to_path_buf(),
+    };
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return process;
@@ -264,10 +334,50 @@ impl Process {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    pub async fn tokens(&self) -> Tokens {
+        tokens_at(&self.url(), Bearer::new(&operator_secret(&self.dir))).await
+    }
+
+    pub async fn accounts(&self) -> Accounts {
+        accounts_at(&self.url(), Bearer::new(&operator_secret(&self.dir))).await
+    }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The id of the operator token (what audit entries and events name).
+pub async fn operator_id(c: &mut Tokens) -> String {
+    let list = c
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    list.tokens
+        .into_iter()
+        .find(|t| t.name == "operator")
+        .expect("the bootstrap operator token")
+        .id
+}
+
+/// The current global revision: what a `send_initial` snapshot reflects.
+pub async fn head(c: &mut Tokens) -> i64 {
+    let mut w = watch(
+        c,
+        pb::WatchTokensRequest {
+            send_initial: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    loop {
+        let e = next_change(&mut w).await;
+        if e.r#type == EventType::Synced as i32 {
+            return e.revision;
+        }
     }
 }
