@@ -10,6 +10,34 @@ use std::time::{Duration, Instant};
 use tokend::proto as pb;
 use tokend::proto::account_service_client::AccountServiceClient;
 use tokend::proto::token_service_client::TokenServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Auth = MetadataValue<Ascii>;
+
+/// Attaches the operator's bearer header to every call.
+fn bearer(auth: Auth) -> impl tonic::service::Interceptor + Clone {
+    move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", auth.clone());
+        Ok(r)
+    }
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn tokens(
+    url: &str,
+    auth: &Auth,
+) -> TokenServiceClient<InterceptedService<Channel, impl tonic::service::Interceptor + Clone>> {
+    TokenServiceClient::with_interceptor(channel(url).await, bearer(auth.clone()))
+}
 
 const TOKENS: usize = 4000;
 
@@ -33,9 +61,9 @@ async fn run(clients: usize) {
     let config = tokend::server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
     let server = tokend::server::start(config).await.unwrap();
     let url = format!("http://{}", server.addr);
-    let account = AccountServiceClient::connect(url.clone())
-        .await
-        .unwrap()
+    let secret = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
+    let auth: Auth = format!("Bearer {}", secret.trim()).parse().unwrap();
+    let account = AccountServiceClient::with_interceptor(channel(&url).await, bearer(auth.clone()))
         .create_account(pb::CreateAccountRequest {
             name: "bench".into(),
             r#type: pb::AccountType::Client as i32,
@@ -52,9 +80,10 @@ async fn run(clients: usize) {
     let created = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for k in 0..16 {
-        let (url, account, desc) = (url.clone(), account.id.clone(), desc.clone());
+        let (url, account, desc, auth) =
+            (url.clone(), account.id.clone(), desc.clone(), auth.clone());
         set.spawn(async move {
-            let mut c = TokenServiceClient::connect(url).await.unwrap();
+            let mut c = tokens(&url, &auth).await;
             let mut ids = Vec::new();
             for i in (k..TOKENS).step_by(16) {
                 let t = c
@@ -84,10 +113,9 @@ async fn run(clients: usize) {
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for chunk in ids.chunks(per_client).take(clients) {
-        let chunk = chunk.to_vec();
-        let url = url.clone();
+        let (chunk, url, auth) = (chunk.to_vec(), url.clone(), auth.clone());
         set.spawn(async move {
-            let mut c = TokenServiceClient::connect(url).await.unwrap();
+            let mut c = tokens(&url, &auth).await;
             let mut lat = Vec::with_capacity(chunk.len());
             for id in chunk {
                 let t = Instant::now();

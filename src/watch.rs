@@ -326,7 +326,10 @@ impl Follower {
                         }
                     },
                     _ = sleep_until(deadline) => {
-                        self.send(Notice::Progress(self.next - 1)).await?;
+                        // A stream that starts in the future has delivered
+                        // nothing past the head yet: report the head.
+                        let done = (self.next - 1).min(self.store.state().revision());
+                        self.send(Notice::Progress(done)).await?;
                         deadline = Instant::now() + self.progress_interval;
                     }
                     _ = self.tx.closed() => return Err(StopOr(None)),

@@ -178,24 +178,17 @@ impl TokenService for Service {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = caller(&request)?;
         let r = request.into_inner();
         let size = page_size(r.page_size)?;
         let filter = token_filter(&r.filter)?;
+        let account = self.scope(&caller, &r.account_id)?;
         let state = self.store.state();
-        let account = match r.account_id.as_str() {
-            "" => None,
-            s => {
-                let id = AccountId::parse(s)?;
-                state
-                    .account(&id)
-                    .ok_or_else(|| Error::account_not_found(&id))?;
-                Some(id)
-            }
-        };
         let show_deleted = if r.show_deleted { "deleted" } else { "live" };
+        let scope = account.as_ref().map_or("", AccountId::as_str);
         let pager = Pager::new(
             self.store.page_key(),
-            &["tokens", &r.account_id, &r.filter, show_deleted],
+            &["tokens", scope, &r.filter, show_deleted],
         );
         let after = pager
             .decode(&r.page_token)?

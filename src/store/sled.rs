@@ -77,6 +77,8 @@ struct Inner {
     retention: u64,
     access: AccessLog,
     page_key: [u8; 32],
+    /// sled's log file, for the fdatasync that its own flush leaves out.
+    log_file: std::fs::File,
     /// Set when a commit failed after sled may have taken part of it: from
     /// then on memory and disk may disagree, so writes are refused until a
     /// restart re-reads the disk.
@@ -168,7 +170,11 @@ impl SledStore {
             "store opened"
         );
 
+        let log_path = config.data_dir.join("db").join("db");
+        let log_file = std::fs::File::open(&log_path)
+            .map_err(|e| io_error(&format!("opening {}", log_path.display()), e))?;
         let inner = Arc::new(Inner {
+            log_file,
             db,
             tree,
             state: RwLock::new(Arc::new(state)),
@@ -436,12 +442,22 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
         }
     }
 
-    let access = if persist_access {
-        inner.access.take_due(now, close.is_some())
+    // Access times only of tokens still live after this batch: a deletion in
+    // the same batch must not write its token's record back.
+    let access: Vec<_> = if persist_access && !poisoned {
+        inner
+            .access
+            .take_due(now, close.is_some())
+            .into_iter()
+            .filter(|(id, _)| work.secret_of(id).is_some())
+            .collect()
     } else {
         Vec::new()
     };
-    if !changes.is_empty() || !access.is_empty() {
+    // Once poisoned nothing more is written, not even access times: sled may
+    // hold part of the failed batch, and a write now could make it durable
+    // under a revision counter that no longer matches.
+    if !poisoned && (!changes.is_empty() || !access.is_empty()) {
         let started = Instant::now();
         match persist(inner, &changes, &events, &access, work.revision()) {
             Ok(()) => {
@@ -450,6 +466,13 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "batch committed"
                 );
+                for change in &changes {
+                    if let (SecretOp::Erase(_), Subject::Token(t)) =
+                        (&change.secret, &change.subject)
+                    {
+                        inner.access.forget(&t.id);
+                    }
+                }
                 if !changes.is_empty() {
                     *inner.state.write().expect("state lock") = Arc::new(work);
                 }
@@ -458,10 +481,11 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
                 tracing::error!(error = %e, "commit failed; refusing writes until restart");
                 inner.poisoned.store(true, Ordering::Release);
                 events.clear();
+                // Every answer of the batch was planned against state that
+                // includes the failed changes (an allow_missing delete behind
+                // a failed delete would say "gone"): none of them may stand.
                 for (_, answer) in owed.iter_mut() {
-                    if matches!(answer, Ok(a) if a.revision > 0) {
-                        *answer = Err(e.clone());
-                    }
+                    *answer = Err(e.clone());
                 }
             }
         }
@@ -497,7 +521,6 @@ fn persist(
                     SecretOp::Erase(hash) => {
                         batch.remove(key(P_SECRET, hash));
                         batch.remove(key(P_ACCESS, t.id.as_str().as_bytes()));
-                        inner.access.forget(&t.id);
                     }
                     SecretOp::Keep => {}
                 }
@@ -535,6 +558,13 @@ fn persist(
         .db
         .flush()
         .map_err(|e| io_error("flushing to disk", e))?;
+    // sled's flush ends in sync_file_range, which flushes neither the drive's
+    // write cache nor the file's size: not durable across a power loss. One
+    // fdatasync per batch makes it so.
+    inner
+        .log_file
+        .sync_data()
+        .map_err(|e| io_error("syncing to disk", e))?;
     tracing::trace!(fsync_us = started.elapsed().as_micros() as u64, "flushed");
     Ok(())
 }

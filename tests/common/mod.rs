@@ -75,26 +75,26 @@ pub struct TestServer {
     running: Option<Running>,
     dir: Option<TempDir>,
     path: PathBuf,
-    tweak: fn(&mut Config),
+    tweak: Tweak,
 }
 
-fn no_tweak(_: &mut Config) {}
+type Tweak = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 impl TestServer {
     pub async fn start() -> TestServer {
-        Self::start_with(no_tweak).await
+        Self::start_with(|_| {}).await
     }
 
     /// Starts with a config adjusted by `tweak` (kept for restarts).
-    pub async fn start_with(tweak: fn(&mut Config)) -> TestServer {
+    pub async fn start_with(tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_path_buf();
-        let mut s = Self::boot(&path, tweak).await;
+        let mut s = Self::boot(&path, std::sync::Arc::new(tweak)).await;
         s.dir = Some(dir);
         s
     }
 
-    async fn boot(path: &Path, tweak: fn(&mut Config)) -> TestServer {
+    async fn boot(path: &Path, tweak: Tweak) -> TestServer {
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), path.to_path_buf());
         config.shutdown_grace = Duration::from_secs(2);
         tweak(&mut config);
@@ -120,7 +120,7 @@ impl TestServer {
             .stop()
             .await
             .expect("clean stop");
-        let mut next = Self::boot(&self.path, self.tweak).await;
+        let mut next = Self::boot(&self.path, self.tweak.clone()).await;
         next.dir = self.dir.take();
         next
     }

@@ -1,0 +1,677 @@
+//! SPEC §4: who may do what, watch isolation, credential revocation cutting
+//! streams, the operator bootstrap, TLS and mTLS, request limits.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tokend::proto as pb;
+use tonic::Code;
+
+/// Two accounts and every kind of caller the matrix needs.
+struct World {
+    s: TestServer,
+    a: pb::Account,
+    b: pb::Account,
+    /// A token of account A that the calls below act on.
+    target: pb::Token,
+    callers: Vec<(&'static str, Bearer)>,
+}
+
+async fn world() -> World {
+    let s = TestServer::start().await;
+    let a = create_account(&s, ALL_MODULES).await;
+    let b = create_account(&s, ALL_MODULES).await;
+    let mut op = s.tokens().await;
+    let token = |account: &str, name: &str, modules: &[&str]| pb::CreateTokenRequest {
+        account_id: account.into(),
+        name: name.into(),
+        modules: modules.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut issue = async |req| {
+        let r = op.create_token(req).await.unwrap().into_inner();
+        (r.token.unwrap(), r.secret)
+    };
+    let (target, _) = issue(token(&a.id, "target", &["commerce"])).await;
+    let (_, a_manager) = issue(token(&a.id, "a manager", &["access-management"])).await;
+    let (_, a_plain) = issue(token(&a.id, "a plain", &["commerce"])).await;
+    let (_, b_manager) = issue(token(&b.id, "b manager", &["access-management"])).await;
+    let (disabled, disabled_secret) = issue(token(&a.id, "disabled", &["access-management"])).await;
+    let (deleted, deleted_secret) = issue(token(&a.id, "deleted", &["access-management"])).await;
+    op.disable_token(pb::DisableTokenRequest {
+        id: disabled.id,
+        etag: String::new(),
+    })
+    .await
+    .unwrap();
+    delete(&mut op, &deleted.id).await.unwrap();
+    let callers = vec![
+        ("operator", s.operator()),
+        ("a-manager", Bearer::new(&a_manager)),
+        ("a-plain", Bearer::new(&a_plain)),
+        ("b-manager", Bearer::new(&b_manager)),
+        ("disabled", Bearer::new(&disabled_secret)),
+        ("deleted", Bearer::new(&deleted_secret)),
+        ("none", Bearer::none()),
+        ("garbage", Bearer::new("idt:TKN-0000-0000:garbage")),
+    ];
+    World {
+        s,
+        a,
+        b,
+        target,
+        callers,
+    }
+}
+
+const OK: Option<Code> = None;
+const UA: Option<Code> = Some(Code::Unauthenticated);
+const PD: Option<Code> = Some(Code::PermissionDenied);
+const NF: Option<Code> = Some(Code::NotFound);
+const FP: Option<Code> = Some(Code::FailedPrecondition);
+const AB: Option<Code> = Some(Code::Aborted);
+
+fn code<T>(r: Result<T, tonic::Status>) -> Option<Code> {
+    r.err().map(|e| e.code())
+}
+
+/// Every RPC, as each caller, with the exact status (None = OK). Calls are
+/// chosen to change nothing that later rows depend on.
+#[tokio::test]
+async fn the_permission_matrix() {
+    let w = world().await;
+    let rows: &[(&str, [Option<Code>; 8])] = &[
+        //                     operator a-mgr a-plain b-mgr disabled deleted none garbage
+        ("CreateToken(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
+        ("GetToken(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
+        ("ListTokens(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
+        ("ListTokens()", [OK, OK, PD, OK, UA, UA, UA, UA]),
+        ("UpdateToken(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
+        ("EnableToken(A)", [FP, FP, PD, NF, UA, UA, UA, UA]),
+        (
+            "DisableToken(A, stale etag)",
+            [AB, AB, PD, NF, UA, UA, UA, UA],
+        ),
+        (
+            "DeleteToken(A, validate_only)",
+            [OK, OK, PD, NF, UA, UA, UA, UA],
+        ),
+        (
+            "DeleteToken(A, allow_missing, stale etag)",
+            [AB, AB, PD, OK, UA, UA, UA, UA],
+        ),
+        ("VerifyToken", [OK, OK, OK, OK, UA, UA, UA, UA]),
+        ("WatchTokens(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
+        ("WatchTokens()", [OK, OK, PD, OK, UA, UA, UA, UA]),
+        ("CreateAccount", [OK, PD, PD, PD, UA, UA, UA, UA]),
+        ("GetAccount(A)", [OK, PD, PD, PD, UA, UA, UA, UA]),
+        ("ListAccounts", [OK, PD, PD, PD, UA, UA, UA, UA]),
+        ("UpdateAccount(A)", [OK, PD, PD, PD, UA, UA, UA, UA]),
+    ];
+    let (a, t) = (w.a.id.clone(), w.target.clone());
+    let mut failures = Vec::new();
+    for (col, (who, bearer)) in w.callers.iter().enumerate() {
+        let mut c = w.s.tokens_as(bearer.clone()).await;
+        let mut acc = w.s.accounts_as(bearer.clone()).await;
+        for (rpc, expected) in rows {
+            let got = match *rpc {
+                "CreateToken(A)" => code(
+                    c.create_token(pb::CreateTokenRequest {
+                        account_id: a.clone(),
+                        name: format!("by {who}"),
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                "GetToken(A)" => code(get(&mut c, &t.id, false).await),
+                "ListTokens(A)" => code(
+                    c.list_tokens(pb::ListTokensRequest {
+                        account_id: a.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                "ListTokens()" => code(c.list_tokens(pb::ListTokensRequest::default()).await),
+                "UpdateToken(A)" => code(
+                    c.update_token(pb::UpdateTokenRequest {
+                        token: Some(pb::Token {
+                            id: t.id.clone(),
+                            name: t.name.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                "EnableToken(A)" => code(
+                    c.enable_token(pb::EnableTokenRequest {
+                        id: t.id.clone(),
+                        etag: String::new(),
+                    })
+                    .await,
+                ),
+                "DisableToken(A, stale etag)" => code(
+                    c.disable_token(pb::DisableTokenRequest {
+                        id: t.id.clone(),
+                        etag: "0000000000000000".into(),
+                    })
+                    .await,
+                ),
+                "DeleteToken(A, validate_only)" => code(
+                    c.delete_token(pb::DeleteTokenRequest {
+                        id: t.id.clone(),
+                        validate_only: true,
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                "DeleteToken(A, allow_missing, stale etag)" => code(
+                    c.delete_token(pb::DeleteTokenRequest {
+                        id: t.id.clone(),
+                        etag: "0000000000000000".into(),
+                        allow_missing: true,
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                "VerifyToken" => code(
+                    c.verify_token(pb::VerifyTokenRequest {
+                        secret: "not a secret".into(),
+                    })
+                    .await,
+                ),
+                "WatchTokens(A)" => code(
+                    c.watch_tokens(pb::WatchTokensRequest {
+                        account_id: a.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                "WatchTokens()" => code(c.watch_tokens(pb::WatchTokensRequest::default()).await),
+                "CreateAccount" => code(
+                    acc.create_account(pb::CreateAccountRequest {
+                        name: format!("by {who}"),
+                        r#type: pb::AccountType::Client as i32,
+                        modules: vec![],
+                    })
+                    .await,
+                ),
+                "GetAccount(A)" => code(
+                    acc.get_account(pb::GetAccountRequest { id: a.clone() })
+                        .await,
+                ),
+                "ListAccounts" => code(acc.list_accounts(pb::ListAccountsRequest::default()).await),
+                "UpdateAccount(A)" => code(
+                    acc.update_account(pb::UpdateAccountRequest {
+                        account: Some(pb::Account {
+                            id: a.clone(),
+                            name: w.a.name.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await,
+                ),
+                other => unreachable!("{other}"),
+            };
+            if got != expected[col] {
+                failures.push(format!(
+                    "{rpc} as {who}: expected {:?}, got {got:?}",
+                    expected[col]
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn unauthenticated_answers_are_all_alike() {
+    let w = world().await;
+    let mut messages = Vec::new();
+    for (who, bearer) in &w.callers[4..] {
+        let e =
+            w.s.tokens_as(bearer.clone())
+                .await
+                .list_tokens(pb::ListTokensRequest::default())
+                .await
+                .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{who}");
+        messages.push(e.message().to_string());
+    }
+    messages.dedup();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    // Odd headers too: wrong scheme, no scheme, raw bytes.
+    for value in ["Basic abc", "Bearer", "idt:TKN-0000-0000:x"] {
+        let mut c = w.s.tokens_as(Bearer::none()).await;
+        let mut req = tonic::Request::new(pb::ListTokensRequest::default());
+        req.metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+        assert_eq!(
+            c.list_tokens(req).await.unwrap_err().code(),
+            Code::Unauthenticated,
+            "{value}"
+        );
+    }
+    let mut c = w.s.tokens_as(Bearer::none()).await;
+    let mut req = tonic::Request::new(pb::ListTokensRequest::default());
+    req.metadata_mut().insert(
+        "authorization",
+        tonic::metadata::MetadataValue::try_from(&b"Bearer \xff\xfe"[..])
+            .unwrap_or_else(|_| "Bearer x".parse().unwrap()),
+    );
+    assert_eq!(
+        c.list_tokens(req).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_account_locks_out_its_tokens() {
+    let s = TestServer::start().await;
+    let a = create_account(&s, ALL_MODULES).await;
+    let mut op = s.tokens().await;
+    let r = op
+        .create_token(pb::CreateTokenRequest {
+            account_id: a.id.clone(),
+            name: "m".into(),
+            modules: vec!["access-management".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut m = s.tokens_as(Bearer::new(&r.secret)).await;
+    m.list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap();
+    s.accounts()
+        .await
+        .update_account(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                id: a.id.clone(),
+                status: pb::AccountStatus::Disabled as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = m
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn watch_streams_never_carry_another_accounts_events() {
+    let w = world().await;
+    let b_manager = w.callers[3].1.clone();
+    let mut b = w.s.tokens_as(b_manager).await;
+    let mut op = w.s.tokens().await;
+
+    // Replay from the start, snapshot and live: B sees B only.
+    let mut replay = watch(
+        &mut b,
+        pb::WatchTokensRequest {
+            start_revision: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut snapshot = watch(
+        &mut b,
+        pb::WatchTokensRequest {
+            send_initial: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut everything = watch(&mut op, pb::WatchTokensRequest::default()).await;
+    let (_, _) = create_token(&mut op, &w.a.id, "in A").await;
+    let (in_b, _) = create_token(&mut op, &w.b.id, "in B").await;
+
+    let mut accounts_seen = Vec::new();
+    loop {
+        let e = next_change(&mut replay).await;
+        accounts_seen.push(e.token.as_ref().unwrap().account_id.clone());
+        if e.token.unwrap().id == in_b.id {
+            break;
+        }
+    }
+    assert!(
+        accounts_seen.iter().all(|acc| *acc == w.b.id),
+        "{accounts_seen:?}"
+    );
+    loop {
+        let e = next_change(&mut snapshot).await;
+        if let Some(t) = &e.token {
+            assert_eq!(t.account_id, w.b.id);
+        }
+        if e.token.is_some_and(|t| t.id == in_b.id) {
+            break;
+        }
+    }
+    // The operator sees both accounts.
+    let first = next_change(&mut everything).await.token.unwrap();
+    let second = next_change(&mut everything).await.token.unwrap();
+    assert_eq!(
+        (first.account_id, second.account_id),
+        (w.a.id.clone(), w.b.id.clone())
+    );
+}
+
+#[tokio::test]
+async fn deleting_or_disabling_a_credential_cuts_its_open_streams() {
+    let s = TestServer::start().await;
+    let a = create_account(&s, ALL_MODULES).await;
+    let mut op = s.tokens().await;
+    for how in ["delete", "disable", "disable account"] {
+        let r = op
+            .create_token(pb::CreateTokenRequest {
+                account_id: a.id.clone(),
+                name: "watcher".into(),
+                modules: vec!["access-management".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let me = r.token.unwrap();
+        let mut c = s.tokens_as(Bearer::new(&r.secret)).await;
+        let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
+        match how {
+            "delete" => {
+                delete(&mut op, &me.id).await.unwrap();
+            }
+            "disable" => {
+                op.disable_token(pb::DisableTokenRequest {
+                    id: me.id.clone(),
+                    etag: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+            _ => {
+                let mut accounts = s.accounts().await;
+                accounts
+                    .update_account(pb::UpdateAccountRequest {
+                        account: Some(pb::Account {
+                            id: a.id.clone(),
+                            status: pb::AccountStatus::Disabled as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        if how != "disable account" {
+            // The revoking event itself is delivered first.
+            let e = next_change(&mut w).await;
+            assert_eq!(e.token.unwrap().id, me.id, "{how}");
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("stream ended");
+        let status = end.expect_err("with a status");
+        assert_eq!(status.code(), Code::Unauthenticated, "{how}");
+        assert_eq!(reason(&status), "CREDENTIAL_REVOKED", "{how}");
+        if how == "disable account" {
+            s.accounts()
+                .await
+                .update_account(pb::UpdateAccountRequest {
+                    account: Some(pb::Account {
+                        id: a.id.clone(),
+                        status: pb::AccountStatus::Active as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn audit_and_events_name_the_calling_token() {
+    let s = TestServer::start().await;
+    let a = create_account(&s, ALL_MODULES).await;
+    let mut op = s.tokens().await;
+    let r = op
+        .create_token(pb::CreateTokenRequest {
+            account_id: a.id.clone(),
+            name: "manager".into(),
+            modules: vec!["access-management".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let manager = r.token.unwrap();
+    let mut m = s.tokens_as(Bearer::new(&r.secret)).await;
+    let mut events = watch(&mut op, pb::WatchTokensRequest::default()).await;
+    let (t, _) = create_token(&mut m, &a.id, "made by manager").await;
+    assert_eq!(t.audit.unwrap().created.unwrap().by, manager.id);
+    let gone = delete(&mut m, &t.id).await.unwrap().token.unwrap();
+    assert_eq!(gone.audit.unwrap().deleted.unwrap().by, manager.id);
+    for _ in 0..2 {
+        assert_eq!(next_change(&mut events).await.actor, manager.id);
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_writes_a_private_operator_secret_and_never_logs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("tokend.log");
+    let data = dir.path().join("data");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "trace")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Process {
+        child,
+        addr: "127.0.0.1:1".parse().unwrap(),
+        dir: data.clone(),
+    };
+    for _ in 0..200 {
+        if data.join("operator.token").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal(15);
+    let _ = p.child.wait();
+    let secret = operator_secret(&data);
+    assert!(tokend::secret::parse(&secret).is_ok());
+    let mode = std::fs::metadata(data.join("operator.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("operator.token"), "the path is logged");
+    assert!(
+        !logs.contains(&secret[18..]),
+        "the secret leaked into the log"
+    );
+
+    // A restart reuses it; no second operator appears.
+    let p = spawn_tokend(&data, &[]).await;
+    let list = p
+        .tokens()
+        .await
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.tokens.iter().filter(|t| t.name == "operator").count(),
+        1
+    );
+    assert_eq!(operator_secret(&data), secret);
+}
+
+#[tokio::test]
+async fn a_supplied_operator_secret_is_used_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mounted-secret");
+    let id = tokend::domain::TokenId::parse("TKN-4242-4242").unwrap();
+    let secret = tokend::secret::Secret::generate(&id);
+    std::fs::write(&file, format!("{}\n", secret.expose())).unwrap();
+    let data = dir.path().join("data");
+    let p = spawn_tokend(&data, &["--operator-token-file", file.to_str().unwrap()]).await;
+    assert!(!data.join("operator.token").exists());
+    let mut c = tokens_at(&p.url(), Bearer::new(secret.expose())).await;
+    let me = get(&mut c, "TKN-4242-4242", false).await.unwrap();
+    assert_eq!(me.name, "operator");
+    drop(p);
+
+    // A file that holds no secret is refused at start-up, in one line.
+    std::fs::write(&file, "hunter2").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .arg("--operator-token-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("does not hold a tokend secret"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn oversize_requests_are_refused_and_change_nothing() {
+    let s = TestServer::start().await;
+    let a = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let before = head(&mut c).await;
+    let e = c
+        .create_token(pb::CreateTokenRequest {
+            account_id: a.id.clone(),
+            name: "big".into(),
+            description: "x".repeat(5 * 1024 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert_eq!(head(&mut c).await, before);
+}
+
+mod tls {
+    use super::*;
+    use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    struct Pki {
+        ca_pem: String,
+        server: (String, String),
+        client: (String, String),
+    }
+
+    fn pki() -> Pki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        Pki {
+            ca_pem: ca.pem(),
+            server: leaf(vec!["localhost".into()]),
+            client: leaf(vec!["client.example".into()]),
+        }
+    }
+
+    async fn tls_server(p: &Pki, mtls: bool) -> (TestServer, tempfile::TempDir) {
+        tokend::server::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let files = tokend::server::TlsFiles {
+            cert: write("server.pem", &p.server.0),
+            key: write("server.key", &p.server.1),
+            client_ca: mtls.then(|| write("ca.pem", &p.ca_pem)),
+        };
+        let s = TestServer::start_with(move |c| c.tls = Some(files.clone())).await;
+        (s, dir)
+    }
+
+    async fn call(s: &TestServer, tls: ClientTlsConfig) -> Result<(), String> {
+        let url = format!("https://localhost:{}", s.addr.port());
+        let channel = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let mut c =
+            pb::token_service_client::TokenServiceClient::with_interceptor(channel, s.operator());
+        c.list_tokens(pb::ListTokensRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    #[tokio::test]
+    async fn tls_serves_clients_that_trust_the_ca() {
+        let p = pki();
+        let (s, _dir) = tls_server(&p, false).await;
+        let trusting = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&p.ca_pem))
+            .domain_name("localhost");
+        call(&s, trusting).await.unwrap();
+        // A plaintext client cannot talk to it.
+        let mut plain = s.tokens().await;
+        assert!(
+            plain
+                .list_tokens(pb::ListTokensRequest::default())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn mtls_requires_a_client_certificate_from_the_ca() {
+        let p = pki();
+        let (s, _dir) = tls_server(&p, true).await;
+        let base = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&p.ca_pem))
+            .domain_name("localhost");
+        assert!(
+            call(&s, base.clone()).await.is_err(),
+            "no client certificate"
+        );
+        let with_cert = base.identity(Identity::from_pem(&p.client.0, &p.client.1));
+        call(&s, with_cert).await.unwrap();
+    }
+}
