@@ -132,6 +132,9 @@ impl tonic::service::Interceptor for Authenticator {
         let caller = authenticate(&self.store.state(), request.metadata())?;
         self.store
             .record_access(&caller.token.id, SystemTime::now());
+        if let Some(slot) = request.extensions().get::<crate::telemetry::CallerSlot>() {
+            slot.set(&caller.token.id);
+        }
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Deadline for unary calls (e.g. 30s).
     #[arg(long, env = "TOKEND_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, env = "TOKEND_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// How long in-flight calls get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "TOKEND_SHUTDOWN_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -109,6 +112,7 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             max_streams_per_connection: self.max_streams_per_connection,
             request_timeout: self.request_timeout,
+            metrics_addr: self.metrics_addr,
             ..Config::new(self.listen, self.data_dir.clone())
         }
     }

@@ -8,7 +8,7 @@
 //! - [`store`]: commits plans durably under the next global revision (sled by default).
 //! - [`watch`]: fans committed events out to `WatchTokens` streams.
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
-//! - [`server`] and [`cli`]: the `tokend` binary around all of it.
+//! - [`server`], [`telemetry`] and [`cli`]: the `tokend` binary around all of it.
 
 pub mod auth;
 pub mod cli;
@@ -22,4 +22,5 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod watch;

@@ -29,6 +29,7 @@ use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::Service;
 use crate::store::{SledConfig, SledStore, Store};
+use crate::telemetry::RpcLog;
 use crate::watch::{Hub, WatchConfig, Watchers};
 
 #[derive(Clone, Debug)]
@@ -55,6 +56,8 @@ pub struct Config {
     pub max_streams_per_connection: u32,
     /// Deadline for unary calls (a shorter `grpc-timeout` from the client wins).
     pub request_timeout: Duration,
+    /// Where to serve Prometheus `/metrics`; none when `None`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// PEM files for TLS; with `client_ca`, clients must present a certificate
@@ -83,6 +86,7 @@ impl Config {
             max_request_bytes: 1024 * 1024,
             max_streams_per_connection: 1024,
             request_timeout: Duration::from_secs(30),
+            metrics_addr: None,
         }
     }
 }
@@ -146,6 +150,9 @@ pub fn install_crypto_provider() {
 /// Binds, opens the store and starts serving in a background task.
 pub async fn start(config: Config) -> Result<Running, Error> {
     install_crypto_provider();
+    if let Some(addr) = config.metrics_addr {
+        crate::telemetry::install_prometheus(addr)?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Unavailable {
@@ -224,12 +231,29 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .max_concurrent_streams(config.max_streams_per_connection)
         // Applies to producing a response, so streams are not cut by it.
         .timeout(config.request_timeout)
+        .layer(RpcLog)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(tokens, auth.clone()))
         .add_service(InterceptedService::new(accounts, auth));
+
+    // The store's size, for operators watching the disk.
+    let sized = store.clone();
+    let stop_sizing = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_sizing.cancelled() => break,
+            }
+            if let Some(bytes) = sized.disk_bytes() {
+                metrics::gauge!(crate::telemetry::STORE_SIZE).set(bytes as f64);
+            }
+        }
+    });
 
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "tokend serving");
     let signal = shutdown.clone();

@@ -33,6 +33,7 @@ use crate::auth::{Caller, revokes};
 use crate::domain::{AccountId, Event, EventKind, Revision, Token};
 use crate::error::Error;
 use crate::store::Store;
+use crate::telemetry;
 
 /// The live fan-out of durable events. The store publishes each event once it
 /// is durable and the state that includes it is visible, in revision order.
@@ -51,6 +52,7 @@ impl Hub {
     }
 
     pub fn publish(&self, event: Arc<Event>) {
+        metrics::counter!(telemetry::EVENTS_PUBLISHED).increment(1);
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(event);
     }
@@ -209,6 +211,7 @@ impl Slot {
             (n < max).then_some(n + 1)
         })
         .map_err(|_| Error::TooManyWatchers { limit: max })?;
+        metrics::gauge!(telemetry::WATCH_STREAMS_OPEN).increment(1.0);
         Ok(Slot(open.clone()))
     }
 }
@@ -216,6 +219,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(telemetry::WATCH_STREAMS_OPEN).decrement(1.0);
     }
 }
 
@@ -320,7 +324,10 @@ impl Follower {
                             }
                         }
                         // A gap (we subscribed mid-batch) or a lag: the log has it.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
+                            break;
+                        }
                         Err(broadcast::error::RecvError::Closed) => {
                             return Err(StopOr::error(Error::shutting_down()));
                         }

@@ -61,6 +61,11 @@ pub trait Store: Send + Sync + 'static {
     /// A server-wide key, stable across restarts, for signing page tokens.
     fn page_key(&self) -> [u8; 32];
 
+    /// Bytes the store occupies on local disk, where that means something.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Persists what is pending, flushes, and refuses further writes.
     async fn close(&self);
 }

@@ -35,6 +35,7 @@ use crate::command::{self, Change, Command, Ctx, Plan, SecretOp};
 use crate::domain::{Account, Actor, Event, Revision, Subject, Token, TokenId};
 use crate::error::{Error, reason};
 use crate::state::State;
+use crate::telemetry;
 use crate::watch::Hub;
 
 const FORMAT: &[u8] = b"tokend-sled-1";
@@ -348,6 +349,10 @@ impl Store for SledStore {
         self.inner.page_key
     }
 
+    fn disk_bytes(&self) -> Option<u64> {
+        self.inner.db.size_on_disk().ok()
+    }
+
     async fn close(&self) {
         let (done, closed) = oneshot::channel();
         if self.jobs.send(Job::Close(done)).await.is_ok() {
@@ -565,6 +570,7 @@ fn persist(
         .log_file
         .sync_data()
         .map_err(|e| io_error("syncing to disk", e))?;
-    tracing::trace!(fsync_us = started.elapsed().as_micros() as u64, "flushed");
+    metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(changes.len() as f64);
     Ok(())
 }

@@ -1,0 +1,146 @@
+//! Request logs and Prometheus metrics.
+//!
+//! Owns one log line per RPC (method, gRPC code, latency, calling token id)
+//! and the metric names. Every series is recorded through the `metrics`
+//! facade, so recording is a no-op unless `--metrics-addr` installed the
+//! Prometheus exporter. This module must never log a request or response
+//! body, a header value, or anything else that could hold a secret.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::domain::TokenId;
+use crate::error::Error;
+
+pub const RPC_REQUESTS: &str = "tokend_rpc_requests_total";
+pub const RPC_DURATION: &str = "tokend_rpc_duration_seconds";
+pub const WATCH_STREAMS_OPEN: &str = "tokend_watch_streams_open";
+pub const EVENTS_PUBLISHED: &str = "tokend_events_published_total";
+pub const WATCH_CATCHUPS: &str = "tokend_watch_catchups_total";
+pub const FSYNC_DURATION: &str = "tokend_fsync_duration_seconds";
+pub const COMMIT_BATCH_SIZE: &str = "tokend_commit_batch_size";
+pub const STORE_SIZE: &str = "tokend_store_size_bytes";
+
+/// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
+pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
+    let seconds = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let sizes = &[
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), seconds)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FSYNC_DURATION.into()), seconds))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_SIZE.into()), sizes))
+        .map_err(|e| Error::Internal(format!("metrics: {e}")))?
+        .install()
+        .map_err(|e| Error::Internal(format!("metrics on {addr}: {e}")))?;
+    describe();
+    tracing::info!(%addr, "metrics on /metrics");
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(RPC_REQUESTS, "RPCs answered, by method and gRPC code");
+    describe_histogram!(
+        RPC_DURATION,
+        "Time to answer an RPC (for streams: to open it)"
+    );
+    describe_gauge!(WATCH_STREAMS_OPEN, "WatchTokens streams open now");
+    describe_counter!(EVENTS_PUBLISHED, "Durable events handed to watchers");
+    describe_counter!(
+        WATCH_CATCHUPS,
+        "Times a watch stream read the event log to catch up"
+    );
+    describe_histogram!(FSYNC_DURATION, "Time to make one commit batch durable");
+    describe_histogram!(
+        COMMIT_BATCH_SIZE,
+        "Changes per durable commit (group commit)"
+    );
+    describe_gauge!(STORE_SIZE, "Bytes the embedded store occupies on disk");
+}
+
+/// Set by the authenticator, read by the request log: who called.
+#[derive(Clone, Default)]
+pub struct CallerSlot(Arc<OnceLock<TokenId>>);
+
+impl CallerSlot {
+    pub fn set(&self, id: &TokenId) {
+        let _ = self.0.set(id.clone());
+    }
+}
+
+/// A tower layer that logs and counts every RPC once.
+#[derive(Clone, Copy, Default)]
+pub struct RpcLog;
+
+impl<S> tower::Layer<S> for RpcLog {
+    type Service = RpcLogService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcLogService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcLogService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcLogService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let caller = CallerSlot::default();
+        request.extensions_mut().insert(caller.clone());
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let elapsed = started.elapsed();
+            // Errors come "trailers-only", with grpc-status in the headers;
+            // a success (or an open stream) has it in the trailers: 0.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0);
+            let code = tonic::Code::from_i32(code);
+            let by = caller.0.get().map(TokenId::as_str).unwrap_or("-");
+            let micros = elapsed.as_micros() as u64;
+            if method.starts_with("/grpc.") {
+                tracing::debug!(%method, ?code, micros, "rpc");
+            } else {
+                tracing::info!(%method, ?code, micros, caller = by, "rpc");
+            }
+            let labels = [("method", method), ("code", format!("{code:?}"))];
+            metrics::counter!(RPC_REQUESTS, &labels).increment(1);
+            metrics::histogram!(RPC_DURATION, &labels[..1]).record(elapsed.as_secs_f64());
+            Ok(response)
+        })
+    }
+}
