@@ -1,7 +1,8 @@
-//! Command line: `tokend serve` and its flags, each with an environment twin.
+//! Command line: `tokend serve` and the client subcommands (`accounts`,
+//! `tokens`), every flag with an environment twin.
 //!
 //! Owns argument parsing and logging set-up only; it must never reach into
-//! the store or services directly.
+//! the store or services directly (`console` runs the client subcommands).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,212 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Manage accounts (operators only).
+    Accounts {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Manage, verify and watch API tokens.
+    Tokens {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+}
+
+/// How a client subcommand reaches a server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The tokend server.
+    #[arg(
+        long,
+        env = "TOKEND_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// The bearer secret to call with (prefer --token-file or the env var:
+    /// command lines are visible to other users).
+    #[arg(long, env = "TOKEND_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// A file holding the bearer secret.
+    #[arg(
+        long,
+        env = "TOKEND_TOKEN_FILE",
+        default_value = "./tokend-data/operator.token",
+        global = true
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Human tables, or JSON for scripts.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Create an account.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "type", value_enum)]
+        kind: AccountTypeArg,
+        /// A module the account has (repeat for more).
+        #[arg(long)]
+        module: Vec<String>,
+    },
+    Get {
+        id: String,
+    },
+    List {
+        /// AIP-160 filter, e.g. 'type = VENDOR'.
+        #[arg(long, default_value = "")]
+        filter: String,
+    },
+    /// Change name, status or modules.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum)]
+        status: Option<AccountStatusArg>,
+        /// The account's modules, replacing the current ones (repeat for more).
+        #[arg(long)]
+        module: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create a token; its secret is shown once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "")]
+        icon: String,
+        /// A module the token gets (repeat for more).
+        #[arg(long)]
+        module: Vec<String>,
+    },
+    Get {
+        id: String,
+        #[arg(long)]
+        show_deleted: bool,
+    },
+    /// Every token you may see (all pages).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[arg(long)]
+        show_deleted: bool,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        icon: Option<String>,
+        /// The token's modules, replacing the current ones (repeat for more).
+        #[arg(long)]
+        module: Vec<String>,
+    },
+    Enable {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+    /// Delete a token for good, after showing it and asking.
+    Delete {
+        id: String,
+        /// Do not ask (required when stdin is not a terminal).
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Check a secret (from the argument, or stdin with `-`).
+    Verify {
+        secret: Option<String>,
+    },
+    /// Print changes live; resumes after a dropped connection.
+    Watch {
+        #[arg(long)]
+        account: Option<String>,
+        /// Start at this revision (replaying history) instead of now.
+        #[arg(long)]
+        from: Option<i64>,
+        /// Only these change types (repeat for more).
+        #[arg(long = "type", value_enum)]
+        r#type: Vec<EventTypeArg>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccountTypeArg {
+    Client,
+    Vendor,
+    Operations,
+}
+
+impl AccountTypeArg {
+    pub fn proto(self) -> crate::proto::AccountType {
+        match self {
+            Self::Client => crate::proto::AccountType::Client,
+            Self::Vendor => crate::proto::AccountType::Vendor,
+            Self::Operations => crate::proto::AccountType::Operations,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccountStatusArg {
+    Active,
+    Disabled,
+}
+
+impl AccountStatusArg {
+    pub fn proto(self) -> crate::proto::AccountStatus {
+        match self {
+            Self::Active => crate::proto::AccountStatus::Active,
+            Self::Disabled => crate::proto::AccountStatus::Disabled,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EventTypeArg {
+    Created,
+    Updated,
+    Enabled,
+    Disabled,
+    Deleted,
+}
+
+impl EventTypeArg {
+    pub fn proto(self) -> crate::proto::EventType {
+        match self {
+            Self::Created => crate::proto::EventType::Created,
+            Self::Updated => crate::proto::EventType::Updated,
+            Self::Enabled => crate::proto::EventType::Enabled,
+            Self::Disabled => crate::proto::EventType::Disabled,
+            Self::Deleted => crate::proto::EventType::Deleted,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]

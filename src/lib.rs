@@ -8,11 +8,12 @@
 //! - [`store`]: commits plans durably under the next global revision (sled by default).
 //! - [`watch`]: fans committed events out to `WatchTokens` streams.
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
-//! - [`server`], [`telemetry`] and [`cli`]: the `tokend` binary around all of it.
+//! - [`server`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it.
 
 pub mod auth;
 pub mod cli;
 pub mod command;
+pub mod console;
 pub mod domain;
 pub mod error;
 pub mod proto;

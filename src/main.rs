@@ -1,20 +1,27 @@
 //! The `tokend` binary: parse the command line, run it, exit with a status a
-//! supervisor can trust (0 on a clean stop, 1 with a one-line reason otherwise).
+//! supervisor or script can trust (see `console::exit` for the client codes;
+//! `serve` exits 0 on a clean stop, 1 with a one-line reason otherwise).
 
 use clap::Parser;
 use tokend::cli::{Cli, Command, init_logging};
+use tokend::console;
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+    let code = match cli.command {
+        Command::Serve(args) => match serve(args).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tokend: {e}");
+                1
+            }
+        },
+        Command::Accounts { client, command } => console::run_accounts(client, command).await,
+        Command::Tokens { client, command } => console::run_tokens(client, command).await,
     };
-    if let Err(e) = result {
-        eprintln!("tokend: {e}");
-        std::process::exit(1);
-    }
+    std::process::exit(code);
 }
 
 async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error> {

@@ -282,12 +282,18 @@ pub struct Process {
 }
 
 pub async fn spawn_tokend(dir: &Path, extra: &[&str]) -> Process {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    spawn_tokend_at(dir, free_addr(), extra).await
+}
+
+/// A loopback address with a port nobody listens on right now.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+}
+
+pub async fn spawn_tokend_at(dir: &Path, addr: std::net::SocketAddr, extra: &[&str]) -> Process {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(dir)

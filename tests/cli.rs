@@ -1,0 +1,232 @@
+//! The `tokend tokens …` client as a person uses it: the delete flow of the
+//! platform's dialog driven through a real pseudo-terminal, and the live
+//! watcher surviving a server restart and a compaction.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokend::proto as pb;
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokend");
+
+/// A running server with one account and one token to delete.
+async fn setup() -> (Process, tempfile::TempDir, pb::Token) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let (t, _) = create_token(&mut p.tokens().await, &acc.id, "ci-deploy").await;
+    (p, dir, t)
+}
+
+fn client_args(p: &Process) -> Vec<String> {
+    vec![
+        "--server".into(),
+        p.url(),
+        "--token-file".into(),
+        p.dir.join("operator.token").display().to_string(),
+    ]
+}
+
+/// Runs `tokend tokens delete ID` in a pseudo-terminal.
+fn delete_in_pty(p: &Process, id: &str) -> rexpect::session::PtySession {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tokens", "delete", id]).args(client_args(p));
+    rexpect::session::spawn_command(cmd, Some(10_000)).unwrap()
+}
+
+fn exit_code(session: &mut rexpect::session::PtySession) -> i32 {
+    match session.process().wait().unwrap() {
+        rexpect::process::WaitStatus::Exited(_, code) => code,
+        other => panic!("not exited: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_shows_warns_asks_and_deletes_on_yes() {
+    let (p, _dir, t) = setup().await;
+    let mut s = delete_in_pty(&p, &t.id);
+    s.exp_string(&format!("Delete API token 'ci-deploy' ({})?", t.id))
+        .unwrap();
+    s.exp_string("A deleted token can't be restored or reused.")
+        .unwrap();
+    s.exp_string("Type 'yes' to delete:").unwrap();
+    s.send_line("yes").unwrap();
+    s.exp_string(&format!(
+        "API token 'ci-deploy' ({}) was deleted successfully.",
+        t.id
+    ))
+    .unwrap();
+    assert_eq!(exit_code(&mut s), 0);
+    let e = get(&mut p.tokens().await, &t.id, false).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declining_deletes_nothing() {
+    let (p, _dir, t) = setup().await;
+    let mut s = delete_in_pty(&p, &t.id);
+    s.exp_string("Type 'yes' to delete:").unwrap();
+    s.send_line("no").unwrap();
+    s.exp_string("not deleted").unwrap();
+    assert_eq!(exit_code(&mut s), 10);
+    assert_eq!(get(&mut p.tokens().await, &t.id, false).await.unwrap(), t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_changed_while_the_question_is_open_is_not_deleted() {
+    let (p, _dir, t) = setup().await;
+    let mut s = delete_in_pty(&p, &t.id);
+    s.exp_string("Type 'yes' to delete:").unwrap();
+    // Someone renames it while the person reads the prompt.
+    p.tokens()
+        .await
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                name: "renamed".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    s.send_line("yes").unwrap();
+    s.exp_string("changed after it was shown; nothing was deleted")
+        .unwrap();
+    assert_eq!(exit_code(&mut s), 4);
+    assert_eq!(
+        get(&mut p.tokens().await, &t.id, false).await.unwrap().name,
+        "renamed"
+    );
+}
+
+#[tokio::test]
+async fn yes_skips_the_question_and_a_script_without_it_is_refused() {
+    let (p, _dir, t) = setup().await;
+    let refused = Command::new(BIN)
+        .args(["tokens", "delete", &t.id])
+        .args(client_args(&p))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --yes"));
+    assert!(get(&mut p.tokens().await, &t.id, false).await.is_ok());
+
+    let done = Command::new(BIN)
+        .args(["tokens", "delete", &t.id, "--yes", "--output", "json"])
+        .args(client_args(&p))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(out["token"]["status"], "DELETED");
+    assert!(out["revision"].as_i64().unwrap() > 0);
+
+    // Deleting again: NOT_FOUND, exit code 3.
+    let again = Command::new(BIN)
+        .args(["tokens", "delete", &t.id, "--yes"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(3));
+}
+
+/// Reads JSON event lines from the watcher until `done` says stop.
+fn read_events(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    mut done: impl FnMut(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    while !done(&events) {
+        let line = lines.next().expect("watcher output").unwrap();
+        events.push(serde_json::from_str(&line).unwrap());
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let mut watcher = Command::new(BIN)
+        .args(["tokens", "watch", "--output", "json"])
+        .args(client_args(&p))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = rx.into_iter();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut c = p.tokens().await;
+    let (a, _) = create_token(&mut c, &acc.id, "a").await;
+    let first = read_events(&mut lines, |e| e.len() == 1);
+    assert_eq!(first[0]["token"]["id"], a.id.as_str());
+    let last_seen = first[0]["revision"].as_i64().unwrap();
+
+    // The server restarts on the same port; the watcher reconnects and
+    // continues with the next revision: nothing lost, nothing repeated.
+    drop(c);
+    let mut p = p;
+    p.signal(15);
+    let _ = p.child.wait();
+    let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
+    let mut c = p.tokens().await;
+    let (b, _) = create_token(&mut c, &acc.id, "b").await;
+    let second = read_events(&mut lines, |e| e.len() == 1);
+    assert_eq!(second[0]["token"]["id"], b.id.as_str());
+    assert_eq!(second[0]["revision"].as_i64().unwrap(), last_seen + 1);
+
+    // Now it misses more than the retained history while away: it re-syncs
+    // with a snapshot (SNAPSHOT…, SYNCED) and carries on live.
+    drop(c);
+    let mut p = p;
+    p.signal(15);
+    let _ = p.child.wait();
+    let elsewhere = spawn_tokend(dir.path(), &["--retention", "3"]).await;
+    let mut c = elsewhere.tokens().await;
+    for i in 0..5 {
+        create_token(&mut c, &acc.id, &format!("while away {i}")).await;
+    }
+    drop(c);
+    let mut elsewhere = elsewhere;
+    elsewhere.signal(15);
+    let _ = elsewhere.child.wait();
+    let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
+    let resync = read_events(&mut lines, |e| {
+        e.last().is_some_and(|e| e["type"] == "SYNCED")
+    });
+    let snapshot: Vec<_> = resync.iter().filter(|e| e["type"] == "SNAPSHOT").collect();
+    assert_eq!(
+        snapshot.len(),
+        1 + 2 + 5,
+        "operator, a, b and the five: {resync:?}"
+    );
+    let (c2, _) = create_token(&mut p.tokens().await, &acc.id, "after resync").await;
+    let live = read_events(&mut lines, |e| e.len() == 1);
+    assert_eq!(live[0]["token"]["id"], c2.id.as_str());
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
