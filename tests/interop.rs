@@ -98,7 +98,10 @@ async fn metrics_move_when_traffic_flows() {
             "{series} did not move\n{after}"
         );
     }
-    assert!(after.contains("tokend_rpc_duration_seconds_bucket{"), "a histogram, with buckets");
+    assert!(
+        after.contains("tokend_rpc_duration_seconds_bucket{"),
+        "a histogram, with buckets"
+    );
     assert_eq!(sample(&after, "tokend_watch_streams_open"), 1.0, "{after}");
     assert!(sample(&after, "tokend_store_size_bytes") > 0.0, "{after}");
     drop(w);

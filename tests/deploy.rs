@@ -1,0 +1,178 @@
+//! deploy/ must agree with the binary: ports, probes, data paths, users.
+//! Parses every manifest and the Dockerfile; nothing here needs a cluster.
+
+use clap::Parser;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/deploy/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn docs(path: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn kind<'a>(docs: &'a [Yaml], kind: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn env<'a>(container: &'a Yaml, name: &str) -> &'a str {
+    container["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("env {name} missing"))
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The binary's own defaults, as `tokend serve` parses them.
+fn defaults() -> tokend::cli::ServeArgs {
+    match tokend::cli::Cli::try_parse_from(["tokend", "serve"])
+        .unwrap()
+        .command
+    {
+        tokend::cli::Command::Serve(args) => args,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn the_statefulset_service_and_probes_agree_with_the_binary() {
+    let docs = docs("kubernetes/tokend.yaml");
+    let sts = kind(&docs, "StatefulSet");
+    let svc = kind(&docs, "Service");
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+
+    let grpc_port = port_of(env(c, "TOKEND_LISTEN"));
+    assert_eq!(
+        grpc_port,
+        defaults().listen.port() as i64,
+        "the binary's default port"
+    );
+    assert!(
+        env(c, "TOKEND_LISTEN").starts_with("0.0.0.0:"),
+        "reachable from outside the pod"
+    );
+    let metrics_port = port_of(env(c, "TOKEND_METRICS_ADDR"));
+    let ports: Vec<(&str, i64)> = c["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(ports.contains(&("grpc", grpc_port)), "{ports:?}");
+    assert!(ports.contains(&("metrics", metrics_port)), "{ports:?}");
+
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            c[probe]["grpc"]["port"].as_i64(),
+            Some(grpc_port),
+            "{probe} uses grpc.health.v1"
+        );
+    }
+    let svc_ports = svc["spec"]["ports"].as_vec().unwrap();
+    let grpc = svc_ports
+        .iter()
+        .find(|p| p["name"].as_str() == Some("grpc"))
+        .unwrap();
+    assert_eq!(grpc["port"].as_i64(), Some(grpc_port));
+    assert_eq!(grpc["targetPort"].as_str(), Some("grpc"));
+    assert_eq!(grpc["appProtocol"].as_str(), Some("grpc"));
+    assert_eq!(
+        svc["spec"]["selector"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+
+    // The data dir is the mounted claim.
+    let data_dir = env(c, "TOKEND_DATA_DIR");
+    let mount = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(data_dir))
+        .expect("the data dir is a volume mount");
+    let claim = &sts["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(mount["name"], claim["metadata"]["name"]);
+    assert_eq!(
+        sts["spec"]["replicas"].as_i64(),
+        Some(1),
+        "sled has one writer"
+    );
+
+    // Locked down.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(
+        c["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert!(!c["resources"]["limits"]["memory"].is_badvalue());
+    assert!(!c["resources"]["limits"]["cpu"].is_badvalue());
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_i64().unwrap() > 5,
+        "tokend exits within 5 s"
+    );
+}
+
+#[test]
+fn the_dockerfile_matches_the_manifest() {
+    let docker = read("Dockerfile");
+    let sts_docs = docs("kubernetes/tokend.yaml");
+    let pod = &kind(&sts_docs, "StatefulSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert!(docker.contains(&format!("TOKEND_DATA_DIR={}", env(c, "TOKEND_DATA_DIR"))));
+    assert!(docker.contains(&format!("TOKEND_LISTEN={}", env(c, "TOKEND_LISTEN"))));
+    let expose = docker.lines().find(|l| l.starts_with("EXPOSE")).unwrap();
+    for port in [
+        port_of(env(c, "TOKEND_LISTEN")),
+        port_of(env(c, "TOKEND_METRICS_ADDR")),
+    ] {
+        assert!(expose.contains(&port.to_string()), "{expose}");
+    }
+    let user = docker.lines().rfind(|l| l.starts_with("USER ")).unwrap();
+    let uid = pod["securityContext"]["runAsUser"].as_i64().unwrap();
+    assert!(user.contains(&uid.to_string()) && uid != 0, "{user}");
+    let instructions: Vec<&str> = docker
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(
+        !instructions
+            .iter()
+            .any(|l| l.contains("protobuf-compiler") || l.contains("protoc")),
+        "no protoc needed"
+    );
+    assert_eq!(docker.matches("FROM ").count(), 2, "multi-stage");
+}
+
+#[test]
+fn the_mesh_client_names_the_service_and_port() {
+    let tokend = docs("kubernetes/tokend.yaml");
+    let svc = kind(&tokend, "Service");
+    let client = docs("kubernetes/mesh-client.yaml");
+    let c = &kind(&client, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let server = env(c, "TOKEND_SERVER");
+    let port = svc["spec"]["ports"][0]["port"].as_i64().unwrap();
+    let name = svc["metadata"]["name"].as_str().unwrap();
+    assert_eq!(server, format!("http://{name}:{port}"));
+    // The token it mounts is the file it reads.
+    let file = env(c, "TOKEND_TOKEN_FILE");
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(file.starts_with(mount), "{file} not under {mount}");
+}
