@@ -106,3 +106,68 @@ async fn metrics_move_when_traffic_flows() {
     assert!(sample(&after, "tokend_store_size_bytes") > 0.0, "{after}");
     drop(w);
 }
+
+/// JSON logs: every line parses, each RPC is logged once with method, code,
+/// latency and caller, and no secret ever appears, even at trace level.
+#[tokio::test]
+async fn json_logs_name_each_rpc_once_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let data = dir.path().join("data");
+    let addr = free_addr();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            &addr.to_string(),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "trace")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Process {
+        child,
+        addr,
+        dir: data.clone(),
+    };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let mut c = p.tokens().await;
+    let (t, secret) = create_token(&mut c, &acc.id, "logged").await;
+    assert!(verify(&mut c, &secret).await.valid);
+    delete(&mut c, &t.id).await.unwrap();
+    let operator = operator_secret(&data);
+    p.signal(15);
+    let _ = p.child.wait();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for s in [&secret, &operator] {
+        assert!(!text.contains(&s[18..]), "a secret reached the log");
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let rpcs: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "rpc")
+        .collect();
+    let deletes: Vec<_> = rpcs
+        .iter()
+        .filter(|l| l["fields"]["method"] == "/apitokens.v1.TokenService/DeleteToken")
+        .collect();
+    assert_eq!(deletes.len(), 1, "{rpcs:?}");
+    let d = &deletes[0]["fields"];
+    assert_eq!(d["code"], "Ok");
+    assert!(d["micros"].as_u64().is_some());
+    assert!(d["caller"].as_str().unwrap().starts_with("TKN-"));
+}

@@ -100,6 +100,7 @@ async fn the_readme_grpcurl_walkthrough_works_as_written() {
         "\"valid\": true",
         "VERIFY_RESULT_NOT_FOUND",
         "TOKEN_STATUS_DELETED",
+        "\"status\": \"SERVING\"",
     ] {
         assert!(stdout.contains(want), "{want} missing from\n{stdout}");
     }
