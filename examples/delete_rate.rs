@@ -56,9 +56,43 @@ async fn main() {
     }
 }
 
+/// Where the metrics of this process are served (installed once).
+static METRICS: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
+/// (sum, count) of `tokend_commit_batch_size`: changes per durable commit.
+fn batch_sizes() -> (f64, f64) {
+    use std::io::{Read, Write};
+    let Some(addr) = METRICS.get() else {
+        return (0.0, 0.0);
+    };
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("tokend_commit_batch_size_sum"),
+        value("tokend_commit_batch_size_count"),
+    )
+}
+
 async fn run(clients: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let config = tokend::server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    let mut config = tokend::server::Config::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+    if METRICS.get().is_none() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        config.metrics_addr = Some(addr);
+        METRICS.set(addr).unwrap();
+    }
     let server = tokend::server::start(config).await.unwrap();
     let url = format!("http://{}", server.addr);
     let secret = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
@@ -110,6 +144,7 @@ async fn run(clients: usize) {
         created.elapsed()
     );
     let per_client = TOKENS / clients;
+    let before = batch_sizes();
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for chunk in ids.chunks(per_client).take(clients) {
@@ -135,10 +170,12 @@ async fn run(clients: usize) {
         lat.extend(r.unwrap());
     }
     let elapsed = started.elapsed();
+    let after = batch_sizes();
+    let per_fsync = (after.0 - before.0) / (after.1 - before.1).max(1.0);
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "clients={clients:>3} deletes={} elapsed={:.2}s deletes/s={:.0} p50={:?} p99={:?}",
+        "clients={clients:>3} deletes={} elapsed={:.2}s deletes/s={:.0} p50={:?} p99={:?} deletes/fsync={per_fsync:.1}",
         lat.len(),
         elapsed.as_secs_f64(),
         lat.len() as f64 / elapsed.as_secs_f64(),

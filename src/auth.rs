@@ -74,6 +74,38 @@ impl Caller {
         }
     }
 
+    /// Only an operator may hand out operator rights: without this, a token
+    /// manager of the Operations account could grant itself
+    /// `platform-account-management`.
+    pub fn may_grant(&self, modules: &crate::domain::Modules) -> Result<(), Error> {
+        if modules.contains(MODULE_PLATFORM_ACCOUNT_MANAGEMENT) && !self.is_operator() {
+            return Err(Error::PermissionDenied(format!(
+                "only operators may grant {MODULE_PLATFORM_ACCOUNT_MANAGEMENT}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tombstones are for operators (SPEC §2.3).
+    pub fn may_show_deleted(&self, show_deleted: bool) -> Result<(), Error> {
+        if show_deleted && !self.is_operator() {
+            return Err(Error::PermissionDenied(
+                "show_deleted is for operators".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this credential still authenticates in `state`.
+    pub fn still_valid(&self, state: &State) -> bool {
+        state
+            .token(&self.token.id)
+            .is_some_and(|t| t.status == TokenStatus::Active)
+            && state
+                .account(&self.account.id)
+                .is_some_and(|a| a.status == AccountStatus::Active)
+    }
+
     /// Whether the caller may see tokens of `account` at all. Callers that
     /// may not are answered as if the thing did not exist.
     pub fn sees(&self, account: &AccountId) -> bool {
@@ -154,9 +186,20 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Error> {
 pub fn revokes(caller: &Caller, subject: &Subject) -> Option<&'static str> {
     match subject {
         Subject::Token(t) if t.id == caller.token.id => match t.status {
-            TokenStatus::Active => None,
             TokenStatus::Disabled => Some("disabled"),
             TokenStatus::Deleted => Some("deleted"),
+            TokenStatus::Active => {
+                // Still active, but with fewer rights than the stream needs.
+                let now = Caller {
+                    token: Arc::new(t.clone()),
+                    account: caller.account.clone(),
+                };
+                if now.require_manager().is_err() || (caller.is_operator() && !now.is_operator()) {
+                    Some("stripped of the modules this stream needs")
+                } else {
+                    None
+                }
+            }
         },
         Subject::Account(a) if a.id == caller.account.id && a.status != AccountStatus::Active => {
             Some("disabled with its account")
@@ -223,13 +266,14 @@ pub async fn bootstrap(
         return Ok(Some(path));
     }
     if state.token_id_taken(&id) {
-        return Err(Error::invalid(
-            "operator-token-file",
-            format!(
-                "the operator token {id} in {} was disabled or deleted; supply another",
-                path.display()
-            ),
-        ));
+        // Deleting a leaked operator token is what operators should do; it
+        // must not stop tokend from starting. Other operator tokens work.
+        tracing::warn!(
+            path = %path.display(),
+            token = %id,
+            "the operator token in this file was disabled or deleted; it no longer authenticates"
+        );
+        return Ok(None);
     }
     let actor = Actor(BOOTSTRAP.to_string());
     let account = match operations_account(&state) {
@@ -292,10 +336,16 @@ fn write_secret_file(path: &Path, secret: &Secret) -> Result<(), Error> {
         Error::invalid("data-dir", format!("cannot write {}: {e}", path.display()))
     };
     let tmp = path.with_extension("tmp");
+    // A leftover (or planted) temp file must not lend us its mode or a
+    // symlink: start from nothing.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(fail)?;

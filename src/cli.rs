@@ -53,7 +53,7 @@ pub enum Command {
 }
 
 /// How a client subcommand reaches a server.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct ClientArgs {
     /// The tokend server.
     #[arg(
@@ -78,6 +78,18 @@ pub struct ClientArgs {
     /// Human tables, or JSON for scripts.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("output", &self.output)
+            .finish()
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -84,6 +84,18 @@ type Accounts = AccountServiceClient<InterceptedService<Channel, Bearer>>;
 /// The credential a local `tokend serve` wrote on first start.
 const LOCAL_OPERATOR_TOKEN: &str = "./tokend-data/operator.token";
 
+fn is_loopback(server: &str) -> bool {
+    server
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
 /// Where to connect and as whom.
 struct Conn {
     channel: Channel,
@@ -100,9 +112,14 @@ impl Conn {
                     .trim()
                     .to_string(),
             ),
-            (None, None) => std::fs::read_to_string(LOCAL_OPERATOR_TOKEN)
-                .ok()
-                .map(|s| s.trim().to_string()),
+            // The local operator credential goes only to a local server,
+            // never to whatever host --server happens to name.
+            (None, None) if is_loopback(&args.server) => {
+                std::fs::read_to_string(LOCAL_OPERATOR_TOKEN)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            }
+            (None, None) => None,
         };
         let bearer = match secret {
             None => Bearer(None),
@@ -522,6 +539,8 @@ async fn watch(
                 continue;
             }
             Err(s) if s.code() == Code::Unavailable => {
+                // Never saw a revision: "from now" would skip the outage.
+                resync = next == 0;
                 retry(&mut backoff).await;
                 continue;
             }
@@ -558,6 +577,7 @@ async fn watch(
                         "tokend: stream interrupted ({:?}); resuming from revision {next}",
                         s.code()
                     );
+                    resync = next == 0;
                     retry(&mut backoff).await;
                     break;
                 }

@@ -137,6 +137,12 @@ where
             } else {
                 tracing::info!(%method, ?code, micros, caller = by, "rpc");
             }
+            // Made-up paths must not mint new series: one label for them all.
+            let method = if code == tonic::Code::Unimplemented {
+                "unknown".to_string()
+            } else {
+                method
+            };
             let labels = [("method", method), ("code", format!("{code:?}"))];
             metrics::counter!(RPC_REQUESTS, &labels).increment(1);
             metrics::histogram!(RPC_DURATION, &labels[..1]).record(elapsed.as_secs_f64());

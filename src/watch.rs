@@ -168,8 +168,17 @@ impl Watchers {
         // on is in `live`, every earlier one is in the log or the snapshot.
         let live = self.hub.subscribe();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // One state for every decision below: the revision the stream starts
+        // from, where history ends, and whether its credential still holds
+        // (it may have been revoked since the interceptor looked).
+        let state = self.store.state();
+        if let Some(caller) = &filter.credential
+            && !caller.still_valid(&state)
+        {
+            return Err(Error::Unauthenticated);
+        }
         let next = match start {
-            Start::Now => self.store.state().revision() + 1,
+            Start::Now => state.revision() + 1,
             Start::At(rev) => {
                 let oldest = self.store.oldest_revision();
                 if rev < oldest {
@@ -186,7 +195,7 @@ impl Watchers {
             store: self.store.clone(),
             filter,
             next,
-            history_until: self.store.state().revision(),
+            history_until: state.revision(),
             live,
             tx,
             progress_interval: self.config.progress_interval,
@@ -284,6 +293,13 @@ impl Follower {
 
     async fn send_snapshot(&mut self) -> Result<(), StopOr> {
         let state = self.store.state();
+        // Revocations between opening and this snapshot are never replayed
+        // (the stream continues after it), so check the credential here.
+        if let Some(caller) = &self.filter.credential
+            && !caller.still_valid(&state)
+        {
+            return Err(StopOr::error(Error::CredentialRevoked("revoked")));
+        }
         let revision = state.revision();
         let account = self.filter.account.clone();
         for token in state.tokens_after(account.as_ref(), None) {

@@ -675,3 +675,154 @@ mod tls {
         call(&s, with_cert).await.unwrap();
     }
 }
+
+/// The Operations account's id (the bootstrap operator's account).
+async fn operations_account(c: &mut Tokens) -> String {
+    let id = operator_id(c).await;
+    get(c, &id, false).await.unwrap().account_id
+}
+
+#[tokio::test]
+async fn only_operators_grant_operator_rights_or_read_tombstones() {
+    let s = TestServer::start().await;
+    let mut op = s.tokens().await;
+    let ops = operations_account(&mut op).await;
+    // A token manager inside the Operations account, without operator rights.
+    let r = op
+        .create_token(pb::CreateTokenRequest {
+            account_id: ops.clone(),
+            name: "ops helper".into(),
+            modules: vec!["access-management".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = r.token.unwrap();
+    let mut helper = s.tokens_as(Bearer::new(&r.secret)).await;
+    let escalate = vec![
+        "access-management".into(),
+        "platform-account-management".into(),
+    ];
+    let e = helper
+        .create_token(pb::CreateTokenRequest {
+            account_id: ops.clone(),
+            name: "sneaky".into(),
+            modules: escalate.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = helper
+        .update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: me.id.clone(),
+                modules: escalate,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // Tombstones: operators only.
+    let (gone, _) = create_token(&mut helper, &ops, "gone").await;
+    delete(&mut helper, &gone.id).await.unwrap();
+    assert_eq!(
+        get(&mut helper, &gone.id, true).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let e = helper
+        .list_tokens(pb::ListTokensRequest {
+            show_deleted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(
+        get(&mut op, &gone.id, true).await.unwrap().status,
+        pb::TokenStatus::Deleted as i32
+    );
+}
+
+#[tokio::test]
+async fn losing_the_module_a_stream_needs_cuts_it() {
+    let s = TestServer::start().await;
+    let a = create_account(&s, ALL_MODULES).await;
+    let mut op = s.tokens().await;
+    let r = op
+        .create_token(pb::CreateTokenRequest {
+            account_id: a.id.clone(),
+            name: "watcher".into(),
+            modules: vec!["access-management".into(), "commerce".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = r.token.unwrap();
+    let mut w = watch(
+        &mut s.tokens_as(Bearer::new(&r.secret)).await,
+        pb::WatchTokensRequest::default(),
+    )
+    .await;
+    op.update_token(pb::UpdateTokenRequest {
+        token: Some(pb::Token {
+            id: me.id.clone(),
+            modules: vec!["commerce".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(next_change(&mut w).await.token.unwrap().id, me.id);
+    let status = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .unwrap()
+        .expect_err("cut");
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "CREDENTIAL_REVOKED")
+    );
+}
+
+#[tokio::test]
+async fn tokend_still_starts_after_its_bootstrap_operator_token_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let mut op = p.tokens().await;
+    let ops = operations_account(&mut op).await;
+    let bootstrap = operator_id(&mut op).await;
+    // A replacement operator first, then the (say, leaked) original goes.
+    let r = op
+        .create_token(pb::CreateTokenRequest {
+            account_id: ops,
+            name: "operator 2".into(),
+            modules: vec![
+                "access-management".into(),
+                "platform-account-management".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    delete(&mut op, &bootstrap).await.unwrap();
+    drop((op, p));
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let mut replacement = tokens_at(&p.url(), Bearer::new(&r.secret)).await;
+    replacement
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap();
+    let mut old = p.tokens().await;
+    let e = old
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}

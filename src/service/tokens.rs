@@ -137,12 +137,14 @@ impl TokenService for Service {
         if !caller.sees(&account_id) {
             return Err(Error::account_not_found(&account_id).into());
         }
+        let modules = parse_modules("modules", &r.modules)?;
+        caller.may_grant(&modules)?;
         let new = NewToken {
             account_id,
             name: parse_name("name", &r.name)?,
             description: parse_description(&r.description)?,
             icon: parse_icon(&r.icon)?,
-            modules: parse_modules("modules", &r.modules)?,
+            modules,
             preset: None,
         };
         let applied = self
@@ -165,7 +167,8 @@ impl TokenService for Service {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
         let id = token_id(&request.get_ref().id)?;
-        self.authorize_token(&request, &id)?;
+        self.authorize_token(&request, &id)?
+            .may_show_deleted(request.get_ref().show_deleted)?;
         let r = request.into_inner();
         let state = self.store.state();
         match state.token(&id) {
@@ -183,6 +186,7 @@ impl TokenService for Service {
         let size = page_size(r.page_size)?;
         let filter = token_filter(&r.filter)?;
         let account = self.scope(&caller, &r.account_id)?;
+        caller.may_show_deleted(r.show_deleted)?;
         let state = self.store.state();
         let show_deleted = if r.show_deleted { "deleted" } else { "live" };
         let scope = account.as_ref().map_or("", AccountId::as_str);
@@ -240,6 +244,9 @@ impl TokenService for Service {
         let r = request.into_inner();
         let token = r.token.unwrap_or_default();
         let patch = token_patch(&token, r.update_mask.as_ref())?;
+        if let Some(modules) = &patch.modules {
+            caller.may_grant(modules)?;
+        }
         let etag = etag(&r.etag).or_else(|| etag(&token.etag));
         let out = self
             .apply_token(Command::UpdateToken { id, etag, patch }, &caller)
