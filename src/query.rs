@@ -89,6 +89,28 @@ impl Pager {
     }
 }
 
+impl Pager {
+    /// Takes one page of at most `size` items and the token for the next
+    /// page (empty when this is the last), keyed by each item's id.
+    pub fn page<T>(
+        &self,
+        items: impl Iterator<Item = T>,
+        size: usize,
+        id: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, String) {
+        let mut page: Vec<T> = items.take(size + 1).collect();
+        if page.len() <= size {
+            return (page, String::new());
+        }
+        page.truncate(size);
+        let next = page
+            .last()
+            .map(|last| self.encode(id(last)))
+            .unwrap_or_default();
+        (page, next)
+    }
+}
+
 /// One `field = value` or `field:value` comparison.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Term {

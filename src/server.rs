@@ -153,22 +153,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     if let Some(addr) = config.metrics_addr {
         crate::telemetry::install_prometheus(addr)?;
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable {
-            reason: crate::error::reason::LISTEN_FAILED,
-            message: format!("cannot listen on {}: {e}", config.listen),
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    // Socket options must be set here: the builder's tcp_nodelay/keepalive
-    // only apply when tonic binds the port itself. Without TCP_NODELAY a
-    // response of two segments waits ~40 ms for a delayed ACK.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
-
     let hub = Hub::new(config.hub_capacity);
     let store: Arc<dyn Store> = Arc::new(SledStore::open(
         SledConfig {
@@ -195,6 +179,24 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.operator_token_file.as_deref(),
     )
     .await?;
+    // Bound only once the store is open and the operator credential exists:
+    // whoever sees the port open can read operator.token.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Unavailable {
+            reason: crate::error::reason::LISTEN_FAILED,
+            message: format!("cannot listen on {}: {e}", config.listen),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // Socket options must be set here: the builder's tcp_nodelay/keepalive
+    // only apply when tonic binds the port itself. Without TCP_NODELAY a
+    // response of two segments waits ~40 ms for a delayed ACK.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+
     let auth = Authenticator::new(store.clone());
     let limit = config.max_request_bytes;
     let tokens = TokenServiceServer::new(service.clone()).max_decoding_message_size(limit);

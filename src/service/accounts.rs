@@ -128,19 +128,13 @@ impl AccountService for Service {
             .accounts_after(None)
             .filter(|a| matches(&filter, a))
             .count();
-        let mut page: Vec<_> = state
-            .accounts_after(after.as_ref())
-            .filter(|a| matches(&filter, a))
-            .take(size + 1)
-            .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|a| pager.encode(a.id.as_str()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (page, next_page_token) = pager.page(
+            state
+                .accounts_after(after.as_ref())
+                .filter(|a| matches(&filter, a)),
+            size,
+            |a| a.id.as_str(),
+        );
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: page.into_iter().map(|a| convert::account(a)).collect(),
             next_page_token,

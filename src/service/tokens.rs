@@ -212,19 +212,13 @@ impl TokenService for Service {
             .tokens_after(account.as_ref(), None)
             .filter(matches)
             .count();
-        let mut page: Vec<_> = state
-            .tokens_after(account.as_ref(), after.as_ref())
-            .filter(matches)
-            .take(size + 1)
-            .collect();
-        let next_page_token = if page.len() > size {
-            page.truncate(size);
-            page.last()
-                .map(|t| pager.encode(t.id.as_str()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (page, next_page_token) = pager.page(
+            state
+                .tokens_after(account.as_ref(), after.as_ref())
+                .filter(matches),
+            size,
+            |t| t.id.as_str(),
+        );
         Ok(Response::new(pb::ListTokensResponse {
             tokens: page.into_iter().map(|t| self.token_out(t)).collect(),
             next_page_token,
