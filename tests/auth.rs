@@ -23,22 +23,13 @@ async fn world() -> World {
     let a = create_account(&s, ALL_MODULES).await;
     let b = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
-    let token = |account: &str, name: &str, modules: &[&str]| pb::CreateTokenRequest {
-        account_id: account.into(),
-        name: name.into(),
-        modules: modules.iter().map(|m| m.to_string()).collect(),
-        ..Default::default()
-    };
-    let mut issue = async |req| {
-        let r = op.create_token(req).await.unwrap().into_inner();
-        (r.token.unwrap(), r.secret)
-    };
-    let (target, _) = issue(token(&a.id, "target", &["commerce"])).await;
-    let (_, a_manager) = issue(token(&a.id, "a manager", &["access-management"])).await;
-    let (_, a_plain) = issue(token(&a.id, "a plain", &["commerce"])).await;
-    let (_, b_manager) = issue(token(&b.id, "b manager", &["access-management"])).await;
-    let (disabled, disabled_secret) = issue(token(&a.id, "disabled", &["access-management"])).await;
-    let (deleted, deleted_secret) = issue(token(&a.id, "deleted", &["access-management"])).await;
+    let (target, _) = issue(&mut op, &a.id, "target", &["commerce"]).await;
+    let (_, a_manager) = issue(&mut op, &a.id, "a manager", &["access-management"]).await;
+    let (_, a_plain) = issue(&mut op, &a.id, "a plain", &["commerce"]).await;
+    let (_, b_manager) = issue(&mut op, &b.id, "b manager", &["access-management"]).await;
+    let (disabled, disabled_secret) =
+        issue(&mut op, &a.id, "disabled", &["access-management"]).await;
+    let (deleted, deleted_secret) = issue(&mut op, &a.id, "deleted", &["access-management"]).await;
     op.disable_token(pb::DisableTokenRequest {
         id: disabled.id,
         etag: String::new(),
@@ -272,32 +263,12 @@ async fn a_disabled_account_locks_out_its_tokens() {
     let s = TestServer::start().await;
     let a = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
-    let r = op
-        .create_token(pb::CreateTokenRequest {
-            account_id: a.id.clone(),
-            name: "m".into(),
-            modules: vec!["access-management".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut m = s.tokens_as(Bearer::new(&r.secret)).await;
+    let (_, secret) = issue(&mut op, &a.id, "m", &["access-management"]).await;
+    let mut m = s.tokens_as(Bearer::new(&secret)).await;
     m.list_tokens(pb::ListTokensRequest::default())
         .await
         .unwrap();
-    s.accounts()
-        .await
-        .update_account(pb::UpdateAccountRequest {
-            account: Some(pb::Account {
-                id: a.id.clone(),
-                status: pb::AccountStatus::Disabled as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    set_account_status(&s, &a.id, pb::AccountStatus::Disabled).await;
     let e = m
         .list_tokens(pb::ListTokensRequest::default())
         .await
@@ -369,18 +340,8 @@ async fn deleting_or_disabling_a_credential_cuts_its_open_streams() {
     let a = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
     for how in ["delete", "disable", "disable account"] {
-        let r = op
-            .create_token(pb::CreateTokenRequest {
-                account_id: a.id.clone(),
-                name: "watcher".into(),
-                modules: vec!["access-management".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let me = r.token.unwrap();
-        let mut c = s.tokens_as(Bearer::new(&r.secret)).await;
+        let (me, secret) = issue(&mut op, &a.id, "watcher", &["access-management"]).await;
+        let mut c = s.tokens_as(Bearer::new(&secret)).await;
         let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
         match how {
             "delete" => {
@@ -421,18 +382,7 @@ async fn deleting_or_disabling_a_credential_cuts_its_open_streams() {
         assert_eq!(status.code(), Code::Unauthenticated, "{how}");
         assert_eq!(reason(&status), "CREDENTIAL_REVOKED", "{how}");
         if how == "disable account" {
-            s.accounts()
-                .await
-                .update_account(pb::UpdateAccountRequest {
-                    account: Some(pb::Account {
-                        id: a.id.clone(),
-                        status: pb::AccountStatus::Active as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
+            set_account_status(&s, &a.id, pb::AccountStatus::Active).await;
         }
     }
 }
@@ -442,18 +392,8 @@ async fn audit_and_events_name_the_calling_token() {
     let s = TestServer::start().await;
     let a = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
-    let r = op
-        .create_token(pb::CreateTokenRequest {
-            account_id: a.id.clone(),
-            name: "manager".into(),
-            modules: vec!["access-management".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let manager = r.token.unwrap();
-    let mut m = s.tokens_as(Bearer::new(&r.secret)).await;
+    let (manager, secret) = issue(&mut op, &a.id, "manager", &["access-management"]).await;
+    let mut m = s.tokens_as(Bearer::new(&secret)).await;
     let mut events = watch(&mut op, pb::WatchTokensRequest::default()).await;
     let (t, _) = create_token(&mut m, &a.id, "made by manager").await;
     assert_eq!(t.audit.unwrap().created.unwrap().by, manager.id);
@@ -688,18 +628,8 @@ async fn only_operators_grant_operator_rights_or_read_tombstones() {
     let mut op = s.tokens().await;
     let ops = operations_account(&mut op).await;
     // A token manager inside the Operations account, without operator rights.
-    let r = op
-        .create_token(pb::CreateTokenRequest {
-            account_id: ops.clone(),
-            name: "ops helper".into(),
-            modules: vec!["access-management".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let me = r.token.unwrap();
-    let mut helper = s.tokens_as(Bearer::new(&r.secret)).await;
+    let (me, secret) = issue(&mut op, &ops, "ops helper", &["access-management"]).await;
+    let mut helper = s.tokens_as(Bearer::new(&secret)).await;
     let escalate = vec![
         "access-management".into(),
         "platform-account-management".into(),
@@ -753,19 +683,15 @@ async fn losing_the_module_a_stream_needs_cuts_it() {
     let s = TestServer::start().await;
     let a = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
-    let r = op
-        .create_token(pb::CreateTokenRequest {
-            account_id: a.id.clone(),
-            name: "watcher".into(),
-            modules: vec!["access-management".into(), "commerce".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let me = r.token.unwrap();
+    let (me, secret) = issue(
+        &mut op,
+        &a.id,
+        "watcher",
+        &["access-management", "commerce"],
+    )
+    .await;
     let mut w = watch(
-        &mut s.tokens_as(Bearer::new(&r.secret)).await,
+        &mut s.tokens_as(Bearer::new(&secret)).await,
         pb::WatchTokensRequest::default(),
     )
     .await;
@@ -798,23 +724,17 @@ async fn tokend_still_starts_after_its_bootstrap_operator_token_was_deleted() {
     let ops = operations_account(&mut op).await;
     let bootstrap = operator_id(&mut op).await;
     // A replacement operator first, then the (say, leaked) original goes.
-    let r = op
-        .create_token(pb::CreateTokenRequest {
-            account_id: ops,
-            name: "operator 2".into(),
-            modules: vec![
-                "access-management".into(),
-                "platform-account-management".into(),
-            ],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (_, secret) = issue(
+        &mut op,
+        &ops,
+        "operator 2",
+        &["access-management", "platform-account-management"],
+    )
+    .await;
     delete(&mut op, &bootstrap).await.unwrap();
     drop((op, p));
     let p = spawn_tokend(dir.path(), &[]).await;
-    let mut replacement = tokens_at(&p.url(), Bearer::new(&r.secret)).await;
+    let mut replacement = tokens_at(&p.url(), Bearer::new(&secret)).await;
     replacement
         .list_tokens(pb::ListTokensRequest::default())
         .await

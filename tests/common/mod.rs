@@ -193,20 +193,51 @@ pub async fn new_account(a: &mut Accounts, modules: &[&str]) -> pb::Account {
     .into_inner()
 }
 
-/// Creates a token and returns it with its secret.
+/// Creates a token (module `commerce`) and returns it with its secret.
 pub async fn create_token(c: &mut Tokens, account_id: &str, name: &str) -> (pb::Token, String) {
+    issue(c, account_id, name, &["commerce"]).await
+}
+
+/// Creates a token with `modules` and returns it with its secret.
+pub async fn issue(
+    c: &mut Tokens,
+    account_id: &str,
+    name: &str,
+    modules: &[&str],
+) -> (pb::Token, String) {
     let r = c
         .create_token(pb::CreateTokenRequest {
             account_id: account_id.into(),
             name: name.into(),
             description: "created by a test".into(),
             icon: String::new(),
-            modules: vec!["commerce".into()],
+            modules: modules.iter().map(|m| m.to_string()).collect(),
         })
         .await
         .expect("token created")
         .into_inner();
     (r.token.unwrap(), r.secret)
+}
+
+/// Sets an account's status (as the operator).
+pub async fn set_account_status(
+    s: &TestServer,
+    id: &str,
+    status: pb::AccountStatus,
+) -> pb::Account {
+    s.accounts()
+        .await
+        .update_account(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                id: id.into(),
+                status: status as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("account updated")
+        .into_inner()
 }
 
 pub async fn delete(c: &mut Tokens, id: &str) -> Result<pb::DeleteTokenResponse, tonic::Status> {
