@@ -94,6 +94,13 @@ impl TestServer {
         s
     }
 
+    /// Starts on a data dir left by an earlier server (see [`TestServer::stop`]).
+    pub async fn start_in(dir: TempDir) -> TestServer {
+        let mut s = Self::boot(dir.path(), std::sync::Arc::new(|_: &mut Config| {})).await;
+        s.dir = Some(dir);
+        s
+    }
+
     async fn boot(path: &Path, tweak: Tweak) -> TestServer {
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), path.to_path_buf());
         config.shutdown_grace = Duration::from_secs(2);
