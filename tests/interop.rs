@@ -114,32 +114,16 @@ async fn json_logs_name_each_rpc_once_and_never_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let data = dir.path().join("data");
-    let addr = free_addr();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--listen",
-            &addr.to_string(),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("RUST_LOG", "trace")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut p = Process {
-        child,
-        addr,
-        dir: data.clone(),
-    };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+    let mut p = None;
+    for _ in 0..5 {
+        let stderr = std::process::Stdio::from(std::fs::File::create(&log).unwrap());
+        let extra = ["--log-format", "json"];
+        p = launch(&data, free_addr(), &extra, stderr, &[("RUST_LOG", "trace")]).await;
+        if p.is_some() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let mut p = p.expect("tokend started");
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let mut c = p.tokens().await;
     let (t, secret) = create_token(&mut c, &acc.id, "logged").await;

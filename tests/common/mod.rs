@@ -319,8 +319,16 @@ pub struct Process {
     pub dir: PathBuf,
 }
 
+/// Starts tokend on a free port. `free_addr` can hand the same port to two
+/// tests running at once; the loser exits at once, and is started again on
+/// another port.
 pub async fn spawn_tokend(dir: &Path, extra: &[&str]) -> Process {
-    spawn_tokend_at(dir, free_addr(), extra).await
+    for _ in 0..5 {
+        if let Some(p) = launch(dir, free_addr(), extra, std::process::Stdio::null(), &[]).await {
+            return p;
+        }
+    }
+    panic!("tokend did not start on any of 5 free ports");
 }
 
 /// A loopback address with a port nobody listens on right now.
@@ -331,26 +339,48 @@ pub fn free_addr() -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// Starts tokend on `addr` (a port this test owns, e.g. for a restart).
 pub async fn spawn_tokend_at(dir: &Path, addr: std::net::SocketAddr, extra: &[&str]) -> Process {
+    launch(dir, addr, extra, std::process::Stdio::null(), &[])
+        .await
+        .unwrap_or_else(|| panic!("tokend exited instead of serving on {addr}"))
+}
+
+/// Starts `tokend serve` and waits until *this* process serves: it is still
+/// running, its operator credential exists (tokend binds only after writing
+/// it) and the port answers. `None` if it exited first.
+pub async fn launch(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+    env: &[(&str, &str)],
+) -> Option<Process> {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
         .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(dir)
         .args(extra)
-        .stderr(std::process::Stdio::null())
+        .envs(env.iter().copied())
+        .stderr(stderr)
         .spawn()
         .unwrap();
-    let process = Process {
+    let mut process = Process {
         child,
         addr,
         dir: dir.to_path_buf(),
     };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return process;
+    let own_credential = !extra.contains(&"--operator-token-file");
+    for _ in 0..600 {
+        if process.child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        let ready = !own_credential || dir.join("operator.token").exists();
+        if ready && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Some(process);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("tokend did not start listening on {addr}");
+    panic!("tokend did not start serving on {addr} within 15 s");
 }
 
 impl Process {
