@@ -1,8 +1,18 @@
-//! Storage faults at start-up: a data dir that cannot be created, one that
-//! another tokend holds, and stores that are not (or no longer) tokend's. Each
-//! fails with one clear line and a non-zero exit, and nothing is re-initialised.
+//! Storage faults. At start-up: a data dir that cannot be created or written,
+//! and stores that are not (or no longer) tokend's; each fails with one clear
+//! line and a non-zero exit, and nothing is re-initialised. (A dir another
+//! tokend holds: `tests/server.rs`.) At runtime: a write the kernel refuses is
+//! answered UNAVAILABLE, never announced, and the store keeps its word.
 
+mod common;
+
+use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tokend::proto as pb;
+use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokend");
 
@@ -31,6 +41,44 @@ fn a_data_dir_that_cannot_be_created_fails_start_up_in_one_line() {
     assert!(
         line.starts_with("tokend: storage failure while creating"),
         "{line}"
+    );
+}
+
+/// Root writes anywhere, so when the suite runs as root the server runs as
+/// `nobody` instead, from a copy of the binary every user may execute.
+#[test]
+fn a_data_dir_that_is_not_writable_fails_start_up_in_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open.clone()).unwrap();
+    let bin = dir.path().join("tokend");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, open).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+
+    let mut cmd = Command::new(&bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data);
+    // SAFETY: geteuid cannot fail and has no side effects.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        line.starts_with("tokend: storage failure while opening"),
+        "{line}"
+    );
+    assert!(line.contains("Permission denied"), "{line}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing written"
     );
 }
 
@@ -105,4 +153,136 @@ fn sigterm(pid: u32) {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// A write the kernel refuses while serving. The file-size limit (EFBIG)
+/// stands in for a full disk (ENOSPC): both are real refusals of sled's
+/// write, met on the same code path, and the limit needs no privileges.
+#[tokio::test]
+async fn a_write_that_fails_at_runtime_is_refused_and_never_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    // Initialise the store and an account, then stop cleanly.
+    let mut p = spawn_tokend(dir.path(), &[]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    p.signal(15);
+    p.child.wait().unwrap();
+
+    let size = std::fs::metadata(dir.path().join("db/db")).unwrap().len();
+    let limit = size + 512 * 1024;
+    let p = spawn_tokend_with(dir.path(), &[], move |cmd| {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Ignored, SIGXFSZ would kill the process; ignored, the write
+                // fails with EFBIG instead. Both survive exec.
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .await;
+    let mut c = p.tokens().await;
+    let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
+
+    let description = "x".repeat(2000);
+    let mut acked = Vec::new();
+    let refused = loop {
+        assert!(acked.len() < 5000, "the size limit never bit");
+        let r = c
+            .create_token(pb::CreateTokenRequest {
+                account_id: acc.id.clone(),
+                name: format!("t{}", acked.len()),
+                description: description.clone(),
+                modules: vec!["commerce".into()],
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => acked.push(r.into_inner()),
+            Err(status) => break status,
+        }
+    };
+    println!(
+        "refused after {} acknowledged creates: {refused:?}",
+        acked.len()
+    );
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(reason(&refused), "STORE_UNAVAILABLE");
+    assert!(refused.message().contains("File too large"), "{refused:?}");
+    assert!(acked.len() >= 10, "the limit left room for some writes");
+
+    // Memory and disk may now disagree, so every later write is refused
+    // (even one that would fit), while reads go on.
+    let victim = acked[0].token.clone().unwrap();
+    let again = delete(&mut c, &victim.id).await.unwrap_err();
+    assert_eq!(again.code(), Code::Unavailable);
+    assert!(again.message().contains("restart tokend"), "{again:?}");
+    assert!(verify(&mut c, &acked[0].secret).await.valid);
+    get(&mut c, &victim.id, false).await.unwrap();
+
+    // Watchers heard of exactly the acknowledged creates: nothing of the
+    // refused one, nothing of the refused delete.
+    let mut heard = Vec::new();
+    while let Ok(e) = tokio::time::timeout(Duration::from_millis(500), w.message()).await {
+        let e = e.expect("stream stays healthy").expect("stream stays open");
+        assert_eq!(e.r#type, EventType::Created as i32, "{e:?}");
+        heard.push(e.token.unwrap().id);
+    }
+    let acked_ids: Vec<String> = acked.iter().map(|r| r.token.clone().unwrap().id).collect();
+    assert_eq!(heard, acked_ids);
+    drop(p);
+
+    // Restarted without the limit: every acknowledged create is there, and
+    // the event log agrees with the state (whether or not sled kept the
+    // refused create, which was never acknowledged).
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let mut c = p.tokens().await;
+    for r in &acked {
+        assert!(verify(&mut c, &r.secret).await.valid);
+    }
+    let listed = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert!(
+        listed.len() == acked.len() || listed.len() == acked.len() + 1,
+        "{} listed, {} acknowledged",
+        listed.len(),
+        acked.len()
+    );
+    let mut w = watch(
+        &mut c,
+        pb::WatchTokensRequest {
+            account_id: acc.id.clone(),
+            start_revision: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut logged = Vec::new();
+    for _ in 0..listed.len() {
+        logged.push(next_change(&mut w).await.token.unwrap().id);
+    }
+    let listed: std::collections::BTreeSet<_> = listed.into_iter().map(|t| t.id).collect();
+    assert_eq!(
+        logged
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        listed
+    );
+    assert_eq!(&logged[..acked_ids.len()], &acked_ids[..]);
 }

@@ -114,16 +114,11 @@ async fn json_logs_name_each_rpc_once_and_never_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let data = dir.path().join("data");
-    let mut p = None;
-    for _ in 0..5 {
-        let stderr = std::process::Stdio::from(std::fs::File::create(&log).unwrap());
-        let extra = ["--log-format", "json"];
-        p = launch(&data, free_addr(), &extra, stderr, &[("RUST_LOG", "trace")]).await;
-        if p.is_some() {
-            break;
-        }
-    }
-    let mut p = p.expect("tokend started");
+    let mut p = spawn_tokend_with(&data, &["--log-format", "json"], |cmd| {
+        let stderr = std::fs::File::create(&log).unwrap();
+        cmd.stderr(stderr).env("RUST_LOG", "trace");
+    })
+    .await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let mut c = p.tokens().await;
     let (t, secret) = create_token(&mut c, &acc.id, "logged").await;

@@ -323,8 +323,21 @@ pub struct Process {
 /// tests running at once; the loser exits at once, and is started again on
 /// another port.
 pub async fn spawn_tokend(dir: &Path, extra: &[&str]) -> Process {
+    spawn_tokend_with(dir, extra, |_| {}).await
+}
+
+/// Like [`spawn_tokend`], with the command adjusted first (environment,
+/// stderr, resource limits…).
+pub async fn spawn_tokend_with(
+    dir: &Path,
+    extra: &[&str],
+    adjust: impl Fn(&mut std::process::Command),
+) -> Process {
     for _ in 0..5 {
-        if let Some(p) = launch(dir, free_addr(), extra, std::process::Stdio::null(), &[]).await {
+        let addr = free_addr();
+        let mut cmd = serve_command(dir, addr, extra);
+        adjust(&mut cmd);
+        if let Some(p) = launch(cmd, dir, addr).await {
             return p;
         }
     }
@@ -341,35 +354,40 @@ pub fn free_addr() -> std::net::SocketAddr {
 
 /// Starts tokend on `addr` (a port this test owns, e.g. for a restart).
 pub async fn spawn_tokend_at(dir: &Path, addr: std::net::SocketAddr, extra: &[&str]) -> Process {
-    launch(dir, addr, extra, std::process::Stdio::null(), &[])
+    launch(serve_command(dir, addr, extra), dir, addr)
         .await
         .unwrap_or_else(|| panic!("tokend exited instead of serving on {addr}"))
 }
 
-/// Starts `tokend serve` and waits until *this* process serves: it is still
-/// running, its operator credential exists (tokend binds only after writing
-/// it) and the port answers. `None` if it exited first.
-pub async fn launch(
+/// `tokend serve --listen <addr> --data-dir <dir> <extra…>`, stderr discarded.
+pub fn serve_command(
     dir: &Path,
     addr: std::net::SocketAddr,
     extra: &[&str],
-    stderr: std::process::Stdio,
-    env: &[(&str, &str)],
-) -> Option<Process> {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(dir)
         .args(extra)
-        .envs(env.iter().copied())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+/// Runs a `serve_command` and waits until *this* process serves: it is still
+/// running, its operator credential exists (tokend binds only after writing
+/// it, unless it was given one) and the port answers. `None` if it exited
+/// first.
+pub async fn launch(
+    mut cmd: std::process::Command,
+    dir: &Path,
+    addr: std::net::SocketAddr,
+) -> Option<Process> {
+    let own_credential = !cmd.get_args().any(|a| a == "--operator-token-file");
     let mut process = Process {
-        child,
+        child: cmd.spawn().unwrap(),
         addr,
         dir: dir.to_path_buf(),
     };
-    let own_credential = !extra.contains(&"--operator-token-file");
     for _ in 0..600 {
         if process.child.try_wait().unwrap().is_some() {
             return None;
