@@ -445,7 +445,10 @@ impl Drop for Process {
 /// The id of the operator token (what audit entries and events name).
 pub async fn operator_id(c: &mut Tokens) -> String {
     let list = c
-        .list_tokens(pb::ListTokensRequest::default())
+        .list_tokens(pb::ListTokensRequest {
+            filter: r#"name = "operator""#.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
