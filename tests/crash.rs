@@ -542,9 +542,35 @@ async fn state(c: &mut Tokens) -> BTreeMap<String, pb::Token> {
 async fn check(ledger: &Shared, c: &mut Tokens, context: &str) {
     let state = state(c).await;
     let operator = operator_id(c).await;
-    let mut l = ledger.lock().unwrap();
-    let l = &mut *l;
+    let touched = reconcile(&mut ledger.lock().unwrap(), &state, &operator, context);
 
+    // Secrets agree with the state: a deleted token's secret fails.
+    for (id, secret, deleted, status) in touched {
+        let v = verify(c, &secret).await;
+        let expected = if deleted {
+            pb::VerifyResult::NotFound
+        } else if status == pb::TokenStatus::Disabled as i32 {
+            pb::VerifyResult::Disabled
+        } else {
+            pb::VerifyResult::Valid
+        };
+        assert_eq!(v.result, expected as i32, "{context}: verify of {id}");
+        if deleted {
+            let e = get(c, &id, false).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{context}: get of {id}");
+        }
+    }
+}
+
+/// Checks every token against the ledger and learns which unanswered writes
+/// happened. Returns (id, secret, deleted, status) of the tokens changed since
+/// the last check.
+fn reconcile(
+    l: &mut Ledger,
+    state: &BTreeMap<String, pb::Token>,
+    operator: &str,
+    context: &str,
+) -> Vec<(String, String, bool, i32)> {
     let unknown: Vec<String> = state
         .keys()
         .filter(|id| !l.tokens.contains_key(*id) && !l.orphans.contains(*id) && **id != operator)
@@ -599,29 +625,13 @@ async fn check(ledger: &Shared, c: &mut Tokens, context: &str) {
         }
     }
 
-    // Secrets agree with the state: a deleted token's secret fails.
-    let touched: Vec<(String, String, bool, i32)> = std::mem::take(&mut l.touched)
+    std::mem::take(&mut l.touched)
         .into_iter()
         .map(|id| {
             let k = &l.tokens[&id];
             (id, k.secret.clone(), k.deleted_at.is_some(), k.acked.status)
         })
-        .collect();
-    for (id, secret, deleted, status) in touched {
-        let v = verify(c, &secret).await;
-        let expected = if deleted {
-            pb::VerifyResult::NotFound
-        } else if status == pb::TokenStatus::Disabled as i32 {
-            pb::VerifyResult::Disabled
-        } else {
-            pb::VerifyResult::Valid
-        };
-        assert_eq!(v.result, expected as i32, "{context}: verify of {id}");
-        if deleted {
-            let e = get(c, &id, false).await.unwrap_err();
-            assert_eq!(e.code(), tonic::Code::NotFound, "{context}: get of {id}");
-        }
-    }
+        .collect()
 }
 
 /// The log after `base`: consecutive, one CREATED per id and nothing after
