@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# tokend against etcd, side by side, on this machine: writes BENCHMARKS.md.
+#
+#   scripts/bench.sh              full run (about 10 minutes), writes BENCHMARKS.md
+#   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
+#   scripts/bench.sh --install    only install what the benchmark needs
+#
+# Needs Debian's etcd-server (the peer) and protobuf-compiler (the etcd
+# client's build runs protoc); both are installed when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+case "${1:-}" in
+  --install)
+    exit 0
+    ;;
+  --smoke)
+    # The test profile's build is reused: a smoke run measures nothing.
+    cargo build -q --features bench --bins
+    out="$(mktemp -d)/BENCHMARKS.md"
+    exec target/debug/tokend-bench --smoke --out "$out"
+    ;;
+  "")
+    cargo build -q --release --features bench --bins
+    exec target/release/tokend-bench --out BENCHMARKS.md
+    ;;
+  *)
+    echo "usage: $0 [--smoke | --install]" >&2
+    exit 2
+    ;;
+esac

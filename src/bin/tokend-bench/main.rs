@@ -1,0 +1,138 @@
+//! tokend-bench: tokend against etcd, side by side, in one run on one
+//! machine, every figure a ratio tokend ÷ etcd.
+//!
+//!     scripts/bench.sh            # installs etcd and protoc if missing, writes BENCHMARKS.md
+//!     scripts/bench.sh --smoke    # seconds; what CI runs to keep the tool working
+//!
+//! Both servers run as processes on loopback with their data in one temp dir
+//! on the same disk, both with warnings-only logs; the load comes from this
+//! process. Scenarios alternate between the two so that the machine's
+//! noise falls on both. Built only with `--features bench` (etcd's client
+//! needs protoc to build).
+
+mod peers;
+mod report;
+mod scenarios;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+use peers::{Etcd, Tokend};
+use report::Report;
+
+#[derive(Parser)]
+#[command(about = "Benchmark tokend against etcd on this machine")]
+struct Args {
+    /// Tiny sizes: checks that every scenario runs, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write the report (Markdown).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: std::path::PathBuf,
+}
+
+/// How much work each scenario does.
+struct Sizes {
+    /// (watchers, deletes, deletes per second)
+    fan_out: Vec<(usize, usize, f64)>,
+    delete_clients: Vec<usize>,
+    deletes_per_run: usize,
+    items: usize,
+    lookup_clients: Vec<usize>,
+    lookup_time: Duration,
+    catch_up: i64,
+    floor_time: Duration,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            fan_out: vec![
+                (1, 400, 100.0),
+                (100, 200, 50.0),
+                (1_000, 100, 20.0),
+                (10_000, 20, 4.0),
+            ],
+            delete_clients: vec![1, 8, 32, 128],
+            deletes_per_run: 4_000,
+            items: 100_000,
+            lookup_clients: vec![1, 8, 32, 128],
+            lookup_time: Duration::from_secs(3),
+            catch_up: 100_000,
+            floor_time: Duration::from_secs(2),
+        }
+    }
+
+    fn smoke() -> Sizes {
+        Sizes {
+            fan_out: vec![(1, 10, 100.0), (20, 5, 50.0)],
+            delete_clients: vec![1, 4],
+            deletes_per_run: 50,
+            items: 500,
+            lookup_clients: vec![1, 4],
+            lookup_time: Duration::from_millis(200),
+            catch_up: 400,
+            floor_time: Duration::from_millis(200),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
+    let root = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
+    let mut report = Report::new(args.smoke, Etcd::version());
+
+    eprintln!("starting tokend and etcd in {}", root.path().display());
+    let tokend = Arc::new(Tokend::start(root.path()).await);
+    let etcd = Arc::new(Etcd::start(root.path()).await);
+
+    eprintln!("6. floors");
+    report.floors(
+        scenarios::fsync_floor(&tokend.data_dir, sizes.floor_time),
+        scenarios::grpc_floor(sizes.floor_time).await,
+    );
+
+    for &(watchers, deletes, rate) in &sizes.fan_out {
+        eprintln!("1. fan-out: {watchers} watchers, {deletes} deletes at {rate}/s");
+        let t = scenarios::fan_out(&tokend, watchers, deletes, rate).await;
+        let e = scenarios::fan_out(&etcd, watchers, deletes, rate).await;
+        report.fan_out(watchers, rate, &t, &e);
+    }
+
+    for &clients in &sizes.delete_clients {
+        eprintln!("2. durable deletes: {clients} clients");
+        let t = scenarios::deletes(&tokend, clients, sizes.deletes_per_run).await;
+        let e = scenarios::deletes(&etcd, clients, sizes.deletes_per_run).await;
+        report.deletes(clients, &t, &e);
+    }
+
+    eprintln!("3. seeding {} items on each side", sizes.items);
+    let mut t_items = scenarios::seed(&tokend, sizes.items, 64).await;
+    let mut e_items = scenarios::seed(&etcd, sizes.items, 64).await;
+    let (t_mark, e_mark) = (t_items.pop().unwrap(), e_items.pop().unwrap());
+    let (t_items, e_items) = (Arc::new(t_items), Arc::new(e_items));
+    for &clients in &sizes.lookup_clients {
+        eprintln!("3. lookups: {clients} clients");
+        let t = scenarios::lookups(&tokend, &t_items, clients, sizes.lookup_time).await;
+        let e = scenarios::lookups(&etcd, &e_items, clients, sizes.lookup_time).await;
+        report.lookups(clients, &t, &e);
+    }
+
+    eprintln!("5. catch-up: {} events behind", sizes.catch_up);
+    let t = scenarios::catch_up(&tokend, &t_mark, sizes.catch_up).await;
+    let e = scenarios::catch_up(&etcd, &e_mark, sizes.catch_up).await;
+    report.catch_up(sizes.catch_up, t, e);
+
+    let text = report.render();
+    std::fs::write(&args.out, &text).expect("write the report");
+    println!("{text}");
+    eprintln!("wrote {}", args.out.display());
+}

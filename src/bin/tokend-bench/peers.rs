@@ -1,0 +1,430 @@
+//! The two systems under test, as real server processes on loopback with
+//! their data on the same disk, behind one interface that does the same work
+//! on each: tokend stores tokens and is driven through its own gRPC API; etcd
+//! stores keys under a prefix and is driven through its v3 API.
+//!
+//! | work            | tokend                      | etcd                        |
+//! |-----------------|-----------------------------|-----------------------------|
+//! | create an item  | `CreateToken`               | `Put /tokens/<n>` (~300 B)  |
+//! | delete it       | `DeleteToken` (durable)     | `Delete` (durable: WAL)     |
+//! | look it up      | `VerifyToken` (its secret)  | `Get` (default: linearizable) |
+//! | watch deletions | `WatchTokens` stream        | `Watch` prefix stream       |
+//!
+//! This module owns starting and stopping the processes and reading their
+//! memory and fsync counters; it never measures anything itself.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, DeleteOptions, EventType as EtcdEvent, GetOptions, WatchOptions};
+use tokend::proto as pb;
+use tokend::proto::account_service_client::AccountServiceClient;
+use tokend::proto::token_service_client::TokenServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// One stored thing: a token (id, secret) or an etcd key.
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub key: String,
+    pub secret: String,
+}
+
+/// A change a watcher heard.
+#[derive(Debug)]
+pub struct Change {
+    pub key: String,
+    pub revision: i64,
+    pub deleted: bool,
+}
+
+pub trait Peer: Send + Sync + 'static {
+    /// A client on its own connection; clones share it.
+    type Conn: Clone + Send + Sync + 'static;
+    type Watch: Send + 'static;
+
+    fn pid(&self) -> u32;
+    /// Every fsync the server has made (tokend: its commits; etcd: its WAL).
+    fn fsyncs(&self) -> u64;
+    fn connect(&self) -> impl Future<Output = Self::Conn> + Send;
+    fn create(&self, c: &Self::Conn, n: usize) -> impl Future<Output = Item> + Send;
+    /// Deletes durably; returns the revision of the deletion.
+    fn delete(c: &Self::Conn, item: &Item) -> impl Future<Output = i64> + Send;
+    fn lookup(c: &Self::Conn, item: &Item) -> impl Future<Output = ()> + Send;
+    /// A stream of every change from `from` (None: from now). Returns once
+    /// the server has set the stream up.
+    fn watch(c: &Self::Conn, from: Option<i64>) -> impl Future<Output = Self::Watch> + Send;
+    /// The next changes, or None when the stream ended.
+    fn next(w: &mut Self::Watch) -> impl Future<Output = Option<Vec<Change>>> + Send;
+
+    /// Resident memory of the server process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("server process");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// A server process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited during start-up: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One Prometheus sample (a plain GET: the bench must not grow an HTTP
+/// client for one line of text).
+fn sample(addr: SocketAddr, path: &str, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// ---------------------------------------------------------------- tokend
+
+type Auth = MetadataValue<Ascii>;
+
+#[derive(Clone)]
+pub struct Bearer(Auth);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+pub type TokenClient = TokenServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub struct Tokend {
+    process: Process,
+    url: String,
+    metrics: SocketAddr,
+    auth: Auth,
+    account: String,
+    pub data_dir: PathBuf,
+}
+
+impl Tokend {
+    /// Starts the `tokend` binary that sits beside this one.
+    pub async fn start(root: &Path) -> Tokend {
+        let bin = std::env::current_exe().unwrap().with_file_name("tokend");
+        let data_dir = root.join("tokend");
+        let (addr, metrics) = (free_addr(), free_addr());
+        let mut child = Command::new(&bin)
+            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--max-watchers",
+                "20000",
+                "--metrics-addr",
+                &metrics.to_string(),
+            ])
+            // One log line per call is tokend's default; like etcd's, it is
+            // turned down to warnings for the benchmark.
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (build it with --release)", bin.display()));
+        wait_for_port(addr, &mut child, "tokend").await;
+        let secret = std::fs::read_to_string(data_dir.join("operator.token")).unwrap();
+        let auth: Auth = format!("Bearer {}", secret.trim()).parse().unwrap();
+        let url = format!("http://{addr}");
+        let channel = Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut accounts = AccountServiceClient::with_interceptor(channel, Bearer(auth.clone()));
+        let account = accounts
+            .create_account(pb::CreateAccountRequest {
+                name: "Bench".into(),
+                r#type: pb::AccountType::Client as i32,
+                modules: vec!["commerce".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        Tokend {
+            process: Process(child),
+            url,
+            metrics,
+            auth,
+            account,
+            data_dir,
+        }
+    }
+}
+
+impl Peer for Tokend {
+    type Conn = TokenClient;
+    type Watch = tonic::Streaming<pb::TokenEvent>;
+
+    fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    fn fsyncs(&self) -> u64 {
+        sample(
+            self.metrics,
+            "/metrics",
+            "tokend_fsync_duration_seconds_count",
+        ) as u64
+    }
+
+    async fn connect(&self) -> TokenClient {
+        let channel = Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to tokend");
+        TokenServiceClient::with_interceptor(channel, Bearer(self.auth.clone()))
+    }
+
+    async fn create(&self, c: &TokenClient, n: usize) -> Item {
+        let r = c
+            .clone()
+            .create_token(pb::CreateTokenRequest {
+                account_id: self.account.clone(),
+                name: format!("bench {n}"),
+                description: "created by tokend-bench".into(),
+                modules: vec!["commerce".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("create")
+            .into_inner();
+        Item {
+            key: r.token.unwrap().id,
+            secret: r.secret,
+        }
+    }
+
+    async fn delete(c: &TokenClient, item: &Item) -> i64 {
+        c.clone()
+            .delete_token(pb::DeleteTokenRequest {
+                id: item.key.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete")
+            .into_inner()
+            .revision
+    }
+
+    async fn lookup(c: &TokenClient, item: &Item) {
+        let r = c
+            .clone()
+            .verify_token(pb::VerifyTokenRequest {
+                secret: item.secret.clone(),
+            })
+            .await
+            .expect("verify")
+            .into_inner();
+        assert!(r.valid, "a seeded token verifies");
+    }
+
+    async fn watch(c: &TokenClient, from: Option<i64>) -> Self::Watch {
+        c.clone()
+            .watch_tokens(pb::WatchTokensRequest {
+                start_revision: from.unwrap_or(0),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner()
+    }
+
+    async fn next(w: &mut Self::Watch) -> Option<Vec<Change>> {
+        let e = w.message().await.ok()??;
+        let changes = e
+            .token
+            .map(|t| Change {
+                key: t.id,
+                revision: e.revision,
+                deleted: e.r#type == pb::EventType::Deleted as i32,
+            })
+            .into_iter()
+            .collect();
+        Some(changes)
+    }
+}
+
+// ------------------------------------------------------------------ etcd
+
+const PREFIX: &str = "/tokens/";
+
+pub struct Etcd {
+    process: Process,
+    client_addr: SocketAddr,
+}
+
+impl Etcd {
+    /// Starts Debian's `etcd` as one member with default durability.
+    pub async fn start(root: &Path) -> Etcd {
+        let data_dir = root.join("etcd");
+        let (client, peer) = (free_addr(), free_addr());
+        let mut child = Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(&data_dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://{client}"),
+                "--advertise-client-urls",
+                &format!("http://{client}"),
+                "--listen-peer-urls",
+                &format!("http://{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://{peer}"),
+                "--initial-cluster",
+                &format!("bench=http://{peer}"),
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (apt-get install etcd-server)");
+        wait_for_port(client, &mut child, "etcd").await;
+        let etcd = Etcd {
+            process: Process(child),
+            client_addr: client,
+        };
+        // Ready once it has a leader and answers.
+        let mut c = etcd.connect().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.get("/ready", None).await.is_err() {
+            assert!(Instant::now() < deadline, "etcd never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        etcd
+    }
+
+    pub fn version() -> String {
+        Command::new("etcd")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .unwrap_or_else(|| "etcd (version unknown)".into())
+    }
+}
+
+impl Peer for Etcd {
+    type Conn = Client;
+    type Watch = etcd_client::WatchStream;
+
+    fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    fn fsyncs(&self) -> u64 {
+        sample(
+            self.client_addr,
+            "/metrics",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+        ) as u64
+    }
+
+    async fn connect(&self) -> Client {
+        Client::connect([format!("http://{}", self.client_addr)], None)
+            .await
+            .expect("connect to etcd")
+    }
+
+    async fn create(&self, c: &Client, n: usize) -> Item {
+        // About the size of a token record.
+        let key = format!("{PREFIX}{n:010}");
+        let value = format!(
+            "{{\"name\":\"bench {n}\",\"description\":\"{}\"}}",
+            "x".repeat(280)
+        );
+        c.clone().put(key.clone(), value, None).await.expect("put");
+        Item {
+            key,
+            secret: String::new(),
+        }
+    }
+
+    async fn delete(c: &Client, item: &Item) -> i64 {
+        let r = c
+            .clone()
+            .delete(item.key.clone(), None::<DeleteOptions>)
+            .await
+            .expect("delete");
+        assert_eq!(r.deleted(), 1, "{} existed", item.key);
+        r.header().map_or(0, |h| h.revision())
+    }
+
+    async fn lookup(c: &Client, item: &Item) {
+        let r = c
+            .clone()
+            .get(item.key.clone(), None::<GetOptions>)
+            .await
+            .expect("get");
+        assert_eq!(r.kvs().len(), 1, "a seeded key is there");
+    }
+
+    async fn watch(c: &Client, from: Option<i64>) -> Self::Watch {
+        let mut options = WatchOptions::new().with_prefix();
+        if let Some(rev) = from {
+            options = options.with_start_revision(rev);
+        }
+        c.clone().watch(PREFIX, Some(options)).await.expect("watch")
+    }
+
+    async fn next(w: &mut Self::Watch) -> Option<Vec<Change>> {
+        let r = w.message().await.ok()??;
+        Some(
+            r.events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    Some(Change {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        revision: kv.mod_revision(),
+                        deleted: e.event_type() == EtcdEvent::Delete,
+                    })
+                })
+                .collect(),
+        )
+    }
+}

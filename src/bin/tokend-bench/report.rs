@@ -1,0 +1,269 @@
+//! BENCHMARKS.md: the machine, the versions, one table per scenario with
+//! tokend, etcd and the ratio, the floors, and the targets with whether this
+//! run met them. Only formatting lives here.
+
+use std::fmt::Write;
+
+use crate::scenarios::{FanOut, Latency, Throughput};
+
+pub struct Report {
+    smoke: bool,
+    etcd_version: String,
+    floors: String,
+    fan_out: Vec<String>,
+    deletes: Vec<String>,
+    lookups: Vec<String>,
+    catch_up: String,
+    memory: String,
+    best_lookups: (f64, f64),
+    targets: Vec<(String, String, bool)>,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+fn lat(l: &Latency) -> String {
+    format!("{:.2} / {:.2} / {:.2}", l.p50, l.p99, l.max)
+}
+
+impl Report {
+    pub fn new(smoke: bool, etcd_version: String) -> Report {
+        Report {
+            smoke,
+            etcd_version,
+            floors: String::new(),
+            fan_out: Vec::new(),
+            deletes: Vec::new(),
+            lookups: Vec::new(),
+            catch_up: String::new(),
+            memory: String::new(),
+            best_lookups: (0.0, 0.0),
+            targets: Vec::new(),
+        }
+    }
+
+    fn target(&mut self, what: &str, measured: String, met: bool) {
+        self.targets.push((what.to_string(), measured, met));
+    }
+
+    pub fn floors(&mut self, fsyncs_per_s: f64, grpc: (Latency, f64)) {
+        self.floors = format!(
+            "| raw `write(512 B)` + `fdatasync`, one at a time, on the data disk | {fsyncs_per_s:.0} /s |\n\
+             | gRPC empty call (health check), one at a time, loopback | p50 {:.3} ms, {:.0} calls/s |\n",
+            grpc.0.p50, grpc.1
+        );
+    }
+
+    pub fn fan_out(&mut self, watchers: usize, rate: f64, t: &FanOut, e: &FanOut) {
+        self.fan_out.push(format!(
+            "| {watchers} | {rate} | {} | {} | **{:.2}** | {} | {} |",
+            lat(&t.receipt),
+            lat(&e.receipt),
+            ratio(t.receipt.p99, e.receipt.p99),
+            lat(&t.reply),
+            lat(&e.reply),
+        ));
+        if watchers == 1_000 {
+            let r = ratio(t.receipt.p99, e.receipt.p99);
+            self.target(
+                "fan-out p99 at 1,000 watchers ≤ 0.5× etcd's",
+                format!("{r:.2}×"),
+                r <= 0.5,
+            );
+        }
+        // Memory per idle stream: from the largest fan-out.
+        let r = ratio(t.kib_per_idle_stream, e.kib_per_idle_stream);
+        self.memory = format!(
+            "| {watchers} | {:.1} KiB | {:.1} KiB | **{r:.2}** |",
+            t.kib_per_idle_stream, e.kib_per_idle_stream
+        );
+        self.targets.retain(|(w, _, _)| !w.starts_with("memory"));
+        self.target(
+            "memory per idle stream ≤ 0.25× etcd's",
+            format!("{r:.2}× (at {watchers} streams)"),
+            r <= 0.25,
+        );
+    }
+
+    pub fn deletes(&mut self, clients: usize, t: &Throughput, e: &Throughput) {
+        let r = ratio(t.per_second, e.per_second);
+        let (tf, ef) = (t.per_fsync.unwrap_or(0.0), e.per_fsync.unwrap_or(0.0));
+        self.deletes.push(format!(
+            "| {clients} | {:.0} | {:.0} | **{r:.2}** | {:.2} | {:.2} | {tf:.1} | {ef:.1} |",
+            t.per_second, e.per_second, t.latency.p99, e.latency.p99
+        ));
+        if clients == 32 {
+            self.target(
+                "durable deletes/s at 32 clients ≥ 2× etcd's",
+                format!("{r:.2}×"),
+                r >= 2.0,
+            );
+            self.target(
+                "≥ 8 deletes per fsync at 32 clients",
+                format!("{tf:.1}"),
+                tf >= 8.0,
+            );
+        }
+    }
+
+    pub fn lookups(&mut self, clients: usize, t: &Throughput, e: &Throughput) {
+        let r = ratio(t.per_second, e.per_second);
+        self.lookups.push(format!(
+            "| {clients} | {:.0} | {:.0} | **{r:.2}** | {:.2} | {:.2} |",
+            t.per_second, e.per_second, t.latency.p99, e.latency.p99
+        ));
+        // The target compares each side at its best client count.
+        let (bt, be) = &mut self.best_lookups;
+        *bt = bt.max(t.per_second);
+        *be = be.max(e.per_second);
+        let r = ratio(*bt, *be);
+        self.targets.retain(|(w, _, _)| !w.starts_with("verifies"));
+        self.target(
+            "verifies/s ≥ 2× etcd's gets/s (each at its best C)",
+            format!("{r:.2}×"),
+            r >= 2.0,
+        );
+    }
+
+    pub fn catch_up(&mut self, behind: i64, t: std::time::Duration, e: std::time::Duration) {
+        self.catch_up = format!(
+            "| {behind} | {:.0} ms | {:.0} ms | **{:.2}** |",
+            t.as_secs_f64() * 1e3,
+            e.as_secs_f64() * 1e3,
+            ratio(t.as_secs_f64(), e.as_secs_f64())
+        );
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        let _ = writeln!(w, "# tokend vs etcd\n");
+        if self.smoke {
+            let _ = writeln!(w, "**Smoke run: tiny sizes, the figures mean nothing.**\n");
+        }
+        let _ = writeln!(
+            w,
+            "Written by `scripts/bench.sh` (the `tokend-bench` tool) from one run on one \
+             machine: each scenario ran against tokend and then etcd, back to back. \
+             Ratios are tokend ÷ etcd; for latencies lower is better, for rates higher.\n"
+        );
+        let _ = writeln!(w, "## Machine and versions\n");
+        let _ = writeln!(w, "- {}", machine());
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let _ = writeln!(
+            w,
+            "- tokend {} ({profile} build)",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            w,
+            "- {}, one member, default settings (durability: WAL fsync before every reply)",
+            self.etcd_version
+        );
+        let _ = writeln!(
+            w,
+            "- both on loopback, data in one temp dir on the same disk, logs at warning level; \
+             the load tool runs on the same 2 cores\n"
+        );
+
+        let _ = writeln!(
+            w,
+            "## Targets\n\n| target | this run | met |\n|---|---|---|"
+        );
+        for (what, measured, met) in &self.targets {
+            let _ = writeln!(
+                w,
+                "| {what} | {measured} | {} |",
+                if *met { "yes" } else { "**no**" }
+            );
+        }
+
+        let _ = writeln!(
+            w,
+            "\n## 1. Fan-out latency\n\nW watch streams on every change (250 per connection); \
+             deletes at a fixed rate from one more client. *Receipt* is from sending the \
+             delete to each watcher receiving its event (etcd notifies watchers before it \
+             replies, so latency counted from the reply would flatter it); *reply* is from \
+             sending the delete to its answer. Milliseconds, p50 / p99 / max.\n\n\
+             | W | deletes/s | tokend receipt | etcd receipt | p99 ratio | tokend reply | etcd reply |\n\
+             |---|---|---|---|---|---|---|"
+        );
+        for row in &self.fan_out {
+            let _ = writeln!(w, "{row}");
+        }
+
+        let _ = writeln!(
+            w,
+            "\n## 2. Durable deletes\n\nC clients, each on its own connection, delete \
+             pre-created items as fast as they are answered. Deletes per fsync: tokend's \
+             commits (`tokend_fsync_duration_seconds_count`), etcd's WAL fsyncs \
+             (`etcd_disk_wal_fsync_duration_seconds_count`).\n\n\
+             | C | tokend deletes/s | etcd deletes/s | ratio | tokend p99 ms | etcd p99 ms | tokend deletes/fsync | etcd deletes/fsync |\n\
+             |---|---|---|---|---|---|---|---|"
+        );
+        for row in &self.deletes {
+            let _ = writeln!(w, "{row}");
+        }
+
+        let _ = writeln!(
+            w,
+            "\n## 3. Verify vs get\n\nC clients, each on its own connection, look up random \
+             items among those seeded: tokend `VerifyToken` with the secret, etcd `Get` of the \
+             key (its default, linearizable read).\n\n\
+             | C | tokend verifies/s | etcd gets/s | ratio | tokend p99 ms | etcd p99 ms |\n\
+             |---|---|---|---|---|---|"
+        );
+        for row in &self.lookups {
+            let _ = writeln!(w, "{row}");
+        }
+
+        let _ = writeln!(
+            w,
+            "\n## 4. Memory per idle watch stream\n\nServer RSS growth after opening the \
+             streams, measured before any event flows, divided by their number.\n\n\
+             | streams | tokend | etcd | ratio |\n|---|---|---|---|\n{}",
+            self.memory
+        );
+
+        let _ = writeln!(
+            w,
+            "\n## 5. Catch-up\n\nA watcher resuming that many revisions back: time from \
+             opening the stream to hearing the change at the head.\n\n\
+             | behind | tokend | etcd | ratio |\n|---|---|---|---|\n{}",
+            self.catch_up
+        );
+
+        let _ = writeln!(
+            w,
+            "\n## 6. Physical floors\n\n| floor | this run |\n|---|---|\n{}",
+            self.floors
+        );
+        s
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB memory, Linux")
+}

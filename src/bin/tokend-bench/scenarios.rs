@@ -1,0 +1,320 @@
+//! The measurements, each written once and run against either peer, so the
+//! two sides do the same work by construction. Latencies go into
+//! `hdrhistogram`s in microseconds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
+
+use crate::peers::{Item, Peer};
+
+/// p50 / p99 / max, in milliseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// Watch streams per HTTP/2 connection (tokend allows 1,024).
+const STREAMS_PER_CONNECTION: usize = 250;
+
+/// Creates `n` items from `clients` concurrent clients.
+pub async fn seed<P: Peer>(peer: &Arc<P>, n: usize, clients: usize) -> Vec<Item> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let (peer, next) = (peer.clone(), next.clone());
+        tasks.spawn(async move {
+            let c = peer.connect().await;
+            let mut made = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return made;
+                }
+                made.push(peer.create(&c, i).await);
+            }
+        });
+    }
+    let mut items = Vec::with_capacity(n);
+    while let Some(made) = tasks.join_next().await {
+        items.extend(made.expect("seeding"));
+    }
+    items
+}
+
+pub struct FanOut {
+    /// Send of the delete → each watcher's receipt of its event.
+    pub receipt: Latency,
+    /// Send of the delete → its reply.
+    pub reply: Latency,
+    /// Server RSS growth for the watchers, while idle, per stream (KiB).
+    pub kib_per_idle_stream: f64,
+}
+
+/// W watchers of every change; `deletes` deletes at `rate` per second.
+pub async fn fan_out<P: Peer>(peer: &Arc<P>, watchers: usize, deletes: usize, rate: f64) -> FanOut {
+    let items = seed(peer, deletes, 8).await;
+    let index: Arc<HashMap<String, usize>> = Arc::new(
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.key.clone(), i))
+            .collect(),
+    );
+    let sent: Arc<Vec<OnceLock<Instant>>> =
+        Arc::new((0..deletes).map(|_| OnceLock::new()).collect());
+
+    settle().await;
+    let rss_before = peer.rss_kib();
+    let mut streams = Vec::with_capacity(watchers);
+    for _ in 0..watchers.div_ceil(STREAMS_PER_CONNECTION) {
+        let c = peer.connect().await;
+        let open = STREAMS_PER_CONNECTION.min(watchers - streams.len());
+        let mut opening = JoinSet::new();
+        for _ in 0..open {
+            let c = c.clone();
+            opening.spawn(async move { P::watch(&c, None).await });
+        }
+        while let Some(w) = opening.join_next().await {
+            streams.push(w.expect("watch opens"));
+        }
+    }
+    settle().await;
+    let rss_idle = peer.rss_kib();
+
+    let mut listening = JoinSet::new();
+    for mut w in streams {
+        let (index, sent) = (index.clone(), sent.clone());
+        listening.spawn(async move {
+            let mut heard = Vec::with_capacity(deletes);
+            while heard.len() < deletes {
+                let Some(changes) = P::next(&mut w).await else {
+                    panic!("a watch stream ended early");
+                };
+                let now = Instant::now();
+                for ch in changes.iter().filter(|c| c.deleted) {
+                    if let Some(at) = index.get(&ch.key).and_then(|i| sent[*i].get()) {
+                        heard.push(micros(now - *at));
+                    }
+                }
+            }
+            heard
+        });
+    }
+
+    let c = peer.connect().await;
+    let mut reply = histogram();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for (i, item) in items.iter().enumerate() {
+        tick.tick().await;
+        let at = Instant::now();
+        sent[i].set(at).unwrap();
+        P::delete(&c, item).await;
+        reply.record(micros(at.elapsed())).unwrap();
+    }
+
+    let mut receipt = histogram();
+    let deadline = Duration::from_secs(120);
+    while let Some(heard) = tokio::time::timeout(deadline, listening.join_next())
+        .await
+        .expect("every watcher hears every delete")
+    {
+        for us in heard.expect("watcher") {
+            receipt.record(us).unwrap();
+        }
+    }
+    FanOut {
+        receipt: Latency::of(&receipt),
+        reply: Latency::of(&reply),
+        kib_per_idle_stream: (rss_idle.saturating_sub(rss_before)) as f64 / watchers as f64,
+    }
+}
+
+/// Lets the server's memory settle before a reading.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+pub struct Throughput {
+    pub per_second: f64,
+    pub latency: Latency,
+    /// Operations per fsync the server made meanwhile (deletes only).
+    pub per_fsync: Option<f64>,
+}
+
+/// `clients` clients, each on its own connection, delete `n` fresh items.
+pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throughput {
+    let items = Arc::new(seed(peer, n, 32).await);
+    let fsyncs = peer.fsyncs();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(peer.connect().await);
+    }
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for c in conns {
+        let (items, next) = (items.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut h = histogram();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    return h;
+                };
+                let at = Instant::now();
+                P::delete(&c, item).await;
+                h.record(micros(at.elapsed())).unwrap();
+            }
+        });
+    }
+    let mut all = histogram();
+    while let Some(h) = tasks.join_next().await {
+        all.add(h.expect("deleter")).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let synced = peer.fsyncs().saturating_sub(fsyncs).max(1);
+    Throughput {
+        per_second: n as f64 / elapsed,
+        latency: Latency::of(&all),
+        per_fsync: Some(n as f64 / synced as f64),
+    }
+}
+
+/// `clients` clients look up random items among `items` for `how_long`.
+pub async fn lookups<P: Peer>(
+    peer: &Arc<P>,
+    items: &Arc<Vec<Item>>,
+    clients: usize,
+    how_long: Duration,
+) -> Throughput {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(peer.connect().await);
+    }
+    let end = Instant::now() + how_long;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (k, c) in conns.into_iter().enumerate() {
+        let items = items.clone();
+        tasks.spawn(async move {
+            let mut h = histogram();
+            // A stride walk: every client visits items in its own order.
+            let mut i = k * 7919;
+            while Instant::now() < end {
+                i = (i + 104_729) % items.len();
+                let at = Instant::now();
+                P::lookup(&c, &items[i]).await;
+                h.record(micros(at.elapsed())).unwrap();
+            }
+            h
+        });
+    }
+    let mut all = histogram();
+    while let Some(h) = tasks.join_next().await {
+        all.add(h.expect("reader")).unwrap();
+    }
+    Throughput {
+        per_second: all.len() as f64 / started.elapsed().as_secs_f64(),
+        latency: Latency::of(&all),
+        per_fsync: None,
+    }
+}
+
+/// A watcher resuming `behind` revisions back: time until it has heard the
+/// change at the head. `mark` is an item to delete, which sets the head.
+pub async fn catch_up<P: Peer>(peer: &Arc<P>, mark: &Item, behind: i64) -> Duration {
+    let c = peer.connect().await;
+    let head = P::delete(&c, mark).await;
+    let started = Instant::now();
+    let mut w = P::watch(&c, Some(head - behind + 1)).await;
+    loop {
+        let changes = P::next(&mut w)
+            .await
+            .expect("the catch-up stream stays open");
+        if changes.iter().any(|ch| ch.revision >= head) {
+            return started.elapsed();
+        }
+    }
+}
+
+/// Sequential write + fdatasync of 512 bytes in `dir`: the disk's floor
+/// for durable writes one at a time.
+pub fn fsync_floor(dir: &std::path::Path, how_long: Duration) -> f64 {
+    use std::io::{Seek, Write};
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = [7u8; 512];
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < how_long {
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&block).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A gRPC call that does nothing (the standard health check, served by
+/// tonic in this process), one at a time: the loopback + HTTP/2 + gRPC
+/// floor under any call.
+pub async fn grpc_floor(how_long: Duration) -> (Latency, f64) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    drop(reporter);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut h = histogram();
+    let started = Instant::now();
+    while started.elapsed() < how_long {
+        let at = Instant::now();
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+        h.record(micros(at.elapsed())).unwrap();
+    }
+    let rate = h.len() as f64 / started.elapsed().as_secs_f64();
+    server.abort();
+    (Latency::of(&h), rate)
+}
