@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Messages that carry a plain secret get a redacting Debug (src/proto.rs).
         .skip_debug(SECRET_BEARING)
+        // Smaller per-call buffers: an idle watch stream holds them (src/proto.rs).
+        .codec_path("crate::proto::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

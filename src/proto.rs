@@ -1,6 +1,7 @@
 //! Generated protobuf and gRPC code for `apitokens.v1`, and the encoded
-//! descriptor set that server reflection serves. Nothing hand-written lives
-//! here: translation to and from domain types is `service::convert`'s job.
+//! descriptor set that server reflection serves. Hand-written here is only
+//! what concerns the wire (redacting Debug, the codec's buffers); translation
+//! to and from domain types is `service::convert`'s job.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -43,5 +44,42 @@ mod tests {
         for shown in [format!("{r:?}"), format!("{v:?}")] {
             assert!(!shown.contains("abcdefghij"), "{shown}");
         }
+    }
+}
+
+/// tonic's prost codec with smaller starting buffers. Every call, and every
+/// watch stream for as long as it stays open, holds an encode and a decode
+/// buffer; tonic starts each at 8 KiB, which made up most of what an idle
+/// watch stream cost. Tokens and events are a few hundred bytes, so the
+/// buffers start at 1 KiB and grow for a larger message. The yield threshold
+/// stays tonic's.
+pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+fn lean_buffers() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(1024, 32 * 1024)
+}
+
+impl<T, U> Default for LeanCodec<T, U> {
+    fn default() -> Self {
+        LeanCodec(std::marker::PhantomData)
+    }
+}
+
+impl<T, U> tonic::codec::Codec for LeanCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = tonic_prost::ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(lean_buffers())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<T, U>::raw_decoder(lean_buffers())
     }
 }

@@ -31,6 +31,16 @@ struct Args {
     /// Where to write the report (Markdown).
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: std::path::PathBuf,
+    /// Run only these scenarios (e.g. to profile one): fan-out, deletes,
+    /// lookups, catch-up, floors.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
 }
 
 /// How much work each scenario does.
@@ -94,43 +104,53 @@ async fn main() {
     let tokend = Arc::new(Tokend::start(root.path()).await);
     let etcd = Arc::new(Etcd::start(root.path()).await);
 
-    eprintln!("6. floors");
-    report.floors(
-        scenarios::fsync_floor(&tokend.data_dir, sizes.floor_time),
-        scenarios::grpc_floor(sizes.floor_time).await,
-    );
+    if args.runs("floors") {
+        eprintln!("6. floors");
+        report.floors(
+            scenarios::fsync_floor(&tokend.data_dir, sizes.floor_time),
+            scenarios::grpc_floor(sizes.floor_time).await,
+        );
+    }
 
-    for &(watchers, deletes, rate) in &sizes.fan_out {
+    for &(watchers, deletes, rate) in sizes.fan_out.iter().filter(|_| args.runs("fan-out")) {
         eprintln!("1. fan-out: {watchers} watchers, {deletes} deletes at {rate}/s");
         let t = scenarios::fan_out(&tokend, watchers, deletes, rate).await;
         let e = scenarios::fan_out(&etcd, watchers, deletes, rate).await;
         report.fan_out(watchers, rate, &t, &e);
     }
 
-    for &clients in &sizes.delete_clients {
+    for &clients in sizes.delete_clients.iter().filter(|_| args.runs("deletes")) {
         eprintln!("2. durable deletes: {clients} clients");
         let t = scenarios::deletes(&tokend, clients, sizes.deletes_per_run).await;
         let e = scenarios::deletes(&etcd, clients, sizes.deletes_per_run).await;
         report.deletes(clients, &t, &e);
     }
 
+    if !(args.runs("lookups") || args.runs("catch-up")) {
+        return finish(&args, &report);
+    }
     eprintln!("3. seeding {} items on each side", sizes.items);
     let mut t_items = scenarios::seed(&tokend, sizes.items, 64).await;
     let mut e_items = scenarios::seed(&etcd, sizes.items, 64).await;
     let (t_mark, e_mark) = (t_items.pop().unwrap(), e_items.pop().unwrap());
     let (t_items, e_items) = (Arc::new(t_items), Arc::new(e_items));
-    for &clients in &sizes.lookup_clients {
+    for &clients in sizes.lookup_clients.iter().filter(|_| args.runs("lookups")) {
         eprintln!("3. lookups: {clients} clients");
         let t = scenarios::lookups(&tokend, &t_items, clients, sizes.lookup_time).await;
         let e = scenarios::lookups(&etcd, &e_items, clients, sizes.lookup_time).await;
         report.lookups(clients, &t, &e);
     }
 
-    eprintln!("5. catch-up: {} events behind", sizes.catch_up);
-    let t = scenarios::catch_up(&tokend, &t_mark, sizes.catch_up).await;
-    let e = scenarios::catch_up(&etcd, &e_mark, sizes.catch_up).await;
-    report.catch_up(sizes.catch_up, t, e);
+    if args.runs("catch-up") {
+        eprintln!("5. catch-up: {} events behind", sizes.catch_up);
+        let t = scenarios::catch_up(&tokend, &t_mark, sizes.catch_up).await;
+        let e = scenarios::catch_up(&etcd, &e_mark, sizes.catch_up).await;
+        report.catch_up(sizes.catch_up, t, e);
+    }
+    finish(&args, &report);
+}
 
+fn finish(args: &Args, report: &Report) {
     let text = report.render();
     std::fs::write(&args.out, &text).expect("write the report");
     println!("{text}");
