@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tokend against etcd, side by side, on this machine: writes BENCHMARKS.md.
 #
-#   scripts/bench.sh              full run (about 10 minutes), writes BENCHMARKS.md
+#   scripts/bench.sh              full run (about 3 minutes), writes BENCHMARKS.md
 #   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
