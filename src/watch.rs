@@ -2,15 +2,16 @@
 //! gaps and no duplicates, to any number of subscribers.
 //!
 //! Owns the [`Hub`] (the live fan-out of durable events) and one follower
-//! task per stream. A follower remembers `next`, the next revision it owes its
-//! client. It subscribes to the hub *before* it reads the log, reads the log
+//! per stream: a stream of notices that the gRPC response polls itself, with
+//! no task and no queue of its own. A follower remembers `next`, the next
+//! revision it owes its client. It subscribes to the hub *before* it reads the log, reads the log
 //! from `next` up to the durable head, then follows the hub, skipping what it
 //! already sent. Whenever the hub lags or shows a gap, it goes back to the
 //! log. The same code serves a new stream, a `start_revision` replay, a slow
 //! subscriber and a resume after restart.
 //!
-//! Memory per stream is bounded: a slow client only fills its own small
-//! channel, and the hub's ring is shared; what a client misses while slow it
+//! Memory per stream is bounded: a client that stops reading stops being
+//! polled, the hub's ring is shared, and what a client misses while slow it
 //! gets from the log, or ends with `OUT_OF_RANGE` once it falls behind
 //! retention. This module must never buffer without bound, and never deliver
 //! an event that is not durable (the hub only carries published events and
@@ -24,8 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -133,8 +134,6 @@ pub struct Watchers {
 /// Log reads happen in pages of this many events, so that catching up a far
 /// behind stream never holds more than one page in memory.
 const LOG_PAGE: usize = 256;
-/// Notices queued per stream before the follower waits for the client.
-const STREAM_BUFFER: usize = 64;
 
 impl Watchers {
     pub fn new(
@@ -167,7 +166,6 @@ impl Watchers {
         // Subscribe before reading anything: every event committed from now
         // on is in `live`, every earlier one is in the log or the snapshot.
         let live = self.hub.subscribe();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // One state for every decision below: the revision the stream starts
         // from, where history ends, and whether its credential still holds
         // (it may have been revoked since the interceptor looked).
@@ -197,12 +195,10 @@ impl Watchers {
             next,
             history_until: state.revision(),
             live,
-            tx,
             progress_interval: self.config.progress_interval,
         };
-        tokio::spawn(follower.run(start == Start::Snapshot));
         Ok(WatchStream {
-            rx,
+            notices: Box::pin(follower.notices(start == Start::Snapshot)),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             done: false,
             _slot: slot,
@@ -236,7 +232,7 @@ impl Drop for Slot {
 /// `UNAVAILABLE` the moment the server starts shutting down, even if the
 /// follower is blocked on a client that does not read.
 pub struct WatchStream {
-    rx: mpsc::Receiver<Result<Notice, Error>>,
+    notices: Pin<Box<dyn Stream<Item = Result<Notice, Error>> + Send>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
     _slot: Slot,
@@ -253,7 +249,7 @@ impl Stream for WatchStream {
             self.done = true;
             return Poll::Ready(Some(Err(Error::shutting_down())));
         }
-        match self.rx.poll_recv(cx) {
+        match self.notices.as_mut().poll_next(cx) {
             Poll::Ready(Some(Err(e))) => {
                 self.done = true;
                 Poll::Ready(Some(Err(e)))
@@ -263,7 +259,7 @@ impl Stream for WatchStream {
     }
 }
 
-/// The task behind one stream.
+/// What feeds one stream.
 struct Follower {
     store: Arc<dyn Store>,
     filter: Filter,
@@ -273,120 +269,114 @@ struct Follower {
     /// old revocation of the credential must not end the stream.
     history_until: Revision,
     live: broadcast::Receiver<Arc<Event>>,
-    tx: mpsc::Sender<Result<Notice, Error>>,
     progress_interval: Duration,
 }
 
+/// What woke a caught-up follower.
+enum Woken {
+    Live(Result<Arc<Event>, broadcast::error::RecvError>),
+    Idle,
+}
+
 impl Follower {
-    async fn run(mut self, snapshot: bool) {
-        let result = async {
+    /// The notices of one stream, ending with the error the client should
+    /// see (or never, until the client goes away).
+    fn notices(mut self, snapshot: bool) -> impl Stream<Item = Result<Notice, Error>> + Send {
+        async_stream::try_stream! {
             if snapshot {
-                self.send_snapshot().await?;
-            }
-            self.follow().await
-        }
-        .await;
-        if let Err(Some(e)) = result.map_err(|stop: StopOr| stop.0) {
-            let _ = self.tx.send(Err(e)).await;
-        }
-    }
-
-    async fn send_snapshot(&mut self) -> Result<(), StopOr> {
-        let state = self.store.state();
-        // Revocations between opening and this snapshot are never replayed
-        // (the stream continues after it), so check the credential here.
-        if let Some(caller) = &self.filter.credential
-            && !caller.still_valid(&state)
-        {
-            return Err(StopOr::error(Error::CredentialRevoked("revoked")));
-        }
-        let revision = state.revision();
-        let account = self.filter.account.clone();
-        for token in state.tokens_after(account.as_ref(), None) {
-            if !token.is_deleted() && self.filter.wants_token(token) {
-                let token = token.clone();
-                self.send(Notice::Snapshot { revision, token }).await?;
-            }
-        }
-        self.send(Notice::Synced(revision)).await?;
-        self.next = revision + 1;
-        Ok(())
-    }
-
-    async fn follow(&mut self) -> Result<(), StopOr> {
-        let mut deadline = Instant::now() + self.progress_interval;
-        loop {
-            // Behind the durable head: catch up from the log.
-            while self.next <= self.store.state().revision() {
-                metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
-                let page = self
-                    .store
-                    .events(self.next, LOG_PAGE)
-                    .await
-                    .map_err(StopOr::error)?;
-                for event in page {
-                    if self.deliver(event).await? {
-                        deadline = Instant::now() + self.progress_interval;
+                let state = self.store.state();
+                // Revocations between opening and this snapshot are never
+                // replayed (the stream continues after it): check here.
+                if let Some(caller) = &self.filter.credential
+                    && !caller.still_valid(&state)
+                {
+                    Err(Error::CredentialRevoked("revoked"))?;
+                }
+                let revision = state.revision();
+                for token in state.tokens_after(self.filter.account.as_ref(), None) {
+                    if !token.is_deleted() && self.filter.wants_token(token) {
+                        yield Notice::Snapshot { revision, token: token.clone() };
                     }
                 }
+                yield Notice::Synced(revision);
+                self.next = revision + 1;
             }
-            // Caught up: follow the hub until it lags or skips.
+            // One timer for the stream's life, pushed back only when it fires
+            // early: re-arming it on every event would cost a timer-wheel
+            // update per event per stream.
+            let idle = tokio::time::sleep(self.progress_interval);
+            tokio::pin!(idle);
+            let mut last_sent = Instant::now();
             loop {
-                tokio::select! {
-                    received = self.live.recv() => match received {
-                        Ok(event) if event.revision < self.next => continue,
-                        Ok(event) if event.revision == self.next => {
-                            if self.deliver(event).await? {
-                                deadline = Instant::now() + self.progress_interval;
+                // Behind the durable head: catch up from the log.
+                while self.next <= self.store.state().revision() {
+                    metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
+                    for event in self.store.events(self.next, LOG_PAGE).await? {
+                        let (notice, revoked) = self.advance(event);
+                        if let Some(notice) = notice {
+                            last_sent = Instant::now();
+                            yield notice;
+                        }
+                        if let Some(e) = revoked {
+                            Err(e)?;
+                        }
+                    }
+                }
+                // Caught up: follow the hub until it lags or skips.
+                loop {
+                    let woken = tokio::select! {
+                        received = self.live.recv() => Woken::Live(received),
+                        () = &mut idle => Woken::Idle,
+                    };
+                    match woken {
+                        Woken::Live(Ok(event)) if event.revision < self.next => {}
+                        Woken::Live(Ok(event)) if event.revision == self.next => {
+                            let (notice, revoked) = self.advance(event);
+                            if let Some(notice) = notice {
+                                last_sent = Instant::now();
+                                yield notice;
+                            }
+                            if let Some(e) = revoked {
+                                Err(e)?;
                             }
                         }
                         // A gap (we subscribed mid-batch) or a lag: the log has it.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            return Err(StopOr::error(Error::shutting_down()));
+                        Woken::Live(Ok(_)) | Woken::Live(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                        Woken::Live(Err(broadcast::error::RecvError::Closed)) => {
+                            Err(Error::shutting_down())?;
                         }
-                    },
-                    _ = sleep_until(deadline) => {
-                        // A stream that starts in the future has delivered
-                        // nothing past the head yet: report the head.
-                        let done = (self.next - 1).min(self.store.state().revision());
-                        self.send(Notice::Progress(done)).await?;
-                        deadline = Instant::now() + self.progress_interval;
+                        Woken::Idle => {
+                            let due = last_sent + self.progress_interval;
+                            if Instant::now() < due {
+                                idle.as_mut().reset(due);
+                                continue;
+                            }
+                            // A stream that starts in the future has delivered
+                            // nothing past the head yet: report the head.
+                            let done = (self.next - 1).min(self.store.state().revision());
+                            last_sent = Instant::now();
+                            idle.as_mut().reset(last_sent + self.progress_interval);
+                            yield Notice::Progress(done);
+                        }
                     }
-                    _ = self.tx.closed() => return Err(StopOr(None)),
                 }
             }
         }
     }
 
-    /// Advances past `event` and sends it if the filter wants it.
-    async fn deliver(&mut self, event: Arc<Event>) -> Result<bool, StopOr> {
+    /// Moves past `event`: the notice to send if the filter wants it, and
+    /// the error that ends the stream if it revokes the stream's credential
+    /// (sent after the event that did it).
+    fn advance(&mut self, event: Arc<Event>) -> (Option<Notice>, Option<Error>) {
         debug_assert_eq!(event.revision, self.next, "no gaps, no duplicates");
         self.next = event.revision + 1;
-        let sent = self.filter.wants(&event);
-        if sent {
-            self.send(Notice::Change(event.clone())).await?;
-        }
-        if event.revision > self.history_until
-            && let Some(caller) = &self.filter.credential
-            && let Some(how) = revokes(caller, &event.subject)
-        {
-            return Err(StopOr::error(Error::CredentialRevoked(how)));
-        }
-        Ok(sent)
-    }
-
-    async fn send(&self, notice: Notice) -> Result<(), StopOr> {
-        self.tx.send(Ok(notice)).await.map_err(|_| StopOr(None))
-    }
-}
-
-/// A follower stops either silently (client gone: `None`) or with an error
-/// the client should see.
-struct StopOr(Option<Error>);
-
-impl StopOr {
-    fn error(e: Error) -> StopOr {
-        StopOr(Some(e))
+        let revoked = match &self.filter.credential {
+            Some(caller) if event.revision > self.history_until => {
+                revokes(caller, &event.subject).map(Error::CredentialRevoked)
+            }
+            _ => None,
+        };
+        let notice = self.filter.wants(&event).then_some(Notice::Change(event));
+        (notice, revoked)
     }
 }

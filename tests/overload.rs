@@ -242,11 +242,10 @@ async fn two_thousand_streams_half_stalled() {
     // tests/watch.rs shows.
     assert_eq!((caught_up, out_of_range), (STREAMS / 2, 0));
 
-    // Memory. A stalled stream holds its follower's channel (64 shared
-    // events: pointers), tonic's encode buffer and what HTTP/2 queued for a
-    // peer that stopped granting window: allow 64 KiB each (measured: about
-    // 17). The events themselves are shared, and what a stream missed waits
-    // in the log, not in memory. 32 MiB more for the tokens the load
+    // Memory. A stalled stream holds its follower's state, tonic's encode
+    // buffer and what HTTP/2 queued for a peer that stopped granting window:
+    // allow 64 KiB each (measured: about 7). The events themselves are
+    // shared, and what a stream missed waits in the log, not in memory. 32 MiB more for the tokens the load
     // creates and sled's cache warming. Without the bound each stalled
     // stream would hold the whole flow: 1,000 × 300 events × 1 KB = 300 MB.
     let budget_kib = rss_readers + 1_000 * 64 + 32 * 1024;
