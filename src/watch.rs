@@ -17,7 +17,7 @@
 //! an event that is not durable (the hub only carries published events and
 //! the log is read up to the durable head).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -307,58 +307,56 @@ impl Follower {
             let idle = tokio::time::sleep(self.progress_interval);
             tokio::pin!(idle);
             let mut last_sent = Instant::now();
+            let mut page: VecDeque<Arc<Event>> = VecDeque::new();
             loop {
-                // Behind the durable head: catch up from the log.
-                while self.next <= self.store.state().revision() {
+                let event = if let Some(event) = page.pop_front() {
+                    event
+                } else if self.next <= self.store.state().revision() {
+                    // Behind the durable head: catch up from the log, a
+                    // page at a time.
                     metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
-                    for event in self.store.events(self.next, LOG_PAGE).await? {
-                        let (notice, revoked) = self.advance(event);
-                        if let Some(notice) = notice {
-                            last_sent = Instant::now();
-                            yield notice;
-                        }
-                        if let Some(e) = revoked {
-                            Err(e)?;
-                        }
-                    }
-                }
-                // Caught up: follow the hub until it lags or skips.
-                loop {
+                    page.extend(self.store.events(self.next, LOG_PAGE).await?);
+                    continue;
+                } else {
+                    // Caught up: the hub's next event, or progress when idle.
                     let woken = tokio::select! {
                         received = self.live.recv() => Woken::Live(received),
                         () = &mut idle => Woken::Idle,
                     };
                     match woken {
-                        Woken::Live(Ok(event)) if event.revision < self.next => {}
-                        Woken::Live(Ok(event)) if event.revision == self.next => {
-                            let (notice, revoked) = self.advance(event);
-                            if let Some(notice) = notice {
-                                last_sent = Instant::now();
-                                yield notice;
-                            }
-                            if let Some(e) = revoked {
-                                Err(e)?;
-                            }
+                        Woken::Live(Ok(event)) if event.revision == self.next => event,
+                        Woken::Live(Ok(event)) if event.revision < self.next => continue,
+                        // A gap (we subscribed mid-batch) or a lag: the log
+                        // has it, and the head is already past it.
+                        Woken::Live(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {
+                            continue;
                         }
-                        // A gap (we subscribed mid-batch) or a lag: the log has it.
-                        Woken::Live(Ok(_)) | Woken::Live(Err(broadcast::error::RecvError::Lagged(_))) => break,
                         Woken::Live(Err(broadcast::error::RecvError::Closed)) => {
                             Err(Error::shutting_down())?;
+                            continue;
                         }
                         Woken::Idle => {
                             let due = last_sent + self.progress_interval;
-                            if Instant::now() < due {
-                                idle.as_mut().reset(due);
-                                continue;
+                            if Instant::now() >= due {
+                                // A stream that starts in the future has
+                                // delivered nothing past the head yet:
+                                // report the head.
+                                let done = (self.next - 1).min(self.store.state().revision());
+                                last_sent = Instant::now();
+                                yield Notice::Progress(done);
                             }
-                            // A stream that starts in the future has delivered
-                            // nothing past the head yet: report the head.
-                            let done = (self.next - 1).min(self.store.state().revision());
-                            last_sent = Instant::now();
                             idle.as_mut().reset(last_sent + self.progress_interval);
-                            yield Notice::Progress(done);
+                            continue;
                         }
                     }
+                };
+                let (notice, revoked) = self.advance(event);
+                if let Some(notice) = notice {
+                    last_sent = Instant::now();
+                    yield notice;
+                }
+                if let Some(e) = revoked {
+                    Err(e)?;
                 }
             }
         }
