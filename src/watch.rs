@@ -228,9 +228,9 @@ impl Drop for Slot {
     }
 }
 
-/// The client's end of a watch: notices from the follower, ended with
+/// The client's end of a watch: the follower's notices, ended with
 /// `UNAVAILABLE` the moment the server starts shutting down, even if the
-/// follower is blocked on a client that does not read.
+/// follower is waiting for an event (or for a log read).
 pub struct WatchStream {
     notices: Pin<Box<dyn Stream<Item = Result<Notice, Error>> + Send>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,

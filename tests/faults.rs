@@ -82,15 +82,19 @@ fn a_data_dir_that_is_not_writable_fails_start_up_in_one_line() {
     );
 }
 
+/// Changes the store's tree behind tokend's back, as damage would.
+fn tamper(dir: &std::path::Path, edit: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(dir.join("db")).unwrap();
+    edit(&db.open_tree("tokend").unwrap());
+    db.flush().unwrap();
+}
+
 #[test]
 fn a_store_without_tokends_format_marker_is_refused_not_reinitialised() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let tree = db.open_tree("tokend").unwrap();
+    tamper(dir.path(), |tree| {
         tree.insert("t/TKN-0000-0001", "{}").unwrap();
-        db.flush().unwrap();
-    }
+    });
     let (code, line) = serve(dir.path());
     assert_eq!(code, Some(1));
     assert!(line.contains("corrupt store"), "{line}");
@@ -100,59 +104,29 @@ fn a_store_without_tokends_format_marker_is_refused_not_reinitialised() {
     assert_eq!(tree.len(), 1);
 }
 
-#[test]
-fn a_store_with_a_foreign_format_or_a_corrupt_record_is_refused() {
+#[tokio::test]
+async fn a_store_with_a_foreign_format_or_a_corrupt_record_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let tree = db.open_tree("tokend").unwrap();
+    tamper(dir.path(), |tree| {
         tree.insert("m/format", "someone-else-7").unwrap();
-        db.flush().unwrap();
-    }
+    });
     let (code, line) = serve(dir.path());
     assert_eq!(code, Some(1));
     assert!(line.contains("corrupt format marker"), "{line}");
 
     // A valid store whose token record was damaged on disk.
     let dir = tempfile::tempdir().unwrap();
-    let (code, _) = {
-        // First start initialises it (and bootstraps the operator).
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if dir.path().join("operator.token").exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        sigterm(child.id());
-        let status = child.wait().unwrap();
-        (status.code(), ())
-    };
-    assert_eq!(code, Some(0));
-    {
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let tree = db.open_tree("tokend").unwrap();
+    // First start initialises it (and bootstraps the operator).
+    let mut p = spawn_tokend(dir.path(), &[]).await;
+    p.signal(15);
+    assert_eq!(p.child.wait().unwrap().code(), Some(0));
+    tamper(dir.path(), |tree| {
         let key = tree.scan_prefix("t/").next().unwrap().unwrap().0;
         tree.insert(key, "{not json").unwrap();
-        db.flush().unwrap();
-    }
+    });
     let (code, line) = serve(dir.path());
     assert_eq!(code, Some(1));
     assert!(line.contains("corrupt token"), "{line}");
-}
-
-fn sigterm(pid: u32) {
-    let ok = Command::new("kill")
-        .arg("-15")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 /// A write the kernel refuses while serving. The file-size limit (EFBIG)

@@ -101,12 +101,12 @@ async fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
     }
 }
 
-/// One Prometheus sample (a plain GET: the bench must not grow an HTTP
+/// The sum of one Prometheus series at `/metrics` (a plain GET: the bench must not grow an HTTP
 /// client for one line of text).
-fn sample(addr: SocketAddr, path: &str, series: &str) -> f64 {
+fn sample(addr: SocketAddr, series: &str) -> f64 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.lines()
@@ -201,11 +201,7 @@ impl Peer for Tokend {
     }
 
     fn fsyncs(&self) -> u64 {
-        sample(
-            self.metrics,
-            "/metrics",
-            "tokend_fsync_duration_seconds_count",
-        ) as u64
+        sample(self.metrics, "tokend_fsync_duration_seconds_count") as u64
     }
 
     async fn connect(&self) -> TokenClient {
@@ -359,7 +355,6 @@ impl Peer for Etcd {
     fn fsyncs(&self) -> u64 {
         sample(
             self.client_addr,
-            "/metrics",
             "etcd_disk_wal_fsync_duration_seconds_count",
         ) as u64
     }
