@@ -39,7 +39,7 @@ enum Op {
     Delete,
 }
 
-#[derive(Debug)]
+/// No Debug: it holds a secret.
 struct Known {
     /// Only the worker that created a token changes it, so the changes of
     /// one token are sequential and "the last acknowledged version" is exact.
@@ -53,7 +53,7 @@ struct Known {
 }
 
 /// What the clients were told, shared by the workers of a run.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Ledger {
     tokens: BTreeMap<String, Known>,
     /// Creates sent and not answered since the last check.

@@ -27,8 +27,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// One stored thing: a token (id, secret) or an etcd key.
-#[derive(Clone, Debug)]
+/// One stored thing: a token (id, secret) or an etcd key. No Debug: it
+/// holds a secret.
+#[derive(Clone)]
 pub struct Item {
     pub key: String,
     pub secret: String,
