@@ -24,6 +24,16 @@ pub struct Report {
     deletes_32: Option<(f64, f64)>,
     /// Each side's best lookups/s over all client counts.
     best_lookups: (f64, f64),
+    /// (etcd deletes/s, tokend's delete, tokend's verify) at 32 clients:
+    /// what the CPU budget is worked out from.
+    cpu_32: (Option<(f64, Cpu)>, Option<Cpu>),
+}
+
+/// CPU µs per operation: (server, load tool).
+type Cpu = (f64, f64);
+
+fn cpu(t: &Throughput) -> String {
+    format!("{:.0} / {:.0}", t.cpu_us, t.load_cpu_us)
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -49,6 +59,7 @@ impl Report {
             memory_ratio: None,
             deletes_32: None,
             best_lookups: (0.0, 0.0),
+            cpu_32: (None, None),
         }
     }
 
@@ -125,20 +136,34 @@ impl Report {
         let r = ratio(t.per_second, e.per_second);
         let (tf, ef) = (t.per_fsync.unwrap_or(0.0), e.per_fsync.unwrap_or(0.0));
         self.deletes.push(format!(
-            "| {clients} | {:.0} | {:.0} | **{r:.2}** | {:.2} | {:.2} | {tf:.1} | {ef:.1} |",
-            t.per_second, e.per_second, t.latency.p99, e.latency.p99
+            "| {clients} | {:.0} | {:.0} | **{r:.2}** | {:.2} | {:.2} | {tf:.1} | {ef:.1} | {} | {} |",
+            t.per_second,
+            e.per_second,
+            t.latency.p99,
+            e.latency.p99,
+            cpu(t),
+            cpu(e)
         ));
         if clients == 32 {
             self.deletes_32 = Some((r, tf));
+            self.cpu_32.0 = Some((e.per_second, (t.cpu_us, t.load_cpu_us)));
         }
     }
 
     pub fn lookups(&mut self, clients: usize, t: &Throughput, e: &Throughput) {
         let r = ratio(t.per_second, e.per_second);
         self.lookups.push(format!(
-            "| {clients} | {:.0} | {:.0} | **{r:.2}** | {:.2} | {:.2} |",
-            t.per_second, e.per_second, t.latency.p99, e.latency.p99
+            "| {clients} | {:.0} | {:.0} | **{r:.2}** | {:.2} | {:.2} | {} | {} |",
+            t.per_second,
+            e.per_second,
+            t.latency.p99,
+            e.latency.p99,
+            cpu(t),
+            cpu(e)
         ));
+        if clients == 32 {
+            self.cpu_32.1 = Some((t.cpu_us, t.load_cpu_us));
+        }
         let (bt, be) = &mut self.best_lookups;
         *bt = bt.max(t.per_second);
         *be = be.max(e.per_second);
@@ -220,9 +245,10 @@ impl Report {
             "\n## 2. Durable deletes\n\nC clients, each on its own connection, delete \
              pre-created items as fast as they are answered. Deletes per fsync: tokend's \
              commits (`tokend_fsync_duration_seconds_count`), etcd's WAL fsyncs \
-             (`etcd_disk_wal_fsync_duration_seconds_count`).\n\n\
-             | C | tokend deletes/s | etcd deletes/s | ratio | tokend p99 ms | etcd p99 ms | tokend deletes/fsync | etcd deletes/fsync |\n\
-             |---|---|---|---|---|---|---|---|"
+             (`etcd_disk_wal_fsync_duration_seconds_count`). CPU: user + system time per delete \
+             over the run, server / load tool (this process, which shares the cores).\n\n\
+             | C | tokend deletes/s | etcd deletes/s | ratio | tokend p99 ms | etcd p99 ms | tokend deletes/fsync | etcd deletes/fsync | tokend CPU µs | etcd CPU µs |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
         );
         for row in &self.deletes {
             let _ = writeln!(w, "{row}");
@@ -232,9 +258,9 @@ impl Report {
             w,
             "\n## 3. Verify vs get\n\nC clients, each on its own connection, look up random \
              items among those seeded: tokend `VerifyToken` with the secret, etcd `Get` of the \
-             key (its default, linearizable read).\n\n\
-             | C | tokend verifies/s | etcd gets/s | ratio | tokend p99 ms | etcd p99 ms |\n\
-             |---|---|---|---|---|---|"
+             key (its default, linearizable read). CPU: per lookup, server / load tool, as above.\n\n\
+             | C | tokend verifies/s | etcd gets/s | ratio | tokend p99 ms | etcd p99 ms | tokend CPU µs | etcd CPU µs |\n\
+             |---|---|---|---|---|---|---|---|"
         );
         for row in &self.lookups {
             let _ = writeln!(w, "{row}");
@@ -261,7 +287,29 @@ impl Report {
             "\n## 6. Physical floors\n\n| floor | this run |\n|---|---|\n{}",
             self.floors
         );
+        if let Some(budget) = self.cpu_budget() {
+            let _ = writeln!(w, "\n{budget}");
+        }
         s
+    }
+
+    /// What 2× etcd's deletes/s at 32 clients would leave for each delete on
+    /// this machine's cores, against what this run spent: the load tool
+    /// shares the cores, so its cycles count against the budget too.
+    fn cpu_budget(&self) -> Option<String> {
+        let ((etcd_rate, (delete_server, delete_load)), (verify_server, verify_load)) =
+            (self.cpu_32.0?, self.cpu_32.1?);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let budget = cores * 1e6 / (2.0 * etcd_rate);
+        Some(format!(
+            "**CPU budget at 32 clients.** Twice etcd's {etcd_rate:.0} deletes/s leaves \
+             {budget:.0} µs of CPU per delete on {cores} cores, for server and load tool \
+             together. This run spent {:.0} µs per tokend delete ({delete_server:.0} server, \
+             {delete_load:.0} load tool). A verify, tokend's cheapest call, which touches no \
+             disk, spent {:.0} µs ({verify_server:.0} server, {verify_load:.0} load tool).",
+            delete_server + delete_load,
+            verify_server + verify_load,
+        ))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use crate::peers::{Item, Peer};
+use crate::peers::{Item, Peer, cpu_time};
 
 /// p50 / p99 / max, in milliseconds.
 #[derive(Clone, Copy, Debug, Default)]
@@ -166,12 +166,42 @@ pub struct Throughput {
     pub latency: Latency,
     /// Operations per fsync the server made meanwhile (deletes only).
     pub per_fsync: Option<f64>,
+    /// CPU time per operation, in µs, of the server and of this load tool:
+    /// on a machine this small, where the cycles go decides the rate.
+    pub cpu_us: f64,
+    pub load_cpu_us: f64,
+}
+
+/// CPU used by the server and by this process, per operation, since `start`.
+struct CpuMeter {
+    server: u32,
+    start: (Duration, Duration),
+}
+
+impl CpuMeter {
+    fn start<P: Peer>(peer: &P) -> CpuMeter {
+        let server = peer.pid();
+        CpuMeter {
+            server,
+            start: (cpu_time(server), cpu_time(std::process::id())),
+        }
+    }
+
+    /// (server, load tool) µs per operation.
+    fn per_op(&self, ops: usize) -> (f64, f64) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+        (
+            per(cpu_time(self.server) - self.start.0),
+            per(cpu_time(std::process::id()) - self.start.1),
+        )
+    }
 }
 
 /// `clients` clients, each on its own connection, delete `n` fresh items.
 pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throughput {
     let items = Arc::new(seed(peer, n, 32).await);
     let fsyncs = peer.fsyncs();
+    let cpu = CpuMeter::start(peer.as_ref());
     let next = Arc::new(AtomicUsize::new(0));
     let mut conns = Vec::new();
     for _ in 0..clients {
@@ -199,11 +229,14 @@ pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throug
         all.add(h.expect("deleter")).unwrap();
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_us, load_cpu_us) = cpu.per_op(n);
     let synced = peer.fsyncs().saturating_sub(fsyncs).max(1);
     Throughput {
         per_second: n as f64 / elapsed,
         latency: Latency::of(&all),
         per_fsync: Some(n as f64 / synced as f64),
+        cpu_us,
+        load_cpu_us,
     }
 }
 
@@ -218,6 +251,7 @@ pub async fn lookups<P: Peer>(
     for _ in 0..clients {
         conns.push(peer.connect().await);
     }
+    let cpu = CpuMeter::start(peer.as_ref());
     let end = Instant::now() + how_long;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -240,10 +274,13 @@ pub async fn lookups<P: Peer>(
     while let Some(h) = tasks.join_next().await {
         all.add(h.expect("reader")).unwrap();
     }
+    let (cpu_us, load_cpu_us) = cpu.per_op(all.len() as usize);
     Throughput {
         per_second: all.len() as f64 / started.elapsed().as_secs_f64(),
         latency: Latency::of(&all),
         per_fsync: None,
+        cpu_us,
+        load_cpu_us,
     }
 }
 
