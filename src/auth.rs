@@ -25,7 +25,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::secret::{self, Secret};
-use crate::state::State;
+use crate::state::{Standing, State, Verification};
 use crate::store::Store;
 
 /// An authenticated caller: a live token of an active account.
@@ -126,24 +126,26 @@ pub fn authenticate(state: &State, metadata: &MetadataMap) -> Result<Caller, Err
         .ok_or(Error::Unauthenticated)?
         .to_str()
         .map_err(|_| Error::Unauthenticated)?;
-    let (scheme, credential) = header.split_once(' ').ok_or(Error::Unauthenticated)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Error::Unauthenticated);
+    let credential = bearer(header).ok_or(Error::Unauthenticated)?;
+    match state.verify(credential) {
+        Verification {
+            standing: Standing::Valid,
+            token: Some(token),
+            account: Some(account),
+        } => Ok(Caller {
+            token: token.clone(),
+            account: account.clone(),
+        }),
+        _ => Err(Error::Unauthenticated),
     }
-    let credential = credential.trim();
-    let named = secret::parse(credential).map_err(|_| Error::Unauthenticated)?;
-    let token = state
-        .token_by_secret(&secret::hash(credential))
-        .filter(|t| t.id == named && t.status == TokenStatus::Active)
-        .ok_or(Error::Unauthenticated)?;
-    let account = state
-        .account(&token.account_id)
-        .filter(|a| a.status == AccountStatus::Active)
-        .ok_or(Error::Unauthenticated)?;
-    Ok(Caller {
-        token: token.clone(),
-        account: account.clone(),
-    })
+}
+
+/// The credential of an `authorization: Bearer <secret>` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, credential) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
 }
 
 /// The interceptor in front of the API services: authenticates, records the

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::server::{Config, TlsFiles};
+use crate::service::AuthzConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -309,6 +310,21 @@ pub struct ServeArgs {
     /// How long in-flight calls get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "TOKEND_SHUTDOWN_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Request header that Envoy's ext_authz Check reads the bearer secret
+    /// from (`Bearer <secret>`, or the bare secret).
+    #[arg(long, env = "TOKEND_AUTHZ_HEADER", default_value = "authorization", value_parser = header_name)]
+    pub authz_header: String,
+    /// After an allowed Check, let the credential header through to the
+    /// upstream; by default it is removed so that services never see secrets.
+    #[arg(long, env = "TOKEND_AUTHZ_KEEP_CREDENTIAL")]
+    pub authz_keep_credential: bool,
+}
+
+/// An HTTP header name, lower-cased as Envoy hands headers to ext_authz.
+fn header_name(s: &str) -> Result<String, String> {
+    http::HeaderName::from_bytes(s.as_bytes())
+        .map(|h| h.as_str().to_string())
+        .map_err(|_| format!("{s:?} is not an HTTP header name"))
 }
 
 impl ServeArgs {
@@ -332,6 +348,10 @@ impl ServeArgs {
             max_streams_per_connection: self.max_streams_per_connection,
             request_timeout: self.request_timeout,
             metrics_addr: self.metrics_addr,
+            authz: AuthzConfig {
+                header: self.authz_header.clone(),
+                strip_credential: !self.authz_keep_credential,
+            },
             ..Config::new(self.listen, self.data_dir.clone())
         }
     }

@@ -27,10 +27,11 @@ use crate::auth::Authenticator;
 use crate::error::Error;
 use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
-use crate::service::Service;
+use crate::service::{Authz, AuthzConfig, Service};
 use crate::store::{SledConfig, SledStore, Store};
 use crate::telemetry::RpcLog;
 use crate::watch::{Hub, WatchConfig, Watchers};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -58,6 +59,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Where to serve Prometheus `/metrics`; none when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// How Envoy's external authorization `Check` reads and forwards credentials.
+    pub authz: AuthzConfig,
 }
 
 /// PEM files for TLS; with `client_ca`, clients must present a certificate
@@ -87,6 +90,7 @@ impl Config {
             max_streams_per_connection: 1024,
             request_timeout: Duration::from_secs(30),
             metrics_addr: None,
+            authz: AuthzConfig::default(),
         }
     }
 }
@@ -199,6 +203,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let auth = Authenticator::new(store.clone());
     let limit = config.max_request_bytes;
+    // Envoy's ext_authz: no tokend credential in front of it, like
+    // VerifyToken. A sidecar holding none asks, the secret it checks is
+    // the credential.
+    let authz = AuthorizationServer::new(Authz::new(store.clone(), config.authz.clone()))
+        .max_decoding_message_size(limit);
     let tokens = TokenServiceServer::new(service.clone()).max_decoding_message_size(limit);
     let accounts = AccountServiceServer::new(service).max_decoding_message_size(limit);
 
@@ -206,6 +215,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let served = [
         <TokenServiceServer<Service> as NamedService>::NAME,
         <AccountServiceServer<Service> as NamedService>::NAME,
+        <AuthorizationServer<Authz> as NamedService>::NAME,
     ];
     for name in served {
         health
@@ -239,7 +249,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(tokens, auth.clone()))
-        .add_service(InterceptedService::new(accounts, auth));
+        .add_service(InterceptedService::new(accounts, auth))
+        .add_service(authz);
 
     // The store's size, for operators watching the disk.
     let sized = store.clone();
@@ -283,6 +294,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }
         };
         store.close().await;
+        // Connection tasks that are still winding down hold handles on the
+        // store, and with them sled's lock on the data dir. Wait (briefly)
+        // for them so that whoever stopped this server can reopen the dir.
+        let released = tokio::time::timeout(grace, async {
+            while Arc::strong_count(&store) > 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if released.is_err() {
+            tracing::warn!("store still referenced after shutdown; its lock stays until they end");
+        }
+        drop(store);
         tracing::info!("stopped");
         served.map_err(|e| Error::Internal(format!("transport: {e}")))
     });

@@ -12,8 +12,30 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::command::{Change, SecretOp};
-use crate::domain::{Account, AccountId, Revision, Subject, Token, TokenId};
-use crate::secret::SecretHash;
+use crate::domain::{
+    Account, AccountId, AccountStatus, Revision, Subject, Token, TokenId, TokenStatus,
+};
+use crate::secret::{self, SecretHash};
+
+/// What a presented secret is worth at one revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Valid,
+    /// Not a tokend secret, or a bad checksum: decided without a lookup.
+    Malformed,
+    /// Unknown, or deleted.
+    NotFound,
+    Disabled,
+    AccountDisabled,
+}
+
+/// The answer of [`State::verify`]: the standing, and the records it was
+/// decided on (none for `Malformed` and `NotFound`).
+pub struct Verification<'a> {
+    pub standing: Standing,
+    pub token: Option<&'a Arc<Token>>,
+    pub account: Option<&'a Arc<Account>>,
+}
 
 #[derive(Clone, Default)]
 pub struct State {
@@ -44,6 +66,38 @@ impl State {
     /// The live token a secret hash belongs to. A hash lookup: never a scan.
     pub fn token_by_secret(&self, hash: &SecretHash) -> Option<&Arc<Token>> {
         self.by_secret.get(hash).and_then(|id| self.tokens.get(id))
+    }
+
+    /// Verifies a plain secret against this state: every caller that
+    /// accepts secrets (API authentication, `VerifyToken`, ext_authz `Check`)
+    /// decides here, so they cannot disagree. Memory only; never blocks.
+    pub fn verify(&self, plain: &str) -> Verification<'_> {
+        let unknown = |standing| Verification {
+            standing,
+            token: None,
+            account: None,
+        };
+        // Shape and checksum first: a look-alike never reaches an index.
+        let Ok(named) = secret::parse(plain) else {
+            return unknown(Standing::Malformed);
+        };
+        let token = match self.token_by_secret(&secret::hash(plain)) {
+            Some(t) if t.id == named && !t.is_deleted() => t,
+            _ => return unknown(Standing::NotFound),
+        };
+        let account = self.account(&token.account_id);
+        let standing = if token.status == TokenStatus::Disabled {
+            Standing::Disabled
+        } else if account.is_none_or(|a| a.status != AccountStatus::Active) {
+            Standing::AccountDisabled
+        } else {
+            Standing::Valid
+        };
+        Verification {
+            standing,
+            token: Some(token),
+            account,
+        }
     }
 
     pub fn secret_of(&self, id: &TokenId) -> Option<&SecretHash> {

@@ -25,6 +25,7 @@ pub const WATCH_CATCHUPS: &str = "tokend_watch_catchups_total";
 pub const FSYNC_DURATION: &str = "tokend_fsync_duration_seconds";
 pub const COMMIT_BATCH_SIZE: &str = "tokend_commit_batch_size";
 pub const STORE_SIZE: &str = "tokend_store_size_bytes";
+pub const AUTHZ_CHECKS: &str = "tokend_authz_checks_total";
 
 /// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
@@ -55,6 +56,10 @@ fn describe() {
         "Time to answer an RPC (for streams: to open it)"
     );
     describe_gauge!(WATCH_STREAMS_OPEN, "WatchTokens streams open now");
+    describe_counter!(
+        AUTHZ_CHECKS,
+        "ext_authz Checks answered, by decision (allow, or the denial reason)"
+    );
     describe_counter!(EVENTS_PUBLISHED, "Durable events handed to watchers");
     describe_counter!(
         WATCH_CATCHUPS,

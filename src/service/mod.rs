@@ -1,4 +1,5 @@
-//! The gRPC layer: `TokenService` and `AccountService` over the store.
+//! The gRPC layer: `TokenService`, `AccountService` and Envoy's
+//! `Authorization` over the store.
 //!
 //! Owns translating requests into domain commands and reads, and answers into
 //! messages. Every handler follows the same path: parse and validate fields
@@ -9,8 +10,11 @@
 //! hold state of its own, or log a secret.
 
 mod accounts;
+pub mod authz;
 pub mod convert;
 mod tokens;
+
+pub use authz::{Authz, AuthzConfig};
 
 use std::sync::Arc;
 

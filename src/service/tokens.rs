@@ -16,13 +16,13 @@ use super::{Service, convert, etag, mask_paths};
 use crate::auth::{Caller, caller};
 use crate::command::{self, Command, Ctx, NewToken, Plan, TokenPatch};
 use crate::domain::{
-    AccountId, AccountStatus, Subject, Token, TokenId, TokenStatus, parse_description, parse_icon,
-    parse_modules, parse_name,
+    AccountId, Subject, Token, TokenId, TokenStatus, parse_description, parse_icon, parse_modules,
+    parse_name,
 };
 use crate::error::Error;
 use crate::proto::{self as pb, token_service_server::TokenService};
 use crate::query::{FilterExpr, Pager, page_size};
-use crate::secret;
+use crate::state::Standing;
 use crate::watch::{Filter, Start};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + Send>>;
@@ -341,28 +341,22 @@ impl TokenService for Service {
                 account,
             }))
         };
-        // Shape and checksum first: a look-alike never reaches the store.
-        let Ok(named) = secret::parse(&r.secret) else {
-            return answer(pb::VerifyResult::Malformed, None, None);
-        };
         let state = self.store.state();
-        let token = match state.token_by_secret(&secret::hash(&r.secret)) {
-            Some(t) if t.id == named && !t.is_deleted() => t,
-            _ => return answer(pb::VerifyResult::NotFound, None, None),
+        let v = state.verify(&r.secret);
+        let result = match v.standing {
+            Standing::Valid => pb::VerifyResult::Valid,
+            Standing::Malformed => pb::VerifyResult::Malformed,
+            Standing::NotFound => pb::VerifyResult::NotFound,
+            Standing::Disabled => pb::VerifyResult::Disabled,
+            Standing::AccountDisabled => pb::VerifyResult::AccountDisabled,
         };
-        let account = state.account(&token.account_id);
-        let result = if token.status == TokenStatus::Disabled {
-            pb::VerifyResult::Disabled
-        } else if account.is_none_or(|a| a.status != AccountStatus::Active) {
-            pb::VerifyResult::AccountDisabled
-        } else {
+        if let (Standing::Valid, Some(token)) = (v.standing, v.token) {
             self.store.record_access(&token.id, SystemTime::now());
-            pb::VerifyResult::Valid
-        };
+        }
         answer(
             result,
-            Some(self.token_out(token)),
-            account.map(|a| convert::account(a)),
+            v.token.map(|t| self.token_out(t)),
+            v.account.map(|a| convert::account(a)),
         )
     }
 
