@@ -328,6 +328,15 @@ fn header_name(s: &str) -> Result<String, String> {
 }
 
 impl ServeArgs {
+    /// Every setting as plain `tokend serve` takes it (`TOKEND_*` variables
+    /// included): what manifests and examples must agree with.
+    pub fn defaults() -> ServeArgs {
+        match Cli::try_parse_from(["tokend", "serve"]).map(|c| c.command) {
+            Ok(Command::Serve(args)) => args,
+            other => panic!("`tokend serve` does not parse: {:?}", other.err()),
+        }
+    }
+
     pub fn config(&self) -> Config {
         Config {
             retention: self.retention,

@@ -12,13 +12,13 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::cli::{AccountsCommand, ClientArgs, Output, TokensCommand};
+use crate::client::Bearer;
 use crate::proto::{
     self as pb, account_service_client::AccountServiceClient,
     token_service_client::TokenServiceClient,
@@ -66,18 +66,6 @@ fn fail(code: i32, message: impl Into<String>) -> Failure {
     }
 }
 
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            r.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(r)
-    }
-}
-
 type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
 type Accounts = AccountServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -122,12 +110,9 @@ impl Conn {
             (None, None) => None,
         };
         let bearer = match secret {
-            None => Bearer(None),
-            Some(s) => {
-                Bearer(Some(format!("Bearer {s}").parse().map_err(|_| {
-                    fail(exit::USAGE, "the token is not printable ASCII")
-                })?))
-            }
+            None => Bearer::none(),
+            Some(s) => Bearer::new(&s)
+                .ok_or_else(|| fail(exit::USAGE, "the token is not printable ASCII"))?,
         };
         let channel = Channel::from_shared(args.server.clone())
             .map_err(|e| fail(exit::USAGE, format!("bad --server {}: {e}", args.server)))?

@@ -9,9 +9,12 @@
 //! - [`watch`]: fans committed events out to `WatchTokens` streams.
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
 //! - [`server`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it.
+//! - [`client`]: for other Rust programs, [`client::TokenCache`], a verifier
+//!   in their own memory that the watch stream keeps current.
 
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod command;
 pub mod console;
 pub mod domain;

@@ -39,13 +39,13 @@ async fn world() -> World {
     delete(&mut op, &deleted.id).await.unwrap();
     let callers = vec![
         ("operator", s.operator()),
-        ("a-manager", Bearer::new(&a_manager)),
-        ("a-plain", Bearer::new(&a_plain)),
-        ("b-manager", Bearer::new(&b_manager)),
-        ("disabled", Bearer::new(&disabled_secret)),
-        ("deleted", Bearer::new(&deleted_secret)),
+        ("a-manager", bearer(&a_manager)),
+        ("a-plain", bearer(&a_plain)),
+        ("b-manager", bearer(&b_manager)),
+        ("disabled", bearer(&disabled_secret)),
+        ("deleted", bearer(&deleted_secret)),
         ("none", Bearer::none()),
-        ("garbage", Bearer::new("idt:TKN-0000-0000:garbage")),
+        ("garbage", bearer("idt:TKN-0000-0000:garbage")),
     ];
     World {
         s,
@@ -264,7 +264,7 @@ async fn a_disabled_account_locks_out_its_tokens() {
     let a = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
     let (_, secret) = issue(&mut op, &a.id, "m", &["access-management"]).await;
-    let mut m = s.tokens_as(Bearer::new(&secret)).await;
+    let mut m = s.tokens_as(bearer(&secret)).await;
     m.list_tokens(pb::ListTokensRequest::default())
         .await
         .unwrap();
@@ -341,7 +341,7 @@ async fn deleting_or_disabling_a_credential_cuts_its_open_streams() {
     let mut op = s.tokens().await;
     for how in ["delete", "disable", "disable account"] {
         let (me, secret) = issue(&mut op, &a.id, "watcher", &["access-management"]).await;
-        let mut c = s.tokens_as(Bearer::new(&secret)).await;
+        let mut c = s.tokens_as(bearer(&secret)).await;
         let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
         match how {
             "delete" => {
@@ -393,7 +393,7 @@ async fn audit_and_events_name_the_calling_token() {
     let a = create_account(&s, ALL_MODULES).await;
     let mut op = s.tokens().await;
     let (manager, secret) = issue(&mut op, &a.id, "manager", &["access-management"]).await;
-    let mut m = s.tokens_as(Bearer::new(&secret)).await;
+    let mut m = s.tokens_as(bearer(&secret)).await;
     let mut events = watch(&mut op, pb::WatchTokensRequest::default()).await;
     let (t, _) = create_token(&mut m, &a.id, "made by manager").await;
     assert_eq!(t.audit.unwrap().created.unwrap().by, manager.id);
@@ -471,7 +471,7 @@ async fn a_supplied_operator_secret_is_used_instead() {
     let data = dir.path().join("data");
     let p = spawn_tokend(&data, &["--operator-token-file", file.to_str().unwrap()]).await;
     assert!(!data.join("operator.token").exists());
-    let mut c = tokens_at(&p.url(), Bearer::new(secret.expose())).await;
+    let mut c = tokens_at(&p.url(), bearer(secret.expose())).await;
     let me = get(&mut c, "TKN-4242-4242", false).await.unwrap();
     assert_eq!(me.name, "operator");
     drop(p);
@@ -629,7 +629,7 @@ async fn only_operators_grant_operator_rights_or_read_tombstones() {
     let ops = operations_account(&mut op).await;
     // A token manager inside the Operations account, without operator rights.
     let (me, secret) = issue(&mut op, &ops, "ops helper", &["access-management"]).await;
-    let mut helper = s.tokens_as(Bearer::new(&secret)).await;
+    let mut helper = s.tokens_as(bearer(&secret)).await;
     let escalate = vec![
         "access-management".into(),
         "platform-account-management".into(),
@@ -691,7 +691,7 @@ async fn losing_the_module_a_stream_needs_cuts_it() {
     )
     .await;
     let mut w = watch(
-        &mut s.tokens_as(Bearer::new(&secret)).await,
+        &mut s.tokens_as(bearer(&secret)).await,
         pb::WatchTokensRequest::default(),
     )
     .await;
@@ -734,7 +734,7 @@ async fn tokend_still_starts_after_its_bootstrap_operator_token_was_deleted() {
     delete(&mut op, &bootstrap).await.unwrap();
     drop((op, p));
     let p = spawn_tokend(dir.path(), &[]).await;
-    let mut replacement = tokens_at(&p.url(), Bearer::new(&secret)).await;
+    let mut replacement = tokens_at(&p.url(), bearer(&secret)).await;
     replacement
         .list_tokens(pb::ListTokensRequest::default())
         .await

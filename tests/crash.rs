@@ -248,7 +248,7 @@ impl Run {
         watchers: &[(i64, Vec<Heard>)],
         seed: u64,
     ) -> (JoinSet<()>, JoinSet<(usize, Vec<Heard>)>) {
-        let bearer = Bearer::new(&operator_secret(&p.dir));
+        let bearer = bearer(&operator_secret(&p.dir));
         let mut workers = JoinSet::new();
         for w in 0..WORKERS {
             workers.spawn(worker(

@@ -1,7 +1,6 @@
 //! deploy/ must agree with the binary: ports, probes, data paths, users.
 //! Parses every manifest and the Dockerfile; nothing here needs a cluster.
 
-use clap::Parser;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn read(path: &str) -> String {
@@ -34,13 +33,7 @@ fn port_of(addr: &str) -> i64 {
 
 /// The binary's own defaults, as `tokend serve` parses them.
 fn defaults() -> tokend::cli::ServeArgs {
-    match tokend::cli::Cli::try_parse_from(["tokend", "serve"])
-        .unwrap()
-        .command
-    {
-        tokend::cli::Command::Serve(args) => args,
-        _ => unreachable!(),
-    }
+    tokend::cli::ServeArgs::defaults()
 }
 
 #[test]

@@ -274,7 +274,7 @@ async fn malformed_and_oversize_requests_get_exact_statuses_and_change_nothing()
             "{raw:?}"
         );
     }
-    let mut c = s.tokens_as(Bearer::new(&bad_checksum)).await;
+    let mut c = s.tokens_as(bearer(&bad_checksum)).await;
     let e = c
         .list_tokens(pb::ListTokensRequest::default())
         .await

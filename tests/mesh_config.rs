@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Envoy's well-known filter names (the per-route config is keyed by them).
@@ -54,13 +53,7 @@ fn str_of<'a>(y: &'a Yaml, what: &str) -> &'a str {
 
 /// The binary's own defaults, as `tokend serve` parses them.
 fn defaults() -> tokend::cli::ServeArgs {
-    match tokend::cli::Cli::try_parse_from(["tokend", "serve"])
-        .unwrap()
-        .command
-    {
-        tokend::cli::Command::Serve(args) => args,
-        _ => unreachable!(),
-    }
+    tokend::cli::ServeArgs::defaults()
 }
 
 /// The tokend Service's name and its `grpc` port, from the Kubernetes manifest.

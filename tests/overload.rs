@@ -101,7 +101,7 @@ async fn two_thousand_streams_half_stalled() {
     let flags = ["--max-watchers", &cap, "--hub-capacity", "16"];
     let p = spawn_tokend(dir.path(), &flags).await;
     let url = p.url();
-    let bearer = Bearer::new(&operator_secret(&p.dir));
+    let bearer = bearer(&operator_secret(&p.dir));
     let account = new_account(&mut p.accounts().await, ALL_MODULES).await.id;
     let mut c = p.tokens().await;
     let rss_idle = p.rss_kib();

@@ -7,38 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tempfile::TempDir;
+pub use tokend::client::Bearer;
 use tokend::proto as pb;
 use tokend::proto::account_service_client::AccountServiceClient;
 use tokend::proto::token_service_client::TokenServiceClient;
 use tokend::server::{Config, Running, start};
-use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// Adds `authorization: Bearer <secret>` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
-
-impl Bearer {
-    pub fn new(secret: &str) -> Bearer {
-        Bearer(Some(
-            format!("Bearer {secret}").parse().expect("ASCII secret"),
-        ))
-    }
-
-    /// Sends no credential at all.
-    pub fn none() -> Bearer {
-        Bearer(None)
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            r.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(r)
-    }
+/// The crate's own client credential, for tests whose secrets are ASCII.
+pub fn bearer(secret: &str) -> Bearer {
+    Bearer::new(secret).expect("ASCII secret")
 }
 
 pub type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
@@ -96,7 +75,14 @@ impl TestServer {
 
     /// Starts on a data dir left by an earlier server (see [`TestServer::stop`]).
     pub async fn start_in(dir: TempDir) -> TestServer {
-        let mut s = Self::boot(dir.path(), std::sync::Arc::new(|_: &mut Config| {})).await;
+        Self::start_in_with(dir, |_| {}).await
+    }
+
+    pub async fn start_in_with(
+        dir: TempDir,
+        tweak: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> TestServer {
+        let mut s = Self::boot(dir.path(), std::sync::Arc::new(tweak)).await;
         s.dir = Some(dir);
         s
     }
@@ -161,7 +147,7 @@ impl TestServer {
     }
 
     pub fn operator(&self) -> Bearer {
-        Bearer::new(&operator_secret(&self.path))
+        bearer(&operator_secret(&self.path))
     }
 
     /// A TokenService client authenticated as the operator.
@@ -428,11 +414,11 @@ impl Process {
     }
 
     pub async fn tokens(&self) -> Tokens {
-        tokens_at(&self.url(), Bearer::new(&operator_secret(&self.dir))).await
+        tokens_at(&self.url(), bearer(&operator_secret(&self.dir))).await
     }
 
     pub async fn accounts(&self) -> Accounts {
-        accounts_at(&self.url(), Bearer::new(&operator_secret(&self.dir))).await
+        accounts_at(&self.url(), bearer(&operator_secret(&self.dir))).await
     }
 }
 

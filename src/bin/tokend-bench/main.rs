@@ -10,6 +10,7 @@
 //! noise falls on both. Built only with `--features bench` (etcd's client
 //! needs protoc to build).
 
+mod mesh;
 mod peers;
 mod report;
 mod scenarios;
@@ -32,9 +33,13 @@ struct Args {
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: std::path::PathBuf,
     /// Run only these scenarios (e.g. to profile one): fan-out, deletes,
-    /// lookups, catch-up, floors.
+    /// lookups, catch-up, mesh, floors.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Internal: be the TokenCache process of the mesh scenario, following
+    /// the tokend at this URL.
+    #[arg(long, hide = true)]
+    cache_probe: Option<String>,
 }
 
 impl Args {
@@ -52,6 +57,10 @@ struct Sizes {
     items: usize,
     lookup_clients: Vec<usize>,
     lookup_time: Duration,
+    /// Deletes timed until a cache in another process refuses them, and
+    /// how far apart.
+    cache_deletes: usize,
+    cache_pace: Duration,
     catch_up: i64,
     floor_time: Duration,
 }
@@ -70,6 +79,8 @@ impl Sizes {
             items: 100_000,
             lookup_clients: vec![1, 8, 32, 128],
             lookup_time: Duration::from_secs(3),
+            cache_deletes: 200,
+            cache_pace: Duration::from_millis(20),
             catch_up: 100_000,
             floor_time: Duration::from_secs(2),
         }
@@ -83,6 +94,8 @@ impl Sizes {
             items: 500,
             lookup_clients: vec![1, 4],
             lookup_time: Duration::from_millis(200),
+            cache_deletes: 5,
+            cache_pace: Duration::from_millis(20),
             catch_up: 400,
             floor_time: Duration::from_millis(200),
         }
@@ -92,6 +105,9 @@ impl Sizes {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(url) = args.cache_probe {
+        return mesh::cache_probe(url).await;
+    }
     let sizes = if args.smoke {
         Sizes::smoke()
     } else {
@@ -126,7 +142,16 @@ async fn main() {
         report.deletes(clients, &t, &e);
     }
 
-    if !(args.runs("lookups") || args.runs("catch-up")) {
+    if args.runs("mesh") {
+        eprintln!("7. mesh: delete answered -> cache in another process refuses");
+        let items = scenarios::seed(&tokend, sizes.cache_deletes, 8).await;
+        report.cache_refusal(
+            items.len(),
+            mesh::cache_refusal(&tokend, &items, sizes.cache_pace).await,
+        );
+    }
+
+    if !(args.runs("lookups") || args.runs("catch-up") || args.runs("mesh")) {
         return finish(&args, &report);
     }
     eprintln!("3. seeding {} items on each side", sizes.items);
@@ -139,6 +164,12 @@ async fn main() {
         let t = scenarios::lookups(&tokend, &t_items, clients, sizes.lookup_time).await;
         let e = scenarios::lookups(&etcd, &e_items, clients, sizes.lookup_time).await;
         report.lookups(clients, &t, &e);
+    }
+
+    for &clients in sizes.lookup_clients.iter().filter(|_| args.runs("mesh")) {
+        eprintln!("7. mesh: ext_authz Check, {clients} clients");
+        let t = mesh::checks(&tokend, &t_items, clients, sizes.lookup_time).await;
+        report.checks(clients, &t);
     }
 
     if args.runs("catch-up") {

@@ -20,10 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, DeleteOptions, EventType as EtcdEvent, GetOptions, WatchOptions};
+use tokend::client::Bearer;
 use tokend::proto as pb;
 use tokend::proto::account_service_client::AccountServiceClient;
 use tokend::proto::token_service_client::TokenServiceClient;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -135,25 +135,15 @@ fn sample(addr: SocketAddr, series: &str) -> f64 {
 
 // ---------------------------------------------------------------- tokend
 
-type Auth = MetadataValue<Ascii>;
-
-#[derive(Clone)]
-pub struct Bearer(Auth);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
-
 pub type TokenClient = TokenServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub struct Tokend {
     process: Process,
-    url: String,
+    pub url: String,
     metrics: SocketAddr,
-    auth: Auth,
+    auth: Bearer,
+    /// The operator secret, for clients that make their own connection.
+    pub credential: String,
     account: String,
     pub data_dir: PathBuf,
 }
@@ -181,14 +171,15 @@ impl Tokend {
             .unwrap_or_else(|e| panic!("{}: {e} (build it with --release)", bin.display()));
         wait_for_port(addr, &mut child, "tokend").await;
         let secret = std::fs::read_to_string(data_dir.join("operator.token")).unwrap();
-        let auth: Auth = format!("Bearer {}", secret.trim()).parse().unwrap();
+        let credential = secret.trim().to_string();
+        let auth = Bearer::new(&credential).expect("an ASCII secret");
         let url = format!("http://{addr}");
         let channel = Channel::from_shared(url.clone())
             .unwrap()
             .connect()
             .await
             .unwrap();
-        let mut accounts = AccountServiceClient::with_interceptor(channel, Bearer(auth.clone()));
+        let mut accounts = AccountServiceClient::with_interceptor(channel, auth.clone());
         let account = accounts
             .create_account(pb::CreateAccountRequest {
                 name: "Bench".into(),
@@ -204,9 +195,21 @@ impl Tokend {
             url,
             metrics,
             auth,
+            credential,
             account,
             data_dir,
         }
+    }
+}
+
+impl Tokend {
+    /// A connection of its own.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to tokend")
     }
 }
 
@@ -223,12 +226,7 @@ impl Peer for Tokend {
     }
 
     async fn connect(&self) -> TokenClient {
-        let channel = Channel::from_shared(self.url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to tokend");
-        TokenServiceClient::with_interceptor(channel, Bearer(self.auth.clone()))
+        TokenServiceClient::with_interceptor(self.channel().await, self.auth.clone())
     }
 
     async fn create(&self, c: &TokenClient, n: usize) -> Item {

@@ -15,6 +15,8 @@ pub struct Report {
     lookups: Vec<String>,
     catch_up: String,
     memory: String,
+    checks: Vec<String>,
+    cache_refusal: String,
     // What the targets are judged on, kept as measured; `targets` derives
     // the verdicts when the report is rendered.
     fan_out_1000: Option<f64>,
@@ -55,6 +57,8 @@ impl Report {
             lookups: Vec::new(),
             catch_up: String::new(),
             memory: String::new(),
+            checks: Vec::new(),
+            cache_refusal: String::new(),
             fan_out_1000: None,
             memory_ratio: None,
             deletes_32: None,
@@ -167,6 +171,23 @@ impl Report {
         let (bt, be) = &mut self.best_lookups;
         *bt = bt.max(t.per_second);
         *be = be.max(e.per_second);
+    }
+
+    pub fn checks(&mut self, clients: usize, t: &Throughput) {
+        self.checks.push(format!(
+            "| {clients} | {:.0} | {} | {} |",
+            t.per_second,
+            lat(&t.latency),
+            cpu(t)
+        ));
+    }
+
+    pub fn cache_refusal(&mut self, deletes: usize, l: Latency) {
+        self.cache_refusal = format!(
+            "From a delete's answer to a `TokenCache` in another process refusing the \
+             secret, over {deletes} deletes one at a time: {} ms (p50 / p99 / max).",
+            lat(&l)
+        );
     }
 
     pub fn catch_up(&mut self, behind: i64, t: std::time::Duration, e: std::time::Duration) {
@@ -287,6 +308,20 @@ impl Report {
             "\n## 6. Physical floors\n\n| floor | this run |\n|---|---|\n{}",
             self.floors
         );
+        if !self.checks.is_empty() || !self.cache_refusal.is_empty() {
+            let _ = writeln!(
+                w,
+                "\n## 7. In a mesh (tokend only)\n\nEnvoy's ext_authz `Check` from C \
+                 sidecar clients, each on its own connection, with random seeded secrets \
+                 (etcd has no counterpart). Latency in ms, p50 / p99 / max; CPU µs per \
+                 Check, server / load tool.\n\n\
+                 | C | checks/s | latency | CPU µs |\n|---|---|---|---|"
+            );
+            for row in &self.checks {
+                let _ = writeln!(w, "{row}");
+            }
+            let _ = writeln!(w, "\n{}", self.cache_refusal);
+        }
         if let Some(budget) = self.cpu_budget() {
             let _ = writeln!(w, "\n{budget}");
         }

@@ -3,6 +3,7 @@
 //! `hdrhistogram`s in microseconds.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
         let ms = |us: u64| us as f64 / 1000.0;
         Latency {
             p50: ms(h.value_at_quantile(0.5)),
@@ -31,7 +32,7 @@ impl Latency {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
 }
 
@@ -179,8 +180,7 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn start<P: Peer>(peer: &P) -> CpuMeter {
-        let server = peer.pid();
+    fn start(server: u32) -> CpuMeter {
         CpuMeter {
             server,
             start: (cpu_time(server), cpu_time(std::process::id())),
@@ -201,7 +201,7 @@ impl CpuMeter {
 pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throughput {
     let items = Arc::new(seed(peer, n, 32).await);
     let fsyncs = peer.fsyncs();
-    let cpu = CpuMeter::start(peer.as_ref());
+    let cpu = CpuMeter::start(peer.pid());
     let next = Arc::new(AtomicUsize::new(0));
     let mut conns = Vec::new();
     for _ in 0..clients {
@@ -240,6 +240,20 @@ pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throug
     }
 }
 
+/// One kind of call a closed-loop client makes about an item.
+pub trait Call: Send + 'static {
+    fn call(&self, item: &Item) -> impl Future<Output = ()> + Send;
+}
+
+/// A peer's own lookup: tokend `VerifyToken`, etcd `Get`.
+struct Lookup<P: Peer>(P::Conn);
+
+impl<P: Peer> Call for Lookup<P> {
+    fn call(&self, item: &Item) -> impl Future<Output = ()> + Send {
+        P::lookup(&self.0, item)
+    }
+}
+
 /// `clients` clients look up random items among `items` for `how_long`.
 pub async fn lookups<P: Peer>(
     peer: &Arc<P>,
@@ -247,15 +261,26 @@ pub async fn lookups<P: Peer>(
     clients: usize,
     how_long: Duration,
 ) -> Throughput {
-    let mut conns = Vec::new();
+    let mut callers = Vec::new();
     for _ in 0..clients {
-        conns.push(peer.connect().await);
+        callers.push(Lookup::<P>(peer.connect().await));
     }
-    let cpu = CpuMeter::start(peer.as_ref());
+    closed_loop(peer.pid(), callers, items, how_long).await
+}
+
+/// Each caller, on its own connection, calls about random items among
+/// `items`, one call at a time, for `how_long`; `server` is measured.
+pub async fn closed_loop<C: Call>(
+    server: u32,
+    callers: Vec<C>,
+    items: &Arc<Vec<Item>>,
+    how_long: Duration,
+) -> Throughput {
+    let cpu = CpuMeter::start(server);
     let end = Instant::now() + how_long;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for (k, c) in conns.into_iter().enumerate() {
+    for (k, c) in callers.into_iter().enumerate() {
         let items = items.clone();
         tasks.spawn(async move {
             let mut h = histogram();
@@ -264,7 +289,7 @@ pub async fn lookups<P: Peer>(
             while Instant::now() < end {
                 i = (i + 104_729) % items.len();
                 let at = Instant::now();
-                P::lookup(&c, &items[i]).await;
+                c.call(&items[i]).await;
                 h.record(micros(at.elapsed())).unwrap();
             }
             h
@@ -272,7 +297,7 @@ pub async fn lookups<P: Peer>(
     }
     let mut all = histogram();
     while let Some(h) = tasks.join_next().await {
-        all.add(h.expect("reader")).unwrap();
+        all.add(h.expect("caller")).unwrap();
     }
     let (cpu_us, load_cpu_us) = cpu.per_op(all.len() as usize);
     Throughput {

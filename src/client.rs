@@ -1,0 +1,447 @@
+//! Client side: [`TokenCache`], a verifier that lives in the caller's process.
+//!
+//! Owns a copy of the tokens one credential may see, kept current by a
+//! `WatchTokens` stream: it lists them (the stream's `send_initial` snapshot,
+//! which, unlike `ListTokens`, comes with the revision it reflects), then
+//! follows every change. A gateway verifies each request's secret against
+//! that copy in memory: the first time it meets a secret it asks the server
+//! (`VerifyToken`; the cache never sees secret hashes otherwise), then it
+//! answers locally, applying deletions and disables as they stream in.
+//!
+//! On a broken stream it reconnects and resumes from the revision after the
+//! last one it heard, so it misses nothing; when the server has compacted
+//! that far (`REVISION_COMPACTED`), it lists again. While disconnected it
+//! keeps answering for at most `max_staleness`, then refuses (fails closed):
+//! a cache that cannot hear deletions must not vouch for a token.
+//!
+//! It must never keep or log a plain secret (only SHA-256 hashes of those
+//! the server confirmed), nor answer `Valid` for a token whose deletion it
+//! has heard.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::proto::{self as pb, EventType, token_service_client::TokenServiceClient};
+use crate::secret::{self, SecretHash};
+
+/// Sends `authorization: Bearer <secret>` on every call. Its Debug output
+/// never shows the secret.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// `None` when the secret cannot be a header value (not printable ASCII).
+    pub fn new(secret: &str) -> Option<Bearer> {
+        let mut v: MetadataValue<Ascii> = format!("Bearer {secret}").parse().ok()?;
+        v.set_sensitive(true);
+        Some(Bearer(Some(v)))
+    }
+
+    /// Sends nothing: for calls that need no credential.
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(..)")
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// The account to follow; empty: every account the credential may see.
+    pub account_id: String,
+    /// How long the cache keeps answering after its stream broke.
+    pub max_staleness: Duration,
+    /// Wait between reconnection attempts.
+    pub retry: Duration,
+    /// A confirmed secret is confirmed with the server again after this
+    /// long. Deletions and token disables reach the cache on the stream at
+    /// once; an account's disable has no token event, and takes this long.
+    pub revalidate_after: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            account_id: String::new(),
+            max_staleness: Duration::from_secs(30),
+            retry: Duration::from_millis(500),
+            revalidate_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a secret is worth, as the cache (or, on first sight, the server)
+/// decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Valid {
+        token_id: String,
+        account_id: String,
+        modules: Vec<String>,
+    },
+    Malformed,
+    NotFound,
+    Disabled,
+    AccountDisabled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Fail closed: disconnected for longer than `max_staleness`.
+    #[error("token cache stale: disconnected for {0:?}")]
+    Stale(Duration),
+    /// The server could not be asked about a secret the cache has not met.
+    #[error("verifying with the server: {0}")]
+    Server(Status),
+}
+
+/// How the cache has been kept current, for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Verifications the server answered (secrets met for the first time,
+    /// or due for revalidation).
+    pub server_verifications: u64,
+    /// Reconnections that resumed from the last revision heard.
+    pub resumes: u64,
+    /// Full listings after the first (the resume point was compacted).
+    pub resyncs: u64,
+}
+
+/// A token as the cache needs it.
+struct Entry {
+    account_id: String,
+    status: i32,
+    modules: Vec<String>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// Every token the stream has told of; deleted ones stay as tombstones
+    /// (ids are never reused), so a deleted secret is refused locally.
+    tokens: HashMap<String, Entry>,
+    /// Hashes of secrets the server confirmed, to the token they belong to.
+    secrets: HashMap<SecretHash, (String, Instant)>,
+}
+
+struct Shared {
+    known: RwLock<Known>,
+    /// The last revision heard; `None` until the first listing completed.
+    revision: watch::Sender<Option<i64>>,
+    /// Since when the stream is down; `None` while connected.
+    down_since: Mutex<Option<Instant>>,
+    server_verifications: AtomicU64,
+    resumes: AtomicU64,
+    resyncs: AtomicU64,
+}
+
+/// A token verifier kept current by a watch stream. Cheap to clone; the
+/// stream stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct TokenCache {
+    shared: Arc<Shared>,
+    client: Tokens,
+    config: Arc<CacheConfig>,
+    _follower: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl TokenCache {
+    /// Lists the tokens `credential` may see and starts following changes.
+    /// Returns once the listing is complete, or the server's refusal (a bad
+    /// credential, an account it may not watch) if the first attempt failed.
+    pub async fn connect(
+        channel: Channel,
+        credential: &str,
+        config: CacheConfig,
+    ) -> Result<TokenCache, Status> {
+        let bearer = Bearer::new(credential)
+            .ok_or_else(|| Status::invalid_argument("the credential is not printable ASCII"))?;
+        let client = TokenServiceClient::with_interceptor(channel, bearer);
+        let shared = Arc::new(Shared {
+            known: RwLock::new(Known::default()),
+            revision: watch::channel(None).0,
+            down_since: Mutex::new(None),
+            server_verifications: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+        });
+        let config = Arc::new(config);
+        // The first listing happens here, so that its errors reach the caller.
+        let stream = open(&mut client.clone(), &config, None).await?;
+        let follower = tokio::spawn(follow(
+            shared.clone(),
+            client.clone(),
+            config.clone(),
+            stream,
+        ));
+        let guard = AbortOnDrop(follower);
+        let mut revision = shared.revision.subscribe();
+        revision
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Status::unavailable("the watch stream ended before the listing"))?;
+        Ok(TokenCache {
+            shared,
+            client,
+            config,
+            _follower: Arc::new(guard),
+        })
+    }
+
+    /// Verifies a secret: in memory for secrets met before, by the server
+    /// for new ones. Fails closed once disconnected past `max_staleness`.
+    pub async fn verify(&self, plain: &str) -> Result<Verdict, CacheError> {
+        if let Some(since) = *self.shared.down_since.lock().expect("cache lock") {
+            let down = since.elapsed();
+            if down > self.config.max_staleness {
+                return Err(CacheError::Stale(down));
+            }
+        }
+        if secret::parse(plain).is_err() {
+            return Ok(Verdict::Malformed);
+        }
+        let hash = secret::hash(plain);
+        if let Some(verdict) = self.local(&hash) {
+            return Ok(verdict);
+        }
+        self.shared
+            .server_verifications
+            .fetch_add(1, Ordering::Relaxed);
+        let r = self
+            .client
+            .clone()
+            .verify_token(pb::VerifyTokenRequest {
+                secret: plain.to_string(),
+            })
+            .await
+            .map_err(CacheError::Server)?
+            .into_inner();
+        let result = pb::VerifyResult::try_from(r.result).unwrap_or_default();
+        // Remember the secret when the decision rests on the token alone,
+        // which the stream keeps current; an account's status it does not.
+        if let (pb::VerifyResult::Valid | pb::VerifyResult::Disabled, Some(t)) = (result, &r.token)
+        {
+            let mut known = self.shared.known.write().expect("cache lock");
+            known.secrets.insert(hash, (t.id.clone(), Instant::now()));
+        }
+        Ok(match (result, r.token) {
+            (pb::VerifyResult::Valid, Some(t)) => Verdict::Valid {
+                token_id: t.id,
+                account_id: t.account_id,
+                modules: t.modules,
+            },
+            (pb::VerifyResult::Disabled, _) => Verdict::Disabled,
+            (pb::VerifyResult::AccountDisabled, _) => Verdict::AccountDisabled,
+            (pb::VerifyResult::Malformed, _) => Verdict::Malformed,
+            _ => Verdict::NotFound,
+        })
+    }
+
+    /// The answer from memory, if the cache knows this secret's token.
+    fn local(&self, hash: &SecretHash) -> Option<Verdict> {
+        let known = self.shared.known.read().expect("cache lock");
+        let (id, confirmed) = known.secrets.get(hash)?;
+        if confirmed.elapsed() > self.config.revalidate_after {
+            return None;
+        }
+        // Confirmed by the server but not yet heard on the stream (a token
+        // created a moment ago): ask again rather than guess.
+        let entry = known.tokens.get(id)?;
+        Some(match pb::TokenStatus::try_from(entry.status) {
+            Ok(pb::TokenStatus::Active) => Verdict::Valid {
+                token_id: id.clone(),
+                account_id: entry.account_id.clone(),
+                modules: entry.modules.clone(),
+            },
+            Ok(pb::TokenStatus::Disabled) => Verdict::Disabled,
+            _ => Verdict::NotFound,
+        })
+    }
+
+    /// The last revision the cache has applied.
+    pub fn revision(&self) -> i64 {
+        self.shared.revision.borrow().unwrap_or(0)
+    }
+
+    /// Waits until the cache has applied `revision` (e.g. a delete's): from
+    /// then on its answers include that change.
+    pub async fn caught_up(&self, revision: i64) {
+        let mut rx = self.shared.revision.subscribe();
+        // The sender lives in `shared`, which `self` holds: never closed.
+        let _ = rx.wait_for(|r| r.is_some_and(|r| r >= revision)).await;
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            server_verifications: self.shared.server_verifications.load(Ordering::Relaxed),
+            resumes: self.shared.resumes.load(Ordering::Relaxed),
+            resyncs: self.shared.resyncs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type Events = tonic::Streaming<pb::TokenEvent>;
+
+/// Opens the stream: resuming after `after`, or listing first when `None`.
+async fn open(
+    client: &mut Tokens,
+    config: &CacheConfig,
+    after: Option<i64>,
+) -> Result<Events, Status> {
+    let request = pb::WatchTokensRequest {
+        account_id: config.account_id.clone(),
+        start_revision: after.map_or(0, |r| r + 1),
+        send_initial: after.is_none(),
+        types: Vec::new(),
+    };
+    Ok(client.watch_tokens(request).await?.into_inner())
+}
+
+fn compacted(status: &Status) -> bool {
+    status.code() == Code::OutOfRange
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == "REVISION_COMPACTED")
+}
+
+impl Shared {
+    fn mark_up(&self) {
+        *self.down_since.lock().expect("cache lock") = None;
+    }
+
+    fn mark_down(&self) {
+        self.down_since
+            .lock()
+            .expect("cache lock")
+            .get_or_insert_with(Instant::now);
+    }
+}
+
+/// Applies the stream, and reconnects it, for as long as the cache lives.
+async fn follow(shared: Arc<Shared>, mut client: Tokens, config: Arc<CacheConfig>, first: Events) {
+    let mut next = Some(first);
+    loop {
+        if let Some(events) = next.take() {
+            let ended = apply(&shared, events).await;
+            shared.mark_down();
+            tracing::debug!(?ended, "token cache: stream ended");
+            if let Err(status) = &ended
+                && compacted(status)
+            {
+                // Fell behind the server's retention: list again, at once.
+                next = relist(&shared, &mut client, &config).await;
+                continue;
+            }
+        }
+        tokio::time::sleep(config.retry).await;
+        let after = *shared.revision.borrow();
+        next = match open(&mut client, &config, after).await {
+            Ok(events) => {
+                // Resumed: the server replays what was missed, in order,
+                // before anything newer.
+                shared.resumes.fetch_add(1, Ordering::Relaxed);
+                shared.mark_up();
+                Some(events)
+            }
+            Err(status) if compacted(&status) => relist(&shared, &mut client, &config).await,
+            Err(status) => {
+                tracing::debug!(%status, "token cache: reconnect failed");
+                None
+            }
+        };
+    }
+}
+
+/// Lists again. The cache counts as connected only once the listing is
+/// complete: until then deletions made while it was away are not known.
+async fn relist(shared: &Shared, client: &mut Tokens, config: &CacheConfig) -> Option<Events> {
+    shared.resyncs.fetch_add(1, Ordering::Relaxed);
+    open(client, config, None).await.ok()
+}
+
+/// Applies one stream's events until it ends. A listing (SNAPSHOT events,
+/// then SYNCED) is collected apart and swapped in whole at SYNCED, so that
+/// answers never come from half a listing.
+async fn apply(shared: &Shared, mut events: Events) -> Result<(), Status> {
+    let mut listing: Option<HashMap<String, Entry>> = None;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let kind = EventType::try_from(event.r#type).unwrap_or_default();
+        match (kind, event.token) {
+            (EventType::Snapshot, Some(t)) => {
+                listing
+                    .get_or_insert_with(HashMap::new)
+                    .insert(t.id.clone(), entry(t));
+            }
+            (EventType::Synced, _) => {
+                let fresh = listing.take().unwrap_or_default();
+                let mut known = shared.known.write().expect("cache lock");
+                // Tokens known before and not listed now were deleted while
+                // the cache could not hear: they stay as tombstones, so that
+                // their secrets are refused locally.
+                for (id, old) in known.tokens.iter_mut() {
+                    if !fresh.contains_key(id) {
+                        old.status = pb::TokenStatus::Deleted as i32;
+                    }
+                }
+                known.tokens.extend(fresh);
+                drop(known);
+                shared.mark_up();
+            }
+            (_, Some(t)) => {
+                let mut known = shared.known.write().expect("cache lock");
+                known.tokens.insert(t.id.clone(), entry(t));
+            }
+            // PROGRESS: nothing changed up to its revision.
+            (_, None) => {}
+        }
+        // SNAPSHOT events carry the listing's revision, which counts only
+        // once the listing is complete (SYNCED).
+        if kind != EventType::Snapshot {
+            shared.revision.send_modify(|r| {
+                *r = Some(r.map_or(event.revision, |r| r.max(event.revision)));
+            });
+        }
+    }
+    Err(Status::unavailable("the watch stream ended"))
+}
+
+fn entry(t: pb::Token) -> Entry {
+    Entry {
+        account_id: t.account_id,
+        status: t.status,
+        modules: t.modules,
+    }
+}
