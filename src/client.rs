@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -166,15 +167,7 @@ pub struct TokenCache {
     shared: Arc<Shared>,
     client: Tokens,
     config: Arc<CacheConfig>,
-    _follower: Arc<AbortOnDrop>,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _follower: Arc<AbortOnDropHandle<()>>,
 }
 
 impl TokenCache {
@@ -206,7 +199,7 @@ impl TokenCache {
             config.clone(),
             stream,
         ));
-        let guard = AbortOnDrop(follower);
+        let guard = AbortOnDropHandle::new(follower);
         let mut revision = shared.revision.subscribe();
         revision
             .wait_for(Option::is_some)

@@ -22,17 +22,13 @@ pub struct Report {
     fan_out_1000: Option<f64>,
     /// (ratio, at how many streams): from the largest fan-out.
     memory_ratio: Option<(f64, usize)>,
-    /// (deletes/s ratio, tokend deletes per fsync) at 32 clients.
-    deletes_32: Option<(f64, f64)>,
+    /// (tokend, etcd) deletes at 32 clients.
+    deletes_32: Option<(Throughput, Throughput)>,
+    /// tokend's verifies at 32 clients: the CPU of its cheapest call.
+    verify_32: Option<Throughput>,
     /// Each side's best lookups/s over all client counts.
     best_lookups: (f64, f64),
-    /// (etcd deletes/s, tokend's delete, tokend's verify) at 32 clients:
-    /// what the CPU budget is worked out from.
-    cpu_32: (Option<(f64, Cpu)>, Option<Cpu>),
 }
-
-/// CPU µs per operation: (server, load tool).
-type Cpu = (f64, f64);
 
 fn cpu(t: &Throughput) -> String {
     format!("{:.0} / {:.0}", t.cpu_us, t.load_cpu_us)
@@ -63,7 +59,7 @@ impl Report {
             memory_ratio: None,
             deletes_32: None,
             best_lookups: (0.0, 0.0),
-            cpu_32: (None, None),
+            verify_32: None,
         }
     }
 
@@ -84,7 +80,9 @@ impl Report {
                 r <= 0.25,
             ));
         }
-        if let Some((r, per_fsync)) = self.deletes_32 {
+        if let Some((t, e)) = &self.deletes_32 {
+            let r = ratio(t.per_second, e.per_second);
+            let per_fsync = t.per_fsync.unwrap_or(0.0);
             out.push((
                 "durable deletes/s at 32 clients ≥ 2× etcd's",
                 format!("{r:.2}×"),
@@ -149,8 +147,7 @@ impl Report {
             cpu(e)
         ));
         if clients == 32 {
-            self.deletes_32 = Some((r, tf));
-            self.cpu_32.0 = Some((e.per_second, (t.cpu_us, t.load_cpu_us)));
+            self.deletes_32 = Some((*t, *e));
         }
     }
 
@@ -166,7 +163,7 @@ impl Report {
             cpu(e)
         ));
         if clients == 32 {
-            self.cpu_32.1 = Some((t.cpu_us, t.load_cpu_us));
+            self.verify_32 = Some(*t);
         }
         let (bt, be) = &mut self.best_lookups;
         *bt = bt.max(t.per_second);
@@ -332,8 +329,10 @@ impl Report {
     /// this machine's cores, against what this run spent: the load tool
     /// shares the cores, so its cycles count against the budget too.
     fn cpu_budget(&self) -> Option<String> {
-        let ((etcd_rate, (delete_server, delete_load)), (verify_server, verify_load)) =
-            (self.cpu_32.0?, self.cpu_32.1?);
+        let ((delete, etcd), verify) = (self.deletes_32?, self.verify_32?);
+        let etcd_rate = etcd.per_second;
+        let (delete_server, delete_load) = (delete.cpu_us, delete.load_cpu_us);
+        let (verify_server, verify_load) = (verify.cpu_us, verify.load_cpu_us);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let budget = cores * 1e6 / (2.0 * etcd_rate);
         Some(format!(

@@ -162,6 +162,7 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
+#[derive(Clone, Copy)]
 pub struct Throughput {
     pub per_second: f64,
     pub latency: Latency,
