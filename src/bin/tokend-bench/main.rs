@@ -10,6 +10,7 @@
 //! noise falls on both. Built only with `--features bench` (etcd's client
 //! needs protoc to build).
 
+mod floor;
 mod mesh;
 mod peers;
 mod report;
@@ -40,6 +41,9 @@ struct Args {
     /// the tokend at this URL.
     #[arg(long, hide = true)]
     cache_probe: Option<String>,
+    /// Internal: be the floor server (floor.rs).
+    #[arg(long, hide = true, num_args = 3, value_names = ["LISTEN", "METRICS", "DIR"])]
+    floor_server: Vec<String>,
 }
 
 impl Args {
@@ -110,6 +114,10 @@ async fn main() {
     if let Some(url) = args.cache_probe {
         return mesh::cache_probe(url).await;
     }
+    if let [listen, metrics, dir] = &args.floor_server[..] {
+        let addr = |a: &str| a.parse().expect("a socket address");
+        return floor::serve(addr(listen), addr(metrics), dir.as_ref()).await;
+    }
     let sizes = if args.smoke {
         Sizes::smoke()
     } else {
@@ -118,9 +126,13 @@ async fn main() {
     let root = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
     let mut report = Report::new(args.smoke, Etcd::version());
 
-    eprintln!("starting tokend and etcd in {}", root.path().display());
+    eprintln!(
+        "starting tokend, etcd and the floor in {}",
+        root.path().display()
+    );
     let tokend = Arc::new(Tokend::start(root.path()).await);
     let etcd = Arc::new(Etcd::start(root.path()).await);
+    let floor = Arc::new(Tokend::start_floor(root.path()).await);
 
     if args.runs("floors") {
         eprintln!("6. floors");
@@ -134,14 +146,16 @@ async fn main() {
         eprintln!("1. fan-out: {watchers} watchers, {deletes} deletes at {rate}/s");
         let t = scenarios::fan_out(&tokend, watchers, deletes, rate).await;
         let e = scenarios::fan_out(&etcd, watchers, deletes, rate).await;
-        report.fan_out(watchers, rate, &t, &e);
+        let f = scenarios::fan_out(&floor, watchers, deletes, rate).await;
+        report.fan_out(watchers, rate, &t, &e, &f);
     }
 
     for &clients in sizes.delete_clients.iter().filter(|_| args.runs("deletes")) {
         eprintln!("2. durable deletes: {clients} clients");
         let t = scenarios::deletes(&tokend, clients, sizes.deletes_per_run).await;
         let e = scenarios::deletes(&etcd, clients, sizes.deletes_per_run).await;
-        report.deletes(clients, &t, &e);
+        let f = scenarios::deletes(&floor, clients, sizes.deletes_per_run).await;
+        report.deletes(clients, &t, &e, &f);
     }
 
     if args.runs("mesh") {

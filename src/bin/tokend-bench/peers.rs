@@ -1,7 +1,8 @@
-//! The two systems under test, as real server processes on loopback with
-//! their data on the same disk, behind one interface that does the same work
-//! on each: tokend stores tokens and is driven through its own gRPC API; etcd
-//! stores keys under a prefix and is driven through its v3 API.
+//! The systems under test, as real server processes on loopback with their
+//! data on the same disk, behind one interface that does the same work on
+//! each: tokend stores tokens and is driven through its own gRPC API; etcd
+//! stores keys under a prefix and is driven through its v3 API; the floor
+//! (`floor.rs`) speaks tokend's API and is driven by tokend's client.
 //!
 //! | work            | tokend                      | etcd                        |
 //! |-----------------|-----------------------------|-----------------------------|
@@ -203,6 +204,31 @@ impl Tokend {
 }
 
 impl Tokend {
+    /// Starts the floor (`floor.rs`): this binary as a bare `TokenService`
+    /// server, driven through the same client as tokend.
+    pub async fn start_floor(root: &Path) -> Tokend {
+        let data_dir = root.join("floor");
+        let (addr, metrics) = (free_addr(), free_addr());
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("--floor-server")
+            .args([addr.to_string(), metrics.to_string()])
+            .arg(&data_dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the floor server");
+        wait_for_port(addr, &mut child, "the floor").await;
+        Tokend {
+            process: Process(child),
+            url: format!("http://{addr}"),
+            metrics,
+            // Sent and ignored: the floor does not authenticate.
+            auth: Bearer::new("floor").expect("an ASCII secret"),
+            credential: String::new(),
+            account: "ACC-floor".into(),
+            data_dir,
+        }
+    }
+
     /// A connection of its own.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.url.clone())

@@ -1,0 +1,244 @@
+//! The floor peer: the least a durable, watched delete can cost on tokend's
+//! own stack, measured beside tokend and etcd in the same run.
+//!
+//! A third server process (this binary, started with `--floor-server`) that
+//! speaks tokend's `TokenService` over the same tonic + prost + HTTP/2 stack,
+//! so the load tool drives it with exactly the client code it uses for
+//! tokend. It keeps tokend's write pipeline and nothing else: deletes go to
+//! one writer thread that takes every queued delete, appends them as one
+//! write, `fdatasync`s once for the batch, then answers and broadcasts the
+//! events to every `WatchTokens` stream. No authentication, no planning
+//! against state, no database, no retained log, no per-call metrics or
+//! logging. What tokend spends beyond this is its own; what this spends, any
+//! tonic service that answers "deleted" only once it is on disk must spend.
+//!
+//! It is a measuring instrument, not a store: tokens live in memory (creating
+//! them is not durable; only deletes are measured), and a watch stream that
+//! lags simply ends.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use prost::Message;
+use tokend::proto as pb;
+use tokend::proto::token_service_server::{TokenService, TokenServiceServer};
+use tokend::telemetry;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status};
+
+/// Most deletes one fdatasync covers, as in tokend's store.
+const MAX_BATCH: usize = 1024;
+
+struct Delete {
+    token: pb::Token,
+    reply: oneshot::Sender<i64>,
+}
+
+struct Floor {
+    tokens: Mutex<HashMap<String, pb::Token>>,
+    next_id: AtomicU64,
+    writer: mpsc::Sender<Delete>,
+    events: broadcast::Sender<Arc<pb::TokenEvent>>,
+}
+
+/// Serves the floor on `listen` with its fsync counter on `metrics` (the
+/// same series name as tokend's) and its log in `dir`, until killed.
+pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
+    telemetry::install_prometheus(metrics).expect("floor metrics");
+    std::fs::create_dir_all(dir).expect("floor data dir");
+    let log = File::create(dir.join("floor.log")).expect("floor log");
+    let (writer, deletes) = mpsc::channel(4 * MAX_BATCH);
+    let events = broadcast::channel(1024).0;
+    let announce = events.clone();
+    std::thread::Builder::new()
+        .name("floor-writer".into())
+        .spawn(move || write_loop(log, deletes, announce))
+        .expect("floor writer");
+    let floor = Floor {
+        tokens: Mutex::default(),
+        next_id: AtomicU64::new(1),
+        writer,
+        events,
+    };
+    tonic::transport::Server::builder()
+        // As tokend's listener: without it a two-segment answer waits for a
+        // delayed ACK.
+        .tcp_nodelay(true)
+        .add_service(TokenServiceServer::new(floor))
+        .serve(listen)
+        .await
+        .expect("floor server");
+}
+
+/// tokend's group commit, minus the state and the database: one append and
+/// one fdatasync for everything queued, then the answers, then the events.
+fn write_loop(
+    mut log: File,
+    mut deletes: mpsc::Receiver<Delete>,
+    events: broadcast::Sender<Arc<pb::TokenEvent>>,
+) {
+    let mut revision = 0i64;
+    let mut buf = Vec::new();
+    while let Some(first) = deletes.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match deletes.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        let mut announced = Vec::with_capacity(batch.len());
+        for d in &batch {
+            revision += 1;
+            let event = pb::TokenEvent {
+                revision,
+                r#type: pb::EventType::Deleted as i32,
+                token: Some(d.token.clone()),
+                time: Some(SystemTime::now().into()),
+                actor: "floor".into(),
+            };
+            event
+                .encode_length_delimited(&mut buf)
+                .expect("a Vec grows");
+            announced.push(Arc::new(event));
+        }
+        let started = Instant::now();
+        log.write_all(&buf).expect("floor log write");
+        log.sync_data().expect("floor log fdatasync");
+        metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+        for (d, event) in batch.into_iter().zip(announced) {
+            let _ = d.reply.send(event.revision);
+            let _ = events.send(event);
+        }
+    }
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + Send>>;
+
+fn not_here<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(
+        "the floor serves create, delete and watch",
+    ))
+}
+
+#[tonic::async_trait]
+impl TokenService for Floor {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let r = request.into_inner();
+        let id = format!("TKN-{:013}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let token = pb::Token {
+            id: id.clone(),
+            account_id: r.account_id,
+            name: r.name,
+            description: r.description,
+            modules: r.modules,
+            status: pb::TokenStatus::Active as i32,
+            etag: "1".into(),
+            ..Default::default()
+        };
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .insert(id.clone(), token.clone());
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token),
+            secret: id,
+        }))
+    }
+
+    async fn delete_token(
+        &self,
+        request: Request<pb::DeleteTokenRequest>,
+    ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let id = request.into_inner().id;
+        let mut token = self
+            .tokens
+            .lock()
+            .expect("tokens")
+            .remove(&id)
+            .ok_or_else(|| Status::not_found(id))?;
+        token.status = pb::TokenStatus::Deleted as i32;
+        let (reply, revision) = oneshot::channel();
+        let delete = Delete {
+            token: token.clone(),
+            reply,
+        };
+        self.writer
+            .send(delete)
+            .await
+            .map_err(|_| Status::unavailable("floor writer gone"))?;
+        let revision = revision
+            .await
+            .map_err(|_| Status::unavailable("floor writer gone"))?;
+        Ok(Response::new(pb::DeleteTokenResponse {
+            token: Some(token),
+            revision,
+        }))
+    }
+
+    type WatchTokensStream = EventStream;
+
+    async fn watch_tokens(
+        &self,
+        _: Request<pb::WatchTokensRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let events = BroadcastStream::new(self.events.subscribe()).map(|e| match e {
+            Ok(event) => Ok(pb::TokenEvent::clone(&event)),
+            Err(lagged) => Err(Status::out_of_range(lagged.to_string())),
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn get_token(
+        &self,
+        _: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        not_here()
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        not_here()
+    }
+
+    async fn update_token(
+        &self,
+        _: Request<pb::UpdateTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        not_here()
+    }
+
+    async fn enable_token(
+        &self,
+        _: Request<pb::EnableTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        not_here()
+    }
+
+    async fn disable_token(
+        &self,
+        _: Request<pb::DisableTokenRequest>,
+    ) -> Result<Response<pb::Token>, Status> {
+        not_here()
+    }
+
+    async fn verify_token(
+        &self,
+        _: Request<pb::VerifyTokenRequest>,
+    ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
+        not_here()
+    }
+}
