@@ -163,7 +163,8 @@ impl Authenticator {
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = authenticate(&self.store.state(), request.metadata())?;
+        let state = self.store.verifying_state()?;
+        let caller = authenticate(&state, request.metadata())?;
         self.store
             .record_access(&caller.token.id, SystemTime::now());
         if let Some(slot) = request.extensions().get::<crate::telemetry::CallerSlot>() {
@@ -230,6 +231,8 @@ pub async fn bootstrap(
     data_dir: &Path,
     supplied: Option<&Path>,
 ) -> Result<Option<PathBuf>, Error> {
+    // Replicas sharing a database take turns, each seeing the others' work.
+    let _turn = store.bootstrap_lock().await?;
     let default_path = data_dir.join(OPERATOR_TOKEN_FILE);
     let path = match supplied {
         Some(p) => p.to_path_buf(),

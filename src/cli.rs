@@ -265,6 +265,11 @@ pub struct ServeArgs {
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "TOKEND_DATA_DIR", default_value = "./tokend-data")]
     pub data_dir: PathBuf,
+    /// Where records live: `sled` (embedded, in --data-dir; one replica) or
+    /// `etcd://host:port[,host:port…][/prefix]` (shared by any number of
+    /// replicas; --data-dir then only holds operator.token).
+    #[arg(long, env = "TOKEND_STORE", default_value = "sled")]
+    pub store: crate::store::Backend,
     /// Events kept for `start_revision` replays; older ones are compacted.
     #[arg(long, env = "TOKEND_RETENTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention: u64,
@@ -339,6 +344,7 @@ impl ServeArgs {
 
     pub fn config(&self) -> Config {
         Config {
+            store: self.store.clone(),
             retention: self.retention,
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,

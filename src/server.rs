@@ -28,7 +28,7 @@ use crate::error::Error;
 use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::{Authz, AuthzConfig, Service};
-use crate::store::{SledConfig, SledStore, Store};
+use crate::store::{Backend, SledConfig, SledStore, Store};
 use crate::telemetry::RpcLog;
 use crate::watch::{Hub, WatchConfig, Watchers};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -36,7 +36,9 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The sled store's directory; with etcd, only `operator.token`'s.
     pub data_dir: PathBuf,
+    pub store: Backend,
     /// Events kept in the log for `start_revision` replays.
     pub retention: u64,
     pub max_watchers: usize,
@@ -78,6 +80,7 @@ impl Config {
         Config {
             listen,
             data_dir,
+            store: Backend::Sled,
             retention: 100_000,
             max_watchers: 10_000,
             progress_interval: Duration::from_secs(15),
@@ -151,6 +154,41 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+async fn open_store(config: &Config, hub: &Hub) -> Result<Arc<dyn Store>, Error> {
+    match &config.store {
+        Backend::Sled => Ok(Arc::new(SledStore::open(
+            SledConfig {
+                data_dir: config.data_dir.clone(),
+                retention: config.retention,
+                access_interval: config.access_interval,
+            },
+            hub.clone(),
+        )?)),
+        #[cfg(feature = "etcd")]
+        Backend::Etcd { endpoints, prefix } => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                Error::invalid(
+                    "data-dir",
+                    format!("cannot create {}: {e}", config.data_dir.display()),
+                )
+            })?;
+            let etcd = crate::store::EtcdConfig {
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+                access_interval: config.access_interval,
+            };
+            Ok(Arc::new(
+                crate::store::EtcdStore::open(etcd, hub.clone()).await?,
+            ))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Backend::Etcd { .. } => Err(Error::invalid(
+            "store",
+            "this tokend was built without the etcd backend (cargo feature `etcd`)",
+        )),
+    }
+}
+
 /// Binds, opens the store and starts serving in a background task.
 pub async fn start(config: Config) -> Result<Running, Error> {
     install_crypto_provider();
@@ -158,14 +196,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         crate::telemetry::install_prometheus(addr)?;
     }
     let hub = Hub::new(config.hub_capacity);
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(
-        SledConfig {
-            data_dir: config.data_dir.clone(),
-            retention: config.retention,
-            access_interval: config.access_interval,
-        },
-        hub.clone(),
-    )?);
+    let store = open_store(&config, &hub).await?;
     let shutdown = CancellationToken::new();
     let watchers = Watchers::new(
         store.clone(),

@@ -1,6 +1,11 @@
 //! Watch streams: every committed change, delivered in revision order with no
 //! gaps and no duplicates, to any number of subscribers.
 //!
+//! Revisions increase but need not be consecutive: a backend whose revisions
+//! are its database's (etcd) spends some on writes that are not events. So
+//! "no gap" is judged by each published event naming the revision of the one
+//! before it, never by `revision == next`.
+//!
 //! Owns the [`Hub`] (the live fan-out of durable events) and one follower
 //! per stream: a stream of notices that the gRPC response polls itself, with
 //! no task and no queue of its own. A follower remembers `next`, the next
@@ -40,7 +45,16 @@ use crate::telemetry;
 /// is durable and the state that includes it is visible, in revision order.
 #[derive(Clone)]
 pub struct Hub {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Published>,
+}
+
+/// An event as the hub carries it: with the revision of the event published
+/// before it, so a follower knows whether anything lies between the last
+/// event it sent and this one.
+#[derive(Clone)]
+pub struct Published {
+    pub after: Revision,
+    pub event: Arc<Event>,
 }
 
 impl Hub {
@@ -52,13 +66,15 @@ impl Hub {
         }
     }
 
-    pub fn publish(&self, event: Arc<Event>) {
+    /// Publishes `event`, whose predecessor in the store's history is at
+    /// revision `after` (0: none). Called by one publisher, in order.
+    pub fn publish(&self, after: Revision, event: Arc<Event>) {
         metrics::counter!(telemetry::EVENTS_PUBLISHED).increment(1);
         // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Published { after, event });
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.tx.subscribe()
     }
 }
@@ -268,13 +284,13 @@ struct Follower {
     /// Changes up to here happened before the stream opened: replaying an
     /// old revocation of the credential must not end the stream.
     history_until: Revision,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Published>,
     progress_interval: Duration,
 }
 
 /// What woke a caught-up follower.
 enum Woken {
-    Live(Result<Arc<Event>, broadcast::error::RecvError>),
+    Live(Result<Published, broadcast::error::RecvError>),
     Idle,
 }
 
@@ -311,11 +327,18 @@ impl Follower {
             loop {
                 let event = if let Some(event) = page.pop_front() {
                     event
-                } else if self.next <= self.store.state().revision() {
+                } else if let head = self.store.state().revision()
+                    && self.next <= head
+                {
                     // Behind the durable head: catch up from the log, a
-                    // page at a time.
+                    // page at a time. Nothing there means no event lies
+                    // between `next` and the head.
                     metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
-                    page.extend(self.store.events(self.next, LOG_PAGE).await?);
+                    let read = self.store.events(self.next, LOG_PAGE).await?;
+                    if read.is_empty() {
+                        self.next = head + 1;
+                    }
+                    page.extend(read);
                     continue;
                 } else {
                     // Caught up: the hub's next event, or progress when idle.
@@ -324,8 +347,9 @@ impl Follower {
                         () = &mut idle => Woken::Idle,
                     };
                     match woken {
-                        Woken::Live(Ok(event)) if event.revision == self.next => event,
-                        Woken::Live(Ok(event)) if event.revision < self.next => continue,
+                        Woken::Live(Ok(p)) if p.event.revision < self.next => continue,
+                        // Nothing between what was sent and this event.
+                        Woken::Live(Ok(p)) if p.after < self.next => p.event,
                         // A gap (we subscribed mid-batch) or a lag: the log
                         // has it, and the head is already past it.
                         Woken::Live(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {
@@ -366,7 +390,7 @@ impl Follower {
     /// the error that ends the stream if it revokes the stream's credential
     /// (sent after the event that did it).
     fn advance(&mut self, event: Arc<Event>) -> (Option<Notice>, Option<Error>) {
-        debug_assert_eq!(event.revision, self.next, "no gaps, no duplicates");
+        debug_assert!(event.revision >= self.next, "no duplicates");
         self.next = event.revision + 1;
         let revoked = match &self.filter.credential {
             Some(caller) if event.revision > self.history_until => {

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::bearer;
 use crate::domain::{Account, Modules, Token};
-use crate::state::{Standing, Verification};
+use crate::state::{Standing, State, Verification};
 use crate::store::Store;
 
 /// The `context_extensions` key by which a route names the module it needs.
@@ -72,6 +72,7 @@ impl Authz {
     /// The decision for one request's headers and route extensions.
     fn decide(
         &self,
+        state: &State,
         headers: Option<&HashMap<String, String>>,
         extensions: Option<&HashMap<String, String>>,
     ) -> Decision {
@@ -81,7 +82,6 @@ impl Authz {
         // `authorization` carries a scheme; a custom header (`x-api-key`)
         // may carry the bare secret.
         let credential = bearer(value).unwrap_or(value.trim());
-        let state = self.store.state();
         let Verification {
             standing,
             token,
@@ -199,7 +199,10 @@ impl Authorization for Authz {
     ) -> Result<Response<CheckResponse>, Status> {
         let r = request.into_inner();
         let extensions = r.attributes.as_ref().map(|a| &a.context_extensions);
-        let response = match self.decide(r.get_client_headers(), extensions) {
+        // A replica that must not decide answers an error: Envoy then fails
+        // closed (or asks another replica).
+        let state = self.store.verifying_state()?;
+        let response = match self.decide(&state, r.get_client_headers(), extensions) {
             Decision::Allow(token, account) => {
                 metrics::counter!(crate::telemetry::AUTHZ_CHECKS, "decision" => "allow")
                     .increment(1);

@@ -341,7 +341,7 @@ impl TokenService for Service {
                 account,
             }))
         };
-        let state = self.store.state();
+        let state = self.store.verifying_state()?;
         let v = state.verify(&r.secret);
         let result = match v.standing {
             Standing::Valid => pb::VerifyResult::Valid,

@@ -10,8 +10,12 @@
 //! A backend must never answer a write before it is durable, never publish an
 //! event that was not persisted, and never keep a plain secret.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod sled;
 
+#[cfg(feature = "etcd")]
+pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::sled::{SledConfig, SledStore};
 
 use std::collections::HashMap;
@@ -45,8 +49,17 @@ pub trait Store: Send + Sync + 'static {
     /// The latest durable state: a consistent snapshot, cheap to take.
     fn state(&self) -> Arc<State>;
 
-    /// Durable events with revision ≥ `from`, in order, at most `max`.
-    /// [`Error::Compacted`] when `from` is older than the retained history.
+    /// The state to decide whether a secret is good on, or why this process
+    /// must not decide (a replica that may have missed a delete answered
+    /// elsewhere). An embedded store is the only copy: always its state.
+    fn verifying_state(&self) -> Result<Arc<State>, Error> {
+        Ok(self.state())
+    }
+
+    /// Durable events with revision ≥ `from` up to the durable head, in
+    /// order, at most `max`; empty when none lies in between. Revisions
+    /// increase but may skip numbers. [`Error::Compacted`] when `from` is
+    /// older than the retained history.
     async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error>;
 
     /// The oldest revision still in the event log (head + 1 when it is empty).
@@ -66,8 +79,61 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Held while the operator credential is bootstrapped, so that replicas
+    /// sharing one database bootstrap it once; returns with [`Store::state`]
+    /// caught up with every replica's writes. One process owns an embedded
+    /// store, so by default there is nothing to hold.
+    async fn bootstrap_lock(&self) -> Result<Box<dyn std::any::Any + Send>, Error> {
+        Ok(Box::new(()))
+    }
+
     /// Persists what is pending, flushes, and refuses further writes.
     async fn close(&self);
+}
+
+/// Which database a tokend keeps its records in (`--store`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded sled store in the data directory: one replica.
+    Sled,
+    /// An etcd cluster shared by any number of replicas, all keys under
+    /// `prefix`.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    /// `sled`, or `etcd://host:port[,host:port…][/prefix]` (prefix `tokend`).
+    fn from_str(s: &str) -> Result<Backend, String> {
+        if s == "sled" {
+            return Ok(Backend::Sled);
+        }
+        let rest = s.strip_prefix("etcd://").ok_or_else(|| {
+            format!("{s:?} is neither `sled` nor `etcd://host:port[,host:port…][/prefix]`")
+        })?;
+        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, "tokend"));
+        let endpoints: Vec<String> = hosts.split(',').map(str::to_string).collect();
+        for e in &endpoints {
+            let port = e
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                return Err(format!("{e:?} in {s:?} is not host:port"));
+            }
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            return Err(format!("{s:?}: the key prefix after the hosts is empty"));
+        }
+        Ok(Backend::Etcd {
+            endpoints,
+            prefix: format!("/{prefix}/"),
+        })
+    }
 }
 
 /// Last-access times, kept in memory and persisted lazily: each token's time

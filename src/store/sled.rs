@@ -503,7 +503,8 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
         let _ = reply.send(answer);
     }
     for event in events {
-        inner.hub.publish(event);
+        // Revisions here are consecutive: the one before is revision - 1.
+        inner.hub.publish(event.revision - 1, event);
     }
     close
 }

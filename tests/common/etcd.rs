@@ -1,0 +1,124 @@
+//! A real etcd cluster (Debian's `etcd-server`) on loopback ports, with its
+//! members' data in a temp dir. Killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::free_addr;
+
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    clients: Vec<SocketAddr>,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one reports healthy.
+    pub async fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let initial = (0..n)
+            .map(|i| format!("m{i}=http://{}", peers[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!("tokend-test-{}", std::process::id());
+        let members = (0..n)
+            .map(|i| {
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}"), "--data-dir"])
+                    .arg(dir.path().join(format!("m{i}")))
+                    .args([
+                        "--listen-client-urls",
+                        &format!("http://{}", clients[i]),
+                        "--advertise-client-urls",
+                        &format!("http://{}", clients[i]),
+                        "--listen-peer-urls",
+                        &format!("http://{}", peers[i]),
+                        "--initial-advertise-peer-urls",
+                        &format!("http://{}", peers[i]),
+                        "--initial-cluster",
+                        &initial,
+                        "--initial-cluster-state",
+                        "new",
+                        "--initial-cluster-token",
+                        &token,
+                        "--logger",
+                        "zap",
+                        "--log-level",
+                        "error",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("etcd (Debian's etcd-server; scripts/test.sh installs it)");
+                Some(child)
+            })
+            .collect();
+        let cluster = EtcdCluster {
+            members,
+            clients,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for addr in &cluster.clients {
+            while !healthy(*addr) {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {addr} never became healthy"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        cluster
+    }
+
+    /// `--store` for a tokend on this cluster, its keys under `prefix`.
+    pub fn store(&self, prefix: &str) -> String {
+        let all: Vec<usize> = (0..self.clients.len()).collect();
+        self.store_on(&all, prefix)
+    }
+
+    /// `--store` naming only these members.
+    pub fn store_on(&self, members: &[usize], prefix: &str) -> String {
+        let hosts: Vec<String> = members
+            .iter()
+            .map(|&i| self.clients[i].to_string())
+            .collect();
+        format!("etcd://{}/{prefix}", hosts.join(","))
+    }
+
+    /// Kills member `i` (SIGKILL): the rest keep a quorum when n ≥ 3.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// etcd's own `/health`: true once the member is in a cluster with a leader.
+fn healthy(addr: SocketAddr) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}

@@ -1,0 +1,264 @@
+//! Several tokend replicas on one real etcd cluster (three members of
+//! Debian's `etcd-server` on loopback): what one replica commits, the others
+//! serve and stream; losing an etcd member or a replica loses nothing.
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::etcd::EtcdCluster;
+use common::*;
+use tokend::domain::TokenId;
+use tokend::proto as pb;
+use tokend::secret::Secret;
+
+/// A tokend process on `cluster` under `prefix`, with the operator secret
+/// in `operator` (as a Kubernetes Secret would hand it to every replica).
+async fn replica(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    operator: &Path,
+) -> (Process, tempfile::TempDir) {
+    replica_on(&cluster.store(prefix), operator).await
+}
+
+/// A tokend process with `--store store`.
+async fn replica_on(store: &str, operator: &Path) -> (Process, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = operator.to_str().unwrap();
+    let p = spawn_tokend(
+        dir.path(),
+        &["--store", store, "--operator-token-file", file],
+    )
+    .await;
+    (p, dir)
+}
+
+/// A fresh operator secret in a file of `dir`.
+fn operator_file(dir: &Path) -> (std::path::PathBuf, String) {
+    let secret = Secret::generate(&TokenId::from_number(4242_0001));
+    let path = dir.join("operator.secret");
+    std::fs::write(&path, secret.expose()).unwrap();
+    (path, secret.expose().to_string())
+}
+
+fn url(p: &Process) -> String {
+    format!("http://{}", p.addr)
+}
+
+#[tokio::test]
+async fn a_delete_through_one_replica_is_streamed_by_the_other_and_refused_there_at_once() {
+    let cluster = EtcdCluster::start(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, operator) = operator_file(keys.path());
+    let (a, _da) = replica(&cluster, "live", &file).await;
+    let (b, _db) = replica(&cluster, "live", &file).await;
+    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
+
+    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
+    let account = new_account(&mut accounts, &["commerce"]).await;
+    let (token, secret) = create_token(&mut on_a, &account.id, "ci deploy").await;
+    // Created through A, answered: B already verifies it.
+    assert_eq!(
+        verify(&mut on_b, &secret).await.result,
+        pb::VerifyResult::Valid as i32
+    );
+
+    let mut events = watch(&mut on_b, pb::WatchTokensRequest::default()).await;
+    let deleted = delete(&mut on_a, &token.id)
+        .await
+        .expect("deleted through A");
+    // The moment A has answered, B refuses the secret...
+    let answer = verify(&mut on_b, &secret).await;
+    assert_eq!(
+        answer.result,
+        pb::VerifyResult::NotFound as i32,
+        "{answer:?}"
+    );
+    // ...and B's watcher hears the deletion, at A's revision.
+    let event = tokio::time::timeout(Duration::from_secs(10), next_change(&mut events))
+        .await
+        .expect("B streams A's delete");
+    assert_eq!(event.r#type, pb::EventType::Deleted as i32);
+    assert_eq!(event.revision, deleted.revision);
+    assert_eq!(event.token.unwrap().id, token.id);
+}
+
+#[tokio::test]
+async fn replicas_started_together_bootstrap_the_operator_once() {
+    let cluster = EtcdCluster::start(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, operator) = operator_file(keys.path());
+    let ((a, _da), (b, _db)) = tokio::join!(
+        replica(&cluster, "boot", &file),
+        replica(&cluster, "boot", &file)
+    );
+    for p in [&a, &b] {
+        let mut accounts = accounts_at(&url(p), bearer(&operator)).await;
+        let listed = accounts
+            .list_accounts(pb::ListAccountsRequest::default())
+            .await
+            .expect("the operator secret works on every replica")
+            .into_inner()
+            .accounts;
+        let operations: Vec<_> = listed
+            .iter()
+            .filter(|a| a.r#type == pb::AccountType::Operations as i32)
+            .collect();
+        assert_eq!(operations.len(), 1, "one Operations account: {listed:?}");
+    }
+}
+
+#[tokio::test]
+async fn losing_one_etcd_member_keeps_the_service_working() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, operator) = operator_file(keys.path());
+    let (a, _da) = replica(&cluster, "quorum", &file).await;
+    let mut tokens = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
+    let account = new_account(&mut accounts, &["commerce"]).await;
+    let (before, _) = create_token(&mut tokens, &account.id, "before").await;
+
+    cluster.kill(0);
+
+    // Writes go on with two of three members (the client fails over when
+    // the member it used is the one that died).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (after, secret) = loop {
+        let request = pb::CreateTokenRequest {
+            account_id: account.id.clone(),
+            name: "after".into(),
+            modules: vec!["commerce".into()],
+            ..Default::default()
+        };
+        match tokens.create_token(request).await {
+            Ok(made) => {
+                let made = made.into_inner();
+                break (made.token.unwrap(), made.secret);
+            }
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no write after losing a member: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    delete(&mut tokens, &before.id)
+        .await
+        .expect("a delete with two members");
+    assert_eq!(
+        verify(&mut tokens, &secret).await.result,
+        pb::VerifyResult::Valid as i32
+    );
+    assert_eq!(after.status, pb::TokenStatus::Active as i32);
+}
+
+#[tokio::test]
+async fn a_watcher_whose_replica_dies_resumes_on_another_and_misses_nothing() {
+    let cluster = EtcdCluster::start(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, operator) = operator_file(keys.path());
+    let (mut a, _da) = replica(&cluster, "resume", &file).await;
+    let (b, _db) = replica(&cluster, "resume", &file).await;
+    let mut writer = tokens_at(&url(&b), bearer(&operator)).await;
+    let mut accounts = accounts_at(&url(&b), bearer(&operator)).await;
+    let account = new_account(&mut accounts, &["commerce"]).await;
+
+    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut events = watch(&mut on_a, pb::WatchTokensRequest::default()).await;
+    let mut made = Vec::new();
+    for i in 0..3 {
+        made.push(
+            create_token(&mut writer, &account.id, &format!("first {i}"))
+                .await
+                .0,
+        );
+    }
+    let mut last = 0;
+    for t in &made {
+        let e = next_change(&mut events).await;
+        assert_eq!(e.token.unwrap().id, t.id);
+        last = e.revision;
+    }
+
+    a.kill();
+    // Changes while the watcher is away.
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        missed.push(
+            create_token(&mut writer, &account.id, &format!("missed {i}"))
+                .await
+                .0,
+        );
+    }
+    delete(&mut writer, &made[0].id).await.unwrap();
+
+    let mut events = watch(
+        &mut writer,
+        pb::WatchTokensRequest {
+            start_revision: last + 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut heard = Vec::new();
+    for _ in 0..4 {
+        let e = next_change(&mut events).await;
+        assert!(e.revision > last, "in order, nothing twice");
+        last = e.revision;
+        heard.push((e.r#type, e.token.unwrap().id));
+    }
+    let mut expected: Vec<_> = missed
+        .iter()
+        .map(|t| (pb::EventType::Created as i32, t.id.clone()))
+        .collect();
+    expected.push((pb::EventType::Deleted as i32, made[0].id.clone()));
+    assert_eq!(heard, expected);
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_is_answered() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, operator) = operator_file(keys.path());
+    // A reaches members 1 and 2; B only member 0.
+    let (a, _da) = replica_on(&cluster.store_on(&[1, 2], "fence"), &file).await;
+    let (b, _db) = replica_on(&cluster.store_on(&[0], "fence"), &file).await;
+    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
+    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
+    let account = new_account(&mut accounts, &["commerce"]).await;
+    let (token, secret) = create_token(&mut on_a, &account.id, "cut off").await;
+    assert_eq!(
+        verify(&mut on_b, &secret).await.result,
+        pb::VerifyResult::Valid as i32
+    );
+
+    // B loses etcd: it can neither hear the delete nor renew its lease.
+    cluster.kill(0);
+    let deleted = tokio::time::timeout(Duration::from_secs(20), delete(&mut on_a, &token.id))
+        .await
+        .expect("A answers once B's lease has expired")
+        .expect("deleted through A");
+    assert!(deleted.revision > 0);
+
+    // B never says the deleted secret is good: it refuses to decide.
+    let refused = on_b
+        .verify_token(pb::VerifyTokenRequest {
+            secret: secret.clone(),
+        })
+        .await
+        .expect_err("a fenced replica does not answer from its stale state");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // A, in touch with a quorum, answers.
+    assert_eq!(
+        verify(&mut on_a, &secret).await.result,
+        pb::VerifyResult::NotFound as i32
+    );
+}
