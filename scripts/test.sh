@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, "Test it"). Installs what the interop
-# tests need when it is missing, then runs the whole suite.
+# and etcd tests need when it is missing, then runs the whole suite twice:
+# on the embedded sled store, then on a real etcd cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +24,25 @@ if ! have jq; then
   apt-get update -qq && apt-get install -y -qq jq >/dev/null
 fi
 grpcurl -version 2>&1 | head -1
-# The etcd backend's tests run a real etcd cluster, and its client's build
+# The etcd backend's tests run real etcd clusters, and its client's build
 # needs protoc: the same two packages the benchmark needs.
 scripts/bench.sh --install
 
-exec cargo test --tests --features etcd "$@"
+# First pass: every server on sled (the default), plus tests/replicas.rs,
+# which starts its own etcd clusters.
+cargo test --tests --features etcd "$@"
+
+# Second pass: the same suite with every server it starts keeping its
+# records on one 3-member etcd cluster (tests/common/mod.rs).
+etcd_dir="$(mktemp -d)"
+stop_etcd() {
+  if [[ -f "$etcd_dir/pids" ]]; then
+    xargs -r kill <"$etcd_dir/pids" 2>/dev/null || true
+  fi
+  rm -rf "$etcd_dir"
+}
+trap stop_etcd EXIT
+TOKEND_TEST_ETCD="$(scripts/etcd-cluster.sh "$etcd_dir")"
+export TOKEND_TEST_ETCD
+echo "second pass: the suite on etcd at $TOKEND_TEST_ETCD"
+cargo test --tests --features etcd "$@"

@@ -176,6 +176,7 @@ async fn open_store(config: &Config, hub: &Hub) -> Result<Arc<dyn Store>, Error>
                 endpoints: endpoints.clone(),
                 prefix: prefix.clone(),
                 access_interval: config.access_interval,
+                data_dir: config.data_dir.clone(),
             };
             Ok(Arc::new(
                 crate::store::EtcdStore::open(etcd, hub.clone()).await?,

@@ -47,6 +47,9 @@ async fn delete_is_one_atomic_change_that_erases_the_secret_hash() {
     // hash of its secret is no longer a key.
     drop(c);
     drop(events);
+    if sled_only("reading the sled files (tests/replicas.rs reads etcd's keys)") {
+        return;
+    }
     let dir = s.stop().await;
     let db = sled::open(dir.path().join("db")).unwrap();
     let tree = db.open_tree("tokend").unwrap();

@@ -92,7 +92,11 @@ async fn metrics_move_when_traffic_flows() {
         "tokend_fsync_duration_seconds_count",
         "tokend_commit_batch_size_count",
         "tokend_watch_catchups_total",
-    ] {
+    ]
+    .into_iter()
+    // etcd fsyncs for the etcd backend; tokend commits nothing itself.
+    .filter(|s| test_etcd().is_none() || !(s.contains("fsync") || s.contains("commit_batch")))
+    {
         assert!(
             sample(&after, series) > sample(&before, series),
             "{series} did not move\n{after}"
@@ -103,7 +107,9 @@ async fn metrics_move_when_traffic_flows() {
         "a histogram, with buckets"
     );
     assert_eq!(sample(&after, "tokend_watch_streams_open"), 1.0, "{after}");
-    assert!(sample(&after, "tokend_store_size_bytes") > 0.0, "{after}");
+    if test_etcd().is_none() {
+        assert!(sample(&after, "tokend_store_size_bytes") > 0.0, "{after}");
+    }
     drop(w);
 }
 

@@ -50,7 +50,7 @@ use etcd_client::{
     Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{AccessLog, Applied, Store};
@@ -91,6 +91,10 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// How often a token's last-access time is written at most.
     pub access_interval: Duration,
+    /// Where this replica keeps its name (`replica-id`), so that a restart
+    /// takes over its own registration instead of leaving writers waiting
+    /// for the dead process's lease to run out.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// What a record key holds: the record and the event that wrote it, so the
@@ -123,12 +127,8 @@ struct Inner {
     client: Client,
     prefix: String,
     state: RwLock<Arc<State>>,
-    /// Every etcd revision up to this one has reached the pump (its events
-    /// are in `state`).
-    watermark: watch::Sender<Revision>,
-    /// Asks the pump for an etcd progress notice, which moves the watermark
-    /// over revisions that were not events.
-    want_progress: Notify,
+    /// The revision of the last event in `state`: the pump moves it.
+    applied: watch::Sender<Revision>,
     recent: Mutex<VecDeque<Arc<Event>>>,
     /// The oldest revision etcd still has history for, as last seen.
     compacted: AtomicU64,
@@ -178,46 +178,34 @@ impl Inner {
         self.state.read().expect("state lock").clone()
     }
 
-    /// Waits until this replica has applied everything etcd committed up to
-    /// `rev`.
+    /// Waits until this replica's state holds the event at `rev` (and so
+    /// every event before it: the watch delivers them in order).
     async fn caught_up(&self, rev: Revision) -> Result<(), Error> {
-        let mut seen = self.watermark.subscribe();
-        let wait = async {
-            // An event arrives by itself; a revision that was not one (an
-            // access time, a lock) needs etcd's word that nothing before it
-            // is still on the way: a progress notice, asked for when the
-            // watch has been quiet for a moment, and asked again, since etcd
-            // answers only once the watch is synced.
-            let mut quiet = Duration::from_millis(5);
-            loop {
-                if *seen.borrow_and_update() >= rev {
-                    return Ok(());
-                }
-                tokio::select! {
-                    changed = seen.changed() => {
-                        changed.map_err(|_| Error::shutting_down())?;
-                    }
-                    () = tokio::time::sleep(quiet) => {
-                        self.want_progress.notify_one();
-                        quiet = Duration::from_millis(50);
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(CATCH_UP_TIMEOUT, wait)
-            .await
-            .map_err(|_| unavailable("catching up with the cluster", "the watch fell behind"))?
+        let mut applied = self.applied.subscribe();
+        let wait = applied.wait_for(|applied| *applied >= rev);
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::shutting_down()),
+            Err(_) => Err(unavailable(
+                "catching up with the cluster",
+                "the watch fell behind",
+            )),
+        }
     }
 
     /// Brings this replica up to everything etcd has committed now: what
     /// another replica answered before this call is visible after it.
+    /// `m/head` is written by every mutation, so its mod revision is the
+    /// last event's; waiting for that event needs nothing from etcd but the
+    /// watch itself. (etcd's watch progress notices could do it without
+    /// the extra key, but before 3.4.25 they may overtake events in flight.)
     async fn sync(&self) -> Result<(), Error> {
-        let key = self.key(&["m/page_key"]);
+        let key = self.key(&["m/head"]);
         let mut failure = None;
         for pause in RETRY_PAUSES {
             match self.client.clone().get(key.as_str(), None).await {
                 Ok(r) => {
-                    let head = r.header().map_or(0, |h| revision(h.revision()));
+                    let head = r.kvs().first().map_or(0, |kv| revision(kv.mod_revision()));
                     return self.caught_up(head).await;
                 }
                 Err(e) => failure = Some(e),
@@ -309,6 +297,7 @@ impl Inner {
                 then.push(TxnOp::put(key, value, None));
             }
         }
+        then.push(TxnOp::put(self.key(&["m/head"]), "", None));
         (Txn::new().when(when).and_then(then), record.0, record.1)
     }
 
@@ -396,16 +385,13 @@ impl EtcdStore {
 
         let (state, access, head) = load(&client, &prefix).await?;
         tracing::info!(revision = head, prefix = %prefix, "etcd store opened");
-        let (watermark, _) = watch::channel(head);
-        let mut name = [0u8; 8];
-        getrandom::fill(&mut name).map_err(|e| Error::Internal(e.to_string()))?;
-        let replica = name.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let (applied, _) = watch::channel(head);
+        let replica = replica_name(&config.data_dir)?;
         let inner = Arc::new(Inner {
             client,
             prefix,
             state: RwLock::new(Arc::new(state)),
-            watermark,
-            want_progress: Notify::new(),
+            applied,
             recent: Mutex::new(VecDeque::new()),
             compacted: AtomicU64::new(1),
             access: AccessLog::new(config.access_interval, access),
@@ -436,6 +422,25 @@ impl EtcdStore {
     }
 }
 
+/// This replica's name: kept in the data dir, made on first start.
+fn replica_name(dir: &std::path::Path) -> Result<String, Error> {
+    let path = dir.join("replica-id");
+    let fail = |e: std::io::Error| {
+        Error::invalid("data-dir", format!("cannot use {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(e.to_string()))?;
+    let name = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::write(&path, &name).map_err(fail)?;
+    Ok(name)
+}
+
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 type Loaded = (State, Vec<(TokenId, SystemTime)>, Revision);
@@ -447,7 +452,18 @@ async fn load(client: &Client, prefix: &str) -> Result<Loaded, Error> {
         .get(format!("{prefix}r/"), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| unavailable("loading records", e))?;
-    let head = r.header().map_or(0, |h| revision(h.revision()));
+    let at = r.header().map_or(0, |h| revision(h.revision())) as i64;
+    // The state's revision is the last event's (`m/head` moves with every
+    // one), read as of the same etcd revision as the records.
+    let h = client
+        .clone()
+        .get(
+            format!("{prefix}m/head"),
+            Some(GetOptions::new().with_revision(at)),
+        )
+        .await
+        .map_err(|e| unavailable("loading records", e))?;
+    let head = h.kvs().first().map_or(0, |kv| revision(kv.mod_revision()));
     let (mut accounts, mut tokens, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
     for kv in r.kvs() {
         let s: Stored = serde_json::from_slice(kv.value()).map_err(|e| corrupt("record", e))?;
@@ -466,7 +482,7 @@ async fn load(client: &Client, prefix: &str) -> Result<Loaded, Error> {
         .clone()
         .get(
             format!("{prefix}l/"),
-            Some(GetOptions::new().with_prefix().with_revision(head as i64)),
+            Some(GetOptions::new().with_prefix().with_revision(at)),
         )
         .await
         .map_err(|e| unavailable("loading access times", e))?;
@@ -488,7 +504,7 @@ async fn load(client: &Client, prefix: &str) -> Result<Loaded, Error> {
 }
 
 /// Follows `r/` from `after` + 1, applying each put to the state and handing
-/// it to the hub, and moves the watermark. Reconnects after a failure,
+/// it to the hub, and moves `applied`. Reconnects after a failure,
 /// resuming from the last revision it applied.
 async fn pump(inner: Arc<Inner>, mut after: Revision) {
     loop {
@@ -513,13 +529,10 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
         .await
         .map_err(|e| unavailable("watching", e))?;
     loop {
-        let message = tokio::select! {
-            m = stream.message() => m.map_err(|e| unavailable("watching", e))?,
-            () = inner.want_progress.notified() => {
-                stream.request_progress().await.map_err(|e| unavailable("watching", e))?;
-                continue;
-            }
-        };
+        let message = stream
+            .message()
+            .await
+            .map_err(|e| unavailable("watching", e))?;
         let Some(r) = message else {
             return Err(unavailable("watching", "the stream ended"));
         };
@@ -533,22 +546,9 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
                 let (state, _, head) = load(&inner.client, &inner.prefix).await?;
                 *inner.state.write().expect("state lock") = Arc::new(state);
                 *after = head;
-                inner.watermark.send_replace(head);
+                inner.applied.send_replace(head);
             }
             return Err(unavailable("watching", r.cancel_reason().to_string()));
-        }
-        if r.events().is_empty() {
-            // A progress notice: every revision up to its header has been
-            // delivered. (Not the `created` answer: history may follow it.)
-            if !r.created()
-                && let Some(h) = r.header()
-            {
-                inner.watermark.send_if_modified(|w| {
-                    let head = revision(h.revision());
-                    (head > *w).then(|| *w = head).is_some()
-                });
-            }
-            continue;
         }
         let mut state = State::clone(&inner.state());
         let mut events = Vec::with_capacity(r.events().len());
@@ -594,7 +594,7 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
             let before = std::mem::replace(after, e.revision);
             inner.hub.publish(before, e);
         }
-        inner.watermark.send_if_modified(|w| {
+        inner.applied.send_if_modified(|w| {
             let moved = last > *w;
             if moved {
                 *w = last;
@@ -686,18 +686,20 @@ impl Store for EtcdStore {
             };
             let (txn, key, value) = inner.txn(&state, &change, now, &actor);
             let (committed, rev) = inner.commit(txn, &key, &value).await?;
-            // Committed or not, this replica must see `rev` before going on:
-            // to answer with it, or to plan again on what beat us.
-            inner.caught_up(rev).await?;
-            if committed {
-                // ...and so must every other replica, before anyone is told.
-                inner.everyone_applied(rev).await;
-                return Ok(Applied {
-                    revision: rev,
-                    subject: Some(change.subject),
-                    secret,
-                });
+            if !committed {
+                // Beaten by another replica: plan again on what beat us.
+                inner.sync().await?;
+                continue;
             }
+            // This replica's state holds the change before it answers...
+            inner.caught_up(rev).await?;
+            // ...and so must every other replica, before anyone is told.
+            inner.everyone_applied(rev).await;
+            return Ok(Applied {
+                revision: rev,
+                subject: Some(change.subject),
+                secret,
+            });
         }
         Err(Error::Unavailable {
             reason: reason::STORE_UNAVAILABLE,
@@ -814,12 +816,6 @@ async fn history(
         .watch(inner.records(), Some(options))
         .await
         .map_err(|e| unavailable("reading history", e))?;
-    // The answer to this comes once the history is sent: the end, when no
-    // event lies at `head` itself.
-    stream
-        .request_progress()
-        .await
-        .map_err(|e| unavailable("reading history", e))?;
     let mut out: Vec<Arc<Event>> = Vec::new();
     loop {
         let r = stream
@@ -834,9 +830,6 @@ async fn history(
                 requested: from,
                 oldest,
             });
-        }
-        if r.events().is_empty() && !r.created() {
-            return Ok(out);
         }
         for e in r.events() {
             let Some(kv) = e.kv() else { continue };
@@ -935,7 +928,7 @@ async fn register(inner: &Inner) -> Result<i64, Error> {
         .await
         .map_err(|e| unavailable("taking a lease", e))?;
     let lease = granted.id();
-    let applied = *inner.watermark.borrow();
+    let applied = *inner.applied.borrow();
     client
         .put(
             inner.replica_key(),
@@ -970,7 +963,7 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
         .lease_keep_alive(lease)
         .await
         .map_err(|e| unavailable("renewing the lease", e))?;
-    let mut applied = inner.watermark.subscribe();
+    let mut applied = inner.applied.subscribe();
     let mut renew = tokio::time::interval(LEASE_TTL / 4);
     let mut asked = Instant::now();
     loop {

@@ -1,5 +1,11 @@
 //! Test harness: a real tokend (gRPC over loopback, sled in a temp dir) and
 //! real tonic clients. Nothing is mocked.
+//!
+//! With `TOKEND_TEST_ETCD=host:port,…` (scripts/test.sh's second pass) every
+//! server the suite starts keeps its records on that etcd cluster instead,
+//! under a key prefix named after its data dir: the same tests, the other
+//! backend. Tests of what only the embedded store has (its files, its disk)
+//! say so with [`sled_only`].
 
 #![allow(dead_code)]
 
@@ -92,6 +98,9 @@ impl TestServer {
     async fn boot(path: &Path, tweak: Tweak) -> TestServer {
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), path.to_path_buf());
         config.shutdown_grace = Duration::from_secs(2);
+        if let Some(store) = store_for(path) {
+            config.store = store.parse().expect("an etcd store");
+        }
         tweak(&mut config);
         let running = start(config).await.expect("server starts");
         TestServer {
@@ -358,7 +367,54 @@ pub fn serve_command(
         .arg(dir)
         .args(extra)
         .stderr(std::process::Stdio::null());
+    if let Some(store) = store_for(dir)
+        && !extra.contains(&"--store")
+    {
+        cmd.args(["--store", &store]);
+    }
     cmd
+}
+
+/// The etcd cluster the suite runs on (`TOKEND_TEST_ETCD`), if any.
+pub fn test_etcd() -> Option<String> {
+    std::env::var("TOKEND_TEST_ETCD")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// `--store` for a server on data dir `dir`: None for sled; on the test etcd
+/// cluster, a prefix named after the dir, so a restart on it finds the same
+/// records.
+pub fn store_for(dir: &Path) -> Option<String> {
+    let hosts = test_etcd()?;
+    let name: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    Some(format!("etcd://{hosts}/{}", name.trim_matches('-')))
+}
+
+/// Asserts that `got` is the revision a stream owes after `prev`: the next
+/// number on sled, whose one writer numbers events consecutively; a larger
+/// one on etcd, whose revisions also count writes that are not events
+/// (replica reports, access times, and every other tenant of the cluster).
+pub fn assert_follows(prev: i64, got: i64, what: &str) {
+    if test_etcd().is_some() {
+        assert!(got > prev, "{what}: revision {got} after {prev}");
+    } else {
+        assert_eq!(got, prev + 1, "{what}");
+    }
+}
+
+/// True, after saying why, when the suite runs on etcd and the calling test
+/// is about what only the embedded store has: the caller returns.
+pub fn sled_only(what: &str) -> bool {
+    let skip = test_etcd().is_some();
+    if skip {
+        eprintln!("not on etcd: {what}");
+    }
+    skip
 }
 
 /// Runs a `serve_command` and waits until *this* process serves: it is still
