@@ -262,3 +262,68 @@ async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_i
         pb::VerifyResult::NotFound as i32
     );
 }
+
+#[tokio::test]
+async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revision() {
+    let cluster = EtcdCluster::start(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, operator) = operator_file(keys.path());
+    let (a, _da) = replica(&cluster, "compact", &file).await;
+    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
+    let account = new_account(&mut accounts, &["commerce"]).await;
+    let (first, _) = create_token(&mut on_a, &account.id, "old").await;
+    let old = delete(&mut on_a, &first.id).await.unwrap().revision;
+    for i in 0..3 {
+        create_token(&mut on_a, &account.id, &format!("new {i}")).await;
+    }
+    let now = head(&mut on_a).await;
+    cluster.compact(now);
+
+    // A replica that starts now has only etcd's history to replay from.
+    let (b, _db) = replica(&cluster, "compact", &file).await;
+    let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
+    let from_old = pb::WatchTokensRequest {
+        start_revision: old,
+        ..Default::default()
+    };
+    // Refused when the stream opens, or as its first message.
+    let refused = match on_b.watch_tokens(from_old).await {
+        Err(e) => e,
+        Ok(stream) => stream
+            .into_inner()
+            .message()
+            .await
+            .expect_err("history etcd compacted is not replayed"),
+    };
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert_eq!(reason(&refused), "REVISION_COMPACTED");
+    use tonic_types::StatusExt;
+    let oldest: i64 = refused.get_details_error_info().unwrap().metadata["oldest_revision"]
+        .parse()
+        .unwrap();
+    assert!(
+        oldest > old && oldest <= now + 1,
+        "oldest {oldest}, compacted at {now}"
+    );
+
+    // What the client does next: list again with send_initial, and go on.
+    let mut w = watch(
+        &mut on_b,
+        pb::WatchTokensRequest {
+            send_initial: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut live = 0;
+    loop {
+        let e = next_change(&mut w).await;
+        if e.r#type == pb::EventType::Synced as i32 {
+            assert_eq!(e.revision, now);
+            break;
+        }
+        live += 1;
+    }
+    assert_eq!(live, 4, "the operator's token and the three made after the deleted one");
+}

@@ -101,6 +101,34 @@ impl EtcdCluster {
     }
 }
 
+impl EtcdCluster {
+    /// Compacts etcd's history up to `revision` (physically), through its
+    /// JSON gateway on the first live member.
+    pub fn compact(&self, revision: i64) {
+        let i = self
+            .members
+            .iter()
+            .position(Option::is_some)
+            .expect("a live member");
+        let addr = self.clients[i];
+        let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+        let mut s = std::net::TcpStream::connect(addr).expect("etcd member");
+        write!(
+            s,
+            "POST /v3/kv/compaction HTTP/1.0\r\nHost: {addr}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+            "{answer}"
+        );
+    }
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {
