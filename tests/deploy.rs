@@ -145,11 +145,14 @@ fn the_dockerfile_matches_the_manifest() {
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .collect();
+    // protoc only for the etcd backend's build, and only when asked for.
+    let protoc = instructions
+        .iter()
+        .position(|l| l.contains("protobuf-compiler"))
+        .expect("protoc for --build-arg FEATURES=etcd");
     assert!(
-        !instructions
-            .iter()
-            .any(|l| l.contains("protobuf-compiler") || l.contains("protoc")),
-        "no protoc needed"
+        instructions[protoc - 1].contains(r#"if [ -n "$FEATURES" ]"#),
+        "the default image is built without protoc"
     );
     assert_eq!(docker.matches("FROM ").count(), 2, "multi-stage");
 }
@@ -168,4 +171,65 @@ fn the_mesh_client_names_the_service_and_port() {
     let file = env(c, "TOKEND_TOKEN_FILE");
     let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
     assert!(file.starts_with(mount), "{file} not under {mount}");
+}
+
+#[test]
+fn the_replicas_shape_agrees_with_the_binary_and_the_single_replica_shape() {
+    let replicas = docs("kubernetes/tokend-replicas.yaml");
+    let deployment = kind(&replicas, "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+
+    // TOKEND_STORE is what `--store` accepts, and names etcd.
+    let store: tokend::store::Backend = env(c, "TOKEND_STORE").parse().unwrap();
+    match store {
+        tokend::store::Backend::Etcd { endpoints, prefix } => {
+            assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+            assert_eq!(prefix, "/tokend/");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every replica reads the operator secret from the mounted Secret.
+    let file = env(c, "TOKEND_OPERATOR_TOKEN_FILE");
+    let mount = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            file.starts_with(m["mountPath"].as_str().unwrap())
+                && m["name"].as_str() == Some("operator")
+        })
+        .expect("the operator secret is mounted where TOKEND_OPERATOR_TOKEN_FILE points");
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let secret = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some("operator"))
+        .unwrap();
+    assert_eq!(
+        secret["secret"]["secretName"].as_str(),
+        Some("tokend-operator")
+    );
+
+    // Same Service as the one-replica shape: the mesh config fits both.
+    let single = docs("kubernetes/tokend.yaml");
+    assert_eq!(
+        kind(&replicas, "Service")["spec"],
+        kind(&single, "Service")["spec"]
+    );
+    assert_eq!(
+        env(c, "TOKEND_LISTEN"),
+        env(
+            &kind(&single, "StatefulSet")["spec"]["template"]["spec"]["containers"][0],
+            "TOKEND_LISTEN"
+        )
+    );
+    assert!(
+        kind(&replicas, "PodDisruptionBudget")["spec"]["minAvailable"]
+            .as_i64()
+            .unwrap()
+            >= 1
+    );
 }

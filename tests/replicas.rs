@@ -325,5 +325,8 @@ async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revis
         }
         live += 1;
     }
-    assert_eq!(live, 4, "the operator's token and the three made after the deleted one");
+    assert_eq!(
+        live, 4,
+        "the operator's token and the three made after the deleted one"
+    );
 }

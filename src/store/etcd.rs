@@ -668,27 +668,38 @@ async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
 impl Store for EtcdStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         let inner = &self.inner;
-        // Plan on everything committed before this call, so a write made
-        // through another replica is never planned around.
-        inner.sync().await?;
+        // Optimistic: plan on this replica's state, and let the
+        // transaction's guards catch a plan made on a stale one. Only a plan
+        // that changes nothing (an error, a no-op) is not checked by etcd:
+        // it is made again once caught up with the cluster, so that a write
+        // another replica already answered is never planned around.
+        let mut synced = false;
         for _ in 0..MAX_ATTEMPTS {
             let state = inner.state();
             let now = SystemTime::now();
-            let (change, secret) = match command::plan(&state, &cmd, &Ctx { now, actor: &actor })? {
-                Plan::Unchanged(subject) => {
+            let (change, secret) = match command::plan(&state, &cmd, &Ctx { now, actor: &actor }) {
+                Ok(Plan::Change(change, secret)) => (change, secret),
+                Ok(Plan::Unchanged(_)) | Err(_) if !synced => {
+                    inner.sync().await?;
+                    synced = true;
+                    continue;
+                }
+                Ok(Plan::Unchanged(subject)) => {
                     return Ok(Applied {
                         revision: 0,
                         subject,
                         secret: None,
                     });
                 }
-                Plan::Change(change, secret) => (change, secret),
+                Err(e) => return Err(e),
             };
             let (txn, key, value) = inner.txn(&state, &change, now, &actor);
             let (committed, rev) = inner.commit(txn, &key, &value).await?;
             if !committed {
-                // Beaten by another replica: plan again on what beat us.
+                // Stale, or beaten by another replica: plan again on what
+                // won.
                 inner.sync().await?;
+                synced = true;
                 continue;
             }
             // This replica's state holds the change before it answers...
@@ -872,11 +883,14 @@ impl Inner {
     async fn everyone_applied(&self, rev: Revision) {
         let mut seen = self.replicas.subscribe();
         let deadline = Instant::now() + LEASE_TTL + Duration::from_secs(1);
+        // This replica's own state already holds `rev` (it reports only
+        // for the others).
+        let me = self.replica_key();
         loop {
             let behind: Vec<String> = seen
                 .borrow_and_update()
                 .iter()
-                .filter(|(_, applied)| **applied < rev)
+                .filter(|(k, applied)| **applied < rev && **k != me)
                 .map(|(k, _)| k.clone())
                 .collect();
             if behind.is_empty() {
@@ -964,8 +978,10 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
         .await
         .map_err(|e| unavailable("renewing the lease", e))?;
     let mut applied = inner.applied.subscribe();
+    let mut members = inner.replicas.subscribe();
     let mut renew = tokio::time::interval(LEASE_TTL / 4);
     let mut asked = Instant::now();
+    let mut reported = None;
     loop {
         tokio::select! {
             _ = renew.tick() => {
@@ -983,17 +999,27 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
             }
             changed = applied.changed() => {
                 changed.map_err(|_| Error::shutting_down())?;
-                // Only the latest matters: reports coalesce under load.
-                let rev = *applied.borrow_and_update();
-                client
-                    .put(
-                        inner.replica_key(),
-                        rev.to_string(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )
-                    .await
-                    .map_err(|e| unavailable("reporting progress", e))?;
             }
+            changed = members.changed() => {
+                changed.map_err(|_| Error::shutting_down())?;
+            }
+        }
+        // Reports are for the other replicas' writers: a replica alone
+        // makes none (an etcd write per event saved), and reports the moment
+        // another one appears. Only the latest matters: they coalesce.
+        let me = inner.replica_key();
+        let watched = members.borrow_and_update().keys().any(|k| *k != me);
+        let rev = *applied.borrow_and_update();
+        if watched && reported != Some(rev) {
+            client
+                .put(
+                    me,
+                    rev.to_string(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .map_err(|e| unavailable("reporting progress", e))?;
+            reported = Some(rev);
         }
     }
 }

@@ -133,6 +133,7 @@ async fn main() {
     let tokend = Arc::new(Tokend::start(root.path()).await);
     let etcd = Arc::new(Etcd::start(root.path()).await);
     let floor = Arc::new(Tokend::start_floor(root.path()).await);
+    let on_etcd = Arc::new(Tokend::start_on_etcd(root.path(), &etcd).await);
 
     if args.runs("floors") {
         eprintln!("6. floors");
@@ -156,6 +157,8 @@ async fn main() {
         let e = scenarios::deletes(&etcd, clients, sizes.deletes_per_run).await;
         let f = scenarios::deletes(&floor, clients, sizes.deletes_per_run).await;
         report.deletes(clients, &t, &e, &f);
+        let d = scenarios::deletes(&on_etcd, clients, sizes.deletes_per_run).await;
+        report.distributed_deletes(clients, &d, &t, &e);
     }
 
     if args.runs("mesh") {
@@ -175,11 +178,18 @@ async fn main() {
     let mut e_items = scenarios::seed(&etcd, sizes.items, 64).await;
     let (t_mark, e_mark) = (t_items.pop().unwrap(), e_items.pop().unwrap());
     let (t_items, e_items) = (Arc::new(t_items), Arc::new(e_items));
+    let d_items = if args.runs("lookups") {
+        Arc::new(scenarios::seed(&on_etcd, sizes.items / 10, 64).await)
+    } else {
+        Arc::default()
+    };
     for &clients in sizes.lookup_clients.iter().filter(|_| args.runs("lookups")) {
         eprintln!("3. lookups: {clients} clients");
         let t = scenarios::lookups(&tokend, &t_items, clients, sizes.lookup_time).await;
         let e = scenarios::lookups(&etcd, &e_items, clients, sizes.lookup_time).await;
         report.lookups(clients, &t, &e);
+        let d = scenarios::lookups(&on_etcd, &d_items, clients, sizes.lookup_time).await;
+        report.distributed_lookups(clients, &d, &t, &e);
     }
 
     for &clients in sizes.lookup_clients.iter().filter(|_| args.runs("mesh")) {

@@ -150,14 +150,25 @@ pub struct Tokend {
 }
 
 impl Tokend {
-    /// Starts the `tokend` binary that sits beside this one.
+    /// Starts the `tokend` binary that sits beside this one, on sled.
     pub async fn start(root: &Path) -> Tokend {
+        Tokend::start_with(root.join("tokend"), &[]).await
+    }
+
+    /// Starts tokend with its records on `etcd` (the etcd backend), as one
+    /// replica would run: the cost of going distributed.
+    pub async fn start_on_etcd(root: &Path, etcd: &Etcd) -> Tokend {
+        let store = format!("etcd://{}/tokend-bench", etcd.client_addr);
+        Tokend::start_with(root.join("tokend-etcd"), &["--store", &store]).await
+    }
+
+    async fn start_with(data_dir: PathBuf, extra: &[&str]) -> Tokend {
         let bin = std::env::current_exe().unwrap().with_file_name("tokend");
-        let data_dir = root.join("tokend");
         let (addr, metrics) = (free_addr(), free_addr());
         let mut child = Command::new(&bin)
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(&data_dir)
+            .args(extra)
             .args([
                 "--max-watchers",
                 "20000",
@@ -330,7 +341,7 @@ const PREFIX: &str = "/tokens/";
 
 pub struct Etcd {
     process: Process,
-    client_addr: SocketAddr,
+    pub client_addr: SocketAddr,
 }
 
 impl Etcd {

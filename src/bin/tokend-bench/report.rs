@@ -17,6 +17,8 @@ pub struct Report {
     memory: String,
     checks: Vec<String>,
     cache_refusal: String,
+    /// tokend on the etcd backend: deletes and verifies.
+    distributed: Vec<String>,
     // What the targets are judged on, kept as measured; `targets` derives
     // the verdicts when the report is rendered.
     /// (tokend, floor) receipt p99 ÷ etcd's at 1,000 watchers.
@@ -57,6 +59,7 @@ impl Report {
             memory: String::new(),
             checks: Vec::new(),
             cache_refusal: String::new(),
+            distributed: Vec::new(),
             fan_out_1000: None,
             memory_ratio: None,
             deletes_32: None,
@@ -194,6 +197,45 @@ impl Report {
         let (bt, be) = &mut self.best_lookups;
         *bt = bt.max(t.per_second);
         *be = be.max(e.per_second);
+    }
+
+    /// tokend on etcd (`d`) against tokend on sled and etcd itself.
+    pub fn distributed_deletes(
+        &mut self,
+        clients: usize,
+        d: &Throughput,
+        t: &Throughput,
+        e: &Throughput,
+    ) {
+        self.distributed(clients, "deletes", d, t, e);
+    }
+
+    pub fn distributed_lookups(
+        &mut self,
+        clients: usize,
+        d: &Throughput,
+        t: &Throughput,
+        e: &Throughput,
+    ) {
+        self.distributed(clients, "verifies", d, t, e);
+    }
+
+    fn distributed(
+        &mut self,
+        clients: usize,
+        what: &str,
+        d: &Throughput,
+        t: &Throughput,
+        e: &Throughput,
+    ) {
+        self.distributed.push(format!(
+            "| {what} | {clients} | {:.0} | {:.2} | **{:.2}** | **{:.2}** | {} |",
+            d.per_second,
+            d.latency.p99,
+            ratio(d.per_second, t.per_second),
+            ratio(d.per_second, e.per_second),
+            cpu(d),
+        ));
     }
 
     pub fn checks(&mut self, clients: usize, t: &Throughput) {
@@ -357,6 +399,22 @@ impl Report {
                 let _ = writeln!(w, "{row}");
             }
             let _ = writeln!(w, "\n{}", self.cache_refusal);
+        }
+        if !self.distributed.is_empty() {
+            let _ = writeln!(
+                w,
+                "\n## 8. Going distributed: tokend on the etcd backend\n\n\
+                 tokend started with `--store etcd://…` on the same one-member etcd as the \
+                 peer above, doing the work of sections 2 and 3 (verifies over a tenth as \
+                 many tokens). One replica: it waits for no other. Ratios against tokend on \
+                 sled and against etcd's own delete / get; CPU is the tokend process only \
+                 (etcd's work for it is not counted).\n\n\
+                 | call | C | per second | p99 ms | ÷ tokend on sled | ÷ etcd | CPU µs |\n\
+                 |---|---|---|---|---|---|---|"
+            );
+            for row in &self.distributed {
+                let _ = writeln!(w, "{row}");
+            }
         }
         if let Some(budget) = self.cpu_budget() {
             let _ = writeln!(w, "\n{budget}");
