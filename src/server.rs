@@ -284,18 +284,36 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .add_service(InterceptedService::new(accounts, auth))
         .add_service(authz);
 
-    // The store's size, for operators watching the disk.
-    let sized = store.clone();
-    let stop_sizing = shutdown.clone();
+    // The store, as operators and load balancers see it: its size on disk,
+    // and health that says NOT_SERVING while this process must not verify
+    // (an etcd replica that lost touch with the cluster), so probes and
+    // meshes route around it until it is back.
+    let watched = store.clone();
+    let stop_watching = shutdown.clone();
+    let reporter = health.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut size_tick = tokio::time::interval(Duration::from_secs(10));
+        let mut health_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut serving = true;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop_sizing.cancelled() => break,
-            }
-            if let Some(bytes) = sized.disk_bytes() {
-                metrics::gauge!(crate::telemetry::STORE_SIZE).set(bytes as f64);
+                _ = size_tick.tick() => {
+                    if let Some(bytes) = watched.disk_bytes() {
+                        metrics::gauge!(crate::telemetry::STORE_SIZE).set(bytes as f64);
+                    }
+                }
+                _ = health_tick.tick() => {
+                    let now = watched.verifying_state().is_ok();
+                    if now != serving && !stop_watching.is_cancelled() {
+                        serving = now;
+                        let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+                        tracing::warn!(?status, "store health changed");
+                        for name in served.iter().copied().chain([""]) {
+                            reporter.set_service_status(name, status).await;
+                        }
+                    }
+                }
+                _ = stop_watching.cancelled() => break,
             }
         }
     });

@@ -256,6 +256,25 @@ async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_i
         .await
         .expect_err("a fenced replica does not answer from its stale state");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // ...and says so to probes and load balancers, which route around it.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(&url(&b)).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still reports SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A, in touch with a quorum, answers.
     assert_eq!(
         verify(&mut on_a, &secret).await.result,
