@@ -36,12 +36,19 @@ async fn replica_on(store: &str, operator: &Path) -> (Process, tempfile::TempDir
     (p, dir)
 }
 
-/// A fresh operator secret in a file of `dir`.
-fn operator_file(dir: &Path) -> (std::path::PathBuf, String) {
+/// A fresh operator secret, in a file of a temp dir (kept while it lives).
+fn operator_file() -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
     let secret = Secret::generate(&TokenId::from_number(4242_0001));
-    let path = dir.join("operator.secret");
+    let path = dir.path().join("operator.secret");
     std::fs::write(&path, secret.expose()).unwrap();
-    (path, secret.expose().to_string())
+    (dir, path, secret.expose().to_string())
+}
+
+/// A new account with the `commerce` module, made through replica `p`.
+async fn account_on(p: &Process, operator: &str) -> pb::Account {
+    let mut accounts = accounts_at(&url(p), bearer(operator)).await;
+    new_account(&mut accounts, &["commerce"]).await
 }
 
 fn url(p: &Process) -> String {
@@ -51,15 +58,13 @@ fn url(p: &Process) -> String {
 #[tokio::test]
 async fn a_delete_through_one_replica_is_streamed_by_the_other_and_refused_there_at_once() {
     let cluster = EtcdCluster::start(3).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (file, operator) = operator_file(keys.path());
+    let (_keys, file, operator) = operator_file();
     let (a, _da) = replica(&cluster, "live", &file).await;
     let (b, _db) = replica(&cluster, "live", &file).await;
     let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
     let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
 
-    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
-    let account = new_account(&mut accounts, &["commerce"]).await;
+    let account = account_on(&a, &operator).await;
     let (token, secret) = create_token(&mut on_a, &account.id, "ci deploy").await;
     // Created through A, answered: B already verifies it.
     assert_eq!(
@@ -90,8 +95,7 @@ async fn a_delete_through_one_replica_is_streamed_by_the_other_and_refused_there
 #[tokio::test]
 async fn replicas_started_together_bootstrap_the_operator_once() {
     let cluster = EtcdCluster::start(3).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (file, operator) = operator_file(keys.path());
+    let (_keys, file, operator) = operator_file();
     let ((a, _da), (b, _db)) = tokio::join!(
         replica(&cluster, "boot", &file),
         replica(&cluster, "boot", &file)
@@ -115,12 +119,10 @@ async fn replicas_started_together_bootstrap_the_operator_once() {
 #[tokio::test]
 async fn losing_one_etcd_member_keeps_the_service_working() {
     let mut cluster = EtcdCluster::start(3).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (file, operator) = operator_file(keys.path());
+    let (_keys, file, operator) = operator_file();
     let (a, _da) = replica(&cluster, "quorum", &file).await;
     let mut tokens = tokens_at(&url(&a), bearer(&operator)).await;
-    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
-    let account = new_account(&mut accounts, &["commerce"]).await;
+    let account = account_on(&a, &operator).await;
     let (before, _) = create_token(&mut tokens, &account.id, "before").await;
 
     cluster.kill(0);
@@ -162,13 +164,11 @@ async fn losing_one_etcd_member_keeps_the_service_working() {
 #[tokio::test]
 async fn a_watcher_whose_replica_dies_resumes_on_another_and_misses_nothing() {
     let cluster = EtcdCluster::start(3).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (file, operator) = operator_file(keys.path());
+    let (_keys, file, operator) = operator_file();
     let (mut a, _da) = replica(&cluster, "resume", &file).await;
     let (b, _db) = replica(&cluster, "resume", &file).await;
     let mut writer = tokens_at(&url(&b), bearer(&operator)).await;
-    let mut accounts = accounts_at(&url(&b), bearer(&operator)).await;
-    let account = new_account(&mut accounts, &["commerce"]).await;
+    let account = account_on(&b, &operator).await;
 
     let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
     let mut events = watch(&mut on_a, pb::WatchTokensRequest::default()).await;
@@ -225,15 +225,13 @@ async fn a_watcher_whose_replica_dies_resumes_on_another_and_misses_nothing() {
 #[tokio::test]
 async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_is_answered() {
     let mut cluster = EtcdCluster::start(3).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (file, operator) = operator_file(keys.path());
+    let (_keys, file, operator) = operator_file();
     // A reaches members 1 and 2; B only member 0.
     let (a, _da) = replica_on(&cluster.store_on(&[1, 2], "fence"), &file).await;
     let (b, _db) = replica_on(&cluster.store_on(&[0], "fence"), &file).await;
     let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
     let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
-    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
-    let account = new_account(&mut accounts, &["commerce"]).await;
+    let account = account_on(&a, &operator).await;
     let (token, secret) = create_token(&mut on_a, &account.id, "cut off").await;
     assert_eq!(
         verify(&mut on_b, &secret).await.result,
@@ -285,12 +283,10 @@ async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_i
 #[tokio::test]
 async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revision() {
     let cluster = EtcdCluster::start(3).await;
-    let keys = tempfile::tempdir().unwrap();
-    let (file, operator) = operator_file(keys.path());
+    let (_keys, file, operator) = operator_file();
     let (a, _da) = replica(&cluster, "compact", &file).await;
     let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
-    let mut accounts = accounts_at(&url(&a), bearer(&operator)).await;
-    let account = new_account(&mut accounts, &["commerce"]).await;
+    let account = account_on(&a, &operator).await;
     let (first, _) = create_token(&mut on_a, &account.id, "old").await;
     let old = delete(&mut on_a, &first.id).await.unwrap().revision;
     for i in 0..3 {

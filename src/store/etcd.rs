@@ -752,12 +752,8 @@ impl Store for EtcdStore {
         self.inner.compacted.load(Ordering::Acquire)
     }
 
-    fn record_access(&self, id: &TokenId, at: SystemTime) {
-        self.inner.access.record(id, at);
-    }
-
-    fn last_access(&self, id: &TokenId) -> Option<SystemTime> {
-        self.inner.access.get(id)
+    fn access_log(&self) -> &AccessLog {
+        &self.inner.access
     }
 
     fn page_key(&self) -> [u8; 32] {

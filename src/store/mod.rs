@@ -65,11 +65,18 @@ pub trait Store: Send + Sync + 'static {
     /// The oldest revision still in the event log (head + 1 when it is empty).
     fn oldest_revision(&self) -> Revision;
 
+    /// Last-access times: kept in memory, persisted lazily by the backend.
+    fn access_log(&self) -> &AccessLog;
+
     /// Notes that a token was used, for its approximate `last_access_time`.
     /// Never changes the token's revision or etag, never emits an event.
-    fn record_access(&self, id: &TokenId, at: SystemTime);
+    fn record_access(&self, id: &TokenId, at: SystemTime) {
+        self.access_log().record(id, at);
+    }
 
-    fn last_access(&self, id: &TokenId) -> Option<SystemTime>;
+    fn last_access(&self, id: &TokenId) -> Option<SystemTime> {
+        self.access_log().get(id)
+    }
 
     /// A server-wide key, stable across restarts, for signing page tokens.
     fn page_key(&self) -> [u8; 32];

@@ -337,12 +337,8 @@ impl Store for SledStore {
         self.inner.oldest.load(Ordering::Acquire)
     }
 
-    fn record_access(&self, id: &TokenId, at: SystemTime) {
-        self.inner.access.record(id, at);
-    }
-
-    fn last_access(&self, id: &TokenId) -> Option<SystemTime> {
-        self.inner.access.get(id)
+    fn access_log(&self) -> &AccessLog {
+        &self.inner.access
     }
 
     fn page_key(&self) -> [u8; 32] {
