@@ -544,6 +544,10 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
                     .compacted
                     .fetch_max(revision(r.compact_revision()), Ordering::AcqRel);
                 let (state, _, head) = load(&inner.client, &inner.prefix).await?;
+                // The events kept in memory now end before a hole: serving
+                // a replay from them would skip what was missed. Replays go
+                // to etcd, which answers REVISION_COMPACTED.
+                inner.recent.lock().expect("recent events").clear();
                 *inner.state.write().expect("state lock") = Arc::new(state);
                 *after = head;
                 inner.applied.send_replace(head);
