@@ -3,9 +3,10 @@
 //! Owns the rules that span records: state transitions, etag checks, modules
 //! ⊆ the account's, ids never reused. [`plan`] reads a [`State`] and returns
 //! the record as it will be after the change; it must never write anything.
-//! The store's writer applies plans in order and persists them; a
-//! `validate_only` request runs the same plan against a snapshot and throws
-//! the result away, so "would succeed" and "succeeds" cannot disagree.
+//! A store plans each command against its latest state, persists the
+//! resulting [`Change`] and applies it; a `validate_only` request runs the
+//! same plan (through [`crate::store::Store::preview`]) and throws the result
+//! away, so "would succeed" and "succeeds" cannot disagree.
 
 use std::time::SystemTime;
 
@@ -15,7 +16,7 @@ use crate::domain::{
 };
 use crate::error::{Error, reason};
 use crate::secret::{Secret, SecretHash};
-use crate::state::State;
+use crate::state::{Change, SecretOp, State};
 
 /// A validated request to change something. Field formats were checked when
 /// it was built; everything that depends on current state is checked by [`plan`].
@@ -82,23 +83,6 @@ pub struct AccountPatch {
     pub name: Option<String>,
     pub status: Option<AccountStatus>,
     pub modules: Option<Modules>,
-}
-
-/// What happens to the secret index with a change.
-#[derive(Clone, PartialEq, Eq)]
-pub enum SecretOp {
-    Keep,
-    Set(SecretHash),
-    /// Deletion: the hash is erased from the index and from disk.
-    Erase(SecretHash),
-}
-
-/// A planned change: the record after it, and what it does to the secret index.
-#[derive(Clone)]
-pub struct Change {
-    pub kind: EventKind,
-    pub subject: Subject,
-    pub secret: SecretOp,
 }
 
 /// The outcome of planning a command.

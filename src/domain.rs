@@ -13,8 +13,12 @@ use std::time::SystemTime;
 
 use crate::error::Error;
 
-/// A position in the one global, gap-free sequence of committed changes.
-/// Revision 0 means "nothing yet"; the first change is revision 1.
+/// A position in the one global, ordered history of committed changes.
+/// Revisions only increase. On the embedded store they are consecutive; on
+/// etcd they are etcd's own and skip the numbers etcd spends on writes that
+/// are not events, which is why watch streams judge gaps by each event's
+/// predecessor, never by `revision == last + 1` (see [`crate::hub`]).
+/// Revision 0 means "nothing yet".
 pub type Revision = u64;
 
 /// Who made a change: the id of the calling token, or `bootstrap` for what
@@ -133,7 +137,7 @@ pub const MODULE_CATALOGUE: &[&str] = &[
     "spotlight",
 ];
 
-/// The module that lets a token manage its own account's tokens (SPEC §4).
+/// The module that lets a token manage its own account's tokens (docs/contract.md §4).
 pub const MODULE_ACCESS_MANAGEMENT: &str = "access-management";
 /// The module that, on an `OPERATIONS` account, manages every account.
 pub const MODULE_PLATFORM_ACCOUNT_MANAGEMENT: &str = "platform-account-management";
@@ -164,7 +168,7 @@ pub const DESCRIPTION_MAX_CHARS: usize = 2000;
 pub const ICON_MAX_CHARS: usize = 2048;
 
 /// A token or account name: 1–200 characters of letters, digits, space and
-/// `-` `.` `'` `"` (SPEC §1). Leading or trailing spaces are refused rather
+/// `-` `.` `'` `"` (docs/contract.md §1). Leading or trailing spaces are refused rather
 /// than trimmed, so what is stored is exactly what was sent.
 pub fn parse_name(field: &'static str, s: &str) -> Result<String, Error> {
     let n = s.chars().count();

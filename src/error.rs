@@ -4,8 +4,6 @@
 //! and one `ErrorInfo` reason, in `service::convert`). It must never carry a
 //! secret, nor echo unbounded user input: messages quote at most a short prefix.
 
-use crate::domain::Revision;
-
 /// Reason strings a client may branch on (`google.rpc.ErrorInfo.reason`,
 /// domain [`DOMAIN`]).
 pub mod reason {
@@ -68,8 +66,10 @@ pub enum Error {
         "revision {requested} has been compacted; the oldest retained revision is {oldest}: re-sync with send_initial"
     )]
     Compacted {
-        requested: Revision,
-        oldest: Revision,
+        // Revisions (`domain::Revision`); spelled `u64` so that this module,
+        // which everything depends on, depends on nothing.
+        requested: u64,
+        oldest: u64,
     },
     /// The configured cap on open watch streams is reached.
     #[error("too many open watch streams (limit {limit}); retry later")]

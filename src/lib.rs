@@ -13,12 +13,15 @@
 //!   in their own memory that the watch stream keeps current.
 
 pub mod auth;
+pub mod bootstrap;
+pub mod caller;
 pub mod cli;
 pub mod client;
 pub mod command;
 pub mod console;
 pub mod domain;
 pub mod error;
+pub mod hub;
 pub mod proto;
 pub mod query;
 pub mod secret;

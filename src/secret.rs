@@ -1,6 +1,6 @@
 //! Secrets: generated, formatted, checked and hashed here and nowhere else.
 //!
-//! Format (SPEC §1): `idt:TKN-NNNN-NNNN:<opaque>`, where `<opaque>` is 40
+//! Format (docs/contract.md §1): `idt:TKN-NNNN-NNNN:<opaque>`, where `<opaque>` is 40
 //! base62 characters from the OS CSPRNG followed by 6 base62 characters that
 //! hold a CRC32 of everything before them. The checksum lets a secret scanner
 //! (or [`parse`]) reject look-alikes offline, without touching the store.

@@ -25,12 +25,13 @@ use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
 use crate::error::Error;
+use crate::hub::Hub;
 use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::{Authz, AuthzConfig, Service};
 use crate::store::{Backend, SledConfig, SledStore, Store};
 use crate::telemetry::RpcLog;
-use crate::watch::{Hub, WatchConfig, Watchers};
+use crate::watch::{WatchConfig, Watchers};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 #[derive(Clone, Debug)]
@@ -209,7 +210,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown.clone(),
     );
     let service = Service::new(store.clone(), watchers);
-    crate::auth::bootstrap(
+    crate::bootstrap::operator(
         store.as_ref(),
         &config.data_dir,
         config.operator_token_file.as_deref(),

@@ -3,19 +3,39 @@
 //! Owns the in-memory indexes that reads, verification, plans and watch
 //! snapshots consult (by id, by account, by secret hash). Built on persistent
 //! maps, so a clone is O(1): a reader holds a consistent snapshot for as long
-//! as it likes while the writer prepares the next one. It must never be
-//! mutated except by the store's writer through [`State::apply`], and never
-//! hold a plain secret.
+//! as it likes while the store prepares the next one.
+//!
+//! A [`Change`] is the unit of history: [`crate::command::plan`] produces it,
+//! the store persists it, and [`State::apply`] folds it in. The state must
+//! never be mutated except through [`State::apply`], in revision order, by the
+//! one task of its store that follows the durable history (sled's writer
+//! thread, or the etcd backend's pump), and must never hold a plain secret.
 
 use imbl::{HashMap, OrdMap, OrdSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::command::{Change, SecretOp};
 use crate::domain::{
-    Account, AccountId, AccountStatus, Revision, Subject, Token, TokenId, TokenStatus,
+    Account, AccountId, AccountStatus, EventKind, Revision, Subject, Token, TokenId, TokenStatus,
 };
 use crate::secret::{self, SecretHash};
+
+/// What happens to the secret index with a change.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretOp {
+    Keep,
+    Set(SecretHash),
+    /// Deletion: the hash is erased from the index and from disk.
+    Erase(SecretHash),
+}
+
+/// A planned change: the record after it, and what it does to the secret index.
+#[derive(Clone)]
+pub struct Change {
+    pub kind: EventKind,
+    pub subject: Subject,
+    pub secret: SecretOp,
+}
 
 /// What a presented secret is worth at one revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +169,8 @@ impl State {
             .map(|(_, a)| a)
     }
 
-    /// Applies one committed change at `revision`. Only the store's writer
-    /// calls this, in revision order, once the change is planned.
+    /// Applies one durable change at `revision`. Only the store's task that
+    /// follows the durable history calls this, in revision order.
     pub fn apply(&mut self, change: &Change, revision: Revision) {
         debug_assert!(revision > self.revision, "revisions increase");
         self.revision = revision;

@@ -1,13 +1,12 @@
 //! Watch streams: every committed change, delivered in revision order with no
 //! gaps and no duplicates, to any number of subscribers.
 //!
-//! Revisions increase but need not be consecutive: a backend whose revisions
-//! are its database's (etcd) spends some on writes that are not events. So
-//! "no gap" is judged by each published event naming the revision of the one
-//! before it, never by `revision == next`.
+//! Revisions increase but need not be consecutive (see
+//! [`crate::domain::Revision`]), so "no gap" is judged by each
+//! [`Published`] event naming the revision of the one before it, never by
+//! `revision == next`.
 //!
-//! Owns the [`Hub`] (the live fan-out of durable events) and one follower
-//! per stream: a stream of notices that the gRPC response polls itself, with
+//! Owns one follower per stream: a stream of notices that the gRPC response polls itself, with
 //! no task and no queue of its own. A follower remembers `next`, the next
 //! revision it owes its client. It subscribes to the hub *before* it reads the log, reads the log
 //! from `next` up to the durable head, then follows the hub, skipping what it
@@ -35,49 +34,12 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::auth::{Caller, revokes};
+use crate::caller::{Caller, revokes};
 use crate::domain::{AccountId, Event, EventKind, Revision, Token};
 use crate::error::Error;
+use crate::hub::{Hub, Published};
 use crate::store::Store;
 use crate::telemetry;
-
-/// The live fan-out of durable events. The store publishes each event once it
-/// is durable and the state that includes it is visible, in revision order.
-#[derive(Clone)]
-pub struct Hub {
-    tx: broadcast::Sender<Published>,
-}
-
-/// An event as the hub carries it: with the revision of the event published
-/// before it, so a follower knows whether anything lies between the last
-/// event it sent and this one.
-#[derive(Clone)]
-pub struct Published {
-    pub after: Revision,
-    pub event: Arc<Event>,
-}
-
-impl Hub {
-    /// `capacity` events are kept for receivers that fall behind; a receiver
-    /// further behind than that is told it lagged and re-reads the log.
-    pub fn new(capacity: usize) -> Hub {
-        Hub {
-            tx: broadcast::channel(capacity.max(16)).0,
-        }
-    }
-
-    /// Publishes `event`, whose predecessor in the store's history is at
-    /// revision `after` (0: none). Called by one publisher, in order.
-    pub fn publish(&self, after: Revision, event: Arc<Event>) {
-        metrics::counter!(telemetry::EVENTS_PUBLISHED).increment(1);
-        // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(Published { after, event });
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
-        self.tx.subscribe()
-    }
-}
 
 /// What a stream delivers.
 #[derive(Debug, Clone)]

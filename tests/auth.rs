@@ -1,4 +1,4 @@
-//! SPEC §4: who may do what, watch isolation, credential revocation cutting
+//! docs/contract.md §4: who may do what, watch isolation, credential revocation cutting
 //! streams, the operator bootstrap, TLS and mTLS, request limits.
 
 mod common;

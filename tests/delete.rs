@@ -1,4 +1,4 @@
-//! SPEC §2, point by point: what deleting a token means.
+//! docs/contract.md §2, point by point: what deleting a token means.
 
 mod common;
 

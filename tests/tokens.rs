@@ -1,4 +1,4 @@
-//! The token lifecycle and the rules of SPEC §1 and §3 over gRPC.
+//! The token lifecycle and the rules of docs/contract.md §1 and §3 over gRPC.
 
 mod common;
 

@@ -6,7 +6,8 @@
 use tonic::{Request, Response, Status};
 
 use super::{Service, convert, etag, mask_paths};
-use crate::auth::{Caller, caller};
+use crate::auth::caller;
+use crate::caller::Caller;
 use crate::command::{AccountPatch, Command, NewAccount};
 use crate::domain::{Account, AccountId, AccountStatus, Subject, parse_modules, parse_name};
 use crate::error::Error;
@@ -15,7 +16,7 @@ use crate::query::{FilterExpr, Pager, page_size};
 
 const UPDATABLE: &[&str] = &["name", "status", "modules"];
 
-/// AccountService is for operators only (SPEC §4).
+/// AccountService is for operators only (docs/contract.md §4).
 fn operator<T>(request: &Request<T>) -> Result<Caller, Error> {
     let caller = caller(request)?;
     caller.require_operator()?;

@@ -22,7 +22,7 @@ use envoy_types::ext_authz::v3::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth::bearer;
+use crate::caller::bearer;
 use crate::domain::{Account, Modules, Token};
 use crate::state::{Standing, State, Verification};
 use crate::store::Store;

@@ -13,8 +13,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{Service, convert, etag, mask_paths};
-use crate::auth::{Caller, caller};
-use crate::command::{self, Command, Ctx, NewToken, Plan, TokenPatch};
+use crate::auth::caller;
+use crate::caller::Caller;
+use crate::command::{Command, NewToken, Plan, TokenPatch};
 use crate::domain::{
     AccountId, Subject, Token, TokenId, TokenStatus, parse_description, parse_icon, parse_modules,
     parse_name,
@@ -293,19 +294,15 @@ impl TokenService for Service {
             allow_missing: r.allow_missing,
         };
         if r.validate_only {
-            // The very plan a real delete would run, against the current
-            // state, thrown away: no write, no revision, no event. The answer
-            // is the token as it is now, with the etag that confirms it.
-            let actor = caller.actor();
-            let ctx = Ctx {
-                now: SystemTime::now(),
-                actor: &actor,
-            };
-            let state = self.store.state();
-            let token = match command::plan(&state, &cmd, &ctx)? {
+            // The answer is the token as it is now, with the etag that
+            // confirms it.
+            let token = match self.store.preview(&cmd, &caller.actor()).await? {
                 Plan::Change(change, _) => {
                     let planned = Self::expect_token(Some(change.subject))?;
-                    state.token(&planned.id).map(|t| self.token_out(t))
+                    self.store
+                        .state()
+                        .token(&planned.id)
+                        .map(|t| self.token_out(t))
                 }
                 Plan::Unchanged(_) => None,
             };

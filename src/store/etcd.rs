@@ -54,12 +54,12 @@ use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{AccessLog, Applied, Store};
-use crate::command::{self, Change, Command, Ctx, Plan, SecretOp};
+use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Account, Actor, Event, EventKind, Revision, Subject, Token, TokenId};
 use crate::error::{Error, reason};
+use crate::hub::Hub;
 use crate::secret::SecretHash;
-use crate::state::State;
-use crate::watch::Hub;
+use crate::state::{Change, SecretOp, State};
 
 /// How many times a write is planned again after another replica changed
 /// what it read, before the caller is told to retry.
@@ -668,7 +668,7 @@ async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
     Ok(())
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         let inner = &self.inner;

@@ -3,7 +3,7 @@
 //! Owns durability and the global revision sequence. A backend commits each
 //! [`Command`] under the next revision together with its [`Event`], answers
 //! only once that is on disk, then publishes the new [`State`] and hands the
-//! events to the [`Hub`](crate::watch::Hub), in that order. The trait speaks
+//! events to the [`Hub`](crate::hub::Hub), in that order. The trait speaks
 //! domain types only, so a distributed backend (etcd, whose revisions and
 //! watch are its own) fits behind it without touching the service layer.
 //!
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::command::Command;
+use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, Event, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::Secret;
@@ -40,11 +40,25 @@ pub struct Applied {
     pub secret: Option<Secret>,
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Commits `cmd` as `actor`. Returns only once the change is durable
-    /// (fsync), or with the reason nothing was changed.
+    /// (on the embedded store, tokend's own `fdatasync` returned; on etcd, a
+    /// quorum committed it and every live replica applied it), or with the
+    /// reason nothing was changed.
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error>;
+
+    /// What [`Store::apply`] would do with `cmd`, without doing it
+    /// (`validate_only`): the very plan a commit would run, against the
+    /// latest state, thrown away. No write, no revision, no event. A backend
+    /// whose state may trail its database catches up first.
+    async fn preview(&self, cmd: &Command, actor: &Actor) -> Result<Plan, Error> {
+        let ctx = Ctx {
+            now: SystemTime::now(),
+            actor,
+        };
+        command::plan(&self.state(), cmd, &ctx)
+    }
 
     /// The latest durable state: a consistent snapshot, cheap to take.
     fn state(&self) -> Arc<State>;

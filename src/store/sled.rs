@@ -31,12 +31,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{AccessLog, Applied, Store};
-use crate::command::{self, Change, Command, Ctx, Plan, SecretOp};
+use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Account, Actor, Event, Revision, Subject, Token, TokenId};
 use crate::error::{Error, reason};
-use crate::state::State;
+use crate::hub::Hub;
+use crate::state::{Change, SecretOp, State};
 use crate::telemetry;
-use crate::watch::Hub;
 
 const FORMAT: &[u8] = b"tokend-sled-1";
 const K_FORMAT: &[u8] = b"m/format";
@@ -276,7 +276,7 @@ fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
     Ok((State::restore(revision, accounts, tokens, secrets), access))
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Store for SledStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         let (reply, answer) = oneshot::channel();

@@ -1,0 +1,177 @@
+//! The first-start operator credential.
+//!
+//! Owns making sure some operator can call tokend on a new store: the secret
+//! file (written before its token exists, mode 0600, atomically), the
+//! Operations account, and the operator token, created once even when
+//! several replicas start at once (under [`Store::bootstrap_lock`]). It must
+//! never log the secret (only the file's path), and never refuse to start
+//! because an operator deleted a leaked operator token.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::command::{Command, NewAccount, NewToken};
+use crate::domain::{
+    AccountId, AccountType, Actor, MODULE_ACCESS_MANAGEMENT, MODULE_CATALOGUE,
+    MODULE_PLATFORM_ACCOUNT_MANAGEMENT, Subject, TokenStatus,
+};
+use crate::error::Error;
+use crate::secret::{self, Secret};
+use crate::state::State;
+use crate::store::Store;
+
+/// The actor of what bootstrap does.
+const BOOTSTRAP: &str = "bootstrap";
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// Makes sure an operator credential exists, on first start.
+///
+/// - With `supplied` (`--operator-token-file`): that file's secret must name a
+///   live token, or one is created for it.
+/// - Otherwise, on a store with no accounts: a secret is generated and written
+///   to `<data-dir>/operator.token` (mode 0600) *before* its token is created,
+///   so a crash in between is finished by the next start and never leaves an
+///   operator token whose secret nobody has.
+/// - Otherwise, if that file exists, the same as `supplied`.
+///
+/// Logs only the path, never the secret. Returns the path in use, if any.
+pub async fn operator(
+    store: &dyn Store,
+    data_dir: &Path,
+    supplied: Option<&Path>,
+) -> Result<Option<PathBuf>, Error> {
+    // Replicas sharing a database take turns, each seeing the others' work.
+    let _turn = store.bootstrap_lock().await?;
+    let default_path = data_dir.join(OPERATOR_TOKEN_FILE);
+    let path = match supplied {
+        Some(p) => p.to_path_buf(),
+        None if default_path.exists() => default_path,
+        None if store.state().accounts_after(None).next().is_none() => {
+            let id = crate::command::fresh_token_id(&store.state())?;
+            let secret = Secret::generate(&id);
+            write_secret_file(&default_path, &secret)?;
+            tracing::info!(path = %default_path.display(), "operator credential written");
+            default_path
+        }
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::invalid(
+            "operator-token-file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let text = text.trim();
+    let id = secret::parse(text).map_err(|_| {
+        Error::invalid(
+            "operator-token-file",
+            format!(
+                "{} does not hold a tokend secret (idt:TKN-…)",
+                path.display()
+            ),
+        )
+    })?;
+    let hash = secret::hash(text);
+    let state = store.state();
+    if let Some(t) = state.token_by_secret(&hash)
+        && t.status == TokenStatus::Active
+    {
+        tracing::info!(path = %path.display(), token = %t.id, "operator credential in use");
+        return Ok(Some(path));
+    }
+    if state.token_id_taken(&id) {
+        // Deleting a leaked operator token is what operators should do; it
+        // must not stop tokend from starting. Other operator tokens work.
+        tracing::warn!(
+            path = %path.display(),
+            token = %id,
+            "the operator token in this file was disabled or deleted; it no longer authenticates"
+        );
+        return Ok(None);
+    }
+    let actor = Actor(BOOTSTRAP.to_string());
+    let account = match operations_account(&state) {
+        Some(id) => id,
+        None => {
+            let applied = store
+                .apply(
+                    Command::CreateAccount(NewAccount {
+                        name: "Operations".into(),
+                        kind: AccountType::Operations,
+                        modules: MODULE_CATALOGUE.iter().map(|m| m.to_string()).collect(),
+                    }),
+                    actor.clone(),
+                )
+                .await?;
+            match applied.subject {
+                Some(Subject::Account(a)) => a.id,
+                _ => return Err(Error::Internal("bootstrap account missing".into())),
+            }
+        }
+    };
+    store
+        .apply(
+            Command::CreateToken(NewToken {
+                account_id: account,
+                name: "operator".into(),
+                description: "Created by tokend on first start".into(),
+                icon: None,
+                modules: [MODULE_ACCESS_MANAGEMENT, MODULE_PLATFORM_ACCOUNT_MANAGEMENT]
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect(),
+                preset: Some((id.clone(), hash)),
+            }),
+            actor,
+        )
+        .await?;
+    tracing::info!(path = %path.display(), token = %id, "operator token created");
+    Ok(Some(path))
+}
+
+/// The Operations account an interrupted bootstrap may have left.
+fn operations_account(state: &State) -> Option<AccountId> {
+    state
+        .accounts_after(None)
+        .find(|a| {
+            a.kind == AccountType::Operations
+                && a.audit
+                    .created
+                    .as_ref()
+                    .is_some_and(|c| c.by.0 == BOOTSTRAP)
+        })
+        .map(|a| a.id.clone())
+}
+
+/// Writes the secret readable by the owner only, atomically (temp + rename)
+/// and durably (fsync of file and directory).
+fn write_secret_file(path: &Path, secret: &Secret) -> Result<(), Error> {
+    let fail = |e: std::io::Error| {
+        Error::invalid("data-dir", format!("cannot write {}: {e}", path.display()))
+    };
+    let tmp = path.with_extension("tmp");
+    // A leftover (or planted) temp file must not lend us its mode or a
+    // symlink: start from nothing.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(secret.expose().as_bytes()).map_err(fail)?;
+    f.write_all(b"\n").map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+    }
+    Ok(())
+}
