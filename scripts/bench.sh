@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tokend against etcd, side by side, on this machine: writes BENCHMARKS.md.
 #
-#   scripts/bench.sh              full run (about 3 minutes), writes BENCHMARKS.md
+#   scripts/bench.sh              full run, writes BENCHMARKS.md; takes several
+#                                 minutes (about 6 on a 2-core machine)
 #   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
