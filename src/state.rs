@@ -14,9 +14,11 @@
 use imbl::{HashMap, OrdMap, OrdSet};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::domain::{
-    Account, AccountId, AccountStatus, EventKind, Revision, Subject, Token, TokenId, TokenStatus,
+    Account, AccountId, AccountStatus, Actor, Event, EventKind, Revision, Subject, Token, TokenId,
+    TokenStatus,
 };
 use crate::secret::{self, SecretHash};
 
@@ -35,6 +37,20 @@ pub struct Change {
     pub kind: EventKind,
     pub subject: Subject,
     pub secret: SecretOp,
+}
+
+impl Change {
+    /// The event this change becomes once committed at `revision`: what the
+    /// log keeps and every watch stream carries (the secret op stays behind).
+    pub fn event(&self, revision: Revision, time: SystemTime, actor: Actor) -> Event {
+        Event {
+            revision,
+            kind: self.kind,
+            subject: self.subject.clone(),
+            time,
+            actor,
+        }
+    }
 }
 
 /// What a presented secret is worth at one revision.

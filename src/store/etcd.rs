@@ -565,13 +565,7 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
             let s: Stored = serde_json::from_slice(kv.value()).map_err(|e| corrupt("record", e))?;
             let change = change_of(&state, s.account, s.token, s.secret, s.kind)?;
             state.apply(&change, rev);
-            events.push(Arc::new(Event {
-                revision: rev,
-                kind: change.kind,
-                subject: change.subject,
-                time: s.time,
-                actor: s.actor,
-            }));
+            events.push(Arc::new(change.event(rev, s.time, s.actor)));
         }
         let Some(last) = events.last().map(|e| e.revision) else {
             continue;

@@ -417,13 +417,7 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
                     Ok(Plan::Change(change, secret)) => {
                         let revision = work.revision() + 1;
                         work.apply(&change, revision);
-                        events.push(Arc::new(Event {
-                            revision,
-                            kind: change.kind,
-                            subject: change.subject.clone(),
-                            time: now,
-                            actor,
-                        }));
+                        events.push(Arc::new(change.event(revision, now, actor)));
                         let subject = Some(change.subject.clone());
                         changes.push(change);
                         Ok(Applied {
