@@ -175,7 +175,7 @@ impl State {
     pub fn accounts_after<'a>(
         &'a self,
         after: Option<&AccountId>,
-    ) -> impl Iterator<Item = &'a Arc<Account>> + 'a {
+    ) -> impl Iterator<Item = &'a Arc<Account>> + use<'a> {
         let lower = match after {
             Some(id) => Bound::Excluded(id.clone()),
             None => Bound::Unbounded,

@@ -9,10 +9,10 @@ use super::{Service, convert, etag, mask_paths};
 use crate::auth::caller;
 use crate::caller::Caller;
 use crate::command::{AccountPatch, Command, NewAccount};
-use crate::domain::{Account, AccountId, AccountStatus, Subject, parse_modules, parse_name};
+use crate::domain::{Account, AccountId, Subject, parse_modules, parse_name};
 use crate::error::Error;
 use crate::proto::{self as pb, account_service_server::AccountService};
-use crate::query::{FilterExpr, Pager, page_size};
+use crate::query::{FilterExpr, page_size};
 
 const UPDATABLE: &[&str] = &["name", "status", "modules"];
 
@@ -63,15 +63,8 @@ fn account_patch(
 
 fn matches(filter: &FilterExpr, a: &Account) -> bool {
     filter.matches(|field| match field {
-        "status" => vec![match a.status {
-            AccountStatus::Active => "ACTIVE",
-            AccountStatus::Disabled => "DISABLED",
-        }],
-        "type" => vec![match a.kind {
-            crate::domain::AccountType::Client => "CLIENT",
-            crate::domain::AccountType::Vendor => "VENDOR",
-            crate::domain::AccountType::Operations => "OPERATIONS",
-        }],
+        "status" => vec![convert::account_status_name(a.status)],
+        "type" => vec![convert::account_type_name(a.kind)],
         "name" => vec![a.name.as_str()],
         "modules" => a.modules.iter().map(String::as_str).collect(),
         _ => vec![],
@@ -119,27 +112,23 @@ impl AccountService for Service {
         let r = request.into_inner();
         let size = page_size(r.page_size)?;
         let filter = FilterExpr::parse(&r.filter, &["status", "type", "name"], &["modules"])?;
-        let pager = Pager::new(self.store.page_key(), &["accounts", &r.filter]);
-        let after = pager
-            .decode(&r.page_token)?
-            .map(|s| AccountId::parse(&s))
-            .transpose()?;
         let state = self.store.state();
-        let total = state
-            .accounts_after(None)
-            .filter(|a| matches(&filter, a))
-            .count();
-        let (page, next_page_token) = pager.page(
-            state
-                .accounts_after(after.as_ref())
-                .filter(|a| matches(&filter, a)),
+        let page = self.list(
+            &["accounts", &r.filter],
+            &r.page_token,
             size,
+            AccountId::parse,
+            |after| state.accounts_after(after).filter(|a| matches(&filter, a)),
             |a| a.id.as_str(),
-        );
+        )?;
         Ok(Response::new(pb::ListAccountsResponse {
-            accounts: page.into_iter().map(|a| convert::account(a)).collect(),
-            next_page_token,
-            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+            accounts: page
+                .items
+                .into_iter()
+                .map(|a| convert::account(a))
+                .collect(),
+            next_page_token: page.next_page_token,
+            total_size: page.total_size,
         }))
     }
 

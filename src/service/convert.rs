@@ -14,6 +14,7 @@ use crate::domain::{
 };
 use crate::error::{DOMAIN, Error, reason};
 use crate::proto as pb;
+use crate::state::Standing;
 use crate::watch::Notice;
 
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
@@ -46,6 +47,48 @@ pub fn token_status(s: TokenStatus) -> pb::TokenStatus {
         TokenStatus::Active => pb::TokenStatus::Active,
         TokenStatus::Disabled => pb::TokenStatus::Disabled,
         TokenStatus::Deleted => pb::TokenStatus::Deleted,
+    }
+}
+
+/// The name a filter compares an enum with: its proto name without the type
+/// prefix (`TOKEN_STATUS_ACTIVE` → `ACTIVE`), so the proto stays the one
+/// place these names are spelled.
+fn short_name(proto_name: &'static str, prefix: &str) -> &'static str {
+    proto_name.strip_prefix(prefix).unwrap_or(proto_name)
+}
+
+pub fn token_status_name(s: TokenStatus) -> &'static str {
+    short_name(token_status(s).as_str_name(), "TOKEN_STATUS_")
+}
+
+pub fn account_status_name(s: AccountStatus) -> &'static str {
+    short_name(account_status(s).as_str_name(), "ACCOUNT_STATUS_")
+}
+
+pub fn account_type_name(t: AccountType) -> &'static str {
+    short_name(account_type(t).as_str_name(), "ACCOUNT_TYPE_")
+}
+
+/// How a verification outcome is named on each surface. [`Standing`] is the
+/// one decision ([`crate::state::State::verify`]); the others translate it:
+///
+/// | `Standing`        | `VerifyResult` (VerifyToken) | ext_authz `Denial` (Check)        | API authentication |
+/// |-------------------|------------------------------|-----------------------------------|--------------------|
+/// | `Valid`           | `VALID`                      | allowed (or 403 `module_missing`) | the caller         |
+/// | `Malformed`       | `MALFORMED`                  | 401 `malformed_credential`        | `UNAUTHENTICATED`  |
+/// | `NotFound`        | `NOT_FOUND`                  | 401 `invalid_credential`          | `UNAUTHENTICATED`  |
+/// | `Disabled`        | `DISABLED`                   | 401 `token_disabled`              | `UNAUTHENTICATED`  |
+/// | `AccountDisabled` | `ACCOUNT_DISABLED`           | 401 `account_disabled`            | `UNAUTHENTICATED`  |
+///
+/// A client's [`crate::client::Verdict`] mirrors `VerifyResult` one for one,
+/// as its [`crate::client::TokenCache`] decides it from memory.
+pub fn verify_result(s: Standing) -> pb::VerifyResult {
+    match s {
+        Standing::Valid => pb::VerifyResult::Valid,
+        Standing::Malformed => pb::VerifyResult::Malformed,
+        Standing::NotFound => pb::VerifyResult::NotFound,
+        Standing::Disabled => pb::VerifyResult::Disabled,
+        Standing::AccountDisabled => pb::VerifyResult::AccountDisabled,
     }
 }
 

@@ -19,6 +19,7 @@ pub use authz::{Authz, AuthzConfig};
 use std::sync::Arc;
 
 use crate::error::Error;
+use crate::query::Pager;
 use crate::store::Store;
 use crate::watch::Watchers;
 
@@ -32,6 +33,46 @@ pub struct Service {
 impl Service {
     pub fn new(store: Arc<dyn Store>, watchers: Watchers) -> Service {
         Service { store, watchers }
+    }
+}
+
+/// One page of a list RPC (AIP-158).
+struct Page<T> {
+    items: Vec<T>,
+    next_page_token: String,
+    /// How many items match in all, on every page.
+    total_size: i32,
+}
+
+impl Service {
+    /// The one paging path of both list RPCs. `query` names the resource
+    /// and every request field that shapes the result set, so a page token
+    /// is refused by any other query; `scan(after)` yields the matching
+    /// items in id order after `after` (exclusive).
+    fn list<T, Id, I>(
+        &self,
+        query: &[&str],
+        page_token: &str,
+        size: usize,
+        parse_id: impl Fn(&str) -> Result<Id, Error>,
+        scan: impl Fn(Option<&Id>) -> I,
+        id: impl Fn(&T) -> &str,
+    ) -> Result<Page<T>, Error>
+    where
+        I: Iterator<Item = T>,
+    {
+        let pager = Pager::new(self.store.page_key(), query);
+        let after = pager
+            .decode(page_token)?
+            .map(|s| parse_id(&s))
+            .transpose()?;
+        let total = scan(None).count();
+        let (items, next_page_token) = pager.page(scan(after.as_ref()), size, id);
+        Ok(Page {
+            items,
+            next_page_token,
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+        })
     }
 }
 

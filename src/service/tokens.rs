@@ -17,12 +17,11 @@ use crate::auth::caller;
 use crate::caller::Caller;
 use crate::command::{Command, NewToken, Plan, TokenPatch};
 use crate::domain::{
-    AccountId, Subject, Token, TokenId, TokenStatus, parse_description, parse_icon, parse_modules,
-    parse_name,
+    AccountId, Subject, Token, TokenId, parse_description, parse_icon, parse_modules, parse_name,
 };
 use crate::error::Error;
 use crate::proto::{self as pb, token_service_server::TokenService};
-use crate::query::{FilterExpr, Pager, page_size};
+use crate::query::{FilterExpr, page_size};
 use crate::state::Standing;
 use crate::watch::{Filter, Start};
 
@@ -114,14 +113,6 @@ fn token_filter(input: &str) -> Result<FilterExpr, Error> {
     FilterExpr::parse(input, &["status", "name", "account_id"], &["modules"])
 }
 
-fn status_name(s: TokenStatus) -> &'static str {
-    match s {
-        TokenStatus::Active => "ACTIVE",
-        TokenStatus::Disabled => "DISABLED",
-        TokenStatus::Deleted => "DELETED",
-    }
-}
-
 #[tonic::async_trait]
 impl TokenService for Service {
     async fn create_token(
@@ -191,39 +182,29 @@ impl TokenService for Service {
         let state = self.store.state();
         let show_deleted = if r.show_deleted { "deleted" } else { "live" };
         let scope = account.as_ref().map_or("", AccountId::as_str);
-        let pager = Pager::new(
-            self.store.page_key(),
-            &["tokens", scope, &r.filter, show_deleted],
-        );
-        let after = pager
-            .decode(&r.page_token)?
-            .map(|s| TokenId::parse(&s))
-            .transpose()?;
+        let query = ["tokens", scope, &r.filter, show_deleted];
         let matches = |t: &&std::sync::Arc<Token>| {
             (r.show_deleted || !t.is_deleted())
                 && filter.matches(|field| match field {
-                    "status" => vec![status_name(t.status)],
+                    "status" => vec![convert::token_status_name(t.status)],
                     "name" => vec![t.name.as_str()],
                     "account_id" => vec![t.account_id.as_str()],
                     "modules" => t.modules.iter().map(String::as_str).collect(),
                     _ => vec![],
                 })
         };
-        let total = state
-            .tokens_after(account.as_ref(), None)
-            .filter(matches)
-            .count();
-        let (page, next_page_token) = pager.page(
-            state
-                .tokens_after(account.as_ref(), after.as_ref())
-                .filter(matches),
+        let page = self.list(
+            &query,
+            &r.page_token,
             size,
+            TokenId::parse,
+            |after| state.tokens_after(account.as_ref(), after).filter(matches),
             |t| t.id.as_str(),
-        );
+        )?;
         Ok(Response::new(pb::ListTokensResponse {
-            tokens: page.into_iter().map(|t| self.token_out(t)).collect(),
-            next_page_token,
-            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+            tokens: page.items.into_iter().map(|t| self.token_out(t)).collect(),
+            next_page_token: page.next_page_token,
+            total_size: page.total_size,
         }))
     }
 
@@ -340,13 +321,7 @@ impl TokenService for Service {
         };
         let state = self.store.verifying_state()?;
         let v = state.verify(&r.secret);
-        let result = match v.standing {
-            Standing::Valid => pb::VerifyResult::Valid,
-            Standing::Malformed => pb::VerifyResult::Malformed,
-            Standing::NotFound => pb::VerifyResult::NotFound,
-            Standing::Disabled => pb::VerifyResult::Disabled,
-            Standing::AccountDisabled => pb::VerifyResult::AccountDisabled,
-        };
+        let result = convert::verify_result(v.standing);
         if let (Standing::Valid, Some(token)) = (v.standing, v.token) {
             self.store.record_access(&token.id, SystemTime::now());
         }
