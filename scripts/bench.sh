@@ -3,6 +3,10 @@
 #
 #   scripts/bench.sh              full run, writes BENCHMARKS.md; takes several
 #                                 minutes (about 6 on a 2-core machine)
+#   scripts/bench.sh --only deletes,fan-out
+#                                 those scenarios only (fan-out, deletes, lookups,
+#                                 catch-up, mesh, floors); the report goes to a
+#                                 temp file, BENCHMARKS.md stays as it is
 #   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
@@ -30,12 +34,18 @@ case "${1:-}" in
     out="$(mktemp -d)/BENCHMARKS.md"
     exec target/debug/tokend-bench --smoke --out "$out"
     ;;
+  --only)
+    cargo build -q --release --features bench --bins
+    out="$(mktemp -d)/BENCHMARKS.md"
+    echo "report: $out" >&2
+    exec target/release/tokend-bench --only "${2:?--only takes a list of scenarios}" --out "$out"
+    ;;
   "")
     cargo build -q --release --features bench --bins
     exec target/release/tokend-bench --out BENCHMARKS.md
     ;;
   *)
-    echo "usage: $0 [--smoke | --install]" >&2
+    echo "usage: $0 [--smoke | --install | --only SCENARIOS]" >&2
     exit 2
     ;;
 esac
