@@ -63,10 +63,6 @@ const NF: Option<Code> = Some(Code::NotFound);
 const FP: Option<Code> = Some(Code::FailedPrecondition);
 const AB: Option<Code> = Some(Code::Aborted);
 
-fn code<T>(r: Result<T, tonic::Status>) -> Option<Code> {
-    r.err().map(|e| e.code())
-}
-
 /// Every RPC, as each caller, with the exact status (None = OK). Calls are
 /// chosen to change nothing that later rows depend on.
 #[tokio::test]
@@ -284,14 +280,7 @@ async fn watch_streams_never_carry_another_accounts_events() {
     let mut op = w.s.tokens().await;
 
     // Replay from the start, snapshot and live: B sees B only.
-    let mut replay = watch(
-        &mut b,
-        pb::WatchTokensRequest {
-            start_revision: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut replay = watch_from(&mut b, 1).await;
     let mut snapshot = watch(
         &mut b,
         pb::WatchTokensRequest {

@@ -468,14 +468,7 @@ async fn catch_up(c: &mut Tokens, from: i64, head: i64) -> Vec<Heard> {
     if from > head {
         return heard;
     }
-    let mut w = watch(
-        c,
-        pb::WatchTokensRequest {
-            start_revision: from,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(c, from).await;
     loop {
         let e = next_change(&mut w).await;
         heard.push(Heard::of(&e));

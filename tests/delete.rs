@@ -209,14 +209,7 @@ async fn delete_confirms_the_api_way() {
     let mut c = s.tokens().await;
     let (t, secret) = create_token(&mut c, &acc.id, "ci-deploy").await;
     let created_at = head(&mut c).await;
-    let mut events = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: created_at,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut events = watch_from(&mut c, created_at).await;
     assert_eq!(
         next_change(&mut events).await.r#type,
         EventType::Created as i32
@@ -337,14 +330,7 @@ async fn the_response_carries_the_tombstone_and_the_event_revision() {
     );
     assert!(r.revision > 0);
     // The revision is the deletion event's, replayable from the log.
-    let mut replay = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: r.revision,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut replay = watch_from(&mut c, r.revision).await;
     let e = next_change(&mut replay).await;
     assert_eq!(
         (e.revision, e.r#type),

@@ -27,10 +27,6 @@ type Call = Box<
     dyn Fn(Tokens) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Code>> + Send>>,
 >;
 
-fn code<T>(r: Result<T, tonic::Status>) -> Option<Code> {
-    r.err().map(|e| e.code())
-}
-
 #[tokio::test]
 async fn malformed_and_oversize_requests_get_exact_statuses_and_change_nothing() {
     let s = TestServer::start().await;

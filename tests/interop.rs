@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::time::Duration;
-use tokend::proto as pb;
 
 #[tokio::test]
 async fn the_python_grpcio_client_sees_its_own_deletion_on_the_stream() {
@@ -61,14 +60,7 @@ async fn metrics_move_when_traffic_flows() {
 
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let mut c = p.tokens().await;
-    let mut w = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(&mut c, 1).await;
     let (t, _) = create_token(&mut c, &acc.id, "metered").await;
     delete(&mut c, &t.id).await.unwrap();
     loop {

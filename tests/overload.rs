@@ -16,7 +16,6 @@ use common::*;
 use tokend::proto as pb;
 use tokend::proto::token_service_client::TokenServiceClient;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 
 const STREAMS: usize = 2_000;
 /// Streams per HTTP/2 connection (the server allows 1,024).
@@ -28,21 +27,13 @@ const DESCRIPTION: usize = 1_000;
 /// Event revisions and when each reached a reader.
 type Receipts = Vec<(i64, Instant)>;
 
-async fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
-}
-
 /// `n` streams on connections of `PER_CONNECTION` each. A stalled client is
 /// one that stops reading: once its HTTP/2 windows (hyper's defaults, 5 MB a
 /// connection) are full, the server is the one left holding what it buffers.
 async fn open_streams(url: &str, bearer: &Bearer, n: usize) -> Vec<Events> {
     let mut streams = Vec::with_capacity(n);
     for _ in 0..n.div_ceil(PER_CONNECTION) {
-        let mut c = TokenServiceClient::with_interceptor(channel(url).await, bearer.clone());
+        let mut c = TokenServiceClient::with_interceptor(connect(url).await, bearer.clone());
         for _ in 0..PER_CONNECTION.min(n - streams.len()) {
             streams.push(watch(&mut c, pb::WatchTokensRequest::default()).await);
         }
@@ -111,7 +102,7 @@ async fn two_thousand_streams_half_stalled() {
     let health = {
         let (url, stop) = (url.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut h = tonic_health::pb::health_client::HealthClient::new(channel(&url).await);
+            let mut h = tonic_health::pb::health_client::HealthClient::new(connect(&url).await);
             let (mut checks, mut slowest) = (0, Duration::ZERO);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();

@@ -252,14 +252,7 @@ async fn concurrent_calls_agree_with_a_sequential_model() {
     for _ in 0..4 {
         clients.push(s.tokens().await);
     }
-    let mut log_stream = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: base + 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut log_stream = watch_from(&mut c, base + 1).await;
 
     let mut model = Model::default();
     let mut round_base = base;
@@ -283,14 +276,7 @@ async fn concurrent_calls_agree_with_a_sequential_model() {
             let from = round_base + 1;
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                watch(
-                    &mut c,
-                    pb::WatchTokensRequest {
-                        start_revision: from,
-                        ..Default::default()
-                    },
-                )
-                .await
+                watch_from(&mut c, from).await
             })
         };
         gate.wait().await;

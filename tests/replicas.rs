@@ -47,12 +47,8 @@ fn operator_file() -> (tempfile::TempDir, std::path::PathBuf, String) {
 
 /// A new account with the `commerce` module, made through replica `p`.
 async fn account_on(p: &Process, operator: &str) -> pb::Account {
-    let mut accounts = accounts_at(&url(p), bearer(operator)).await;
+    let mut accounts = accounts_at(&p.url(), bearer(operator)).await;
     new_account(&mut accounts, &["commerce"]).await
-}
-
-fn url(p: &Process) -> String {
-    format!("http://{}", p.addr)
 }
 
 #[tokio::test]
@@ -61,8 +57,8 @@ async fn a_delete_through_one_replica_is_streamed_by_the_other_and_refused_there
     let (_keys, file, operator) = operator_file();
     let (a, _da) = replica(&cluster, "live", &file).await;
     let (b, _db) = replica(&cluster, "live", &file).await;
-    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
-    let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
+    let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
 
     let account = account_on(&a, &operator).await;
     let (token, secret) = create_token(&mut on_a, &account.id, "ci deploy").await;
@@ -101,7 +97,7 @@ async fn replicas_started_together_bootstrap_the_operator_once() {
         replica(&cluster, "boot", &file)
     );
     for p in [&a, &b] {
-        let mut accounts = accounts_at(&url(p), bearer(&operator)).await;
+        let mut accounts = accounts_at(&p.url(), bearer(&operator)).await;
         let listed = accounts
             .list_accounts(pb::ListAccountsRequest::default())
             .await
@@ -121,7 +117,7 @@ async fn losing_one_etcd_member_keeps_the_service_working() {
     let mut cluster = EtcdCluster::start(3).await;
     let (_keys, file, operator) = operator_file();
     let (a, _da) = replica(&cluster, "quorum", &file).await;
-    let mut tokens = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut tokens = tokens_at(&a.url(), bearer(&operator)).await;
     let account = account_on(&a, &operator).await;
     let (before, _) = create_token(&mut tokens, &account.id, "before").await;
 
@@ -167,10 +163,10 @@ async fn a_watcher_whose_replica_dies_resumes_on_another_and_misses_nothing() {
     let (_keys, file, operator) = operator_file();
     let (mut a, _da) = replica(&cluster, "resume", &file).await;
     let (b, _db) = replica(&cluster, "resume", &file).await;
-    let mut writer = tokens_at(&url(&b), bearer(&operator)).await;
+    let mut writer = tokens_at(&b.url(), bearer(&operator)).await;
     let account = account_on(&b, &operator).await;
 
-    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
     let mut events = watch(&mut on_a, pb::WatchTokensRequest::default()).await;
     let mut made = Vec::new();
     for i in 0..3 {
@@ -199,14 +195,7 @@ async fn a_watcher_whose_replica_dies_resumes_on_another_and_misses_nothing() {
     }
     delete(&mut writer, &made[0].id).await.unwrap();
 
-    let mut events = watch(
-        &mut writer,
-        pb::WatchTokensRequest {
-            start_revision: last + 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut events = watch_from(&mut writer, last + 1).await;
     let mut heard = Vec::new();
     for _ in 0..4 {
         let e = next_change(&mut events).await;
@@ -229,8 +218,8 @@ async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_i
     // A reaches members 1 and 2; B only member 0.
     let (a, _da) = replica_on(&cluster.store_on(&[1, 2], "fence"), &file).await;
     let (b, _db) = replica_on(&cluster.store_on(&[0], "fence"), &file).await;
-    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
-    let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
+    let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
     let account = account_on(&a, &operator).await;
     let (token, secret) = create_token(&mut on_a, &account.id, "cut off").await;
     assert_eq!(
@@ -255,7 +244,7 @@ async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_i
         .expect_err("a fenced replica does not answer from its stale state");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     // ...and says so to probes and load balancers, which route around it.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(&url(&b)).await);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(&b.url()).await);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let status = health
@@ -285,7 +274,7 @@ async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revis
     let cluster = EtcdCluster::start(3).await;
     let (_keys, file, operator) = operator_file();
     let (a, _da) = replica(&cluster, "compact", &file).await;
-    let mut on_a = tokens_at(&url(&a), bearer(&operator)).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
     let account = account_on(&a, &operator).await;
     let (first, _) = create_token(&mut on_a, &account.id, "old").await;
     let old = delete(&mut on_a, &first.id).await.unwrap().revision;
@@ -297,7 +286,7 @@ async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revis
 
     // A replica that starts now has only etcd's history to replay from.
     let (b, _db) = replica(&cluster, "compact", &file).await;
-    let mut on_b = tokens_at(&url(&b), bearer(&operator)).await;
+    let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
     let from_old = pb::WatchTokensRequest {
         start_revision: old,
         ..Default::default()

@@ -39,14 +39,7 @@ async fn a_restart_keeps_tokens_tombstones_revisions_and_events() {
     let head = head(&mut c).await;
 
     // A watcher reads part of the history, then the server restarts.
-    let mut w = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(&mut c, 1).await;
     let mut seen = Vec::new();
     for _ in 0..3 {
         seen.push(next_change(&mut w).await.revision);
@@ -86,14 +79,7 @@ async fn a_restart_keeps_tokens_tombstones_revisions_and_events() {
     assert_eq!(page1.tokens.len() + page2.tokens.len(), 4);
 
     // Resuming after the restart continues exactly where the watcher was.
-    let mut w = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: seen.last().unwrap() + 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(&mut c, seen.last().unwrap() + 1).await;
     let mut prev = *seen.last().unwrap();
     while prev < head {
         let got = next_change(&mut w).await.revision;

@@ -213,14 +213,7 @@ async fn invalid_requests_are_refused_precisely_and_change_nothing() {
     let mut c = s.tokens().await;
     let (t, _) = create_token(&mut c, &acc.id, "t").await;
     let next = head(&mut c).await + 1;
-    let mut watch_all = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: next,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut watch_all = watch_from(&mut c, next).await;
 
     let create = |name: &str, modules: &[&str], account: &str| pb::CreateTokenRequest {
         account_id: account.into(),

@@ -67,16 +67,7 @@ async fn streams_opened_during_writes_switch_from_replay_to_live_without_gaps() 
     let writer = tokio::spawn(churn(s.target(), acc.id.clone(), 8, 300));
     let mut watchers = Vec::new();
     for _ in 0..4 {
-        watchers.push(
-            watch(
-                &mut s.tokens().await,
-                pb::WatchTokensRequest {
-                    start_revision: first,
-                    ..Default::default()
-                },
-            )
-            .await,
-        );
+        watchers.push(watch_from(&mut s.tokens().await, first).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let during = writer.await.unwrap();
@@ -97,14 +88,7 @@ async fn a_client_resumes_from_its_last_revision_and_misses_nothing() {
     drop(w); // the connection drops after 4 of them
 
     churn(s.target(), &acc.id, 2, 6).await; // more happens while away: 8 events
-    let mut w = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: next,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(&mut c, next).await;
     expect_consecutive(&mut w, next, 3 + 8).await;
 }
 
@@ -138,27 +122,13 @@ async fn history_older_than_retention_is_out_of_range() {
         &oldest.to_string()
     );
 
-    let mut w = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: oldest,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(&mut c, oldest).await;
     expect_consecutive(&mut w, oldest, 10).await;
 
     // Retention survives a restart: the same window is still there.
     let s = s.restart().await;
     let mut c = s.tokens().await;
-    let mut w = watch(
-        &mut c,
-        pb::WatchTokensRequest {
-            start_revision: oldest,
-            ..Default::default()
-        },
-    )
-    .await;
+    let mut w = watch_from(&mut c, oldest).await;
     expect_consecutive(&mut w, oldest, 10).await;
 }
 

@@ -1,0 +1,154 @@
+//! The real `tokend` binary as a child process: started with `tokend serve`
+//! on a free loopback port, waited for until it serves, signalled or killed
+//! (SIGKILL when dropped).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::api::{Accounts, Tokens, accounts_at, bearer, operator_secret, tokens_at};
+use super::backend::store_for;
+
+fn rss_of(path: &str) -> u64 {
+    let status = std::fs::read_to_string(path).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The real `tokend` binary, started on a free loopback port. Killed (SIGKILL)
+/// when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub dir: PathBuf,
+}
+
+/// Starts tokend on a free port. `free_addr` can hand the same port to two
+/// tests running at once; the loser exits at once, and is started again on
+/// another port.
+pub async fn spawn_tokend(dir: &Path, extra: &[&str]) -> Process {
+    spawn_tokend_with(dir, extra, |_| {}).await
+}
+
+/// Like [`spawn_tokend`], with the command adjusted first (environment,
+/// stderr, resource limits…).
+pub async fn spawn_tokend_with(
+    dir: &Path,
+    extra: &[&str],
+    adjust: impl Fn(&mut std::process::Command),
+) -> Process {
+    for _ in 0..5 {
+        let addr = free_addr();
+        let mut cmd = serve_command(dir, addr, extra);
+        adjust(&mut cmd);
+        if let Some(p) = launch(cmd, dir, addr).await {
+            return p;
+        }
+    }
+    panic!("tokend did not start on any of 5 free ports");
+}
+
+/// A loopback address with a port nobody listens on right now.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts tokend on `addr` (a port this test owns, e.g. for a restart).
+pub async fn spawn_tokend_at(dir: &Path, addr: std::net::SocketAddr, extra: &[&str]) -> Process {
+    launch(serve_command(dir, addr, extra), dir, addr)
+        .await
+        .unwrap_or_else(|| panic!("tokend exited instead of serving on {addr}"))
+}
+
+/// `tokend serve --listen <addr> --data-dir <dir> <extra…>`, stderr discarded.
+pub fn serve_command(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+    cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .stderr(std::process::Stdio::null());
+    if let Some(store) = store_for(dir)
+        && !extra.contains(&"--store")
+    {
+        cmd.args(["--store", &store]);
+    }
+    cmd
+}
+
+/// Runs a `serve_command` and waits until *this* process serves: it is still
+/// running, its operator credential exists (tokend binds only after writing
+/// it, unless it was given one) and the port answers. `None` if it exited
+/// first.
+pub async fn launch(
+    mut cmd: std::process::Command,
+    dir: &Path,
+    addr: std::net::SocketAddr,
+) -> Option<Process> {
+    let own_credential = !cmd.get_args().any(|a| a == "--operator-token-file");
+    let mut process = Process {
+        child: cmd.spawn().unwrap(),
+        addr,
+        dir: dir.to_path_buf(),
+    };
+    for _ in 0..600 {
+        if process.child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        let ready = !own_credential || dir.join("operator.token").exists();
+        if ready && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Some(process);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("tokend did not start serving on {addr} within 15 s");
+}
+
+impl Process {
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by number (15 = SIGTERM, 2 = SIGINT).
+    pub fn signal(&self, sig: i32) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_of(&format!("/proc/{}/status", self.child.id()))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn tokens(&self) -> Tokens {
+        tokens_at(&self.url(), bearer(&operator_secret(&self.dir))).await
+    }
+
+    pub async fn accounts(&self) -> Accounts {
+        accounts_at(&self.url(), bearer(&operator_secret(&self.dir))).await
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
