@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::server::{Config, TlsFiles};
 use crate::service::AuthzConfig;
+use crate::web::WebConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -323,6 +324,30 @@ pub struct ServeArgs {
     /// upstream; by default it is removed so that services never see secrets.
     #[arg(long, env = "TOKEND_AUTHZ_KEEP_CREDENTIAL")]
     pub authz_keep_credential: bool,
+    /// An origin (`https://app.example.com`) whose pages may call the API
+    /// with gRPC-Web across origins; repeat, or comma-separate in the
+    /// variable. None by default: only the console tokend serves may call.
+    #[arg(long = "cors-origin", env = "TOKEND_CORS_ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub cors_origins: Vec<http::HeaderValue>,
+    /// Do not serve the web console at `/` (gRPC-Web stays on).
+    #[arg(long, env = "TOKEND_NO_CONSOLE")]
+    pub no_console: bool,
+}
+
+/// A browser origin: `scheme://host[:port]`, nothing after it, as browsers
+/// send it in `Origin` (so it can be compared byte for byte).
+fn origin(s: &str) -> Result<http::HeaderValue, String> {
+    let bad = || format!("{s:?} is not an origin like https://app.example.com[:port]");
+    let uri: http::Uri = s.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let bare = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_empty() || p == "/")
+        && !s.ends_with('/');
+    if !scheme_ok || uri.authority().is_none() || !bare {
+        return Err(bad());
+    }
+    http::HeaderValue::from_str(s).map_err(|_| bad())
 }
 
 /// An HTTP header name, lower-cased as Envoy hands headers to ext_authz.
@@ -366,6 +391,10 @@ impl ServeArgs {
             authz: AuthzConfig {
                 header: self.authz_header.clone(),
                 strip_credential: !self.authz_keep_credential,
+            },
+            web: WebConfig {
+                allowed_origins: self.cors_origins.clone(),
+                console: !self.no_console,
             },
             ..Config::new(self.listen, self.data_dir.clone())
         }

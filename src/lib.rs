@@ -31,3 +31,4 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod watch;
+pub mod web;

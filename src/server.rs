@@ -32,6 +32,7 @@ use crate::service::{Authz, AuthzConfig, Service};
 use crate::store::{Backend, SledConfig, SledStore, Store};
 use crate::telemetry::RpcLog;
 use crate::watch::{WatchConfig, Watchers};
+use crate::web::{ConsoleLayer, OriginGuard, WebConfig};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 #[derive(Clone, Debug)]
@@ -64,6 +65,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// How Envoy's external authorization `Check` reads and forwards credentials.
     pub authz: AuthzConfig,
+    /// Browsers: gRPC-Web origins and the console.
+    pub web: WebConfig,
 }
 
 /// PEM files for TLS; with `client_ca`, clients must present a certificate
@@ -95,6 +98,10 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             metrics_addr: None,
             authz: AuthzConfig::default(),
+            web: WebConfig {
+                allowed_origins: Vec::new(),
+                console: true,
+            },
         }
     }
 }
@@ -269,6 +276,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .map_err(|e| Error::invalid("tls", e.to_string()))?;
     }
     let router = builder
+        // gRPC-Web (browsers) speaks HTTP/1.1 as well as HTTP/2; native
+        // gRPC is unchanged. Over TLS, ALPN offers h2 only, so browsers use
+        // HTTP/2 there and a client that offers no ALPN may use HTTP/1.1.
+        .accept_http1(true)
         // Keepalives let proxies and clients see a dead peer on long-lived
         // watch streams, and keep idle NAT/LB mappings open.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -276,6 +287,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .max_concurrent_streams(config.max_streams_per_connection)
         // Applies to producing a response, so streams are not cut by it.
         .timeout(config.request_timeout)
+        // Outside in: CORS answers preflights, the guard refuses other
+        // origins' pages, GETs get the console, gRPC-Web becomes gRPC; then
+        // every call is one gRPC call like any other.
+        .layer(crate::web::cors(&config.web))
+        .layer(OriginGuard::new(&config.web))
+        .layer(ConsoleLayer::new(&config.web))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcLog)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health_service)

@@ -1,0 +1,273 @@
+//! The browser edge: gRPC-Web, CORS, and the built-in console's files, on
+//! the gRPC port.
+//!
+//! Owns what a browser needs that a native gRPC client does not: the
+//! gRPC-Web translation (tonic-web, HTTP/1.1 and HTTP/2), the CORS policy
+//! (origins an operator allowed, the request headers gRPC-Web sends, and the
+//! `grpc-*` response headers a browser must be allowed to read, or it loses
+//! the `ErrorInfo` details), and the console's static files at `/`. A browser
+//! is just another client: every call still goes through the same
+//! authentication and handlers.
+//!
+//! It must never let a page from an origin the operator did not allow call
+//! the API (a cross-origin request is refused before it reaches a handler,
+//! whatever the browser does with CORS), never serve anything but the
+//! embedded console files on `GET`, and never put a secret in a URL.
+
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::Either;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Who may call from a browser, and whether the console is served.
+#[derive(Clone, Debug, Default)]
+pub struct WebConfig {
+    /// Origins (`https://app.example.com`) whose pages may call the API
+    /// across origins. Empty: only pages tokend serves itself.
+    pub allowed_origins: Vec<HeaderValue>,
+    /// Serve the console at `/`.
+    pub console: bool,
+}
+
+/// Request headers a gRPC-Web client sends, besides the credential.
+const REQUEST_HEADERS: [&str; 6] = [
+    "authorization",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+];
+
+/// Response headers a page must be able to read: without them a browser
+/// sees every failure as "unknown", and never the `ErrorInfo` reason.
+const EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// The CORS policy: preflights are answered here; only listed origins get a
+/// grant. An unlisted origin's preflight is answered without one, so the
+/// browser never sends the call.
+pub fn cors(config: &WebConfig) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(config.allowed_origins.clone()))
+        .allow_methods([Method::POST])
+        .allow_headers(REQUEST_HEADERS.map(HeaderName::from_static))
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// Refuses calls from pages of other origins than the listed ones and the
+/// server's own, whatever their browser did with CORS: a non-browser client
+/// could send any `Origin`, but only a browser sends one it did not choose,
+/// and that is the request this protects (the operator's own session in a
+/// tab of some other site). Requests without `Origin` (native gRPC, grpcurl,
+/// meshes) pass.
+#[derive(Clone)]
+pub struct OriginGuard {
+    allowed: std::sync::Arc<Vec<HeaderValue>>,
+}
+
+impl OriginGuard {
+    pub fn new(config: &WebConfig) -> OriginGuard {
+        OriginGuard {
+            allowed: std::sync::Arc::new(config.allowed_origins.clone()),
+        }
+    }
+
+    fn admits<B>(&self, req: &Request<B>) -> bool {
+        let Some(origin) = req.headers().get(header::ORIGIN) else {
+            return true;
+        };
+        if self.allowed.contains(origin) {
+            return true;
+        }
+        // Same origin: the page was served by this server (the console).
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let origin_host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, host)| host);
+        matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+    }
+}
+
+impl<S> Layer<S> for OriginGuard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            guard: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guarded<S> {
+    guard: OriginGuard,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Guarded<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if self.guard.admits(&req) {
+            return Either::Left(self.inner.call(req));
+        }
+        // A gRPC status, so a gRPC-Web client reads a reason, not a
+        // transport failure.
+        let status = tonic::Status::permission_denied(
+            "calls from this page's origin are not allowed (tokend serve --cors-origin)",
+        );
+        Either::Right(ready(Ok(status.into_http())))
+    }
+}
+
+/// The console's files, built from `web/` and embedded at compile time, so
+/// the binary needs nothing beside it and a build needs no node.
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../web/dist/index.html"),
+    },
+    Asset {
+        path: "/console.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/dist/console.js"),
+    },
+    Asset {
+        path: "/console.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../web/dist/console.css"),
+    },
+];
+
+/// Scripts only from this server, no inline code, no other origin for
+/// anything; the API is called on the same origin.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// Serves the console on `GET` and `HEAD` (when on); everything else goes to
+/// the gRPC services.
+#[derive(Clone)]
+pub struct ConsoleLayer {
+    enabled: bool,
+}
+
+impl ConsoleLayer {
+    pub fn new(config: &WebConfig) -> ConsoleLayer {
+        ConsoleLayer {
+            enabled: config.console,
+        }
+    }
+}
+
+impl<S> Layer<S> for ConsoleLayer {
+    type Service = Console<S>;
+
+    fn layer(&self, inner: S) -> Console<S> {
+        Console {
+            enabled: self.enabled,
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Console<S> {
+    enabled: bool,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Console<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        if !get {
+            return Either::Left(self.inner.call(req));
+        }
+        let head = req.method() == Method::HEAD;
+        Either::Right(ready(Ok(self.asset(req.uri().path(), head))))
+    }
+}
+
+impl<S> Console<S> {
+    fn asset(&self, path: &str, head: bool) -> Response<Body> {
+        let found = self
+            .enabled
+            .then(|| ASSETS.iter().find(|a| a.path == path))
+            .flatten();
+        let Some(asset) = found else {
+            let mut not_found = Response::new(Body::empty());
+            *not_found.status_mut() = StatusCode::NOT_FOUND;
+            return not_found;
+        };
+        let body = if head {
+            Body::empty()
+        } else {
+            Body::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                asset.body,
+            )))
+        };
+        let mut response = Response::new(body);
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        // The files change only with the binary.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
+}
