@@ -1,4 +1,4 @@
-//! Client side: [`TokenCache`], a verifier that lives in the caller's process.
+//! [`TokenCache`], a verifier that lives in the caller's process.
 //!
 //! Owns a copy of the tokens one credential may see, kept current by a
 //! `WatchTokens` stream: it lists them (the stream's `send_initial` snapshot,
@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -35,41 +33,7 @@ use tonic_types::StatusExt;
 use crate::proto::{self as pb, EventType, token_service_client::TokenServiceClient};
 use crate::secret::{self, SecretHash};
 
-/// Sends `authorization: Bearer <secret>` on every call. Its Debug output
-/// never shows the secret.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    /// `None` when the secret cannot be a header value (not printable ASCII).
-    pub fn new(secret: &str) -> Option<Bearer> {
-        let mut v: MetadataValue<Ascii> = format!("Bearer {secret}").parse().ok()?;
-        v.set_sensitive(true);
-        Some(Bearer(Some(v)))
-    }
-
-    /// Sends nothing: for calls that need no credential.
-    pub fn none() -> Bearer {
-        Bearer(None)
-    }
-}
-
-impl std::fmt::Debug for Bearer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Bearer(..)")
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            r.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(r)
-    }
-}
-
-type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
+use super::{Bearer, TokenClient as Tokens};
 
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
