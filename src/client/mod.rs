@@ -2,8 +2,12 @@
 //! talk to tokend.
 //!
 //! - [`Bearer`]: the credential interceptor every call sends.
+//! - [`watch`]: [`watch::Follow`], the one resumable `WatchTokens` client:
+//!   after a dropped connection it resumes from the revision after the last
+//!   one heard, and lists again when that revision was compacted away. Both
+//!   the cache and `tokend tokens watch` follow the stream through it.
 //! - [`cache`]: [`TokenCache`], a verifier in the caller's own memory that a
-//!   watch stream keeps current.
+//!   [`watch::Follow`] keeps current.
 //!
 //! [`Verdict`] is the client's reading of the server's `VerifyResult`:
 //! `VALID` (with its token) is [`Verdict::Valid`]; `MALFORMED`, `DISABLED`
@@ -19,6 +23,7 @@
 //! sensitive and hides it from `Debug`, and the cache keeps only hashes.
 
 pub mod cache;
+pub mod watch;
 
 pub use cache::{CacheConfig, CacheError, CacheStats, TokenCache, Verdict};
 
