@@ -14,13 +14,7 @@ use crate::cli::Output;
 use crate::proto as pb;
 
 pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
-    let kind = pb::EventType::try_from(e.r#type)
-        .map(|t| {
-            t.as_str_name()
-                .trim_start_matches("EVENT_TYPE_")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let kind = name::<pb::EventType>(e.r#type);
     match out {
         Output::Json => println!(
             "{}",
@@ -37,15 +31,41 @@ pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
     let _ = std::io::stdout().flush();
 }
 
-fn status_name(v: i32) -> String {
-    pb::TokenStatus::try_from(v)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("TOKEN_STATUS_")
-                .to_string()
-        })
-        .unwrap_or_default()
+/// A proto enum value as the console shows it: prost's `as_str_name()`
+/// without the enum's own prefix (`TOKEN_STATUS_ACTIVE` is `ACTIVE`), and
+/// empty for a value this build does not know.
+pub(super) fn name<E: ProtoEnum>(value: i32) -> &'static str {
+    let Ok(known) = E::try_from(value) else {
+        return "";
+    };
+    // Every enum's zero value is `<PREFIX>UNSPECIFIED`.
+    let prefix = E::default().str_name().trim_end_matches("UNSPECIFIED");
+    let full = known.str_name();
+    full.strip_prefix(prefix).unwrap_or(full)
 }
+
+/// The generated enums the console shows by [`name`].
+pub(super) trait ProtoEnum: TryFrom<i32> + Default {
+    fn str_name(&self) -> &'static str;
+}
+
+macro_rules! proto_enums {
+    ($($t:ty),*) => {$(
+        impl ProtoEnum for $t {
+            fn str_name(&self) -> &'static str {
+                self.as_str_name()
+            }
+        }
+    )*};
+}
+
+proto_enums!(
+    pb::TokenStatus,
+    pb::AccountType,
+    pb::AccountStatus,
+    pb::EventType,
+    pb::VerifyResult
+);
 
 fn rfc3339(t: &prost_types::Timestamp) -> String {
     let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
@@ -69,29 +89,16 @@ fn audit_json(a: &Option<pb::Audit>) -> Value {
 pub(super) fn token_json(t: &pb::Token) -> Value {
     json!({
         "id": t.id, "account_id": t.account_id, "name": t.name, "description": t.description,
-        "icon": t.icon, "status": status_name(t.status), "modules": t.modules, "etag": t.etag,
+        "icon": t.icon, "status": name::<pb::TokenStatus>(t.status), "modules": t.modules, "etag": t.etag,
         "revision": t.revision, "audit": audit_json(&t.audit),
         "last_access_time": t.last_access_time.as_ref().map(rfc3339),
     })
 }
 
 fn account_json(a: &pb::Account) -> Value {
-    let kind = pb::AccountType::try_from(a.r#type)
-        .map(|t| {
-            t.as_str_name()
-                .trim_start_matches("ACCOUNT_TYPE_")
-                .to_string()
-        })
-        .unwrap_or_default();
-    let status = pb::AccountStatus::try_from(a.status)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("ACCOUNT_STATUS_")
-                .to_string()
-        })
-        .unwrap_or_default();
     json!({
-        "id": a.id, "name": a.name, "type": kind, "status": status, "modules": a.modules,
+        "id": a.id, "name": a.name, "type": name::<pb::AccountType>(a.r#type),
+        "status": name::<pb::AccountStatus>(a.status), "modules": a.modules,
         "etag": a.etag, "revision": a.revision, "audit": audit_json(&a.audit),
     })
 }
@@ -107,7 +114,7 @@ pub(super) fn print_tokens(out: Output, tokens: &[pb::Token]) {
                     vec![
                         t.id.clone(),
                         t.name.clone(),
-                        status_name(t.status),
+                        name::<pb::TokenStatus>(t.status).to_string(),
                         t.account_id.clone(),
                         t.modules.join(","),
                         t.last_access_time
@@ -132,12 +139,11 @@ pub(super) fn print_accounts(out: Output, accounts: &[pb::Account]) {
             accounts
                 .iter()
                 .map(|a| {
-                    let j = account_json(a);
                     vec![
                         a.id.clone(),
                         a.name.clone(),
-                        j["type"].as_str().unwrap_or_default().to_string(),
-                        j["status"].as_str().unwrap_or_default().to_string(),
+                        name::<pb::AccountType>(a.r#type).to_string(),
+                        name::<pb::AccountStatus>(a.status).to_string(),
                         a.modules.join(","),
                     ]
                 })
@@ -165,5 +171,36 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
     for row in rows {
         println!("{}", line(row));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_names_lose_their_prefix_and_nothing_else() {
+        assert_eq!(
+            name::<pb::TokenStatus>(pb::TokenStatus::Active as i32),
+            "ACTIVE"
+        );
+        assert_eq!(
+            name::<pb::AccountType>(pb::AccountType::Client as i32),
+            "CLIENT"
+        );
+        assert_eq!(
+            name::<pb::VerifyResult>(pb::VerifyResult::AccountDisabled as i32),
+            "ACCOUNT_DISABLED"
+        );
+        assert_eq!(
+            name::<pb::EventType>(pb::EventType::Synced as i32),
+            "SYNCED"
+        );
+        assert_eq!(name::<pb::AccountStatus>(0), "UNSPECIFIED");
+        assert_eq!(
+            name::<pb::TokenStatus>(99),
+            "",
+            "a value this build does not know"
+        );
     }
 }

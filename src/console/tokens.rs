@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::cli::{ClientArgs, Output, TokensCommand};
 use crate::proto as pb;
 
-use super::output::{print_tokens, token_json};
+use super::output::{name, print_tokens, token_json};
 use super::{Conn, Failure, delete, exit, fail, watch};
 
 pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Failure> {
@@ -162,13 +162,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 .verify_token(pb::VerifyTokenRequest { secret })
                 .await?
                 .into_inner();
-            let result = pb::VerifyResult::try_from(r.result)
-                .map(|v| {
-                    v.as_str_name()
-                        .trim_start_matches("VERIFY_RESULT_")
-                        .to_string()
-                })
-                .unwrap_or_default();
+            let result = name::<pb::VerifyResult>(r.result);
             match out {
                 Output::Json => println!(
                     "{}",
