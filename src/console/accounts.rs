@@ -8,7 +8,7 @@ use crate::cli::{AccountsCommand, ClientArgs};
 use crate::proto as pb;
 
 use super::output::print_accounts;
-use super::{Conn, Failure, exit, fail};
+use super::{Conn, Failure, all_pages, exit, fail};
 
 pub(super) async fn run(args: &ClientArgs, cmd: AccountsCommand) -> Result<(), Failure> {
     let mut c = Conn::open(args).await?.accounts();
@@ -33,9 +33,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: AccountsCommand) -> Result<(), F
             print_accounts(out, &[a]);
         }
         AccountsCommand::List { filter } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let all = all_pages(async |page_token| {
                 let r = c
                     .list_accounts(pb::ListAccountsRequest {
                         page_size: 1000,
@@ -44,12 +42,9 @@ pub(super) async fn run(args: &ClientArgs, cmd: AccountsCommand) -> Result<(), F
                     })
                     .await?
                     .into_inner();
-                all.extend(r.accounts);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
-            }
+                Ok((r.accounts, r.next_page_token))
+            })
+            .await?;
             print_accounts(out, &all);
         }
         AccountsCommand::Update {

@@ -142,6 +142,23 @@ impl Conn {
     }
 }
 
+/// Every page of a listing: `page` fetches the page a page token names and
+/// answers its items and the next page's token (empty after the last).
+async fn all_pages<T>(
+    mut page: impl AsyncFnMut(String) -> Result<(Vec<T>, String), Status>,
+) -> Result<Vec<T>, Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (items, next) = page(page_token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        page_token = next;
+    }
+}
+
 /// Runs a client subcommand; returns the process exit code.
 pub async fn run_accounts(args: ClientArgs, cmd: AccountsCommand) -> i32 {
     finish(accounts::run(&args, cmd).await)

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::cli::{ClientArgs, Output, TokensCommand};
 use crate::proto as pb;
 
-use super::output::{name, print_tokens, token_json};
-use super::{Conn, Failure, delete, exit, fail, watch};
+use super::output::{self, print_tokens, token_json};
+use super::{Conn, Failure, all_pages, delete, exit, fail, watch};
 
 pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Failure> {
     let conn = Conn::open(args).await?;
@@ -62,9 +62,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             filter,
             show_deleted,
         } => {
-            let mut all = Vec::new();
-            let mut page_token = String::new();
-            loop {
+            let all = all_pages(async |page_token| {
                 let r = c
                     .list_tokens(pb::ListTokensRequest {
                         account_id: account.clone().unwrap_or_default(),
@@ -75,12 +73,9 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                     })
                     .await?
                     .into_inner();
-                all.extend(r.tokens);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
-            }
+                Ok((r.tokens, r.next_page_token))
+            })
+            .await?;
             print_tokens(out, &all);
         }
         TokensCommand::Update {
@@ -162,7 +157,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 .verify_token(pb::VerifyTokenRequest { secret })
                 .await?
                 .into_inner();
-            let result = name::<pb::VerifyResult>(r.result);
+            let result = output::name::<pb::VerifyResult>(r.result);
             match out {
                 Output::Json => println!(
                     "{}",
