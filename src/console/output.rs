@@ -180,27 +180,17 @@ mod tests {
 
     #[test]
     fn enum_names_lose_their_prefix_and_nothing_else() {
-        assert_eq!(
-            name::<pb::TokenStatus>(pb::TokenStatus::Active as i32),
-            "ACTIVE"
-        );
-        assert_eq!(
-            name::<pb::AccountType>(pb::AccountType::Client as i32),
-            "CLIENT"
-        );
-        assert_eq!(
-            name::<pb::VerifyResult>(pb::VerifyResult::AccountDisabled as i32),
-            "ACCOUNT_DISABLED"
-        );
-        assert_eq!(
-            name::<pb::EventType>(pb::EventType::Synced as i32),
-            "SYNCED"
-        );
-        assert_eq!(name::<pb::AccountStatus>(0), "UNSPECIFIED");
-        assert_eq!(
-            name::<pb::TokenStatus>(99),
-            "",
-            "a value this build does not know"
-        );
+        let cases = [
+            (name::<pb::TokenStatus>(1), "ACTIVE"),
+            (name::<pb::AccountType>(1), "CLIENT"),
+            (name::<pb::VerifyResult>(5), "ACCOUNT_DISABLED"),
+            (name::<pb::EventType>(7), "SYNCED"),
+            (name::<pb::AccountStatus>(0), "UNSPECIFIED"),
+            // A value this build does not know.
+            (name::<pb::TokenStatus>(99), ""),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
+        }
     }
 }
