@@ -233,3 +233,112 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+/// Starts `tokend tokens watch --output json <args…>`; its stdout lines
+/// arrive on the returned iterator (stderr is discarded).
+fn spawn_watcher(
+    args: &[String],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::IntoIter<std::io::Result<String>>,
+) {
+    use std::io::BufRead;
+    let mut watcher = Command::new(BIN)
+        .args(["tokens", "watch", "--output", "json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (watcher, rx.into_iter())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_heard_nothing_before_a_restart_lists_instead_of_skipping_the_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let p = spawn_tokend_at(dir.path(), addr, &[]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let (mut watcher, mut lines) = spawn_watcher(&client_args(&p));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The server stops before the watcher heard any revision; a token is
+    // created while it is away. Resuming "from now" would never show it.
+    let mut p = p;
+    p.signal(15);
+    let _ = p.child.wait();
+    let elsewhere = spawn_tokend(dir.path(), &[]).await;
+    let (away, _) = create_token(&mut elsewhere.tokens().await, &acc.id, "while away").await;
+    let mut elsewhere = elsewhere;
+    elsewhere.signal(15);
+    let _ = elsewhere.child.wait();
+    let p = spawn_tokend_at(dir.path(), addr, &[]).await;
+
+    let listing = read_events(&mut lines, |e| {
+        e.last().is_some_and(|e| e["type"] == "SYNCED")
+    });
+    assert!(
+        listing[..listing.len() - 1]
+            .iter()
+            .all(|e| e["type"] == "SNAPSHOT"),
+        "{listing:?}"
+    );
+    assert!(
+        listing.iter().any(|e| e["token"]["id"] == away.id.as_str()),
+        "{listing:?}"
+    );
+    let (live, _) = create_token(&mut p.tokens().await, &acc.id, "live").await;
+    let next = read_events(&mut lines, |e| e.len() == 1);
+    assert_eq!(next[0]["type"], "CREATED");
+    assert_eq!(next[0]["token"]["id"], live.id.as_str());
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_credential_is_deleted_prints_the_delete_then_exits_5() {
+    let (p, _dir, t) = setup().await;
+    let mut c = p.tokens().await;
+    let (own, secret) = issue(&mut c, &t.account_id, "watcher", &["access-management"]).await;
+    let from = head(&mut c).await + 1;
+    let (mut watcher, mut lines) = spawn_watcher(&[
+        "--server".into(),
+        p.url(),
+        "--token".into(),
+        secret,
+        "--account".into(),
+        t.account_id.clone(),
+        "--from".into(),
+        from.to_string(),
+    ]);
+    // A change it replays from --from: once printed, the stream is open
+    // (a credential deleted before that would be refused at the open).
+    c.disable_token(pb::DisableTokenRequest {
+        id: t.id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let opened = read_events(&mut lines, |e| e.len() == 1);
+    assert_eq!(opened[0]["type"], "DISABLED", "{opened:?}");
+
+    delete(&mut c, &own.id).await.unwrap();
+    // The stream ends with UNAUTHENTICATED (CREDENTIAL_REVOKED) right after
+    // the delete: a refusal, not a dropped connection, so the command ends.
+    let printed: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(printed.len(), 1, "{printed:?}");
+    assert_eq!(printed[0]["type"], "DELETED");
+    assert_eq!(printed[0]["token"]["id"], own.id.as_str());
+    assert_eq!(watcher.wait().unwrap().code(), Some(5));
+}

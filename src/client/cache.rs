@@ -1,4 +1,4 @@
-//! Client side: [`TokenCache`], a verifier that lives in the caller's process.
+//! [`TokenCache`], a verifier that lives in the caller's process.
 //!
 //! Owns a copy of the tokens one credential may see, kept current by a
 //! `WatchTokens` stream: it lists them (the stream's `send_initial` snapshot,
@@ -10,7 +10,8 @@
 //!
 //! On a broken stream it reconnects and resumes from the revision after the
 //! last one it heard, so it misses nothing; when the server has compacted
-//! that far (`REVISION_COMPACTED`), it lists again. While disconnected it
+//! that far (`REVISION_COMPACTED`), it lists again (both are
+//! [`Follow`]'s, the one resumable watch of this crate). While disconnected it
 //! keeps answering for at most `max_staleness`, then refuses (fails closed):
 //! a cache that cannot hear deletions must not vouch for a token.
 //!
@@ -24,52 +25,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use tokio_util::task::AbortOnDropHandle;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use crate::proto::{self as pb, EventType, token_service_client::TokenServiceClient};
+use super::watch::{Backoff, Follow, Start, Update};
+use super::{Bearer, TokenClient};
+use crate::proto::{self as pb, token_service_client::TokenServiceClient};
 use crate::secret::{self, SecretHash};
-
-/// Sends `authorization: Bearer <secret>` on every call. Its Debug output
-/// never shows the secret.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    /// `None` when the secret cannot be a header value (not printable ASCII).
-    pub fn new(secret: &str) -> Option<Bearer> {
-        let mut v: MetadataValue<Ascii> = format!("Bearer {secret}").parse().ok()?;
-        v.set_sensitive(true);
-        Some(Bearer(Some(v)))
-    }
-
-    /// Sends nothing: for calls that need no credential.
-    pub fn none() -> Bearer {
-        Bearer(None)
-    }
-}
-
-impl std::fmt::Debug for Bearer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Bearer(..)")
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            r.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(r)
-    }
-}
-
-type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
@@ -165,7 +128,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct TokenCache {
     shared: Arc<Shared>,
-    client: Tokens,
+    client: TokenClient,
     config: Arc<CacheConfig>,
     _follower: Arc<AbortOnDropHandle<()>>,
 }
@@ -191,14 +154,13 @@ impl TokenCache {
             resyncs: AtomicU64::new(0),
         });
         let config = Arc::new(config);
-        // The first listing happens here, so that its errors reach the caller.
-        let stream = open(&mut client.clone(), &config, None).await?;
-        let follower = tokio::spawn(follow(
-            shared.clone(),
-            client.clone(),
-            config.clone(),
-            stream,
-        ));
+        // The first stream opens here, so that its refusal reaches the caller.
+        let follow = Follow::new(client.clone(), Start::Listing)
+            .account(config.account_id.clone())
+            .backoff(Backoff::constant(config.retry))
+            .connect()
+            .await?;
+        let follower = tokio::spawn(keep_current(shared.clone(), follow));
         let guard = AbortOnDropHandle::new(follower);
         let mut revision = shared.revision.subscribe();
         revision
@@ -305,30 +267,6 @@ impl TokenCache {
     }
 }
 
-type Events = tonic::Streaming<pb::TokenEvent>;
-
-/// Opens the stream: resuming after `after`, or listing first when `None`.
-async fn open(
-    client: &mut Tokens,
-    config: &CacheConfig,
-    after: Option<i64>,
-) -> Result<Events, Status> {
-    let request = pb::WatchTokensRequest {
-        account_id: config.account_id.clone(),
-        start_revision: after.map_or(0, |r| r + 1),
-        send_initial: after.is_none(),
-        types: Vec::new(),
-    };
-    Ok(client.watch_tokens(request).await?.into_inner())
-}
-
-fn compacted(status: &Status) -> bool {
-    status.code() == Code::OutOfRange
-        && status
-            .get_details_error_info()
-            .is_some_and(|info| info.reason == "REVISION_COMPACTED")
-}
-
 impl Shared {
     fn mark_up(&self) {
         *self.down_since.lock().expect("cache lock") = None;
@@ -340,95 +278,79 @@ impl Shared {
             .expect("cache lock")
             .get_or_insert_with(Instant::now);
     }
+
+    /// Every change up to `revision` is applied.
+    fn applied(&self, revision: i64) {
+        self.revision.send_modify(|r| {
+            *r = Some(r.map_or(revision, |r| r.max(revision)));
+        });
+    }
 }
 
-/// Applies the stream, and reconnects it, for as long as the cache lives.
-async fn follow(shared: Arc<Shared>, mut client: Tokens, config: Arc<CacheConfig>, first: Events) {
-    let mut next = Some(first);
+/// Applies what the follower hears, for as long as the cache lives. A
+/// listing (SNAPSHOT events, then SYNCED) is collected apart and swapped in
+/// whole at SYNCED, so that answers never come from half a listing. The
+/// cache counts as connected once a stream resumed, or a listing is
+/// complete: until then, deletions made while it was away are not known.
+async fn keep_current(shared: Arc<Shared>, mut follow: Follow) {
+    let mut listing: Option<HashMap<String, Entry>> = None;
     loop {
-        if let Some(events) = next.take() {
-            let ended = apply(&shared, events).await;
-            shared.mark_down();
-            tracing::debug!(?ended, "token cache: stream ended");
-            if let Err(status) = &ended
-                && compacted(status)
-            {
-                // Fell behind the server's retention: list again, at once.
-                next = relist(&shared, &mut client, &config).await;
-                continue;
+        match follow.next().await {
+            Update::Snapshot(event) => {
+                if let Some(t) = event.token {
+                    listing
+                        .get_or_insert_with(HashMap::new)
+                        .insert(t.id.clone(), entry(t));
+                }
             }
-        }
-        tokio::time::sleep(config.retry).await;
-        let after = *shared.revision.borrow();
-        next = match open(&mut client, &config, after).await {
-            Ok(events) => {
-                // Resumed: the server replays what was missed, in order,
-                // before anything newer.
+            Update::Synced(event) => {
+                let fresh = listing.take().unwrap_or_default();
+                shared.known.write().expect("cache lock").relisted(fresh);
+                shared.mark_up();
+                shared.applied(event.revision);
+            }
+            Update::Change(event) => {
+                if let Some(t) = event.token {
+                    let mut known = shared.known.write().expect("cache lock");
+                    known.tokens.insert(t.id.clone(), entry(t));
+                }
+                shared.applied(event.revision);
+            }
+            // Nothing changed up to its revision.
+            Update::Progress(event) => shared.applied(event.revision),
+            // The server replays what was missed, in order, before anything newer.
+            Update::Resumed { .. } => {
                 shared.resumes.fetch_add(1, Ordering::Relaxed);
                 shared.mark_up();
-                Some(events)
             }
-            Err(status) if compacted(&status) => relist(&shared, &mut client, &config).await,
-            Err(status) => {
-                tracing::debug!(%status, "token cache: reconnect failed");
-                None
+            // Fell behind the server's history: a listing follows at once.
+            Update::Relisting { from } => {
+                listing = None;
+                shared.mark_down();
+                shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(from, "token cache: resume point compacted; listing again");
             }
-        };
+            Update::Disconnected { status, .. } | Update::OpenFailed { status, .. } => {
+                listing = None;
+                shared.mark_down();
+                tracing::debug!(%status, "token cache: watch stream interrupted");
+            }
+        }
     }
 }
 
-/// Lists again. The cache counts as connected only once the listing is
-/// complete: until then deletions made while it was away are not known.
-async fn relist(shared: &Shared, client: &mut Tokens, config: &CacheConfig) -> Option<Events> {
-    shared.resyncs.fetch_add(1, Ordering::Relaxed);
-    open(client, config, None).await.ok()
-}
-
-/// Applies one stream's events until it ends. A listing (SNAPSHOT events,
-/// then SYNCED) is collected apart and swapped in whole at SYNCED, so that
-/// answers never come from half a listing.
-async fn apply(shared: &Shared, mut events: Events) -> Result<(), Status> {
-    let mut listing: Option<HashMap<String, Entry>> = None;
-    while let Some(event) = events.next().await {
-        let event = event?;
-        let kind = EventType::try_from(event.r#type).unwrap_or_default();
-        match (kind, event.token) {
-            (EventType::Snapshot, Some(t)) => {
-                listing
-                    .get_or_insert_with(HashMap::new)
-                    .insert(t.id.clone(), entry(t));
+impl Known {
+    /// Takes a complete listing in. Tokens known before and not listed now
+    /// were deleted while the cache could not hear: they stay as
+    /// tombstones, so that their secrets are refused locally.
+    fn relisted(&mut self, fresh: HashMap<String, Entry>) {
+        for (id, old) in self.tokens.iter_mut() {
+            if !fresh.contains_key(id) {
+                old.status = pb::TokenStatus::Deleted as i32;
             }
-            (EventType::Synced, _) => {
-                let fresh = listing.take().unwrap_or_default();
-                let mut known = shared.known.write().expect("cache lock");
-                // Tokens known before and not listed now were deleted while
-                // the cache could not hear: they stay as tombstones, so that
-                // their secrets are refused locally.
-                for (id, old) in known.tokens.iter_mut() {
-                    if !fresh.contains_key(id) {
-                        old.status = pb::TokenStatus::Deleted as i32;
-                    }
-                }
-                known.tokens.extend(fresh);
-                drop(known);
-                shared.mark_up();
-            }
-            (_, Some(t)) => {
-                let mut known = shared.known.write().expect("cache lock");
-                known.tokens.insert(t.id.clone(), entry(t));
-            }
-            // PROGRESS: nothing changed up to its revision.
-            (_, None) => {}
         }
-        // SNAPSHOT events carry the listing's revision, which counts only
-        // once the listing is complete (SYNCED).
-        if kind != EventType::Snapshot {
-            shared.revision.send_modify(|r| {
-                *r = Some(r.map_or(event.revision, |r| r.max(event.revision)));
-            });
-        }
+        self.tokens.extend(fresh);
     }
-    Err(Status::unavailable("the watch stream ended"))
 }
 
 fn entry(t: pb::Token) -> Entry {

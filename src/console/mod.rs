@@ -1,0 +1,179 @@
+//! The client subcommands of `tokend`, for people at a terminal and for
+//! scripts: `tokend accounts …` and `tokend tokens …` over gRPC.
+//!
+//! This file owns what every command shares: the connection and the
+//! credential it sends, the dispatch to one module per command, and the exit
+//! codes scripts can trust. [`output`] renders (tables or `--output json`),
+//! [`accounts`] and [`tokens`] run the plain calls, [`delete`] is the
+//! platform's delete dialog, [`watch`] the live event printer.
+//!
+//! The console talks to a server only through the generated client, like
+//! any other client would. It must never print a secret except the one
+//! `tokens create` shows once, and never send the local operator credential
+//! to a server that is not on this machine.
+
+mod accounts;
+mod delete;
+mod output;
+mod tokens;
+mod watch;
+
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::cli::{AccountsCommand, ClientArgs, TokensCommand};
+use crate::client::{Bearer, TokenClient};
+use crate::proto::{
+    account_service_client::AccountServiceClient, token_service_client::TokenServiceClient,
+};
+
+/// Exit codes (documented in the README).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const NOT_FOUND: i32 = 3;
+    pub const CONFLICT: i32 = 4;
+    pub const DENIED: i32 = 5;
+    pub const UNAVAILABLE: i32 = 6;
+    pub const DECLINED: i32 = 10;
+}
+
+/// Why a command failed, and the exit code that says so.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Failure {
+        let code = match s.code() {
+            Code::NotFound => exit::NOT_FOUND,
+            Code::Aborted | Code::FailedPrecondition | Code::AlreadyExists => exit::CONFLICT,
+            Code::Unauthenticated | Code::PermissionDenied => exit::DENIED,
+            Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
+            Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        Failure {
+            code,
+            message: format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+type Accounts = AccountServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The credential a local `tokend serve` wrote on first start.
+const LOCAL_OPERATOR_TOKEN: &str = "./tokend-data/operator.token";
+
+fn is_loopback(server: &str) -> bool {
+    server
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .is_some_and(|h| {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
+/// Where to connect and as whom.
+struct Conn {
+    channel: Channel,
+    bearer: Bearer,
+}
+
+impl Conn {
+    async fn open(args: &ClientArgs) -> Result<Conn, Failure> {
+        let secret = match (&args.token, &args.token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            // The local operator credential goes only to a local server,
+            // never to whatever host --server happens to name.
+            (None, None) if is_loopback(&args.server) => {
+                std::fs::read_to_string(LOCAL_OPERATOR_TOKEN)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            }
+            (None, None) => None,
+        };
+        let bearer = match secret {
+            None => Bearer::none(),
+            Some(s) => Bearer::new(&s)
+                .ok_or_else(|| fail(exit::USAGE, "the token is not printable ASCII"))?,
+        };
+        let channel = Channel::from_shared(args.server.clone())
+            .map_err(|e| fail(exit::USAGE, format!("bad --server {}: {e}", args.server)))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| {
+                fail(
+                    exit::UNAVAILABLE,
+                    format!("cannot reach {}: {e}", args.server),
+                )
+            })?;
+        Ok(Conn { channel, bearer })
+    }
+
+    fn tokens(&self) -> TokenClient {
+        TokenServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    fn accounts(&self) -> Accounts {
+        AccountServiceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+}
+
+/// Every page of a listing: `page` fetches the page a page token names and
+/// answers its items and the next page's token (empty after the last).
+async fn all_pages<T>(
+    mut page: impl AsyncFnMut(String) -> Result<(Vec<T>, String), Status>,
+) -> Result<Vec<T>, Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (items, next) = page(page_token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        page_token = next;
+    }
+}
+
+/// Runs a client subcommand; returns the process exit code.
+pub async fn run_accounts(args: ClientArgs, cmd: AccountsCommand) -> i32 {
+    finish(accounts::run(&args, cmd).await)
+}
+
+pub async fn run_tokens(args: ClientArgs, cmd: TokensCommand) -> i32 {
+    finish(tokens::run(&args, cmd).await)
+}
+
+fn finish(result: Result<(), Failure>) -> i32 {
+    match result {
+        Ok(()) => exit::OK,
+        Err(f) => {
+            eprintln!("tokend: {}", f.message);
+            f.code
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `tokend tokens …` except delete and watch: create, get, list, update,
+//! enable, disable and verify, each one call of `TokenService`.
+//!
+//! Owns turning the command line into those requests and the exit code of
+//! `verify` (1 for a secret that does not verify). It must never print a
+//! secret except the one `create` returns, shown once; a secret to verify is
+//! read from the argument or stdin and only ever sent to the server.
+
+use std::io::BufRead;
+
+use serde_json::json;
+
+use crate::cli::{ClientArgs, Output, TokensCommand};
+use crate::proto as pb;
+
+use super::output::{self, print_tokens, token_json};
+use super::{Conn, Failure, all_pages, delete, exit, fail, watch};
+
+pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Failure> {
+    let conn = Conn::open(args).await?;
+    let mut c = conn.tokens();
+    let out = args.output;
+    match cmd {
+        TokensCommand::Create {
+            account,
+            name,
+            description,
+            icon,
+            module,
+        } => {
+            let r = c
+                .create_token(pb::CreateTokenRequest {
+                    account_id: account,
+                    name,
+                    description,
+                    icon,
+                    modules: module,
+                })
+                .await?
+                .into_inner();
+            let token = r.token.unwrap_or_default();
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"token": token_json(&token), "secret": r.secret})
+                ),
+                Output::Table => {
+                    print_tokens(out, std::slice::from_ref(&token));
+                    println!("\nSecret (shown once; store it now):\n{}", r.secret);
+                }
+            }
+        }
+        TokensCommand::Get { id, show_deleted } => {
+            let t = c
+                .get_token(pb::GetTokenRequest { id, show_deleted })
+                .await?
+                .into_inner();
+            print_tokens(out, &[t]);
+        }
+        TokensCommand::List {
+            account,
+            filter,
+            show_deleted,
+        } => {
+            let all = all_pages(async |page_token| {
+                let r = c
+                    .list_tokens(pb::ListTokensRequest {
+                        account_id: account.clone().unwrap_or_default(),
+                        page_size: 1000,
+                        page_token,
+                        filter: filter.clone(),
+                        show_deleted,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.tokens, r.next_page_token))
+            })
+            .await?;
+            print_tokens(out, &all);
+        }
+        TokensCommand::Update {
+            id,
+            name,
+            description,
+            icon,
+            module,
+        } => {
+            let mut paths = Vec::new();
+            let mut token = pb::Token {
+                id,
+                ..Default::default()
+            };
+            for (value, path, slot) in [
+                (name, "name", &mut token.name),
+                (description, "description", &mut token.description),
+                (icon, "icon", &mut token.icon),
+            ] {
+                if let Some(v) = value {
+                    *slot = v;
+                    paths.push(path.to_string());
+                }
+            }
+            if !module.is_empty() {
+                token.modules = module;
+                paths.push("modules".to_string());
+            }
+            if paths.is_empty() {
+                return Err(fail(
+                    exit::USAGE,
+                    "nothing to update: give --name, --description, --icon or --module",
+                ));
+            }
+            let t = c
+                .update_token(pb::UpdateTokenRequest {
+                    token: Some(token),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                    etag: String::new(),
+                })
+                .await?
+                .into_inner();
+            print_tokens(out, &[t]);
+        }
+        TokensCommand::Enable { id } => {
+            let t = c
+                .enable_token(pb::EnableTokenRequest {
+                    id,
+                    etag: String::new(),
+                })
+                .await?
+                .into_inner();
+            print_tokens(out, &[t]);
+        }
+        TokensCommand::Disable { id } => {
+            let t = c
+                .disable_token(pb::DisableTokenRequest {
+                    id,
+                    etag: String::new(),
+                })
+                .await?
+                .into_inner();
+            print_tokens(out, &[t]);
+        }
+        TokensCommand::Delete { id, yes } => delete::run(&mut c, out, id, yes).await?,
+        TokensCommand::Verify { secret } => {
+            let secret = match secret.as_deref() {
+                None | Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .map_err(|e| fail(exit::USAGE, format!("reading the secret: {e}")))?;
+                    line.trim().to_string()
+                }
+                Some(s) => s.to_string(),
+            };
+            let r = c
+                .verify_token(pb::VerifyTokenRequest { secret })
+                .await?
+                .into_inner();
+            let result = output::name::<pb::VerifyResult>(r.result);
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"valid": r.valid, "result": result, "token": r.token.as_ref().map(token_json)})
+                ),
+                Output::Table => {
+                    let who = r
+                        .token
+                        .map(|t| format!(" ({}, {})", t.name, t.id))
+                        .unwrap_or_default();
+                    println!("{result}{who}");
+                }
+            }
+            if !r.valid {
+                return Err(fail(
+                    exit::FAILED,
+                    format!("the secret is not valid: {result}"),
+                ));
+            }
+        }
+        TokensCommand::Watch {
+            account,
+            from,
+            r#type,
+        } => watch::run(&conn, out, account.unwrap_or_default(), from, r#type).await?,
+    }
+    Ok(())
+}
