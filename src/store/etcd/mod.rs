@@ -72,7 +72,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use self::keyspace::Keyspace;
 use super::{AccessLog, Applied, Store};
-use crate::command::Command;
+use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, Event, Revision};
 use crate::error::{Error, reason};
 use crate::hub::Hub;
@@ -268,6 +268,19 @@ async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
 impl Store for EtcdStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         self.inner.apply(cmd, actor).await
+    }
+
+    /// Planned on a state caught up with the whole cluster, as `apply`
+    /// decides errors and no-ops: this replica's own state may trail a write
+    /// another replica has already answered (a delete shown as deletable,
+    /// an etag that is already stale).
+    async fn preview(&self, cmd: &Command, actor: &Actor) -> Result<Plan, Error> {
+        self.inner.sync().await?;
+        let ctx = Ctx {
+            now: SystemTime::now(),
+            actor,
+        };
+        command::plan(&self.inner.state(), cmd, &ctx)
     }
 
     fn state(&self) -> Arc<State> {
