@@ -258,6 +258,23 @@ fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf, Value) {
     (tmp, dir, expected)
 }
 
+/// `got` is `want`, one record after the other: a failure names the first
+/// record that differs and its fields that do.
+fn same(what: &str, got: &[Value], want: &[Value]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            let fields = w.as_object().unwrap().keys();
+            let differ: Vec<_> = fields.filter(|f| g[f.as_str()] != w[f.as_str()]).collect();
+            panic!(
+                "{what} #{i} differs in {differ:?}\nnow:    {}\nbefore: {}",
+                serde_json::to_string_pretty(g).unwrap(),
+                serde_json::to_string_pretty(w).unwrap()
+            );
+        }
+    }
+    assert_eq!(got.len(), want.len(), "how many {what}s");
+}
+
 /// Every answer of `expected` again, from a server on the old data;
 /// `revision` maps an event revision of the old server to this one's.
 async fn check(
@@ -272,12 +289,10 @@ async fn check(
 
     // Every record, field by field: names, descriptions, icons, modules,
     // status, revision and etag, audit, last access, tombstones.
-    assert_eq!(
-        all_accounts(a).await,
-        expected["accounts"].as_array().unwrap()[..]
-    );
+    let accounts = expected["accounts"].as_array().unwrap();
+    same("account", &all_accounts(a).await, accounts);
     let tokens = expected["tokens"].as_array().unwrap();
-    assert_eq!(all_tokens(c, operator).await, tokens[..]);
+    same("token", &all_tokens(c, operator).await, tokens);
 
     // A tombstone: shown only when asked for, and its id stays taken.
     let deleted = expected["deleted"].as_str().unwrap();
@@ -296,7 +311,7 @@ async fn check(
     for e in &mut events {
         e["revision"] = json!(revision(e["revision"].as_i64().unwrap()));
     }
-    assert_eq!(history(c, events.len()).await, events);
+    same("event", &history(c, events.len()).await, &events);
 
     // The page-token key survived: a page token the old server signed
     // still continues its listing.
