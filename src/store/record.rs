@@ -46,9 +46,11 @@ pub(super) fn encode<'a, R: Record<'a>>(value: &'a R::Domain) -> Vec<u8> {
 }
 
 /// The domain value record `R` stored as `bytes`, or what is wrong with them.
-pub(super) fn decode<R>(bytes: &[u8]) -> Result<R::Domain, String>
+/// Strings without escapes are borrowed from `bytes` until the domain value
+/// is built: ids are parsed in place, never allocated.
+pub(super) fn decode<'a, R>(bytes: &'a [u8]) -> Result<R::Domain, String>
 where
-    R: Record<'static> + for<'de> Deserialize<'de>,
+    R: Record<'a> + Deserialize<'a>,
 {
     serde_json::from_slice::<R>(bytes)
         .map_err(|e| e.to_string())?
@@ -157,22 +159,22 @@ impl From<EventKindRecord> for EventKind {
 pub(super) struct AuditEntryRecord<'a> {
     #[serde(rename = "at")]
     at: TimeRecord,
-    #[serde(rename = "by")]
+    #[serde(rename = "by", borrow)]
     by: Cow<'a, str>,
 }
 
 /// Every entry is written, `null` when absent.
 #[derive(Serialize, Deserialize)]
 pub(super) struct AuditRecord<'a> {
-    #[serde(rename = "created", default)]
+    #[serde(rename = "created", default, borrow)]
     created: Option<AuditEntryRecord<'a>>,
-    #[serde(rename = "updated", default)]
+    #[serde(rename = "updated", default, borrow)]
     updated: Option<AuditEntryRecord<'a>>,
-    #[serde(rename = "enabled", default)]
+    #[serde(rename = "enabled", default, borrow)]
     enabled: Option<AuditEntryRecord<'a>>,
-    #[serde(rename = "disabled", default)]
+    #[serde(rename = "disabled", default, borrow)]
     disabled: Option<AuditEntryRecord<'a>>,
-    #[serde(rename = "deleted", default)]
+    #[serde(rename = "deleted", default, borrow)]
     deleted: Option<AuditEntryRecord<'a>>,
 }
 
@@ -217,16 +219,16 @@ impl<'a> AuditRecord<'a> {
 /// secret: the backends keep its hash beside it, until deletion.
 #[derive(Serialize, Deserialize)]
 pub(super) struct TokenRecord<'a> {
-    #[serde(rename = "id")]
+    #[serde(rename = "id", borrow)]
     id: Cow<'a, str>,
-    #[serde(rename = "account_id")]
+    #[serde(rename = "account_id", borrow)]
     account_id: Cow<'a, str>,
-    #[serde(rename = "name")]
+    #[serde(rename = "name", borrow)]
     name: Cow<'a, str>,
-    #[serde(rename = "description")]
+    #[serde(rename = "description", borrow)]
     description: Cow<'a, str>,
     /// `null` when the token has none.
-    #[serde(rename = "icon", default)]
+    #[serde(rename = "icon", default, borrow)]
     icon: Option<Cow<'a, str>>,
     #[serde(rename = "status")]
     status: TokenStatusRecord,
@@ -234,7 +236,7 @@ pub(super) struct TokenRecord<'a> {
     modules: Cow<'a, BTreeSet<String>>,
     #[serde(rename = "revision")]
     revision: u64,
-    #[serde(rename = "audit")]
+    #[serde(rename = "audit", borrow)]
     audit: AuditRecord<'a>,
     /// Never set by tokend (last access times live under `l/`), but
     /// version 1 allowed it: kept, and left out when absent.
@@ -294,9 +296,9 @@ impl<'a> Record<'a> for TokenRecord<'a> {
 /// An account, as `a/<id>` on sled and inside `r/a/<id>` on etcd.
 #[derive(Serialize, Deserialize)]
 pub(super) struct AccountRecord<'a> {
-    #[serde(rename = "id")]
+    #[serde(rename = "id", borrow)]
     id: Cow<'a, str>,
-    #[serde(rename = "name")]
+    #[serde(rename = "name", borrow)]
     name: Cow<'a, str>,
     #[serde(rename = "type")]
     kind: AccountTypeRecord,
@@ -306,7 +308,7 @@ pub(super) struct AccountRecord<'a> {
     modules: Cow<'a, BTreeSet<String>>,
     #[serde(rename = "revision")]
     revision: u64,
-    #[serde(rename = "audit")]
+    #[serde(rename = "audit", borrow)]
     audit: AuditRecord<'a>,
 }
 
@@ -356,9 +358,9 @@ impl<'a> Record<'a> for AccountRecord<'a> {
 /// `{"Token": {…}}` or `{"Account": {…}}`.
 #[derive(Serialize, Deserialize)]
 pub(super) enum SubjectRecord<'a> {
-    #[serde(rename = "Token")]
+    #[serde(rename = "Token", borrow)]
     Token(TokenRecord<'a>),
-    #[serde(rename = "Account")]
+    #[serde(rename = "Account", borrow)]
     Account(AccountRecord<'a>),
 }
 
@@ -388,11 +390,11 @@ pub(super) struct EventRecord<'a> {
     revision: u64,
     #[serde(rename = "kind")]
     kind: EventKindRecord,
-    #[serde(rename = "subject")]
+    #[serde(rename = "subject", borrow)]
     subject: SubjectRecord<'a>,
     #[serde(rename = "time")]
     time: TimeRecord,
-    #[serde(rename = "actor")]
+    #[serde(rename = "actor", borrow)]
     actor: Cow<'a, str>,
 }
 

@@ -113,9 +113,19 @@ impl Keyspace {
 /// storage format (version 1).
 #[derive(Serialize, Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "account", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "account",
+        skip_serializing_if = "Option::is_none",
+        default,
+        borrow
+    )]
     account: Option<AccountRecord<'a>>,
-    #[serde(rename = "token", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "token",
+        skip_serializing_if = "Option::is_none",
+        default,
+        borrow
+    )]
     token: Option<TokenRecord<'a>>,
     /// The secret's hash while the token is live; gone once deleted.
     #[serde(rename = "secret", skip_serializing_if = "Option::is_none", default)]
@@ -124,7 +134,7 @@ struct Envelope<'a> {
     kind: EventKindRecord,
     #[serde(rename = "time")]
     time: TimeRecord,
-    #[serde(rename = "actor")]
+    #[serde(rename = "actor", borrow)]
     actor: Cow<'a, str>,
 }
 

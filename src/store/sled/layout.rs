@@ -65,9 +65,9 @@ pub(super) fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
 }
 
 /// The value stored as record `R`; `what` names it in the error.
-pub(super) fn decode<R>(what: &str, v: &[u8]) -> Result<R::Domain, Error>
+pub(super) fn decode<'a, R>(what: &str, v: &'a [u8]) -> Result<R::Domain, Error>
 where
-    R: Record<'static> + for<'de> serde::Deserialize<'de>,
+    R: Record<'a> + serde::Deserialize<'a>,
 {
     record::decode::<R>(v).map_err(|e| corrupt(what, e))
 }
