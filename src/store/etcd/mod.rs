@@ -15,7 +15,7 @@
 //! secret any more. A replica that cannot renew its lease cannot report
 //! either; the writer stops waiting for it once its lease has expired, and
 //! the replica itself stops answering verifications before that can happen
-//! (see [`EtcdStore`]'s `fenced`), so it never answers from a stale state.
+//! (`fenced`, in `replicas.rs`), so it never answers from a stale state.
 //!
 //! It must never answer a write before etcd committed it and the pump applied
 //! it, never publish an event the pump did not receive from etcd, and never
@@ -41,7 +41,8 @@
 //! Writes elsewhere use etcd revisions too, so event revisions increase but
 //! skip numbers; the watch layer is built for that (see `watch`).
 //!
-//! Where each part lives, the way etcd's own server splits its storage:
+//! Where each part lives (split by concern, roughly as etcd's own server
+//! splits its storage into schema, transactions and watches):
 //! - this file: configuration, opening, the [`Store`] impl, last-access
 //!   persistence;
 //! - `keyspace.rs`: key names and the record codec;
