@@ -3,9 +3,12 @@
 //! Owns the shapes of the product and the rules that a single value must obey
 //! (id formats, name characters, lengths, the module catalogue). It must never
 //! know about protobuf, gRPC or sled: the service layer translates to and from
-//! the wire, the store layer persists these types as they are.
+//! the wire, and the store layer to and from its own on-disk records
+//! (`store/record.rs`), so that no change here silently changes the storage
+//! format. (A [`Token`] still deserialises from such a record, for a test that
+//! reads one straight from sled.)
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,7 +26,7 @@ pub type Revision = u64;
 
 /// Who made a change: the id of the calling token, or `bootstrap` for what
 /// tokend itself creates on first start.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Actor(pub String);
 
 impl fmt::Display for Actor {
@@ -42,8 +45,8 @@ const ID_LEN: usize = 13;
 /// string order, so sorting is unchanged.
 macro_rules! numbered_id {
     ($name:ident, $prefix:literal, $what:literal) => {
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name([u8; ID_LEN]);
 
         impl $name {
@@ -235,33 +238,33 @@ pub fn truncate_for_message(s: &str) -> String {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum TokenStatus {
     Active,
     Disabled,
     Deleted,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountType {
     Client,
     Vendor,
     Operations,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountStatus {
     Active,
     Disabled,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct AuditEntry {
     pub at: SystemTime,
     pub by: Actor,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Audit {
     pub created: Option<AuditEntry>,
     pub updated: Option<AuditEntry>,
@@ -272,7 +275,7 @@ pub struct Audit {
 
 /// An API token as the platform sees it. It never holds the secret: the store
 /// keeps only the secret's SHA-256, beside the token, until deletion erases it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Token {
     pub id: TokenId,
     pub account_id: AccountId,
@@ -286,7 +289,7 @@ pub struct Token {
     pub audit: Audit,
     /// Approximate; kept apart from the record (see `store::AccessLog`) so that
     /// verification never changes `revision` or `etag`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_access_time: Option<SystemTime>,
 }
 
@@ -300,11 +303,10 @@ impl Token {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
     pub id: AccountId,
     pub name: String,
-    #[serde(rename = "type")]
     pub kind: AccountType,
     pub status: AccountStatus,
     pub modules: Modules,
@@ -330,7 +332,7 @@ fn etag(id: &str, revision: u64) -> String {
 }
 
 /// What a committed change did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Created,
     Updated,
@@ -340,14 +342,14 @@ pub enum EventKind {
 }
 
 /// The record a change leaves behind, as it is after the change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
     Token(Token),
     Account(Account),
 }
 
 /// One committed change: the unit of the event log and of every watch stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub revision: Revision,
     pub kind: EventKind,

@@ -12,6 +12,7 @@
 
 #[cfg(feature = "etcd")]
 mod etcd;
+mod record;
 mod sled;
 
 #[cfg(feature = "etcd")]

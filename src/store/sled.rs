@@ -11,16 +11,7 @@
 //! fsyncs. It must never answer or publish before the flush returned, and it
 //! never uses `flush_async` (it deadlocks under concurrency).
 //!
-//! Layout (one tree, keys by prefix, values JSON so the data dir stays
-//! inspectable and records can gain fields):
-//!   `m/format`           → format version
-//!   `m/revision`         → u64 BE, the last committed revision
-//!   `m/page_key`         → 32 random bytes for signing page tokens
-//!   `a/<ACC-id>`         → Account
-//!   `t/<TKN-id>`         → Token (tombstones stay forever: ids are never reused)
-//!   `s/<sha256>`         → TKN-id, live tokens only (deletion removes it)
-//!   `e/<u64 BE rev>`     → Event, the retained log
-//!   `l/<TKN-id>`         → last access time (not part of the token's revision)
+//! The on-disk layout, and reading it back at open, are in `sled/layout.rs`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,23 +21,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use self::layout::{
+    K_FORMAT, K_PAGE_KEY, K_REVISION, P_EVENT, decode, decode_event_key, event_key,
+};
+use super::record::{self, AccountRecord, EventRecord, SLED_FORMAT, TimeRecord, TokenRecord};
 use super::{AccessLog, Applied, Store};
 use crate::command::{self, Command, Ctx, Plan};
-use crate::domain::{Account, Actor, Event, Revision, Subject, Token, TokenId};
+use crate::domain::{Actor, Event, Revision, Subject, TokenId};
 use crate::error::{Error, reason};
 use crate::hub::Hub;
 use crate::state::{Change, SecretOp, State};
 use crate::telemetry;
 
-const FORMAT: &[u8] = b"tokend-sled-1";
-const K_FORMAT: &[u8] = b"m/format";
-const K_REVISION: &[u8] = b"m/revision";
-const K_PAGE_KEY: &[u8] = b"m/page_key";
-const P_ACCOUNT: &[u8] = b"a/";
-const P_TOKEN: &[u8] = b"t/";
-const P_SECRET: &[u8] = b"s/";
-const P_EVENT: &[u8] = b"e/";
-const P_ACCESS: &[u8] = b"l/";
+mod layout;
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -97,14 +84,6 @@ enum Job {
     Close(oneshot::Sender<()>),
 }
 
-fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
-    [prefix, id].concat()
-}
-
-fn event_key(rev: Revision) -> Vec<u8> {
-    key(P_EVENT, &rev.to_be_bytes())
-}
-
 fn io_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable {
         reason: reason::STORE_UNAVAILABLE,
@@ -135,7 +114,7 @@ impl SledStore {
             .map_err(|e| io_error("opening the tree", e))?;
 
         match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
-            Some(f) if f.as_ref() == FORMAT => {}
+            Some(f) if f.as_ref() == SLED_FORMAT => {}
             Some(f) => {
                 return Err(corrupt("format marker", String::from_utf8_lossy(&f)));
             }
@@ -143,7 +122,7 @@ impl SledStore {
                 let mut page_key = [0u8; 32];
                 getrandom::fill(&mut page_key).map_err(|e| Error::Internal(e.to_string()))?;
                 let mut b = sled::Batch::default();
-                b.insert(K_FORMAT, FORMAT);
+                b.insert(K_FORMAT, SLED_FORMAT);
                 b.insert(K_PAGE_KEY, &page_key[..]);
                 b.insert(K_REVISION, &0u64.to_be_bytes()[..]);
                 tree.apply_batch(b)
@@ -153,7 +132,7 @@ impl SledStore {
             None => return Err(corrupt("store", "records without a format marker")),
         }
 
-        let (state, access) = restore(&tree)?;
+        let (state, access) = layout::restore(&tree)?;
         let page_key: [u8; 32] = tree
             .get(K_PAGE_KEY)
             .map_err(|e| io_error("reading", e))?
@@ -217,65 +196,6 @@ impl SledStore {
     }
 }
 
-fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
-    k.get(P_EVENT.len()..)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| corrupt("event key", format!("{k:?}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(v).map_err(|e| corrupt(what, e))
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("domain types always serialise")
-}
-
-type Restored = (State, Vec<(TokenId, SystemTime)>);
-
-fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
-    let revision = tree
-        .get(K_REVISION)
-        .map_err(|e| io_error("reading", e))?
-        .and_then(|v| v.as_ref().try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| corrupt("revision counter", "missing"))?;
-    let scan = |prefix: &[u8]| -> Result<Vec<(sled::IVec, sled::IVec)>, Error> {
-        tree.scan_prefix(prefix)
-            .collect::<Result<_, _>>()
-            .map_err(|e| io_error("reading", e))
-    };
-    let accounts = scan(P_ACCOUNT)?
-        .iter()
-        .map(|(_, v)| decode::<Account>("account", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let tokens = scan(P_TOKEN)?
-        .iter()
-        .map(|(_, v)| decode::<Token>("token", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let secrets = scan(P_SECRET)?
-        .iter()
-        .map(|(k, v)| {
-            let hash = k[P_SECRET.len()..]
-                .try_into()
-                .map_err(|_| corrupt("secret index", "bad hash length"))?;
-            let id = TokenId::parse(&String::from_utf8_lossy(v))
-                .map_err(|e| corrupt("secret index", e))?;
-            Ok((hash, id))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let access = scan(P_ACCESS)?
-        .iter()
-        .map(|(k, v)| {
-            let id = TokenId::parse(&String::from_utf8_lossy(&k[P_ACCESS.len()..]))
-                .map_err(|e| corrupt("access log", e))?;
-            Ok((id, decode::<SystemTime>("access time", v)?))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    Ok((State::restore(revision, accounts, tokens, secrets), access))
-}
-
 #[async_trait::async_trait]
 impl Store for SledStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
@@ -322,7 +242,7 @@ impl Store for SledStore {
                     oldest: self.inner.oldest.load(Ordering::Acquire),
                 });
             }
-            out.push(Arc::new(decode::<Event>("event", &v)?));
+            out.push(Arc::new(decode::<EventRecord>("event", &v)?));
         }
         if out.is_empty() {
             return Err(Error::Compacted {
@@ -511,26 +431,30 @@ fn persist(
     for change in changes {
         match &change.subject {
             Subject::Token(t) => {
-                batch.insert(key(P_TOKEN, t.id.as_str().as_bytes()), encode(t));
+                batch.insert(layout::token_key(&t.id), record::encode::<TokenRecord>(t));
                 match &change.secret {
-                    SecretOp::Set(hash) => batch.insert(key(P_SECRET, hash), t.id.as_str()),
+                    SecretOp::Set(hash) => batch.insert(layout::secret_key(hash), t.id.as_str()),
                     SecretOp::Erase(hash) => {
-                        batch.remove(key(P_SECRET, hash));
-                        batch.remove(key(P_ACCESS, t.id.as_str().as_bytes()));
+                        batch.remove(layout::secret_key(hash));
+                        batch.remove(layout::access_key(&t.id));
                     }
                     SecretOp::Keep => {}
                 }
             }
-            Subject::Account(a) => {
-                batch.insert(key(P_ACCOUNT, a.id.as_str().as_bytes()), encode(a))
-            }
+            Subject::Account(a) => batch.insert(
+                layout::account_key(&a.id),
+                record::encode::<AccountRecord>(a),
+            ),
         }
     }
     for event in events {
-        batch.insert(event_key(event.revision), encode(event.as_ref()));
+        batch.insert(
+            event_key(event.revision),
+            record::encode::<EventRecord>(event),
+        );
     }
     for (id, at) in access {
-        batch.insert(key(P_ACCESS, id.as_str().as_bytes()), encode(at));
+        batch.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
     }
     batch.insert(K_REVISION, &head.to_be_bytes()[..]);
 

@@ -1,0 +1,115 @@
+//! Replays: the events a watch stream asks for with `start_revision`, or
+//! reads back after falling behind the live fan-out.
+//!
+//! Owns the newest events kept in memory (the pump hands them over as it
+//! publishes) and reading older ones from etcd's own history, as long as
+//! etcd has not compacted it. It must never serve an event past this
+//! replica's state (a stream would see it before the state that holds it),
+//! nor a replay across a hole: after a reload the kept events are dropped,
+//! and etcd's answer for a compacted revision is `REVISION_COMPACTED`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use etcd_client::WatchOptions;
+
+use super::keyspace::decode_record;
+use super::{Inner, revision, unavailable};
+use crate::domain::{Event, Revision};
+use crate::error::Error;
+
+/// Recent events kept in memory for streams that fall briefly behind;
+/// older ones are read back from etcd's own history.
+const RECENT_EVENTS: usize = 4096;
+
+impl Inner {
+    /// Keeps `events`, just applied, for replays.
+    pub(super) fn remember(&self, events: &[Arc<Event>]) {
+        let mut recent = self.recent.lock().expect("recent events");
+        for e in events {
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(e.clone());
+        }
+    }
+
+    /// Drops the kept events: the state was reloaded past a hole in them.
+    pub(super) fn forget_recent(&self) {
+        self.recent.lock().expect("recent events").clear();
+    }
+
+    /// Events with revision ≥ `from` up to this replica's state, at most
+    /// `max`: from memory when they are all still there, else from etcd.
+    pub(super) async fn events(
+        &self,
+        from: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let head = self.state().revision();
+        if from > head {
+            return Ok(Vec::new());
+        }
+        {
+            let recent = self.recent.lock().expect("recent events");
+            if recent.front().is_some_and(|e| e.revision <= from) {
+                return Ok(recent
+                    .iter()
+                    .filter(|e| e.revision >= from && e.revision <= head)
+                    .take(max)
+                    .cloned()
+                    .collect());
+            }
+        }
+        history(self, from, head, max).await
+    }
+}
+
+/// Events in `from..=head` (at most `max`) from etcd's own history, for a
+/// stream further behind than the events kept in memory.
+async fn history(
+    inner: &Inner,
+    from: Revision,
+    head: Revision,
+    max: usize,
+) -> Result<Vec<Arc<Event>>, Error> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(from as i64)
+        .with_prev_key();
+    let mut stream = inner
+        .client
+        .clone()
+        .watch(inner.keys.records(), Some(options))
+        .await
+        .map_err(|e| unavailable("reading history", e))?;
+    let mut out: Vec<Arc<Event>> = Vec::new();
+    loop {
+        let r = stream
+            .message()
+            .await
+            .map_err(|e| unavailable("reading history", e))?
+            .ok_or_else(|| unavailable("reading history", "the stream ended"))?;
+        if r.canceled() {
+            let oldest = revision(r.compact_revision()).max(1);
+            inner.compacted.fetch_max(oldest, Ordering::AcqRel);
+            return Err(Error::Compacted {
+                requested: from,
+                oldest,
+            });
+        }
+        for e in r.events() {
+            let Some(kv) = e.kv() else { continue };
+            let rev = revision(kv.mod_revision());
+            if rev > head || out.len() == max {
+                return Ok(out);
+            }
+            // The secret index is not part of an event: the kind and the
+            // record are all a stream needs.
+            out.push(Arc::new(decode_record(kv.value())?.into_event(rev)));
+            if rev == head {
+                return Ok(out);
+            }
+        }
+    }
+}

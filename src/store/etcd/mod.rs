@@ -1,0 +1,355 @@
+//! The distributed backend: several stateless tokend replicas sharing one
+//! etcd cluster, which already solves consensus and durability.
+//!
+//! Owns the etcd keyspace under one prefix and each replica's copy of it.
+//! Every mutation is ONE etcd transaction, guarded by the record's etcd
+//! `version` (which is the record's own `revision`, since every change to a
+//! record is exactly one put of its key), and by the revisions of whatever
+//! else the plan read; its revision is the etcd revision, and etcd has made
+//! it durable on a quorum before it answers. Each replica keeps the whole
+//! state in memory, fed by its own etcd watch (the *pump*), so reads and
+//! `VerifyToken` never wait on etcd. A write is answered only once every
+//! live replica's watch has applied it: each replica registers under a lease
+//! and reports the revision its watch has applied, and the writer waits for
+//! all of them. So the moment a delete is answered, no replica verifies the
+//! secret any more. A replica that cannot renew its lease cannot report
+//! either; the writer stops waiting for it once its lease has expired, and
+//! the replica itself stops answering verifications before that can happen
+//! (`fenced`, in `replicas.rs`), so it never answers from a stale state.
+//!
+//! It must never answer a write before etcd committed it and the pump applied
+//! it, never publish an event the pump did not receive from etcd, and never
+//! keep a plain secret (records hold the secret's SHA-256 only, erased on
+//! deletion).
+//!
+//! Keyspace (`keyspace.rs` builds every key; values are JSON, the records of
+//! `record.rs` shared with sled):
+//!   `<prefix>r/a/<ACC-id>` → account + the event that wrote it
+//!   `<prefix>r/t/<TKN-id>` → token (+ secret hash while live) + its event;
+//!                            tombstones stay forever: ids are never reissued
+//!   `<prefix>g/<ACC-id>`   → guard: touched by every token write that
+//!                            depends on its account, compared by account
+//!                            updates that depend on the account's tokens
+//!   `<prefix>l/<TKN-id>`   → last access time (not an event)
+//!   `<prefix>m/head`       → empty; written by every mutation, so its mod
+//!                            revision is the last event's
+//!   `<prefix>m/page_key`   → 32 random bytes for signing page tokens
+//!   `<prefix>replicas/<id>`→ the revision a live replica has applied
+//!                            (leased: gone when the replica is)
+//!   `<prefix>lock/…`       → etcd locks (bootstrap)
+//! Only `r/` is watched: every put there is one event, at its mod revision.
+//! Writes elsewhere use etcd revisions too, so event revisions increase but
+//! skip numbers; the watch layer is built for that (see `watch`).
+//!
+//! Where each part lives (split by concern, roughly as etcd's own server
+//! splits its storage into schema, transactions and watches):
+//! - this file: configuration, opening, the [`Store`] impl, last-access
+//!   persistence;
+//! - `keyspace.rs`: key names and the record codec;
+//! - `txn.rs`: planning a command and committing it as a guarded
+//!   transaction, including the read-back when the outcome is unknown;
+//! - `pump.rs`: loading the keyspace, and the watch that applies each
+//!   committed record to this replica's state and publishes its event;
+//! - `history.rs`: replays for streams, from recent events in memory or
+//!   from etcd's history;
+//! - `replicas.rs`: registration under a lease, progress reports, waiting
+//!   for every replica, and fencing.
+
+mod history;
+mod keyspace;
+mod pump;
+mod replicas;
+mod txn;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, LockOptions, Txn, TxnOp};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use self::keyspace::Keyspace;
+use super::{AccessLog, Applied, Store};
+use crate::command::{self, Command, Ctx, Plan};
+use crate::domain::{Actor, Event, Revision};
+use crate::error::{Error, reason};
+use crate::hub::Hub;
+use crate::state::State;
+
+/// Pauses between attempts at a call that failed to reach etcd: about 3 s in
+/// all, long enough for the client to stop using a member that died.
+const RETRY_PAUSES: &[Duration] = &[
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(1000),
+];
+
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// `host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// Every key lives under it; replicas sharing it form one tokend.
+    pub prefix: String,
+    /// How often a token's last-access time is written at most.
+    pub access_interval: Duration,
+    /// Where this replica keeps its name (`replica-id`), so that a restart
+    /// takes over its own registration instead of leaving writers waiting
+    /// for the dead process's lease to run out.
+    pub data_dir: std::path::PathBuf,
+}
+
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+    _tasks: Vec<AbortOnDropHandle<()>>,
+}
+
+/// What the store's calls and its background tasks share.
+struct Inner {
+    client: Client,
+    keys: Keyspace,
+    state: RwLock<Arc<State>>,
+    /// The revision of the last event in `state`: the pump moves it.
+    applied: watch::Sender<Revision>,
+    /// The newest events, for replays (`history.rs`); the pump appends.
+    recent: Mutex<VecDeque<Arc<Event>>>,
+    /// The oldest revision etcd still has history for, as last seen.
+    compacted: AtomicU64,
+    access: AccessLog,
+    page_key: [u8; 32],
+    hub: Hub,
+    /// This replica's name under `replicas/`.
+    replica: String,
+    /// Every live replica's applied revision, by key.
+    replicas: watch::Sender<HashMap<String, Revision>>,
+    /// Until when this replica's lease is surely alive in etcd; past it,
+    /// another replica may have stopped waiting for this one.
+    alive_until: Mutex<Option<Instant>>,
+    /// The lease this replica is registered under (0: none yet).
+    lease: AtomicI64,
+}
+
+fn unavailable(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        reason: reason::STORE_UNAVAILABLE,
+        message: format!("etcd failure while {context}: {e}"),
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("corrupt {what} in etcd: {e}"))
+}
+
+/// etcd's revisions are signed; ours are not (and 0 is "none").
+fn revision(r: i64) -> Revision {
+    r.max(0) as Revision
+}
+
+impl Inner {
+    fn state(&self) -> Arc<State> {
+        self.state.read().expect("state lock").clone()
+    }
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl EtcdStore {
+    /// Connects, loads every record, and starts following the cluster.
+    pub async fn open(config: EtcdConfig, hub: Hub) -> Result<EtcdStore, Error> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|e| unavailable(&format!("connecting to {:?}", config.endpoints), e))?;
+        let keys = Keyspace::new(config.prefix.clone());
+
+        // The page key is made once for the cluster: the first replica's put
+        // wins, every replica reads the winner.
+        let key = keys.page_key();
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| Error::Internal(e.to_string()))?;
+        let r = client
+            .clone()
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.clone(), fresh.to_vec(), None)])
+                    .or_else([TxnOp::get(key.clone(), None)]),
+            )
+            .await
+            .map_err(|e| unavailable("creating the page key", e))?;
+        let page_key = if r.succeeded() {
+            fresh
+        } else {
+            let got = client
+                .clone()
+                .get(key, None)
+                .await
+                .map_err(|e| unavailable("reading the page key", e))?;
+            got.kvs()
+                .first()
+                .and_then(|kv| kv.value().try_into().ok())
+                .ok_or_else(|| corrupt("page key", "not 32 bytes"))?
+        };
+
+        let (state, access, head) = pump::load(&client, &keys).await?;
+        tracing::info!(revision = head, prefix = %keys.prefix(), "etcd store opened");
+        let (applied, _) = watch::channel(head);
+        let replica = replicas::replica_name(&config.data_dir)?;
+        let inner = Arc::new(Inner {
+            client,
+            keys,
+            state: RwLock::new(Arc::new(state)),
+            applied,
+            recent: Mutex::new(VecDeque::new()),
+            compacted: AtomicU64::new(1),
+            access: AccessLog::new(config.access_interval, access),
+            page_key,
+            hub,
+            replica,
+            replicas: watch::channel(HashMap::new()).0,
+            alive_until: Mutex::new(None),
+            lease: AtomicI64::new(0),
+        });
+        // Registered and known to the others before serving anything.
+        let lease = replicas::register(&inner).await?;
+        let others = replicas::load_replicas(&inner).await?;
+        let spawn = |f| AbortOnDropHandle::new(tokio::spawn(f));
+        let tasks = vec![
+            spawn(Box::pin(pump::pump(inner.clone(), head)) as Task),
+            spawn(Box::pin(persist_access(
+                inner.clone(),
+                config.access_interval,
+            ))),
+            spawn(Box::pin(replicas::keep_registered(inner.clone(), lease))),
+            spawn(Box::pin(replicas::follow_replicas(inner.clone(), others))),
+        ];
+        Ok(EtcdStore {
+            inner,
+            _tasks: tasks,
+        })
+    }
+}
+
+/// Writes due last-access times every `every`.
+async fn persist_access(inner: Arc<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = write_access(&inner, false).await {
+            tracing::warn!(error = %e, "last-access times not written");
+        }
+    }
+}
+
+async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
+    let state = inner.state();
+    for (id, at) in inner.access.take_due(SystemTime::now(), all) {
+        if state.secret_of(&id).is_none() {
+            continue;
+        }
+        inner
+            .client
+            .clone()
+            .put(inner.keys.access(&id), keyspace::encode_access(&at), None)
+            .await
+            .map_err(|e| unavailable("writing a last-access time", e))?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
+        self.inner.apply(cmd, actor).await
+    }
+
+    /// Planned on a state caught up with the whole cluster, as `apply`
+    /// decides errors and no-ops: this replica's own state may trail a write
+    /// another replica has already answered (a delete shown as deletable,
+    /// an etag that is already stale).
+    async fn preview(&self, cmd: &Command, actor: &Actor) -> Result<Plan, Error> {
+        self.inner.sync().await?;
+        let ctx = Ctx {
+            now: SystemTime::now(),
+            actor,
+        };
+        command::plan(&self.inner.state(), cmd, &ctx)
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.inner.state()
+    }
+
+    fn verifying_state(&self) -> Result<Arc<State>, Error> {
+        self.inner.fenced()?;
+        Ok(self.inner.state())
+    }
+
+    async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error> {
+        self.inner.events(from, max).await
+    }
+
+    fn oldest_revision(&self) -> Revision {
+        self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    fn access_log(&self) -> &AccessLog {
+        &self.inner.access
+    }
+
+    fn page_key(&self) -> [u8; 32] {
+        self.inner.page_key
+    }
+
+    async fn bootstrap_lock(&self) -> Result<Box<dyn std::any::Any + Send>, Error> {
+        let name = self.inner.keys.bootstrap_lock();
+        let mut client = self.inner.client.clone();
+        // Leased, so a replica that dies holding it lets the others go on.
+        let lease = client
+            .lease_grant(15, None)
+            .await
+            .map_err(|e| unavailable("taking the bootstrap lock", e))?
+            .id();
+        client
+            .lock(name, Some(LockOptions::new().with_lease(lease)))
+            .await
+            .map_err(|e| unavailable("taking the bootstrap lock", e))?;
+        self.inner.sync().await?;
+        Ok(Box::new(LeaseGuard { client, lease }))
+    }
+
+    async fn close(&self) {
+        if let Err(e) = write_access(&self.inner, true).await {
+            tracing::warn!(error = %e, "last-access times not written at shutdown");
+        }
+        // Leaving: writers stop waiting for this replica at once instead of
+        // when its lease runs out.
+        let lease = self.inner.lease.load(Ordering::Acquire);
+        if lease != 0 {
+            let _ = self.inner.client.clone().lease_revoke(lease).await;
+        }
+    }
+}
+
+/// Releases a lock by revoking its lease when dropped.
+struct LeaseGuard {
+    client: Client,
+    lease: i64,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let (mut client, lease) = (self.client.clone(), self.lease);
+        tokio::spawn(async move {
+            let _ = client.lease_revoke(lease).await;
+        });
+    }
+}

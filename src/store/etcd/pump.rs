@@ -1,0 +1,252 @@
+//! The pump: this replica's copy of the keyspace, fed by its own etcd watch.
+//!
+//! Owns loading every record at open (and again after the watch fell behind
+//! etcd's compaction), applying each record put the watch delivers to
+//! [`State`] in revision order, and [`publish`]ing the result: events kept
+//! for replays, the new state made visible, events handed to the hub, and
+//! the applied revision moved, in that order. Also waiting for it: a write
+//! or a sync waits here until the state holds a given revision. It is the
+//! only code that replaces this replica's state, and it must never publish
+//! an event that etcd did not deliver, nor make a state visible before its
+//! events are kept (a stream reading the log up to the state's head must
+//! find every event of it).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+
+use super::keyspace::{Committed, Keyspace, decode_access, decode_record};
+use super::{Inner, RETRY_PAUSES, revision, unavailable};
+use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
+use crate::error::Error;
+use crate::secret::SecretHash;
+use crate::state::{Change, SecretOp, State};
+
+/// How long a write or a sync waits for this replica's watch to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Loaded = (State, Vec<(TokenId, SystemTime)>, Revision);
+
+/// Every record as of one etcd revision, with the last-access times and the
+/// revision of the last event.
+pub(super) async fn load(client: &Client, keys: &Keyspace) -> Result<Loaded, Error> {
+    let r = client
+        .clone()
+        .get(keys.records(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| unavailable("loading records", e))?;
+    let at = r.header().map_or(0, |h| revision(h.revision())) as i64;
+    // The state's revision is the last event's (`m/head` moves with every
+    // one), read as of the same etcd revision as the records.
+    let h = client
+        .clone()
+        .get(keys.head(), Some(GetOptions::new().with_revision(at)))
+        .await
+        .map_err(|e| unavailable("loading records", e))?;
+    let head = h.kvs().first().map_or(0, |kv| revision(kv.mod_revision()));
+    let (mut accounts, mut tokens, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
+    for kv in r.kvs() {
+        let c = decode_record(kv.value())?;
+        match c.subject {
+            Subject::Account(a) => accounts.push(a),
+            Subject::Token(t) => {
+                if let Some(h) = c.secret {
+                    secrets.push((h, t.id.clone()));
+                }
+                tokens.push(t);
+            }
+        }
+    }
+    // Access times as of the same revision.
+    let l = client
+        .clone()
+        .get(
+            keys.access_times(),
+            Some(GetOptions::new().with_prefix().with_revision(at)),
+        )
+        .await
+        .map_err(|e| unavailable("loading access times", e))?;
+    let mut access = Vec::new();
+    for kv in l.kvs() {
+        // A last access is a hint: one that does not parse is skipped.
+        if let (Some(id), Ok(at)) = (keys.access_id(kv.key()), decode_access(kv.value())) {
+            access.push((id, at));
+        }
+    }
+    Ok((
+        State::restore(head, accounts, tokens, secrets),
+        access,
+        head,
+    ))
+}
+
+/// Follows `r/` from `after` + 1, applying each put to the state and handing
+/// it to the hub, and moves `applied`. Reconnects after a failure,
+/// resuming from the last revision it applied.
+pub(super) async fn pump(inner: Arc<Inner>, mut after: Revision) {
+    loop {
+        match follow(&inner, &mut after).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, after, "etcd watch broke; resuming");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(*after as i64 + 1);
+    let mut stream = inner
+        .client
+        .clone()
+        .watch(inner.keys.records(), Some(options))
+        .await
+        .map_err(|e| unavailable("watching", e))?;
+    loop {
+        let message = stream
+            .message()
+            .await
+            .map_err(|e| unavailable("watching", e))?;
+        let Some(r) = message else {
+            return Err(unavailable("watching", "the stream ended"));
+        };
+        if r.canceled() {
+            if r.compact_revision() > 0 {
+                // Fell behind etcd's compaction while away: only a reload
+                // can bring the state back; streams re-read what they need.
+                inner
+                    .compacted
+                    .fetch_max(revision(r.compact_revision()), Ordering::AcqRel);
+                let (state, _, head) = load(&inner.client, &inner.keys).await?;
+                // The events kept in memory now end before a hole: serving
+                // a replay from them would skip what was missed. Replays go
+                // to etcd, which answers REVISION_COMPACTED.
+                inner.forget_recent();
+                *inner.state.write().expect("state lock") = Arc::new(state);
+                *after = head;
+                inner.applied.send_replace(head);
+            }
+            return Err(unavailable("watching", r.cancel_reason().to_string()));
+        }
+        let mut state = State::clone(&inner.state());
+        let mut events = Vec::with_capacity(r.events().len());
+        for e in r.events() {
+            let Some(kv) = e.kv() else { continue };
+            let rev = revision(kv.mod_revision());
+            if rev <= *after || e.event_type() != EventType::Put {
+                continue;
+            }
+            let Committed {
+                subject,
+                secret,
+                kind,
+                time,
+                actor,
+            } = decode_record(kv.value())?;
+            let change = change_of(&state, kind, subject, secret);
+            state.apply(&change, rev);
+            events.push(Arc::new(change.event(rev, time, actor)));
+        }
+        publish(inner, state, events, after);
+    }
+}
+
+/// The change a stored record represents, against the state before it: the
+/// record's secret hash against the one the state holds for the token.
+fn change_of(
+    state: &State,
+    kind: EventKind,
+    subject: Subject,
+    secret: Option<SecretHash>,
+) -> Change {
+    let secret = match &subject {
+        Subject::Account(_) => SecretOp::Keep,
+        Subject::Token(t) => match (state.secret_of(&t.id), secret) {
+            (None, Some(h)) => SecretOp::Set(h),
+            (Some(old), None) => SecretOp::Erase(*old),
+            (Some(old), Some(h)) if *old != h => SecretOp::Set(h),
+            _ => SecretOp::Keep,
+        },
+    };
+    Change {
+        kind,
+        subject,
+        secret,
+    }
+}
+
+/// Makes one watch response's worth of applied events public, like the sled
+/// writer does after its flush: kept, visible, then announced. A stream
+/// reading the log up to the state's head finds every event of it, and one
+/// that reads the state after subscribing can never miss a sent event.
+/// Then writers waiting for these revisions (`caught_up`) may answer.
+fn publish(inner: &Inner, state: State, events: Vec<Arc<Event>>, after: &mut Revision) {
+    let Some(last) = events.last().map(|e| e.revision) else {
+        return;
+    };
+    for e in &events {
+        if let (EventKind::Deleted, Subject::Token(t)) = (e.kind, &e.subject) {
+            inner.access.forget(&t.id);
+        }
+    }
+    inner.remember(&events);
+    *inner.state.write().expect("state lock") = Arc::new(state);
+    for e in events {
+        let before = std::mem::replace(after, e.revision);
+        inner.hub.publish(before, e);
+    }
+    inner.applied.send_if_modified(|w| {
+        let moved = last > *w;
+        if moved {
+            *w = last;
+        }
+        moved
+    });
+}
+
+impl Inner {
+    /// Waits until this replica's state holds the event at `rev` (and so
+    /// every event before it: the watch delivers them in order).
+    pub(super) async fn caught_up(&self, rev: Revision) -> Result<(), Error> {
+        let mut applied = self.applied.subscribe();
+        let wait = applied.wait_for(|applied| *applied >= rev);
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::shutting_down()),
+            Err(_) => Err(unavailable(
+                "catching up with the cluster",
+                "the watch fell behind",
+            )),
+        }
+    }
+
+    /// Brings this replica up to everything etcd has committed now: what
+    /// another replica answered before this call is visible after it.
+    /// `m/head` is written by every mutation, so its mod revision is the
+    /// last event's; waiting for that event needs nothing from etcd but the
+    /// watch itself. (etcd's watch progress notices could do it without
+    /// the extra key, but before 3.4.25 they may overtake events in flight.)
+    pub(super) async fn sync(&self) -> Result<(), Error> {
+        let key = self.keys.head();
+        let mut failure = None;
+        for pause in RETRY_PAUSES {
+            match self.client.clone().get(key.as_str(), None).await {
+                Ok(r) => {
+                    let head = r.kvs().first().map_or(0, |kv| revision(kv.mod_revision()));
+                    return self.caught_up(head).await;
+                }
+                Err(e) => failure = Some(e),
+            }
+            tokio::time::sleep(*pause).await;
+        }
+        Err(unavailable(
+            "reading the cluster revision",
+            failure.map_or_else(String::new, |e| e.to_string()),
+        ))
+    }
+}

@@ -1,0 +1,265 @@
+//! Replicas: who else serves this keyspace, and how far each has applied.
+//!
+//! Owns this replica's name (kept in its data dir) and its registration (a
+//! key under a lease, renewed), its progress reports (the revision its pump
+//! has applied), the live map of every replica's report, the writer's wait
+//! for all of them ([`Inner::everyone_applied`]), and fencing: this replica
+//! refuses to verify once its lease may have expired ([`Inner::fenced`]).
+//! It must never let a replica verify past the time writers elsewhere may
+//! stop waiting for it, and never wait for a replica beyond its lease.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::time::Instant;
+
+use super::{Inner, revision, unavailable};
+use crate::domain::Revision;
+use crate::error::{Error, reason};
+
+/// How long a replica's registration outlives its last lease renewal. A
+/// writer waits at most about this long for a replica that stopped
+/// reporting.
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// This replica's name: kept in the data dir, made on first start.
+pub(super) fn replica_name(dir: &std::path::Path) -> Result<String, Error> {
+    let path = dir.join("replica-id");
+    let fail = |e: std::io::Error| {
+        Error::invalid("data-dir", format!("cannot use {}: {e}", path.display()))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(e.to_string()))?;
+    let name = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::write(&path, &name).map_err(fail)?;
+    Ok(name)
+}
+
+impl Inner {
+    fn replica_key(&self) -> String {
+        self.keys.replica(&self.replica)
+    }
+
+    /// Waits until every registered replica reports having applied `rev`,
+    /// or has dropped out (its lease expired). Bounded by the lease: a
+    /// replica that stops reporting is gone, and fenced, within it.
+    pub(super) async fn everyone_applied(&self, rev: Revision) {
+        let mut seen = self.replicas.subscribe();
+        let deadline = Instant::now() + LEASE_TTL + Duration::from_secs(1);
+        // This replica's own state already holds `rev` (it reports only
+        // for the others).
+        let me = self.replica_key();
+        loop {
+            let behind: Vec<String> = seen
+                .borrow_and_update()
+                .iter()
+                .filter(|(k, applied)| **applied < rev && **k != me)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, seen.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        revision = rev,
+                        ?behind,
+                        "replicas neither applied a write nor dropped out in time"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Refuses to answer from memory once this replica's lease may have
+    /// expired: writers elsewhere no longer wait for it, so its state may be
+    /// missing a delete they have answered.
+    pub(super) fn fenced(&self) -> Result<(), Error> {
+        match *self.alive_until.lock().expect("lease clock") {
+            Some(until) if Instant::now() < until => Ok(()),
+            _ => Err(Error::Unavailable {
+                reason: reason::STORE_UNAVAILABLE,
+                message: "this replica has lost touch with etcd; try another".into(),
+            }),
+        }
+    }
+
+    fn renewed(&self, at: Instant, ttl: Duration) {
+        // A margin under the TTL: etcd counts from when it renewed, which is
+        // before we heard of it, and clocks drift.
+        let until = at + ttl.mul_f64(0.8);
+        *self.alive_until.lock().expect("lease clock") = Some(until);
+    }
+}
+
+/// Takes a lease and registers this replica under it with its applied
+/// revision. Returns the lease.
+pub(super) async fn register(inner: &Inner) -> Result<i64, Error> {
+    let mut client = inner.client.clone();
+    let asked = Instant::now();
+    let granted = client
+        .lease_grant(LEASE_TTL.as_secs() as i64, None)
+        .await
+        .map_err(|e| unavailable("taking a lease", e))?;
+    let lease = granted.id();
+    let applied = *inner.applied.borrow();
+    client
+        .put(
+            inner.replica_key(),
+            applied.to_string(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(|e| unavailable("registering", e))?;
+    inner.renewed(asked, Duration::from_secs(granted.ttl().max(0) as u64));
+    inner.lease.store(lease, Ordering::Release);
+    Ok(lease)
+}
+
+/// Renews the lease and reports the applied revision whenever it moves;
+/// registers again if the lease was lost.
+pub(super) async fn keep_registered(inner: Arc<Inner>, mut lease: i64) {
+    loop {
+        if let Err(e) = renew_and_report(&inner, lease).await {
+            tracing::warn!(error = %e, "replica registration lost; registering again");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match register(&inner).await {
+            Ok(l) => lease = l,
+            Err(e) => tracing::warn!(error = %e, "cannot register with etcd"),
+        }
+    }
+}
+
+async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
+    let mut client = inner.client.clone();
+    let (mut keeper, mut answers) = client
+        .lease_keep_alive(lease)
+        .await
+        .map_err(|e| unavailable("renewing the lease", e))?;
+    let mut applied = inner.applied.subscribe();
+    let mut members = inner.replicas.subscribe();
+    let mut renew = tokio::time::interval(LEASE_TTL / 4);
+    let mut asked = Instant::now();
+    let mut reported = None;
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                asked = Instant::now();
+                keeper.keep_alive().await.map_err(|e| unavailable("renewing the lease", e))?;
+            }
+            answer = answers.message() => {
+                let answer = answer
+                    .map_err(|e| unavailable("renewing the lease", e))?
+                    .ok_or_else(|| unavailable("renewing the lease", "stream ended"))?;
+                if answer.ttl() <= 0 {
+                    return Err(unavailable("renewing the lease", "it expired"));
+                }
+                inner.renewed(asked, Duration::from_secs(answer.ttl() as u64));
+            }
+            changed = applied.changed() => {
+                changed.map_err(|_| Error::shutting_down())?;
+            }
+            changed = members.changed() => {
+                changed.map_err(|_| Error::shutting_down())?;
+            }
+        }
+        // Reports are for the other replicas' writers: a replica alone
+        // makes none (an etcd write per event saved), and reports the moment
+        // another one appears. Only the latest matters: they coalesce.
+        let me = inner.replica_key();
+        let watched = members.borrow_and_update().keys().any(|k| *k != me);
+        let rev = *applied.borrow_and_update();
+        if watched && reported != Some(rev) {
+            client
+                .put(
+                    me,
+                    rev.to_string(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .map_err(|e| unavailable("reporting progress", e))?;
+            reported = Some(rev);
+        }
+    }
+}
+
+/// The registered replicas now, and the revision to follow them from.
+pub(super) async fn load_replicas(inner: &Inner) -> Result<Revision, Error> {
+    let r = inner
+        .client
+        .clone()
+        .get(inner.keys.replicas(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| unavailable("listing replicas", e))?;
+    let mut map = HashMap::new();
+    for kv in r.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let applied = String::from_utf8_lossy(kv.value()).parse().unwrap_or(0);
+        map.insert(key, applied);
+    }
+    inner.replicas.send_replace(map);
+    Ok(r.header().map_or(0, |h| revision(h.revision())))
+}
+
+/// Keeps `replicas` current: reports, arrivals, and departures (lease
+/// expiry deletes the key).
+pub(super) async fn follow_replicas(inner: Arc<Inner>, mut after: Revision) {
+    loop {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after as i64 + 1);
+        let watched = inner
+            .client
+            .clone()
+            .watch(inner.keys.replicas(), Some(options))
+            .await;
+        let mut stream = match watched {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch replicas");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            let r = match stream.message().await {
+                Ok(Some(r)) if !r.canceled() => r,
+                _ => break,
+            };
+            inner.replicas.send_modify(|map| {
+                for e in r.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    after = after.max(revision(kv.mod_revision()));
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    match e.event_type() {
+                        EventType::Put => {
+                            let applied = String::from_utf8_lossy(kv.value()).parse().unwrap_or(0);
+                            map.insert(key, applied);
+                        }
+                        EventType::Delete => {
+                            map.remove(&key);
+                        }
+                    }
+                }
+            });
+        }
+        // Broken or compacted: start again from a fresh listing.
+        match load_replicas(&inner).await {
+            Ok(rev) => after = rev,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Writes: each command planned on this replica's state and committed as
+//! ONE guarded etcd transaction.
+//!
+//! Owns the optimistic loop (plan, commit, and on losing to another replica
+//! catch up and plan again), the transaction's guards, and what to do when a
+//! call to etcd fails with the outcome unknown (read the record back). It
+//! must never answer before the transaction committed and this replica and
+//! every other live one applied it, and never decide an error or a no-op on
+//! a state that was not first caught up with the cluster.
+
+use std::time::SystemTime;
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+use super::keyspace::encode_record;
+use super::{Inner, RETRY_PAUSES, revision, unavailable};
+use crate::command::{self, Command, Ctx, Plan};
+use crate::domain::{Actor, EventKind, Revision, Subject};
+use crate::error::{Error, reason};
+use crate::state::{Change, SecretOp, State};
+use crate::store::Applied;
+
+/// How many times a write is planned again after another replica changed
+/// what it read, before the caller is told to retry.
+const MAX_ATTEMPTS: usize = 16;
+
+impl Inner {
+    pub(super) async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
+        // Optimistic: plan on this replica's state, and let the
+        // transaction's guards catch a plan made on a stale one. Only a plan
+        // that changes nothing (an error, a no-op) is not checked by etcd:
+        // it is made again once caught up with the cluster, so that a write
+        // another replica already answered is never planned around.
+        let mut synced = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.state();
+            let now = SystemTime::now();
+            let (change, secret) = match command::plan(&state, &cmd, &Ctx { now, actor: &actor }) {
+                Ok(Plan::Change(change, secret)) => (change, secret),
+                Ok(Plan::Unchanged(_)) | Err(_) if !synced => {
+                    self.sync().await?;
+                    synced = true;
+                    continue;
+                }
+                Ok(Plan::Unchanged(subject)) => {
+                    return Ok(Applied {
+                        revision: 0,
+                        subject,
+                        secret: None,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            let (txn, key, value) = self.txn(&state, &change, now, &actor);
+            let (committed, rev) = self.commit(txn, &key, &value).await?;
+            if !committed {
+                // Stale, or beaten by another replica: plan again on what
+                // won.
+                self.sync().await?;
+                synced = true;
+                continue;
+            }
+            // This replica's state holds the change before it answers...
+            self.caught_up(rev).await?;
+            // ...and so must every other replica, before anyone is told.
+            self.everyone_applied(rev).await;
+            return Ok(Applied {
+                revision: rev,
+                subject: Some(change.subject),
+                secret,
+            });
+        }
+        Err(Error::Unavailable {
+            reason: reason::STORE_UNAVAILABLE,
+            message: format!(
+                "the record changed under {MAX_ATTEMPTS} attempts in a row through other replicas; retry"
+            ),
+        })
+    }
+
+    /// The transaction that commits `change`, planned against `state`, and
+    /// the record it puts (key, value): unique, since it holds its time.
+    fn txn(
+        &self,
+        state: &State,
+        change: &Change,
+        now: SystemTime,
+        actor: &Actor,
+    ) -> (Txn, String, Vec<u8>) {
+        let based_on = state.revision() as i64;
+        let mut when = Vec::new();
+        let mut then = Vec::new();
+        let record = |secret| encode_record(&change.subject, secret, change.kind, now, actor);
+        let (key, value) = match &change.subject {
+            Subject::Token(t) => {
+                let key = self.keys.token(&t.id);
+                // The etag: the record is as the plan saw it (absent for a create).
+                when.push(Compare::version(
+                    key.clone(),
+                    CompareOp::Equal,
+                    t.revision as i64 - 1,
+                ));
+                let secret = match &change.secret {
+                    SecretOp::Set(h) => Some(*h),
+                    SecretOp::Keep => state.secret_of(&t.id).copied(),
+                    SecretOp::Erase(_) => None,
+                };
+                let value = record(secret);
+                then.push(TxnOp::put(key.clone(), value.clone(), None));
+                match change.kind {
+                    // Only take something away: they hold whatever the
+                    // account is now.
+                    EventKind::Deleted | EventKind::Disabled => {}
+                    // Depend on the account (active, grants the modules), and
+                    // tell account updates that a token of it changed.
+                    _ => {
+                        when.push(Compare::mod_revision(
+                            self.keys.account(&t.account_id),
+                            CompareOp::Less,
+                            based_on + 1,
+                        ));
+                        then.push(TxnOp::put(self.keys.guard(&t.account_id), "", None));
+                    }
+                }
+                if change.kind == EventKind::Deleted {
+                    then.push(TxnOp::delete(self.keys.access(&t.id), None));
+                }
+                (key, value)
+            }
+            Subject::Account(a) => {
+                let key = self.keys.account(&a.id);
+                when.push(Compare::version(
+                    key.clone(),
+                    CompareOp::Equal,
+                    a.revision as i64 - 1,
+                ));
+                // An account update checks its tokens' modules: none of them
+                // may have changed since the state it was planned on.
+                when.push(Compare::mod_revision(
+                    self.keys.guard(&a.id),
+                    CompareOp::Less,
+                    based_on + 1,
+                ));
+                let value = record(None);
+                then.push(TxnOp::put(key.clone(), value.clone(), None));
+                (key, value)
+            }
+        };
+        then.push(TxnOp::put(self.keys.head(), "", None));
+        (Txn::new().when(when).and_then(then), key, value)
+    }
+
+    /// Runs `txn`, whose record put is `key` = `value`: (committed, its
+    /// revision or the revision it lost at). A failed call leaves the outcome
+    /// unknown (it may have been applied before the connection broke), so
+    /// the record is read back: if it holds our value, we committed.
+    /// Retried while members are unreachable, as the client fails over.
+    async fn commit(&self, txn: Txn, key: &str, value: &[u8]) -> Result<(bool, Revision), Error> {
+        let landed = || async {
+            let got = self.client.clone().get(key, None).await.ok()?;
+            let kv = got.kvs().first()?;
+            (kv.value() == value).then(|| revision(kv.mod_revision()))
+        };
+        let mut unknown = false;
+        let mut failure = None;
+        for pause in RETRY_PAUSES {
+            match self.client.clone().txn(txn.clone()).await {
+                Ok(r) => {
+                    let rev = r.header().map_or(0, |h| revision(h.revision()));
+                    if !r.succeeded()
+                        && unknown
+                        && let Some(rev) = landed().await
+                    {
+                        return Ok((true, rev));
+                    }
+                    return Ok((r.succeeded(), rev));
+                }
+                Err(e) => {
+                    unknown = true;
+                    failure = Some(e);
+                    tokio::time::sleep(*pause).await;
+                    if let Some(rev) = landed().await {
+                        return Ok((true, rev));
+                    }
+                }
+            }
+        }
+        Err(unavailable(
+            "committing",
+            failure.map_or_else(String::new, |e| e.to_string()),
+        ))
+    }
+}

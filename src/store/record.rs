@@ -1,0 +1,476 @@
+//! The storage format: how accounts, tokens, events and times look on disk,
+//! on both backends.
+//!
+//! Owns the record types that are written (sled values, and inside etcd's
+//! envelope, see `etcd/keyspace.rs`) and their conversions to and from the
+//! domain types. Records are JSON, so a data dir stays inspectable; every
+//! field name and enum variant is pinned here with `#[serde(rename)]`, so
+//! renaming a field of [`crate::domain`] cannot silently change what is on
+//! disk. The shapes are exactly those that format version 1 (tokend up to
+//! 952fdb9) wrote by deriving serde on the domain types; data written
+//! then reads back without migration (`tests/format.rs`), and what is
+//! written now reads back with that code too.
+//!
+//! It must never change a shape without a new version (a new
+//! [`SLED_FORMAT`], a migration, a new fixture in `tests/fixtures/`), and
+//! never hold a plain secret.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, Event, EventKind,
+    Subject, Token, TokenId, TokenStatus,
+};
+
+/// The storage format's version, as the sled store records it in
+/// `m/format` (and refuses any other): version 1 is every shape in this
+/// file. The etcd keyspace keeps no marker; its records are version 1 too.
+pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-1";
+
+/// A domain value's on-disk shape. Encoding borrows from the domain value
+/// (`'a`), so writing a record copies nothing before serde does.
+pub(super) trait Record<'a>: Serialize + Sized {
+    type Domain;
+    fn of(value: &'a Self::Domain) -> Self;
+    /// The domain value, or why this record is not a valid one.
+    fn into_domain(self) -> Result<Self::Domain, String>;
+}
+
+/// The bytes that store `value` as record `R`.
+pub(super) fn encode<'a, R: Record<'a>>(value: &'a R::Domain) -> Vec<u8> {
+    serde_json::to_vec(&R::of(value)).expect("records serialise")
+}
+
+/// The domain value record `R` stored as `bytes`, or what is wrong with them.
+/// Strings without escapes are borrowed from `bytes` until the domain value
+/// is built: ids are parsed in place, never allocated.
+pub(super) fn decode<'a, R>(bytes: &'a [u8]) -> Result<R::Domain, String>
+where
+    R: Record<'a> + Deserialize<'a>,
+{
+    serde_json::from_slice::<R>(bytes)
+        .map_err(|e| e.to_string())?
+        .into_domain()
+}
+
+/// A point in time: serde's own shape for `SystemTime`, which version 1
+/// used, pinned here rather than left to serde.
+#[derive(Serialize, Deserialize)]
+pub(super) struct TimeRecord {
+    #[serde(rename = "secs_since_epoch")]
+    secs: u64,
+    #[serde(rename = "nanos_since_epoch")]
+    nanos: u32,
+}
+
+impl Record<'_> for TimeRecord {
+    type Domain = SystemTime;
+
+    fn of(t: &SystemTime) -> Self {
+        // tokend stamps times from the clock; a clock before 1970 is
+        // recorded as 1970.
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        TimeRecord {
+            secs: d.as_secs(),
+            nanos: d.subsec_nanos(),
+        }
+    }
+
+    fn into_domain(self) -> Result<SystemTime, String> {
+        Duration::from_secs(self.secs)
+            .checked_add(Duration::from_nanos(self.nanos.into()))
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .ok_or_else(|| "time out of range".to_string())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum TokenStatusRecord {
+    #[serde(rename = "Active")]
+    Active,
+    #[serde(rename = "Disabled")]
+    Disabled,
+    #[serde(rename = "Deleted")]
+    Deleted,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum AccountTypeRecord {
+    #[serde(rename = "Client")]
+    Client,
+    #[serde(rename = "Vendor")]
+    Vendor,
+    #[serde(rename = "Operations")]
+    Operations,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum AccountStatusRecord {
+    #[serde(rename = "Active")]
+    Active,
+    #[serde(rename = "Disabled")]
+    Disabled,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) enum EventKindRecord {
+    #[serde(rename = "Created")]
+    Created,
+    #[serde(rename = "Updated")]
+    Updated,
+    #[serde(rename = "Enabled")]
+    Enabled,
+    #[serde(rename = "Disabled")]
+    Disabled,
+    #[serde(rename = "Deleted")]
+    Deleted,
+}
+
+impl From<EventKind> for EventKindRecord {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::Created => EventKindRecord::Created,
+            EventKind::Updated => EventKindRecord::Updated,
+            EventKind::Enabled => EventKindRecord::Enabled,
+            EventKind::Disabled => EventKindRecord::Disabled,
+            EventKind::Deleted => EventKindRecord::Deleted,
+        }
+    }
+}
+
+impl From<EventKindRecord> for EventKind {
+    fn from(k: EventKindRecord) -> Self {
+        match k {
+            EventKindRecord::Created => EventKind::Created,
+            EventKindRecord::Updated => EventKind::Updated,
+            EventKindRecord::Enabled => EventKind::Enabled,
+            EventKindRecord::Disabled => EventKind::Disabled,
+            EventKindRecord::Deleted => EventKind::Deleted,
+        }
+    }
+}
+
+/// Who did what when, in a record's audit trail.
+#[derive(Serialize, Deserialize)]
+pub(super) struct AuditEntryRecord<'a> {
+    #[serde(rename = "at")]
+    at: TimeRecord,
+    #[serde(rename = "by", borrow)]
+    by: Cow<'a, str>,
+}
+
+/// Every entry is written, `null` when absent.
+#[derive(Serialize, Deserialize)]
+pub(super) struct AuditRecord<'a> {
+    #[serde(rename = "created", default, borrow)]
+    created: Option<AuditEntryRecord<'a>>,
+    #[serde(rename = "updated", default, borrow)]
+    updated: Option<AuditEntryRecord<'a>>,
+    #[serde(rename = "enabled", default, borrow)]
+    enabled: Option<AuditEntryRecord<'a>>,
+    #[serde(rename = "disabled", default, borrow)]
+    disabled: Option<AuditEntryRecord<'a>>,
+    #[serde(rename = "deleted", default, borrow)]
+    deleted: Option<AuditEntryRecord<'a>>,
+}
+
+impl<'a> AuditRecord<'a> {
+    fn of(a: &'a Audit) -> Self {
+        let entry = |e: &'a Option<AuditEntry>| {
+            e.as_ref().map(|e| AuditEntryRecord {
+                at: TimeRecord::of(&e.at),
+                by: Cow::Borrowed(&e.by.0),
+            })
+        };
+        AuditRecord {
+            created: entry(&a.created),
+            updated: entry(&a.updated),
+            enabled: entry(&a.enabled),
+            disabled: entry(&a.disabled),
+            deleted: entry(&a.deleted),
+        }
+    }
+
+    fn into_domain(self) -> Result<Audit, String> {
+        let entry = |e: Option<AuditEntryRecord>| {
+            e.map(|e| {
+                Ok::<_, String>(AuditEntry {
+                    at: e.at.into_domain()?,
+                    by: Actor(e.by.into_owned()),
+                })
+            })
+            .transpose()
+        };
+        Ok(Audit {
+            created: entry(self.created)?,
+            updated: entry(self.updated)?,
+            enabled: entry(self.enabled)?,
+            disabled: entry(self.disabled)?,
+            deleted: entry(self.deleted)?,
+        })
+    }
+}
+
+/// A token, as `t/<id>` on sled and inside `r/t/<id>` on etcd. Never its
+/// secret: the backends keep its hash beside it, until deletion.
+#[derive(Serialize, Deserialize)]
+pub(super) struct TokenRecord<'a> {
+    #[serde(rename = "id", borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "account_id", borrow)]
+    account_id: Cow<'a, str>,
+    #[serde(rename = "name", borrow)]
+    name: Cow<'a, str>,
+    #[serde(rename = "description", borrow)]
+    description: Cow<'a, str>,
+    /// `null` when the token has none.
+    #[serde(rename = "icon", default, borrow)]
+    icon: Option<Cow<'a, str>>,
+    #[serde(rename = "status")]
+    status: TokenStatusRecord,
+    #[serde(rename = "modules")]
+    modules: Cow<'a, BTreeSet<String>>,
+    #[serde(rename = "revision")]
+    revision: u64,
+    #[serde(rename = "audit", borrow)]
+    audit: AuditRecord<'a>,
+    /// Never set by tokend (last access times live under `l/`), but
+    /// version 1 allowed it: kept, and left out when absent.
+    #[serde(
+        rename = "last_access_time",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    last_access_time: Option<TimeRecord>,
+}
+
+impl<'a> Record<'a> for TokenRecord<'a> {
+    type Domain = Token;
+
+    fn of(t: &'a Token) -> Self {
+        TokenRecord {
+            id: Cow::Borrowed(t.id.as_str()),
+            account_id: Cow::Borrowed(t.account_id.as_str()),
+            name: Cow::Borrowed(&t.name),
+            description: Cow::Borrowed(&t.description),
+            icon: t.icon.as_deref().map(Cow::Borrowed),
+            status: match t.status {
+                TokenStatus::Active => TokenStatusRecord::Active,
+                TokenStatus::Disabled => TokenStatusRecord::Disabled,
+                TokenStatus::Deleted => TokenStatusRecord::Deleted,
+            },
+            modules: Cow::Borrowed(&t.modules),
+            revision: t.revision,
+            audit: AuditRecord::of(&t.audit),
+            last_access_time: t.last_access_time.as_ref().map(TimeRecord::of),
+        }
+    }
+
+    fn into_domain(self) -> Result<Token, String> {
+        Ok(Token {
+            id: TokenId::parse(&self.id).map_err(|e| e.to_string())?,
+            account_id: AccountId::parse(&self.account_id).map_err(|e| e.to_string())?,
+            name: self.name.into_owned(),
+            description: self.description.into_owned(),
+            icon: self.icon.map(Cow::into_owned),
+            status: match self.status {
+                TokenStatusRecord::Active => TokenStatus::Active,
+                TokenStatusRecord::Disabled => TokenStatus::Disabled,
+                TokenStatusRecord::Deleted => TokenStatus::Deleted,
+            },
+            modules: self.modules.into_owned(),
+            revision: self.revision,
+            audit: self.audit.into_domain()?,
+            last_access_time: self
+                .last_access_time
+                .map(TimeRecord::into_domain)
+                .transpose()?,
+        })
+    }
+}
+
+/// An account, as `a/<id>` on sled and inside `r/a/<id>` on etcd.
+#[derive(Serialize, Deserialize)]
+pub(super) struct AccountRecord<'a> {
+    #[serde(rename = "id", borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "name", borrow)]
+    name: Cow<'a, str>,
+    #[serde(rename = "type")]
+    kind: AccountTypeRecord,
+    #[serde(rename = "status")]
+    status: AccountStatusRecord,
+    #[serde(rename = "modules")]
+    modules: Cow<'a, BTreeSet<String>>,
+    #[serde(rename = "revision")]
+    revision: u64,
+    #[serde(rename = "audit", borrow)]
+    audit: AuditRecord<'a>,
+}
+
+impl<'a> Record<'a> for AccountRecord<'a> {
+    type Domain = Account;
+
+    fn of(a: &'a Account) -> Self {
+        AccountRecord {
+            id: Cow::Borrowed(a.id.as_str()),
+            name: Cow::Borrowed(&a.name),
+            kind: match a.kind {
+                AccountType::Client => AccountTypeRecord::Client,
+                AccountType::Vendor => AccountTypeRecord::Vendor,
+                AccountType::Operations => AccountTypeRecord::Operations,
+            },
+            status: match a.status {
+                AccountStatus::Active => AccountStatusRecord::Active,
+                AccountStatus::Disabled => AccountStatusRecord::Disabled,
+            },
+            modules: Cow::Borrowed(&a.modules),
+            revision: a.revision,
+            audit: AuditRecord::of(&a.audit),
+        }
+    }
+
+    fn into_domain(self) -> Result<Account, String> {
+        Ok(Account {
+            id: AccountId::parse(&self.id).map_err(|e| e.to_string())?,
+            name: self.name.into_owned(),
+            kind: match self.kind {
+                AccountTypeRecord::Client => AccountType::Client,
+                AccountTypeRecord::Vendor => AccountType::Vendor,
+                AccountTypeRecord::Operations => AccountType::Operations,
+            },
+            status: match self.status {
+                AccountStatusRecord::Active => AccountStatus::Active,
+                AccountStatusRecord::Disabled => AccountStatus::Disabled,
+            },
+            modules: self.modules.into_owned(),
+            revision: self.revision,
+            audit: self.audit.into_domain()?,
+        })
+    }
+}
+
+/// The record an event carries, tagged with what it is:
+/// `{"Token": {…}}` or `{"Account": {…}}`.
+#[derive(Serialize, Deserialize)]
+pub(super) enum SubjectRecord<'a> {
+    #[serde(rename = "Token", borrow)]
+    Token(TokenRecord<'a>),
+    #[serde(rename = "Account", borrow)]
+    Account(AccountRecord<'a>),
+}
+
+impl<'a> Record<'a> for SubjectRecord<'a> {
+    type Domain = Subject;
+
+    fn of(s: &'a Subject) -> Self {
+        match s {
+            Subject::Token(t) => SubjectRecord::Token(TokenRecord::of(t)),
+            Subject::Account(a) => SubjectRecord::Account(AccountRecord::of(a)),
+        }
+    }
+
+    fn into_domain(self) -> Result<Subject, String> {
+        Ok(match self {
+            SubjectRecord::Token(t) => Subject::Token(t.into_domain()?),
+            SubjectRecord::Account(a) => Subject::Account(a.into_domain()?),
+        })
+    }
+}
+
+/// An event of sled's retained log, `e/<revision>`. (etcd keeps no event
+/// records: its events are the puts of record keys, see `etcd/keyspace.rs`.)
+#[derive(Serialize, Deserialize)]
+pub(super) struct EventRecord<'a> {
+    #[serde(rename = "revision")]
+    revision: u64,
+    #[serde(rename = "kind")]
+    kind: EventKindRecord,
+    #[serde(rename = "subject", borrow)]
+    subject: SubjectRecord<'a>,
+    #[serde(rename = "time")]
+    time: TimeRecord,
+    #[serde(rename = "actor", borrow)]
+    actor: Cow<'a, str>,
+}
+
+impl<'a> Record<'a> for EventRecord<'a> {
+    type Domain = Event;
+
+    fn of(e: &'a Event) -> Self {
+        EventRecord {
+            revision: e.revision,
+            kind: e.kind.into(),
+            subject: SubjectRecord::of(&e.subject),
+            time: TimeRecord::of(&e.time),
+            actor: Cow::Borrowed(&e.actor.0),
+        }
+    }
+
+    fn into_domain(self) -> Result<Event, String> {
+        Ok(Event {
+            revision: self.revision,
+            kind: self.kind.into(),
+            subject: self.subject.into_domain()?,
+            time: self.time.into_domain()?,
+            actor: Actor(self.actor.into_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every record of the version-1 sled fixture decodes, and encodes back
+    /// to the very same bytes: an older tokend reads what this one writes.
+    #[test]
+    fn version_1_sled_records_read_and_write_back_byte_for_byte() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sled-v1/db");
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&fixture).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let db = sled::open(tmp.path()).unwrap();
+        let tree = db.open_tree("tokend").unwrap();
+        assert_eq!(&*tree.get("m/format").unwrap().unwrap(), SLED_FORMAT);
+        // Decoded into the domain type, then encoded from it again.
+        macro_rules! same {
+            ($record:ident, $bytes:expr) => {{
+                let value = decode::<$record>($bytes).unwrap();
+                let again = encode::<$record>(&value);
+                assert_eq!(
+                    String::from_utf8_lossy(&again),
+                    String::from_utf8_lossy($bytes)
+                );
+            }};
+        }
+        let mut seen = [0; 4];
+        for kv in tree.iter() {
+            let (k, v) = kv.unwrap();
+            let kind = match &k[..2] {
+                b"a/" => 0,
+                b"t/" => 1,
+                b"e/" => 2,
+                b"l/" => 3,
+                _ => continue,
+            };
+            match kind {
+                0 => same!(AccountRecord, &v),
+                1 => same!(TokenRecord, &v),
+                2 => same!(EventRecord, &v),
+                _ => same!(TimeRecord, &v),
+            }
+            seen[kind] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 0), "{seen:?}");
+    }
+}
