@@ -461,17 +461,36 @@ async fn an_old_revocation_replayed_from_the_log_does_not_end_the_stream() {
         id: rig.token.clone(),
         etag: None,
     });
-    rig.show();
     let caller = crate::caller::Caller {
         token: rig.world.token_rec(&rig.token),
         account: rig.world.account_rec(&rig.account),
     };
+    // The last change before the stream opens strips the credential's
+    // rights (the interceptor looked just before it): history too.
+    rig.world.commit(Command::UpdateToken {
+        id: rig.token.clone(),
+        etag: None,
+        patch: TokenPatch {
+            modules: Some(Default::default()),
+            ..TokenPatch::default()
+        },
+    });
+    rig.show();
     let filter = Filter {
         credential: Some(caller),
         ..Filter::default()
     };
     let mut stream = rig.watchers.open(filter, Start::At(1)).unwrap();
-    assert_eq!(revisions(&mut stream), [2, 3, 4]);
+    assert_eq!(revisions(&mut stream), [2, 3, 4, 5]);
+    // A revocation after the stream opened does end it.
+    rig.world.disable_token(&rig.token.clone());
+    rig.show();
+    rig.publish(5, 6);
+    let got = ready(&mut stream);
+    assert!(
+        matches!(&got[..], [Ok(Notice::Change(e)), Err(Error::CredentialRevoked("disabled"))] if e.revision == 6),
+        "{got:?}"
+    );
 }
 
 #[tokio::test]
