@@ -142,3 +142,6 @@ pub fn revokes(caller: &Caller, subject: &Subject) -> Option<&'static str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -158,7 +158,7 @@ impl FilterExpr {
                 if t.has {
                     *v == t.value
                 } else {
-                    v.eq_ignore_ascii_case(&t.value) || *v == t.value
+                    v.eq_ignore_ascii_case(&t.value)
                 }
             })
         })
@@ -292,6 +292,34 @@ mod tests {
         assert!(other.decode(&t).is_err());
         let other_key = Pager::new([8; 32], &["tokens", "ACC-1111-1111", "", "false"]);
         assert!(other_key.decode(&t).is_err());
+
+        // Too short to hold a fingerprint and a tag: refused, not a panic.
+        for n in [1, 8, 16, 23] {
+            assert!(
+                p.decode(&URL_SAFE_NO_PAD.encode(vec![0u8; n])).is_err(),
+                "{n}"
+            );
+        }
+        assert_eq!(p.decode(&p.encode("")).unwrap().as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_page_holds_at_most_size_items_and_names_the_last_for_the_next() {
+        let p = Pager::new([7; 32], &["tokens"]);
+        let ids = ["a", "b", "c", "d", "e"];
+        let (page, next) = p.page(ids.iter(), 2, |id| id);
+        assert_eq!(page, [&"a", &"b"]);
+        assert_eq!(p.decode(&next).unwrap().as_deref(), Some("b"));
+        for size in [5, 6] {
+            let (page, next) = p.page(ids.iter(), size, |id| id);
+            assert_eq!(page.len(), 5, "{size}");
+            assert_eq!(next, "", "the last page has no next token");
+        }
+        let (page, next) = p.page(ids.iter(), 4, |id| id);
+        assert_eq!(
+            (page.len(), p.decode(&next).unwrap()),
+            (4, Some("d".into()))
+        );
     }
 
     #[test]
@@ -311,6 +339,17 @@ mod tests {
         assert!(f.matches(values));
         let g = FilterExpr::parse("modules:helpdesk", &[], &["modules"]).unwrap();
         assert!(!g.matches(values));
+        // `=` ignores ASCII case and nothing else; `:` is exact.
+        for (filter, want) in [
+            ("status = Active", true),
+            ("status = disabled", false),
+            ("status = ACTIVE AND name = \"CI DEPLOY\"", true),
+            ("name = ci", false),
+            ("modules:Commerce", false),
+        ] {
+            let f = FilterExpr::parse(filter, &["status", "name"], &["modules"]).unwrap();
+            assert_eq!(f.matches(values), want, "{filter}");
+        }
         for bad in [
             "colour = red",
             "status",

@@ -243,3 +243,9 @@ impl State {
         s
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testkit;
+
+#[cfg(test)]
+mod tests;

@@ -256,6 +256,50 @@ enum Woken {
     Idle,
 }
 
+/// What a caught-up follower does with an event the hub delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live {
+    /// Already sent: the follower read it from the log before the hub
+    /// delivered it.
+    Skip,
+    /// The next event owed: nothing lies between the last one sent and it.
+    Deliver,
+    /// Something between the last event sent and this one never came
+    /// through this receiver: read the log from `next` (which has it, or
+    /// answers that it is compacted). The head is already past this event,
+    /// since a store makes a state visible before it publishes its events.
+    Reread,
+}
+
+/// The delivery decision of a follower that owes its client `next`.
+///
+/// `Reread` needs an event whose predecessor this follower never delivered
+/// while it was waiting on the hub. A store that keeps the hub's rules
+/// (events published once, in order, each after its state is visible) never
+/// makes one for a follower that subscribed before reading the head: its
+/// receiver holds every event past that head, and the first one it does not
+/// skip names a predecessor at or below the head. Two things do make one:
+/// - etcd's pump reloading after its watch fell behind compaction: it
+///   replaces the state and publishes the next event after the reloaded
+///   head, so the events in between were never published. Delivering would
+///   skip them silently; rereading ends the stream with `REVISION_COMPACTED`
+///   (docs/contract.md §8.6), or replays what etcd still holds.
+/// - a publisher that announces an event before its state is visible: a
+///   follower that read head H and subscribed after event H+1 went out
+///   receives H+2, naming H+1. sled swaps its state first, so not today.
+///
+/// A receiver that fell behind the ring is told so (`Lagged`), not shown a
+/// gap. Unit tests: `src/watch/tests.rs`.
+fn on_live(next: Revision, p: &Published) -> Live {
+    if p.event.revision < next {
+        Live::Skip
+    } else if p.after < next {
+        Live::Deliver
+    } else {
+        Live::Reread
+    }
+}
+
 impl Follower {
     /// The notices of one stream, ending with the error the client should
     /// see (or never, until the client goes away).
@@ -309,14 +353,13 @@ impl Follower {
                         () = &mut idle => Woken::Idle,
                     };
                     match woken {
-                        Woken::Live(Ok(p)) if p.event.revision < self.next => continue,
-                        // Nothing between what was sent and this event.
-                        Woken::Live(Ok(p)) if p.after < self.next => p.event,
-                        // A gap (we subscribed mid-batch) or a lag: the log
-                        // has it, and the head is already past it.
-                        Woken::Live(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {
-                            continue;
-                        }
+                        Woken::Live(Ok(p)) => match on_live(self.next, &p) {
+                            Live::Deliver => p.event,
+                            Live::Skip | Live::Reread => continue,
+                        },
+                        // Events dropped from this receiver's ring: the log
+                        // has them, and the head is already past them.
+                        Woken::Live(Err(broadcast::error::RecvError::Lagged(_))) => continue,
                         Woken::Live(Err(broadcast::error::RecvError::Closed)) => {
                             Err(Error::shutting_down())?;
                             continue;
@@ -364,3 +407,6 @@ impl Follower {
         (notice, revoked)
     }
 }
+
+#[cfg(test)]
+mod tests;
