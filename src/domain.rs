@@ -8,7 +8,6 @@
 //! format. (A [`Token`] still deserialises from such a record, for a test that
 //! reads one straight from sled.)
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -26,7 +25,7 @@ pub type Revision = u64;
 
 /// Who made a change: the id of the calling token, or `bootstrap` for what
 /// tokend itself creates on first start.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor(pub String);
 
 impl fmt::Display for Actor {
@@ -45,8 +44,7 @@ const ID_LEN: usize = 13;
 /// string order, so sorting is unchanged.
 macro_rules! numbered_id {
     ($name:ident, $prefix:literal, $what:literal) => {
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-        #[serde(try_from = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name([u8; ID_LEN]);
 
         impl $name {
@@ -92,19 +90,6 @@ macro_rules! numbered_id {
                 f.debug_tuple(stringify!($name))
                     .field(&self.as_str())
                     .finish()
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self, Error> {
-                Self::parse(&s)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.as_str().to_string()
             }
         }
     };
@@ -238,7 +223,7 @@ pub fn truncate_for_message(s: &str) -> String {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenStatus {
     Active,
     Disabled,
@@ -258,13 +243,13 @@ pub enum AccountStatus {
     Disabled,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEntry {
     pub at: SystemTime,
     pub by: Actor,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
     pub created: Option<AuditEntry>,
     pub updated: Option<AuditEntry>,
@@ -275,7 +260,7 @@ pub struct Audit {
 
 /// An API token as the platform sees it. It never holds the secret: the store
 /// keeps only the secret's SHA-256, beside the token, until deletion erases it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Token {
     pub id: TokenId,
     pub account_id: AccountId,
@@ -289,7 +274,6 @@ pub struct Token {
     pub audit: Audit,
     /// Approximate; kept apart from the record (see `store::AccessLog`) so that
     /// verification never changes `revision` or `etag`.
-    #[serde(default)]
     pub last_access_time: Option<SystemTime>,
 }
 
