@@ -19,6 +19,10 @@ bin="$web/node_modules/.bin"
 # npm ci, unless node_modules was installed from this very package-lock.json.
 deps() {
   local want have=""
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "web: installing node and npm (Debian)" >&2
+    apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  fi
   want="$(sha256sum "$web/package-lock.json" | cut -d' ' -f1)"
   [[ -f "$web/node_modules/.tokend-lock" ]] && have="$(cat "$web/node_modules/.tokend-lock")"
   if [[ "$want" != "$have" || ! -x "$bin/esbuild" ]]; then
