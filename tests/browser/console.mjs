@@ -4,6 +4,7 @@
 // each scenario; changes "from elsewhere" are made with the real tokend CLI.
 // Screenshots go to $ARTIFACTS; every screen visited is checked with axe-core.
 
+import { readdirSync, rmSync } from "node:fs";
 import * as L from "./lib.mjs";
 
 const F = JSON.parse(process.env.FIXTURE ?? "{}");
@@ -240,7 +241,8 @@ const scenarios = {
     await L.cli("tokens", "delete", F.other_target.id, "--yes");
     await list.waitForSelector("#delete-gone");
     const gone = await L.text(list, "#delete-gone");
-    check(gone.includes(`deleted by ${F.operator_id}`), `the open delete dialog says who deleted it: ${gone}`);
+    check(gone.includes(`deleted meanwhile, by ${F.operator_id} on `), `the open delete dialog says who deleted it and when: ${gone}`);
+    check(await list.$eval("#delete-confirm", (b) => b.hidden), "and offers no Delete");
     await L.shot(list, "live-dialog-deleted");
     await list.click("#delete-cancel");
     await L.waitRowGone(list, F.other_target.id);
@@ -392,6 +394,7 @@ if (!scenario) {
   console.error(`unknown scenario ${name}; one of: ${Object.keys(scenarios).join(", ")}`);
   process.exit(2);
 }
+for (const f of readdirSync(L.ARTIFACTS)) if (f.startsWith(`failure-${name}-`)) rmSync(`${L.ARTIFACTS}/${f}`);
 const browser = await L.launch();
 let failed = false;
 try {

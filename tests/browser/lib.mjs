@@ -161,6 +161,8 @@ export async function rowAction(page, id, label) {
 }
 
 export async function shot(page, name) {
+  // Let transitions (a message sliding in) finish first.
+  await page.evaluate(() => Promise.all(document.getAnimations().map((a) => a.finished)));
   const file = path.join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path: file });
   log(`screenshot ${file}`);

@@ -154,18 +154,13 @@ export function deleteDialog(app: App, t: Token, hooks: ActionHooks): void {
   const renderQuestion = () =>
     fill(question, "Are you sure you want to delete the API token ", h("strong", { class: "delete-name" }, shown.name), " (", h("span", { class: "mono delete-id" }, shown.id), ")?");
   renderQuestion();
-  fill(
-    m.body,
-    question,
-    h(
-      "ul",
-      { class: "warning-list" },
-      h("li", {}, "A deleted token can't be restored or reused."),
-      h("li", {}, "Deleting a token removes it from the account, and it no longer appears on the API tokens page. Applications that use it stop working at once."),
-    ),
-    status,
-    error,
+  const warnings = h(
+    "ul",
+    { class: "warning-list" },
+    h("li", {}, "A deleted token can't be restored or reused."),
+    h("li", {}, "Deleting a token removes it from the account, and it no longer appears on the API tokens page. Applications that use it stop working at once."),
   );
+  fill(m.body, question, warnings, status, error);
   const cancel = button("Cancel", () => m.close(), "secondary", { id: "delete-cancel" });
   const confirm = button("Delete", () => void doDelete(), "danger", { id: "delete-confirm", disabled: "" });
   m.footer.append(cancel, confirm);
@@ -213,14 +208,16 @@ export function deleteDialog(app: App, t: Token, hooks: ActionHooks): void {
   const showDeletedElsewhere = (d: { actor: string; at: { seconds: bigint; nanos: number } | undefined }) => {
     confirm.hidden = true;
     cancel.textContent = "Close";
+    warnings.hidden = true;
+    fill(question, "API token ", h("strong", { class: "delete-name" }, shown.name), " (", h("span", { class: "mono delete-id" }, shown.id), ") is already gone: there is nothing to delete.");
     fill(
       status,
       h(
         "p",
         { class: "notice notice-warning", id: "delete-gone", role: "alert" },
         d.actor
-          ? `This API token was already deleted by ${app.actorName(d.actor)} on ${formatTime(d.at)}.`
-          : "This API token was already deleted.",
+          ? `It was deleted meanwhile, by ${app.actorName(d.actor)} on ${formatTime(d.at)}.`
+          : "It was deleted meanwhile.",
       ),
     );
   };
