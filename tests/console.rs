@@ -233,6 +233,12 @@ async fn the_page_resumes_after_tokend_restarts_and_lists_again_after_compaction
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_filters_by_status_searches_by_name_and_pages() {
+    let w = world().await;
+    scenario("filters", &w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_narrow_window_gets_cards_and_a_dialog_that_fits() {
     let w = world().await;
     scenario("narrow", &w).await;

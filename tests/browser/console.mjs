@@ -370,6 +370,40 @@ const scenarios = {
     L.assertClean(page, /net::ERR_CONNECTION_REFUSED/);
   },
 
+  // Status filter, name search and pages, over a list that keeps changing.
+  async "filters"(browser) {
+    const page = await L.session(browser, "admin");
+    for (let i = 1; i <= 11; i++) {
+      await L.cli("tokens", "create", "--account", F.account.id, "--name", `batch-${String(i).padStart(2, "0")}`, "--module", "commerce");
+    }
+    await L.cli("tokens", "disable", F.other_target.id);
+    await L.signIn(page, F.admin);
+    const range = () => L.text(page, "#page-range");
+    const rows = () => page.$$eval("tr[data-token-id]", (rs) => rs.length);
+    check((await range()) === "1–10 of 15" && (await rows()) === 10, "the first page: 10 of 15");
+    await page.click("#next-page");
+    check((await range()) === "11–15 of 15" && (await rows()) === 5, "Next: the last 5");
+    check(await page.$eval("#next-page", (b) => b.disabled), "no page after the last");
+    await page.select("#page-size", "25");
+    check((await range()) === "1–15 of 15", "25 per page: all on one");
+    await page.type("#search", "BATCH-1");
+    check((await rows()) === 2, "search by name, ignoring case (batch-10, batch-11)");
+    await page.$eval("#search", (e) => {
+      e.value = "";
+      e.dispatchEvent(new Event("input"));
+    });
+    await page.select("#status-filter", "disabled");
+    const shown = await page.$$eval("tr[data-token-id]", (rs) => rs.map((r) => r.dataset.tokenId));
+    check(shown.length === 1 && shown[0] === F.other_target.id, "status Disabled: only the disabled token");
+    await L.cli("tokens", "enable", F.other_target.id);
+    await page.waitForFunction(() => document.querySelector(".empty:not([hidden])")?.textContent?.includes("No API tokens match"));
+    check(true, "enabled elsewhere, it leaves the Disabled view");
+    await L.axe(page, "list: filtered to nothing");
+    await page.select("#status-filter", "active");
+    check((await rows()) === 15, "status Active: all 15");
+    L.assertClean(page);
+  },
+
   // A narrow window (a phone): the list as cards, the dialog fits.
   async "narrow"(browser) {
     const page = await L.session(browser, "phone", { width: 390, height: 844, isMobile: true, hasTouch: true });
