@@ -253,12 +253,19 @@ async function until(what, cond, ms = TIMEOUT) {
  */
 export async function restartTokend(page, meanwhile) {
   if (!restartArgv || !server.pid) throw new Error("TOKEND_PID and TOKEND_RESTART are not set");
+  let refused = 0;
+  const onFailed = (r) => {
+    if (r.url().endsWith("/WatchTokens") && /CONNECTION_REFUSED/.test(r.failure()?.errorText ?? "")) refused += 1;
+  };
+  page.on("requestfailed", onFailed);
   process.kill(server.pid, "SIGTERM");
   await until("tokend to stop", async () => !(await portOpen()));
   await page.waitForFunction(() => document.querySelector("#live-state")?.textContent === "Reconnecting…");
   log("ok: the page noticed the dropped stream");
-  // 250 + 500 + 1000 + 2000 ms of retries: the next one waits 5 s.
-  await new Promise((r) => setTimeout(r, 4000));
+  // The page retries after 250, 500, 1000 and 2000 ms, then waits 5 s: start
+  // tokend and make the changes inside that pause.
+  await until("four refused reconnects", async () => refused >= 4, 30_000);
+  page.off("requestfailed", onFailed);
   const [bin, ...args] = restartArgv;
   const child = spawn(bin, args, { stdio: "ignore" });
   server = { pid: child.pid, child };

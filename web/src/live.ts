@@ -27,6 +27,8 @@ export type Change =
   | { kind: "state" }
   | { kind: "token"; id: string; token: Token | undefined; deletion?: Deletion };
 
+// Pauses between reconnects (tests/browser/lib.mjs restartTokend counts on
+// the fifth being 5 s).
 const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 5000, 10000];
 
 export class LiveTokens {
