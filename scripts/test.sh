@@ -23,6 +23,14 @@ if ! have jq; then
   echo "installing jq"
   apt-get update -qq && apt-get install -y -qq jq >/dev/null
 fi
+# The console's browser tests (tests/console.rs) drive Debian's chromium
+# with puppeteer-core, and check each screen with axe-core: both come from
+# web/node_modules (scripts/web.sh deps: npm ci, which needs node).
+if ! have chromium; then
+  echo "installing chromium (Debian)"
+  apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+scripts/web.sh deps
 grpcurl -version 2>&1 | head -1
 # The etcd backend's tests run real etcd clusters, and its client's build
 # needs protoc: the same two packages the benchmark needs.

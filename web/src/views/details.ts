@@ -1,0 +1,236 @@
+// A token's details page: General (id, status, modules, the API endpoint)
+// and Details (who created and last changed it, and when; last access),
+// with the Actions dropdown. Kept live: a change made anywhere shows at
+// once, and a token someone else deletes says who deleted it and when.
+
+import { sessionSignal, tokens } from "../api";
+import type { App, Screen } from "../app";
+import { copyText, fill, formatTime, h, newId, timeEl } from "../dom";
+import { failure } from "../errors";
+import type { AuditEntry } from "../gen/apitokens/v1/common_pb";
+import type { Token } from "../gen/apitokens/v1/tokens_pb";
+import type { Deletion } from "../live";
+import { menuButton, statusBadge, tokenIcon } from "../ui";
+import { tokenActions } from "./actions";
+
+export function detailsView(app: App, accountId: string, tokenId: string): Screen {
+  const live = app.live!;
+  const listHash = `#/${accountId}/tokens`;
+  let token: Token | undefined = live.tokens.get(tokenId);
+  let tab: "general" | "details" = "general";
+  let fetched = false;
+
+  const crumbName = h("span", { "aria-current": "page" }, token?.name ?? tokenId);
+  const head = h("div", { class: "page-head details-head" });
+  const banner = h("div", { id: "details-banner" });
+  const body = h("div");
+  fill(
+    app.main,
+    h(
+      "section",
+      { "aria-labelledby": "main-heading" },
+      h(
+        "nav",
+        { "aria-label": "Breadcrumb", class: "breadcrumb" },
+        h("ol", {}, h("li", {}, "Settings"), h("li", {}, h("a", { href: listHash }, "API tokens")), h("li", {}, crumbName)),
+      ),
+      head,
+      banner,
+      body,
+    ),
+  );
+
+  const goBack = () => app.navigate(listHash);
+
+  const renderHead = (t: Token | undefined, gone: boolean) => {
+    fill(
+      head,
+      h(
+        "div",
+        { class: "title-row" },
+        t ? tokenIcon(t, true) : null,
+        h("h1", { id: "main-heading", tabindex: "-1" }, t?.name ?? tokenId),
+        t ? statusBadge(t.status) : null,
+      ),
+      t && !gone
+        ? menuButton(
+            h("span", {}, "Actions ", h("span", { "aria-hidden": "true", class: "chevron" }, "▾")),
+            `Actions for API token ${t.name}`,
+            () => {
+              const now = live.tokens.get(tokenId);
+              return now ? tokenActions(app, now, { onDeleted: goBack }) : [];
+            },
+            "btn btn-secondary",
+          )
+        : null,
+    );
+    crumbName.textContent = t?.name ?? tokenId;
+  };
+
+  const fact = (label: string, ...value: (Node | string | null)[]) => [h("dt", {}, label), h("dd", {}, ...value)];
+  const audit = (e: AuditEntry | undefined) =>
+    e?.at ? h("span", {}, timeEl(e.at, "—", true), " by ", h("span", { class: "actor" }, app.actorName(e.by))) : h("span", { class: "muted" }, "Never");
+
+  const renderBody = (t: Token) => {
+    const endpoint = window.location.origin;
+    const endpointField = h("input", { id: "endpoint", type: "text", readonly: true, value: endpoint, class: "mono" });
+    const copied = h("span", { class: "copied", "aria-live": "polite" });
+    const tabs = [
+      { key: "general" as const, label: "General" },
+      { key: "details" as const, label: "Details" },
+    ];
+    const ids = Object.fromEntries(tabs.map((x) => [x.key, { tab: newId(`tab-${x.key}`), panel: newId(`panel-${x.key}`) }]));
+    const tablist = h(
+      "div",
+      { role: "tablist", "aria-label": "Token information", class: "tabs" },
+      tabs.map((x) =>
+        h(
+          "button",
+          {
+            type: "button",
+            role: "tab",
+            id: ids[x.key].tab,
+            "aria-selected": String(tab === x.key),
+            "aria-controls": ids[x.key].panel,
+            tabindex: tab === x.key ? "0" : "-1",
+            onclick: (() => {
+              tab = x.key;
+              renderBody(t);
+              document.getElementById(ids[x.key].tab)?.focus();
+            }) as EventListener,
+          },
+          x.label,
+        ),
+      ),
+    );
+    tablist.addEventListener("keydown", (e) => {
+      if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+      tab = tab === "general" ? "details" : "general";
+      renderBody(t);
+      document.getElementById(ids[tab].tab)?.focus();
+    });
+    const general = h(
+      "dl",
+      { class: "facts" },
+      fact("ID", h("span", { class: "mono" }, t.id)),
+      fact("Status", statusBadge(t.status)),
+      fact(
+        "Modules",
+        t.modules.length ? h("ul", { class: "chips" }, t.modules.map((m) => h("li", { class: "chip" }, m))) : h("span", { class: "muted" }, "None"),
+      ),
+      fact("Description", t.description || h("span", { class: "muted" }, "None")),
+      fact(
+        "API endpoint",
+        h("div", { class: "copy-row" }, h("label", { for: "endpoint", class: "visually-hidden" }, "API endpoint"), endpointField,
+          h("button", {
+            type: "button",
+            class: "btn btn-secondary",
+            id: "copy-endpoint",
+            onclick: (async () => {
+              copied.textContent = (await copyText(endpoint, endpointField)) ? "Copied" : "Select the text and copy it";
+            }) as EventListener,
+          }, "Copy")),
+        copied,
+        h("p", { class: "help" }, "gRPC, and gRPC-Web for browsers. Send the secret as authorization: Bearer <secret>."),
+      ),
+    );
+    const a = t.audit;
+    const details = h(
+      "dl",
+      { class: "facts" },
+      fact("Created", audit(a?.created)),
+      fact("Updated", audit(a?.updated)),
+      a?.disabled ? fact("Last disabled", audit(a.disabled)) : null,
+      a?.enabled ? fact("Last enabled", audit(a.enabled)) : null,
+      a?.deleted ? fact("Deleted", audit(a.deleted)) : null,
+      fact("Last access", timeEl(t.lastAccessTime, "Never", true)),
+    );
+    fill(
+      body,
+      tablist,
+      h(
+        "div",
+        { role: "tabpanel", id: ids[tab].panel, "aria-labelledby": ids[tab].tab, class: "card", tabindex: "0" },
+        tab === "general" ? general : details,
+      ),
+    );
+  };
+
+  const renderGone = (d: Deletion | undefined) => {
+    const t = d?.token ?? token;
+    renderHead(t, true);
+    fill(
+      banner,
+      h(
+        "div",
+        { class: "notice notice-warning", role: "alert", id: "deleted-banner" },
+        h(
+          "p",
+          {},
+          d && d.actor
+            ? `This API token was deleted by ${app.actorName(d.actor)} on ${formatTime(d.at)}. A deleted token can't be restored or reused.`
+            : "This API token doesn't exist or was deleted. A deleted token can't be restored or reused.",
+        ),
+        h("p", {}, h("a", { href: listHash }, "Back to API tokens")),
+      ),
+    );
+    if (t) renderBody(t);
+    else fill(body);
+  };
+
+  const render = () => {
+    const gone = live.deleted.get(tokenId);
+    token = live.tokens.get(tokenId) ?? token;
+    if (gone) {
+      if (gone.mine) return; // this page deleted it: already on its way back to the list
+      renderGone(gone);
+      return;
+    }
+    if (live.state === "failed" && live.error) {
+      renderHead(undefined, true);
+      fill(banner, h("p", { class: "notice notice-error", role: "alert" }, live.error.sentence));
+      fill(body);
+      return;
+    }
+    if (!live.synced) {
+      renderHead(token, false);
+      if (!token) fill(body, h("p", { class: "muted" }, "Loading…"));
+      return;
+    }
+    if (!live.tokens.has(tokenId)) {
+      renderGone(undefined);
+      return;
+    }
+    fill(banner);
+    renderHead(token, false);
+    if (token) renderBody(token);
+    if (!fetched) {
+      fetched = true;
+      // Last access is not an event: read it fresh once.
+      tokens
+        .getToken({ id: tokenId }, { signal: sessionSignal() })
+        .then((t) => {
+          const known = live.tokens.get(tokenId);
+          if (known && known.revision <= t.revision) {
+            live.applyLocal(t);
+          }
+        })
+        .catch((err) => {
+          // The list is authoritative: only a signed-out credential matters here.
+          const f = failure(err);
+          if (f.reason === "UNAUTHENTICATED") app.signedOutBy(f);
+        });
+    }
+  };
+
+  const unsubscribe = live.subscribe((c) => {
+    if (c.kind === "reset" || c.kind === "state" || (c.kind === "token" && c.id === tokenId)) {
+      const hadFocus = head.contains(document.activeElement) ? null : document.activeElement;
+      render();
+      if (hadFocus instanceof HTMLElement && hadFocus.isConnected) hadFocus.focus();
+    }
+  });
+  render();
+  document.getElementById("main-heading")?.focus();
+  return { leave: unsubscribe };
+}
