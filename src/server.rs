@@ -32,7 +32,7 @@ use crate::service::{Authz, AuthzConfig, Service};
 use crate::store::{Backend, SledConfig, SledStore, Store};
 use crate::telemetry::RpcLog;
 use crate::watch::{WatchConfig, Watchers};
-use crate::web::{ConsoleLayer, OriginGuard, WebConfig};
+use crate::web::{Edge, WebConfig};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 #[derive(Clone, Debug)]
@@ -287,12 +287,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .max_concurrent_streams(config.max_streams_per_connection)
         // Applies to producing a response, so streams are not cut by it.
         .timeout(config.request_timeout)
-        // Outside in: CORS answers preflights, the guard refuses other
-        // origins' pages, GETs get the console, gRPC-Web becomes gRPC; then
+        // Outside in: CORS answers preflights, the edge refuses other
+        // origins' pages and answers GETs with the console, gRPC-Web
+        // becomes gRPC; then
         // every call is one gRPC call like any other.
         .layer(crate::web::cors(&config.web))
-        .layer(OriginGuard::new(&config.web))
-        .layer(ConsoleLayer::new(&config.web))
+        .layer(Edge::new(&config.web))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcLog)
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))

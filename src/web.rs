@@ -15,6 +15,7 @@
 //! embedded console files on `GET`, and never put a secret in a URL.
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,22 +62,43 @@ pub fn cors(config: &WebConfig) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
-/// Refuses calls from pages of other origins than the listed ones and the
-/// server's own, whatever their browser did with CORS: a non-browser client
-/// could send any `Origin`, but only a browser sends one it did not choose,
-/// and that is the request this protects (the operator's own session in a
-/// tab of some other site). Requests without `Origin` (native gRPC, grpcurl,
-/// meshes) pass.
+/// What a browser-facing request gets before the gRPC services see it.
+///
+/// - A call from a page of another origin than a listed one or the server's
+///   own is refused, whatever its browser did with CORS: a non-browser
+///   client could send any `Origin`, but only a browser sends one it did not
+///   choose, and that is the request this protects (an operator's session in
+///   a tab of some other site). Requests without `Origin` (native gRPC,
+///   grpcurl, meshes) pass.
+/// - `GET` and `HEAD` get the console's files (or 404): the API is `POST`.
 #[derive(Clone)]
-pub struct OriginGuard {
-    allowed: std::sync::Arc<Vec<HeaderValue>>,
+pub struct Edge {
+    allowed: Arc<Vec<HeaderValue>>,
+    console: bool,
 }
 
-impl OriginGuard {
-    pub fn new(config: &WebConfig) -> OriginGuard {
-        OriginGuard {
-            allowed: std::sync::Arc::new(config.allowed_origins.clone()),
+impl Edge {
+    pub fn new(config: &WebConfig) -> Edge {
+        Edge {
+            allowed: Arc::new(config.allowed_origins.clone()),
+            console: config.console,
         }
+    }
+
+    /// The answer given here, or `None` to pass the request on.
+    fn answer<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            return Some(self.asset(req.uri().path(), req.method() == Method::HEAD));
+        }
+        if self.admits(req) {
+            return None;
+        }
+        // A gRPC status, so a gRPC-Web client reads a reason, not a
+        // transport failure.
+        let status = tonic::Status::permission_denied(
+            "calls from this page's origin are not allowed (tokend serve --cors-origin)",
+        );
+        Some(status.into_http())
     }
 
     fn admits<B>(&self, req: &Request<B>) -> bool {
@@ -101,24 +123,24 @@ impl OriginGuard {
     }
 }
 
-impl<S> Layer<S> for OriginGuard {
-    type Service = Guarded<S>;
+impl<S> Layer<S> for Edge {
+    type Service = EdgeService<S>;
 
-    fn layer(&self, inner: S) -> Guarded<S> {
-        Guarded {
-            guard: self.clone(),
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            edge: self.clone(),
             inner,
         }
     }
 }
 
 #[derive(Clone)]
-pub struct Guarded<S> {
-    guard: OriginGuard,
+pub struct EdgeService<S> {
+    edge: Edge,
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Guarded<S>
+impl<S, B> Service<Request<B>> for EdgeService<S>
 where
     S: Service<Request<B>, Response = Response<Body>>,
 {
@@ -131,15 +153,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if self.guard.admits(&req) {
-            return Either::Left(self.inner.call(req));
+        match self.edge.answer(&req) {
+            Some(response) => Either::Right(ready(Ok(response))),
+            None => Either::Left(self.inner.call(req)),
         }
-        // A gRPC status, so a gRPC-Web client reads a reason, not a
-        // transport failure.
-        let status = tonic::Status::permission_denied(
-            "calls from this page's origin are not allowed (tokend serve --cors-origin)",
-        );
-        Either::Right(ready(Ok(status.into_http())))
     }
 }
 
@@ -175,64 +192,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
-/// Serves the console on `GET` and `HEAD` (when on); everything else goes to
-/// the gRPC services.
-#[derive(Clone)]
-pub struct ConsoleLayer {
-    enabled: bool,
-}
-
-impl ConsoleLayer {
-    pub fn new(config: &WebConfig) -> ConsoleLayer {
-        ConsoleLayer {
-            enabled: config.console,
-        }
-    }
-}
-
-impl<S> Layer<S> for ConsoleLayer {
-    type Service = Console<S>;
-
-    fn layer(&self, inner: S) -> Console<S> {
-        Console {
-            enabled: self.enabled,
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Console<S> {
-    enabled: bool,
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for Console<S>
-where
-    S: Service<Request<B>, Response = Response<Body>>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let get = req.method() == Method::GET || req.method() == Method::HEAD;
-        if !get {
-            return Either::Left(self.inner.call(req));
-        }
-        let head = req.method() == Method::HEAD;
-        Either::Right(ready(Ok(self.asset(req.uri().path(), head))))
-    }
-}
-
-impl<S> Console<S> {
+impl Edge {
     fn asset(&self, path: &str, head: bool) -> Response<Body> {
         let found = self
-            .enabled
+            .console
             .then(|| ASSETS.iter().find(|a| a.path == path))
             .flatten();
         let Some(asset) = found else {
