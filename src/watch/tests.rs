@@ -235,12 +235,19 @@ impl Rig {
 
 const NOTHING: [Revision; 0] = [];
 
-/// Everything the stream has ready now, without waiting for anything.
+/// Everything the stream has ready now, without waiting for anything. A
+/// stream that never stops producing (a follower stuck on one revision)
+/// fails the test instead of hanging it.
 fn ready(stream: &mut WatchStream) -> Vec<Result<Notice, Error>> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     while let Poll::Ready(Some(item)) = Pin::new(&mut *stream).poll_next(&mut cx) {
         out.push(item);
+        assert!(
+            out.len() <= 1_000,
+            "the stream never stops: {:?}",
+            &out[..4]
+        );
     }
     out
 }
