@@ -159,28 +159,11 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     if sled_only("--retention compaction (etcd's: tests/replicas.rs)") {
         return;
     }
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
-    let mut watcher = Command::new(BIN)
-        .args(["tokens", "watch", "--output", "json"])
-        .args(client_args(&p))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watcher.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = rx.into_iter();
+    let (mut watcher, mut lines) = spawn_watcher(&client_args(&p));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut c = p.tokens().await;

@@ -73,14 +73,14 @@ impl TestServer {
         &self.path
     }
 
+    async fn stop_running(&mut self) {
+        let running = self.running.take().expect("a running server");
+        running.stop().await.expect("clean stop");
+    }
+
     /// Stops the server cleanly and starts a new one on the same data dir.
     pub async fn restart(mut self) -> TestServer {
-        self.running
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        self.stop_running().await;
         let mut next = Self::boot(&self.path, self.tweak.clone()).await;
         next.dir = self.dir.take();
         next
@@ -88,12 +88,7 @@ impl TestServer {
 
     /// Stops the server, keeping the data dir for inspection.
     pub async fn stop(mut self) -> TempDir {
-        self.running
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+        self.stop_running().await;
         self.dir.take().unwrap()
     }
 
