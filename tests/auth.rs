@@ -91,6 +91,7 @@ async fn the_permission_matrix() {
         ("VerifyToken", [OK, OK, OK, OK, UA, UA, UA, UA]),
         ("WatchTokens(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
         ("WatchTokens()", [OK, OK, PD, OK, UA, UA, UA, UA]),
+        ("ListTokenEvents(A)", [OK, OK, PD, NF, UA, UA, UA, UA]),
         ("CreateAccount", [OK, PD, PD, PD, UA, UA, UA, UA]),
         ("GetAccount(A)", [OK, PD, PD, PD, UA, UA, UA, UA]),
         ("ListAccounts", [OK, PD, PD, PD, UA, UA, UA, UA]),
@@ -176,6 +177,13 @@ async fn the_permission_matrix() {
                     .await,
                 ),
                 "WatchTokens()" => code(c.watch_tokens(pb::WatchTokensRequest::default()).await),
+                "ListTokenEvents(A)" => code(
+                    c.list_token_events(pb::ListTokenEventsRequest {
+                        token_id: t.id.clone(),
+                        ..Default::default()
+                    })
+                    .await,
+                ),
                 "CreateAccount" => code(
                     acc.create_account(pb::CreateAccountRequest {
                         name: format!("by {who}"),
@@ -665,6 +673,20 @@ async fn only_operators_grant_operator_rights_or_read_tombstones() {
         get(&mut op, &gone.id, true).await.unwrap().status,
         pb::TokenStatus::Deleted as i32
     );
+    // A deleted token's audit trail ends in its tombstone: the same rule.
+    let trail = |id: &str| pb::ListTokenEventsRequest {
+        token_id: id.into(),
+        ..Default::default()
+    };
+    let e = helper.list_token_events(trail(&gone.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let events = op
+        .list_token_events(trail(&gone.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events[0].r#type, pb::EventType::Deleted as i32);
 }
 
 #[tokio::test]

@@ -281,6 +281,16 @@ async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revis
     for i in 0..3 {
         create_token(&mut on_a, &account.id, &format!("new {i}")).await;
     }
+    let (edited, _) = create_token(&mut on_a, &account.id, "edited").await;
+    let edit = pb::UpdateTokenRequest {
+        token: Some(pb::Token {
+            id: edited.id.clone(),
+            description: "after".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    on_a.update_token(edit).await.unwrap();
     let now = head(&mut on_a).await;
     cluster.compact(now);
 
@@ -330,7 +340,21 @@ async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revis
         live += 1;
     }
     assert_eq!(
-        live, 4,
-        "the operator's token and the three made after the deleted one"
+        live, 5,
+        "the operator's token and the four made after the deleted one"
     );
+
+    // An audit trail goes back as far as etcd still has the token's
+    // versions: the update, not the create, and says where history starts.
+    let trail = on_b
+        .list_token_events(pb::ListTokenEventsRequest {
+            token_id: edited.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<_> = trail.events.iter().map(|e| e.r#type).collect();
+    assert_eq!(types, [pb::EventType::Updated as i32]);
+    assert!(trail.oldest_revision > trail.events[0].revision - 1);
 }

@@ -625,3 +625,202 @@ async fn accounts_are_created_listed_and_bound_their_tokens_modules() {
     assert_eq!(rest.accounts.len(), 2);
     assert!(rest.next_page_token.is_empty());
 }
+
+/// Every page of `id`'s audit trail, `page_size` at a time.
+async fn audit_trail(c: &mut Tokens, id: &str, page_size: i32) -> (Vec<pb::TokenEvent>, i64) {
+    let (mut all, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let r = c
+            .list_token_events(pb::ListTokenEventsRequest {
+                token_id: id.into(),
+                page_size,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            r.events.len()
+                <= if page_size == 0 {
+                    50
+                } else {
+                    page_size as usize
+                }
+        );
+        all.extend(r.events);
+        if r.next_page_token.is_empty() {
+            return (all, r.oldest_revision);
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn the_audit_trail_lists_a_tokens_changes_newest_first_with_who_and_when() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut op = s.tokens().await;
+    let operator = operator_id(&mut op).await;
+    let (manager, secret) = issue(&mut op, &acc.id, "manager", &["access-management"]).await;
+    let mut m = s.tokens_as(bearer(&secret)).await;
+
+    let (t, _) = create_token(&mut m, &acc.id, "audited").await;
+    let (other, _) = create_token(&mut m, &acc.id, "bystander").await;
+    m.update_token(pb::UpdateTokenRequest {
+        token: Some(pb::Token {
+            id: t.id.clone(),
+            name: "audited - renamed".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    delete(&mut m, &other.id).await.unwrap();
+    let disable = pb::DisableTokenRequest {
+        id: t.id.clone(),
+        etag: String::new(),
+    };
+    op.disable_token(disable).await.unwrap();
+    m.enable_token(pb::EnableTokenRequest {
+        id: t.id.clone(),
+        etag: String::new(),
+    })
+    .await
+    .unwrap();
+
+    // A live token's trail, for its account's manager, two at a time.
+    let (trail, _) = audit_trail(&mut m, &t.id, 2).await;
+    use pb::EventType::*;
+    let got: Vec<_> = trail
+        .iter()
+        .map(|e| {
+            (
+                e.r#type,
+                e.actor.as_str(),
+                e.token.as_ref().unwrap().name.as_str(),
+            )
+        })
+        .collect();
+    let want = [
+        (Enabled as i32, manager.id.as_str(), "audited - renamed"),
+        (Disabled as i32, operator.as_str(), "audited - renamed"),
+        (Updated as i32, manager.id.as_str(), "audited - renamed"),
+        (Created as i32, manager.id.as_str(), "audited"),
+    ];
+    assert_eq!(got, want);
+    // Newest first, each the revision the change took, at the time it
+    // was made (the token's own audit says the same).
+    assert!(trail.windows(2).all(|w| w[0].revision > w[1].revision));
+    assert_eq!(
+        trail[0].token.as_ref().unwrap().status,
+        pb::TokenStatus::Active as i32
+    );
+    let now = get(&mut m, &t.id, false).await.unwrap();
+    assert_eq!(trail[0].time, now.audit.unwrap().enabled.unwrap().at);
+
+    // The manager acted in all of those events, but its own trail is its
+    // own changes only.
+    let (mine, _) = audit_trail(&mut op, &manager.id, 0).await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].r#type, Created as i32);
+
+    // Deleted: the operator reads the whole trail, tombstone first.
+    delete(&mut op, &t.id).await.unwrap();
+    let (trail, _) = audit_trail(&mut op, &t.id, 0).await;
+    assert_eq!(trail.len(), 5);
+    assert_eq!(trail[0].r#type, Deleted as i32);
+    assert_eq!(trail[0].actor, operator);
+    assert_eq!(
+        trail[0].token.as_ref().unwrap().status,
+        pb::TokenStatus::Deleted as i32
+    );
+}
+
+#[tokio::test]
+async fn bad_audit_trail_requests_are_refused_precisely() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (a, _) = create_token(&mut c, &acc.id, "a").await;
+    let (b, _) = create_token(&mut c, &acc.id, "b").await;
+    for i in 0..3 {
+        c.update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: a.id.clone(),
+                description: format!("edit {i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let ask = |token_id: &str, page_size: i32, page_token: &str| pb::ListTokenEventsRequest {
+        token_id: token_id.into(),
+        page_size,
+        page_token: page_token.into(),
+    };
+    let first = c
+        .list_token_events(ask(&a.id, 1, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.next_page_token.is_empty());
+
+    let cases = [
+        (ask("", 0, ""), Code::InvalidArgument, "token_id"),
+        (ask("TKN-12", 0, ""), Code::InvalidArgument, "TKN-NNNN-NNNN"),
+        (ask(&a.id, -1, ""), Code::InvalidArgument, "page_size"),
+        (
+            ask(&a.id, 0, "garbage"),
+            Code::InvalidArgument,
+            "page_token",
+        ),
+        // A page token is bound to its token.
+        (
+            ask(&b.id, 1, &first.next_page_token),
+            Code::InvalidArgument,
+            "page_token",
+        ),
+        (ask("TKN-9999-9999", 0, ""), Code::NotFound, "TKN-9999-9999"),
+    ];
+    for (request, code, says) in cases {
+        let e = c.list_token_events(request.clone()).await.unwrap_err();
+        assert_eq!(e.code(), code, "{request:?}: {e:?}");
+        assert!(e.message().contains(says), "{request:?}: {}", e.message());
+    }
+}
+
+#[tokio::test]
+async fn an_audit_trail_stops_where_the_history_was_compacted() {
+    if sled_only("--retention compaction (etcd's own compaction: tests/replicas.rs)") {
+        return;
+    }
+    let s = TestServer::start_with(|c| c.retention = 10).await;
+    let acc = create_account(&s, ALL_MODULES).await;
+    let mut c = s.tokens().await;
+    let (t, _) = create_token(&mut c, &acc.id, "old").await;
+    for i in 0..12 {
+        c.update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                description: format!("edit {i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // Only the newest 10 revisions are kept: 10 of the 12 updates, no CREATED.
+    let (trail, oldest) = audit_trail(&mut c, &t.id, 3).await;
+    assert_eq!(trail.len(), 10);
+    assert!(
+        trail
+            .iter()
+            .all(|e| e.r#type == pb::EventType::Updated as i32)
+    );
+    assert_eq!(trail.last().unwrap().revision, oldest);
+    assert_eq!(trail[0].token.as_ref().unwrap().description, "edit 11");
+}

@@ -183,7 +183,8 @@ pub fn event_kind_from(v: i32) -> Result<EventKind, Error> {
     }
 }
 
-fn change_event(e: &Event) -> pb::TokenEvent {
+/// A committed change as streams and audit trails carry it.
+pub fn change_event(e: &Event) -> pb::TokenEvent {
     pb::TokenEvent {
         revision: e.revision as i64,
         r#type: event_type(e.kind) as i32,

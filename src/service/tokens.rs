@@ -21,7 +21,7 @@ use crate::domain::{
 };
 use crate::error::Error;
 use crate::proto::{self as pb, token_service_server::TokenService};
-use crate::query::{FilterExpr, page_size};
+use crate::query::{FilterExpr, Pager, page_size};
 use crate::state::Standing;
 use crate::watch::{Filter, Start};
 
@@ -77,8 +77,12 @@ impl Service {
 }
 
 fn token_id(s: &str) -> Result<TokenId, Error> {
+    token_id_in("id", s)
+}
+
+fn token_id_in(field: &'static str, s: &str) -> Result<TokenId, Error> {
     if s.is_empty() {
-        return Err(Error::invalid("id", "is required"));
+        return Err(Error::invalid(field, "is required"));
     }
     TokenId::parse(s)
 }
@@ -367,5 +371,46 @@ impl TokenService for Service {
         let stream = self.watchers.open(filter, start)?;
         let stream = stream.map(|item| item.map(|n| convert::notice(&n)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_token_events(
+        &self,
+        request: Request<pb::ListTokenEventsRequest>,
+    ) -> Result<Response<pb::ListTokenEventsResponse>, Status> {
+        let id = token_id_in("token_id", &request.get_ref().token_id)?;
+        let caller = self.authorize_token(&request, &id)?;
+        let r = request.into_inner();
+        let size = page_size(r.page_size)?;
+        // A tombstone's trail ends in the tombstone: operators only, as with
+        // show_deleted.
+        match self.store.state().token(&id) {
+            Some(t) if !t.is_deleted() || caller.is_operator() => {}
+            _ => return Err(Error::token_not_found(&id).into()),
+        }
+        // Pages go back in time: a page token is the last revision shown.
+        let pager = Pager::new(self.store.page_key(), &["token_events", id.as_str()]);
+        let before = match pager.decode(&r.page_token)? {
+            None => 0,
+            Some(rev) => rev
+                .parse()
+                .map_err(|_| Error::Internal("a signed page token without a revision".into()))?,
+        };
+        let mut events = self.store.token_events(&id, before, size + 1).await?;
+        // After the read, which may have learnt of a compaction.
+        let oldest_revision = self.store.oldest_revision() as i64;
+        let next_page_token = if events.len() > size {
+            events.truncate(size);
+            events
+                .last()
+                .map(|e| pager.encode(&e.revision.to_string()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTokenEventsResponse {
+            events: events.iter().map(|e| convert::change_event(e)).collect(),
+            next_page_token,
+            oldest_revision,
+        }))
     }
 }

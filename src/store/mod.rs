@@ -77,6 +77,17 @@ pub trait Store: Send + Sync + 'static {
     /// older than the retained history.
     async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error>;
 
+    /// Token `id`'s durable events with revision < `before` (every one up
+    /// to the head when `before` is 0), newest first, at most `max`: its
+    /// audit trail. Stops at the oldest retained event; what is older was
+    /// compacted (see [`Store::oldest_revision`]).
+    async fn token_events(
+        &self,
+        id: &TokenId,
+        before: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, Error>;
+
     /// The oldest revision still in the event log (head + 1 when it is empty).
     fn oldest_revision(&self) -> Revision;
 

@@ -253,6 +253,20 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn token_events(
+        &self,
+        id: &TokenId,
+        before: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        // A walk over up to `retention` records: off the async workers.
+        let (inner, id) = (self.inner.clone(), id.clone());
+        let head = self.state().revision();
+        tokio::task::spawn_blocking(move || token_events(&inner, &id, head, before, max))
+            .await
+            .map_err(|e| Error::Internal(format!("reading a token's history: {e}")))?
+    }
+
     fn oldest_revision(&self) -> Revision {
         self.inner.oldest.load(Ordering::Acquire)
     }
@@ -417,6 +431,43 @@ fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
         inner.hub.publish(event.revision - 1, event);
     }
     close
+}
+
+/// Token `id`'s events in the log up to `head`, before `before` (0: all),
+/// newest first, at most `max`. The log is keyed by revision alone, so this
+/// walks it back from the end; only a record whose bytes name the token is
+/// decoded (ids are fixed-width and appear verbatim in it).
+fn token_events(
+    inner: &Inner,
+    id: &TokenId,
+    head: Revision,
+    before: Revision,
+    max: usize,
+) -> Result<Vec<Arc<Event>>, Error> {
+    let end = if before == 0 {
+        head
+    } else {
+        head.min(before - 1)
+    };
+    let mut out = Vec::new();
+    if end == 0 || max == 0 {
+        return Ok(out);
+    }
+    let names_it = memchr::memmem::Finder::new(id.as_str());
+    for item in inner.tree.range(event_key(0)..=event_key(end)).rev() {
+        let (_, v) = item.map_err(|e| io_error("reading the event log", e))?;
+        if names_it.find(&v).is_none() {
+            continue;
+        }
+        let event = decode::<EventRecord>("event", &v)?;
+        if matches!(&event.subject, Subject::Token(t) if &t.id == id) {
+            out.push(Arc::new(event));
+            if out.len() == max {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes one batch atomically and waits for it to be on disk.

@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use etcd_client::WatchOptions;
+use etcd_client::{GetOptions, WatchOptions};
 
 use super::keyspace::decode_record;
 use super::{Inner, revision, unavailable};
-use crate::domain::{Event, Revision};
+use crate::domain::{Event, Revision, TokenId};
 use crate::error::Error;
 
 /// Recent events kept in memory for streams that fall briefly behind;
@@ -62,6 +62,48 @@ impl Inner {
             }
         }
         history(self, from, head, max).await
+    }
+
+    /// Token `id`'s events before `before` (0: up to this replica's state),
+    /// newest first, at most `max`: the puts of its record key, walked back
+    /// one version at a time (each a get at the revision before the last
+    /// put found) until its first version, or until etcd has compacted the
+    /// revision asked for.
+    pub(super) async fn token_events(
+        &self,
+        id: &TokenId,
+        before: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let head = self.state().revision();
+        let mut at = if before == 0 {
+            head
+        } else {
+            head.min(before - 1)
+        };
+        let key = self.keys.token(id);
+        let mut client = self.client.clone();
+        let mut out = Vec::new();
+        while out.len() < max && at > 0 {
+            let options = GetOptions::new().with_revision(at as i64);
+            let r = match client.get(key.as_str(), Some(options)).await {
+                Ok(r) => r,
+                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => {
+                    // Compacted: the oldest revision left is past `at`.
+                    self.compacted.fetch_max(at + 1, Ordering::AcqRel);
+                    break;
+                }
+                Err(e) => return Err(unavailable("reading a token's history", e)),
+            };
+            let Some(kv) = r.kvs().first() else { break };
+            let rev = revision(kv.mod_revision());
+            out.push(Arc::new(decode_record(kv.value())?.into_event(rev)));
+            if kv.version() <= 1 {
+                break;
+            }
+            at = rev - 1;
+        }
+        Ok(out)
     }
 }
 

@@ -74,7 +74,7 @@ use tokio_util::task::AbortOnDropHandle;
 use self::keyspace::Keyspace;
 use super::{AccessLog, Applied, Store};
 use crate::command::{self, Command, Ctx, Plan};
-use crate::domain::{Actor, Event, Revision};
+use crate::domain::{Actor, Event, Revision, TokenId};
 use crate::error::{Error, reason};
 use crate::hub::Hub;
 use crate::state::State;
@@ -295,6 +295,15 @@ impl Store for EtcdStore {
 
     async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error> {
         self.inner.events(from, max).await
+    }
+
+    async fn token_events(
+        &self,
+        id: &TokenId,
+        before: Revision,
+        max: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        self.inner.token_events(id, before, max).await
     }
 
     fn oldest_revision(&self) -> Revision {
