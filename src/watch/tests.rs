@@ -130,6 +130,15 @@ impl Store for FakeStore {
             .collect())
     }
 
+    async fn token_events(
+        &self,
+        _: &TokenId,
+        _: Revision,
+        _: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        unreachable!("watch streams never read audit trails")
+    }
+
     fn oldest_revision(&self) -> Revision {
         self.inner.lock().unwrap().oldest
     }
