@@ -241,4 +241,11 @@ impl TokenService for Floor {
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
         not_here()
     }
+
+    async fn list_token_events(
+        &self,
+        _: Request<pb::ListTokenEventsRequest>,
+    ) -> Result<Response<pb::ListTokenEventsResponse>, Status> {
+        not_here()
+    }
 }
