@@ -10,6 +10,9 @@ use tokend::console;
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Test builds only: crash points named in $FAILPOINTS (tests/crash.rs).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let code = match cli.command {
         Command::Serve(args) => match serve(args).await {
             Ok(()) => 0,

@@ -24,6 +24,7 @@ pub const EVENTS_PUBLISHED: &str = "tokend_events_published_total";
 pub const WATCH_CATCHUPS: &str = "tokend_watch_catchups_total";
 pub const FSYNC_DURATION: &str = "tokend_fsync_duration_seconds";
 pub const COMMIT_BATCH_SIZE: &str = "tokend_commit_batch_size";
+pub const CHECKPOINT_DURATION: &str = "tokend_checkpoint_duration_seconds";
 pub const STORE_SIZE: &str = "tokend_store_size_bytes";
 pub const AUTHZ_CHECKS: &str = "tokend_authz_checks_total";
 
@@ -40,6 +41,7 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), seconds)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FSYNC_DURATION.into()), seconds))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_SIZE.into()), sizes))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CHECKPOINT_DURATION.into()), seconds))
         .map_err(|e| Error::Internal(format!("metrics: {e}")))?
         .install()
         .map_err(|e| Error::Internal(format!("metrics on {addr}: {e}")))?;
@@ -66,6 +68,10 @@ fn describe() {
         "Times a watch stream read the event log to catch up"
     );
     describe_histogram!(FSYNC_DURATION, "Time to make one commit batch durable");
+    describe_histogram!(
+        CHECKPOINT_DURATION,
+        "Time to flush the embedded store and drop the log segments it covers"
+    );
     describe_histogram!(
         COMMIT_BATCH_SIZE,
         "Changes per durable commit (group commit)"

@@ -27,9 +27,13 @@ use crate::domain::{
 };
 
 /// The storage format's version, as the sled store records it in
-/// `m/format` (and refuses any other): version 1 is every shape in this
-/// file. The etcd keyspace keeps no marker; its records are version 1 too.
-pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-1";
+/// `m/format`: version 1 is every shape in this file; version 2 keeps them
+/// and adds the write-ahead log beside sled (`sled/wal.rs`), which a
+/// version-1 tokend would not replay, so it must refuse such a data dir.
+/// The etcd keyspace keeps no marker; its records are version 1.
+pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-2";
+/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker.
+pub(super) const SLED_FORMAT_V1: &[u8] = b"tokend-sled-1";
 
 /// A domain value's on-disk shape. Encoding borrows from the domain value
 /// (`'a`), so writing a record copies nothing before serde does.
@@ -441,7 +445,7 @@ mod tests {
         }
         let db = sled::open(tmp.path()).unwrap();
         let tree = db.open_tree("tokend").unwrap();
-        assert_eq!(&*tree.get("m/format").unwrap().unwrap(), SLED_FORMAT);
+        assert_eq!(&*tree.get("m/format").unwrap().unwrap(), SLED_FORMAT_V1);
         // Decoded into the domain type, then encoded from it again.
         macro_rules! same {
             ($record:ident, $bytes:expr) => {{

@@ -1,44 +1,42 @@
-//! The embedded backend: one sled database, one writer thread, group commit.
+//! The embedded backend: a write-ahead log for durability, sled for the
+//! records, one writer thread, group commit.
 //!
-//! Owns the on-disk layout and the write pipeline. Every mutation goes through
-//! the single writer thread, which takes every queued command, plans each
-//! against a working copy of the state (so later commands in a batch see
-//! earlier ones), writes the whole batch — records, secret index, events, the
-//! revision counter — as ONE atomic sled batch, then calls `flush()` once
-//! (fsync) for all of it. Only then does it publish the new state, answer the
-//! callers and hand the events to the hub. One writer means revisions come
-//! out gap-free in commit order without locks, and concurrent writers share
-//! fsyncs. It must never answer or publish before the flush returned, and it
-//! never uses `flush_async` (it deadlocks under concurrency).
+//! Owns opening a data dir and reading from it. A commit is durable once
+//! its batch is in the log (`sled/wal.rs`), synced once for every command
+//! the writer took together; sled gets the batch in memory right after and
+//! reaches the disk in background checkpoints (`sled/commit.rs`, the write
+//! path). At open, sled is brought up to the log's end before anything is
+//! served. Readers use the published [`State`] and sled's event log.
 //!
-//! The on-disk layout, and reading it back at open, are in `sled/layout.rs`.
+//! The data dir: `db/` (sled; its layout and reading it back are in
+//! `sled/layout.rs`) and `wal/` (the log). It must never serve a revision
+//! that is not in the log, and never open a data dir of a format it does
+//! not know (an older tokend, which would not replay the log, refuses this
+//! one's by the same rule).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::layout::{
-    K_FORMAT, K_PAGE_KEY, K_REVISION, P_EVENT, decode, decode_event_key, event_key,
-};
-use super::record::{self, AccountRecord, EventRecord, SLED_FORMAT, TimeRecord, TokenRecord};
+use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, decode, decode_event_key, event_key};
+use self::wal::Wal;
+use super::record::{EventRecord, SLED_FORMAT, SLED_FORMAT_V1};
 use super::{AccessLog, Applied, Store};
-use crate::command::{self, Command, Ctx, Plan};
+use crate::command::Command;
 use crate::domain::{Actor, Event, Revision, Subject, TokenId};
 use crate::error::{Error, reason};
 use crate::hub::Hub;
-use crate::state::{Change, SecretOp, State};
-use crate::telemetry;
+use crate::state::State;
 
+mod commit;
 mod layout;
+mod wal;
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Most commands one commit takes: bounds the latency a batch adds.
-const MAX_BATCH: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct SledConfig {
@@ -59,13 +57,13 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
-    /// The durable state; swapped by the writer after each flush.
+    /// The durable state; swapped by the writer after each log sync.
     state: RwLock<Arc<State>>,
     oldest: AtomicU64,
     retention: u64,
     access: AccessLog,
     page_key: [u8; 32],
-    /// sled's log file, for the fdatasync that its own flush leaves out.
+    /// sled's own file, for the fdatasync that its flush leaves out.
     log_file: std::fs::File,
     /// Set when a commit failed after sled may have taken part of it: from
     /// then on memory and disk may disagree, so writes are refused until a
@@ -107,6 +105,9 @@ impl SledStore {
             // Reads are served from `State` in memory; sled's cache only
             // speeds up log replays, so it need not be sled's default 1 GiB.
             .cache_capacity(CACHE_BYTES)
+            // sled reaches the disk in the writer's checkpoints, not on a
+            // timer of its own (commits are durable in the log first).
+            .flush_every_ms(None)
             .open()
             .map_err(|e| io_error(&format!("opening {}", config.data_dir.display()), e))?;
         let tree = db
@@ -115,6 +116,15 @@ impl SledStore {
 
         match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
             Some(f) if f.as_ref() == SLED_FORMAT => {}
+            // Version 1 had no log: sled holds everything. The new marker
+            // keeps a version-1 tokend from opening it once a log exists.
+            Some(f) if f.as_ref() == SLED_FORMAT_V1 => {
+                tree.insert(K_FORMAT, SLED_FORMAT)
+                    .map_err(|e| io_error("migrating the format marker", e))?;
+                db.flush()
+                    .map_err(|e| io_error("migrating the format marker", e))?;
+                tracing::info!("data dir migrated from format 1 to format 2 (write-ahead log)");
+            }
             Some(f) => {
                 return Err(corrupt("format marker", String::from_utf8_lossy(&f)));
             }
@@ -132,34 +142,48 @@ impl SledStore {
             None => return Err(corrupt("store", "records without a format marker")),
         }
 
+        let sled_path = config.data_dir.join("db").join("db");
+        let log_file = std::fs::File::open(&sled_path)
+            .map_err(|e| io_error(&format!("opening {}", sled_path.display()), e))?;
+
+        // What the last run committed but had not checkpointed: into sled,
+        // and flushed, before the state is read and anything is served.
+        let wal_dir = config.data_dir.join("wal");
+        let (wal, logged) = Wal::open(&wal_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => corrupt("write-ahead log", e),
+            _ => io_error("opening the write-ahead log", e),
+        })?;
+        let retention = config.retention.max(1);
+        let replayed = commit::replay(&tree, logged, retention)?;
+        db.flush().map_err(|e| io_error("flushing the replay", e))?;
+        log_file
+            .sync_data()
+            .map_err(|e| io_error("flushing the replay", e))?;
+        Wal::remove_before(&wal_dir, wal.sequence())
+            .map_err(|e| io_error("removing replayed log segments", e))?;
+
         let (state, access) = layout::restore(&tree)?;
         let page_key: [u8; 32] = tree
             .get(K_PAGE_KEY)
             .map_err(|e| io_error("reading", e))?
             .and_then(|v| v.as_ref().try_into().ok())
             .ok_or_else(|| corrupt("page key", "missing"))?;
-        let oldest = match tree.scan_prefix(P_EVENT).next() {
-            Some(Ok((k, _))) => decode_event_key(&k)?,
-            Some(Err(e)) => return Err(io_error("reading the event log", e)),
-            None => state.revision() + 1,
-        };
+        let oldest = layout::oldest_event(&tree, state.revision())?;
         tracing::info!(
             revision = state.revision(),
             oldest_event = oldest,
+            replayed,
             dir = %config.data_dir.display(),
             "store opened"
         );
 
-        let log_path = config.data_dir.join("db").join("db");
-        let log_file = std::fs::File::open(&log_path)
-            .map_err(|e| io_error(&format!("opening {}", log_path.display()), e))?;
         let inner = Arc::new(Inner {
             log_file,
             db,
             tree,
             state: RwLock::new(Arc::new(state)),
             oldest: AtomicU64::new(oldest),
-            retention: config.retention.max(1),
+            retention,
             access: AccessLog::new(config.access_interval, access),
             page_key,
             poisoned: AtomicBool::new(false),
@@ -167,11 +191,11 @@ impl SledStore {
         });
         // Room for every in-flight request of a busy server; beyond it callers
         // wait (backpressure) instead of queueing without bound.
-        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (jobs, rx) = mpsc::channel(4 * commit::MAX_BATCH);
         let writer_inner = inner.clone();
         let writer = std::thread::Builder::new()
             .name("tokend-writer".into())
-            .spawn(move || writer_loop(writer_inner, rx))
+            .spawn(move || commit::writer_loop(writer_inner, wal, rx))
             .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
 
         // Last-access times reach the disk through the writer too.
@@ -295,144 +319,6 @@ impl Store for SledStore {
     }
 }
 
-/// The writer thread: the only code that writes to sled.
-fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Job>) {
-    loop {
-        let Some(first) = rx.blocking_recv() else {
-            return;
-        };
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Some(done) = commit_batch(&inner, jobs) {
-            tracing::info!("store closed");
-            let _ = done.send(());
-            return;
-        }
-    }
-}
-
-/// A reply owed to a caller once the batch is durable.
-type Owed = (
-    oneshot::Sender<Result<Applied, Error>>,
-    Result<Applied, Error>,
-);
-
-/// Plans, persists, flushes and publishes one batch. Returns the close
-/// acknowledgement if the batch asked the writer to stop.
-fn commit_batch(inner: &Inner, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
-    let now = SystemTime::now();
-    let mut work = State::clone(&inner.state.read().expect("state lock"));
-    let mut changes: Vec<Change> = Vec::new();
-    let mut events: Vec<Arc<Event>> = Vec::new();
-    let mut owed: Vec<Owed> = Vec::with_capacity(jobs.len());
-    let mut persist_access = false;
-    let mut close = None;
-    let poisoned = inner.poisoned.load(Ordering::Acquire);
-
-    for job in jobs {
-        match job {
-            Job::Apply { reply, .. } if poisoned => {
-                let e = io_error("committing", "an earlier write failed; restart tokend");
-                owed.push((reply, Err(e)));
-            }
-            Job::Apply { cmd, actor, reply } => {
-                let answer = match command::plan(&work, &cmd, &Ctx { now, actor: &actor }) {
-                    Err(e) => Err(e),
-                    Ok(Plan::Unchanged(subject)) => Ok(Applied {
-                        revision: 0,
-                        subject,
-                        secret: None,
-                    }),
-                    Ok(Plan::Change(change, secret)) => {
-                        let revision = work.revision() + 1;
-                        work.apply(&change, revision);
-                        events.push(Arc::new(change.event(revision, now, actor)));
-                        let subject = Some(change.subject.clone());
-                        changes.push(change);
-                        Ok(Applied {
-                            revision,
-                            subject,
-                            secret,
-                        })
-                    }
-                };
-                owed.push((reply, answer));
-            }
-            Job::PersistAccess => persist_access = true,
-            Job::Close(done) => {
-                persist_access = true;
-                close = Some(done);
-            }
-        }
-    }
-
-    // Access times only of tokens still live after this batch: a deletion in
-    // the same batch must not write its token's record back.
-    let access: Vec<_> = if persist_access && !poisoned {
-        inner
-            .access
-            .take_due(now, close.is_some())
-            .into_iter()
-            .filter(|(id, _)| work.secret_of(id).is_some())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    // Once poisoned nothing more is written, not even access times: sled may
-    // hold part of the failed batch, and a write now could make it durable
-    // under a revision counter that no longer matches.
-    if !poisoned && (!changes.is_empty() || !access.is_empty()) {
-        let started = Instant::now();
-        match persist(inner, &changes, &events, &access, work.revision()) {
-            Ok(()) => {
-                tracing::debug!(
-                    changes = changes.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "batch committed"
-                );
-                for change in &changes {
-                    if let (SecretOp::Erase(_), Subject::Token(t)) =
-                        (&change.secret, &change.subject)
-                    {
-                        inner.access.forget(&t.id);
-                    }
-                }
-                if !changes.is_empty() {
-                    *inner.state.write().expect("state lock") = Arc::new(work);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit failed; refusing writes until restart");
-                inner.poisoned.store(true, Ordering::Release);
-                events.clear();
-                // Every answer of the batch was planned against state that
-                // includes the failed changes (an allow_missing delete behind
-                // a failed delete would say "gone"): none of them may stand.
-                for (_, answer) in owed.iter_mut() {
-                    *answer = Err(e.clone());
-                }
-            }
-        }
-    }
-
-    // Durable and visible: answer, then announce. The state swap above comes
-    // first so that a watcher that reads the log after subscribing can never
-    // miss an event the hub already sent.
-    for (reply, answer) in owed {
-        let _ = reply.send(answer);
-    }
-    for event in events {
-        // Revisions here are consecutive: the one before is revision - 1.
-        inner.hub.publish(event.revision - 1, event);
-    }
-    close
-}
-
 /// Token `id`'s events in the log up to `head`, before `before` (0: all),
 /// newest first, at most `max`. The log is keyed by revision alone, so this
 /// walks it back from the end; only a record whose bytes name the token is
@@ -468,75 +354,4 @@ fn token_events(
         }
     }
     Ok(out)
-}
-
-/// Writes one batch atomically and waits for it to be on disk.
-fn persist(
-    inner: &Inner,
-    changes: &[Change],
-    events: &[Arc<Event>],
-    access: &[(TokenId, SystemTime)],
-    head: Revision,
-) -> Result<(), Error> {
-    let mut batch = sled::Batch::default();
-    for change in changes {
-        match &change.subject {
-            Subject::Token(t) => {
-                batch.insert(layout::token_key(&t.id), record::encode::<TokenRecord>(t));
-                match &change.secret {
-                    SecretOp::Set(hash) => batch.insert(layout::secret_key(hash), t.id.as_str()),
-                    SecretOp::Erase(hash) => {
-                        batch.remove(layout::secret_key(hash));
-                        batch.remove(layout::access_key(&t.id));
-                    }
-                    SecretOp::Keep => {}
-                }
-            }
-            Subject::Account(a) => batch.insert(
-                layout::account_key(&a.id),
-                record::encode::<AccountRecord>(a),
-            ),
-        }
-    }
-    for event in events {
-        batch.insert(
-            event_key(event.revision),
-            record::encode::<EventRecord>(event),
-        );
-    }
-    for (id, at) in access {
-        batch.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
-    }
-    batch.insert(K_REVISION, &head.to_be_bytes()[..]);
-
-    // Compaction: keep the newest `retention` events. `oldest` moves before
-    // the keys go, so a reader sees OUT_OF_RANGE rather than a gap.
-    let keep_from = (head + 1).saturating_sub(inner.retention).max(1);
-    let oldest = inner.oldest.load(Ordering::Acquire);
-    if keep_from > oldest {
-        inner.oldest.store(keep_from, Ordering::Release);
-        for rev in oldest..keep_from {
-            batch.remove(event_key(rev));
-        }
-    }
-
-    inner
-        .tree
-        .apply_batch(batch)
-        .map_err(|e| io_error("writing a batch", e))?;
-    let started = Instant::now();
-    inner
-        .db
-        .flush()
-        .map_err(|e| io_error("flushing to disk", e))?;
-    // sled's flush ends in sync_file_range, which flushes neither the drive's
-    // write cache nor the file's size: not durable across a power loss. One
-    // fdatasync per batch makes it so.
-    inner
-        .log_file
-        .sync_data()
-        .map_err(|e| io_error("syncing to disk", e))?;
-    metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
-    metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(changes.len() as f64);
-    Ok(())
 }

@@ -10,17 +10,19 @@
 //!   `e/<u64 BE rev>`     → EventRecord, the retained log
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
 //!
-//! Owns building and parsing these keys, and reading the whole layout back
-//! into a [`State`] at open. It must never write: only the writer thread
-//! does (`sled.rs`).
+//! Owns building and parsing these keys, the sled batch a committed change
+//! becomes (the same on the commit path and when the write-ahead log is
+//! replayed at open), and reading the whole layout back into a [`State`]
+//! at open. It must never apply a batch itself: only the writer thread and
+//! the replay at open do (`sled/commit.rs`).
 
 use std::time::SystemTime;
 
 use super::{corrupt, io_error};
-use crate::domain::{AccountId, Revision, TokenId};
+use crate::domain::{AccountId, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::state::State;
+use crate::state::{Change, SecretOp, State};
 use crate::store::record::{self, AccountRecord, Record, TimeRecord, TokenRecord};
 
 pub(super) const K_FORMAT: &[u8] = b"m/format";
@@ -64,6 +66,70 @@ pub(super) fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
         .ok_or_else(|| corrupt("event key", format!("{k:?}")))
 }
 
+/// Adds what `change`, committed at `revision`, writes: its record, the
+/// secret index entry it sets or erases (with a deleted token's last
+/// access), and its event, already encoded.
+pub(super) fn write_change(
+    batch: &mut sled::Batch,
+    change: &Change,
+    revision: Revision,
+    event: impl Into<sled::IVec>,
+) {
+    match &change.subject {
+        Subject::Token(t) => {
+            batch.insert(token_key(&t.id), record::encode::<TokenRecord>(t));
+            match &change.secret {
+                SecretOp::Set(hash) => batch.insert(secret_key(hash), t.id.as_str()),
+                SecretOp::Erase(hash) => {
+                    batch.remove(secret_key(hash));
+                    batch.remove(access_key(&t.id));
+                }
+                SecretOp::Keep => {}
+            }
+        }
+        Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
+    }
+    batch.insert(event_key(revision), event);
+}
+
+/// Ends a batch that commits up to `head`: the revision counter, and the
+/// removal of events beyond the newest `retention` (from `oldest`, the
+/// oldest one kept so far). Returns the oldest revision kept after it.
+pub(super) fn finish_batch(
+    batch: &mut sled::Batch,
+    head: Revision,
+    oldest: Revision,
+    retention: u64,
+) -> Revision {
+    batch.insert(K_REVISION, &head.to_be_bytes()[..]);
+    let keep_from = (head + 1).saturating_sub(retention).max(1);
+    if keep_from <= oldest {
+        return oldest;
+    }
+    for rev in oldest..keep_from {
+        batch.remove(event_key(rev));
+    }
+    keep_from
+}
+
+/// The last committed revision, as sled holds it.
+pub(super) fn revision(tree: &sled::Tree) -> Result<Revision, Error> {
+    tree.get(K_REVISION)
+        .map_err(|e| io_error("reading", e))?
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("revision counter", "missing"))
+}
+
+/// The oldest event kept (`head + 1` when none is).
+pub(super) fn oldest_event(tree: &sled::Tree, head: Revision) -> Result<Revision, Error> {
+    match tree.scan_prefix(P_EVENT).next() {
+        Some(Ok((k, _))) => decode_event_key(&k),
+        Some(Err(e)) => Err(io_error("reading the event log", e)),
+        None => Ok(head + 1),
+    }
+}
+
 /// The value stored as record `R`; `what` names it in the error.
 pub(super) fn decode<'a, R>(what: &str, v: &'a [u8]) -> Result<R::Domain, Error>
 where
@@ -77,12 +143,7 @@ pub(super) type Restored = (State, Vec<(TokenId, SystemTime)>);
 /// Every record, the secret index and the last-access times, as the state
 /// at the last committed revision.
 pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
-    let revision = tree
-        .get(K_REVISION)
-        .map_err(|e| io_error("reading", e))?
-        .and_then(|v| v.as_ref().try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| corrupt("revision counter", "missing"))?;
+    let revision = revision(tree)?;
     let scan = |prefix: &[u8]| -> Result<Vec<(sled::IVec, sled::IVec)>, Error> {
         tree.scan_prefix(prefix)
             .collect::<Result<_, _>>()

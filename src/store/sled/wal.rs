@@ -1,0 +1,439 @@
+//! The write-ahead log: what makes a commit durable on the embedded store.
+//!
+//! A committed batch is one record appended to the current segment and made
+//! durable with one `fdatasync`; only then is it answered. sled gets the
+//! same batch afterwards, in memory, and is flushed to disk in the
+//! background now and then (a checkpoint, `sled.rs`), after which the
+//! segments it covers are deleted. At open, every record past sled's last
+//! revision is applied again. This is etcd's shape: its WAL makes a request
+//! durable, its bbolt backend commits in the background.
+//!
+//! Layout: `wal/<first sequence, 16 hex digits>.wal`, each a run of records
+//!
+//!   `[u32 LE payload length][u32 LE crc32 of payload][payload]`
+//!
+//! and a payload is the batch's entries, each
+//!
+//!   `[u8 secret op: 0 keep, 1 set, 2 erase][32-byte hash unless keep]`
+//!   `[u32 LE length][the event, as sled's retained log stores it]`
+//!
+//! Owns segment files, framing, checksums and reading them back, including
+//! the repair of a torn tail (a batch whose write was cut short by a crash:
+//! never answered, so dropped). It must never drop a record that is
+//! followed by an intact one (that is corruption, refused at open), and
+//! never know about sled or the state.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::secret::SecretHash;
+use crate::state::SecretOp;
+
+/// A record longer than this is corruption, not a batch (1024 commands of
+/// at most a few KiB each fit many times over).
+const MAX_RECORD: usize = 256 << 20;
+const HEADER: usize = 8;
+
+/// One committed change as read back from the log: what sled needs to apply
+/// it again. `event` holds the encoded event (record, kind, time, actor).
+pub(super) struct Entry {
+    pub(super) secret: SecretOp,
+    pub(super) event: Vec<u8>,
+}
+
+/// The log directory and the segment being appended to.
+pub(super) struct Wal {
+    dir: PathBuf,
+    current: File,
+    /// The sequence number of the current segment (its file name).
+    sequence: u64,
+    /// Bytes in the current segment.
+    len: u64,
+}
+
+fn segment_name(sequence: u64) -> String {
+    format!("{sequence:016x}.wal")
+}
+
+/// The segments in `dir`, oldest first.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let sequence = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| u64::from_str_radix(n, 16).ok());
+        if let Some(sequence) = sequence {
+            found.push((sequence, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn corrupt(path: &Path, offset: u64, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} at byte {offset}: {what}", path.display()),
+    )
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing) and reads back every
+    /// intact batch, oldest first. A torn tail of the last segment is cut
+    /// off; anything else that does not check out is an error. Appends go
+    /// to a new segment.
+    pub(super) fn open(dir: &Path) -> io::Result<(Wal, Vec<Vec<Entry>>)> {
+        std::fs::create_dir_all(dir)?;
+        let found = segments(dir)?;
+        let mut batches = Vec::new();
+        for (i, (_, path)) in found.iter().enumerate() {
+            let last = i + 1 == found.len();
+            read_segment(path, last, &mut batches)?;
+        }
+        let sequence = found.last().map_or(0, |(s, _)| s + 1);
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            current: create_segment(dir, sequence)?,
+            sequence,
+            len: 0,
+        };
+        Ok((wal, batches))
+    }
+
+    /// Appends one batch (each change's secret op and encoded event) and
+    /// waits until it is on disk.
+    pub(super) fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a SecretOp, &'a [u8])>,
+    ) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(4096);
+        for (secret, event) in entries {
+            match secret {
+                SecretOp::Keep => payload.push(0),
+                SecretOp::Set(h) => {
+                    payload.push(1);
+                    payload.extend_from_slice(h);
+                }
+                SecretOp::Erase(h) => {
+                    payload.push(2);
+                    payload.extend_from_slice(h);
+                }
+            }
+            payload.extend_from_slice(&(event.len() as u32).to_le_bytes());
+            payload.extend_from_slice(event);
+        }
+        let mut record = Vec::with_capacity(HEADER + payload.len());
+        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        record.extend_from_slice(&payload);
+        // One write, so that a crash leaves at most this record torn.
+        self.current.write_all(&record)?;
+        self.current.sync_data()?;
+        self.len += record.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes in the current segment.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Starts a new segment; returns the sequence number below which every
+    /// segment is now closed (what [`Wal::remove_before`] may delete once
+    /// the store holds all they hold).
+    pub(super) fn rotate(&mut self) -> io::Result<u64> {
+        let next = self.sequence + 1;
+        self.current = create_segment(&self.dir, next)?;
+        self.sequence = next;
+        self.len = 0;
+        Ok(next)
+    }
+
+    /// Deletes the closed segments below `sequence`. Run once the store has
+    /// flushed every batch they hold; a crash half-way leaves some of them,
+    /// whose batches the store already has and open skips.
+    pub(super) fn remove_before(dir: &Path, sequence: u64) -> io::Result<()> {
+        for (s, path) in segments(dir)? {
+            if s < sequence {
+                std::fs::remove_file(path)?;
+            }
+        }
+        sync_dir(dir)
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current segment's sequence number: every older one is closed.
+    pub(super) fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+/// A new, empty segment, durable in its directory before anything relies
+/// on it.
+fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(dir.join(segment_name(sequence)))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Reads the batches of one segment into `out`. In the `last` segment, a
+/// record that is cut short or fails its checksum and is the last thing in
+/// the file (or followed only by zeros) is a torn write: the file is cut
+/// back to before it.
+fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        match check_record(&bytes[at..]) {
+            Ok((payload, size)) => {
+                let entries = parse_payload(payload).map_err(|w| corrupt(path, at as u64, &w))?;
+                out.push(entries);
+                at += size;
+            }
+            Err(problem) => {
+                let torn = problem.reaches_end || bytes[at..].iter().all(|b| *b == 0);
+                if !(last && torn) {
+                    return Err(corrupt(path, at as u64, problem.what));
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = at,
+                    dropped_bytes = bytes.len() - at,
+                    "write-ahead log ends in a torn write (a batch never answered); cutting it off"
+                );
+                let file = OpenOptions::new().write(true).open(path)?;
+                file.set_len(at as u64)?;
+                file.sync_all()?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Problem {
+    what: &'static str,
+    /// The bad record claims to run to the end of the file or past it.
+    reaches_end: bool,
+}
+
+/// The payload of the record at the start of `bytes` and the record's size.
+fn check_record(bytes: &[u8]) -> Result<(&[u8], usize), Problem> {
+    if bytes.len() < HEADER {
+        return Err(Problem {
+            what: "a record header cut short",
+            reaches_end: true,
+        });
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if len == 0 || len > MAX_RECORD {
+        return Err(Problem {
+            what: "an impossible record length",
+            reaches_end: false,
+        });
+    }
+    let Some(payload) = bytes.get(HEADER..HEADER + len) else {
+        return Err(Problem {
+            what: "a record cut short",
+            reaches_end: true,
+        });
+    };
+    if crc32fast::hash(payload) != crc {
+        return Err(Problem {
+            what: "a record that fails its checksum",
+            reaches_end: HEADER + len == bytes.len(),
+        });
+    }
+    Ok((payload, HEADER + len))
+}
+
+fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
+    let mut entries = Vec::new();
+    let take = |p: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
+        if p.len() < n {
+            return Err("an entry cut short inside a checked record".into());
+        }
+        let (head, rest) = p.split_at(n);
+        *p = rest;
+        Ok(head.to_vec())
+    };
+    while !p.is_empty() {
+        let op = take(&mut p, 1)?[0];
+        let mut hash = || -> Result<SecretHash, String> {
+            Ok(take(&mut p, 32)?.try_into().expect("32 bytes"))
+        };
+        let secret = match op {
+            0 => SecretOp::Keep,
+            1 => SecretOp::Set(hash()?),
+            2 => SecretOp::Erase(hash()?),
+            other => return Err(format!("unknown secret op {other}")),
+        };
+        let len = u32::from_le_bytes(take(&mut p, 4)?.try_into().expect("4 bytes")) as usize;
+        let event = take(&mut p, len)?;
+        entries.push(Entry { secret, event });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            secret: match n % 3 {
+                0 => SecretOp::Keep,
+                1 => SecretOp::Set([n; 32]),
+                _ => SecretOp::Erase([n; 32]),
+            },
+            event: vec![n; n as usize * 7 + 1],
+        }
+    }
+
+    fn same(a: &[Entry], b: &[Entry]) -> bool {
+        let key = |e: &Entry| {
+            let op = match &e.secret {
+                SecretOp::Keep => (0, [0; 32]),
+                SecretOp::Set(h) => (1, *h),
+                SecretOp::Erase(h) => (2, *h),
+            };
+            (op, e.event.clone())
+        };
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
+    }
+
+    fn append(wal: &mut Wal, e: Entry) {
+        wal.append([(&e.secret, &e.event[..])]).unwrap();
+    }
+
+    /// Writes batches 1..=n, one entry each plus batch 2 with three.
+    fn written(dir: &Path, n: u8) -> PathBuf {
+        let (mut wal, old) = Wal::open(dir).unwrap();
+        assert!(old.is_empty());
+        for i in 1..=n {
+            let batch: Vec<Entry> = if i == 2 {
+                (20..23).map(entry).collect()
+            } else {
+                vec![entry(i)]
+            };
+            wal.append(batch.iter().map(|e| (&e.secret, &e.event[..])))
+                .unwrap();
+        }
+        dir.join(segment_name(0))
+    }
+
+    #[test]
+    fn batches_read_back_in_order_across_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        written(tmp.path(), 3);
+        let (mut wal, back) = Wal::open(tmp.path()).unwrap();
+        assert_eq!(back.len(), 3);
+        assert!(same(&back[1], &(20..23).map(entry).collect::<Vec<_>>()));
+        assert!(same(&back[2], &[entry(3)]));
+        append(&mut wal, entry(9));
+        let closed_below = wal.rotate().unwrap();
+        append(&mut wal, entry(10));
+        drop(wal);
+        let (_, back) = Wal::open(tmp.path()).unwrap();
+        assert_eq!(back.len(), 5);
+        assert!(same(&back[4], &[entry(10)]));
+
+        Wal::remove_before(tmp.path(), closed_below).unwrap();
+        let (_, back) = Wal::open(tmp.path()).unwrap();
+        assert_eq!(back.len(), 1, "only the segment after the rotation");
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_the_rest_kept() {
+        for cut in [1, HEADER - 1, HEADER + 3] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = written(tmp.path(), 3);
+            let full = std::fs::metadata(&path).unwrap().len();
+            // The last record (batch 3: 8 + 1 + 4 + 22 bytes) loses its end.
+            let last = (HEADER + 1 + 4 + 22) as u64;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(full - last + cut as u64)
+                .unwrap();
+            let (_, back) = Wal::open(tmp.path()).unwrap();
+            assert_eq!(back.len(), 2, "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), full - last);
+        }
+    }
+
+    #[test]
+    fn a_last_record_that_fails_its_checksum_or_zeros_are_a_torn_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written(tmp.path(), 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(Wal::open(tmp.path()).unwrap().1.len(), 2);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written(tmp.path(), 3);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[0; 4096]).unwrap();
+        assert_eq!(Wal::open(tmp.path()).unwrap().1.len(), 3);
+    }
+
+    #[test]
+    fn damage_followed_by_intact_records_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written(tmp.path(), 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER + 2] ^= 0xff; // inside batch 1's payload
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Wal::open(tmp.path()).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("checksum"), "{e}");
+        // Nothing was cut: the evidence stays for an operator to look at.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_torn_record_in_a_segment_that_is_not_the_last_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written(tmp.path(), 3);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 2)
+            .unwrap();
+        // A later segment exists: the cut record was followed by more log.
+        let (mut wal, _) = Wal::open(tmp.path()).unwrap();
+        append(&mut wal, entry(5));
+        drop(wal);
+        // Re-tear the first segment (open repaired it) behind the new one.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[9, 0, 0, 0, 1])
+            .unwrap();
+        assert!(Wal::open(tmp.path()).is_err());
+    }
+}
