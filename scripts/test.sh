@@ -38,7 +38,7 @@ scripts/bench.sh --install
 
 # First pass: every server on sled (the default), plus tests/replicas.rs,
 # which starts its own etcd clusters.
-cargo test --tests --features etcd "$@"
+cargo test --tests --features etcd,failpoints "$@"
 
 # Second pass: the same suite with every server it starts keeping its
 # records on one 3-member etcd cluster (tests/common/mod.rs).
@@ -53,4 +53,4 @@ trap stop_etcd EXIT
 TOKEND_TEST_ETCD="$(scripts/etcd-cluster.sh "$etcd_dir")"
 export TOKEND_TEST_ETCD
 echo "second pass: the suite on etcd at $TOKEND_TEST_ETCD"
-cargo test --tests --features etcd "$@"
+cargo test --tests --features etcd,failpoints "$@"

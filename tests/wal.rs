@@ -1,0 +1,237 @@
+//! The embedded store's write-ahead log at its crash points (docs/contract.md
+//! §7): the real `tokend` binary, stopped dead at a named point of the
+//! write path (the `fail` crate's `$FAILPOINTS`, built in only with
+//! `--features failpoints`) or killed with SIGKILL and its log damaged, then
+//! started again on the same data dir.
+//!
+//! After every restart: each acknowledged write is there, nothing is there
+//! twice, and the event log runs from the first revision to the head with
+//! no gap. (tests/crash.rs kills at random moments instead.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use tokend::proto as pb;
+
+/// tokend with `failpoints` armed (the first start, without, bootstraps).
+async fn start(dir: &Path, failpoints: &str) -> Process {
+    let failpoints = failpoints.to_string();
+    spawn_tokend_with(dir, &[], move |cmd| {
+        cmd.env("FAILPOINTS", &failpoints);
+    })
+    .await
+}
+
+/// A data dir with its operator and one account, written by a tokend that
+/// was then killed: the first open replays what it logged. Every change
+/// after it is a token's (so its events are consecutive from here).
+async fn prepared() -> (tempfile::TempDir, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = spawn_tokend(tmp.path(), &[]).await;
+    let account = new_account(&mut p.accounts().await, ALL_MODULES).await.id;
+    p.kill();
+    (tmp, account)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Creates tokens one at a time, named `t0, t1, …`, until `n` are
+/// answered or the server stops answering. Returns the answered ones.
+async fn create_until_dead(
+    p: &Process,
+    account: &str,
+    n: usize,
+    pause: Duration,
+) -> Vec<pb::Token> {
+    let mut c = p.tokens().await;
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let r = c
+            .create_token(pb::CreateTokenRequest {
+                account_id: account.into(),
+                name: format!("t{i}"),
+                modules: vec!["commerce".into()],
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => acked.push(r.into_inner().token.unwrap()),
+            Err(_) => break,
+        }
+        tokio::time::sleep(pause).await;
+    }
+    acked
+}
+
+/// Every token in the store, and the event log checked: increasing
+/// revisions up to the head, consecutive since the test's first token
+/// (account changes are not streamed), one CREATED per token.
+async fn after_restart(dir: &Path) -> (Process, Vec<pb::Token>) {
+    let p = spawn_tokend(dir, &[]).await;
+    let mut c = p.tokens().await;
+    let head = head(&mut c).await;
+    let mut w = watch_from(&mut c, 1).await;
+    let mut created = std::collections::BTreeSet::new();
+    let mut prev = 0;
+    while prev < head {
+        let e = next_change(&mut w).await;
+        let ours = e.token.as_ref().is_some_and(|t| t.name.starts_with('t'));
+        if ours && created.len() > 1 {
+            assert_eq!(e.revision, prev + 1, "the event log has a gap");
+        }
+        assert!(e.revision > prev, "the event log repeats {}", e.revision);
+        if e.r#type == pb::EventType::Created as i32 {
+            assert!(
+                created.insert(e.token.unwrap().id),
+                "two CREATED for one id"
+            );
+        }
+        prev = e.revision;
+    }
+    let tokens = c
+        .list_tokens(pb::ListTokensRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    (p, tokens)
+}
+
+fn names(tokens: &[pb::Token]) -> Vec<String> {
+    let mut n: Vec<_> = tokens
+        .iter()
+        .filter(|t| t.name.starts_with('t'))
+        .map(|t| t.name.clone())
+        .collect();
+    n.sort_by_key(|s| s[1..].parse::<usize>().unwrap());
+    n
+}
+
+#[tokio::test]
+async fn a_kill_between_the_logs_sync_and_sleds_apply_keeps_the_write() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    // The 6th batch from now is synced to the log, then the process dies
+    // before sled, the state or the caller hear of it.
+    let p = start(tmp.path(), "sled-wal-synced=5*off->return").await;
+    let acked = create_until_dead(&p, &account, 20, Duration::ZERO).await;
+    assert_eq!(acked.len(), 5, "the 6th create died unanswered");
+    drop(p);
+
+    // Unanswered, but durable: it is there, whole, as t5.
+    let (_p, tokens) = after_restart(tmp.path()).await;
+    assert_eq!(names(&tokens), ["t0", "t1", "t2", "t3", "t4", "t5"]);
+}
+
+#[tokio::test]
+async fn a_log_far_ahead_of_sled_is_replayed_at_open() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    // No checkpoint ever completes: every batch since the start lives only
+    // in the log, over several segments (one every 100 ms).
+    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    let acked = create_until_dead(&p, &account, 120, Duration::from_millis(3)).await;
+    assert_eq!(acked.len(), 120);
+    p.kill();
+    let logged = segments(tmp.path());
+    assert!(logged.len() > 2, "{logged:?}");
+
+    let (p, tokens) = after_restart(tmp.path()).await;
+    assert_eq!(names(&tokens).len(), 120);
+    // The replay was flushed into sled and the segments went.
+    assert_eq!(segments(tmp.path()).len(), 1);
+    drop(p);
+}
+
+#[tokio::test]
+async fn sled_flushed_ahead_of_a_log_truncation_applies_nothing_twice() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    // The first checkpoint flushes sled, then the process dies before the
+    // segments it covered are deleted: at open they are all older than
+    // sled's revision.
+    let p = start(tmp.path(), "sled-checkpoint-flushed=return").await;
+    let acked = create_until_dead(&p, &account, 200, Duration::from_millis(5)).await;
+    assert!(acked.len() < 200, "the checkpoint never ran");
+    drop(p);
+    assert!(segments(tmp.path()).len() >= 2);
+
+    let (_p, tokens) = after_restart(tmp.path()).await;
+    let got = names(&tokens);
+    // Every answered create, and perhaps the one in flight.
+    assert!(
+        got.len() == acked.len() || got.len() == acked.len() + 1,
+        "{got:?}"
+    );
+    for t in &acked {
+        assert!(got.contains(&t.name), "{} lost", t.name);
+    }
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_cut_off_and_damage_elsewhere_refused() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    let acked = create_until_dead(&p, &account, 10, Duration::ZERO).await;
+    p.kill();
+
+    // A crash in the middle of writing an 11th batch: its header and a
+    // few bytes of it made it to the disk. Never answered, so dropped.
+    let last = segments(tmp.path()).pop().unwrap();
+    let mut torn = 900u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xab; 20]);
+    let mut log = std::fs::read(&last).unwrap();
+    log.extend_from_slice(&torn);
+    std::fs::write(&last, &log).unwrap();
+    let (mut p, tokens) = after_restart(tmp.path()).await;
+    assert_eq!(names(&tokens).len(), acked.len());
+    p.kill();
+
+    // A flipped bit inside an answered batch that intact ones follow is
+    // not a torn write: tokend refuses to start, and says why.
+    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    create_until_dead(&p, &account, 5, Duration::ZERO).await;
+    p.kill();
+    let fullest = segments(tmp.path())
+        .into_iter()
+        .max_by_key(|s| std::fs::metadata(s).unwrap().len())
+        .unwrap();
+    let mut log = std::fs::read(&fullest).unwrap();
+    assert!(log.len() > 200, "several batches in the newest segment");
+    log[20] ^= 0x01;
+    std::fs::write(&fullest, &log).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("write-ahead log") && said.contains("checksum"),
+        "{said}"
+    );
+}
