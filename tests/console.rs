@@ -1,8 +1,8 @@
 //! The built-in console (web/, served by tokend at `/`) in real headless
 //! Chromium: each test starts the real `tokend` binary, makes an account
 //! with tokens through the API, and runs one scenario of
-//! tests/browser/console.mjs against it (node + puppeteer-core from
-//! web/node_modules, Debian's chromium). The scenarios change tokens "from
+//! tests/browser/console.mjs (or of audit.mjs, through it) against it
+//! (node + puppeteer-core from web/node_modules, Debian's chromium). The scenarios change tokens "from
 //! elsewhere" with the real `tokend` CLI. Screenshots of each step land in
 //! `<target>/tmp/console/` (the test prints where).
 //!
@@ -242,6 +242,41 @@ async fn the_list_filters_by_status_searches_by_name_and_pages() {
 async fn a_narrow_window_gets_cards_and_a_dialog_that_fits() {
     let w = world().await;
     scenario("narrow", &w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_tab_shows_who_changed_what_and_when_live_and_pages() {
+    let mut w = world().await;
+    // A token with more changes than one page of its trail (50): created,
+    // then 54 description changes.
+    let mut tokens = w.p.tokens().await;
+    let account = w.fixture["account"]["id"].as_str().unwrap().to_owned();
+    let (busy, _) = issue(&mut tokens, &account, "busy-bot", &["commerce"]).await;
+    for i in 1..=54 {
+        let t = tokend::proto::Token {
+            id: busy.id.clone(),
+            description: format!("step {i}"),
+            ..Default::default()
+        };
+        let req = tokend::proto::UpdateTokenRequest {
+            token: Some(t),
+            ..Default::default()
+        };
+        tokens.update_token(req).await.expect("updated");
+    }
+    w.fixture["busy"] = json!({"id": busy.id, "events": 55});
+    scenario("audit", &w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_says_when_older_changes_were_compacted() {
+    // --retention is the embedded store's; etcd compacts on its own terms
+    // (tests/replicas.rs covers an audit trail etcd compacted).
+    if sled_only("--retention compacts the event log") {
+        return;
+    }
+    let w = world_with(&["--retention", "2"]).await;
+    scenario("audit-compacted", &w).await;
 }
 
 /// Every reason tokend can put in an ErrorInfo has a sentence in the page.

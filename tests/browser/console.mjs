@@ -3,8 +3,10 @@
 // tests/console.rs starts tokend, makes the fixture (FIXTURE, JSON) and runs
 // each scenario; changes "from elsewhere" are made with the real tokend CLI.
 // Screenshots go to $ARTIFACTS; every screen visited is checked with axe-core.
+// The Audit trail's scenarios are in audit.mjs.
 
 import { readdirSync, rmSync } from "node:fs";
+import { AUDIT_TAB, auditScenarios, trailOf } from "./audit.mjs";
 import * as L from "./lib.mjs";
 
 const F = JSON.parse(process.env.FIXTURE ?? "{}");
@@ -80,7 +82,7 @@ const scenarios = {
     await L.shot(page, "details-general");
     await L.axe(page, "details: General");
     await page.click("[role=tab]:nth-child(2)");
-    const details = await L.text(page, "[role=tabpanel]");
+    const details = await L.text(page, "[role=tabpanel]:not([hidden])");
     check(details.includes("Created") && details.includes("by") && details.includes("Last access"), "Details shows created by whom and last access");
     await L.axe(page, "details: Details");
 
@@ -418,8 +420,19 @@ const scenarios = {
     const fits = await page.$eval("#delete-dialog", (d) => d.getBoundingClientRect().width <= window.innerWidth);
     check(fits, "the dialog fits the window");
     await page.click("#delete-cancel");
+    await page.waitForFunction(() => !document.querySelector("#delete-dialog"));
+    await page.click(`${L.rowSel(F.target.id)} a.token-name`);
+    await page.waitForSelector(AUDIT_TAB);
+    await page.click(AUDIT_TAB);
+    await trailOf(page, 1);
+    await L.shot(page, "narrow-audit");
+    await L.axe(page, "narrow: audit trail");
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(wide <= 0, `the audit trail fits the window too (${wide}px over)`);
     L.assertClean(page);
   },
+
+  ...auditScenarios,
 };
 
 const name = process.argv[2];

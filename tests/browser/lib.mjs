@@ -13,7 +13,7 @@
 //                     the command line that starts it again
 
 import { execFile, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -42,6 +42,7 @@ mkdirSync(ARTIFACTS, { recursive: true });
 
 // ------------------------------------------------------------------ browser
 
+// Temporary dirs (browser profiles, secret files), removed by cleanup().
 const profiles = [];
 
 export async function launch() {
@@ -287,12 +288,26 @@ const run = promisify(execFile);
  * resource, when the CLI prints a table of one).
  */
 export async function cli(...args) {
-  const { stdout } = await run(BIN, [...args, "--server", URL_, "--token-file", TOKEN_FILE, "--output", "json"], {
+  return cliAs(TOKEN_FILE, ...args);
+}
+
+/** Like `cli`, with the secret in `tokenFile` (see `secretFile`). */
+export async function cliAs(tokenFile, ...args) {
+  const { stdout } = await run(BIN, [...args, "--server", URL_, "--token-file", tokenFile, "--output", "json"], {
     timeout: TIMEOUT,
   });
   if (stdout.trim() === "") return null;
   const v = JSON.parse(stdout);
   return Array.isArray(v) && v.length === 1 ? v[0] : v;
+}
+
+/** A file (mode 0600, removed by `cleanup`) holding `secret`, for `cliAs`. */
+export function secretFile(secret) {
+  const dir = mkdtempSync(path.join(tmpdir(), "tokend-secret-"));
+  profiles.push(dir);
+  const file = path.join(dir, "token");
+  writeFileSync(file, secret, { mode: 0o600 });
+  return file;
 }
 
 /** The CLI's exit code (e.g. 3 for not found). */

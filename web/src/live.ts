@@ -46,6 +46,7 @@ export class LiveTokens {
   private last = 0n;
   private readonly abort = new AbortController();
   private readonly listeners = new Set<(c: Change) => void>();
+  private readonly eventListeners = new Set<(ev: TokenEvent) => void>();
 
   constructor(
     readonly accountId: string,
@@ -66,6 +67,18 @@ export class LiveTokens {
   subscribe(fn: (c: Change) => void): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
+  }
+
+  /**
+   * Every change event the stream delivers (CREATED … DELETED), as it
+   * arrives and before the token it carries is applied: even one older than
+   * what the page already knows of its token (the Audit trail lists them).
+   * Changes missed while the stream re-listed are not replayed: a "reset"
+   * Change says so.
+   */
+  onEvent(fn: (ev: TokenEvent) => void): () => void {
+    this.eventListeners.add(fn);
+    return () => this.eventListeners.delete(fn);
   }
 
   /** Applies a token this page got back from a write, before its event. */
@@ -185,6 +198,9 @@ export class LiveTokens {
   private apply(ev: TokenEvent): void {
     const t = ev.token;
     if (!t) return; // PROGRESS
+    if (ev.type >= EventType.CREATED && ev.type <= EventType.DELETED) {
+      for (const fn of [...this.eventListeners]) fn(ev);
+    }
     switch (ev.type) {
       case EventType.CREATED:
       case EventType.UPDATED:

@@ -1,24 +1,41 @@
-// A token's details page: General (id, status, modules, the API endpoint)
-// and Details (who created and last changed it, and when; last access),
-// with the Actions dropdown. Kept live: a change made anywhere shows at
-// once, and a token someone else deletes says who deleted it and when.
+// A token's details page: General (id, status, modules, the API endpoint),
+// Details (who created and last changed it, and when; last access) and the
+// Audit trail (views/audit.ts), with the Actions dropdown. Kept live: a
+// change made anywhere shows at once, and a token someone else deletes says
+// who deleted it and when.
 
 import { sessionSignal, tokens } from "../api";
 import type { App, Screen } from "../app";
-import { copyText, fill, formatTime, h, newId, timeEl } from "../dom";
+import { copyText, fill, formatTime, h, timeEl } from "../dom";
 import { failure } from "../errors";
 import type { AuditEntry } from "../gen/apitokens/v1/common_pb";
-import type { Token } from "../gen/apitokens/v1/tokens_pb";
+import { TokenStatus, type Token } from "../gen/apitokens/v1/tokens_pb";
 import type { Deletion } from "../live";
+import { tabSet } from "../tabs";
 import { menuButton, statusBadge, tokenIcon } from "../ui";
 import { tokenActions } from "./actions";
+import { auditTrail } from "./audit";
 
 export function detailsView(app: App, accountId: string, tokenId: string): Screen {
   const live = app.live!;
   const listHash = `#/${accountId}/tokens`;
   let token: Token | undefined = live.tokens.get(tokenId);
-  let tab: "general" | "details" = "general";
   let fetched = false;
+  let tombstone: Token | undefined;
+  let askedTombstone = false;
+  const audit = auditTrail(app, tokenId, () => live.tokens.get(tokenId) ?? live.deleted.get(tokenId)?.token ?? token ?? tombstone);
+  const tabs = tabSet(
+    "Token information",
+    [
+      { key: "general", label: "General" },
+      { key: "details", label: "Details" },
+      { key: "audit", label: "Audit trail" },
+    ] as const,
+    (k) => {
+      if (k === "audit") audit.show();
+    },
+  );
+  tabs.panels.audit.append(audit.el);
 
   const crumbName = h("span", { "aria-current": "page" }, token?.name ?? tokenId);
   const head = h("div", { class: "page-head details-head" });
@@ -68,47 +85,13 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
   };
 
   const fact = (label: string, ...value: (Node | string | null)[]) => [h("dt", {}, label), h("dd", {}, ...value)];
-  const audit = (e: AuditEntry | undefined) =>
+  const entry = (e: AuditEntry | undefined) =>
     e?.at ? h("span", {}, timeEl(e.at, "—", true), " by ", h("span", { class: "actor" }, app.actorName(e.by))) : h("span", { class: "muted" }, "Never");
 
   const renderBody = (t: Token) => {
     const endpoint = window.location.origin;
     const endpointField = h("input", { id: "endpoint", type: "text", readonly: true, value: endpoint, class: "mono" });
     const copied = h("span", { class: "copied", "aria-live": "polite" });
-    const tabs = [
-      { key: "general" as const, label: "General" },
-      { key: "details" as const, label: "Details" },
-    ];
-    const ids = Object.fromEntries(tabs.map((x) => [x.key, { tab: newId(`tab-${x.key}`), panel: newId(`panel-${x.key}`) }]));
-    const tablist = h(
-      "div",
-      { role: "tablist", "aria-label": "Token information", class: "tabs" },
-      tabs.map((x) =>
-        h(
-          "button",
-          {
-            type: "button",
-            role: "tab",
-            id: ids[x.key].tab,
-            "aria-selected": String(tab === x.key),
-            "aria-controls": ids[x.key].panel,
-            tabindex: tab === x.key ? "0" : "-1",
-            onclick: (() => {
-              tab = x.key;
-              renderBody(t);
-              document.getElementById(ids[x.key].tab)?.focus();
-            }) as EventListener,
-          },
-          x.label,
-        ),
-      ),
-    );
-    tablist.addEventListener("keydown", (e) => {
-      if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
-      tab = tab === "general" ? "details" : "general";
-      renderBody(t);
-      document.getElementById(ids[tab].tab)?.focus();
-    });
     const general = h(
       "dl",
       { class: "facts" },
@@ -138,22 +121,17 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
     const details = h(
       "dl",
       { class: "facts" },
-      fact("Created", audit(a?.created)),
-      fact("Updated", audit(a?.updated)),
-      a?.disabled ? fact("Last disabled", audit(a.disabled)) : null,
-      a?.enabled ? fact("Last enabled", audit(a.enabled)) : null,
-      a?.deleted ? fact("Deleted", audit(a.deleted)) : null,
+      fact("Created", entry(a?.created)),
+      fact("Updated", entry(a?.updated)),
+      a?.disabled ? fact("Last disabled", entry(a.disabled)) : null,
+      a?.enabled ? fact("Last enabled", entry(a.enabled)) : null,
+      a?.deleted ? fact("Deleted", entry(a.deleted)) : null,
       fact("Last access", timeEl(t.lastAccessTime, "Never", true)),
     );
-    fill(
-      body,
-      tablist,
-      h(
-        "div",
-        { role: "tabpanel", id: ids[tab].panel, "aria-labelledby": ids[tab].tab, class: "card", tabindex: "0" },
-        tab === "general" ? general : details,
-      ),
-    );
+    fill(tabs.panels.general, general);
+    fill(tabs.panels.details, details);
+    // The tabs and panels stay put (and keep the focus) across live changes.
+    if (tabs.list.parentElement !== body) fill(body, tabs.list, Object.values<HTMLElement>(tabs.panels));
   };
 
   const renderGone = (d: Deletion | undefined) => {
@@ -198,7 +176,9 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
       return;
     }
     if (!live.tokens.has(tokenId)) {
-      renderGone(undefined);
+      const t = tombstone;
+      renderGone(t && { token: t, actor: t.audit?.deleted?.by ?? "", at: t.audit?.deleted?.at, mine: false });
+      if (app.session?.operator && !askedTombstone) readTombstone();
       return;
     }
     fill(banner);
@@ -223,6 +203,23 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
     }
   };
 
+  // An operator may still read a deleted token: its record and its trail.
+  const readTombstone = () => {
+    askedTombstone = true;
+    tokens
+      .getToken({ id: tokenId, showDeleted: true }, { signal: sessionSignal() })
+      .then((t) => {
+        if (t.status !== TokenStatus.DELETED || t.accountId !== accountId) return;
+        tombstone = t;
+        render();
+      })
+      .catch((err) => {
+        // Not found: the page says so already.
+        const f = failure(err);
+        if (f.reason === "UNAUTHENTICATED") app.signedOutBy(f);
+      });
+  };
+
   const unsubscribe = live.subscribe((c) => {
     if (c.kind === "reset" || c.kind === "state" || (c.kind === "token" && c.id === tokenId)) {
       const hadFocus = head.contains(document.activeElement) ? null : document.activeElement;
@@ -232,5 +229,10 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
   });
   render();
   document.getElementById("main-heading")?.focus();
-  return { leave: unsubscribe };
+  return {
+    leave: () => {
+      unsubscribe();
+      audit.leave();
+    },
+  };
 }
