@@ -154,7 +154,8 @@ impl SledStore {
             _ => io_error("opening the write-ahead log", e),
         })?;
         let retention = config.retention.max(1);
-        let replayed = commit::replay(&tree, logged, retention)?;
+        let replayed = logged.iter().map(Vec::len).sum::<usize>();
+        commit::replay(&tree, logged, retention)?;
         db.flush().map_err(|e| io_error("flushing the replay", e))?;
         log_file
             .sync_data()

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::layout::{self, Writes};
 use super::wal::{Entry, Wal};
-use super::{Inner, Job, corrupt, io_error, layout};
+use super::{Inner, Job, corrupt, io_error};
 use crate::command::{self, Ctx, Plan};
 use crate::domain::{Event, Revision, Subject, TokenId};
 use crate::error::Error;
@@ -230,21 +231,20 @@ impl Writer {
             fail::fail_point!("sled-wal-synced", |_| std::process::abort());
         }
 
-        let mut batch = sled::Batch::default();
+        let mut writes = Writes::default();
         for ((change, event), bytes) in changes.iter().zip(events).zip(encoded) {
-            layout::write_change(&mut batch, change, event.revision, bytes);
+            layout::write_change(&mut writes, change, event.revision, bytes);
         }
         for (id, at) in access {
-            batch.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
+            writes.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
         }
         // `oldest` moves before the keys go, so a reader sees OUT_OF_RANGE
         // rather than a gap.
         let oldest = inner.oldest.load(Ordering::Acquire);
-        let kept = layout::finish_batch(&mut batch, head, oldest, inner.retention);
+        let kept = layout::finish_batch(&mut writes, head, oldest, inner.retention);
         inner.oldest.store(kept, Ordering::Release);
-        inner
-            .tree
-            .apply_batch(batch)
+        writes
+            .apply(&inner.tree)
             .map_err(|e| io_error("writing a batch", e))?;
         if changes.is_empty() {
             flush(inner)?;
@@ -373,29 +373,36 @@ fn skip_checkpoint() -> bool {
     false
 }
 
-/// Applies to sled every logged batch past its revision counter, in order,
-/// and flushes: what a crash between a log sync and a checkpoint left
-/// behind. Returns how many changes that was.
+/// Applies every logged batch to sled again, oldest first, and flushes:
+/// what a crash between a log sync and a checkpoint left behind. All of
+/// them, not only those past sled's revision counter: sled may have kept
+/// some writes of a batch and lost others, and every write sets a key to
+/// its value after that batch, so the log's order ends each key where the
+/// last commit left it. Returns the revision the log ends at (sled's own
+/// when the log is empty).
 pub(super) fn replay(
     tree: &sled::Tree,
     batches: Vec<Vec<Entry>>,
     retention: u64,
-) -> Result<u64, Error> {
-    let mut head = layout::revision(tree)?;
-    let mut oldest = layout::oldest_event(tree, head)?;
-    let mut replayed = 0;
+) -> Result<Revision, Error> {
+    let stored = layout::revision(tree)?;
+    let mut oldest = layout::oldest_event(tree, stored)?;
+    let mut head: Option<Revision> = None;
     for entries in batches {
-        let mut batch = sled::Batch::default();
-        let mut last = head;
+        let mut writes = Writes::default();
+        let mut first = None;
         for Entry { secret, event } in entries {
             let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
-            if e.revision <= head {
-                continue; // sled had it: flushed before the segment was deleted
-            }
-            if e.revision != last + 1 {
+            // Consecutive from the first logged revision, which sled must
+            // already reach: a hole means lost commits.
+            let expected = head.map_or(e.revision.min(stored + 1), |h| h + 1);
+            if e.revision != expected {
                 return Err(corrupt(
                     "write-ahead log",
-                    format!("revision {} follows {last}", e.revision),
+                    format!(
+                        "revision {} where {expected} was due (the store is at {stored})",
+                        e.revision
+                    ),
                 ));
             }
             let change = Change {
@@ -403,16 +410,25 @@ pub(super) fn replay(
                 subject: e.subject,
                 secret,
             };
-            layout::write_change(&mut batch, &change, e.revision, event);
-            last = e.revision;
+            layout::write_change(&mut writes, &change, e.revision, event);
+            first.get_or_insert(e.revision);
+            head = Some(e.revision);
         }
-        if last > head {
-            oldest = layout::finish_batch(&mut batch, last, oldest, retention);
-            tree.apply_batch(batch)
-                .map_err(|e| io_error("replaying the write-ahead log", e))?;
-            replayed += last - head;
-            head = last;
-        }
+        let (Some(first), Some(last)) = (first, head) else {
+            continue;
+        };
+        // Events written again below the oldest kept go again too.
+        oldest = layout::finish_batch(&mut writes, last, oldest.min(first), retention);
+        writes
+            .apply(tree)
+            .map_err(|e| io_error("replaying the write-ahead log", e))?;
     }
-    Ok(replayed)
+    match head {
+        Some(h) if h < stored => Err(corrupt(
+            "write-ahead log",
+            format!("it ends at revision {h}, before the store's {stored}"),
+        )),
+        Some(h) => Ok(h),
+        None => Ok(stored),
+    }
 }

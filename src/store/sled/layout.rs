@@ -66,11 +66,40 @@ pub(super) fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
         .ok_or_else(|| corrupt("event key", format!("{k:?}")))
 }
 
+/// The writes of one commit, applied to sled one by one, in order. Not a
+/// `sled::Batch`: sled 0.34 writes out its log buffer twice for every batch
+/// (a write and a thread-pool wake-up each), and atomicity is the
+/// write-ahead log's job here. Every write sets a key to its value after
+/// the commit (or removes it), so applying them again, in log order, is
+/// harmless: what replay at open does.
+#[derive(Default)]
+pub(super) struct Writes(Vec<(Vec<u8>, Option<sled::IVec>)>);
+
+impl Writes {
+    pub(super) fn insert(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>) {
+        self.0.push((key, Some(value.into())));
+    }
+
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
+        self.0.push((key, None));
+    }
+
+    pub(super) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
+        for (key, value) in self.0 {
+            match value {
+                Some(v) => tree.insert(key, v)?,
+                None => tree.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+}
+
 /// Adds what `change`, committed at `revision`, writes: its record, the
 /// secret index entry it sets or erases (with a deleted token's last
 /// access), and its event, already encoded.
 pub(super) fn write_change(
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
     change: &Change,
     revision: Revision,
     event: impl Into<sled::IVec>,
@@ -79,7 +108,7 @@ pub(super) fn write_change(
         Subject::Token(t) => {
             batch.insert(token_key(&t.id), record::encode::<TokenRecord>(t));
             match &change.secret {
-                SecretOp::Set(hash) => batch.insert(secret_key(hash), t.id.as_str()),
+                SecretOp::Set(hash) => batch.insert(secret_key(hash), t.id.as_str().as_bytes()),
                 SecretOp::Erase(hash) => {
                     batch.remove(secret_key(hash));
                     batch.remove(access_key(&t.id));
@@ -92,23 +121,20 @@ pub(super) fn write_change(
     batch.insert(event_key(revision), event);
 }
 
-/// Ends a batch that commits up to `head`: the revision counter, and the
-/// removal of events beyond the newest `retention` (from `oldest`, the
-/// oldest one kept so far). Returns the oldest revision kept after it.
+/// Ends a batch that commits up to `head`: the removal of events beyond the
+/// newest `retention` (from `oldest`, the oldest one kept so far), then the
+/// revision counter, last. Returns the oldest revision kept after it.
 pub(super) fn finish_batch(
-    batch: &mut sled::Batch,
+    batch: &mut Writes,
     head: Revision,
     oldest: Revision,
     retention: u64,
 ) -> Revision {
-    batch.insert(K_REVISION, &head.to_be_bytes()[..]);
-    let keep_from = (head + 1).saturating_sub(retention).max(1);
-    if keep_from <= oldest {
-        return oldest;
-    }
+    let keep_from = (head + 1).saturating_sub(retention).max(1).max(oldest);
     for rev in oldest..keep_from {
         batch.remove(event_key(rev));
     }
+    batch.insert(K_REVISION.to_vec(), &head.to_be_bytes()[..]);
     keep_from
 }
 
