@@ -193,10 +193,7 @@ impl SledStore {
         // Room for every in-flight request of a busy server; beyond it callers
         // wait (backpressure) instead of queueing without bound.
         let (jobs, rx) = mpsc::channel(4 * commit::MAX_BATCH);
-        let writer_inner = inner.clone();
-        let writer = std::thread::Builder::new()
-            .name("tokend-writer".into())
-            .spawn(move || commit::writer_loop(writer_inner, wal, rx))
+        let writer = commit::start_writer(inner.clone(), wal, rx)
             .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
 
         // Last-access times reach the disk through the writer too.

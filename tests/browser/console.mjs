@@ -296,8 +296,12 @@ const scenarios = {
     await L.signIn(page, F.admin);
     await L.assertSecretNowhere(page, F.admin, "signed in");
     await page.evaluate((a) => (location.hash = `#/${a}/tokens`), F.other.id);
-    await page.waitForSelector(".notice-error");
-    check((await L.text(page, ".notice-error")).includes("doesn't exist, or you can't see it"), "another account's list: not found");
+    // Wait for this page's error, not any notice: under load the previous
+    // page's can still be on screen for a moment.
+    const notFound = await page
+      .waitForFunction(() => [...document.querySelectorAll(".notice-error")].some((n) => n.textContent.includes("doesn't exist, or you can't see it")), { timeout: 15000 })
+      .then(() => true, () => false);
+    check(notFound, `another account's list: not found (notices: ${JSON.stringify(await page.$$eval(".notice-error", (ns) => ns.map((n) => n.textContent)))})`);
     check(!(await L.text(page, "main")).includes(F.other.token.name), "none of its tokens is shown");
     await L.axe(page, "other account");
     await page.evaluate((a, t) => (location.hash = `#/${a}/tokens/${t}`), F.other.id, F.other.token.id);

@@ -49,13 +49,25 @@ const SEGMENT_BYTES: u64 = 16 << 20;
 
 /// The writer thread: the only code that writes to the log, and to sled
 /// after open.
-pub(super) fn writer_loop(inner: Arc<Inner>, wal: Wal, mut rx: mpsc::Receiver<Job>) {
-    let mut w = Writer {
-        checkpoints: Checkpoints::start(inner.clone(), wal.dir().to_path_buf()),
+/// Starts the writer thread (and its checkpoint thread) on `wal`.
+pub(super) fn start_writer(
+    inner: Arc<Inner>,
+    wal: Wal,
+    rx: mpsc::Receiver<Job>,
+) -> std::io::Result<JoinHandle<()>> {
+    let checkpoints = Checkpoints::start(inner.clone(), wal.dir().to_path_buf())?;
+    let w = Writer {
+        checkpoints,
         inner,
         wal,
         last_checkpoint: Instant::now(),
     };
+    std::thread::Builder::new()
+        .name("tokend-writer".into())
+        .spawn(move || writer_loop(w, rx))
+}
+
+fn writer_loop(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
     loop {
         let Some(first) = rx.blocking_recv() else {
             return;
@@ -265,7 +277,7 @@ impl Writer {
                 self.last_checkpoint = Instant::now();
                 self.checkpoints.request(closed_below);
             }
-            Err(e) => tracing::warn!(error = %e, "could not start a new log segment; will retry"),
+            Err(e) => poison(&self.inner, "starting a log segment", &e),
         }
     }
 
@@ -300,12 +312,26 @@ fn flush(inner: &Inner) -> Result<(), Error> {
         .map_err(|e| io_error("syncing to disk", e))
 }
 
+/// Stops all writes until a restart: after a failed sync (of the log,
+/// sled's file or the log's directory) the kernel may have dropped what it
+/// could not write and report success next time, so nothing on disk may be
+/// trusted, or deleted, until open has replayed the log again.
+fn poison(inner: &Inner, doing: &str, e: &dyn std::fmt::Display) {
+    tracing::error!(error = %e, "{doing} failed; refusing writes until restart");
+    inner.poisoned.store(true, Ordering::Release);
+}
+
 /// Flushes sled, then deletes the log segments below `closed_below`, whose
-/// every batch the flush covered.
+/// every batch the flush covered. Nothing is deleted once the store is
+/// poisoned: a flush that failed anywhere (this one, or the writer's on the
+/// same file) may be reported as a success after it.
 fn checkpoint(inner: &Inner, dir: &std::path::Path, closed_below: u64) -> Result<(), Error> {
     let started = Instant::now();
     flush(inner)?;
     fail::fail_point!("sled-checkpoint-flushed", |_| std::process::abort());
+    if inner.poisoned.load(Ordering::Acquire) {
+        return Err(io_error("checkpointing", "an earlier write failed"));
+    }
     Wal::remove_before(dir, closed_below).map_err(|e| io_error("removing log segments", e))?;
     metrics::histogram!(telemetry::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
     Ok(())
@@ -319,7 +345,7 @@ struct Checkpoints {
 }
 
 impl Checkpoints {
-    fn start(inner: Arc<Inner>, dir: PathBuf) -> Checkpoints {
+    fn start(inner: Arc<Inner>, dir: PathBuf) -> std::io::Result<Checkpoints> {
         let (requests, rx) = std::sync::mpsc::channel::<u64>();
         let busy = Arc::new(AtomicBool::new(false));
         let flag = busy.clone();
@@ -327,23 +353,23 @@ impl Checkpoints {
             .name("tokend-checkpoint".into())
             .spawn(move || {
                 for closed_below in rx {
+                    // Idle again when this one ends, however it ends.
+                    let _idle = Idle(&flag);
                     if skip_checkpoint() {
-                        flag.store(false, Ordering::Release);
                         continue;
                     }
                     if let Err(e) = checkpoint(&inner, &dir, closed_below) {
-                        // The segments stay: nothing is lost, open replays them.
-                        tracing::warn!(error = %e, "checkpoint failed; will retry");
+                        // The segments stay: nothing is lost, open replays
+                        // them. A retry could not be trusted (see poison).
+                        poison(&inner, "a checkpoint", &e);
                     }
-                    flag.store(false, Ordering::Release);
                 }
-            })
-            .ok();
-        Checkpoints {
+            })?;
+        Ok(Checkpoints {
             requests: Some(requests),
             busy,
-            thread,
-        }
+            thread: Some(thread),
+        })
     }
 
     fn busy(&self) -> bool {
@@ -364,6 +390,15 @@ impl Checkpoints {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Clears the checkpoint thread's busy flag when dropped.
+struct Idle<'a>(&'a AtomicBool);
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -393,9 +428,16 @@ pub(super) fn replay(
         let mut first = None;
         for Entry { secret, event } in entries {
             let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
-            // Consecutive from the first logged revision, which sled must
-            // already reach: a hole means lost commits.
-            let expected = head.map_or(e.revision.min(stored + 1), |h| h + 1);
+            // Increasing; consecutive past sled's revision, and the first
+            // one sled must already reach: a hole there means lost commits.
+            // (Below it, a hole is a checkpointed segment whose deletion
+            // reached the disk before an older one's.)
+            let prev = head.unwrap_or(0);
+            let expected = if e.revision <= stored && e.revision > prev {
+                e.revision
+            } else {
+                prev.max(stored) + 1
+            };
             if e.revision != expected {
                 return Err(corrupt(
                     "write-ahead log",

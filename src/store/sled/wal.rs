@@ -91,7 +91,13 @@ impl Wal {
     /// off; anything else that does not check out is an error. Appends go
     /// to a new segment.
     pub(super) fn open(dir: &Path) -> io::Result<(Wal, Vec<Vec<Entry>>)> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // The directory's own entry must survive a power loss too.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let found = segments(dir)?;
         let mut batches = Vec::new();
         for (i, (_, path)) in found.iter().enumerate() {
@@ -151,6 +157,8 @@ impl Wal {
     /// the store holds all they hold).
     pub(super) fn rotate(&mut self) -> io::Result<u64> {
         let next = self.sequence + 1;
+        // On failure the caller stops writing (a directory sync that failed
+        // cannot be retried safely); the next open starts after `next`.
         self.current = create_segment(&self.dir, next)?;
         self.sequence = next;
         self.len = 0;
@@ -190,10 +198,13 @@ fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// Reads the batches of one segment into `out`. In the `last` segment, a
-/// record that is cut short or fails its checksum and is the last thing in
-/// the file (or followed only by zeros) is a torn write: the file is cut
-/// back to before it.
+/// Reads the batches of one segment into `out`. A record that does not
+/// check out (cut short, a length that cannot be, a checksum that fails)
+/// is a torn write only in the `last` segment and only when no intact
+/// record follows it at any offset: the torn batch was the last append
+/// and never answered. Its bytes are set aside in `<segment>.torn` and the
+/// segment is cut back to before it. Anything else is corruption: refused,
+/// and nothing is changed.
 fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Result<()> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
@@ -205,10 +216,10 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                 out.push(entries);
                 at += size;
             }
-            Err(problem) => {
-                let torn = problem.reaches_end || bytes[at..].iter().all(|b| *b == 0);
-                if !(last && torn) {
-                    return Err(corrupt(path, at as u64, problem.what));
+            Err(what) => {
+                let intact_after = (at + 1..bytes.len()).any(|o| check_record(&bytes[o..]).is_ok());
+                if !last || intact_after {
+                    return Err(corrupt(path, at as u64, what));
                 }
                 tracing::warn!(
                     segment = %path.display(),
@@ -216,6 +227,9 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                     dropped_bytes = bytes.len() - at,
                     "write-ahead log ends in a torn write (a batch never answered); cutting it off"
                 );
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".torn");
+                std::fs::write(aside, &bytes[at..])?;
                 let file = OpenOptions::new().write(true).open(path)?;
                 file.set_len(at as u64)?;
                 file.sync_all()?;
@@ -226,39 +240,22 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
     Ok(())
 }
 
-struct Problem {
-    what: &'static str,
-    /// The bad record claims to run to the end of the file or past it.
-    reaches_end: bool,
-}
-
-/// The payload of the record at the start of `bytes` and the record's size.
-fn check_record(bytes: &[u8]) -> Result<(&[u8], usize), Problem> {
+/// The payload of the record at the start of `bytes` and the record's
+/// size, or what is wrong with it.
+fn check_record(bytes: &[u8]) -> Result<(&[u8], usize), &'static str> {
     if bytes.len() < HEADER {
-        return Err(Problem {
-            what: "a record header cut short",
-            reaches_end: true,
-        });
+        return Err("a record header cut short");
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if len == 0 || len > MAX_RECORD {
-        return Err(Problem {
-            what: "an impossible record length",
-            reaches_end: false,
-        });
+        return Err("an impossible record length");
     }
     let Some(payload) = bytes.get(HEADER..HEADER + len) else {
-        return Err(Problem {
-            what: "a record cut short",
-            reaches_end: true,
-        });
+        return Err("a record cut short");
     };
     if crc32fast::hash(payload) != crc {
-        return Err(Problem {
-            what: "a record that fails its checksum",
-            reaches_end: HEADER + len == bytes.len(),
-        });
+        return Err("a record that fails its checksum");
     }
     Ok((payload, HEADER + len))
 }
@@ -410,6 +407,40 @@ mod tests {
         assert!(e.to_string().contains("checksum"), "{e}");
         // Nothing was cut: the evidence stays for an operator to look at.
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_damaged_length_with_intact_records_after_it_is_refused() {
+        // A flipped bit in batch 2's length makes it claim to run past the
+        // end of the file; batch 3 after it is intact, so this cannot be a
+        // torn last write.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written(tmp.path(), 3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = HEADER + 1 + 32 + 4 + 8; // batch 1: entry(1), a Set
+        bytes[second + 2] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Wal::open(tmp.path()).err().expect("refused");
+        assert!(e.to_string().contains("cut short"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
+    }
+
+    #[test]
+    fn a_torn_header_over_garbage_is_a_torn_write() {
+        // The header's sector never reached the disk (zeros) while a later
+        // one of the same unanswered write did.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written(tmp.path(), 2);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[0; 8]).unwrap();
+        f.write_all(&[0x5a; 100]).unwrap();
+        drop(f);
+        assert_eq!(Wal::open(tmp.path()).unwrap().1.len(), 2);
+        let aside = std::fs::read(tmp.path().join(format!("{}.torn", segment_name(0)))).unwrap();
+        assert_eq!(aside.len(), 108, "the dropped bytes are kept aside");
     }
 
     #[test]
