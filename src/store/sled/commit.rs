@@ -47,9 +47,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// an open replays.
 const SEGMENT_BYTES: u64 = 16 << 20;
 
-/// The writer thread: the only code that writes to the log, and to sled
-/// after open.
-/// Starts the writer thread (and its checkpoint thread) on `wal`.
+/// Starts the writer thread, the only code that writes to the log (and to
+/// sled after open), and its checkpoint thread, on `wal`.
 pub(super) fn start_writer(
     inner: Arc<Inner>,
     wal: Wal,
