@@ -188,6 +188,11 @@ pub enum TokensCommand {
         #[arg(long, short)]
         yes: bool,
     },
+    /// A token's audit trail: its changes, newest first, as far back as the
+    /// server keeps history.
+    History {
+        id: String,
+    },
     /// Check a secret (from the argument, or stdin with `-`).
     Verify {
         secret: Option<String>,

@@ -325,3 +325,49 @@ async fn a_watch_whose_credential_is_deleted_prints_the_delete_then_exits_5() {
     assert_eq!(printed[0]["token"]["id"], own.id.as_str());
     assert_eq!(watcher.wait().unwrap().code(), Some(5));
 }
+
+#[tokio::test]
+async fn history_prints_a_tokens_changes_newest_first() {
+    let (p, _dir, t) = setup().await;
+    let rename = Command::new(BIN)
+        .args(["tokens", "update", &t.id, "--name", "ci deploy 2"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert!(rename.status.success(), "{rename:?}");
+    let out = Command::new(BIN)
+        .args(["tokens", "history", &t.id, "--output", "json"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["token"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("UPDATED", "ci deploy 2"), ("CREATED", "ci-deploy")]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["actor"].as_str().unwrap().starts_with("TKN-"))
+    );
+
+    // A token that does not exist: NOT_FOUND's exit code, and a plain message.
+    let missing = Command::new(BIN)
+        .args(["tokens", "history", "TKN-9999-9999"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("TKN-9999-9999"));
+}

@@ -22,8 +22,9 @@ pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
         ),
         Output::Table => {
             let t = e.token.clone().unwrap_or_default();
+            let at = e.time.as_ref().map(rfc3339).unwrap_or_default();
             println!(
-                "{:>8}  {:<9} {:<14} {:<30} {}",
+                "{at:<20}  {:>8}  {:<9} {:<14} {:<30} {}",
                 e.revision, kind, t.id, t.name, e.actor
             );
         }

@@ -1,5 +1,6 @@
 //! `tokend tokens …` except delete and watch: create, get, list, update,
-//! enable, disable and verify, each one call of `TokenService`.
+//! enable, disable, history and verify, each one call of `TokenService`
+//! (or its pages).
 //!
 //! Owns turning the command line into those requests and the exit code of
 //! `verify` (1 for a secret that does not verify). It must never print a
@@ -77,6 +78,23 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             })
             .await?;
             print_tokens(out, &all);
+        }
+        TokensCommand::History { id } => {
+            let events = all_pages(async |page_token| {
+                let r = c
+                    .list_token_events(pb::ListTokenEventsRequest {
+                        token_id: id.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((r.events, r.next_page_token))
+            })
+            .await?;
+            for e in &events {
+                output::print_event(out, e);
+            }
         }
         TokensCommand::Update {
             id,

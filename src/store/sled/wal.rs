@@ -19,9 +19,9 @@
 //!
 //! Owns segment files, framing, checksums and reading them back, including
 //! the repair of a torn tail (a batch whose write was cut short by a crash:
-//! never answered, so dropped). It must never drop a record that is
-//! followed by an intact one (that is corruption, refused at open), and
-//! never know about sled or the state.
+//! never answered, so dropped, its bytes kept aside in `<segment>.torn`).
+//! It must never drop a record that is followed by an intact one (that is
+//! corruption, refused at open), and never know about sled or the state.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
