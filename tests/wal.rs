@@ -167,10 +167,10 @@ async fn sled_flushed_ahead_of_a_log_truncation_keeps_every_acknowledged_write()
         return;
     }
     let (tmp, account) = prepared().await;
-    // The first checkpoint flushes sled, then the process dies before the
-    // segments it covered are deleted: at open they are all older than
-    // sled's revision.
-    let p = start(tmp.path(), "sled-checkpoint-flushed=return").await;
+    // The first checkpoint under load (the one before it is open's own)
+    // flushes sled, then the process dies before the segments it covered
+    // are deleted: at open they are all older than sled's revision.
+    let p = start(tmp.path(), "sled-checkpoint-flushed=1*off->return").await;
     let acked = create_until_dead(&p, &account, 200, Duration::from_millis(5)).await;
     assert!(acked.len() < 200, "the checkpoint never ran");
     drop(p);

@@ -146,22 +146,16 @@ impl SledStore {
         let log_file = std::fs::File::open(&sled_path)
             .map_err(|e| io_error(&format!("opening {}", sled_path.display()), e))?;
 
-        // What the last run committed but had not checkpointed: into sled,
-        // and flushed, before the state is read and anything is served.
+        // What the last run committed but had not checkpointed goes into
+        // sled before the state is read, and is checkpointed (below) before
+        // anything is served.
         let wal_dir = config.data_dir.join("wal");
         let (wal, logged) = Wal::open(&wal_dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => corrupt("write-ahead log", e),
             _ => io_error("opening the write-ahead log", e),
         })?;
         let retention = config.retention.max(1);
-        let replayed = logged.iter().map(Vec::len).sum::<usize>();
-        commit::replay(&tree, logged, retention)?;
-        db.flush().map_err(|e| io_error("flushing the replay", e))?;
-        log_file
-            .sync_data()
-            .map_err(|e| io_error("flushing the replay", e))?;
-        Wal::remove_before(&wal_dir, wal.sequence())
-            .map_err(|e| io_error("removing replayed log segments", e))?;
+        let replayed = commit::replay(&tree, logged, retention)?;
 
         let (state, access) = layout::restore(&tree)?;
         let page_key: [u8; 32] = tree
@@ -190,6 +184,7 @@ impl SledStore {
             poisoned: AtomicBool::new(false),
             hub,
         });
+        commit::checkpoint(&inner, &wal_dir, wal.sequence())?;
         // Room for every in-flight request of a busy server; beyond it callers
         // wait (backpressure) instead of queueing without bound.
         let (jobs, rx) = mpsc::channel(4 * commit::MAX_BATCH);

@@ -324,7 +324,11 @@ fn poison(inner: &Inner, doing: &str, e: &dyn std::fmt::Display) {
 /// every batch the flush covered. Nothing is deleted once the store is
 /// poisoned: a flush that failed anywhere (this one, or the writer's on the
 /// same file) may be reported as a success after it.
-fn checkpoint(inner: &Inner, dir: &std::path::Path, closed_below: u64) -> Result<(), Error> {
+pub(super) fn checkpoint(
+    inner: &Inner,
+    dir: &std::path::Path,
+    closed_below: u64,
+) -> Result<(), Error> {
     let started = Instant::now();
     flush(inner)?;
     fail::fail_point!("sled-checkpoint-flushed", |_| std::process::abort());
@@ -412,16 +416,16 @@ fn skip_checkpoint() -> bool {
 /// them, not only those past sled's revision counter: sled may have kept
 /// some writes of a batch and lost others, and every write sets a key to
 /// its value after that batch, so the log's order ends each key where the
-/// last commit left it. Returns the revision the log ends at (sled's own
-/// when the log is empty).
+/// last commit left it. Returns how many logged changes it applied.
 pub(super) fn replay(
     tree: &sled::Tree,
     batches: Vec<Vec<Entry>>,
     retention: u64,
-) -> Result<Revision, Error> {
+) -> Result<usize, Error> {
     let stored = layout::revision(tree)?;
     let mut oldest = layout::oldest_event(tree, stored)?;
     let mut head: Option<Revision> = None;
+    let mut applied = 0;
     for entries in batches {
         let mut writes = Writes::default();
         let mut first = None;
@@ -454,6 +458,7 @@ pub(super) fn replay(
             layout::write_change(&mut writes, &change, e.revision, event);
             first.get_or_insert(e.revision);
             head = Some(e.revision);
+            applied += 1;
         }
         let (Some(first), Some(last)) = (first, head) else {
             continue;
@@ -469,7 +474,6 @@ pub(super) fn replay(
             "write-ahead log",
             format!("it ends at revision {h}, before the store's {stored}"),
         )),
-        Some(h) => Ok(h),
-        None => Ok(stored),
+        _ => Ok(applied),
     }
 }
