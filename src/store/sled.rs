@@ -3,10 +3,12 @@
 //!
 //! Owns opening a data dir and reading from it. A commit is durable once
 //! its batch is in the log (`sled/wal.rs`), synced once for every command
-//! the writer took together; sled gets the batch in memory right after and
-//! reaches the disk in background checkpoints (`sled/commit.rs`, the write
-//! path). At open, sled is brought up to the log's end before anything is
-//! served. Readers use the published [`State`] and sled's event log.
+//! the writer took together (`sled/commit.rs`, the write path); sled gets
+//! the batch in memory right after, on the applier thread, and reaches the
+//! disk in background checkpoints (`sled/apply.rs`). At open, sled is
+//! brought up to the log's end before anything is served. Readers use the
+//! published [`State`], and sled's event log once sled has caught up with
+//! that state.
 //!
 //! The data dir: `db/` (sled; its layout and reading it back are in
 //! `sled/layout.rs`) and `wal/` (the log). It must never serve a revision
@@ -32,6 +34,7 @@ use crate::error::{Error, reason};
 use crate::hub::Hub;
 use crate::state::State;
 
+mod apply;
 mod commit;
 mod layout;
 mod wal;
@@ -59,6 +62,9 @@ struct Inner {
     tree: sled::Tree,
     /// The durable state; swapped by the writer after each log sync.
     state: RwLock<Arc<State>>,
+    /// The last revision sled holds (in memory); [`Revision::MAX`] once a
+    /// batch failed to apply, so that no reader waits for it forever.
+    applied: tokio::sync::watch::Sender<Revision>,
     oldest: AtomicU64,
     retention: u64,
     access: AccessLog,
@@ -69,6 +75,9 @@ struct Inner {
     /// then on memory and disk may disagree, so writes are refused until a
     /// restart re-reads the disk.
     poisoned: AtomicBool,
+    /// What poisoned it, first failure only: every refusal repeats it, so
+    /// the client's error says why, not only the log.
+    poison_cause: std::sync::OnceLock<String>,
     hub: Hub,
 }
 
@@ -80,6 +89,28 @@ enum Job {
     },
     PersistAccess,
     Close(oneshot::Sender<()>),
+}
+
+impl Inner {
+    /// Waits until sled holds every event up to `head`: the applier runs
+    /// behind the published state by a batch or two.
+    async fn caught_up(&self, head: Revision) -> Result<(), Error> {
+        let mut applied = self.applied.subscribe();
+        let reached = applied.wait_for(|&r| r >= head).await.map(|r| *r);
+        if matches!(reached, Ok(Revision::MAX)) {
+            return Err(self.refusal("reading the event log"));
+        }
+        Ok(())
+    }
+
+    /// The error of everything refused once the store is poisoned.
+    fn refusal(&self, doing: &str) -> Error {
+        let cause = self.poison_cause.get().map_or("", String::as_str);
+        io_error(
+            doing,
+            format!("an earlier write failed ({cause}); restart tokend"),
+        )
+    }
 }
 
 fn io_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -155,7 +186,7 @@ impl SledStore {
             _ => io_error("opening the write-ahead log", e),
         })?;
         let retention = config.retention.max(1);
-        let replayed = commit::replay(&tree, logged, retention)?;
+        let replayed = apply::replay(&tree, logged, retention)?;
 
         let (state, access) = layout::restore(&tree)?;
         let page_key: [u8; 32] = tree
@@ -176,15 +207,17 @@ impl SledStore {
             log_file,
             db,
             tree,
+            applied: tokio::sync::watch::Sender::new(state.revision()),
             state: RwLock::new(Arc::new(state)),
             oldest: AtomicU64::new(oldest),
             retention,
             access: AccessLog::new(config.access_interval, access),
             page_key,
             poisoned: AtomicBool::new(false),
+            poison_cause: std::sync::OnceLock::new(),
             hub,
         });
-        commit::checkpoint(&inner, &wal_dir, wal.sequence())?;
+        apply::checkpoint(&inner, &wal_dir, wal.sequence())?;
         // Room for every in-flight request of a busy server; beyond it callers
         // wait (backpressure) instead of queueing without bound.
         let (jobs, rx) = mpsc::channel(4 * commit::MAX_BATCH);
@@ -229,9 +262,10 @@ impl Store for SledStore {
     }
 
     async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error> {
-        // Bounded by the durable head: the writer puts events into sled before
-        // it flushes, and those must not be seen yet.
+        // Bounded by the published head (sled may already hold later ones),
+        // and read once sled has it all.
         let head = self.state().revision();
+        self.inner.caught_up(head).await?;
         let oldest = self.inner.oldest.load(Ordering::Acquire);
         if from < oldest && from <= head {
             return Err(Error::Compacted {
@@ -279,6 +313,7 @@ impl Store for SledStore {
         // A walk over up to `retention` records: off the async workers.
         let (inner, id) = (self.inner.clone(), id.clone());
         let head = self.state().revision();
+        inner.caught_up(head).await?;
         tokio::task::spawn_blocking(move || token_events(&inner, &id, head, before, max))
             .await
             .map_err(|e| Error::Internal(format!("reading a token's history: {e}")))?

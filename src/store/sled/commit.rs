@@ -1,35 +1,33 @@
 //! The write path of the embedded store: one writer thread, group commit
-//! through the write-ahead log, and checkpoints of sled in the background.
+//! through the write-ahead log.
 //!
 //! The writer takes every queued command, plans each against a working copy
 //! of the state (so later commands in a batch see earlier ones), appends the
 //! whole batch to the log as one record and `fdatasync`s it once: from then
-//! on it is durable. It then applies the same batch to sled in memory,
-//! publishes the new state, answers the callers and hands the events to the
-//! hub, in that order. One writer means revisions come out gap-free in
-//! commit order without locks, and concurrent writers share one sync.
+//! on it is durable. It then publishes the new state, answers the callers,
+//! hands the events to the hub and the batch's sled writes to the applier
+//! (`sled/apply.rs`), in that order. One writer means revisions come out
+//! gap-free in commit order without locks, and concurrent writers share one
+//! sync.
 //!
-//! sled reaches the disk in checkpoints: every [`CHECKPOINT_EVERY`] or
-//! [`SEGMENT_BYTES`] of log, the writer closes the log segment and the
-//! checkpoint thread flushes sled and `fdatasync`s its file, then deletes
-//! the segments sled now holds. At open, [`replay`] applies every logged
-//! batch past sled's revision counter again.
+//! Every [`CHECKPOINT_EVERY`] or [`SEGMENT_BYTES`] of log, the writer closes
+//! the log segment and queues a checkpoint behind its batches.
 //!
-//! It must never answer or publish before the log's sync returned, never
-//! delete a segment before sled's flush covering it returned, and never use
-//! sled's `flush_async` (it deadlocks under concurrency).
+//! It must never answer or publish before the log's sync returned, and
+//! never write to sled itself: sled gets batches only through the applier,
+//! in commit order.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::apply::{self, Applier, Work};
 use super::layout::{self, Writes};
-use super::wal::{Entry, Wal};
-use super::{Inner, Job, corrupt, io_error};
+use super::wal::Wal;
+use super::{Inner, Job, io_error};
 use crate::command::{self, Ctx, Plan};
 use crate::domain::{Event, Revision, Subject, TokenId};
 use crate::error::Error;
@@ -47,16 +45,16 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// an open replays.
 const SEGMENT_BYTES: u64 = 16 << 20;
 
-/// Starts the writer thread, the only code that writes to the log (and to
-/// sled after open), and its checkpoint thread, on `wal`.
+/// Starts the writer thread, the only code that writes to the log, and the
+/// applier thread behind it, on `wal`.
 pub(super) fn start_writer(
     inner: Arc<Inner>,
     wal: Wal,
     rx: mpsc::Receiver<Job>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let checkpoints = Checkpoints::start(inner.clone(), wal.dir().to_path_buf())?;
+    let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
     let w = Writer {
-        checkpoints,
+        applier,
         inner,
         wal,
         last_checkpoint: Instant::now(),
@@ -91,7 +89,7 @@ fn writer_loop(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
 struct Writer {
     inner: Arc<Inner>,
     wal: Wal,
-    checkpoints: Checkpoints,
+    applier: Applier,
     last_checkpoint: Instant,
 }
 
@@ -118,7 +116,7 @@ impl Writer {
         for job in jobs {
             match job {
                 Job::Apply { reply, .. } if poisoned => {
-                    let e = io_error("committing", "an earlier write failed; restart tokend");
+                    let e = inner.refusal("committing");
                     owed.push((reply, Err(e)));
                 }
                 Job::Apply { cmd, actor, reply } => {
@@ -188,8 +186,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "commit failed; refusing writes until restart");
-                    inner.poisoned.store(true, Ordering::Release);
+                    apply::poison(&inner, "a commit", &e);
                     events.clear();
                     // Every answer of the batch was planned against state that
                     // includes the failed changes (an allow_missing delete
@@ -214,8 +211,9 @@ impl Writer {
         close
     }
 
-    /// Makes one batch durable in the log, then applies it to sled. Access
-    /// times alone (no change) skip the log: they are flushed with sled.
+    /// Makes one batch durable in the log, then hands its sled writes to
+    /// the applier. Access times alone (no change) skip the log: sled is
+    /// flushed behind them instead.
     fn persist(
         &mut self,
         changes: &[Change],
@@ -254,11 +252,9 @@ impl Writer {
         let oldest = inner.oldest.load(Ordering::Acquire);
         let kept = layout::finish_batch(&mut writes, head, oldest, inner.retention);
         inner.oldest.store(kept, Ordering::Release);
-        writes
-            .apply(&inner.tree)
-            .map_err(|e| io_error("writing a batch", e))?;
+        self.applier.send(Work::Batch { writes, head });
         if changes.is_empty() {
-            flush(inner)?;
+            self.applier.send(Work::Flush);
         }
         Ok(())
     }
@@ -268,21 +264,22 @@ impl Writer {
     fn maybe_checkpoint(&mut self) {
         let due = self.wal.len() >= SEGMENT_BYTES
             || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
-        if !due || self.checkpoints.busy() || self.inner.poisoned.load(Ordering::Acquire) {
+        if !due || self.applier.checkpoint_busy() || self.inner.poisoned.load(Ordering::Acquire) {
             return;
         }
         match self.wal.rotate() {
             Ok(closed_below) => {
                 self.last_checkpoint = Instant::now();
-                self.checkpoints.request(closed_below);
+                self.applier.send(Work::Checkpoint(closed_below));
             }
-            Err(e) => poison(&self.inner, "starting a log segment", &e),
+            Err(e) => apply::poison(&self.inner, "starting a log segment", &e),
         }
     }
 
-    /// At shutdown: one last checkpoint, after which the log is empty.
+    /// At shutdown: sled catches up, then one last checkpoint, after which
+    /// the log is empty.
     fn close(&mut self) {
-        self.checkpoints.stop();
+        self.applier.stop();
         if self.inner.poisoned.load(Ordering::Acquire) {
             return;
         }
@@ -290,190 +287,9 @@ impl Writer {
             .wal
             .rotate()
             .map_err(|e| io_error("starting a log segment", e))
-            .and_then(|closed_below| checkpoint(&self.inner, self.wal.dir(), closed_below));
+            .and_then(|closed_below| apply::checkpoint(&self.inner, self.wal.dir(), closed_below));
         if let Err(e) = done {
             tracing::warn!(error = %e, "last checkpoint failed; the log is replayed at open");
         }
-    }
-}
-
-/// sled's flush ends in sync_file_range, which flushes neither the drive's
-/// write cache nor the file's size: not durable across a power loss. One
-/// fdatasync of its file after it makes it so.
-fn flush(inner: &Inner) -> Result<(), Error> {
-    inner
-        .db
-        .flush()
-        .map_err(|e| io_error("flushing to disk", e))?;
-    inner
-        .log_file
-        .sync_data()
-        .map_err(|e| io_error("syncing to disk", e))
-}
-
-/// Stops all writes until a restart: after a failed sync (of the log,
-/// sled's file or the log's directory) the kernel may have dropped what it
-/// could not write and report success next time, so nothing on disk may be
-/// trusted, or deleted, until open has replayed the log again.
-fn poison(inner: &Inner, doing: &str, e: &dyn std::fmt::Display) {
-    tracing::error!(error = %e, "{doing} failed; refusing writes until restart");
-    inner.poisoned.store(true, Ordering::Release);
-}
-
-/// Flushes sled, then deletes the log segments below `closed_below`, whose
-/// every batch the flush covered. Nothing is deleted once the store is
-/// poisoned: a flush that failed anywhere (this one, or the writer's on the
-/// same file) may be reported as a success after it.
-pub(super) fn checkpoint(
-    inner: &Inner,
-    dir: &std::path::Path,
-    closed_below: u64,
-) -> Result<(), Error> {
-    let started = Instant::now();
-    flush(inner)?;
-    fail::fail_point!("sled-checkpoint-flushed", |_| std::process::abort());
-    if inner.poisoned.load(Ordering::Acquire) {
-        return Err(io_error("checkpointing", "an earlier write failed"));
-    }
-    Wal::remove_before(dir, closed_below).map_err(|e| io_error("removing log segments", e))?;
-    metrics::histogram!(telemetry::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// The checkpoint thread, so that sled's flush never holds up a commit.
-struct Checkpoints {
-    requests: Option<std::sync::mpsc::Sender<u64>>,
-    busy: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Checkpoints {
-    fn start(inner: Arc<Inner>, dir: PathBuf) -> std::io::Result<Checkpoints> {
-        let (requests, rx) = std::sync::mpsc::channel::<u64>();
-        let busy = Arc::new(AtomicBool::new(false));
-        let flag = busy.clone();
-        let thread = std::thread::Builder::new()
-            .name("tokend-checkpoint".into())
-            .spawn(move || {
-                for closed_below in rx {
-                    // Idle again when this one ends, however it ends.
-                    let _idle = Idle(&flag);
-                    if skip_checkpoint() {
-                        continue;
-                    }
-                    if let Err(e) = checkpoint(&inner, &dir, closed_below) {
-                        // The segments stay: nothing is lost, open replays
-                        // them. A retry could not be trusted (see poison).
-                        poison(&inner, "a checkpoint", &e);
-                    }
-                }
-            })?;
-        Ok(Checkpoints {
-            requests: Some(requests),
-            busy,
-            thread: Some(thread),
-        })
-    }
-
-    fn busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
-    }
-
-    fn request(&self, closed_below: u64) {
-        if let Some(r) = &self.requests {
-            self.busy.store(true, Ordering::Release);
-            if r.send(closed_below).is_err() {
-                self.busy.store(false, Ordering::Release);
-            }
-        }
-    }
-
-    fn stop(&mut self) {
-        self.requests = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Clears the checkpoint thread's busy flag when dropped.
-struct Idle<'a>(&'a AtomicBool);
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-/// The crash tests' way to let the log run far ahead of sled.
-fn skip_checkpoint() -> bool {
-    fail::fail_point!("sled-checkpoint-skip", |_| true);
-    false
-}
-
-/// Applies every logged batch to sled again, oldest first, and flushes:
-/// what a crash between a log sync and a checkpoint left behind. All of
-/// them, not only those past sled's revision counter: sled may have kept
-/// some writes of a batch and lost others, and every write sets a key to
-/// its value after that batch, so the log's order ends each key where the
-/// last commit left it. Returns how many logged changes it applied.
-pub(super) fn replay(
-    tree: &sled::Tree,
-    batches: Vec<Vec<Entry>>,
-    retention: u64,
-) -> Result<usize, Error> {
-    let stored = layout::revision(tree)?;
-    let mut oldest = layout::oldest_event(tree, stored)?;
-    let mut head: Option<Revision> = None;
-    let mut applied = 0;
-    for entries in batches {
-        let mut writes = Writes::default();
-        let mut first = None;
-        for Entry { secret, event } in entries {
-            let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
-            // Increasing; consecutive past sled's revision, and the first
-            // one sled must already reach: a hole there means lost commits.
-            // (Below it, a hole is a checkpointed segment whose deletion
-            // reached the disk before an older one's.)
-            let prev = head.unwrap_or(0);
-            let expected = if e.revision <= stored && e.revision > prev {
-                e.revision
-            } else {
-                prev.max(stored) + 1
-            };
-            if e.revision != expected {
-                return Err(corrupt(
-                    "write-ahead log",
-                    format!(
-                        "revision {} where {expected} was due (the store is at {stored})",
-                        e.revision
-                    ),
-                ));
-            }
-            let change = Change {
-                kind: e.kind,
-                subject: e.subject,
-                secret,
-            };
-            layout::write_change(&mut writes, &change, e.revision, event);
-            first.get_or_insert(e.revision);
-            head = Some(e.revision);
-            applied += 1;
-        }
-        let (Some(first), Some(last)) = (first, head) else {
-            continue;
-        };
-        // Events written again below the oldest kept go again too.
-        oldest = layout::finish_batch(&mut writes, last, oldest.min(first), retention);
-        writes
-            .apply(tree)
-            .map_err(|e| io_error("replaying the write-ahead log", e))?;
-    }
-    match head {
-        Some(h) if h < stored => Err(corrupt(
-            "write-ahead log",
-            format!("it ends at revision {h}, before the store's {stored}"),
-        )),
-        _ => Ok(applied),
     }
 }

@@ -13,8 +13,8 @@
 //! Owns building and parsing these keys, the sled batch a committed change
 //! becomes (the same on the commit path and when the write-ahead log is
 //! replayed at open), and reading the whole layout back into a [`State`]
-//! at open. It must never apply a batch itself: only the writer thread and
-//! the replay at open do (`sled/commit.rs`).
+//! at open. It must never apply a batch itself: only the applier thread and
+//! the replay at open do (`sled/apply.rs`).
 
 use std::time::SystemTime;
 

@@ -1,0 +1,266 @@
+//! sled behind the log: the applier thread, checkpoints, and the replay at
+//! open.
+//!
+//! A committed batch is durable once the writer (`sled/commit.rs`) has
+//! synced it to the log; sled only has to catch up. The applier thread
+//! takes the writer's batches in commit order, applies them to sled in
+//! memory and advances the applied revision, which readers of sled's event
+//! log wait for (`SledStore::events`). The writer therefore answers and
+//! publishes without waiting for sled: sled's inserts, node splits and
+//! epoch garbage collection, about half the writer's time before, now run
+//! beside the next batch's `fdatasync` instead of ahead of it. This is
+//! etcd's shape: its raft loop persists the WAL and its backend applies and
+//! commits behind it.
+//!
+//! The same thread checkpoints: when the writer closes a log segment it
+//! queues a checkpoint behind that segment's batches, so the flush that
+//! follows covers all of them before the segment is deleted. At open,
+//! [`replay`] applies every logged batch again.
+//!
+//! It must never delete a segment before sled's flush covering it returned,
+//! never advance the applied revision past a batch it has not applied, and
+//! never use sled's `flush_async` (it deadlocks under concurrency).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::layout::{self, Writes};
+use super::wal::{Entry, Wal};
+use super::{Inner, corrupt, io_error};
+use crate::domain::Revision;
+use crate::error::Error;
+use crate::state::Change;
+use crate::store::record::EventRecord;
+use crate::telemetry;
+
+/// Batches the writer may run ahead of sled before it waits: room for a
+/// checkpoint's flush (milliseconds) at full speed.
+const QUEUE: usize = 4096;
+
+/// What the writer hands the applier, in commit order.
+pub(super) enum Work {
+    /// A committed batch's writes; `head` is its last revision.
+    Batch { writes: Writes, head: Revision },
+    /// Make what sled holds durable (last-access times, which skip the log).
+    Flush,
+    /// Flush, then delete the log segments below this sequence.
+    Checkpoint(u64),
+}
+
+/// The writer's handle on the applier thread.
+pub(super) struct Applier {
+    queue: Option<SyncSender<Work>>,
+    /// A checkpoint is queued or running.
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Applier {
+    pub(super) fn start(inner: Arc<Inner>, wal_dir: PathBuf) -> std::io::Result<Applier> {
+        let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
+        let busy = Arc::new(AtomicBool::new(false));
+        let flag = busy.clone();
+        let thread = std::thread::Builder::new()
+            .name("tokend-apply".into())
+            .spawn(move || apply_loop(&inner, &wal_dir, &flag, rx))?;
+        Ok(Applier {
+            queue: Some(queue),
+            busy,
+            thread: Some(thread),
+        })
+    }
+
+    pub(super) fn send(&self, work: Work) {
+        if let Some(q) = &self.queue {
+            if let Work::Checkpoint(_) = work {
+                self.busy.store(true, Ordering::Release);
+            }
+            // Only fails once the thread is gone, which only a panic does;
+            // the log still holds everything.
+            let _ = q.send(work);
+        }
+    }
+
+    pub(super) fn checkpoint_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Waits until everything queued is applied (and checkpointed).
+    pub(super) fn stop(&mut self) {
+        self.queue = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Work>) {
+    let mut next = rx.recv().ok();
+    // Once a batch failed to apply, sled lacks it for good (until a restart
+    // replays the log): readers are told so instead of waiting for it.
+    let mut broken = false;
+    while let Some(work) = next.take() {
+        match work {
+            Work::Batch { writes, mut head } => {
+                let mut result = writes.apply(&inner.tree);
+                // Everything queued behind it too, before readers are told:
+                // one wake-up for a run of batches.
+                loop {
+                    match rx.try_recv() {
+                        Ok(Work::Batch { writes, head: h }) => {
+                            result = result.and_then(|()| writes.apply(&inner.tree));
+                            head = h;
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+                if let Err(e) = result {
+                    poison(inner, "applying a batch to sled", &e);
+                    broken = true;
+                }
+                inner
+                    .applied
+                    .send_replace(if broken { Revision::MAX } else { head });
+            }
+            Work::Flush => {
+                if let Err(e) = flush(inner) {
+                    poison(inner, "flushing last-access times", &e);
+                }
+            }
+            Work::Checkpoint(closed_below) => {
+                if !skip_checkpoint() {
+                    if let Err(e) = checkpoint(inner, wal_dir, closed_below) {
+                        // The segments stay: nothing is lost, open replays
+                        // them. A retry could not be trusted (see poison).
+                        poison(inner, "a checkpoint", &e);
+                    }
+                }
+                busy.store(false, Ordering::Release);
+            }
+        }
+        if next.is_none() {
+            next = rx.recv().ok();
+        }
+    }
+}
+
+/// sled's flush ends in sync_file_range, which flushes neither the drive's
+/// write cache nor the file's size: not durable across a power loss. One
+/// fdatasync of its file after it makes it so.
+fn flush(inner: &Inner) -> Result<(), Error> {
+    inner
+        .db
+        .flush()
+        .map_err(|e| io_error("flushing to disk", e))?;
+    inner
+        .log_file
+        .sync_data()
+        .map_err(|e| io_error("syncing to disk", e))
+}
+
+/// Stops all writes until a restart: after a failed sync (of the log,
+/// sled's file or the log's directory) the kernel may have dropped what it
+/// could not write and report success next time, so nothing on disk may be
+/// trusted, or deleted, until open has replayed the log again.
+pub(super) fn poison(inner: &Inner, doing: &str, e: &dyn std::fmt::Display) {
+    tracing::error!(error = %e, "{doing} failed; refusing writes until restart");
+    let _ = inner.poison_cause.set(format!("{doing}: {e}"));
+    inner.poisoned.store(true, Ordering::Release);
+}
+
+/// Flushes sled, then deletes the log segments below `closed_below`, whose
+/// every batch the flush covered. Nothing is deleted once the store is
+/// poisoned: a flush that failed anywhere (this one, or another on the same
+/// file) may be reported as a success after it.
+pub(super) fn checkpoint(inner: &Inner, dir: &Path, closed_below: u64) -> Result<(), Error> {
+    let started = Instant::now();
+    flush(inner)?;
+    fail::fail_point!("sled-checkpoint-flushed", |_| std::process::abort());
+    if inner.poisoned.load(Ordering::Acquire) {
+        return Err(io_error("checkpointing", "an earlier write failed"));
+    }
+    Wal::remove_before(dir, closed_below).map_err(|e| io_error("removing log segments", e))?;
+    metrics::histogram!(telemetry::CHECKPOINT_DURATION).record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The crash tests' way to let the log run far ahead of sled.
+fn skip_checkpoint() -> bool {
+    fail::fail_point!("sled-checkpoint-skip", |_| true);
+    false
+}
+
+/// Applies every logged batch to sled again, oldest first, and flushes:
+/// what a crash between a log sync and a checkpoint left behind. All of
+/// them, not only those past sled's revision counter: sled may have kept
+/// some writes of a batch and lost others, and every write sets a key to
+/// its value after that batch, so the log's order ends each key where the
+/// last commit left it. Returns how many logged changes it applied.
+pub(super) fn replay(
+    tree: &sled::Tree,
+    batches: Vec<Vec<Entry>>,
+    retention: u64,
+) -> Result<usize, Error> {
+    let stored = layout::revision(tree)?;
+    let mut oldest = layout::oldest_event(tree, stored)?;
+    let mut head: Option<Revision> = None;
+    let mut applied = 0;
+    for entries in batches {
+        let mut writes = Writes::default();
+        let mut first = None;
+        for Entry { secret, event } in entries {
+            let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
+            // Increasing; consecutive past sled's revision, and the first
+            // one sled must already reach: a hole there means lost commits.
+            // (Below it, a hole is a checkpointed segment whose deletion
+            // reached the disk before an older one's.)
+            let prev = head.unwrap_or(0);
+            let expected = if e.revision <= stored && e.revision > prev {
+                e.revision
+            } else {
+                prev.max(stored) + 1
+            };
+            if e.revision != expected {
+                return Err(corrupt(
+                    "write-ahead log",
+                    format!(
+                        "revision {} where {expected} was due (the store is at {stored})",
+                        e.revision
+                    ),
+                ));
+            }
+            let change = Change {
+                kind: e.kind,
+                subject: e.subject,
+                secret,
+            };
+            layout::write_change(&mut writes, &change, e.revision, event);
+            first.get_or_insert(e.revision);
+            head = Some(e.revision);
+            applied += 1;
+        }
+        let (Some(first), Some(last)) = (first, head) else {
+            continue;
+        };
+        // Events written again below the oldest kept go again too.
+        oldest = layout::finish_batch(&mut writes, last, oldest.min(first), retention);
+        writes
+            .apply(tree)
+            .map_err(|e| io_error("replaying the write-ahead log", e))?;
+    }
+    match head {
+        Some(h) if h < stored => Err(corrupt(
+            "write-ahead log",
+            format!("it ends at revision {h}, before the store's {stored}"),
+        )),
+        _ => Ok(applied),
+    }
+}
