@@ -13,6 +13,7 @@
 mod floor;
 mod mesh;
 mod peers;
+mod profile;
 mod report;
 mod scenarios;
 
@@ -41,6 +42,11 @@ struct Args {
     /// the tokend at this URL.
     #[arg(long, hide = true)]
     cache_probe: Option<String>,
+    /// Profile one delete run (scripts/profile.sh): start tokend alone, seed,
+    /// then record its CPU with `perf record` into this file while this
+    /// many clients delete.
+    #[arg(long, value_names = ["CLIENTS", "PERF_DATA"], num_args = 2)]
+    profile_deletes: Vec<String>,
     /// Internal: be the floor server (floor.rs).
     #[arg(long, hide = true, num_args = 3, value_names = ["LISTEN", "METRICS", "DIR"])]
     floor_server: Vec<String>,
@@ -117,6 +123,10 @@ async fn main() {
     if let [listen, metrics, dir] = &args.floor_server[..] {
         let addr = |a: &str| a.parse().expect("a socket address");
         return floor::serve(addr(listen), addr(metrics), dir.as_ref()).await;
+    }
+    if let [clients, out] = &args.profile_deletes[..] {
+        let clients = clients.parse().expect("a number of clients");
+        return profile::deletes(clients, out.as_ref()).await;
     }
     let sizes = if args.smoke {
         Sizes::smoke()

@@ -200,7 +200,15 @@ impl CpuMeter {
 
 /// `clients` clients, each on its own connection, delete `n` fresh items.
 pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throughput {
-    let items = Arc::new(seed(peer, n, 32).await);
+    let items = seed(peer, n, 32).await;
+    delete_all(peer, clients, items).await
+}
+
+/// `clients` clients, each on its own connection, delete `items`: the timed
+/// part of [`deletes`].
+pub async fn delete_all<P: Peer>(peer: &Arc<P>, clients: usize, items: Vec<Item>) -> Throughput {
+    let n = items.len();
+    let items = Arc::new(items);
     let fsyncs = peer.fsyncs();
     let cpu = CpuMeter::start(peer.pid());
     let next = Arc::new(AtomicUsize::new(0));
