@@ -18,7 +18,7 @@ PARTS = [
     ("planning + in-memory state", [r"command::plan", r"state::State", r"^imbl::"]),
     ("publishing events to watchers", [r"hub::Hub", r"tokend::watch::"]),
     ("authentication", [r"tokend::auth::", r"tokend::caller::"]),
-    ("metrics + logs", [r"^metrics", r"^tracing", r"telemetry::"]),
+    ("metrics + logs", [r"^metrics", r"^tracing"]),
     ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::writer_loop", r"apply::apply_loop"]),
     ("gRPC + HTTP/2 (the floor's stack too)", [r"^h2::", r"^hyper", r"^tonic", r"^tower", r"^prost", r"^axum", r"^http::"]),
     ("tokio runtime + sockets", [r"^tokio::", r"^mio::"]),

@@ -195,10 +195,18 @@ impl State {
                 self.accounts.insert(a.id.clone(), Arc::new(a.clone()));
             }
             Subject::Token(t) => {
-                self.account_tokens
-                    .entry(t.account_id.clone())
-                    .or_default()
-                    .insert(t.id.clone());
+                // A persistent map copies the path to every key it writes,
+                // even one already there: only a new token joins its account.
+                let listed = self
+                    .account_tokens
+                    .get(&t.account_id)
+                    .is_some_and(|ids| ids.contains(&t.id));
+                if !listed {
+                    self.account_tokens
+                        .entry(t.account_id.clone())
+                        .or_default()
+                        .insert(t.id.clone());
+                }
                 self.tokens.insert(t.id.clone(), Arc::new(t.clone()));
             }
         }
