@@ -235,7 +235,10 @@ fn sync_names(data_dir: &std::path::Path, created: bool) -> std::io::Result<()> 
         Some(p) if p.as_os_str().is_empty() => Some(std::path::Path::new(".")),
         p => p,
     };
-    for dir in [Some(db.as_path()), Some(data_dir), parent].into_iter().flatten() {
+    for dir in [Some(db.as_path()), Some(data_dir), parent]
+        .into_iter()
+        .flatten()
+    {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
