@@ -23,6 +23,12 @@ if ! have jq; then
   echo "installing jq"
   apt-get update -qq && apt-get install -y -qq jq >/dev/null
 fi
+# The power-cut tests (tests/powercut.rs, tests/powerfs.rs) mount a FUSE
+# file system in-process: fuser mounts it through fusermount3 (Debian's fuse3).
+if ! have fusermount3; then
+  echo "installing fuse3 (Debian)"
+  apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null
+fi
 # The console's browser tests (tests/console.rs) drive Debian's chromium
 # with puppeteer-core, and check each screen with axe-core: both come from
 # web/node_modules (scripts/web.sh deps: npm ci, which needs node).

@@ -19,6 +19,10 @@
 //! - [`process`]: [`Process`], the `tokend` binary spawned as a child.
 //! - [`backend`]: sled or the test etcd cluster, and [`sled_only`] tests.
 //! - [`etcd`]: etcd clusters of its own, for tests/replicas.rs.
+//! - [`workload`], [`checks`]: the crash suites' load, ledger and
+//!   kill-and-restart cycles, and what a restart owes the clients.
+//! - [`powerfs`]: a FUSE file system that loses what was not fsynced at a
+//!   power cut, for tests/powercut.rs.
 //!
 //! Every test binary includes this module and uses a part of it, hence the
 //! `allow(dead_code)`.
@@ -27,9 +31,12 @@
 
 pub mod api;
 pub mod backend;
+pub mod checks;
 pub mod etcd;
+pub mod powerfs;
 pub mod process;
 pub mod server;
+pub mod workload;
 
 // A test binary may take nothing from one of them.
 #[allow(unused_imports)]
