@@ -66,7 +66,17 @@ fn a_data_dir_that_is_not_writable_fails_start_up_in_one_line() {
     if unsafe { libc::geteuid() } == 0 {
         cmd.uid(65534).gid(65534);
     }
-    let out = cmd.output().unwrap();
+    // Another test thread forking while the copy was open for writing holds
+    // that descriptor until its exec: running the copy then fails with
+    // ETXTBSY ("Text file busy") for a moment.
+    let out = loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let line = stderr.lines().last().unwrap_or_default();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
