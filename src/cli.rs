@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::listener::Limits;
 use crate::server::{Config, TlsFiles};
 use crate::service::AuthzConfig;
 use crate::web::WebConfig;
@@ -337,6 +338,18 @@ pub struct ServeArgs {
     /// Do not serve the web console at `/` (gRPC-Web stays on).
     #[arg(long, env = "TOKEND_NO_CONSOLE")]
     pub no_console: bool,
+    /// TCP connections open at once; one more is closed as soon as it is
+    /// accepted (counted in tokend_connections_closed_total{reason="cap"}).
+    #[arg(long, env = "TOKEND_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// A connection that has not started a call by then (TLS handshake,
+    /// HTTP/2 preface and headers included) is closed.
+    #[arg(long, env = "TOKEND_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub first_request_timeout: Duration,
+    /// A connection with no call open for this long is closed (gRPC's
+    /// MAX_CONNECTION_IDLE); clients reconnect on their next call.
+    #[arg(long, env = "TOKEND_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 /// A browser origin: `scheme://host[:port]`, nothing after it, as browsers
@@ -400,6 +413,11 @@ impl ServeArgs {
             web: WebConfig {
                 allowed_origins: self.cors_origins.clone(),
                 console: !self.no_console,
+            },
+            limits: Limits {
+                max_connections: self.max_connections as usize,
+                first_request_timeout: self.first_request_timeout,
+                idle_timeout: self.idle_timeout,
             },
             ..Config::new(self.listen, self.data_dir.clone())
         }

@@ -8,7 +8,8 @@
 //! - [`store`]: commits plans durably under the next global revision (sled by default).
 //! - [`watch`]: fans committed events out to `WatchTokens` streams.
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
-//! - [`server`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it.
+//! - [`server`], [`listener`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it
+//!   ([`listener`]: the port's defences against connection floods).
 //! - [`client`]: for other Rust programs, [`client::TokenCache`], a verifier
 //!   in their own memory that the watch stream keeps current.
 
@@ -22,6 +23,7 @@ pub mod console;
 pub mod domain;
 pub mod error;
 pub mod hub;
+pub mod listener;
 pub mod proto;
 pub mod query;
 pub mod secret;

@@ -28,6 +28,12 @@ async fn main() {
 }
 
 async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error> {
+    // Connections are limited by --max-connections, not by the kernel's
+    // default of 1,024 open files per process.
+    match tokend::listener::raise_file_limit() {
+        Ok(limit) => tracing::info!(limit, "open files allowed"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let running = tokend::server::start(args.config()).await?;
     let stop = running_shutdown_signal();
     tokio::pin!(stop);

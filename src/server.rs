@@ -19,13 +19,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::{Certificate, Identity};
 use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
 use crate::error::Error;
 use crate::hub::Hub;
+use crate::listener::{self, CallCounter, Limits};
 use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::{Authz, AuthzConfig, Service};
@@ -67,6 +68,8 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// Browsers: gRPC-Web origins and the console.
     pub web: WebConfig,
+    /// Open connections at most, and how long one may stay without a call.
+    pub limits: Limits,
 }
 
 /// PEM files for TLS; with `client_ca`, clients must present a certificate
@@ -102,6 +105,7 @@ impl Config {
                 allowed_origins: Vec::new(),
                 console: true,
             },
+            limits: Limits::default(),
         }
     }
 }
@@ -234,12 +238,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    // Socket options must be set here: the builder's tcp_nodelay/keepalive
-    // only apply when tonic binds the port itself. Without TCP_NODELAY a
-    // response of two segments waits ~40 ms for a delayed ACK.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming = listener::incoming(listener, config.limits, shutdown.clone());
 
     let auth = Authenticator::new(store.clone());
     let limit = config.max_request_bytes;
@@ -287,10 +286,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .max_concurrent_streams(config.max_streams_per_connection)
         // Applies to producing a response, so streams are not cut by it.
         .timeout(config.request_timeout)
-        // Outside in: CORS answers preflights, the edge refuses other
+        // A header list this long is no gRPC call (hyper's default is 16 MiB).
+        .http2_max_header_list_size(Some(64 * 1024))
+        // Outside in: every call counts as open on its connection (the idle
+        // and first-request deadlines of src/listener.rs); CORS answers preflights, the edge refuses other
         // origins' pages and answers GETs with the console, gRPC-Web
         // becomes gRPC; then
         // every call is one gRPC call like any other.
+        .layer(CallCounter)
         .layer(crate::web::cors(&config.web))
         .layer(Edge::new(&config.web))
         .layer(tonic_web::GrpcWebLayer::new())

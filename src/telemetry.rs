@@ -27,6 +27,9 @@ pub const COMMIT_BATCH_SIZE: &str = "tokend_commit_batch_size";
 pub const CHECKPOINT_DURATION: &str = "tokend_checkpoint_duration_seconds";
 pub const STORE_SIZE: &str = "tokend_store_size_bytes";
 pub const AUTHZ_CHECKS: &str = "tokend_authz_checks_total";
+pub const CONNECTIONS_OPEN: &str = "tokend_connections_open";
+pub const CONNECTIONS_CLOSED: &str = "tokend_connections_closed_total";
+pub const ACCEPT_ERRORS: &str = "tokend_accept_errors_total";
 
 /// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
@@ -58,6 +61,19 @@ fn describe() {
         "Time to answer an RPC (for streams: to open it)"
     );
     describe_gauge!(WATCH_STREAMS_OPEN, "WatchTokens streams open now");
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "TCP connections open now, under --max-connections"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections tokend closed: reason cap (over --max-connections), \
+         first_request_timeout, idle"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts that made the listener back off (reason descriptors)"
+    );
     describe_counter!(
         AUTHZ_CHECKS,
         "ext_authz Checks answered, by decision (allow, or the denial reason)"

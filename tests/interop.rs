@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 #[tokio::test]
@@ -29,25 +28,6 @@ async fn the_python_grpcio_client_sees_its_own_deletion_on_the_stream() {
     );
     assert!(stdout.contains("watcher saw DELETED"), "{stdout}");
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
-}
-
-/// `GET /metrics`, as Prometheus would.
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: tokend\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-/// The value of the first sample whose line starts with `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

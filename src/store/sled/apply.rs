@@ -136,12 +136,12 @@ fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Wor
                 }
             }
             Work::Checkpoint(closed_below) => {
-                if !skip_checkpoint() {
-                    if let Err(e) = checkpoint(inner, wal_dir, closed_below) {
-                        // The segments stay: nothing is lost, open replays
-                        // them. A retry could not be trusted (see poison).
-                        poison(inner, "a checkpoint", &e);
-                    }
+                if !skip_checkpoint()
+                    && let Err(e) = checkpoint(inner, wal_dir, closed_below)
+                {
+                    // The segments stay: nothing is lost, open replays
+                    // them. A retry could not be trusted (see poison).
+                    poison(inner, "a checkpoint", &e);
                 }
                 busy.store(false, Ordering::Release);
             }
