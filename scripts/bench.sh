@@ -7,6 +7,10 @@
 #                                 those scenarios only (fan-out, deletes, lookups,
 #                                 catch-up, mesh, floors); the report goes to a
 #                                 temp file, BENCHMARKS.md stays as it is
+#   scripts/bench.sh --profile-base REV
+#                                 the full run, then where a delete's CPU goes
+#                                 (scripts/profile.sh), here and at REV, appended
+#                                 to BENCHMARKS.md; needs perf, adds ~10 minutes
 #   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
@@ -44,8 +48,22 @@ case "${1:-}" in
     cargo build -q --release --features bench --bins
     exec target/release/tokend-bench --out BENCHMARKS.md
     ;;
+  --profile-base)
+    base="${2:?--profile-base takes a git revision}"
+    cargo build -q --release --features bench --bins
+    target/release/tokend-bench --out BENCHMARKS.md
+    profile="$(scripts/profile.sh 32 --base "$base")"
+    {
+      echo
+      echo "## 9. Where a delete's CPU goes"
+      echo
+      echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. Reproduce with \`scripts/profile.sh 32 --base $base\`. Function names differ between the two builds: before the write-ahead log, sled's own flush was the commit, so its fsync counts under *sled*, and the old writer's waiting falls under *other*."
+      echo
+      echo "$profile"
+    } >>BENCHMARKS.md
+    ;;
   *)
-    echo "usage: $0 [--smoke | --install | --only SCENARIOS]" >&2
+    echo "usage: $0 [--smoke | --install | --only SCENARIOS | --profile-base REV]" >&2
     exit 2
     ;;
 esac
