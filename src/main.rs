@@ -28,7 +28,7 @@ async fn main() {
 }
 
 async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error> {
-    let running = tokend::server::start(args.config()).await?;
+    let running = tokend::server::start(args.config()?).await?;
     let stop = running_shutdown_signal();
     tokio::pin!(stop);
     stop.await;
