@@ -139,8 +139,8 @@ impl EtcdCluster {
 
     /// Runs `etcdctl` against every member, over TLS with `client` (a CA
     /// bundle, certificate and key) on a TLS cluster, as `user` (`name:pw`)
-    /// when given. Panics with its output unless it succeeds.
-    pub fn etcdctl(&self, client: Option<&ServerTls>, user: Option<&str>, args: &[&str]) {
+    /// when given. Its stdout; panics with its output unless it succeeds.
+    pub fn etcdctl(&self, client: Option<&ServerTls>, user: Option<&str>, args: &[&str]) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         let urls: Vec<String> = self
             .clients
@@ -168,6 +168,7 @@ impl EtcdCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8(out.stdout).expect("etcdctl prints UTF-8")
     }
 
     /// Kills member `i` (SIGKILL): the rest keep a quorum when n ≥ 3.
