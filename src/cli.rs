@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::error::Error;
 use crate::server::{Config, TlsFiles};
 use crate::service::AuthzConfig;
 use crate::web::WebConfig;
@@ -394,7 +393,10 @@ pub struct EtcdArgs {
 
 impl EtcdArgs {
     /// `--store` with these flags, refused when they do not fit it.
-    pub fn store(&self, store: &crate::store::Backend) -> Result<crate::store::Backend, Error> {
+    pub fn store(
+        &self,
+        store: &crate::store::Backend,
+    ) -> Result<crate::store::Backend, crate::error::Error> {
         let security = crate::store::EtcdSecurity {
             ca: self.etcd_ca.clone(),
             cert: self.etcd_cert.clone(),
@@ -405,7 +407,7 @@ impl EtcdArgs {
         store
             .clone()
             .secured(security)
-            .map_err(|e| Error::invalid("store", e))
+            .map_err(|e| crate::error::Error::invalid("store", e))
     }
 }
 
@@ -421,9 +423,14 @@ impl ServeArgs {
 
     /// The server's configuration; refused when flags contradict each other
     /// (an `--etcd-*` flag that does not fit `--store`).
-    pub fn config(&self) -> Result<Config, Error> {
-        Ok(Config {
-            store: self.etcd.store(&self.store)?,
+    pub fn config(&self) -> Result<Config, crate::error::Error> {
+        let store = self.etcd.store(&self.store)?;
+        Ok(self.config_on(store))
+    }
+
+    fn config_on(&self, store: crate::store::Backend) -> Config {
+        Config {
+            store,
             retention: self.retention,
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,
@@ -451,7 +458,7 @@ impl ServeArgs {
                 console: !self.no_console,
             },
             ..Config::new(self.listen, self.data_dir.clone())
-        })
+        }
     }
 }
 
