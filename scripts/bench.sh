@@ -15,12 +15,15 @@
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
 # Needs Debian's etcd-server (the peer) and protobuf-compiler (the etcd
-# client's build runs protoc); both are installed when missing.
+# client's build runs protoc); both are installed when missing, and so is
+# etcd-client (etcdctl, for the test suite's secured cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
+# etcdctl: tests/etcd_secure.rs sets up etcd users, roles and auth with it.
+command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]}" >&2

@@ -35,6 +35,9 @@ pub enum LogFormat {
     Json,
 }
 
+// `Serve` is by far the largest: one value, parsed once at start, so a box
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gRPC server.
@@ -274,9 +277,12 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// Where records live: `sled` (embedded, in --data-dir; one replica) or
     /// `etcd://host:port[,host:port…][/prefix]` (shared by any number of
-    /// replicas; --data-dir then only holds operator.token).
+    /// replicas; --data-dir then only holds operator.token); `etcds://…`
+    /// for TLS to the members (with --etcd-ca).
     #[arg(long, env = "TOKEND_STORE", default_value = "sled")]
     pub store: crate::store::Backend,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Events kept for `start_revision` replays; older ones are compacted.
     #[arg(long, env = "TOKEND_RETENTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention: u64,
@@ -375,6 +381,49 @@ fn header_name(s: &str) -> Result<String, String> {
         .map_err(|_| format!("{s:?} is not an HTTP header name"))
 }
 
+/// A secured etcd cluster (README, "Running on a secured etcd"). The
+/// password only ever comes from a file: command lines and environments are
+/// readable by others on the machine.
+#[derive(clap::Args, Debug, Default)]
+pub struct EtcdArgs {
+    /// PEM CA bundle that signed the etcd members' certificates; needs
+    /// `--store etcds://…`.
+    #[arg(long, env = "TOKEND_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate, for clusters with --client-cert-auth.
+    #[arg(long, env = "TOKEND_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "TOKEND_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user to log in as, on clusters with authentication enabled.
+    #[arg(long, env = "TOKEND_ETCD_USER", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// A file holding --etcd-user's password (one trailing newline ignored).
+    #[arg(long, env = "TOKEND_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// `--store` with these flags, refused when they do not fit it.
+    pub fn store(
+        &self,
+        store: &crate::store::Backend,
+    ) -> Result<crate::store::Backend, crate::error::Error> {
+        let security = crate::store::EtcdSecurity {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+        };
+        store
+            .clone()
+            .secured(security)
+            .map_err(|e| crate::error::Error::invalid("store", e))
+    }
+}
+
 impl ServeArgs {
     /// Every setting as plain `tokend serve` takes it (`TOKEND_*` variables
     /// included): what manifests and examples must agree with.
@@ -385,9 +434,16 @@ impl ServeArgs {
         }
     }
 
-    pub fn config(&self) -> Config {
+    /// The server's configuration; refused when flags contradict each other
+    /// (an `--etcd-*` flag that does not fit `--store`).
+    pub fn config(&self) -> Result<Config, crate::error::Error> {
+        let store = self.etcd.store(&self.store)?;
+        Ok(self.config_on(store))
+    }
+
+    fn config_on(&self, store: crate::store::Backend) -> Config {
         Config {
-            store: self.store.clone(),
+            store,
             retention: self.retention,
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,

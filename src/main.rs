@@ -34,7 +34,7 @@ async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error>
         Ok(limit) => tracing::info!(limit, "open files allowed"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let running = tokend::server::start(args.config()).await?;
+    let running = tokend::server::start(args.config()?).await?;
     let stop = running_shutdown_signal();
     tokio::pin!(stop);
     stop.await;

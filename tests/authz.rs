@@ -321,7 +321,7 @@ async fn the_serve_command_takes_the_header_and_refuses_a_bad_one() {
     let Command::Serve(args) = parse(&["--authz-header", "X-Api-Key"]).unwrap().command else {
         unreachable!()
     };
-    let config = args.config();
+    let config = args.config().unwrap();
     assert_eq!(
         config.authz.header, "x-api-key",
         "lower-cased as Envoy sends it"
@@ -330,7 +330,7 @@ async fn the_serve_command_takes_the_header_and_refuses_a_bad_one() {
     let Command::Serve(args) = parse(&["--authz-keep-credential"]).unwrap().command else {
         unreachable!()
     };
-    assert!(!args.config().authz.strip_credential);
+    assert!(!args.config().unwrap().authz.strip_credential);
     let e = parse(&["--authz-header", "bad header"])
         .unwrap_err()
         .to_string();

@@ -185,7 +185,7 @@ fn the_replicas_shape_agrees_with_the_binary_and_the_single_replica_shape() {
     let store: tokend::store::Backend = env(c, "TOKEND_STORE").parse().unwrap();
     match store {
         tokend::store::Backend::Etcd { endpoints, prefix } => {
-            assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+            assert_eq!(endpoints.hosts.len(), 3, "{endpoints:?}");
             assert_eq!(prefix, "/tokend/");
         }
         other => panic!("{other:?}"),

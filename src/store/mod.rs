@@ -10,11 +10,13 @@
 //! A backend must never answer a write before it is durable, never publish an
 //! event that was not persisted, and never keep a plain secret.
 
+mod endpoints;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod record;
 mod sled;
 
+pub use self::endpoints::{Endpoints, EtcdSecurity};
 #[cfg(feature = "etcd")]
 pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::sled::{SledConfig, SledStore};
@@ -132,32 +134,49 @@ pub enum Backend {
     /// An etcd cluster shared by any number of replicas, all keys under
     /// `prefix`.
     Etcd {
-        endpoints: Vec<String>,
+        /// The members, and the TLS and credentials to reach them with.
+        endpoints: Endpoints,
         prefix: String,
     },
+}
+
+impl Backend {
+    /// This backend with the `--etcd-*` flags: refused when they do not fit
+    /// (any of them with `sled`; see [`Endpoints::secured`] for etcd).
+    pub fn secured(self, security: EtcdSecurity) -> Result<Backend, String> {
+        match self {
+            Backend::Sled if security.is_empty() => Ok(Backend::Sled),
+            Backend::Sled => {
+                Err("the --etcd-* flags need --store etcd://… or etcds://…, not sled".into())
+            }
+            Backend::Etcd { endpoints, prefix } => Ok(Backend::Etcd {
+                endpoints: endpoints.secured(security)?,
+                prefix,
+            }),
+        }
+    }
 }
 
 impl std::str::FromStr for Backend {
     type Err = String;
 
-    /// `sled`, or `etcd://host:port[,host:port…][/prefix]` (prefix `tokend`).
+    /// `sled`, or `etcd://host:port[,host:port…][/prefix]` (prefix `tokend`);
+    /// `etcds://…` for TLS to every member (with `--etcd-ca`).
     fn from_str(s: &str) -> Result<Backend, String> {
         if s == "sled" {
             return Ok(Backend::Sled);
         }
-        let rest = s.strip_prefix("etcd://").ok_or_else(|| {
-            format!("{s:?} is neither `sled` nor `etcd://host:port[,host:port…][/prefix]`")
-        })?;
-        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, "tokend"));
-        let endpoints: Vec<String> = hosts.split(',').map(str::to_string).collect();
-        for e in &endpoints {
-            let port = e
-                .rsplit_once(':')
-                .map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
-                return Err(format!("{e:?} in {s:?} is not host:port"));
+        let (rest, tls) = match (s.strip_prefix("etcd://"), s.strip_prefix("etcds://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "{s:?} is neither `sled` nor `etcd[s]://host:port[,host:port…][/prefix]`"
+                ));
             }
-        }
+        };
+        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, "tokend"));
+        let endpoints = Endpoints::parse(hosts, tls, s)?;
         let prefix = prefix.trim_matches('/');
         if prefix.is_empty() {
             return Err(format!("{s:?}: the key prefix after the hosts is empty"));

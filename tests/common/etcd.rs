@@ -1,8 +1,11 @@
 //! A real etcd cluster (Debian's `etcd-server`) on loopback ports, with its
-//! members' data in a temp dir. Killed when dropped.
+//! members' data in a temp dir. Killed when dropped. Plaintext, or
+//! [`EtcdCluster::start_tls`]: TLS to clients with client certificates
+//! required (peers stay plaintext: tokend never talks to a peer port).
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,15 +16,42 @@ use super::free_addr;
 pub struct EtcdCluster {
     members: Vec<Option<Child>>,
     clients: Vec<SocketAddr>,
+    /// Where each member answers `/health` in plaintext: its client port,
+    /// or with TLS its metrics port.
+    health: Vec<SocketAddr>,
+    tls: bool,
     _dir: TempDir,
+}
+
+/// PEM files for a cluster that serves clients TLS and requires a client
+/// certificate signed by `ca` (etcd's `--client-cert-auth`).
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until every one reports healthy.
     pub async fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, None).await
+    }
+
+    /// Starts `n` members serving clients TLS with `tls`'s certificate and
+    /// requiring client certificates signed by its CA.
+    pub async fn start_tls(n: usize, tls: &ServerTls) -> EtcdCluster {
+        Self::start_with(n, Some(tls)).await
+    }
+
+    async fn start_with(n: usize, tls: Option<&ServerTls>) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let health: Vec<SocketAddr> = match tls {
+            None => clients.clone(),
+            Some(_) => (0..n).map(|_| free_addr()).collect(),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let initial = (0..n)
             .map(|i| format!("m{i}=http://{}", peers[i]))
             .collect::<Vec<_>>()
@@ -29,14 +59,26 @@ impl EtcdCluster {
         let token = format!("tokend-test-{}", std::process::id());
         let members = (0..n)
             .map(|i| {
-                let child = Command::new("etcd")
+                let mut etcd = Command::new("etcd");
+                if let Some(tls) = tls {
+                    etcd.arg("--client-cert-auth")
+                        .arg("--trusted-ca-file")
+                        .arg(&tls.ca)
+                        .arg("--cert-file")
+                        .arg(&tls.cert)
+                        .arg("--key-file")
+                        .arg(&tls.key)
+                        .arg("--listen-metrics-urls")
+                        .arg(format!("http://{}", health[i]));
+                }
+                let child = etcd
                     .args(["--name", &format!("m{i}"), "--data-dir"])
                     .arg(dir.path().join(format!("m{i}")))
                     .args([
                         "--listen-client-urls",
-                        &format!("http://{}", clients[i]),
+                        &format!("{scheme}://{}", clients[i]),
                         "--advertise-client-urls",
-                        &format!("http://{}", clients[i]),
+                        &format!("{scheme}://{}", clients[i]),
                         "--listen-peer-urls",
                         &format!("http://{}", peers[i]),
                         "--initial-advertise-peer-urls",
@@ -62,10 +104,12 @@ impl EtcdCluster {
         let cluster = EtcdCluster {
             members,
             clients,
+            health,
+            tls: tls.is_some(),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        for addr in &cluster.clients {
+        for addr in &cluster.health {
             while !healthy(*addr) {
                 assert!(
                     Instant::now() < deadline,
@@ -89,7 +133,42 @@ impl EtcdCluster {
             .iter()
             .map(|&i| self.clients[i].to_string())
             .collect();
-        format!("etcd://{}/{prefix}", hosts.join(","))
+        let scheme = if self.tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}/{prefix}", hosts.join(","))
+    }
+
+    /// Runs `etcdctl` against every member, over TLS with `client` (a CA
+    /// bundle, certificate and key) on a TLS cluster, as `user` (`name:pw`)
+    /// when given. Its stdout; panics with its output unless it succeeds.
+    pub fn etcdctl(&self, client: Option<&ServerTls>, user: Option<&str>, args: &[&str]) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let urls: Vec<String> = self
+            .clients
+            .iter()
+            .map(|a| format!("{scheme}://{a}"))
+            .collect();
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", urls.join(",")));
+        if let Some(c) = client {
+            cmd.arg(flag("--cacert", &c.ca))
+                .arg(flag("--cert", &c.cert))
+                .arg(flag("--key", &c.key));
+        }
+        if let Some(user) = user {
+            cmd.arg(format!("--user={user}"));
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian's etcd-client; scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("etcdctl prints UTF-8")
     }
 
     /// Kills member `i` (SIGKILL): the rest keep a quorum when n ≥ 3.
@@ -135,6 +214,10 @@ impl Drop for EtcdCluster {
             self.kill(i);
         }
     }
+}
+
+fn flag(name: &str, path: &Path) -> String {
+    format!("{name}={}", path.display())
 }
 
 /// etcd's own `/health`: true once the member is in a cluster with a leader.

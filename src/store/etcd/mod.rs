@@ -45,6 +45,8 @@
 //! splits its storage into schema, transactions and watches):
 //! - this file: configuration, opening, the [`Store`] impl, last-access
 //!   persistence;
+//! - `connect.rs`: TLS, credentials, and one line for why a cluster refused
+//!   this replica at start-up;
 //! - `keyspace.rs`: key names and the record codec;
 //! - `txn.rs`: planning a command and committing it as a guarded
 //!   transaction, including the read-back when the outcome is unknown;
@@ -55,6 +57,7 @@
 //! - `replicas.rs`: registration under a lease, progress reports, waiting
 //!   for every replica, and fencing.
 
+mod connect;
 mod history;
 mod keyspace;
 mod pump;
@@ -66,13 +69,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, LockOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, LockOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use self::keyspace::Keyspace;
-use super::{AccessLog, Applied, Store};
+use super::{AccessLog, Applied, Endpoints, Store};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, Event, Revision, TokenId};
 use crate::error::{Error, reason};
@@ -92,8 +95,10 @@ const RETRY_PAUSES: &[Duration] = &[
 
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
-    /// `host:port` of each member.
-    pub endpoints: Vec<String>,
+    /// The members, and the TLS and credentials to reach them with (the
+    /// password itself is read from its file when connecting, and kept only
+    /// by the client).
+    pub endpoints: Endpoints,
     /// Every key lives under it; replicas sharing it form one tokend.
     pub prefix: String,
     /// How often a token's last-access time is written at most.
@@ -161,16 +166,13 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 impl EtcdStore {
     /// Connects, loads every record, and starts following the cluster.
     pub async fn open(config: EtcdConfig, hub: Hub) -> Result<EtcdStore, Error> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(|e| unavailable(&format!("connecting to {:?}", config.endpoints), e))?;
+        let client = connect::connect(&config.endpoints).await?;
         let keys = Keyspace::new(config.prefix.clone());
 
         // The page key is made once for the cluster: the first replica's put
-        // wins, every replica reads the winner.
+        // wins, every replica reads the winner. Being the first call that
+        // reaches a member (with no --etcd-user, connecting sends nothing),
+        // its failure says why the cluster refuses us: TLS, or permissions.
         let key = keys.page_key();
         let mut fresh = [0u8; 32];
         getrandom::fill(&mut fresh).map_err(|e| Error::Internal(e.to_string()))?;
@@ -183,7 +185,7 @@ impl EtcdStore {
                     .or_else([TxnOp::get(key.clone(), None)]),
             )
             .await
-            .map_err(|e| unavailable("creating the page key", e))?;
+            .map_err(|e| connect::refused(&config.endpoints, "creating the page key", &e))?;
         let page_key = if r.succeeded() {
             fresh
         } else {
@@ -191,7 +193,7 @@ impl EtcdStore {
                 .clone()
                 .get(key, None)
                 .await
-                .map_err(|e| unavailable("reading the page key", e))?;
+                .map_err(|e| connect::refused(&config.endpoints, "reading the page key", &e))?;
             got.kvs()
                 .first()
                 .and_then(|kv| kv.value().try_into().ok())
