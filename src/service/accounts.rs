@@ -149,4 +149,14 @@ impl AccountService for Service {
         let applied = self.store.apply(cmd, caller.actor()).await?;
         Ok(Response::new(expect_account(applied.subject)?))
     }
+
+    type SaveSnapshotStream = super::snapshot::ChunkStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        operator(&request)?;
+        Ok(Response::new(super::snapshot::save(self.store.as_ref())))
+    }
 }

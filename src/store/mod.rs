@@ -14,6 +14,8 @@
 mod etcd;
 mod record;
 mod sled;
+// Backups and restores (`tokend snapshot`).
+pub mod snapshot;
 
 #[cfg(feature = "etcd")]
 pub use self::etcd::{EtcdConfig, EtcdStore};
