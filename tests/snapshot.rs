@@ -124,15 +124,30 @@ async fn a_snapshot_under_concurrent_writes_is_the_state_at_its_revision() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let (t, _) = create_token(&mut c, &account, &format!("w{w} {n}")).await;
-                if n % 3 == 0 {
-                    delete(&mut c, &t.id).await.unwrap();
-                } else if n % 3 == 1 {
-                    c.disable_token(pb::DisableTokenRequest {
-                        id: t.id,
-                        etag: String::new(),
-                    })
-                    .await
-                    .unwrap();
+                match n % 3 {
+                    0 => {
+                        delete(&mut c, &t.id).await.unwrap();
+                    }
+                    1 => {
+                        c.disable_token(pb::DisableTokenRequest {
+                            id: t.id,
+                            etag: String::new(),
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    _ => {
+                        c.update_token(pb::UpdateTokenRequest {
+                            token: Some(pb::Token {
+                                id: t.id,
+                                name: format!("w{w} {n} renamed"),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    }
                 }
                 n += 1;
             }

@@ -35,7 +35,7 @@ impl Sender {
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx
-            .blocking_send(Ok(pb::SnapshotChunk { data: data.into() }))
+            .blocking_send(Ok(pb::SnapshotChunk { data }))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the caller went away"))
     }
 }

@@ -204,10 +204,10 @@ impl Snapshot {
             match line.split_once(' ') {
                 Some(("a", json)) => snap
                     .accounts
-                    .push(record::decode::<AccountRecord>(json.as_bytes()).map_err(|e| at(e))?),
+                    .push(record::decode::<AccountRecord>(json.as_bytes()).map_err(&at)?),
                 Some(("t", json)) => snap
                     .tokens
-                    .push(record::decode::<TokenRecord>(json.as_bytes()).map_err(|e| at(e))?),
+                    .push(record::decode::<TokenRecord>(json.as_bytes()).map_err(&at)?),
                 Some(("s", rest)) => {
                     let (h, id) = rest
                         .split_once(' ')
