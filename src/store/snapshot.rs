@@ -270,3 +270,83 @@ impl Snapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AccountType;
+    use crate::state::testkit::World;
+
+    /// A state with a live, a disabled and a deleted token, as a file.
+    fn written() -> (World, Vec<u8>) {
+        let mut w = World::default();
+        let acc = w.account(AccountType::Client, &["commerce"]);
+        w.token(&acc, &["commerce"]);
+        let (disabled, _) = w.token(&acc, &["commerce"]);
+        w.disable_token(&disabled);
+        let (deleted, _) = w.token(&acc, &["commerce"]);
+        w.delete_token(&deleted);
+        let mut bytes = Vec::new();
+        write(&w.state, &[7; 32], &mut bytes).unwrap();
+        (w, bytes)
+    }
+
+    /// `body` with a trailer that matches it.
+    fn sealed(body: &str) -> Vec<u8> {
+        format!("{body}{TRAILER}{}\n", hex(&Sha256::digest(body.as_bytes()))).into_bytes()
+    }
+
+    fn body(bytes: &[u8]) -> String {
+        let text = std::str::from_utf8(bytes).unwrap();
+        text[..text.trim_end().rfind('\n').unwrap() + 1].to_string()
+    }
+
+    #[test]
+    fn what_is_written_reads_back_record_for_record() {
+        let (w, bytes) = written();
+        let s = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(s.revision, w.state.revision());
+        assert_eq!(s.page_key, [7; 32]);
+        assert_eq!(
+            (s.accounts.len(), s.tokens.len(), s.secrets.len()),
+            (1, 3, 2)
+        );
+        for t in &s.tokens {
+            let kept = w.state.token(&t.id).unwrap();
+            assert_eq!(
+                record::encode::<TokenRecord>(t),
+                record::encode::<TokenRecord>(kept)
+            );
+            let hash = s.secrets.iter().find(|(_, id)| *id == t.id).map(|(h, _)| h);
+            assert_eq!(hash, w.state.secret_of(&t.id));
+        }
+    }
+
+    #[test]
+    fn a_sealed_file_that_breaks_the_format_is_refused() {
+        let (_, bytes) = written();
+        let body = body(&bytes);
+        // A record line dropped: the header's counts disagree.
+        let mut lines: Vec<&str> = body.lines().collect();
+        lines.remove(3);
+        let short = sealed(&(lines.join("\n") + "\n"));
+        let e = Snapshot::decode(&short).err().unwrap();
+        assert!(e.contains("header counts"), "{e}");
+        // The index naming the deleted token instead of a live one.
+        let deleted = body
+            .lines()
+            .filter(|l| l.starts_with("t ") && l.contains("\"Deleted\""))
+            .map(|l| l.split('"').nth(3).unwrap().to_string())
+            .next()
+            .unwrap();
+        let s_line = body.lines().find(|l| l.starts_with("s ")).unwrap();
+        let (prefix, _) = s_line.rsplit_once(' ').unwrap();
+        let forged = body.replacen(s_line, &format!("{prefix} {deleted}"), 1);
+        let e = Snapshot::decode(&sealed(&forged)).err().unwrap();
+        assert!(e.contains("not live"), "{e}");
+        // An unknown line kind.
+        let odd = body.replacen("\nt ", "\nx ", 1);
+        let e = Snapshot::decode(&sealed(&odd)).err().unwrap();
+        assert!(e.contains("not a record line"), "{e}");
+    }
+}
