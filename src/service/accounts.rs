@@ -1,7 +1,8 @@
 //! `apitokens.v1.AccountService`: accounts own tokens and bound their modules.
 //!
 //! Owns request-shape rules for accounts; like the token handlers it changes
-//! nothing except through [`Store::apply`].
+//! nothing except through [`Store::apply`]. `SaveSnapshot` is here because
+//! this service is operators' only; its work is `service/snapshot.rs`'s.
 
 use tonic::{Request, Response, Status};
 
