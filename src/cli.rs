@@ -56,6 +56,34 @@ pub enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// Back up a running server's store to a file, or restore such a file
+    /// into a new data dir.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+/// `tokend snapshot …` (format: src/store/snapshot.rs).
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Save the server's whole store, at one revision, to FILE (written
+    /// atomically, mode 0600: it holds secret hashes). Operators only.
+    Save {
+        #[command(flatten)]
+        client: ClientArgs,
+        file: PathBuf,
+    },
+    /// Restore FILE into a new, empty data dir; then `tokend serve` on it.
+    Restore {
+        file: PathBuf,
+        /// The data dir to create; missing or empty, never one in use.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where to restore: `sled` (into --data-dir). etcd is not supported yet.
+        #[arg(long, default_value = "sled")]
+        store: crate::store::Backend,
+    },
 }
 
 /// How a client subcommand reaches a server.

@@ -23,6 +23,7 @@ async fn main() {
         },
         Command::Accounts { client, command } => console::run_accounts(client, command).await,
         Command::Tokens { client, command } => console::run_tokens(client, command).await,
+        Command::Snapshot { command } => console::run_snapshot(command).await,
     };
     std::process::exit(code);
 }

@@ -96,6 +96,7 @@ async fn the_permission_matrix() {
         ("GetAccount(A)", [OK, PD, PD, PD, UA, UA, UA, UA]),
         ("ListAccounts", [OK, PD, PD, PD, UA, UA, UA, UA]),
         ("UpdateAccount(A)", [OK, PD, PD, PD, UA, UA, UA, UA]),
+        ("SaveSnapshot", [OK, PD, PD, PD, UA, UA, UA, UA]),
     ];
     let (a, t) = (w.a.id.clone(), w.target.clone());
     let mut failures = Vec::new();
@@ -208,6 +209,7 @@ async fn the_permission_matrix() {
                     })
                     .await,
                 ),
+                "SaveSnapshot" => code(acc.save_snapshot(pb::SaveSnapshotRequest {}).await),
                 other => unreachable!("{other}"),
             };
             if got != expected[col] {

@@ -15,6 +15,7 @@
 mod accounts;
 mod delete;
 mod output;
+mod snapshot;
 mod tokens;
 mod watch;
 
@@ -166,6 +167,10 @@ pub async fn run_accounts(args: ClientArgs, cmd: AccountsCommand) -> i32 {
 
 pub async fn run_tokens(args: ClientArgs, cmd: TokensCommand) -> i32 {
     finish(tokens::run(&args, cmd).await)
+}
+
+pub async fn run_snapshot(cmd: crate::cli::SnapshotCommand) -> i32 {
+    finish(snapshot::run(cmd).await)
 }
 
 fn finish(result: Result<(), Failure>) -> i32 {

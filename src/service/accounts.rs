@@ -1,7 +1,8 @@
 //! `apitokens.v1.AccountService`: accounts own tokens and bound their modules.
 //!
 //! Owns request-shape rules for accounts; like the token handlers it changes
-//! nothing except through [`Store::apply`].
+//! nothing except through [`Store::apply`]. `SaveSnapshot` is here because
+//! this service is operators' only; its work is `service/snapshot.rs`'s.
 
 use tonic::{Request, Response, Status};
 
@@ -148,5 +149,15 @@ impl AccountService for Service {
         };
         let applied = self.store.apply(cmd, caller.actor()).await?;
         Ok(Response::new(expect_account(applied.subject)?))
+    }
+
+    type SaveSnapshotStream = super::snapshot::ChunkStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        operator(&request)?;
+        Ok(Response::new(super::snapshot::save(self.store.as_ref())))
     }
 }

@@ -12,6 +12,7 @@
 mod accounts;
 pub mod authz;
 pub mod convert;
+mod snapshot;
 mod tokens;
 
 pub use authz::{Authz, AuthzConfig};

@@ -15,6 +15,8 @@ mod endpoints;
 mod etcd;
 mod record;
 mod sled;
+// Backups and restores (`tokend snapshot`).
+pub mod snapshot;
 
 pub use self::endpoints::{Endpoints, EtcdSecurity};
 #[cfg(feature = "etcd")]

@@ -37,6 +37,7 @@ use crate::state::State;
 mod apply;
 mod commit;
 mod layout;
+mod restore;
 mod wal;
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;

@@ -1,0 +1,128 @@
+//! `tokend snapshot save|restore`: backups of a running server, restored
+//! into a new data dir (format and what a snapshot holds:
+//! `crate::store::snapshot`).
+//!
+//! Owns the files: `save` checks what the server sent (checksum and every
+//! record) before the file exists, and writes it atomically (a temp file in
+//! the same dir, fsync, rename, fsync of the dir) with mode 0600, since it
+//! holds secret hashes. `restore` checks the whole file before it creates
+//! anything. It must never leave a half-written snapshot under the final
+//! name, nor write anything from a file that failed its checks.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{Conn, Failure, exit, fail};
+use crate::cli::SnapshotCommand;
+use crate::proto as pb;
+use crate::store::snapshot::{Snapshot, Summary};
+use crate::store::{Backend, SledStore};
+
+pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
+    match cmd {
+        SnapshotCommand::Save { client, file } => {
+            let started = Instant::now();
+            let conn = Conn::open(&client).await?;
+            let mut chunks = conn
+                .accounts()
+                .save_snapshot(pb::SaveSnapshotRequest {})
+                .await?
+                .into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = chunks.message().await? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            let summary = Snapshot::decode(&bytes)
+                .map_err(|e| fail(exit::FAILED, format!("the server sent a bad snapshot: {e}")))?
+                .summary();
+            write_atomically(&file, &bytes).map_err(|e| {
+                fail(
+                    exit::FAILED,
+                    format!("cannot write {}: {e}", file.display()),
+                )
+            })?;
+            println!(
+                "saved {}: {}, {} bytes in {:.2?}",
+                file.display(),
+                describe(&summary),
+                bytes.len(),
+                started.elapsed()
+            );
+            Ok(())
+        }
+        SnapshotCommand::Restore {
+            file,
+            data_dir,
+            store,
+        } => {
+            if store != Backend::Sled {
+                return Err(fail(
+                    exit::USAGE,
+                    "restoring into etcd is not supported yet: restore into a sled data dir (--store sled)",
+                ));
+            }
+            let started = Instant::now();
+            let bytes = std::fs::read(&file)
+                .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", file.display())))?;
+            let snapshot = Snapshot::decode(&bytes).map_err(|e| {
+                fail(
+                    exit::FAILED,
+                    format!("{} refused, nothing written: {e}", file.display()),
+                )
+            })?;
+            SledStore::restore_into(&data_dir, &snapshot)
+                .map_err(|e| fail(exit::FAILED, e.to_string()))?;
+            println!(
+                "restored {} into {}: {} in {:.2?}",
+                file.display(),
+                data_dir.display(),
+                describe(&snapshot.summary()),
+                started.elapsed()
+            );
+            println!(
+                "the snapshot holds no operator.token: copy it into the data dir, or serve with --operator-token-file"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn describe(s: &Summary) -> String {
+    format!(
+        "revision {}, {} accounts, {} tokens ({} live)",
+        s.revision, s.accounts, s.tokens, s.live_secrets
+    )
+}
+
+/// A temp file beside `file`, written and synced, renamed over it, and the
+/// rename made durable by syncing the directory.
+fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = file
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}

@@ -1,0 +1,96 @@
+//! Restoring a snapshot into a new sled data dir (`tokend snapshot restore`).
+//!
+//! Owns writing a checked [`Snapshot`] as the layout of `layout.rs`: the
+//! format marker, the revision counter (the snapshot's, so the next commit
+//! continues after it), the page key, every account and token (tombstones
+//! included, so their ids are never issued again) and the secret index; no
+//! events, so the restored log starts after the snapshot's revision. The
+//! dir is built beside the target under a temporary name and renamed into
+//! place once flushed and synced: a failure leaves no half-restored data dir.
+//! It must never write into a directory that holds anything.
+
+use std::path::{Path, PathBuf};
+
+use super::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, account_key, secret_key, token_key};
+use super::{SledStore, io_error, sync_names};
+use crate::error::Error;
+use crate::store::record::{self, AccountRecord, SLED_FORMAT, TokenRecord};
+use crate::store::snapshot::Snapshot;
+
+impl SledStore {
+    /// Writes `snapshot` as a new data dir at `dir`, which must be missing or
+    /// an empty directory. Returns once it is on disk (flushed, fsynced, the
+    /// names too).
+    pub fn restore_into(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
+        let refuse = |m: String| Error::invalid("data-dir", m);
+        match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+            Ok(true) => {
+                return Err(refuse(format!(
+                    "{} is not empty: a snapshot is restored only into an empty data dir",
+                    dir.display()
+                )));
+            }
+            Ok(false) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(refuse(format!("cannot read {}: {e}", dir.display()))),
+        }
+        let name = dir
+            .file_name()
+            .ok_or_else(|| refuse(format!("{} names no directory", dir.display())))?;
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| io_error(&format!("creating {}", parent.display()), e))?;
+        let mut tmp_name = name.to_os_string();
+        tmp_name.push(format!(".restoring-{}", std::process::id()));
+        let tmp = parent.join(tmp_name);
+        let result = write_dir(&tmp, snapshot).and_then(|()| {
+            // rename(2) replaces an empty directory, or takes a free name.
+            std::fs::rename(&tmp, dir)
+                .map_err(|e| io_error(&format!("renaming into {}", dir.display()), e))?;
+            sync_names(dir, true).map_err(|e| io_error(&format!("syncing {}", dir.display()), e))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+}
+
+fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
+    let failed = |e: sled::Error| io_error("writing the restored store", e);
+    std::fs::create_dir(dir).map_err(|e| io_error(&format!("creating {}", dir.display()), e))?;
+    let db = sled::Config::new()
+        .path(dir.join("db"))
+        .flush_every_ms(None)
+        .open()
+        .map_err(failed)?;
+    let tree = db.open_tree("tokend").map_err(failed)?;
+    for a in &s.accounts {
+        tree.insert(account_key(&a.id), record::encode::<AccountRecord>(a))
+            .map_err(failed)?;
+    }
+    for t in &s.tokens {
+        tree.insert(token_key(&t.id), record::encode::<TokenRecord>(t))
+            .map_err(failed)?;
+    }
+    for (hash, id) in &s.secrets {
+        tree.insert(secret_key(hash), id.as_str().as_bytes())
+            .map_err(failed)?;
+    }
+    tree.insert(K_PAGE_KEY, &s.page_key[..]).map_err(failed)?;
+    tree.insert(K_REVISION, &s.revision.to_be_bytes()[..])
+        .map_err(failed)?;
+    // Last: a dir without the marker is refused at open, never taken as new.
+    tree.insert(K_FORMAT, SLED_FORMAT).map_err(failed)?;
+    db.flush().map_err(failed)?;
+    drop(tree);
+    drop(db);
+    // sled's flush leaves out the fdatasync of its own file.
+    let file = dir.join("db").join("db");
+    std::fs::File::open(&file)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error(&format!("syncing {}", file.display()), e))
+}
