@@ -378,11 +378,11 @@ pub struct ServeArgs {
     pub max_connections: u32,
     /// A connection that has not started a call by then (TLS handshake,
     /// HTTP/2 preface and headers included) is closed.
-    #[arg(long, env = "TOKEND_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TOKEND_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub first_request_timeout: Duration,
     /// A connection with no call open for this long is closed (gRPC's
     /// MAX_CONNECTION_IDLE); clients reconnect on their next call.
-    #[arg(long, env = "TOKEND_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TOKEND_IDLE_TIMEOUT", default_value = "5m", value_parser = positive_duration)]
     pub idle_timeout: Duration,
 }
 
@@ -400,6 +400,16 @@ fn origin(s: &str) -> Result<http::HeaderValue, String> {
         return Err(bad());
     }
     http::HeaderValue::from_str(s).map_err(|_| bad())
+}
+
+/// A duration above zero (a zero deadline would close every connection at
+/// once, or wake every stream's connection without end).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// An HTTP header name, lower-cased as Envoy hands headers to ext_authz.

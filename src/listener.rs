@@ -12,7 +12,9 @@
 //!   idle sockets cannot hold the cap;
 //! - **an idle deadline** (`--idle-timeout`): a connection with no call
 //!   open for that long is closed (gRPC's `MAX_CONNECTION_IDLE`); a client
-//!   reconnects on its next call;
+//!   reconnects on its next call (bytes already waiting when it falls
+//!   get a second's grace, once per idle spell: a call sent just then is
+//!   let in, not cut);
 //! - **accept back-off**: out of file descriptors (`EMFILE`, `ENFILE`),
 //!   accepting again at once would spin a core, so it waits 5 ms, doubling
 //!   to 1 s, as Go's `net/http` does, and says so in the log.
@@ -44,6 +46,8 @@ use crate::telemetry;
 const WARN_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long bytes that arrived as a deadline fell get to become a call.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// How many connections, and how long each may stay without a call.
 #[derive(Clone, Copy, Debug)]
@@ -100,8 +104,14 @@ pub fn incoming(
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
-                // The peer gave up before we took it (ECONNABORTED & co.).
-                Err(_) => continue,
+                // The peer gave up before we took it (ECONNABORTED & co.):
+                // a pause all the same, so that an error that persists
+                // cannot spin a core either.
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(BACKOFF_FIRST).await;
+                    continue;
+                }
             };
             backoff = BACKOFF_FIRST;
             let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -199,6 +209,8 @@ pub struct Conn {
     info: ConnInfo,
     limits: Limits,
     deadline: Pin<Box<Sleep>>,
+    /// The number of calls seen when the last grace was given.
+    graced_after: Option<u64>,
     _slot: OwnedSemaphorePermit,
     _open: OpenGauge,
 }
@@ -234,9 +246,27 @@ impl Conn {
                 now + limits.first_request_timeout.min(limits.idle_timeout),
             )),
             limits,
+            graced_after: None,
             _slot: slot,
             _open: OpenGauge::new(),
         }
+    }
+}
+
+impl Conn {
+    /// Whether this idle spell has had its grace yet: one per call seen.
+    fn may_grace(&self) -> bool {
+        self.graced_after != Some(self.info.state.calls.load(Ordering::Acquire))
+    }
+
+    /// Reads what the socket already holds into `buf`, if anything: true
+    /// when bytes came (EOF, errors and nothing-yet are false).
+    fn bytes_waiting(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> bool {
+        let before = buf.filled().len();
+        matches!(
+            Pin::new(&mut self.stream).poll_read(cx, buf),
+            Poll::Ready(Ok(()))
+        ) && buf.filled().len() > before
     }
 }
 
@@ -257,6 +287,16 @@ impl AsyncRead for Conn {
         while self.deadline.as_mut().poll(cx).is_ready() {
             match self.info.state.check(Instant::now(), &self.limits) {
                 Ok(next) => self.deadline.as_mut().reset(next),
+                Err("idle") if self.may_grace() && self.bytes_waiting(cx, buf) => {
+                    // A call may have arrived as the deadline fell: let it
+                    // in, look again once it had time to start. Once per
+                    // idle spell, so that trickled bytes cannot keep an
+                    // idle connection forever.
+                    self.graced_after = Some(self.info.state.calls.load(Ordering::Acquire));
+                    let grace = Instant::now() + GRACE;
+                    self.deadline.as_mut().reset(grace);
+                    return Poll::Ready(Ok(()));
+                }
                 Err(reason) => {
                     metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => reason)
                         .increment(1);

@@ -49,6 +49,12 @@ impl Endpoints {
     /// Parses `host:port[,host:port…]`, the part of `--store` between the
     /// scheme and the prefix.
     pub fn parse(hosts: &str, tls: bool, whole: &str) -> Result<Endpoints, String> {
+        if hosts.contains('@') {
+            // Not echoed: what precedes the '@' is likely a password.
+            return Err("credentials do not belong in --store (a host has an '@'): \
+                 give --etcd-user and --etcd-password-file"
+                .to_string());
+        }
         let hosts: Vec<String> = hosts.split(',').map(str::to_string).collect();
         for e in &hosts {
             let port = e
@@ -120,6 +126,13 @@ mod tests {
             user: Some("tokend".into()),
             password_file: Some("pw".into()),
         }
+    }
+
+    #[test]
+    fn credentials_in_the_store_url_are_refused_without_being_echoed() {
+        let e = Endpoints::parse("root:hunter2@a:1", false, "etcd://root:hunter2@a:1").unwrap_err();
+        assert!(e.contains("--etcd-password-file"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

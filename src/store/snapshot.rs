@@ -36,6 +36,8 @@ use crate::domain::{Account, Revision, Token, TokenId};
 use crate::secret::SecretHash;
 use crate::state::State;
 
+/// Records reserved up front at most, whatever a header claims.
+const PREALLOCATE: usize = 1 << 16;
 const MAGIC: &str = "TOKEND-SNAPSHOT ";
 pub const FORMAT_VERSION: u32 = 1;
 const TRAILER: &str = "sha256 ";
@@ -195,9 +197,11 @@ impl Snapshot {
         let mut snap = Snapshot {
             revision: header.revision,
             page_key,
-            accounts: Vec::with_capacity(header.accounts),
-            tokens: Vec::with_capacity(header.tokens),
-            secrets: Vec::with_capacity(header.secrets),
+            // The counts are checked after parsing; a crafted header must
+            // not make the allocation itself (the checksum is no signature).
+            accounts: Vec::with_capacity(header.accounts.min(PREALLOCATE)),
+            tokens: Vec::with_capacity(header.tokens.min(PREALLOCATE)),
+            secrets: Vec::with_capacity(header.secrets.min(PREALLOCATE)),
         };
         for (n, line) in lines.enumerate() {
             let at = |e: String| format!("line {}: {e}", n + 3);

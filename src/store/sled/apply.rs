@@ -66,7 +66,10 @@ impl Applier {
         let flag = busy.clone();
         let thread = std::thread::Builder::new()
             .name("tokend-apply".into())
-            .spawn(move || apply_loop(&inner, &wal_dir, &flag, rx))?;
+            .spawn(move || {
+                let _watch = Dead(&inner);
+                apply_loop(&inner, &wal_dir, &flag, rx)
+            })?;
         Ok(Applier {
             queue: Some(queue),
             busy,
@@ -79,8 +82,8 @@ impl Applier {
             if let Work::Checkpoint(_) = work {
                 self.busy.store(true, Ordering::Release);
             }
-            // Only fails once the thread is gone, which only a panic does;
-            // the log still holds everything.
+            // Only fails once the thread is gone, which only a panic does
+            // (and `Dead` has poisoned the store); the log holds everything.
             let _ = q.send(work);
         }
     }
@@ -148,6 +151,20 @@ fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Wor
         }
         if next.is_none() {
             next = rx.recv().ok();
+        }
+    }
+}
+
+/// Poisons the store if the applier thread ends by a panic (sled panics on
+/// some internal errors): otherwise readers would wait for it forever, and
+/// no checkpoint would run again.
+struct Dead<'a>(&'a Inner);
+
+impl Drop for Dead<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            poison(self.0, "the applier thread", &"it panicked");
+            self.0.applied.send_replace(Revision::MAX);
         }
     }
 }

@@ -50,7 +50,12 @@ impl SledStore {
             // rename(2) replaces an empty directory, or takes a free name.
             std::fs::rename(&tmp, dir)
                 .map_err(|e| io_error(&format!("renaming into {}", dir.display()), e))?;
-            sync_names(dir, true).map_err(|e| io_error(&format!("syncing {}", dir.display()), e))
+            sync_names(dir, true).map_err(|e| {
+                // Whole but perhaps not durable under its name: a later
+                // serve must not take it for a finished restore.
+                let _ = std::fs::remove_dir_all(dir);
+                io_error(&format!("syncing {}", dir.display()), e)
+            })
         });
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -191,8 +191,6 @@ impl Wal {
     }
 }
 
-/// A new, empty segment, durable in its directory before anything relies
-/// on it.
 /// The power-cut suite's proof that it can fail (RELIABILITY.md): with the
 /// log's sync skipped, a SIGKILL still loses nothing, a power cut does.
 fn skip_sync() -> bool {
@@ -200,6 +198,8 @@ fn skip_sync() -> bool {
     false
 }
 
+/// A new, empty segment, durable in its directory before anything relies
+/// on it.
 fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .create_new(true)
