@@ -43,7 +43,21 @@ impl EtcdCluster {
         Self::start_with(n, Some(tls)).await
     }
 
+    /// Up to three tries, each on fresh ports: a port handed out by
+    /// [`free_addr`] can be taken by another test before etcd binds it, and
+    /// a member that cannot bind never becomes healthy.
     async fn start_with(n: usize, tls: Option<&ServerTls>) -> EtcdCluster {
+        for attempt in 1..=3 {
+            let cluster = Self::launch(n, tls);
+            if cluster.wait_healthy(Duration::from_secs(30)).await {
+                return cluster;
+            }
+            eprintln!("etcd cluster not healthy within 30 s (try {attempt}); again on other ports");
+        }
+        panic!("an etcd cluster of {n} never became healthy in 3 tries");
+    }
+
+    fn launch(n: usize, tls: Option<&ServerTls>) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let clients: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
@@ -56,7 +70,11 @@ impl EtcdCluster {
             .map(|i| format!("m{i}=http://{}", peers[i]))
             .collect::<Vec<_>>()
             .join(",");
-        let token = format!("tokend-test-{}", std::process::id());
+        // One token per cluster, so two clusters of one test binary could
+        // never take each other's members for their own.
+        static LAUNCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = LAUNCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = format!("tokend-test-{}-{nth}", std::process::id());
         let members = (0..n)
             .map(|i| {
                 let mut etcd = Command::new("etcd");
@@ -101,24 +119,27 @@ impl EtcdCluster {
                 Some(child)
             })
             .collect();
-        let cluster = EtcdCluster {
+        EtcdCluster {
             members,
             clients,
             health,
             tls: tls.is_some(),
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for addr in &cluster.health {
+        }
+    }
+
+    /// Whether every member reports healthy within `within`.
+    async fn wait_healthy(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        for addr in &self.health {
             while !healthy(*addr) {
-                assert!(
-                    Instant::now() < deadline,
-                    "etcd member {addr} never became healthy"
-                );
+                if Instant::now() >= deadline {
+                    return false;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        cluster
+        true
     }
 
     /// `--store` for a tokend on this cluster, its keys under `prefix`.
