@@ -220,14 +220,7 @@ async fn a_restored_store_answers_as_the_original_did() {
         }
     }
     let before = common::checks::state(&mut c).await;
-    let accounts = p
-        .accounts()
-        .await
-        .list_accounts(pb::ListAccountsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts;
+    let accounts = all_accounts(&p).await;
     let file = dir.path().join("backup.snap");
     let ran = save(&p, &file).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
@@ -254,14 +247,7 @@ async fn a_restored_store_answers_as_the_original_did() {
     }
     let after = common::checks::state(&mut c).await;
     assert_eq!(after.len(), before.len());
-    let listed = q
-        .accounts()
-        .await
-        .list_accounts(pb::ListAccountsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .accounts;
+    let listed = all_accounts(&q).await;
     assert_eq!(listed, accounts);
     for secret in &kept {
         assert!(verify(&mut c, secret).await.valid);
@@ -458,4 +444,15 @@ async fn save_and_restore_times_for_10000_tokens() {
     for (t, secret) in samples {
         assert!(verify(&mut c, &secret).await.valid, "{}", t.id);
     }
+}
+
+/// Every account the server at `p` lists.
+async fn all_accounts(p: &Process) -> Vec<pb::Account> {
+    p.accounts()
+        .await
+        .list_accounts(pb::ListAccountsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts
 }
