@@ -74,15 +74,21 @@ pub enum SnapshotCommand {
         client: ClientArgs,
         file: PathBuf,
     },
-    /// Restore FILE into a new, empty data dir; then `tokend serve` on it.
+    /// Restore FILE into a new, empty data dir or etcd prefix; then
+    /// `tokend serve` on it.
     Restore {
         file: PathBuf,
-        /// The data dir to create; missing or empty, never one in use.
+        /// With `--store sled`: the data dir to create; missing or empty,
+        /// never one in use.
         #[arg(long)]
-        data_dir: PathBuf,
-        /// Where to restore: `sled` (into --data-dir). etcd is not supported yet.
-        #[arg(long, default_value = "sled")]
+        data_dir: Option<PathBuf>,
+        /// Where to restore: `sled` (into --data-dir), or
+        /// `etcd://host:port[,…][/prefix]` / `etcds://…`, whose prefix must
+        /// hold no key.
+        #[arg(long, env = "TOKEND_STORE", default_value = "sled")]
         store: crate::store::Backend,
+        #[command(flatten)]
+        etcd: Box<EtcdArgs>,
     },
 }
 

@@ -55,25 +55,32 @@ async fn save(p: &Process, file: &Path) -> Ran {
     tokend(args.iter().map(|s| s.to_string()).collect()).await
 }
 
+/// Restores `file` for a server on data dir `dir`: into `dir` itself on
+/// sled, into the etcd prefix named after `dir` on the etcd pass.
 async fn restore(file: &Path, dir: &Path) -> Ran {
-    let args = [
-        "snapshot",
-        "restore",
-        &file.display().to_string(),
-        "--data-dir",
-        &dir.display().to_string(),
+    let mut args = vec![
+        "snapshot".to_string(),
+        "restore".into(),
+        file.display().to_string(),
+        "--data-dir".into(),
+        dir.display().to_string(),
     ];
-    tokend(args.iter().map(|s| s.to_string()).collect()).await
+    if let Some(store) = store_for(dir) {
+        args.extend(["--store".into(), store]);
+    }
+    tokend(args).await
 }
 
-/// Serves a restored data dir on sled, with the original's operator secret.
+/// Serves what was restored for data dir `restored`, with the original's
+/// operator secret.
 async fn serve_restored(original: &Path, restored: &Path) -> Process {
+    std::fs::create_dir_all(restored).unwrap();
     std::fs::copy(
         original.join("operator.token"),
         restored.join("operator.token"),
     )
     .unwrap();
-    spawn_tokend(restored, &["--store", "sled"]).await
+    spawn_tokend(restored, &[]).await
 }
 
 /// The code a watch from `from` fails with (at open or as its first
@@ -102,6 +109,24 @@ async fn watch_refusal(c: &mut Tokens, from: i64) -> Code {
 fn without_access_time(mut t: pb::Token) -> pb::Token {
     t.last_access_time = None;
     t
+}
+
+/// Every token the server lists (tombstones included), without last-access
+/// times, which snapshots do not keep.
+async fn records(c: &mut Tokens) -> BTreeMap<String, pb::Token> {
+    let state = common::checks::state(c).await;
+    state
+        .into_iter()
+        .map(|(id, t)| (id, without_access_time(t)))
+        .collect()
+}
+
+/// Panics, naming the first token that differs, unless `a` equals `b`.
+fn assert_same(a: &BTreeMap<String, pb::Token>, b: &BTreeMap<String, pb::Token>, what: &str) {
+    let ids: BTreeSet<_> = a.keys().chain(b.keys()).collect();
+    for id in ids {
+        assert_eq!(a.get(id), b.get(id), "{what}: token {id}");
+    }
 }
 
 /// (1) A snapshot taken while two writers create, update and delete is the
@@ -262,13 +287,26 @@ async fn a_restored_store_answers_as_the_original_did() {
     // Revisions continue after R, and new ids are new.
     let mut live = watch_from(&mut c, r + 1).await;
     let used: BTreeSet<&String> = before.keys().collect();
+    let mut prev = r;
     for i in 0..20 {
         let (t, _) = create_token(&mut c, &acc.id, &format!("new {i}")).await;
         assert!(!used.contains(&t.id), "{} issued again", t.id);
         let e = next_change(&mut live).await;
-        assert_eq!(e.revision, r + 1 + i);
+        assert_follows(prev, e.revision, "a write after the restore");
+        prev = e.revision;
         assert_eq!(e.token.unwrap().id, t.id);
     }
+    // A restored record takes writes under the etag it had before.
+    let (id, t) = before
+        .iter()
+        .find(|(_, t)| t.status == pb::TokenStatus::Active as i32)
+        .unwrap();
+    c.disable_token(pb::DisableTokenRequest {
+        id: id.clone(),
+        etag: t.etag.clone(),
+    })
+    .await
+    .unwrap();
 }
 
 /// A snapshot of a small server, its bytes.
@@ -322,6 +360,11 @@ async fn corrupt_truncated_and_foreign_files_are_refused_writing_nothing() {
         );
         assert!(!target.exists(), "{what}: the target was created");
     }
+    // Nothing was written on etcd either: the same target takes a good one.
+    std::fs::write(dir.path().join("good.snap"), &good).unwrap();
+    let ran = restore(&dir.path().join("good.snap"), &dir.path().join("target0")).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    std::fs::remove_dir_all(dir.path().join("target0")).ok();
     // Nothing beside them either (no temporary dir left behind).
     let names: BTreeSet<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -358,41 +401,51 @@ async fn a_non_empty_target_is_refused_and_an_empty_one_used() {
     let good = small_snapshot(&dir.path().join("server")).await;
     let file = dir.path().join("good.snap");
     std::fs::write(&file, &good).unwrap();
-    let target = dir.path().join("busy");
-    std::fs::create_dir(&target).unwrap();
-    std::fs::write(target.join("notes.txt"), "mine").unwrap();
-    let ran = restore(&file, &target).await;
+    let on_etcd = test_etcd().is_some();
+    if !on_etcd {
+        let target = dir.path().join("busy");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("notes.txt"), "mine").unwrap();
+        let ran = restore(&file, &target).await;
+        assert_ne!(ran.code, 0);
+        assert!(ran.stderr.contains("is not empty"), "{}", ran.stderr);
+        let left: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(target.join("notes.txt")).unwrap(),
+            "mine"
+        );
+    }
+    // The server's own store (its data dir, or its etcd prefix) is not
+    // empty either, and is left as it was.
+    let server = dir.path().join("server");
+    let ran = restore(&file, &server).await;
     assert_ne!(ran.code, 0);
-    assert!(ran.stderr.contains("is not empty"), "{}", ran.stderr);
-    let left: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
-    assert_eq!(left.len(), 1);
-    assert_eq!(
-        std::fs::read_to_string(target.join("notes.txt")).unwrap(),
-        "mine"
-    );
-    // The server's own (running-size) data dir is not empty either.
-    let ran = restore(&file, &dir.path().join("server")).await;
-    assert_ne!(ran.code, 0);
-    assert!(ran.stderr.contains("is not empty"), "{}", ran.stderr);
+    let refusal = if on_etcd {
+        "keys: a snapshot is restored only into an empty prefix"
+    } else {
+        "is not empty"
+    };
+    assert!(ran.stderr.contains(refusal), "{}", ran.stderr);
+    let p = spawn_tokend(&server, &[]).await;
+    // Its five tokens and the operator's.
+    assert_eq!(records(&mut p.tokens().await).await.len(), 6);
+    drop(p);
 
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let ran = restore(&file, &empty).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert!(empty.join("db").is_dir());
-    // etcd is refused plainly, before anything is read.
-    let args = [
-        "snapshot",
-        "restore",
-        "x.snap",
-        "--data-dir",
-        "d",
-        "--store",
-        "etcd://127.0.0.1:2379",
-    ];
+    assert_eq!(empty.join("db").is_dir(), !on_etcd);
+    // Into sled, the data dir is not optional.
+    let args = ["snapshot", "restore", "x.snap", "--store", "sled"];
     let ran = tokend(args.iter().map(|s| s.to_string()).collect()).await;
-    assert_ne!(ran.code, 0);
-    assert!(ran.stderr.contains("not supported yet"), "{}", ran.stderr);
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr.contains("--data-dir is required"),
+        "{}",
+        ran.stderr
+    );
 }
 
 /// Measures save and restore of TOKEND_SNAPSHOT_TOKENS tokens (10,000 by
@@ -444,6 +497,180 @@ async fn save_and_restore_times_for_10000_tokens() {
     for (t, secret) in samples {
         assert!(verify(&mut c, &secret).await.valid, "{}", t.id);
     }
+}
+
+/// (5) sled → etcd → sled: a deployment moved to a 3-member etcd cluster
+/// and back with two snapshots answers as it did at each step; revisions
+/// only ever move forward, ids are never reissued, restored records take
+/// writes under their old etags, and history from before a restore is
+/// OUT_OF_RANGE. A prefix whose restore never finished is refused at start.
+/// Runs in the sled pass only: it starts its own cluster either way.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_moves_from_sled_to_etcd_and_back() {
+    if test_etcd().is_some() {
+        return;
+    }
+    let cluster = common::etcd::EtcdCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir, c_dir) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+
+    // A: on sled, with tombstones, disabled and updated tokens.
+    let a = spawn_tokend(&a_dir, &[]).await;
+    let acc = new_account(&mut a.accounts().await, ALL_MODULES).await;
+    let mut c = a.tokens().await;
+    let mut secrets = Vec::new();
+    for i in 0..24 {
+        let (t, secret) = create_token(&mut c, &acc.id, &format!("t{i}")).await;
+        match i % 4 {
+            0 => {
+                delete(&mut c, &t.id).await.unwrap();
+            }
+            1 => {
+                c.disable_token(pb::DisableTokenRequest {
+                    id: t.id,
+                    etag: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+            _ => {}
+        }
+        secrets.push((i % 4 >= 2, secret));
+    }
+    let state_a = records(&mut c).await;
+    let file_a = dir.path().join("a.snap");
+    assert_eq!(save(&a, &file_a).await.code, 0);
+    let r_a = Snapshot::decode(&std::fs::read(&file_a).unwrap())
+        .unwrap()
+        .revision as i64;
+    drop(a);
+
+    // B: the same, on etcd (two replicas).
+    let store = cluster.store("moved");
+    let into_etcd = |file: &Path| {
+        let (file, store) = (file.display().to_string(), store.clone());
+        tokend(vec![
+            "snapshot".into(),
+            "restore".into(),
+            file,
+            "--store".into(),
+            store,
+        ])
+    };
+    let ran = into_etcd(&file_a).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.stdout.contains("into etcd prefix /moved/"),
+        "{}",
+        ran.stdout
+    );
+    let again = into_etcd(&file_a).await;
+    assert!(
+        again.stderr.contains("only into an empty prefix"),
+        "{}",
+        again.stderr
+    );
+    std::fs::create_dir_all(&b_dir).unwrap();
+    std::fs::copy(a_dir.join("operator.token"), b_dir.join("operator.token")).unwrap();
+    let b = spawn_tokend(&b_dir, &["--store", &store]).await;
+    let b2_dir = dir.path().join("b2");
+    std::fs::create_dir_all(&b2_dir).unwrap();
+    std::fs::copy(a_dir.join("operator.token"), b2_dir.join("operator.token")).unwrap();
+    let b2 = spawn_tokend(&b2_dir, &["--store", &store]).await;
+    let (mut c, mut c2) = (b.tokens().await, b2.tokens().await);
+    assert_same(&records(&mut c).await, &state_a, "on etcd");
+    assert_same(&records(&mut c2).await, &state_a, "on etcd, second replica");
+    for (live, secret) in &secrets {
+        assert_eq!(verify(&mut c2, secret).await.valid, *live);
+    }
+    assert_eq!(watch_refusal(&mut c, r_a).await, Code::OutOfRange);
+    let mut live = watch_from(&mut c2, r_a + 1).await;
+    // Writes on B: a restored token updated under its old etag, one
+    // deleted, one created; each heard once, after R_a, in order.
+    let (kept, t) = state_a
+        .iter()
+        .find(|(_, t)| t.status == pb::TokenStatus::Active as i32)
+        .unwrap();
+    c.disable_token(pb::DisableTokenRequest {
+        id: kept.clone(),
+        etag: t.etag.clone(),
+    })
+    .await
+    .unwrap();
+    let gone = state_a
+        .iter()
+        .filter(|(_, t)| t.status == pb::TokenStatus::Active as i32)
+        .nth(1)
+        .unwrap()
+        .0;
+    delete(&mut c, gone).await.unwrap();
+    let (fresh, _) = create_token(&mut c, &acc.id, "made on etcd").await;
+    assert!(
+        !state_a.contains_key(&fresh.id),
+        "{} issued again",
+        fresh.id
+    );
+    let mut prev = r_a;
+    for id in [kept, gone, &fresh.id] {
+        let e = next_change(&mut live).await;
+        assert!(e.revision > prev, "revision {} after {prev}", e.revision);
+        prev = e.revision;
+        assert_eq!(&e.token.unwrap().id, id);
+    }
+    let history = c
+        .list_token_events(pb::ListTokenEventsRequest {
+            token_id: kept.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        history.events.len(),
+        1,
+        "only what happened after the restore"
+    );
+    let state_b = records(&mut c).await;
+    let file_b = dir.path().join("b.snap");
+    assert_eq!(save(&b, &file_b).await.code, 0);
+    let r_b = Snapshot::decode(&std::fs::read(&file_b).unwrap())
+        .unwrap()
+        .revision as i64;
+    assert!(r_b >= prev, "{r_b} < {prev}");
+    drop((b, b2));
+
+    // C: back on sled.
+    let ran = restore(&file_b, &c_dir).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let cc = serve_restored(&a_dir, &c_dir).await;
+    let mut c = cc.tokens().await;
+    assert_same(&records(&mut c).await, &state_b, "back on sled");
+    assert_eq!(watch_refusal(&mut c, r_b).await, Code::OutOfRange);
+    let mut live = watch_from(&mut c, r_b + 1).await;
+    let (newest, _) = create_token(&mut c, &acc.id, "back on sled").await;
+    assert!(!state_b.contains_key(&newest.id));
+    assert_eq!(next_change(&mut live).await.revision, r_b + 1);
+
+    // A prefix whose restore stopped half-way is refused, in one line.
+    cluster.etcdctl(
+        None,
+        None,
+        &["put", "/half/m/origin", r#"{"restoring":true}"#],
+    );
+    let half = dir.path().join("half");
+    std::fs::create_dir_all(&half).unwrap();
+    let out = serve_command(&half, free_addr(), &["--store", &cluster.store("half")])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("has not finished"), "{stderr}");
 }
 
 /// Every account the server at `p` lists.

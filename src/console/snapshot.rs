@@ -56,11 +56,15 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
             file,
             data_dir,
             store,
+            etcd,
         } => {
-            if store != Backend::Sled {
+            let store = etcd
+                .store(&store)
+                .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+            if store == Backend::Sled && data_dir.is_none() {
                 return Err(fail(
                     exit::USAGE,
-                    "restoring into etcd is not supported yet: restore into a sled data dir (--store sled)",
+                    "--data-dir is required to restore into sled",
                 ));
             }
             let started = Instant::now();
@@ -72,12 +76,10 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
                     format!("{} refused, nothing written: {e}", file.display()),
                 )
             })?;
-            SledStore::restore_into(&data_dir, &snapshot)
-                .map_err(|e| fail(exit::FAILED, e.to_string()))?;
+            let target = restore_into(&store, data_dir.as_deref(), &snapshot).await?;
             println!(
-                "restored {} into {}: {} in {:.2?}",
+                "restored {} into {target}: {} in {:.2?}",
                 file.display(),
-                data_dir.display(),
                 describe(&snapshot.summary()),
                 started.elapsed()
             );
@@ -86,6 +88,34 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
             );
             Ok(())
         }
+    }
+}
+
+/// Writes `snapshot` where `store` says; what it was written into.
+async fn restore_into(
+    store: &Backend,
+    data_dir: Option<&Path>,
+    snapshot: &Snapshot,
+) -> Result<String, Failure> {
+    let failed = |e: crate::error::Error| fail(exit::FAILED, e.to_string());
+    match store {
+        Backend::Sled => {
+            let dir = data_dir.expect("checked before reading the file");
+            SledStore::restore_into(dir, snapshot).map_err(failed)?;
+            Ok(dir.display().to_string())
+        }
+        #[cfg(feature = "etcd")]
+        Backend::Etcd { endpoints, prefix } => {
+            crate::store::EtcdStore::restore_into(endpoints, prefix, snapshot)
+                .await
+                .map_err(failed)?;
+            Ok(format!("etcd prefix {prefix}"))
+        }
+        #[cfg(not(feature = "etcd"))]
+        Backend::Etcd { .. } => Err(fail(
+            exit::USAGE,
+            "this tokend was built without the etcd backend (cargo feature `etcd`)",
+        )),
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use etcd_client::{GetOptions, WatchOptions};
 
 use super::keyspace::decode_record;
-use super::{Inner, revision, unavailable};
+use super::{Inner, unavailable};
 use crate::domain::{Event, Revision, TokenId};
 use crate::error::Error;
 
@@ -49,6 +49,14 @@ impl Inner {
         let head = self.state().revision();
         if from > head {
             return Ok(Vec::new());
+        }
+        // etcd's history before the origin is a restore's, not events.
+        let oldest = self.origin.oldest();
+        if from < oldest {
+            return Err(Error::Compacted {
+                requested: from,
+                oldest,
+            });
         }
         {
             let recent = self.recent.lock().expect("recent events");
@@ -85,7 +93,7 @@ impl Inner {
         let mut client = self.client.clone();
         let mut out = Vec::new();
         while out.len() < max && at > 0 {
-            let options = GetOptions::new().with_revision(at as i64);
+            let options = GetOptions::new().with_revision(self.origin.etcd(at));
             let r = match client.get(key.as_str(), Some(options)).await {
                 Ok(r) => r,
                 Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => {
@@ -95,8 +103,15 @@ impl Inner {
                 }
                 Err(e) => return Err(unavailable("reading a token's history", e)),
             };
-            let Some(kv) = r.kvs().first() else { break };
-            let rev = revision(kv.mod_revision());
+            // Absent then, or put by the restore that made the prefix.
+            let Some(kv) = r
+                .kvs()
+                .first()
+                .filter(|kv| self.origin.is_event(kv.mod_revision()))
+            else {
+                break;
+            };
+            let rev = self.origin.revision(kv.mod_revision());
             out.push(Arc::new(decode_record(kv.value())?.into_event(rev)));
             if kv.version() <= 1 {
                 break;
@@ -117,7 +132,7 @@ async fn history(
 ) -> Result<Vec<Arc<Event>>, Error> {
     let options = WatchOptions::new()
         .with_prefix()
-        .with_start_revision(from as i64)
+        .with_start_revision(inner.origin.etcd(from))
         .with_prev_key();
     let mut stream = inner
         .client
@@ -133,7 +148,10 @@ async fn history(
             .map_err(|e| unavailable("reading history", e))?
             .ok_or_else(|| unavailable("reading history", "the stream ended"))?;
         if r.canceled() {
-            let oldest = revision(r.compact_revision()).max(1);
+            let oldest = inner
+                .origin
+                .revision(r.compact_revision())
+                .max(inner.origin.oldest());
             inner.compacted.fetch_max(oldest, Ordering::AcqRel);
             return Err(Error::Compacted {
                 requested: from,
@@ -142,7 +160,7 @@ async fn history(
         }
         for e in r.events() {
             let Some(kv) = e.kv() else { continue };
-            let rev = revision(kv.mod_revision());
+            let rev = inner.origin.revision(kv.mod_revision());
             if rev > head || out.len() == max {
                 return Ok(out);
             }

@@ -32,6 +32,8 @@ const ACCESS: &str = "l/";
 /// Written by every mutation: its mod revision is the last event's.
 const HEAD: &str = "m/head";
 const PAGE_KEY: &str = "m/page_key";
+/// Where tokend's revisions start in etcd's: written by a snapshot restore.
+const ORIGIN: &str = "m/origin";
 /// Each live replica's applied revision, leased.
 const REPLICAS: &str = "replicas/";
 const BOOTSTRAP_LOCK: &str = "lock/bootstrap";
@@ -92,6 +94,10 @@ impl Keyspace {
 
     pub(super) fn page_key(&self) -> String {
         self.key(PAGE_KEY, "")
+    }
+
+    pub(super) fn origin(&self) -> String {
+        self.key(ORIGIN, "")
     }
 
     /// The prefix of every replica's registration.
@@ -222,7 +228,15 @@ mod tests {
         // The pump watches `r/` only: a record elsewhere would never
         // become an event.
         assert!(ACCOUNTS.starts_with(RECORDS) && TOKENS.starts_with(RECORDS));
-        for other in [GUARDS, ACCESS, HEAD, PAGE_KEY, REPLICAS, BOOTSTRAP_LOCK] {
+        for other in [
+            GUARDS,
+            ACCESS,
+            HEAD,
+            PAGE_KEY,
+            ORIGIN,
+            REPLICAS,
+            BOOTSTRAP_LOCK,
+        ] {
             assert!(!other.starts_with(RECORDS), "{other}");
         }
     }
@@ -240,6 +254,7 @@ mod tests {
         assert_eq!(keys.access_id(b"/tokend/l/nonsense"), None);
         assert_eq!(keys.access_id(b"/other/l/TKN-0000-0042"), None);
         assert_eq!(keys.head(), "/tokend/m/head");
+        assert_eq!(keys.origin(), "/tokend/m/origin");
         assert_eq!(keys.replica("ab12"), "/tokend/replicas/ab12");
         assert_eq!(keys.bootstrap_lock(), "/tokend/lock/bootstrap");
     }

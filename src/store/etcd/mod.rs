@@ -2,11 +2,11 @@
 //! etcd cluster, which already solves consensus and durability.
 //!
 //! Owns the etcd keyspace under one prefix and each replica's copy of it.
-//! Every mutation is ONE etcd transaction, guarded by the record's etcd
-//! `version` (which is the record's own `revision`, since every change to a
-//! record is exactly one put of its key), and by the revisions of whatever
-//! else the plan read; its revision is the etcd revision, and etcd has made
-//! it durable on a quorum before it answers. Each replica keeps the whole
+//! Every mutation is ONE etcd transaction, guarded by the mod revisions of
+//! the record and of whatever else the plan read (none past the state the
+//! plan was made on); its revision is the etcd revision (plus the prefix's
+//! origin offset, after a restore), and etcd has made it durable on a
+//! quorum before it answers. Each replica keeps the whole
 //! state in memory, fed by its own etcd watch (the *pump*), so reads and
 //! `VerifyToken` never wait on etcd. A write is answered only once every
 //! live replica's watch has applied it: each replica registers under a lease
@@ -34,6 +34,9 @@
 //!   `<prefix>m/head`       → empty; written by every mutation, so its mod
 //!                            revision is the last event's
 //!   `<prefix>m/page_key`   → 32 random bytes for signing page tokens
+//!   `<prefix>m/origin`     → only on a prefix made by a snapshot restore:
+//!                            the snapshot's revision, which tokend's
+//!                            revisions continue from (`restore.rs`)
 //!   `<prefix>replicas/<id>`→ the revision a live replica has applied
 //!                            (leased: gone when the replica is)
 //!   `<prefix>lock/…`       → etcd locks (bootstrap)
@@ -55,13 +58,16 @@
 //! - `history.rs`: replays for streams, from recent events in memory or
 //!   from etcd's history;
 //! - `replicas.rs`: registration under a lease, progress reports, waiting
-//!   for every replica, and fencing.
+//!   for every replica, and fencing;
+//! - `restore.rs`: restoring a snapshot into an empty prefix, and the
+//!   origin it leaves (tokend revision = etcd revision + an offset).
 
 mod connect;
 mod history;
 mod keyspace;
 mod pump;
 mod replicas;
+mod restore;
 mod txn;
 
 use std::collections::{HashMap, VecDeque};
@@ -75,6 +81,7 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use self::keyspace::Keyspace;
+use self::restore::Origin;
 use super::{AccessLog, Applied, Endpoints, Store};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, Event, Revision, TokenId};
@@ -125,6 +132,9 @@ struct Inner {
     recent: Mutex<VecDeque<Arc<Event>>>,
     /// The oldest revision etcd still has history for, as last seen.
     compacted: AtomicU64,
+    /// How tokend's revisions map onto etcd's (identity unless the prefix
+    /// was made by a restore). Fixed for the prefix's life.
+    origin: Origin,
     access: AccessLog,
     page_key: [u8; 32],
     hub: Hub,
@@ -150,8 +160,9 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("corrupt {what} in etcd: {e}"))
 }
 
-/// etcd's revisions are signed; ours are not (and 0 is "none").
-fn revision(r: i64) -> Revision {
+/// An etcd revision as etcd reports it (signed), for resuming watches of
+/// keys that are not records. Record revisions go through [`Origin`].
+fn etcd_revision(r: i64) -> Revision {
     r.max(0) as Revision
 }
 
@@ -200,7 +211,8 @@ impl EtcdStore {
                 .ok_or_else(|| corrupt("page key", "not 32 bytes"))?
         };
 
-        let (state, access, head) = pump::load(&client, &keys).await?;
+        let origin = restore::read_origin(&client, &keys).await?;
+        let (state, access, head) = pump::load(&client, &keys, &origin).await?;
         tracing::info!(revision = head, prefix = %keys.prefix(), "etcd store opened");
         let (applied, _) = watch::channel(head);
         let replica = replicas::replica_name(&config.data_dir)?;
@@ -210,7 +222,8 @@ impl EtcdStore {
             state: RwLock::new(Arc::new(state)),
             applied,
             recent: Mutex::new(VecDeque::new()),
-            compacted: AtomicU64::new(1),
+            compacted: AtomicU64::new(origin.oldest()),
+            origin,
             access: AccessLog::new(config.access_interval, access),
             page_key,
             hub,

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 
 use super::keyspace::{Committed, Keyspace, decode_access, decode_record};
-use super::{Inner, RETRY_PAUSES, revision, unavailable};
+use super::restore::Origin;
+use super::{Inner, RETRY_PAUSES, unavailable};
 use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
@@ -26,28 +27,34 @@ use crate::state::{Change, SecretOp, State};
 
 /// How long a write or a sync waits for this replica's watch to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keys read per request while loading: a whole prefix in one answer
+/// outgrows any message limit (10,000 tokens are ~6 MB).
+const PAGE: i64 = 1000;
+/// A page of the largest records (~20 KB each) fits under it.
+const PAGE_BYTES: usize = 64 << 20;
 
 type Loaded = (State, Vec<(TokenId, SystemTime)>, Revision);
 
 /// Every record as of one etcd revision, with the last-access times and the
 /// revision of the last event.
-pub(super) async fn load(client: &Client, keys: &Keyspace) -> Result<Loaded, Error> {
-    let r = client
-        .clone()
-        .get(keys.records(), Some(GetOptions::new().with_prefix()))
+pub(super) async fn load(client: &Client, keys: &Keyspace, origin: &Origin) -> Result<Loaded, Error> {
+    let failed = |e| unavailable("loading records", e);
+    let (records, at) = get_prefix(client, &keys.records(), 0)
         .await
-        .map_err(|e| unavailable("loading records", e))?;
-    let at = r.header().map_or(0, |h| revision(h.revision())) as i64;
+        .map_err(failed)?;
     // The state's revision is the last event's (`m/head` moves with every
     // one), read as of the same etcd revision as the records.
     let h = client
         .clone()
         .get(keys.head(), Some(GetOptions::new().with_revision(at)))
         .await
-        .map_err(|e| unavailable("loading records", e))?;
-    let head = h.kvs().first().map_or(0, |kv| revision(kv.mod_revision()));
+        .map_err(failed)?;
+    let head = h
+        .kvs()
+        .first()
+        .map_or(0, |kv| origin.revision(kv.mod_revision()));
     let (mut accounts, mut tokens, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
-    for kv in r.kvs() {
+    for kv in &records {
         let c = decode_record(kv.value())?;
         match c.subject {
             Subject::Account(a) => accounts.push(a),
@@ -59,17 +66,13 @@ pub(super) async fn load(client: &Client, keys: &Keyspace) -> Result<Loaded, Err
             }
         }
     }
+    drop(records);
     // Access times as of the same revision.
-    let l = client
-        .clone()
-        .get(
-            keys.access_times(),
-            Some(GetOptions::new().with_prefix().with_revision(at)),
-        )
+    let (times, _) = get_prefix(client, &keys.access_times(), at)
         .await
         .map_err(|e| unavailable("loading access times", e))?;
     let mut access = Vec::new();
-    for kv in l.kvs() {
+    for kv in &times {
         // A last access is a hint: one that does not parse is skipped.
         if let (Some(id), Ok(at)) = (keys.access_id(kv.key()), decode_access(kv.value())) {
             access.push((id, at));
@@ -80,6 +83,43 @@ pub(super) async fn load(client: &Client, keys: &Keyspace) -> Result<Loaded, Err
         access,
         head,
     ))
+}
+
+/// Every key under `prefix` as of etcd revision `at` (0: now), and that
+/// revision: page after page, each read at the revision of the first.
+async fn get_prefix(
+    client: &Client,
+    prefix: &str,
+    mut at: i64,
+) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+    let mut kv = client.kv_client().max_decoding_message_size(PAGE_BYTES);
+    // The prefix's range end: its last byte plus one (prefixes end in '/').
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if at > 0 {
+            options = options.with_revision(at);
+        }
+        let mut r = kv.get(from.clone(), Some(options)).await?;
+        if at == 0 {
+            at = r.header().map_or(0, |h| h.revision());
+        }
+        let more = r.more();
+        let page = r.take_kvs();
+        if let Some(last) = page.last() {
+            // The next page starts just after the last key of this one.
+            from = [last.key(), &[0]].concat();
+        }
+        out.extend(page);
+        if !more {
+            return Ok((out, at));
+        }
+    }
 }
 
 /// Follows `r/` from `after` + 1, applying each put to the state and handing
@@ -100,7 +140,7 @@ pub(super) async fn pump(inner: Arc<Inner>, mut after: Revision) {
 async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
     let options = WatchOptions::new()
         .with_prefix()
-        .with_start_revision(*after as i64 + 1);
+        .with_start_revision(inner.origin.etcd(*after) + 1);
     let mut stream = inner
         .client
         .clone()
@@ -119,10 +159,11 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
             if r.compact_revision() > 0 {
                 // Fell behind etcd's compaction while away: only a reload
                 // can bring the state back; streams re-read what they need.
-                inner
-                    .compacted
-                    .fetch_max(revision(r.compact_revision()), Ordering::AcqRel);
-                let (state, _, head) = load(&inner.client, &inner.keys).await?;
+                inner.compacted.fetch_max(
+                    inner.origin.revision(r.compact_revision()),
+                    Ordering::AcqRel,
+                );
+                let (state, _, head) = load(&inner.client, &inner.keys, &inner.origin).await?;
                 // The events kept in memory now end before a hole: serving
                 // a replay from them would skip what was missed. Replays go
                 // to etcd, which answers REVISION_COMPACTED.
@@ -137,7 +178,7 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
         let mut events = Vec::with_capacity(r.events().len());
         for e in r.events() {
             let Some(kv) = e.kv() else { continue };
-            let rev = revision(kv.mod_revision());
+            let rev = inner.origin.revision(kv.mod_revision());
             if rev <= *after || e.event_type() != EventType::Put {
                 continue;
             }
@@ -237,7 +278,10 @@ impl Inner {
         for pause in RETRY_PAUSES {
             match self.client.clone().get(key.as_str(), None).await {
                 Ok(r) => {
-                    let head = r.kvs().first().map_or(0, |kv| revision(kv.mod_revision()));
+                    let head = r
+                        .kvs()
+                        .first()
+                        .map_or(0, |kv| self.origin.revision(kv.mod_revision()));
                     return self.caught_up(head).await;
                 }
                 Err(e) => failure = Some(e),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::time::Instant;
 
-use super::{Inner, revision, unavailable};
+use super::{Inner, etcd_revision, unavailable};
 use crate::domain::Revision;
 use crate::error::{Error, reason};
 
@@ -211,7 +211,7 @@ pub(super) async fn load_replicas(inner: &Inner) -> Result<Revision, Error> {
         map.insert(key, applied);
     }
     inner.replicas.send_replace(map);
-    Ok(r.header().map_or(0, |h| revision(h.revision())))
+    Ok(r.header().map_or(0, |h| etcd_revision(h.revision())))
 }
 
 /// Keeps `replicas` current: reports, arrivals, and departures (lease
@@ -242,7 +242,7 @@ pub(super) async fn follow_replicas(inner: Arc<Inner>, mut after: Revision) {
             inner.replicas.send_modify(|map| {
                 for e in r.events() {
                     let Some(kv) = e.kv() else { continue };
-                    after = after.max(revision(kv.mod_revision()));
+                    after = after.max(etcd_revision(kv.mod_revision()));
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     match e.event_type() {
                         EventType::Put => {

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::keyspace::encode_record;
-use super::{Inner, RETRY_PAUSES, revision, unavailable};
+use super::{Inner, RETRY_PAUSES, unavailable};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::{Error, reason};
@@ -87,7 +87,9 @@ impl Inner {
         now: SystemTime,
         actor: &Actor,
     ) -> (Txn, String, Vec<u8>) {
-        let based_on = state.revision() as i64;
+        // Every record put at or before it is in `state`: a guard that its
+        // key was not put since is a guard that the plan saw it as it is.
+        let based_on = self.origin.etcd(state.revision());
         let mut when = Vec::new();
         let mut then = Vec::new();
         let record = |secret| encode_record(&change.subject, secret, change.kind, now, actor);
@@ -95,10 +97,10 @@ impl Inner {
             Subject::Token(t) => {
                 let key = self.keys.token(&t.id);
                 // The etag: the record is as the plan saw it (absent for a create).
-                when.push(Compare::version(
+                when.push(Compare::mod_revision(
                     key.clone(),
-                    CompareOp::Equal,
-                    t.revision as i64 - 1,
+                    CompareOp::Less,
+                    based_on + 1,
                 ));
                 let secret = match &change.secret {
                     SecretOp::Set(h) => Some(*h),
@@ -129,10 +131,10 @@ impl Inner {
             }
             Subject::Account(a) => {
                 let key = self.keys.account(&a.id);
-                when.push(Compare::version(
+                when.push(Compare::mod_revision(
                     key.clone(),
-                    CompareOp::Equal,
-                    a.revision as i64 - 1,
+                    CompareOp::Less,
+                    based_on + 1,
                 ));
                 // An account update checks its tokens' modules: none of them
                 // may have changed since the state it was planned on.
@@ -159,14 +161,14 @@ impl Inner {
         let landed = || async {
             let got = self.client.clone().get(key, None).await.ok()?;
             let kv = got.kvs().first()?;
-            (kv.value() == value).then(|| revision(kv.mod_revision()))
+            (kv.value() == value).then(|| self.origin.revision(kv.mod_revision()))
         };
         let mut unknown = false;
         let mut failure = None;
         for pause in RETRY_PAUSES {
             match self.client.clone().txn(txn.clone()).await {
                 Ok(r) => {
-                    let rev = r.header().map_or(0, |h| revision(h.revision()));
+                    let rev = r.header().map_or(0, |h| self.origin.revision(h.revision()));
                     if !r.succeeded()
                         && unknown
                         && let Some(rev) = landed().await
