@@ -448,8 +448,58 @@ async fn a_non_empty_target_is_refused_and_an_empty_one_used() {
     );
 }
 
+/// One timed call of [`traffic`]: when it started, how long it took, and
+/// whether it was a write.
+type Call = (Instant, Duration, bool);
+
+/// Creates (a writer) or verifies `secret` (a reader) in a loop until
+/// `stop`, timing each call.
+fn traffic(
+    mut c: Tokens,
+    account: String,
+    secret: String,
+    write: bool,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Call>> {
+    tokio::spawn(async move {
+        let mut calls = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let at = Instant::now();
+            if write {
+                create_token(&mut c, &account, "during the save").await;
+            } else {
+                assert!(verify(&mut c, &secret).await.valid);
+            }
+            calls.push((at, at.elapsed(), write));
+        }
+        calls
+    })
+}
+
+/// "N writes, p50/p99/max …" for the calls of one kind inside `window`.
+fn latencies(calls: &[Call], write: bool, window: (Instant, Instant)) -> (usize, String) {
+    let mut took: Vec<Duration> = calls
+        .iter()
+        .filter(|(at, d, w)| *w == write && *at >= window.0 && *at + *d <= window.1)
+        .map(|c| c.1)
+        .collect();
+    took.sort();
+    let q = |f: f64| took.get(((took.len() as f64 * f) as usize).min(took.len().saturating_sub(1)));
+    let text = format!(
+        "{} {}, p50 {:.1?} p99 {:.1?} max {:.1?}",
+        took.len(),
+        if write { "writes" } else { "verifies" },
+        q(0.5).copied().unwrap_or_default(),
+        q(0.99).copied().unwrap_or_default(),
+        took.last().copied().unwrap_or_default()
+    );
+    (took.len(), text)
+}
+
 /// Measures save and restore of TOKEND_SNAPSHOT_TOKENS tokens (10,000 by
-/// default), and checks the restored server knows the last one.
+/// default), with a writer and a reader running throughout: both keep
+/// being answered while the save runs (their latencies are printed beside
+/// those of the second before it). The restored server knows the tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_and_restore_times_for_10000_tokens() {
     let n: usize = std::env::var("TOKEND_SNAPSHOT_TOKENS")
@@ -476,11 +526,37 @@ async fn save_and_restore_times_for_10000_tokens() {
         samples.extend(t.await.unwrap());
     }
     let filled = started.elapsed();
+    let stop = Arc::new(AtomicBool::new(false));
+    let known = samples[0].1.clone();
+    let load: Vec<_> = [true, false]
+        .into_iter()
+        .map(|write| (write, acc.id.clone(), known.clone(), stop.clone()))
+        .collect();
+    let mut running = Vec::new();
+    for (write, account, secret, stop) in load {
+        running.push(traffic(p.tokens().await, account, secret, write, stop));
+    }
+    let before = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let file = dir.path().join("big.snap");
     let started = Instant::now();
     let ran = save(&p, &file).await;
     let saved = started.elapsed();
+    let ended = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let mut calls = Vec::new();
+    for t in running {
+        calls.extend(t.await.unwrap());
+    }
     assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let (writes, during_w) = latencies(&calls, true, (started, ended));
+    let (reads, during_r) = latencies(&calls, false, (started, ended));
+    println!(
+        "during the save: {during_w}; {during_r}\nthe second before: {}; {}",
+        latencies(&calls, true, (before, started)).1,
+        latencies(&calls, false, (before, started)).1
+    );
+    assert!(writes > 0 && reads > 0, "no call finished during the save");
     let size = std::fs::metadata(&file).unwrap().len();
     drop(p);
     let restored = dir.path().join("restored");
