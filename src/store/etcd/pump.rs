@@ -37,7 +37,11 @@ type Loaded = (State, Vec<(TokenId, SystemTime)>, Revision);
 
 /// Every record as of one etcd revision, with the last-access times and the
 /// revision of the last event.
-pub(super) async fn load(client: &Client, keys: &Keyspace, origin: &Origin) -> Result<Loaded, Error> {
+pub(super) async fn load(
+    client: &Client,
+    keys: &Keyspace,
+    origin: &Origin,
+) -> Result<Loaded, Error> {
     let failed = |e| unavailable("loading records", e);
     let (records, at) = get_prefix(client, &keys.records(), 0)
         .await
