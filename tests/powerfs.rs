@@ -111,6 +111,31 @@ fn a_truncation_reads_as_zeros_until_synced_and_is_undone_by_a_cut() {
     assert_eq!(fs::read(&path).unwrap(), vec![7u8; 10_000]);
 }
 
+/// fallocate(2) (the write-ahead log allocates its segments ahead) grows the
+/// file with zeros, durable only once fsynced.
+#[test]
+fn an_allocation_reads_as_zeros_and_is_undone_by_a_cut_unless_fsynced() {
+    use rustix::fs::{FallocateFlags, fallocate};
+    let mut fs = PowerFs::mount();
+    let path = fs.path().join("f");
+    write_file(&path, &[7u8; 10], true);
+    sync_dir(fs.path());
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    fallocate(&f, FallocateFlags::empty(), 0, 1 << 20).unwrap();
+    drop(f);
+    let now = fs::read(&path).unwrap();
+    assert_eq!(now.len(), 1 << 20);
+    assert!(now[10..].iter().all(|b| *b == 0));
+    fs.cut(None);
+    assert_eq!(fs::read(&path).unwrap(), vec![7u8; 10]);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    fallocate(&f, FallocateFlags::empty(), 0, 1 << 20).unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    fs.cut(None);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 1 << 20);
+}
+
 /// Fills the second page of `path` with `byte` through a shared mapping;
 /// with `msync`, msync(MS_SYNC), which the kernel passes on as an fsync.
 fn write_mapped(path: &Path, byte: u8, msync: bool) {

@@ -12,6 +12,11 @@
 //!
 //!   `[u32 LE payload length][u32 LE crc32 of payload][payload]`
 //!
+//! ending where zeros start: a segment is allocated [`PREALLOCATE`] bytes
+//! ahead when it is made, since an `fdatasync` that must also record a
+//! larger file size costs a third more (an extra journal commit on ext4).
+//! A record never has a zero length, so the zeros cannot be mistaken for one.
+//!
 //! and a payload is the batch's entries, each
 //!
 //!   `[u8 secret op: 0 keep, 1 set, 2 erase][32-byte hash unless keep]`
@@ -24,7 +29,8 @@
 //! corruption, refused at open), and never know about sled or the state.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::secret::SecretHash;
@@ -34,6 +40,9 @@ use crate::state::SecretOp;
 /// at most a few KiB each fit many times over).
 const MAX_RECORD: usize = 256 << 20;
 const HEADER: usize = 8;
+/// Bytes allocated for a segment when it is made: more than a checkpoint
+/// interval's appends at full speed. Past it, appends grow the file.
+const PREALLOCATE: u64 = 4 << 20;
 
 /// One committed change as read back from the log: what sled needs to apply
 /// it again. `event` holds the encoded event (record, kind, time, actor).
@@ -48,7 +57,7 @@ pub(super) struct Wal {
     current: File,
     /// The sequence number of the current segment (its file name).
     sequence: u64,
-    /// Bytes in the current segment.
+    /// Bytes of records in the current segment: where the next one goes.
     len: u64,
 }
 
@@ -141,7 +150,7 @@ impl Wal {
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
         // One write, so that a crash leaves at most this record torn.
-        self.current.write_all(&record)?;
+        self.current.write_all_at(&record, self.len)?;
         // The power-cut suite's proof that it can fail: with this sync
         // skipped, a SIGKILL loses nothing but a power cut does.
         if !skip_sync() {
@@ -198,19 +207,23 @@ fn skip_sync() -> bool {
     false
 }
 
-/// A new, empty segment, durable in its directory before anything relies
-/// on it.
+/// A new segment of zeros, allocated ahead (where the file system can),
+/// durable in its directory before anything relies on it.
 fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
     let file = OpenOptions::new()
         .create_new(true)
-        .append(true)
+        .write(true)
         .open(dir.join(segment_name(sequence)))?;
+    // Only an optimisation: a file system without fallocate grows the file
+    // as it is written.
+    let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, PREALLOCATE);
     sync_dir(dir)?;
     Ok(file)
 }
 
-/// Reads the batches of one segment into `out`. A record that does not
-/// check out (cut short, a length that cannot be, a checksum that fails)
+/// Reads the batches of one segment into `out`, up to where only zeros are
+/// left (the preallocated rest). A record that does not check out (cut
+/// short, a length that cannot be, a checksum that fails)
 /// is a torn write only in the `last` segment and only when no intact
 /// record follows it at any offset: the torn batch was the last append
 /// and never answered. Its bytes are set aside in `<segment>.torn` and the
@@ -227,6 +240,7 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                 out.push(entries);
                 at += size;
             }
+            Err(_) if bytes[at..].iter().all(|&b| b == 0) => return Ok(()),
             Err(what) => {
                 let intact_after = (at + 1..bytes.len()).any(|o| check_record(&bytes[o..]).is_ok());
                 if !last || intact_after {
@@ -302,6 +316,7 @@ fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn entry(n: u8) -> Entry {
         Entry {
@@ -330,8 +345,27 @@ mod tests {
         wal.append([(&e.secret, &e.event[..])]).unwrap();
     }
 
-    /// Writes batches 1..=n, one entry each plus batch 2 with three.
+    /// Writes batches 1..=n, one entry each plus batch 2 with three, and
+    /// cuts the segment back to its records, as on a file system without
+    /// preallocation (`a_preallocated_segment_ends_where_its_zeros_start`
+    /// keeps the zeros).
     fn written(dir: &Path, n: u8) -> PathBuf {
+        let path = written_preallocated(dir, n);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(records_len(&std::fs::read(&path).unwrap()))
+            .unwrap();
+        path
+    }
+
+    /// Where a segment's zeros start.
+    fn records_len(bytes: &[u8]) -> u64 {
+        bytes
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |i| i as u64 + 1)
+    }
+
+    fn written_preallocated(dir: &Path, n: u8) -> PathBuf {
         let (mut wal, old) = Wal::open(dir).unwrap();
         assert!(old.is_empty());
         for i in 1..=n {
@@ -388,7 +422,43 @@ mod tests {
     }
 
     #[test]
-    fn a_last_record_that_fails_its_checksum_or_zeros_are_a_torn_write() {
+    fn a_preallocated_segment_ends_where_its_zeros_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written_preallocated(tmp.path(), 3);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, PREALLOCATE, "allocated ahead");
+        let end = records_len(&bytes) as usize;
+        let (mut wal, back) = Wal::open(tmp.path()).unwrap();
+        assert_eq!(back.len(), 3);
+        let torn = tmp.path().join(format!("{}.torn", segment_name(0)));
+        assert!(!torn.exists(), "zeros are not a torn write");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
+        // Appends go where the records end, not after the zeros.
+        append(&mut wal, entry(7));
+        let next = std::fs::read(tmp.path().join(segment_name(1))).unwrap();
+        assert!(same(
+            &parse_payload(check_record(&next).unwrap().0).unwrap(),
+            &[entry(7)]
+        ));
+        drop(wal);
+        // A record cut short over the zeros (the part of an unanswered
+        // write that reached the disk) is a torn write.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = written_preallocated(tmp.path(), 3);
+        let mut damaged = bytes.clone();
+        damaged[end - 3..end].fill(0);
+        std::fs::write(&path, &damaged).unwrap();
+        let (_, back) = Wal::open(tmp.path()).unwrap();
+        assert_eq!(back.len(), 2, "batch 3 dropped");
+        assert!(
+            tmp.path()
+                .join(format!("{}.torn", segment_name(0)))
+                .exists()
+        );
+    }
+
+    #[test]
+    fn a_last_record_that_fails_its_checksum_is_a_torn_write_and_zeros_the_end() {
         let tmp = tempfile::tempdir().unwrap();
         let path = written(tmp.path(), 3);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -404,6 +474,11 @@ mod tests {
             .unwrap();
         f.write_all(&[0; 4096]).unwrap();
         assert_eq!(Wal::open(tmp.path()).unwrap().1.len(), 3);
+        assert!(
+            !tmp.path()
+                .join(format!("{}.torn", segment_name(0)))
+                .exists()
+        );
     }
 
     #[test]

@@ -268,6 +268,34 @@ impl Filesystem for PowerFuse {
         }
     }
 
+    /// fallocate(2) in its plain mode (what the write-ahead log uses): the
+    /// file grows to hold the range, reading zeros, durable only at the
+    /// next fsync, like a truncate up. Other modes are refused, as many
+    /// file systems do.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let r = self.with(|t| {
+            let file = t.file_mut(ino.0)?;
+            if offset + length > file.len() {
+                file.set_len(offset + length).map_err(super::tree::errno)?;
+            }
+            Self::touch(t, ino.0);
+            Ok(())
+        });
+        answer_empty(reply, r)
+    }
+
     /// close(): not durability.
     fn flush(
         &self,
