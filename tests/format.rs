@@ -335,17 +335,18 @@ async fn an_old_sled_data_dir_reads_back_exactly() {
     // sled's revisions are its own: they stay.
     check(&mut c, &mut a, &dir, &expected, |r| r).await;
     running.stop().await.expect("clean stop");
-    // Opening it migrated the marker to format 2 (records unchanged, plus
-    // the write-ahead log in wal/): a format-1 tokend, which would not
-    // replay the log, refuses the data dir instead of losing writes.
+    // Opening it migrated the marker to format 3 (records unchanged, the
+    // write-ahead log in wal/, a commit's events under one key): an older
+    // tokend, which would not replay the log or read such a key, refuses
+    // the data dir instead of losing writes.
     let db = sled::open(dir.join("db")).unwrap();
     let tree = db.open_tree("tokend").unwrap();
     assert_eq!(
         tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-2"[..])
+        Some(&b"tokend-sled-3"[..])
     );
     drop((tree, db));
-    // And it opens again, as format 2, with the same records (but for the
+    // And it opens again, as format 3, with the same records (but for the
     // last access times the check's own verifications moved).
     let (running, mut c, mut a) = serve(&dir, Backend::Sled).await;
     let operator = expected["operator"].as_str().unwrap();
@@ -356,6 +357,30 @@ async fn an_old_sled_data_dir_reads_back_exactly() {
         &all_accounts(&mut a).await,
         expected["accounts"].as_array().unwrap(),
     );
+    // The old one-event keys and a new commit's key read as one log.
+    let old = expected["events"].as_array().unwrap();
+    // (A token like the operator's: its account may hold its modules.)
+    let like = expected["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == expected["operator"])
+        .unwrap();
+    let made = c
+        .create_token(pb::CreateTokenRequest {
+            account_id: like["account_id"].as_str().unwrap().into(),
+            name: "made by format 3".into(),
+            modules: serde_json::from_value(like["modules"].clone()).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .expect("a token created")
+        .into_inner()
+        .token
+        .unwrap();
+    let events = history(&mut c, old.len() + 1).await;
+    same("event", &events[..old.len()], old);
+    assert_eq!(events[old.len()]["token"]["id"], made.id.as_str());
     running.stop().await.expect("clean stop");
 }
 

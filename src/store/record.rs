@@ -29,11 +29,15 @@ use crate::domain::{
 /// The storage format's version, as the sled store records it in
 /// `m/format`: version 1 is every shape in this file; version 2 keeps them
 /// and adds the write-ahead log beside sled (`sled/wal.rs`), which a
-/// version-1 tokend would not replay, so it must refuse such a data dir.
-/// The etcd keyspace keeps no marker; its records are version 1.
-pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-2";
+/// version-1 tokend would not replay, so it must refuse such a data dir;
+/// version 3 keeps a commit's events under one key (`sled/layout.rs`),
+/// which a version-2 tokend would misread. The etcd keyspace keeps no
+/// marker; its records are version 1.
+pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-3";
 /// Opened and migrated to [`SLED_FORMAT`] by writing the new marker.
 pub(super) const SLED_FORMAT_V1: &[u8] = b"tokend-sled-1";
+/// Likewise: its one-event keys read as commits of one event.
+pub(super) const SLED_FORMAT_V2: &[u8] = b"tokend-sled-2";
 
 /// A domain value's on-disk shape. Encoding borrows from the domain value
 /// (`'a`), so writing a record copies nothing before serde does.

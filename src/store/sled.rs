@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, decode, decode_event_key, event_key};
+use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 use self::wal::Wal;
-use super::record::{EventRecord, SLED_FORMAT, SLED_FORMAT_V1};
+use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2};
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
 use crate::domain::{Actor, Event, Revision, Subject, TokenId};
@@ -149,14 +149,19 @@ impl SledStore {
 
         match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
             Some(f) if f.as_ref() == SLED_FORMAT => {}
-            // Version 1 had no log: sled holds everything. The new marker
-            // keeps a version-1 tokend from opening it once a log exists.
-            Some(f) if f.as_ref() == SLED_FORMAT_V1 => {
+            // Version 1 had no log: sled holds everything. Version 2 kept
+            // one key per event; this one reads those and writes one per
+            // commit. The new marker keeps an older tokend from opening it
+            // once a log exists, or a commit's events share a key.
+            Some(f) if f.as_ref() == SLED_FORMAT_V1 || f.as_ref() == SLED_FORMAT_V2 => {
                 tree.insert(K_FORMAT, SLED_FORMAT)
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 db.flush()
                     .map_err(|e| io_error("migrating the format marker", e))?;
-                tracing::info!("data dir migrated from format 1 to format 2 (write-ahead log)");
+                tracing::info!(
+                    from = %String::from_utf8_lossy(&f),
+                    "data dir migrated to format 3 (write-ahead log, one event key per commit)"
+                );
             }
             Some(f) => {
                 return Err(corrupt("format marker", String::from_utf8_lossy(&f)));
@@ -191,7 +196,7 @@ impl SledStore {
             _ => io_error("opening the write-ahead log", e),
         })?;
         let retention = config.retention.max(1);
-        let replayed = apply::replay(&tree, logged, retention)?;
+        let (replayed, events) = apply::replay(&tree, logged, retention)?;
 
         let (state, access) = layout::restore(&tree)?;
         let page_key: [u8; 32] = tree
@@ -199,7 +204,7 @@ impl SledStore {
             .map_err(|e| io_error("reading", e))?
             .and_then(|v| v.as_ref().try_into().ok())
             .ok_or_else(|| corrupt("page key", "missing"))?;
-        let oldest = layout::oldest_event(&tree, state.revision())?;
+        let oldest = events.oldest();
         tracing::info!(
             revision = state.revision(),
             oldest_event = oldest,
@@ -226,7 +231,7 @@ impl SledStore {
         // Room for every in-flight request of a busy server; beyond it callers
         // wait (backpressure) instead of queueing without bound.
         let (jobs, rx) = mpsc::channel(4 * commit::MAX_BATCH);
-        let writer = commit::start_writer(inner.clone(), wal, rx)
+        let writer = commit::start_writer(inner.clone(), wal, events, rx)
             .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
 
         // Last-access times reach the disk through the writer too.
@@ -305,27 +310,41 @@ impl Store for SledStore {
                 oldest,
             });
         }
-        let mut out = Vec::new();
+        let mut out: Vec<Arc<Event>> = Vec::new();
         if from > head {
             return Ok(out);
         }
-        for item in self
-            .inner
-            .tree
-            .range(event_key(from)..=event_key(head))
-            .take(max)
-        {
-            let (k, v) = item.map_err(|e| io_error("reading the event log", e))?;
-            let rev = decode_event_key(&k)?;
-            let expected = from + out.len() as u64;
-            if rev != expected {
-                // Compaction ran between our check and the read.
-                return Err(Error::Compacted {
-                    requested: expected,
-                    oldest: self.inner.oldest.load(Ordering::Acquire),
-                });
+        // From the key of the commit that holds `from`: the last one at or
+        // before it.
+        let tree = &self.inner.tree;
+        let start = match tree.range(event_key(0)..=event_key(from)).next_back() {
+            Some(item) => item
+                .map_err(|e| io_error("reading the event log", e))?
+                .0
+                .to_vec(),
+            None => event_key(from),
+        };
+        'read: for item in tree.range(start..=event_key(head)) {
+            let (_, v) = item.map_err(|e| io_error("reading the event log", e))?;
+            for e in layout::decode_events(&v)? {
+                let expected = from + out.len() as u64;
+                // Below `from`, or already read (a format-2 key beside the
+                // commit replayed over it).
+                if e.revision < expected {
+                    continue;
+                }
+                if e.revision > head || out.len() == max {
+                    break 'read;
+                }
+                if e.revision != expected {
+                    // Compaction ran between our check and the read.
+                    return Err(Error::Compacted {
+                        requested: expected,
+                        oldest: self.inner.oldest.load(Ordering::Acquire),
+                    });
+                }
+                out.push(Arc::new(e));
             }
-            out.push(Arc::new(decode::<EventRecord>("event", &v)?));
         }
         if out.is_empty() {
             return Err(Error::Compacted {
@@ -400,16 +419,22 @@ fn token_events(
         return Ok(out);
     }
     let names_it = memchr::memmem::Finder::new(id.as_str());
-    for item in inner.tree.range(event_key(0)..=event_key(end)).rev() {
+    'read: for item in inner.tree.range(event_key(0)..=event_key(end)).rev() {
         let (_, v) = item.map_err(|e| io_error("reading the event log", e))?;
         if names_it.find(&v).is_none() {
             continue;
         }
-        let event = decode::<EventRecord>("event", &v)?;
-        if matches!(&event.subject, Subject::Token(t) if &t.id == id) {
-            out.push(Arc::new(event));
-            if out.len() == max {
-                break;
+        for event in layout::decode_events(&v)?.into_iter().rev() {
+            // Newest first, each once, none past `end`.
+            let below = out.last().map_or(end + 1, |e: &Arc<Event>| e.revision);
+            if event.revision >= below {
+                continue;
+            }
+            if matches!(&event.subject, Subject::Token(t) if &t.id == id) {
+                out.push(Arc::new(event));
+                if out.len() == max {
+                    break 'read;
+                }
             }
         }
     }

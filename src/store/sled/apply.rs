@@ -28,8 +28,8 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::layout::{self, Writes};
-use super::wal::{Entry, Wal};
+use super::layout::{self, EventLog, Writes};
+use super::wal::{self, Entry, Wal};
 use super::{Inner, corrupt, io_error};
 use crate::domain::Revision;
 use crate::error::Error;
@@ -220,19 +220,21 @@ fn skip_checkpoint() -> bool {
 /// them, not only those past sled's revision counter: sled may have kept
 /// some writes of a batch and lost others, and every write sets a key to
 /// its value after that batch, so the log's order ends each key where the
-/// last commit left it. Returns how many logged changes it applied.
+/// last commit left it. Returns how many logged changes it applied, and
+/// the event keys sled holds after it.
 pub(super) fn replay(
     tree: &sled::Tree,
     batches: Vec<Vec<Entry>>,
     retention: u64,
-) -> Result<usize, Error> {
+) -> Result<(usize, EventLog), Error> {
     let stored = layout::revision(tree)?;
-    let mut oldest = layout::oldest_event(tree, stored)?;
+    let mut log = EventLog::load(tree, stored)?;
     let mut head: Option<Revision> = None;
     let mut applied = 0;
     for entries in batches {
         let mut writes = Writes::default();
         let mut first = None;
+        let payload = wal::encode_payload(entries.iter().map(|e| (&e.secret, &e.event[..])));
         for Entry { secret, event } in entries {
             let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
             // Increasing; consecutive past sled's revision, and the first
@@ -259,7 +261,7 @@ pub(super) fn replay(
                 subject: e.subject,
                 secret,
             };
-            layout::write_change(&mut writes, &change, e.revision, event);
+            layout::write_change(&mut writes, &change);
             first.get_or_insert(e.revision);
             head = Some(e.revision);
             applied += 1;
@@ -267,8 +269,7 @@ pub(super) fn replay(
         let (Some(first), Some(last)) = (first, head) else {
             continue;
         };
-        // Events written again below the oldest kept go again too.
-        oldest = layout::finish_batch(&mut writes, last, oldest.min(first), retention);
+        log.append(&mut writes, first, last, payload, retention);
         writes
             .apply(tree)
             .map_err(|e| io_error("replaying the write-ahead log", e))?;
@@ -278,6 +279,6 @@ pub(super) fn replay(
             "write-ahead log",
             format!("it ends at revision {h}, before the store's {stored}"),
         )),
-        _ => Ok(applied),
+        _ => Ok((applied, log)),
     }
 }

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{self, Applier, Work};
-use super::layout::{self, Writes};
-use super::wal::Wal;
+use super::layout::{self, EventLog, Writes};
+use super::wal::{self, Wal};
 use super::{Inner, Job, io_error};
 use crate::command::{self, Ctx, Plan};
 use crate::domain::{Event, Revision, Subject, TokenId};
@@ -50,6 +50,7 @@ const SEGMENT_BYTES: u64 = 16 << 20;
 pub(super) fn start_writer(
     inner: Arc<Inner>,
     wal: Wal,
+    events: EventLog,
     rx: mpsc::Receiver<Job>,
 ) -> std::io::Result<JoinHandle<()>> {
     let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
@@ -57,6 +58,7 @@ pub(super) fn start_writer(
         applier,
         inner,
         wal,
+        events,
         last_checkpoint: Instant::now(),
     };
     std::thread::Builder::new()
@@ -89,6 +91,8 @@ fn writer_loop(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
 struct Writer {
     inner: Arc<Inner>,
     wal: Wal,
+    /// The event keys sled will hold once the applier has caught up.
+    events: EventLog,
     applier: Applier,
     last_checkpoint: Instant,
 }
@@ -226,32 +230,35 @@ impl Writer {
             .iter()
             .map(|e| record::encode::<EventRecord>(e))
             .collect();
-        if !changes.is_empty() {
-            let started = Instant::now();
-            let entries = changes
-                .iter()
-                .zip(&encoded)
-                .map(|(c, e)| (&c.secret, &e[..]));
-            self.wal
-                .append(entries)
-                .map_err(|e| io_error("writing the write-ahead log", e))?;
-            metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
-            metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(changes.len() as f64);
-            fail::fail_point!("sled-wal-synced", |_| std::process::abort());
-        }
-
         let mut writes = Writes::default();
-        for ((change, event), bytes) in changes.iter().zip(events).zip(encoded) {
-            layout::write_change(&mut writes, change, event.revision, bytes);
+        for change in changes {
+            layout::write_change(&mut writes, change);
         }
         for (id, at) in access {
             writes.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
         }
-        // `oldest` moves before the keys go, so a reader sees OUT_OF_RANGE
-        // rather than a gap.
-        let oldest = inner.oldest.load(Ordering::Acquire);
-        let kept = layout::finish_batch(&mut writes, head, oldest, inner.retention);
-        inner.oldest.store(kept, Ordering::Release);
+        if let Some(first) = events.first().map(|e| e.revision) {
+            let started = Instant::now();
+            let payload = wal::encode_payload(
+                changes
+                    .iter()
+                    .zip(&encoded)
+                    .map(|(c, e)| (&c.secret, &e[..])),
+            );
+            self.wal
+                .append(&payload)
+                .map_err(|e| io_error("writing the write-ahead log", e))?;
+            metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(changes.len() as f64);
+            fail::fail_point!("sled-wal-synced", |_| std::process::abort());
+            // The log's bytes are the retained events too. `oldest` moves
+            // before the keys go, so a reader sees OUT_OF_RANGE rather
+            // than a gap.
+            let kept = self
+                .events
+                .append(&mut writes, first, head, payload, inner.retention);
+            inner.oldest.store(kept, Ordering::Release);
+        }
         self.applier.send(Work::Batch { writes, head });
         if changes.is_empty() {
             self.applier.send(Work::Flush);

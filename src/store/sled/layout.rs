@@ -7,23 +7,33 @@
 //!   `a/<ACC-id>`         → AccountRecord
 //!   `t/<TKN-id>`         → TokenRecord (tombstones stay forever: ids are never reused)
 //!   `s/<sha256>`         → TKN-id, live tokens only (deletion removes it)
-//!   `e/<u64 BE rev>`     → EventRecord, the retained log
+//!   `e/<u64 BE rev>`     → the retained log: the events of one commit, from
+//!                          revision `rev` on, as the write-ahead log's
+//!                          payload (`wal.rs`) holds them; format 2 kept
+//!                          one EventRecord per key, which reads the same
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
+//!
+//! One key per commit, not per event: a sled insert or remove costs ~10 µs
+//! whatever its size, and a commit of 30 deletes then writes one event key
+//! and removes at most a few old ones instead of 30 of each.
 //!
 //! Owns building and parsing these keys, the sled batch a committed change
 //! becomes (the same on the commit path and when the write-ahead log is
-//! replayed at open), and reading the whole layout back into a [`State`]
-//! at open. It must never apply a batch itself: only the applier thread and
-//! the replay at open do (`sled/apply.rs`).
+//! replayed at open), which event keys exist ([`EventLog`]) and reading the
+//! whole layout back into a [`State`] at open. It must never apply a batch
+//! itself: only the applier thread and the replay at open do
+//! (`sled/apply.rs`).
 
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
+use super::wal;
 use super::{corrupt, io_error};
-use crate::domain::{AccountId, Revision, Subject, TokenId};
+use crate::domain::{AccountId, Event, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
 use crate::state::{Change, SecretOp, State};
-use crate::store::record::{self, AccountRecord, Record, TimeRecord, TokenRecord};
+use crate::store::record::{self, AccountRecord, EventRecord, Record, TimeRecord, TokenRecord};
 
 pub(super) const K_FORMAT: &[u8] = b"m/format";
 pub(super) const K_REVISION: &[u8] = b"m/revision";
@@ -95,15 +105,10 @@ impl Writes {
     }
 }
 
-/// Adds what `change`, committed at `revision`, writes: its record, the
-/// secret index entry it sets or erases (with a deleted token's last
-/// access), and its event, already encoded.
-pub(super) fn write_change(
-    batch: &mut Writes,
-    change: &Change,
-    revision: Revision,
-    event: impl Into<sled::IVec>,
-) {
+/// Adds what `change` writes: its record, and the secret index entry it
+/// sets or erases (with a deleted token's last access). Its event goes with
+/// the commit's others ([`EventLog::append`]).
+pub(super) fn write_change(batch: &mut Writes, change: &Change) {
     match &change.subject {
         Subject::Token(t) => {
             batch.insert(token_key(&t.id), record::encode::<TokenRecord>(t));
@@ -118,24 +123,77 @@ pub(super) fn write_change(
         }
         Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
     }
-    batch.insert(event_key(revision), event);
 }
 
-/// Ends a batch that commits up to `head`: the removal of events beyond the
-/// newest `retention` (from `oldest`, the oldest one kept so far), then the
-/// revision counter, last. Returns the oldest revision kept after it.
-pub(super) fn finish_batch(
-    batch: &mut Writes,
-    head: Revision,
-    oldest: Revision,
-    retention: u64,
-) -> Revision {
-    let keep_from = (head + 1).saturating_sub(retention).max(1).max(oldest);
-    for rev in oldest..keep_from {
-        batch.remove(event_key(rev));
+/// The events of one event key's value, in revision order.
+pub(super) fn decode_events(value: &[u8]) -> Result<Vec<Event>, Error> {
+    // Format 2: one EventRecord, a JSON object.
+    if value.first() == Some(&b'{') {
+        return Ok(vec![decode::<EventRecord>("event", value)?]);
     }
-    batch.insert(K_REVISION.to_vec(), &head.to_be_bytes()[..]);
-    keep_from
+    wal::parse_payload(value)
+        .map_err(|e| corrupt("event log", e))?
+        .iter()
+        .map(|entry| decode::<EventRecord>("event", &entry.event))
+        .collect()
+}
+
+/// Which event keys sled holds: the first revision of each commit's events,
+/// oldest first. The writer alone adds and removes them (and the replay at
+/// open, before it), so it knows which keys a trim removes without reading
+/// sled, which the applier may not have brought up to date yet.
+pub(super) struct EventLog {
+    starts: VecDeque<Revision>,
+    head: Revision,
+}
+
+impl EventLog {
+    /// The event keys in `tree`, whose last committed revision is `head`.
+    pub(super) fn load(tree: &sled::Tree, head: Revision) -> Result<EventLog, Error> {
+        let starts = tree
+            .scan_prefix(P_EVENT)
+            .keys()
+            .map(|k| decode_event_key(&k.map_err(|e| io_error("reading the event log", e))?))
+            .collect::<Result<_, _>>()?;
+        Ok(EventLog { starts, head })
+    }
+
+    /// The oldest revision kept (`head + 1` when none is).
+    pub(super) fn oldest(&self) -> Revision {
+        self.starts.front().copied().unwrap_or(self.head + 1)
+    }
+
+    /// Ends the writes of a commit of revisions `first..=last`, whose
+    /// events are `payload`: its event key, the removal of every commit
+    /// that lies wholly before the newest `retention` events (a commit that
+    /// straddles the line stays whole), then the revision counter, last.
+    /// Returns the oldest revision kept after it. A commit applied again
+    /// (the replay at open) is written again only if its key is still kept.
+    pub(super) fn append(
+        &mut self,
+        batch: &mut Writes,
+        first: Revision,
+        last: Revision,
+        payload: impl Into<sled::IVec>,
+        retention: u64,
+    ) -> Revision {
+        // Older than every kept key (or none is kept): trimmed already.
+        let trimmed = first <= self.head && self.starts.front().is_none_or(|&f| first < f);
+        if !trimmed {
+            if let Err(at) = self.starts.binary_search(&first) {
+                self.starts.insert(at, first);
+            }
+            batch.insert(event_key(first), payload);
+        }
+        self.head = self.head.max(last);
+        let keep_from = (self.head + 1).saturating_sub(retention).max(1);
+        while self.starts.len() >= 2 && self.starts[1] <= keep_from {
+            let gone = self.starts.pop_front().expect("two or more");
+            batch.remove(event_key(gone));
+        }
+        batch.insert(K_REVISION.to_vec(), &self.head.to_be_bytes()[..]);
+        self.oldest()
+    }
 }
 
 /// The last committed revision, as sled holds it.
@@ -145,15 +203,6 @@ pub(super) fn revision(tree: &sled::Tree) -> Result<Revision, Error> {
         .and_then(|v| v.as_ref().try_into().ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| corrupt("revision counter", "missing"))
-}
-
-/// The oldest event kept (`head + 1` when none is).
-pub(super) fn oldest_event(tree: &sled::Tree, head: Revision) -> Result<Revision, Error> {
-    match tree.scan_prefix(P_EVENT).next() {
-        Some(Ok((k, _))) => decode_event_key(&k),
-        Some(Err(e)) => Err(io_error("reading the event log", e)),
-        None => Ok(head + 1),
-    }
 }
 
 /// The value stored as record `R`; `what` names it in the error.
@@ -203,4 +252,65 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
         })
         .collect::<Result<Vec<_>, Error>>()?;
     Ok((State::restore(revision, accounts, tokens, secrets), access))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("t").unwrap()
+    }
+
+    fn keys(tree: &sled::Tree) -> Vec<Revision> {
+        let log = EventLog::load(tree, 0).unwrap();
+        log.starts.into_iter().collect()
+    }
+
+    /// Commits `first..=last` and applies their writes.
+    fn commit(log: &mut EventLog, tree: &sled::Tree, first: Revision, last: Revision) -> Revision {
+        let mut writes = Writes::default();
+        let oldest = log.append(&mut writes, first, last, vec![first as u8], 4);
+        writes.apply(tree).unwrap();
+        oldest
+    }
+
+    #[test]
+    fn whole_commits_go_once_all_their_events_are_past_retention() {
+        let tree = tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        assert_eq!(log.oldest(), 1);
+        assert_eq!(commit(&mut log, &tree, 1, 3), 1);
+        assert_eq!(commit(&mut log, &tree, 4, 5), 1);
+        // Keep from 3 on: the first commit holds 3, so it stays whole.
+        assert_eq!(commit(&mut log, &tree, 6, 6), 1);
+        assert_eq!(keys(&tree), [1, 4, 6]);
+        // Keep from 5 on: the first commit goes, the second holds 5.
+        assert_eq!(commit(&mut log, &tree, 7, 8), 4);
+        assert_eq!(keys(&tree), [4, 6, 7]);
+        assert_eq!(layout_revision(&tree), 8);
+    }
+
+    #[test]
+    fn a_replayed_commit_is_written_again_only_while_kept() {
+        let tree = tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        for (first, last) in [(1, 3), (4, 5), (6, 6), (7, 8)] {
+            commit(&mut log, &tree, first, last);
+        }
+        // The replay at open: sled is at 8 and holds 4, 6 and 7.
+        let mut log = EventLog::load(&tree, 8).unwrap();
+        let mut writes = Writes::default();
+        log.append(&mut writes, 1, 3, vec![9], 4);
+        log.append(&mut writes, 4, 5, vec![9], 4);
+        writes.apply(&tree).unwrap();
+        assert_eq!(keys(&tree), [4, 6, 7], "the trimmed commit stays gone");
+        assert_eq!(&*tree.get(event_key(4)).unwrap().unwrap(), [9]);
+        assert_eq!(log.oldest(), 4);
+    }
+
+    fn layout_revision(tree: &sled::Tree) -> Revision {
+        revision(tree).unwrap()
+    }
 }

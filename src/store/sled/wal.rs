@@ -20,7 +20,7 @@
 //! and a payload is the batch's entries, each
 //!
 //!   `[u8 secret op: 0 keep, 1 set, 2 erase][32-byte hash unless keep]`
-//!   `[u32 LE length][the event, as sled's retained log stores it]`
+//!   `[u32 LE length][the event, an `EventRecord` of `record.rs`]`
 //!
 //! Owns segment files, framing, checksums and reading them back, including
 //! the repair of a torn tail (a batch whose write was cut short by a crash:
@@ -123,32 +123,13 @@ impl Wal {
         Ok((wal, batches))
     }
 
-    /// Appends one batch (each change's secret op and encoded event) and
-    /// waits until it is on disk.
-    pub(super) fn append<'a>(
-        &mut self,
-        entries: impl IntoIterator<Item = (&'a SecretOp, &'a [u8])>,
-    ) -> io::Result<()> {
-        let mut payload = Vec::with_capacity(4096);
-        for (secret, event) in entries {
-            match secret {
-                SecretOp::Keep => payload.push(0),
-                SecretOp::Set(h) => {
-                    payload.push(1);
-                    payload.extend_from_slice(h);
-                }
-                SecretOp::Erase(h) => {
-                    payload.push(2);
-                    payload.extend_from_slice(h);
-                }
-            }
-            payload.extend_from_slice(&(event.len() as u32).to_le_bytes());
-            payload.extend_from_slice(event);
-        }
+    /// Appends one batch's payload ([`encode_payload`]) and waits until it
+    /// is on disk.
+    pub(super) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut record = Vec::with_capacity(HEADER + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
+        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        record.extend_from_slice(payload);
         // One write, so that a crash leaves at most this record torn.
         self.current.write_all_at(&record, self.len)?;
         // The power-cut suite's proof that it can fail: with this sync
@@ -198,6 +179,30 @@ impl Wal {
     pub(super) fn sequence(&self) -> u64 {
         self.sequence
     }
+}
+
+/// A batch as the log holds it: each change's secret op and encoded event.
+/// sled's retained event log keeps the same bytes (`layout.rs`).
+pub(super) fn encode_payload<'a>(
+    entries: impl IntoIterator<Item = (&'a SecretOp, &'a [u8])>,
+) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(4096);
+    for (secret, event) in entries {
+        match secret {
+            SecretOp::Keep => payload.push(0),
+            SecretOp::Set(h) => {
+                payload.push(1);
+                payload.extend_from_slice(h);
+            }
+            SecretOp::Erase(h) => {
+                payload.push(2);
+                payload.extend_from_slice(h);
+            }
+        }
+        payload.extend_from_slice(&(event.len() as u32).to_le_bytes());
+        payload.extend_from_slice(event);
+    }
+    payload
 }
 
 /// The power-cut suite's proof that it can fail (RELIABILITY.md): with the
@@ -285,7 +290,8 @@ fn check_record(bytes: &[u8]) -> Result<(&[u8], usize), &'static str> {
     Ok((payload, HEADER + len))
 }
 
-fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
+/// The entries of a payload written by [`encode_payload`].
+pub(super) fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::new();
     let take = |p: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
         if p.len() < n {
@@ -342,7 +348,8 @@ mod tests {
     }
 
     fn append(wal: &mut Wal, e: Entry) {
-        wal.append([(&e.secret, &e.event[..])]).unwrap();
+        wal.append(&encode_payload([(&e.secret, &e.event[..])]))
+            .unwrap();
     }
 
     /// Writes batches 1..=n, one entry each plus batch 2 with three, and
@@ -374,8 +381,10 @@ mod tests {
             } else {
                 vec![entry(i)]
             };
-            wal.append(batch.iter().map(|e| (&e.secret, &e.event[..])))
-                .unwrap();
+            wal.append(&encode_payload(
+                batch.iter().map(|e| (&e.secret, &e.event[..])),
+            ))
+            .unwrap();
         }
         dir.join(segment_name(0))
     }
