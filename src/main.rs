@@ -6,6 +6,10 @@ use clap::Parser;
 use tokend::cli::{Cli, Command, init_logging};
 use tokend::console;
 
+/// mimalloc rather than glibc's malloc: see Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();

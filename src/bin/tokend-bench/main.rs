@@ -114,6 +114,12 @@ impl Sizes {
     }
 }
 
+/// mimalloc rather than glibc's malloc (Cargo.toml says why). The bench
+/// and its floor server use the same one as tokend, so that the floor stays
+/// tokend's pipeline minus the database.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
