@@ -60,7 +60,7 @@ case "${1:-}" in
       echo
       echo "## 9. Where a delete's CPU goes"
       echo
-      echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. Reproduce with \`scripts/profile.sh 32 --base $base\`. Function names differ between the two builds: before the write-ahead log, sled's own flush was the commit, so its fsync counts under *sled*, and the old writer's waiting falls under *other*."
+      echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. Reproduce with \`scripts/profile.sh 32 --base $base\`. A base from before the write-ahead log (before 00d4bcf) had sled's own flush as the commit: there its fsync counts under *sled*, and the old writer's waiting under *other*."
       echo
       echo "$profile"
     } >>BENCHMARKS.md
