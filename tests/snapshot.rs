@@ -299,7 +299,7 @@ async fn a_restored_store_answers_as_the_original_did() {
     // A restored record takes writes under the etag it had before.
     let (id, t) = before
         .iter()
-        .find(|(_, t)| t.status == pb::TokenStatus::Active as i32)
+        .find(|(_, t)| t.status == pb::TokenStatus::Active as i32 && t.account_id == acc.id)
         .unwrap();
     c.disable_token(pb::DisableTokenRequest {
         id: id.clone(),
@@ -666,11 +666,13 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
     }
     assert_eq!(watch_refusal(&mut c, r_a).await, Code::OutOfRange);
     let mut live = watch_from(&mut c2, r_a + 1).await;
+    // (Tokens of the test's account: never the operator's, which the
+    // calls authenticate with.)
     // Writes on B: a restored token updated under its old etag, one
     // deleted, one created; each heard once, after R_a, in order.
     let (kept, t) = state_a
         .iter()
-        .find(|(_, t)| t.status == pb::TokenStatus::Active as i32)
+        .find(|(_, t)| t.status == pb::TokenStatus::Active as i32 && t.account_id == acc.id)
         .unwrap();
     c.disable_token(pb::DisableTokenRequest {
         id: kept.clone(),
@@ -680,7 +682,7 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
     .unwrap();
     let gone = state_a
         .iter()
-        .filter(|(_, t)| t.status == pb::TokenStatus::Active as i32)
+        .filter(|(_, t)| t.status == pb::TokenStatus::Active as i32 && t.account_id == acc.id)
         .nth(1)
         .unwrap()
         .0;

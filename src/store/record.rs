@@ -30,8 +30,9 @@ use crate::domain::{
 /// `m/format`: version 1 is every shape in this file; version 2 keeps them
 /// and adds the write-ahead log beside sled (`sled/wal.rs`), which a
 /// version-1 tokend would not replay, so it must refuse such a data dir;
-/// version 3 keeps a commit's events under one key (`sled/layout.rs`),
-/// which a version-2 tokend would misread. The etcd keyspace keeps no
+/// version 3 keeps a commit's events under one key and a live token's
+/// secret hash in its record (`sled/layout.rs`), which a version-2 tokend
+/// would misread. The etcd keyspace keeps no
 /// marker; its records are version 1.
 pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-3";
 /// Opened and migrated to [`SLED_FORMAT`] by writing the new marker.

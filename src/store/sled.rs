@@ -150,10 +150,13 @@ impl SledStore {
         match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
             Some(f) if f.as_ref() == SLED_FORMAT => {}
             // Version 1 had no log: sled holds everything. Version 2 kept
-            // one key per event; this one reads those and writes one per
-            // commit. The new marker keeps an older tokend from opening it
-            // once a log exists, or a commit's events share a key.
+            // one key per event (this one reads those and writes one per
+            // commit) and a separate secret index (folded into the token
+            // records here, before the marker moves). The new marker keeps
+            // an older tokend from opening it.
             Some(f) if f.as_ref() == SLED_FORMAT_V1 || f.as_ref() == SLED_FORMAT_V2 => {
+                let folded = layout::fold_secrets(&tree)?;
+                tracing::info!(folded, "secret index folded into the token records");
                 tree.insert(K_FORMAT, SLED_FORMAT)
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 db.flush()

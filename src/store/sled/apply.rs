@@ -29,11 +29,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::layout::{self, EventLog, Writes};
-use super::wal::{self, Entry, Wal};
+use super::wal::{Entry, Wal};
 use super::{Inner, corrupt, io_error};
 use crate::domain::Revision;
+use crate::domain::Subject;
 use crate::error::Error;
-use crate::state::Change;
+use crate::state::{Change, SecretOp};
 use crate::store::record::EventRecord;
 use crate::telemetry;
 
@@ -232,9 +233,8 @@ pub(super) fn replay(
     let mut head: Option<Revision> = None;
     let mut applied = 0;
     for entries in batches {
-        let mut writes = Writes::default();
         let mut first = None;
-        let payload = wal::encode_payload(entries.iter().map(|e| (&e.secret, &e.event[..])));
+        let retained = layout::encode_events(entries.iter().map(|e| &e.event[..]));
         for Entry { secret, event } in entries {
             let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
             // Increasing; consecutive past sled's revision, and the first
@@ -261,7 +261,19 @@ pub(super) fn replay(
                 subject: e.subject,
                 secret,
             };
-            layout::write_change(&mut writes, &change);
+            // A log of format 2 may keep a live token's secret without
+            // naming it: the record sled holds has it. Applied at once, so
+            // that the next entry reads what this one wrote.
+            let kept = match (&change.secret, &change.subject) {
+                (SecretOp::Set(h), _) => Some(*h),
+                (SecretOp::Keep, Subject::Token(t)) => layout::stored_secret(tree, &t.id)?,
+                _ => None,
+            };
+            let mut record = Writes::default();
+            layout::write_change(&mut record, &change, kept.as_ref());
+            record
+                .apply(tree)
+                .map_err(|e| io_error("replaying the write-ahead log", e))?;
             first.get_or_insert(e.revision);
             head = Some(e.revision);
             applied += 1;
@@ -269,7 +281,8 @@ pub(super) fn replay(
         let (Some(first), Some(last)) = (first, head) else {
             continue;
         };
-        log.append(&mut writes, first, last, payload, retention);
+        let mut writes = Writes::default();
+        log.append(&mut writes, first, last, retained, retention);
         writes
             .apply(tree)
             .map_err(|e| io_error("replaying the write-ahead log", e))?;

@@ -97,6 +97,20 @@ struct Writer {
     last_checkpoint: Instant,
 }
 
+/// `change` as the log and sled record it: a token change that kept its
+/// secret carries the hash it kept (`after`, the state once it is applied,
+/// holds it) as if set again. sled's record of a live token holds the hash
+/// (`layout.rs`), and is rewritten whole: this way neither the writer nor
+/// the replay at open has to read sled to keep it.
+fn with_kept_secret(mut change: Change, after: &State) -> Change {
+    if let (SecretOp::Keep, Subject::Token(t)) = (&change.secret, &change.subject)
+        && let Some(h) = after.secret_of(&t.id)
+    {
+        change.secret = SecretOp::Set(*h);
+    }
+    change
+}
+
 /// A reply owed to a caller once the batch is durable.
 type Owed = (
     oneshot::Sender<Result<Applied, Error>>,
@@ -136,7 +150,7 @@ impl Writer {
                             work.apply(&change, revision);
                             events.push(Arc::new(change.event(revision, now, actor)));
                             let subject = Some(change.subject.clone());
-                            changes.push(change);
+                            changes.push(with_kept_secret(change, &work));
                             Ok(Applied {
                                 revision,
                                 subject,
@@ -232,7 +246,12 @@ impl Writer {
             .collect();
         let mut writes = Writes::default();
         for change in changes {
-            layout::write_change(&mut writes, change);
+            // After `with_kept_secret`, only Set leaves a token live.
+            let secret = match &change.secret {
+                SecretOp::Set(h) => Some(h),
+                SecretOp::Keep | SecretOp::Erase(_) => None,
+            };
+            layout::write_change(&mut writes, change, secret);
         }
         for (id, at) in access {
             writes.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
@@ -251,12 +270,12 @@ impl Writer {
             metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
             metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(changes.len() as f64);
             fail::fail_point!("sled-wal-synced", |_| std::process::abort());
-            // The log's bytes are the retained events too. `oldest` moves
-            // before the keys go, so a reader sees OUT_OF_RANGE rather
-            // than a gap.
+            // `oldest` moves before the keys go, so a reader sees
+            // OUT_OF_RANGE rather than a gap.
+            let retained = layout::encode_events(encoded.iter().map(|e| &e[..]));
             let kept = self
                 .events
-                .append(&mut writes, first, head, payload, inner.retention);
+                .append(&mut writes, first, head, retained, inner.retention);
             inner.oldest.store(kept, Ordering::Release);
         }
         self.applier.send(Work::Batch { writes, head });

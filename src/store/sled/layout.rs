@@ -5,12 +5,18 @@
 //!   `m/revision`         → u64 BE, the last committed revision
 //!   `m/page_key`         → 32 random bytes for signing page tokens
 //!   `a/<ACC-id>`         → AccountRecord
-//!   `t/<TKN-id>`         → TokenRecord (tombstones stay forever: ids are never reused)
-//!   `s/<sha256>`         → TKN-id, live tokens only (deletion removes it)
+//!   `t/<TKN-id>`         → TokenRecord (tombstones stay forever: ids are never
+//!                          reused); a live token's is `L` + its secret's
+//!                          32-byte SHA-256 + the record, so that no other
+//!                          key changes when a token is created or deleted
+//!   `s/<sha256>`         → TKN-id: formats 1 and 2 only, folded into `t/`
+//!                          when such a data dir is opened ([`fold_secrets`])
 //!   `e/<u64 BE rev>`     → the retained log: the events of one commit, from
-//!                          revision `rev` on, as the write-ahead log's
-//!                          payload (`wal.rs`) holds them; format 2 kept
-//!                          one EventRecord per key, which reads the same
+//!                          revision `rev` on: `E`, then each event as
+//!                          `[u32 LE length]` + EventRecord; format 2 kept
+//!                          one bare EventRecord per key, which reads the
+//!                          same. No secret hash:
+//!                          a deleted token's is nowhere in sled
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
 //!
 //! One key per commit, not per event: a sled insert or remove costs ~10 µs
@@ -27,9 +33,8 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use super::wal;
 use super::{corrupt, io_error};
-use crate::domain::{AccountId, Event, Revision, Subject, TokenId};
+use crate::domain::{AccountId, Event, Revision, Subject, Token, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
 use crate::state::{Change, SecretOp, State};
@@ -54,10 +59,6 @@ pub(super) fn account_key(id: &AccountId) -> Vec<u8> {
 
 pub(super) fn token_key(id: &TokenId) -> Vec<u8> {
     key(P_TOKEN, id.as_str().as_bytes())
-}
-
-pub(super) fn secret_key(hash: &SecretHash) -> Vec<u8> {
-    key(P_SECRET, hash)
 }
 
 pub(super) fn access_key(id: &TokenId) -> Vec<u8> {
@@ -105,37 +106,118 @@ impl Writes {
     }
 }
 
-/// Adds what `change` writes: its record, and the secret index entry it
-/// sets or erases (with a deleted token's last access). Its event goes with
-/// the commit's others ([`EventLog::append`]).
-pub(super) fn write_change(batch: &mut Writes, change: &Change) {
+/// Tags a live token's value: JSON never starts with it.
+const LIVE: u8 = b'L';
+
+/// What `t/<id>` holds for token `t`, whose secret's hash is `secret`
+/// while it is live.
+pub(super) fn token_value(t: &Token, secret: Option<&SecretHash>) -> Vec<u8> {
+    let record = record::encode::<TokenRecord>(t);
+    match secret {
+        None => record,
+        Some(h) => [&[LIVE][..], &h[..], &record].concat(),
+    }
+}
+
+/// A `t/<id>` value read back: the token and, while live, its secret's hash.
+pub(super) fn decode_token_value(v: &[u8]) -> Result<(Token, Option<SecretHash>), Error> {
+    let (secret, record) = match v.split_first() {
+        Some((&LIVE, rest)) if rest.len() > 32 => {
+            let (h, record) = rest.split_at(32);
+            (Some(h.try_into().expect("32 bytes")), record)
+        }
+        _ => (None, v),
+    };
+    Ok((decode::<TokenRecord>("token", record)?, secret))
+}
+
+/// Adds what `change` writes: its record, holding the token's secret hash
+/// after the change (`secret`; a deleted token's last access goes too).
+/// Its event goes with the commit's others ([`EventLog::append`]).
+pub(super) fn write_change(batch: &mut Writes, change: &Change, secret: Option<&SecretHash>) {
     match &change.subject {
         Subject::Token(t) => {
-            batch.insert(token_key(&t.id), record::encode::<TokenRecord>(t));
-            match &change.secret {
-                SecretOp::Set(hash) => batch.insert(secret_key(hash), t.id.as_str().as_bytes()),
-                SecretOp::Erase(hash) => {
-                    batch.remove(secret_key(hash));
-                    batch.remove(access_key(&t.id));
-                }
-                SecretOp::Keep => {}
+            batch.insert(token_key(&t.id), token_value(t, secret));
+            if let SecretOp::Erase(_) = change.secret {
+                batch.remove(access_key(&t.id));
             }
         }
         Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
     }
 }
 
+/// The secret hash token `id` holds in sled now, for a logged change that
+/// kept it (only a log written by format 2 has such a change of a live
+/// token; format 3 logs its hash).
+pub(super) fn stored_secret(tree: &sled::Tree, id: &TokenId) -> Result<Option<SecretHash>, Error> {
+    match tree
+        .get(token_key(id))
+        .map_err(|e| io_error("reading", e))?
+    {
+        Some(v) => Ok(decode_token_value(&v)?.1),
+        None => Ok(None),
+    }
+}
+
+/// Folds a format-1 or -2 secret index into the token records: each
+/// `s/<hash>` goes into its token's `t/` value, then is removed. Run at
+/// open, before anything else reads; a crash half-way leaves some keys to
+/// fold again next time, and folding one twice changes nothing.
+pub(super) fn fold_secrets(tree: &sled::Tree) -> Result<usize, Error> {
+    let failed = |e: sled::Error| io_error("folding the secret index", e);
+    let mut folded = 0;
+    for item in tree.scan_prefix(P_SECRET) {
+        let (k, v) = item.map_err(failed)?;
+        let hash: SecretHash = k[P_SECRET.len()..]
+            .try_into()
+            .map_err(|_| corrupt("secret index", "bad hash length"))?;
+        let id =
+            TokenId::parse(&String::from_utf8_lossy(&v)).map_err(|e| corrupt("secret index", e))?;
+        let stored = tree
+            .get(token_key(&id))
+            .map_err(failed)?
+            .ok_or_else(|| corrupt("secret index", format!("{id} has no record")))?;
+        let (token, _) = decode_token_value(&stored)?;
+        tree.insert(token_key(&id), token_value(&token, Some(&hash)))
+            .map_err(failed)?;
+        tree.remove(&k).map_err(failed)?;
+        folded += 1;
+    }
+    Ok(folded)
+}
+
+/// Tags an event key's value of format 3: JSON (format 2's bare record)
+/// never starts with it, while a length could.
+const EVENTS: u8 = b'E';
+
+/// One event key's value: a commit's events, already encoded.
+pub(super) fn encode_events<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.push(EVENTS);
+    for e in events {
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
 /// The events of one event key's value, in revision order.
 pub(super) fn decode_events(value: &[u8]) -> Result<Vec<Event>, Error> {
-    // Format 2: one EventRecord, a JSON object.
-    if value.first() == Some(&b'{') {
+    let Some((&EVENTS, mut value)) = value.split_first() else {
+        // Format 2: one EventRecord, a JSON object.
         return Ok(vec![decode::<EventRecord>("event", value)?]);
+    };
+    let mut out = Vec::new();
+    while !value.is_empty() {
+        let len = value
+            .get(..4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .filter(|&len| value.len() >= 4 + len)
+            .ok_or_else(|| corrupt("event log", "an event cut short"))?;
+        out.push(decode::<EventRecord>("event", &value[4..4 + len])?);
+        value = &value[4 + len..];
     }
-    wal::parse_payload(value)
-        .map_err(|e| corrupt("event log", e))?
-        .iter()
-        .map(|entry| decode::<EventRecord>("event", &entry.event))
-        .collect()
+    Ok(out)
 }
 
 /// Which event keys sled holds: the first revision of each commit's events,
@@ -228,19 +310,15 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
         .iter()
         .map(|(_, v)| decode::<AccountRecord>("account", v))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut secrets = Vec::new();
     let tokens = scan(P_TOKEN)?
         .iter()
-        .map(|(_, v)| decode::<TokenRecord>("token", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let secrets = scan(P_SECRET)?
-        .iter()
-        .map(|(k, v)| {
-            let hash = k[P_SECRET.len()..]
-                .try_into()
-                .map_err(|_| corrupt("secret index", "bad hash length"))?;
-            let id = TokenId::parse(&String::from_utf8_lossy(v))
-                .map_err(|e| corrupt("secret index", e))?;
-            Ok((hash, id))
+        .map(|(_, v)| {
+            let (t, secret) = decode_token_value(v)?;
+            if let Some(h) = secret {
+                secrets.push((h, t.id.clone()));
+            }
+            Ok(t)
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let access = scan(P_ACCESS)?
@@ -308,6 +386,46 @@ mod tests {
         assert_eq!(keys(&tree), [4, 6, 7], "the trimmed commit stays gone");
         assert_eq!(&*tree.get(event_key(4)).unwrap().unwrap(), [9]);
         assert_eq!(log.oldest(), 4);
+    }
+
+    /// A commit's events read back, whatever bytes their lengths make:
+    /// one of 123 bytes starts with `{`, as format 2's bare record does.
+    #[test]
+    fn events_read_back_whatever_their_lengths() {
+        use crate::domain::AccountType;
+        use crate::state::testkit::World;
+        let mut w = World::default();
+        let acc = w.account(AccountType::Client, &["commerce"]);
+        for _ in 0..3 {
+            w.token(&acc, &["commerce"]);
+        }
+        let encoded: Vec<Vec<u8>> = w
+            .log
+            .iter()
+            .map(|e| record::encode::<EventRecord>(e))
+            .collect();
+        let value = encode_events(encoded.iter().map(|e| &e[..]));
+        let back = decode_events(&value).unwrap();
+        assert_eq!(back.len(), w.log.len());
+        for (b, e) in back.iter().zip(&w.log) {
+            assert_eq!(b, &**e);
+        }
+        // Format 2: one bare record.
+        assert_eq!(decode_events(&encoded[1]).unwrap(), [(*w.log[1]).clone()]);
+        // A length whose first byte is `{` (JSON may start with spaces).
+        let len = (encoded[0].len() / 256) * 256 + b'{' as usize;
+        let len = if len < encoded[0].len() {
+            len + 256
+        } else {
+            len
+        };
+        let mut padded = vec![b' '; len - encoded[0].len()];
+        padded.extend_from_slice(&encoded[0]);
+        let value = encode_events([&padded[..]]);
+        assert_eq!(value[1], b'{');
+        assert_eq!(decode_events(&value).unwrap(), [(*w.log[0]).clone()]);
+        // Cut short: refused, not misread.
+        assert!(decode_events(&value[..value.len() - 1]).is_err());
     }
 
     fn layout_revision(tree: &sled::Tree) -> Revision {

@@ -182,7 +182,6 @@ impl Wal {
 }
 
 /// A batch as the log holds it: each change's secret op and encoded event.
-/// sled's retained event log keeps the same bytes (`layout.rs`).
 pub(super) fn encode_payload<'a>(
     entries: impl IntoIterator<Item = (&'a SecretOp, &'a [u8])>,
 ) -> Vec<u8> {
@@ -291,7 +290,7 @@ fn check_record(bytes: &[u8]) -> Result<(&[u8], usize), &'static str> {
 }
 
 /// The entries of a payload written by [`encode_payload`].
-pub(super) fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
+fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::new();
     let take = |p: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
         if p.len() < n {
