@@ -15,8 +15,8 @@
 //!                          revision `rev` on: `E`, then each event as
 //!                          `[u32 LE length]` + EventRecord; format 2 kept
 //!                          one bare EventRecord per key, which reads the
-//!                          same. No secret hash:
-//!                          a deleted token's is nowhere in sled
+//!                          same. No secret hash: a deleted token's is
+//!                          nowhere in sled
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
 //!
 //! One key per commit, not per event: a sled insert or remove costs ~10 µs
@@ -26,9 +26,10 @@
 //! Owns building and parsing these keys, the sled batch a committed change
 //! becomes (the same on the commit path and when the write-ahead log is
 //! replayed at open), which event keys exist ([`EventLog`]) and reading the
-//! whole layout back into a [`State`] at open. It must never apply a batch
-//! itself: only the applier thread and the replay at open do
-//! (`sled/apply.rs`).
+//! whole layout back into a [`State`] at open. It must never apply a
+//! commit's batch itself: only the applier thread and the replay at open do
+//! (`sled/apply.rs`); it writes to sled only to fold an old secret index
+//! at open, before either runs.
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
