@@ -106,6 +106,43 @@ async fn watch_refusal(c: &mut Tokens, from: i64) -> Code {
     }
 }
 
+/// The secrets of [`mixed_tokens`]'s tokens, by what became of them.
+struct Made {
+    kept: Vec<String>,
+    disabled: Vec<String>,
+    gone: Vec<String>,
+}
+
+/// Creates `n` tokens in `account`: every third deleted, every third
+/// disabled, the rest left live.
+async fn mixed_tokens(c: &mut Tokens, account: &str, n: usize) -> Made {
+    let mut made = Made {
+        kept: Vec::new(),
+        disabled: Vec::new(),
+        gone: Vec::new(),
+    };
+    for i in 0..n {
+        let (t, secret) = create_token(c, account, &format!("t{i}")).await;
+        match i % 3 {
+            0 => {
+                delete(c, &t.id).await.unwrap();
+                made.gone.push(secret);
+            }
+            1 => {
+                c.disable_token(pb::DisableTokenRequest {
+                    id: t.id,
+                    etag: String::new(),
+                })
+                .await
+                .unwrap();
+                made.disabled.push(secret);
+            }
+            _ => made.kept.push(secret),
+        }
+    }
+    made
+}
+
 fn without_access_time(mut t: pb::Token) -> pb::Token {
     t.last_access_time = None;
     t
@@ -225,25 +262,7 @@ async fn a_restored_store_answers_as_the_original_did() {
     let p = spawn_tokend(dir.path(), &[]).await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let mut c = p.tokens().await;
-    let (mut kept, mut gone) = (Vec::new(), Vec::new());
-    for i in 0..30 {
-        let (t, secret) = create_token(&mut c, &acc.id, &format!("t{i}")).await;
-        match i % 3 {
-            0 => {
-                delete(&mut c, &t.id).await.unwrap();
-                gone.push(secret);
-            }
-            1 => {
-                c.disable_token(pb::DisableTokenRequest {
-                    id: t.id,
-                    etag: String::new(),
-                })
-                .await
-                .unwrap();
-            }
-            _ => kept.push(secret),
-        }
-    }
+    let Made { kept, gone, .. } = mixed_tokens(&mut c, &acc.id, 30).await;
     let before = common::checks::state(&mut c).await;
     let accounts = all_accounts(&p).await;
     let file = dir.path().join("backup.snap");
@@ -599,25 +618,11 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
     let a = spawn_tokend(&a_dir, &[]).await;
     let acc = new_account(&mut a.accounts().await, ALL_MODULES).await;
     let mut c = a.tokens().await;
-    let mut secrets = Vec::new();
-    for i in 0..24 {
-        let (t, secret) = create_token(&mut c, &acc.id, &format!("t{i}")).await;
-        match i % 4 {
-            0 => {
-                delete(&mut c, &t.id).await.unwrap();
-            }
-            1 => {
-                c.disable_token(pb::DisableTokenRequest {
-                    id: t.id,
-                    etag: String::new(),
-                })
-                .await
-                .unwrap();
-            }
-            _ => {}
-        }
-        secrets.push((i % 4 >= 2, secret));
-    }
+    let made = mixed_tokens(&mut c, &acc.id, 24).await;
+    let secrets: Vec<(bool, String)> = (made.kept.iter().map(|s| (true, s)))
+        .chain(made.disabled.iter().chain(&made.gone).map(|s| (false, s)))
+        .map(|(live, s)| (live, s.clone()))
+        .collect();
     let state_a = records(&mut c).await;
     let file_a = dir.path().join("a.snap");
     assert_eq!(save(&a, &file_a).await.code, 0);
