@@ -256,21 +256,18 @@ fn records<'a>(
     let secrets: HashMap<_, _> = s.secrets.iter().map(|(h, id)| (id, *h)).collect();
     let now = SystemTime::now();
     let actor = Actor("restore".into());
-    let restorer = actor.clone();
-    let accounts = s.accounts.iter().map(move |a| {
-        let subject = Subject::Account(a.clone());
-        let value = encode_record(&subject, None, EventKind::Created, now, &restorer);
-        (keys.account(&a.id), value)
-    });
-    let tokens = s.tokens.iter().map(move |t| {
-        let kind = if t.is_deleted() {
-            EventKind::Deleted
-        } else {
-            EventKind::Created
+    let subjects = (s.accounts.iter().cloned().map(Subject::Account))
+        .chain(s.tokens.iter().cloned().map(Subject::Token));
+    subjects.map(move |subject| {
+        let (key, secret, kind) = match &subject {
+            Subject::Account(a) => (keys.account(&a.id), None, EventKind::Created),
+            Subject::Token(t) if t.is_deleted() => (keys.token(&t.id), None, EventKind::Deleted),
+            Subject::Token(t) => (
+                keys.token(&t.id),
+                secrets.get(&t.id).copied(),
+                EventKind::Created,
+            ),
         };
-        let secret = secrets.get(&t.id).copied();
-        let value = encode_record(&Subject::Token(t.clone()), secret, kind, now, &actor);
-        (keys.token(&t.id), value)
-    });
-    accounts.chain(tokens)
+        (key, encode_record(&subject, secret, kind, now, &actor))
+    })
 }
