@@ -29,7 +29,7 @@ pub fn authenticate(state: &State, metadata: &MetadataMap) -> Result<Caller, Err
         .to_str()
         .map_err(|_| Error::Unauthenticated)?;
     let credential = bearer(header).ok_or(Error::Unauthenticated)?;
-    match state.verify(credential) {
+    match state.verify(credential, SystemTime::now()) {
         Verification {
             standing: Standing::Valid,
             token: Some(token),
@@ -38,6 +38,10 @@ pub fn authenticate(state: &State, metadata: &MetadataMap) -> Result<Caller, Err
             token: token.clone(),
             account: account.clone(),
         }),
+        Verification {
+            standing: Standing::Expired,
+            ..
+        } => Err(Error::CredentialExpired),
         _ => Err(Error::Unauthenticated),
     }
 }

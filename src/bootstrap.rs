@@ -100,6 +100,7 @@ pub async fn operator(
                         name: "Operations".into(),
                         kind: AccountType::Operations,
                         modules: MODULE_CATALOGUE.iter().map(|m| m.to_string()).collect(),
+                        max_token_lifetime: None,
                     }),
                     actor.clone(),
                 )
@@ -121,6 +122,7 @@ pub async fn operator(
                     .iter()
                     .map(|m| m.to_string())
                     .collect(),
+                expiry: None,
                 preset: Some((id.clone(), hash)),
             }),
             actor,

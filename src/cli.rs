@@ -149,6 +149,10 @@ pub enum AccountsCommand {
         /// A module the account has (repeat for more).
         #[arg(long)]
         module: Vec<String>,
+        /// The longest its tokens may live, in whole seconds or more (e.g.
+        /// 90d); tokens created without an expiry get this one.
+        #[arg(long, value_parser = positive_duration)]
+        max_token_lifetime: Option<Duration>,
     },
     Get {
         id: String,
@@ -168,6 +172,12 @@ pub enum AccountsCommand {
         /// The account's modules, replacing the current ones (repeat for more).
         #[arg(long)]
         module: Vec<String>,
+        /// The longest its tokens may live from now on (e.g. 90d).
+        #[arg(long, value_parser = positive_duration, conflicts_with = "no_max_token_lifetime")]
+        max_token_lifetime: Option<Duration>,
+        /// Lift the limit on its tokens' lifetime.
+        #[arg(long)]
+        no_max_token_lifetime: bool,
     },
 }
 
@@ -186,6 +196,12 @@ pub enum TokensCommand {
         /// A module the token gets (repeat for more).
         #[arg(long)]
         module: Vec<String>,
+        /// Expire this long after creation (e.g. 30d, 12h).
+        #[arg(long, value_parser = positive_duration, conflicts_with = "expires_at")]
+        expires_in: Option<Duration>,
+        /// Expire at this RFC 3339 instant (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long, value_parser = instant)]
+        expires_at: Option<prost_types::Timestamp>,
     },
     Get {
         id: String,
@@ -212,6 +228,12 @@ pub enum TokensCommand {
         /// The token's modules, replacing the current ones (repeat for more).
         #[arg(long)]
         module: Vec<String>,
+        /// Expire at this RFC 3339 instant instead.
+        #[arg(long, value_parser = instant, conflicts_with = "no_expiry")]
+        expires_at: Option<prost_types::Timestamp>,
+        /// Never expire (refused where the account limits token lifetimes).
+        #[arg(long)]
+        no_expiry: bool,
     },
     Enable {
         id: String,
@@ -326,6 +348,10 @@ pub struct ServeArgs {
     /// Idle watch streams get a PROGRESS event this often (e.g. 15s, 500ms).
     #[arg(long, env = "TOKEND_PROGRESS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub progress_interval: Duration,
+    /// Expired tokens are deleted (actor `expiry`) within this long of their
+    /// expiry; every verification refuses them from the instant itself.
+    #[arg(long, env = "TOKEND_EXPIRY_CHECK", default_value = "1s", value_parser = positive_duration)]
+    pub expiry_check: Duration,
     /// Events the live fan-out keeps for watchers that fall briefly behind;
     /// one further behind catches up from the event log.
     #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096)]
@@ -418,6 +444,12 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// An RFC 3339 instant, e.g. 2027-01-31T00:00:00Z.
+fn instant(s: &str) -> Result<prost_types::Timestamp, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an RFC 3339 instant such as 2027-01-31T00:00:00Z"))
+}
+
 /// An HTTP header name, lower-cased as Envoy hands headers to ext_authz.
 fn header_name(s: &str) -> Result<String, String> {
     http::HeaderName::from_bytes(s.as_bytes())
@@ -491,6 +523,7 @@ impl ServeArgs {
             retention: self.retention,
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,
+            expiry_check: self.expiry_check,
             shutdown_grace: self.shutdown_grace,
             hub_capacity: self.hub_capacity,
             operator_token_file: self.operator_token_file.clone(),

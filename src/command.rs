@@ -8,7 +8,7 @@
 //! same plan (through [`crate::store::Store::preview`]) and throws the result
 //! away, so "would succeed" and "succeeds" cannot disagree.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::domain::{
     Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, EventKind, Modules,
@@ -54,6 +54,7 @@ pub struct NewAccount {
     pub name: String,
     pub kind: AccountType,
     pub modules: Modules,
+    pub max_token_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,10 +64,21 @@ pub struct NewToken {
     pub description: String,
     pub icon: Option<String>,
     pub modules: Modules,
+    /// When it expires, as asked; `None`: as its account's
+    /// `max_token_lifetime` allows (never, when the account has none).
+    pub expiry: Option<Expiry>,
     /// Only for the bootstrap operator token, whose secret may be supplied by
     /// the operator (or written to disk before the token exists): its id and
     /// hash. Every other token gets a fresh id and a fresh secret.
     pub preset: Option<(TokenId, SecretHash)>,
+}
+
+/// A new token's expiry: an instant, or a lifetime counted from the
+/// commit's own clock (so `validate_only` and the commit agree on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    At(SystemTime),
+    After(Duration),
 }
 
 /// Fields to change; `None` leaves a field as it is.
@@ -76,6 +88,8 @@ pub struct TokenPatch {
     pub description: Option<String>,
     pub icon: Option<Option<String>>,
     pub modules: Option<Modules>,
+    /// `Some(None)` removes the expiry.
+    pub expire_time: Option<Option<SystemTime>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +97,7 @@ pub struct AccountPatch {
     pub name: Option<String>,
     pub status: Option<AccountStatus>,
     pub modules: Option<Modules>,
+    pub max_token_lifetime: Option<Option<Duration>>,
 }
 
 /// The outcome of planning a command.
@@ -128,6 +143,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                     created: ctx.stamp(),
                     ..Audit::default()
                 },
+                max_token_lifetime: new.max_token_lifetime,
             };
             Ok(change(EventKind::Created, Subject::Account(account)))
         }
@@ -146,6 +162,9 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             if let Some(modules) = &patch.modules {
                 check_modules_unused(state, &next.id, modules)?;
                 next.modules = modules.clone();
+            }
+            if let Some(max) = patch.max_token_lifetime {
+                next.max_token_lifetime = max;
             }
             if next == **current {
                 return Ok(Plan::Unchanged(Some(Subject::Account(next))));
@@ -168,6 +187,11 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 ));
             }
             check_modules_granted(account, &new.modules)?;
+            let asked = new.expiry.map(|e| match e {
+                Expiry::At(at) => at,
+                Expiry::After(lifetime) => ctx.now + lifetime,
+            });
+            let expire_time = expiry_allowed(account, asked, ctx.now)?;
             let (id, hash, secret) = match &new.preset {
                 Some((id, _)) if state.token_id_taken(id) => {
                     return Err(Error::precondition(
@@ -196,6 +220,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                     ..Audit::default()
                 },
                 last_access_time: None,
+                expire_time,
             };
             let change = Change {
                 kind: EventKind::Created,
@@ -205,7 +230,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             Ok(Plan::Change(change, secret))
         }
         Command::UpdateToken { id, etag, patch } => {
-            let current = live_token(state, id)?;
+            let current = unexpired_token(state, id, ctx.now)?;
             check_etag("token", etag, current.etag())?;
             let mut next = (**current).clone();
             if let Some(name) = &patch.name {
@@ -224,6 +249,19 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 check_modules_granted(account, modules)?;
                 next.modules = modules.clone();
             }
+            if let Some(asked) = patch.expire_time
+                && asked != current.expire_time
+            {
+                let account = state
+                    .account(&next.account_id)
+                    .ok_or_else(|| Error::Internal(format!("token {id} has no account")))?;
+                if asked.is_none()
+                    && let Some(max) = account.max_token_lifetime
+                {
+                    return Err(lifetime_exceeded(account, max));
+                }
+                next.expire_time = expiry_allowed(account, asked, ctx.now)?;
+            }
             if next == **current {
                 return Ok(Plan::Unchanged(Some(Subject::Token(next))));
             }
@@ -232,7 +270,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             Ok(change(EventKind::Updated, Subject::Token(next)))
         }
         Command::EnableToken { id, etag } => {
-            let current = live_token(state, id)?;
+            let current = unexpired_token(state, id, ctx.now)?;
             check_etag("token", etag, current.etag())?;
             if current.status != TokenStatus::Disabled {
                 return Err(Error::precondition(
@@ -247,7 +285,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             Ok(change(EventKind::Enabled, Subject::Token(next)))
         }
         Command::DisableToken { id, etag } => {
-            let current = live_token(state, id)?;
+            let current = unexpired_token(state, id, ctx.now)?;
             check_etag("token", etag, current.etag())?;
             if current.status != TokenStatus::Active {
                 return Err(Error::precondition(
@@ -312,6 +350,61 @@ fn live_token<'a>(state: &'a State, id: &TokenId) -> Result<&'a std::sync::Arc<T
         Some(t) if !t.is_deleted() => Ok(t),
         _ => Err(Error::token_not_found(id)),
     }
+}
+
+/// A live token that has not expired: an expired token only waits for its
+/// deletion, and no change may bring its secret back to life.
+fn unexpired_token<'a>(
+    state: &'a State,
+    id: &TokenId,
+    now: SystemTime,
+) -> Result<&'a std::sync::Arc<Token>, Error> {
+    let token = live_token(state, id)?;
+    if token.is_expired(now) {
+        return Err(Error::precondition(
+            reason::TOKEN_EXPIRED,
+            format!("token {id} has expired and is being deleted; only deleting it is allowed"),
+        ));
+    }
+    Ok(token)
+}
+
+/// The expiry a token gets when `asked` for at `now`: not in the past, and
+/// within its account's `max_token_lifetime`, which also gives a token that
+/// asked for none its expiry.
+fn expiry_allowed(
+    account: &Account,
+    asked: Option<SystemTime>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, Error> {
+    if let Some(at) = asked
+        && at <= now
+    {
+        return Err(Error::invalid(
+            "expire_time",
+            "is not in the future: a token must be usable when it is created or changed",
+        ));
+    }
+    let Some(max) = account.max_token_lifetime else {
+        return Ok(asked);
+    };
+    let limit = now + max;
+    match asked {
+        None => Ok(Some(limit)),
+        Some(at) if at <= limit => Ok(Some(at)),
+        Some(_) => Err(lifetime_exceeded(account, max)),
+    }
+}
+
+fn lifetime_exceeded(account: &Account, max: Duration) -> Error {
+    Error::precondition(
+        reason::LIFETIME_EXCEEDED,
+        format!(
+            "account {} lets its tokens live at most {} from now: give an expire_time no later than that",
+            account.id,
+            humantime::format_duration(max)
+        ),
+    )
 }
 
 fn check_etag(what: &'static str, given: &Option<String>, current: String) -> Result<(), Error> {

@@ -11,7 +11,7 @@
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::error::Error;
 
@@ -27,6 +27,14 @@ pub type Revision = u64;
 /// tokend itself creates on first start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor(pub String);
+
+impl Actor {
+    /// The actor of the deletions tokend makes itself when a token's
+    /// expiry passes (`crate::expiry`).
+    pub fn expiry() -> Actor {
+        Actor("expiry".into())
+    }
+}
 
 impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -275,6 +283,9 @@ pub struct Token {
     /// Approximate; kept apart from the record (see `store::AccessLog`) so that
     /// verification never changes `revision` or `etag`.
     pub last_access_time: Option<SystemTime>,
+    /// From this instant the secret is refused; tokend then deletes the
+    /// token (`crate::expiry`). `None`: never.
+    pub expire_time: Option<SystemTime>,
 }
 
 impl Token {
@@ -284,6 +295,13 @@ impl Token {
 
     pub fn is_deleted(&self) -> bool {
         self.status == TokenStatus::Deleted
+    }
+
+    /// Whether the token's expiry has passed at `now`. Decided from the
+    /// record alone, so every verifier refuses on time, whether or not the
+    /// deletion that follows has happened yet.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expire_time.is_some_and(|at| at <= now)
     }
 }
 
@@ -297,6 +315,9 @@ pub struct Account {
     /// The account's own version: 1 at create, +1 on every change.
     pub revision: u64,
     pub audit: Audit,
+    /// The longest a token of this account may live (`crate::command`
+    /// applies it); `None`: no limit.
+    pub max_token_lifetime: Option<Duration>,
 }
 
 impl Account {

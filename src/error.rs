@@ -26,6 +26,9 @@ pub mod reason {
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
     pub const CREDENTIAL_REVOKED: &str = "CREDENTIAL_REVOKED";
+    pub const CREDENTIAL_EXPIRED: &str = "CREDENTIAL_EXPIRED";
+    pub const LIFETIME_EXCEEDED: &str = "LIFETIME_EXCEEDED";
+    pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
 }
 
 /// `google.rpc.ErrorInfo.domain` of every error this service raises.
@@ -43,6 +46,10 @@ pub enum Error {
     /// unknown, disabled, deleted), so the answer is no oracle.
     #[error("missing or invalid credentials: send `authorization: Bearer <token secret>`")]
     Unauthenticated,
+    /// The credential was a good secret whose token has expired: its holder
+    /// learns nothing about anyone else's tokens, and needs a new one.
+    #[error("the bearer token has expired: create or roll a new one")]
+    CredentialExpired,
     /// A watch stream's own credential was deleted or disabled.
     #[error("the credential of this stream was {0}")]
     CredentialRevoked(&'static str),

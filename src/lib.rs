@@ -7,6 +7,7 @@
 //! - [`command`]: what each mutation does, as a pure plan against a [`state::State`].
 //! - [`store`]: commits plans durably under the next global revision (sled by default).
 //! - [`watch`]: fans committed events out to `WatchTokens` streams.
+//! - [`expiry`]: deletes tokens whose expiry passed, as the actor `expiry`.
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
 //! - [`server`], [`listener`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it
 //!   ([`listener`]: the port's defences against connection floods).
@@ -22,6 +23,7 @@ pub mod command;
 pub mod console;
 pub mod domain;
 pub mod error;
+pub mod expiry;
 pub mod hub;
 pub mod listener;
 pub mod proto;

@@ -12,6 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use std::time::SystemTime;
 
 use crate::domain::truncate_for_message;
 use crate::error::Error;
@@ -111,12 +112,21 @@ impl Pager {
     }
 }
 
-/// One `field = value` or `field:value` comparison.
+/// How a term compares: `=` (ASCII case ignored), `:` (has, exact), or
+/// `<` / `>` on a time field (strictly before or after an RFC 3339 instant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Eq(String),
+    Has(String),
+    Before(SystemTime),
+    After(SystemTime),
+}
+
+/// One `field = value`, `field:value`, `field < time` or `field > time`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Term {
     field: String,
-    has: bool,
-    value: String,
+    op: Op,
 }
 
 /// A parsed filter: terms joined with AND. Fields are checked against the
@@ -126,15 +136,24 @@ pub struct FilterExpr {
     terms: Vec<Term>,
 }
 
+/// The fields a resource's filter supports, by how they compare.
+pub struct Fields<'a> {
+    /// Scalars, compared with `=`.
+    pub eq: &'a [&'a str],
+    /// Repeated fields, compared with `:`.
+    pub has: &'a [&'a str],
+    /// Instants, compared with `<` and `>`.
+    pub time: &'a [&'a str],
+}
+
 impl FilterExpr {
-    /// Parses `a = b AND c:d AND name = "quoted value"`. `fields` lists the
-    /// supported fields; `has_fields` those that take `:` (repeated fields).
-    pub fn parse(input: &str, fields: &[&str], has_fields: &[&str]) -> Result<FilterExpr, Error> {
+    /// Parses `a = b AND c:d AND name = "quoted value" AND t < "2027-01-01T00:00:00Z"`.
+    pub fn parse(input: &str, fields: &Fields) -> Result<FilterExpr, Error> {
         let words = split_words(input)?;
         let mut terms = Vec::new();
         let mut rest = words.as_slice();
         while !rest.is_empty() {
-            let (term, after) = parse_term(rest, fields, has_fields)?;
+            let (term, after) = parse_term(rest, fields)?;
             terms.push(term);
             rest = match after {
                 [] => after,
@@ -151,29 +170,30 @@ impl FilterExpr {
     }
 
     /// True when every term matches. `values(field)` gives the resource's
-    /// values for a field (one for scalars, any number for repeated fields).
-    pub fn matches<'a>(&self, values: impl Fn(&str) -> Vec<&'a str>) -> bool {
-        self.terms.iter().all(|t| {
-            values(&t.field).iter().any(|v| {
-                if t.has {
-                    *v == t.value
-                } else {
-                    v.eq_ignore_ascii_case(&t.value)
-                }
-            })
+    /// values for a field (one for scalars, any number for repeated fields),
+    /// `time(field)` its instant, if it has one: a resource without one
+    /// matches neither `<` nor `>`.
+    pub fn matches<'a>(
+        &self,
+        values: impl Fn(&str) -> Vec<&'a str>,
+        time: impl Fn(&str) -> Option<SystemTime>,
+    ) -> bool {
+        self.terms.iter().all(|t| match &t.op {
+            Op::Eq(want) => values(&t.field)
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(want)),
+            Op::Has(want) => values(&t.field).iter().any(|v| v == want),
+            Op::Before(at) => time(&t.field).is_some_and(|v| v < *at),
+            Op::After(at) => time(&t.field).is_some_and(|v| v > *at),
         })
     }
 }
 
-fn parse_term<'a>(
-    words: &'a [String],
-    fields: &[&str],
-    has_fields: &[&str],
-) -> Result<(Term, &'a [String]), Error> {
+fn parse_term<'a>(words: &'a [String], fields: &Fields) -> Result<(Term, &'a [String]), Error> {
     let bad = |msg: String| Error::invalid("filter", msg);
     // `field:value` may come as one word.
     if let Some((field, value)) = words[0].split_once(':') {
-        if !has_fields.contains(&field) {
+        if !fields.has.contains(&field) {
             return Err(bad(format!(
                 "`:` is not supported on {:?}",
                 truncate_for_message(field)
@@ -189,32 +209,50 @@ fn parse_term<'a>(
         };
         let term = Term {
             field: field.to_string(),
-            has: true,
-            value: unquote(&value),
+            op: Op::Has(unquote(&value)),
         };
         return Ok((term, rest));
     }
     let (field, op, value) = match words {
-        [f, op, v, ..] => (f, op, v),
+        [f, op, v, ..] => (f.as_str(), op.as_str(), unquote(v)),
         _ => return Err(bad("expected `field = value`".into())),
     };
-    if !fields.contains(&field.as_str()) {
+    let known: Vec<&str> = [fields.eq, fields.time].concat();
+    if !known.contains(&field) {
         return Err(bad(format!(
             "unknown field {:?}; supported: {}",
             truncate_for_message(field),
-            fields.join(", ")
+            [fields.eq, fields.has, fields.time].concat().join(", ")
         )));
     }
-    if op != "=" {
-        return Err(bad(format!(
-            "unsupported operator {:?}; supported: = and :",
-            truncate_for_message(op)
-        )));
-    }
+    let is_time = fields.time.contains(&field);
+    let instant = || {
+        value
+            .parse::<prost_types::Timestamp>()
+            .ok()
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .ok_or_else(|| {
+                bad(format!(
+                    "{field} compares with an RFC 3339 instant such as \"2027-01-01T00:00:00Z\", not {:?}",
+                    truncate_for_message(&value)
+                ))
+            })
+    };
+    let op = match op {
+        "=" if !is_time => Op::Eq(value.clone()),
+        "<" if is_time => Op::Before(instant()?),
+        ">" if is_time => Op::After(instant()?),
+        _ => {
+            let supported = if is_time { "< and >" } else { "= and :" };
+            return Err(bad(format!(
+                "unsupported operator {:?} on {field}; supported: {supported}",
+                truncate_for_message(op)
+            )));
+        }
+    };
     let term = Term {
-        field: field.clone(),
-        has: false,
-        value: unquote(value),
+        field: field.to_string(),
+        op,
     };
     Ok((term, &words[3..]))
 }
@@ -244,11 +282,11 @@ fn split_words(input: &str) -> Result<Vec<String>, Error> {
                 }
                 cur.push('"');
             }
-            '=' => {
+            '=' | '<' | '>' => {
                 if !cur.is_empty() {
                     words.push(std::mem::take(&mut cur));
                 }
-                words.push("=".into());
+                words.push(c.to_string());
             }
             c if c.is_whitespace() => {
                 if !cur.is_empty() {
@@ -324,10 +362,14 @@ mod tests {
 
     #[test]
     fn filters_parse_the_supported_subset() {
+        const FIELDS: Fields = Fields {
+            eq: &["status", "name"],
+            has: &["modules"],
+            time: &["expire_time"],
+        };
         let f = FilterExpr::parse(
             r#"status = active AND name="ci deploy" AND modules:commerce"#,
-            &["status", "name"],
-            &["modules"],
+            &FIELDS,
         )
         .unwrap();
         let values = |field: &str| match field {
@@ -336,9 +378,16 @@ mod tests {
             "modules" => vec!["billing", "commerce"],
             _ => vec![],
         };
-        assert!(f.matches(values));
-        let g = FilterExpr::parse("modules:helpdesk", &[], &["modules"]).unwrap();
-        assert!(!g.matches(values));
+        let expires = |field: &str| match field {
+            "expire_time" => "2027-01-01T00:00:00Z"
+                .parse::<prost_types::Timestamp>()
+                .ok()
+                .and_then(|t| SystemTime::try_from(t).ok()),
+            _ => None,
+        };
+        assert!(f.matches(values, expires));
+        let g = FilterExpr::parse("modules:helpdesk", &FIELDS).unwrap();
+        assert!(!g.matches(values, expires));
         // `=` ignores ASCII case and nothing else; `:` is exact.
         for (filter, want) in [
             ("status = Active", true),
@@ -346,21 +395,32 @@ mod tests {
             ("status = ACTIVE AND name = \"CI DEPLOY\"", true),
             ("name = ci", false),
             ("modules:Commerce", false),
+            ("expire_time < \"2027-01-01T00:00:01Z\"", true),
+            ("expire_time<2027-01-01T00:00:00Z", false),
+            ("expire_time > \"2026-12-31T23:59:59.5+01:00\"", true),
+            (
+                "status = active AND expire_time > \"2027-01-01T00:00:00Z\"",
+                false,
+            ),
         ] {
-            let f = FilterExpr::parse(filter, &["status", "name"], &["modules"]).unwrap();
-            assert_eq!(f.matches(values), want, "{filter}");
+            let f = FilterExpr::parse(filter, &FIELDS).unwrap();
+            assert_eq!(f.matches(values, expires), want, "{filter}");
         }
+        // Without an expiry, a token matches neither side.
+        let before = FilterExpr::parse("expire_time < \"9999-01-01T00:00:00Z\"", &FIELDS).unwrap();
+        let after = FilterExpr::parse("expire_time > \"1970-01-01T00:00:00Z\"", &FIELDS).unwrap();
+        assert!(!before.matches(values, |_| None) && !after.matches(values, |_| None));
         for bad in [
             "colour = red",
             "status",
             "status > 1",
             "name = \"open",
             "status = A OR status = B",
+            "expire_time = \"2027-01-01T00:00:00Z\"",
+            "expire_time < tomorrow",
+            "name < b",
         ] {
-            assert!(
-                FilterExpr::parse(bad, &["status", "name"], &["modules"]).is_err(),
-                "{bad}"
-            );
+            assert!(FilterExpr::parse(bad, &FIELDS).is_err(), "{bad}");
         }
     }
 }

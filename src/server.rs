@@ -46,6 +46,9 @@ pub struct Config {
     pub retention: u64,
     pub max_watchers: usize,
     pub progress_interval: Duration,
+    /// Expired tokens are deleted within this long of their expiry
+    /// (`crate::expiry`); verification refuses them at the instant itself.
+    pub expiry_check: Duration,
     /// How long in-flight calls get after a shutdown signal.
     pub shutdown_grace: Duration,
     /// Events the live fan-out keeps for watchers that fall briefly behind.
@@ -91,6 +94,7 @@ impl Config {
             retention: 100_000,
             max_watchers: 10_000,
             progress_interval: Duration::from_secs(15),
+            expiry_check: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(3),
             hub_capacity: 4096,
             access_interval: Duration::from_secs(60),
@@ -227,6 +231,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.operator_token_file.as_deref(),
     )
     .await?;
+    // Tokens that expired while tokend was down go first: they were refused
+    // all along, and are deleted now.
+    tokio::spawn(crate::expiry::run(
+        store.clone(),
+        config.expiry_check,
+        shutdown.clone(),
+    ));
     // Bound only once the store is open and the operator credential exists:
     // whoever sees the port open can read operator.token.
     let listener = TcpListener::bind(config.listen)

@@ -63,6 +63,8 @@ pub enum Standing {
     NotFound,
     Disabled,
     AccountDisabled,
+    /// Past its expiry, not yet deleted.
+    Expired,
 }
 
 /// The answer of [`State::verify`]: the standing, and the records it was
@@ -83,6 +85,8 @@ pub struct State {
     /// Live tokens only: deletion erases the hash from both maps.
     secret_of: OrdMap<TokenId, SecretHash>,
     by_secret: HashMap<SecretHash, TokenId>,
+    /// Live tokens that expire, by expiry: what `crate::expiry` deletes next.
+    expiring: OrdSet<(SystemTime, TokenId)>,
 }
 
 impl State {
@@ -104,10 +108,12 @@ impl State {
         self.by_secret.get(hash).and_then(|id| self.tokens.get(id))
     }
 
-    /// Verifies a plain secret against this state: every caller that
-    /// accepts secrets (API authentication, `VerifyToken`, ext_authz `Check`)
-    /// decides here, so they cannot disagree. Memory only; never blocks.
-    pub fn verify(&self, plain: &str) -> Verification<'_> {
+    /// Verifies a plain secret against this state at `now`: every caller
+    /// that accepts secrets (API authentication, `VerifyToken`, ext_authz
+    /// `Check`) decides here, so they cannot disagree. An expired token is
+    /// refused from its expiry on, whether or not its deletion has been
+    /// committed yet. Memory only; never blocks.
+    pub fn verify(&self, plain: &str, now: SystemTime) -> Verification<'_> {
         let unknown = |standing| Verification {
             standing,
             token: None,
@@ -122,7 +128,9 @@ impl State {
             _ => return unknown(Standing::NotFound),
         };
         let account = self.account(&token.account_id);
-        let standing = if token.status == TokenStatus::Disabled {
+        let standing = if token.is_expired(now) {
+            Standing::Expired
+        } else if token.status == TokenStatus::Disabled {
             Standing::Disabled
         } else if account.is_none_or(|a| a.status != AccountStatus::Active) {
             Standing::AccountDisabled
@@ -171,6 +179,14 @@ impl State {
         }
     }
 
+    /// Live tokens whose expiry is at or before `now`, soonest first.
+    pub fn expired_by(&self, now: SystemTime) -> impl Iterator<Item = &Arc<Token>> + '_ {
+        self.expiring
+            .iter()
+            .take_while(move |(at, _)| *at <= now)
+            .filter_map(|(_, id)| self.tokens.get(id))
+    }
+
     /// Accounts in id order, after `after` (exclusive).
     pub fn accounts_after<'a>(
         &'a self,
@@ -207,6 +223,16 @@ impl State {
                         .or_default()
                         .insert(t.id.clone());
                 }
+                let was = self.tokens.get(&t.id).and_then(|t| expiry_key(t));
+                let is = expiry_key(t);
+                if was != is {
+                    if let Some(k) = was {
+                        self.expiring.remove(&k);
+                    }
+                    if let Some(k) = is {
+                        self.expiring.insert(k);
+                    }
+                }
                 self.tokens.insert(t.id.clone(), Arc::new(t.clone()));
             }
         }
@@ -242,6 +268,9 @@ impl State {
                 .entry(t.account_id.clone())
                 .or_default()
                 .insert(t.id.clone());
+            if let Some(k) = expiry_key(&t) {
+                s.expiring.insert(k);
+            }
             s.tokens.insert(t.id.clone(), Arc::new(t));
         }
         for (hash, id) in secrets {
@@ -249,6 +278,14 @@ impl State {
             s.by_secret.insert(hash, id);
         }
         s
+    }
+}
+
+/// A token's place in the expiry index: live tokens that expire.
+fn expiry_key(t: &Token) -> Option<(SystemTime, TokenId)> {
+    match t.expire_time {
+        Some(at) if !t.is_deleted() => Some((at, t.id.clone())),
+        _ => None,
     }
 }
 

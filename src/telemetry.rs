@@ -30,6 +30,7 @@ pub const AUTHZ_CHECKS: &str = "tokend_authz_checks_total";
 pub const CONNECTIONS_OPEN: &str = "tokend_connections_open";
 pub const CONNECTIONS_CLOSED: &str = "tokend_connections_closed_total";
 pub const ACCEPT_ERRORS: &str = "tokend_accept_errors_total";
+pub const TOKENS_EXPIRED: &str = "tokend_tokens_expired_total";
 
 /// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
@@ -73,6 +74,10 @@ fn describe() {
     describe_counter!(
         ACCEPT_ERRORS,
         "Failed accepts that made the listener back off (reason descriptors)"
+    );
+    describe_counter!(
+        TOKENS_EXPIRED,
+        "Expired tokens this process deleted (actor expiry)"
     );
     describe_counter!(
         AUTHZ_CHECKS,

@@ -190,6 +190,7 @@ async fn the_permission_matrix() {
                         name: format!("by {who}"),
                         r#type: pb::AccountType::Client as i32,
                         modules: vec![],
+                        ..Default::default()
                     })
                     .await,
                 ),

@@ -90,6 +90,7 @@ async fn an_acknowledged_delete_survives_sigkill() {
             name: "Acme".into(),
             r#type: pb::AccountType::Client as i32,
             modules: vec!["commerce".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

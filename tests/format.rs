@@ -422,6 +422,7 @@ async fn populate(c: &mut Tokens, a: &mut Accounts, dir: &Path) -> Value {
                 "commerce".into(),
                 "billing".into(),
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -431,6 +432,7 @@ async fn populate(c: &mut Tokens, a: &mut Accounts, dir: &Path) -> Value {
             name: "Globex".into(),
             r#type: pb::AccountType::Vendor as i32,
             modules: vec!["commerce".into(), "helpdesk".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -460,6 +462,7 @@ async fn populate(c: &mut Tokens, a: &mut Accounts, dir: &Path) -> Value {
                     description: description.into(),
                     icon: icon.into(),
                     modules: modules.iter().map(|m| m.to_string()).collect(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

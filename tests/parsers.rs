@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 use tokend::domain::{AccountId, TokenId, parse_name};
-use tokend::query::{FilterExpr, Pager};
+use tokend::query::{Fields, FilterExpr, Pager};
 use tokend::secret::{self, Secret};
 
 fn cases() -> u32 {
@@ -58,7 +58,9 @@ proptest! {
 
     #[test]
     fn filters_and_names_never_panic(s in ".{0,120}") {
-        let _ = FilterExpr::parse(&s, &["status", "name"], &["modules"]);
+        let fields = Fields { eq: &["status", "name"], has: &["modules"], time: &["expire_time"] };
+        let _ = FilterExpr::parse(&s, &fields);
+        let _ = FilterExpr::parse(&format!("expire_time < {s}"), &fields);
         let _ = parse_name("name", &s);
     }
 }

@@ -24,6 +24,7 @@ async fn full_lifecycle_create_verify_update_disable_enable_delete() {
             description: "Deploys from CI".into(),
             icon: "https://example.com/ci.png".into(),
             modules: vec!["commerce".into(), "billing".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -221,6 +222,7 @@ async fn invalid_requests_are_refused_precisely_and_change_nothing() {
         description: String::new(),
         icon: String::new(),
         modules: modules.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
     };
     let cases: Vec<(pb::CreateTokenRequest, Code, &str)> = vec![
         (
@@ -566,16 +568,19 @@ async fn accounts_are_created_listed_and_bound_their_tokens_modules() {
             name: "x".into(),
             r#type: 0,
             modules: vec![],
+            ..Default::default()
         },
         pb::CreateAccountRequest {
             name: "".into(),
             r#type: pb::AccountType::Vendor as i32,
             modules: vec![],
+            ..Default::default()
         },
         pb::CreateAccountRequest {
             name: "x".into(),
             r#type: pb::AccountType::Vendor as i32,
             modules: vec!["nope".into()],
+            ..Default::default()
         },
     ] {
         assert_eq!(
@@ -599,6 +604,7 @@ async fn accounts_are_created_listed_and_bound_their_tokens_modules() {
             name: format!("Vendor {i}"),
             r#type: pb::AccountType::Vendor as i32,
             modules: vec![],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -313,6 +313,7 @@ async fn stalled_subscribers_cost_bounded_memory_and_lose_nothing() {
             name: "Acme".into(),
             r#type: pb::AccountType::Client as i32,
             modules: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -72,6 +72,9 @@ pub enum Verdict {
     NotFound,
     Disabled,
     AccountDisabled,
+    /// Past the token's `expire_time`: decided from the cache's own clock,
+    /// at the instant, before the deletion that follows is heard.
+    Expired,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,7 @@ struct Entry {
     account_id: String,
     status: i32,
     modules: Vec<String>,
+    expire_time: Option<SystemTime>,
 }
 
 #[derive(Default)]
@@ -206,7 +210,10 @@ impl TokenCache {
         let result = pb::VerifyResult::try_from(r.result).unwrap_or_default();
         // Remember the secret when the decision rests on the token alone,
         // which the stream keeps current; an account's status it does not.
-        if let (pb::VerifyResult::Valid | pb::VerifyResult::Disabled, Some(t)) = (result, &r.token)
+        if let (
+            pb::VerifyResult::Valid | pb::VerifyResult::Disabled | pb::VerifyResult::Expired,
+            Some(t),
+        ) = (result, &r.token)
         {
             let mut known = self.shared.known.write().expect("cache lock");
             known.secrets.insert(hash, (t.id.clone(), Instant::now()));
@@ -219,6 +226,7 @@ impl TokenCache {
             },
             (pb::VerifyResult::Disabled, _) => Verdict::Disabled,
             (pb::VerifyResult::AccountDisabled, _) => Verdict::AccountDisabled,
+            (pb::VerifyResult::Expired, _) => Verdict::Expired,
             (pb::VerifyResult::Malformed, _) => Verdict::Malformed,
             _ => Verdict::NotFound,
         })
@@ -234,7 +242,15 @@ impl TokenCache {
         // Confirmed by the server but not yet heard on the stream (a token
         // created a moment ago): ask again rather than guess.
         let entry = known.tokens.get(id)?;
-        Some(match pb::TokenStatus::try_from(entry.status) {
+        let status = pb::TokenStatus::try_from(entry.status);
+        let live = matches!(
+            status,
+            Ok(pb::TokenStatus::Active | pb::TokenStatus::Disabled)
+        );
+        if live && entry.expire_time.is_some_and(|at| at <= SystemTime::now()) {
+            return Some(Verdict::Expired);
+        }
+        Some(match status {
             Ok(pb::TokenStatus::Active) => Verdict::Valid {
                 token_id: id.clone(),
                 account_id: entry.account_id.clone(),
@@ -358,5 +374,6 @@ fn entry(t: pb::Token) -> Entry {
         account_id: t.account_id,
         status: t.status,
         modules: t.modules,
+        expire_time: t.expire_time.and_then(|at| SystemTime::try_from(at).ok()),
     }
 }

@@ -121,6 +121,7 @@ fn new_token(account: &AccountId, mods: &[&str]) -> NewToken {
         description: "from CI".into(),
         icon: Some("https://example.com/i.png".into()),
         modules: modules(mods),
+        expiry: None,
         preset: None,
     }
 }
@@ -172,6 +173,7 @@ fn cases() -> Vec<Case> {
                     name: "Globex".into(),
                     kind: AccountType::Operations,
                     modules: modules(&["billing", MODULE_ACCESS_MANAGEMENT]),
+                    max_token_lifetime: None,
                 })
             },
             expect: Changed(EventKind::Created, |_, s| {
@@ -259,6 +261,7 @@ fn cases() -> Vec<Case> {
                         name: Some(a.name.clone()),
                         status: Some(a.status),
                         modules: Some(a.modules.clone()),
+                        max_token_lifetime: Some(a.max_token_lifetime),
                     },
                 )
             },
@@ -435,6 +438,7 @@ fn cases() -> Vec<Case> {
                     description: Some("new words".into()),
                     icon: Some(Some("http://example.com/x".into())),
                     modules: Some(modules(&["commerce", "spotlight"])),
+                    expire_time: None,
                 },
             },
             expect: Changed(EventKind::Updated, |_, s| {
@@ -530,6 +534,7 @@ fn cases() -> Vec<Case> {
                         description: Some(t.description.clone()),
                         icon: Some(t.icon.clone()),
                         modules: Some(t.modules.clone()),
+                        expire_time: Some(t.expire_time),
                     },
                 )
             },
@@ -1060,6 +1065,7 @@ fn a_created_account_gets_a_fresh_id_and_a_created_token_its_own_secret() {
             name: "Initech".into(),
             kind: AccountType::Client,
             modules: Modules::new(),
+            max_token_lifetime: None,
         }))
         .unwrap()
     else {

@@ -6,6 +6,7 @@
 
 use crate::cli::{AccountsCommand, ClientArgs};
 use crate::proto as pb;
+use crate::service::convert::duration;
 
 use super::output::print_accounts;
 use super::{Conn, Failure, all_pages, exit, fail};
@@ -14,12 +15,18 @@ pub(super) async fn run(args: &ClientArgs, cmd: AccountsCommand) -> Result<(), F
     let mut c = Conn::open(args).await?.accounts();
     let out = args.output;
     match cmd {
-        AccountsCommand::Create { name, kind, module } => {
+        AccountsCommand::Create {
+            name,
+            kind,
+            module,
+            max_token_lifetime,
+        } => {
             let a = c
                 .create_account(pb::CreateAccountRequest {
                     name,
                     r#type: kind.proto() as i32,
                     modules: module,
+                    max_token_lifetime: max_token_lifetime.map(duration),
                 })
                 .await?
                 .into_inner();
@@ -52,6 +59,8 @@ pub(super) async fn run(args: &ClientArgs, cmd: AccountsCommand) -> Result<(), F
             name,
             status,
             module,
+            max_token_lifetime,
+            no_max_token_lifetime,
         } => {
             let mut paths = Vec::new();
             let mut account = pb::Account {
@@ -70,10 +79,14 @@ pub(super) async fn run(args: &ClientArgs, cmd: AccountsCommand) -> Result<(), F
                 account.modules = module;
                 paths.push("modules".to_string());
             }
+            if max_token_lifetime.is_some() || no_max_token_lifetime {
+                account.max_token_lifetime = max_token_lifetime.map(duration);
+                paths.push("max_token_lifetime".to_string());
+            }
             if paths.is_empty() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to update: give --name, --status or --module",
+                    "nothing to update: give --name, --status, --module or --[no-]max-token-lifetime",
                 ));
             }
             let a = c

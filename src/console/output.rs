@@ -93,6 +93,7 @@ pub(super) fn token_json(t: &pb::Token) -> Value {
         "icon": t.icon, "status": name::<pb::TokenStatus>(t.status), "modules": t.modules, "etag": t.etag,
         "revision": t.revision, "audit": audit_json(&t.audit),
         "last_access_time": t.last_access_time.as_ref().map(rfc3339),
+        "expire_time": t.expire_time.as_ref().map(rfc3339),
     })
 }
 
@@ -101,6 +102,7 @@ fn account_json(a: &pb::Account) -> Value {
         "id": a.id, "name": a.name, "type": name::<pb::AccountType>(a.r#type),
         "status": name::<pb::AccountStatus>(a.status), "modules": a.modules,
         "etag": a.etag, "revision": a.revision, "audit": audit_json(&a.audit),
+        "max_token_lifetime_seconds": a.max_token_lifetime.as_ref().map(|d| d.seconds),
     })
 }
 
@@ -108,7 +110,15 @@ pub(super) fn print_tokens(out: Output, tokens: &[pb::Token]) {
     match out {
         Output::Json => println!("{}", Value::Array(tokens.iter().map(token_json).collect())),
         Output::Table => table(
-            &["ID", "NAME", "STATUS", "ACCOUNT", "MODULES", "LAST ACCESS"],
+            &[
+                "ID",
+                "NAME",
+                "STATUS",
+                "ACCOUNT",
+                "MODULES",
+                "LAST ACCESS",
+                "EXPIRES",
+            ],
             tokens
                 .iter()
                 .map(|t| {
@@ -122,6 +132,10 @@ pub(super) fn print_tokens(out: Output, tokens: &[pb::Token]) {
                             .as_ref()
                             .map(rfc3339)
                             .unwrap_or_else(|| "-".into()),
+                        t.expire_time
+                            .as_ref()
+                            .map(rfc3339)
+                            .unwrap_or_else(|| "never".into()),
                     ]
                 })
                 .collect(),

@@ -12,7 +12,8 @@ use std::io::BufRead;
 use serde_json::json;
 
 use crate::cli::{ClientArgs, Output, TokensCommand};
-use crate::proto as pb;
+use crate::proto::{self as pb, create_token_request::Expiration};
+use crate::service::convert::duration;
 
 use super::output::{self, print_tokens, token_json};
 use super::{Conn, Failure, all_pages, delete, exit, fail, watch};
@@ -28,7 +29,14 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             description,
             icon,
             module,
+            expires_in,
+            expires_at,
         } => {
+            let expiration = match (expires_in, expires_at) {
+                (Some(d), _) => Some(Expiration::Ttl(duration(d))),
+                (None, Some(t)) => Some(Expiration::ExpireTime(t)),
+                (None, None) => None,
+            };
             let r = c
                 .create_token(pb::CreateTokenRequest {
                     account_id: account,
@@ -36,6 +44,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                     description,
                     icon,
                     modules: module,
+                    expiration,
                 })
                 .await?
                 .into_inner();
@@ -102,6 +111,8 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             description,
             icon,
             module,
+            expires_at,
+            no_expiry,
         } => {
             let mut paths = Vec::new();
             let mut token = pb::Token {
@@ -122,10 +133,14 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 token.modules = module;
                 paths.push("modules".to_string());
             }
+            if expires_at.is_some() || no_expiry {
+                token.expire_time = expires_at;
+                paths.push("expire_time".to_string());
+            }
             if paths.is_empty() {
                 return Err(fail(
                     exit::USAGE,
-                    "nothing to update: give --name, --description, --icon or --module",
+                    "nothing to update: give --name, --description, --icon, --module, --expires-at or --no-expiry",
                 ));
             }
             let t = c

@@ -13,9 +13,9 @@ use crate::command::{AccountPatch, Command, NewAccount};
 use crate::domain::{Account, AccountId, Subject, parse_modules, parse_name};
 use crate::error::Error;
 use crate::proto::{self as pb, account_service_server::AccountService};
-use crate::query::{FilterExpr, page_size};
+use crate::query::{Fields, FilterExpr, page_size};
 
-const UPDATABLE: &[&str] = &["name", "status", "modules"];
+const UPDATABLE: &[&str] = &["name", "status", "modules", "max_token_lifetime"];
 
 /// AccountService is for operators only (docs/contract.md §4).
 fn operator<T>(request: &Request<T>) -> Result<Caller, Error> {
@@ -48,6 +48,7 @@ fn account_patch(
         "name" => !a.name.is_empty(),
         "status" => a.status != 0,
         "modules" => !a.modules.is_empty(),
+        "max_token_lifetime" => a.max_token_lifetime.is_some(),
         _ => false,
     })?;
     let mut patch = AccountPatch::default();
@@ -56,20 +57,39 @@ fn account_patch(
             "name" => patch.name = Some(parse_name("account.name", &a.name)?),
             "status" => patch.status = Some(convert::account_status_from(a.status)?),
             "modules" => patch.modules = Some(parse_modules("account.modules", &a.modules)?),
+            "max_token_lifetime" => {
+                patch.max_token_lifetime = Some(max_lifetime(
+                    "account.max_token_lifetime",
+                    a.max_token_lifetime.as_ref(),
+                )?);
+            }
             _ => unreachable!("mask_paths only returns updatable paths"),
         }
     }
     Ok(patch)
 }
 
+fn max_lifetime(
+    field: &'static str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, Error> {
+    match d {
+        Some(d) if d.nanos != 0 => Err(Error::invalid(field, "must be whole seconds")),
+        d => d.map(|d| convert::duration_from(field, d)).transpose(),
+    }
+}
+
 fn matches(filter: &FilterExpr, a: &Account) -> bool {
-    filter.matches(|field| match field {
-        "status" => vec![convert::account_status_name(a.status)],
-        "type" => vec![convert::account_type_name(a.kind)],
-        "name" => vec![a.name.as_str()],
-        "modules" => a.modules.iter().map(String::as_str).collect(),
-        _ => vec![],
-    })
+    filter.matches(
+        |field| match field {
+            "status" => vec![convert::account_status_name(a.status)],
+            "type" => vec![convert::account_type_name(a.kind)],
+            "name" => vec![a.name.as_str()],
+            "modules" => a.modules.iter().map(String::as_str).collect(),
+            _ => vec![],
+        },
+        |_| None,
+    )
 }
 
 #[tonic::async_trait]
@@ -84,6 +104,7 @@ impl AccountService for Service {
             name: parse_name("name", &r.name)?,
             kind: convert::account_type_from(r.r#type)?,
             modules: parse_modules("modules", &r.modules)?,
+            max_token_lifetime: max_lifetime("max_token_lifetime", r.max_token_lifetime.as_ref())?,
         };
         let applied = self
             .store
@@ -112,7 +133,14 @@ impl AccountService for Service {
         operator(&request)?;
         let r = request.into_inner();
         let size = page_size(r.page_size)?;
-        let filter = FilterExpr::parse(&r.filter, &["status", "type", "name"], &["modules"])?;
+        let filter = FilterExpr::parse(
+            &r.filter,
+            &Fields {
+                eq: &["status", "type", "name"],
+                has: &["modules"],
+                time: &[],
+            },
+        )?;
         let state = self.store.state();
         let page = self.list(
             &["accounts", &r.filter],

@@ -86,12 +86,13 @@ impl Authz {
             standing,
             token,
             account,
-        } = state.verify(credential);
+        } = state.verify(credential, SystemTime::now());
         let (token, account) = match (standing, token, account) {
             (Standing::Valid, Some(t), Some(a)) => (t, a),
             (Standing::Malformed, ..) => return Decision::Deny(Denial::Malformed),
             (Standing::Disabled, ..) => return Decision::Deny(Denial::TokenDisabled),
             (Standing::AccountDisabled, ..) => return Decision::Deny(Denial::AccountDisabled),
+            (Standing::Expired, ..) => return Decision::Deny(Denial::TokenExpired),
             _ => return Decision::Deny(Denial::InvalidCredential),
         };
         // A route may need several modules: "billing" or "billing,reports".
@@ -143,6 +144,7 @@ enum Denial {
     Malformed,
     InvalidCredential,
     TokenDisabled,
+    TokenExpired,
     AccountDisabled,
     ModuleMissing(String),
 }
@@ -154,6 +156,7 @@ impl Denial {
             Denial::Malformed => "malformed_credential",
             Denial::InvalidCredential => "invalid_credential",
             Denial::TokenDisabled => "token_disabled",
+            Denial::TokenExpired => "token_expired",
             Denial::AccountDisabled => "account_disabled",
             Denial::ModuleMissing(_) => "module_missing",
         }

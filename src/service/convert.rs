@@ -25,6 +25,38 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
+/// The latest instant a request may name: the end of year 9999, as in
+/// RFC 3339 and protobuf's own `Timestamp`.
+const MAX_SECONDS: i64 = 253_402_300_799;
+/// The longest lifetime a request may name: a hundred years.
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A request's instant, checked: after 1970, before year 10000.
+pub fn time_from(field: &'static str, t: &prost_types::Timestamp) -> Result<SystemTime, Error> {
+    if !(0..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Error::invalid(
+            field,
+            "must be a valid instant between 1970 and 9999",
+        ));
+    }
+    Ok(UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32))
+}
+
+/// A request's lifetime, checked: more than zero, at most a hundred years.
+pub fn duration_from(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
+    let out = Duration::try_from(*d)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_LIFETIME);
+    out.ok_or_else(|| Error::invalid(field, "must be more than zero and at most 100 years"))
+}
+
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
 fn audit_entry(e: &Option<AuditEntry>) -> Option<pb::AuditEntry> {
     e.as_ref().map(|e| pb::AuditEntry {
         at: Some(timestamp(e.at)),
@@ -79,6 +111,7 @@ pub fn account_type_name(t: AccountType) -> &'static str {
 /// | `NotFound`        | `NOT_FOUND`                  | 401 `invalid_credential`          | `UNAUTHENTICATED`  |
 /// | `Disabled`        | `DISABLED`                   | 401 `token_disabled`              | `UNAUTHENTICATED`  |
 /// | `AccountDisabled` | `ACCOUNT_DISABLED`           | 401 `account_disabled`            | `UNAUTHENTICATED`  |
+/// | `Expired`         | `EXPIRED`                    | 401 `token_expired`               | `UNAUTHENTICATED` (`CREDENTIAL_EXPIRED`) |
 ///
 /// A client's [`crate::client::Verdict`] mirrors `VerifyResult` one for one,
 /// as its [`crate::client::TokenCache`] decides it from memory.
@@ -89,6 +122,7 @@ pub fn verify_result(s: Standing) -> pb::VerifyResult {
         Standing::NotFound => pb::VerifyResult::NotFound,
         Standing::Disabled => pb::VerifyResult::Disabled,
         Standing::AccountDisabled => pb::VerifyResult::AccountDisabled,
+        Standing::Expired => pb::VerifyResult::Expired,
     }
 }
 
@@ -105,6 +139,7 @@ pub fn token(t: &Token, last_access: Option<SystemTime>) -> pb::Token {
         revision: t.revision as i64,
         audit: audit(&t.audit),
         last_access_time: last_access.or(t.last_access_time).map(timestamp),
+        expire_time: t.expire_time.map(timestamp),
     }
 }
 
@@ -156,6 +191,7 @@ pub fn account(a: &Account) -> pb::Account {
         etag: a.etag(),
         revision: a.revision as i64,
         audit: audit(&a.audit),
+        max_token_lifetime: a.max_token_lifetime.map(duration),
     }
 }
 
@@ -279,6 +315,10 @@ impl From<Error> for Status {
             Error::CredentialRevoked(_) => (
                 Code::Unauthenticated,
                 info(reason::CREDENTIAL_REVOKED, HashMap::new()),
+            ),
+            Error::CredentialExpired => (
+                Code::Unauthenticated,
+                info(reason::CREDENTIAL_EXPIRED, HashMap::new()),
             ),
             Error::PermissionDenied(_) => (
                 Code::PermissionDenied,

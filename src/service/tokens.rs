@@ -15,19 +15,20 @@ use tonic::{Request, Response, Status};
 use super::{Service, convert, etag, mask_paths};
 use crate::auth::caller;
 use crate::caller::Caller;
-use crate::command::{Command, NewToken, Plan, TokenPatch};
+use crate::command::{Command, Expiry, NewToken, Plan, TokenPatch};
 use crate::domain::{
     AccountId, Subject, Token, TokenId, parse_description, parse_icon, parse_modules, parse_name,
 };
 use crate::error::Error;
+use crate::proto::create_token_request::Expiration;
 use crate::proto::{self as pb, token_service_server::TokenService};
-use crate::query::{FilterExpr, Pager, page_size};
+use crate::query::{Fields, FilterExpr, Pager, page_size};
 use crate::state::Standing;
 use crate::watch::{Filter, Start};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + Send>>;
 
-const UPDATABLE: &[&str] = &["name", "description", "icon", "modules"];
+const UPDATABLE: &[&str] = &["name", "description", "icon", "modules", "expire_time"];
 
 impl Service {
     fn token_out(&self, t: &Token) -> pb::Token {
@@ -98,6 +99,7 @@ fn token_patch(
         "description" => !token.description.is_empty(),
         "icon" => !token.icon.is_empty(),
         "modules" => !token.modules.is_empty(),
+        "expire_time" => token.expire_time.is_some(),
         _ => false,
     })?;
     let mut patch = TokenPatch::default();
@@ -107,6 +109,13 @@ fn token_patch(
             "description" => patch.description = Some(parse_description(&token.description)?),
             "icon" => patch.icon = Some(parse_icon(&token.icon)?),
             "modules" => patch.modules = Some(parse_modules("token.modules", &token.modules)?),
+            "expire_time" => {
+                let at = token.expire_time.as_ref();
+                patch.expire_time = Some(
+                    at.map(|t| convert::time_from("token.expire_time", t))
+                        .transpose()?,
+                );
+            }
             _ => unreachable!("mask_paths only returns updatable paths"),
         }
     }
@@ -114,7 +123,14 @@ fn token_patch(
 }
 
 fn token_filter(input: &str) -> Result<FilterExpr, Error> {
-    FilterExpr::parse(input, &["status", "name", "account_id"], &["modules"])
+    FilterExpr::parse(
+        input,
+        &Fields {
+            eq: &["status", "name", "account_id"],
+            has: &["modules"],
+            time: &["expire_time"],
+        },
+    )
 }
 
 #[tonic::async_trait]
@@ -141,6 +157,13 @@ impl TokenService for Service {
             description: parse_description(&r.description)?,
             icon: parse_icon(&r.icon)?,
             modules,
+            expiry: match &r.expiration {
+                None => None,
+                Some(Expiration::ExpireTime(t)) => {
+                    Some(Expiry::At(convert::time_from("expire_time", t)?))
+                }
+                Some(Expiration::Ttl(d)) => Some(Expiry::After(convert::duration_from("ttl", d)?)),
+            },
             preset: None,
         };
         let applied = self
@@ -189,13 +212,19 @@ impl TokenService for Service {
         let query = ["tokens", scope, &r.filter, show_deleted];
         let matches = |t: &&std::sync::Arc<Token>| {
             (r.show_deleted || !t.is_deleted())
-                && filter.matches(|field| match field {
-                    "status" => vec![convert::token_status_name(t.status)],
-                    "name" => vec![t.name.as_str()],
-                    "account_id" => vec![t.account_id.as_str()],
-                    "modules" => t.modules.iter().map(String::as_str).collect(),
-                    _ => vec![],
-                })
+                && filter.matches(
+                    |field| match field {
+                        "status" => vec![convert::token_status_name(t.status)],
+                        "name" => vec![t.name.as_str()],
+                        "account_id" => vec![t.account_id.as_str()],
+                        "modules" => t.modules.iter().map(String::as_str).collect(),
+                        _ => vec![],
+                    },
+                    |field| match field {
+                        "expire_time" => t.expire_time,
+                        _ => None,
+                    },
+                )
         };
         let page = self.list(
             &query,
@@ -324,7 +353,7 @@ impl TokenService for Service {
             }))
         };
         let state = self.store.verifying_state()?;
-        let v = state.verify(&r.secret);
+        let v = state.verify(&r.secret, SystemTime::now());
         let result = convert::verify_result(v.standing);
         if let (Standing::Valid, Some(token)) = (v.standing, v.token) {
             self.store.record_access(&token.id, SystemTime::now());

@@ -33,6 +33,7 @@ pub fn reason_of(e: &Error) -> &'static str {
         Error::InvalidArgument { .. } => reason::INVALID_ARGUMENT,
         Error::Unauthenticated => reason::UNAUTHENTICATED,
         Error::CredentialRevoked(_) => reason::CREDENTIAL_REVOKED,
+        Error::CredentialExpired => reason::CREDENTIAL_EXPIRED,
         Error::PermissionDenied(_) => reason::PERMISSION_DENIED,
         Error::Compacted { .. } => reason::REVISION_COMPACTED,
         Error::TooManyWatchers { .. } => reason::TOO_MANY_WATCHERS,
@@ -105,6 +106,7 @@ impl World {
             name: "Acme".into(),
             kind,
             modules: modules(mods),
+            max_token_lifetime: None,
         }));
         match change.subject {
             Subject::Account(a) => a.id,
@@ -119,6 +121,7 @@ impl World {
             description: String::new(),
             icon: None,
             modules: modules(mods),
+            expiry: None,
             preset: None,
         }));
         match change.subject {

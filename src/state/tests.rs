@@ -249,6 +249,7 @@ fn verify_tells_every_standing_apart() {
         description: String::new(),
         icon: None,
         modules: modules(&[]),
+        expiry: None,
         preset: Some((preset.clone(), elsewhere.hash())),
     }));
     assert_consistent(&w.state);
@@ -327,7 +328,7 @@ fn verify_tells_every_standing_apart() {
         ),
     ];
     for case in table {
-        let v = w.state.verify(&case.secret);
+        let v = w.state.verify(&case.secret, SystemTime::now());
         let name = case.name;
         assert_eq!(v.standing, case.standing, "{name}");
         assert_eq!(v.token.map(|t| t.id.clone()), case.token, "{name}: token");
@@ -360,10 +361,10 @@ fn verify_fails_closed_on_a_state_no_command_can_build() {
             (orphan_secret.hash(), orphan.clone()),
         ],
     );
-    let v = s.verify(gone_secret.expose());
+    let v = s.verify(gone_secret.expose(), SystemTime::now());
     assert_eq!(v.standing, Standing::NotFound);
     assert!(v.token.is_none() && v.account.is_none());
-    let v = s.verify(orphan_secret.expose());
+    let v = s.verify(orphan_secret.expose(), SystemTime::now());
     assert_eq!(v.standing, Standing::AccountDisabled);
     assert_eq!(v.token.map(|t| t.id.clone()), Some(orphan));
     assert!(v.account.is_none());

@@ -255,6 +255,14 @@ pub(super) struct TokenRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     last_access_time: Option<TimeRecord>,
+    /// Left out when the token never expires (and in records written
+    /// before tokens could expire).
+    #[serde(
+        rename = "expire_time",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    expire_time: Option<TimeRecord>,
 }
 
 impl<'a> Record<'a> for TokenRecord<'a> {
@@ -276,6 +284,7 @@ impl<'a> Record<'a> for TokenRecord<'a> {
             revision: t.revision,
             audit: AuditRecord::of(&t.audit),
             last_access_time: t.last_access_time.as_ref().map(TimeRecord::of),
+            expire_time: t.expire_time.as_ref().map(TimeRecord::of),
         }
     }
 
@@ -298,6 +307,7 @@ impl<'a> Record<'a> for TokenRecord<'a> {
                 .last_access_time
                 .map(TimeRecord::into_domain)
                 .transpose()?,
+            expire_time: self.expire_time.map(TimeRecord::into_domain).transpose()?,
         })
     }
 }
@@ -319,6 +329,13 @@ pub(super) struct AccountRecord<'a> {
     revision: u64,
     #[serde(rename = "audit", borrow)]
     audit: AuditRecord<'a>,
+    /// Whole seconds; left out when the account sets no limit.
+    #[serde(
+        rename = "max_token_lifetime_seconds",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    max_token_lifetime_seconds: Option<u64>,
 }
 
 impl<'a> Record<'a> for AccountRecord<'a> {
@@ -340,6 +357,7 @@ impl<'a> Record<'a> for AccountRecord<'a> {
             modules: Cow::Borrowed(&a.modules),
             revision: a.revision,
             audit: AuditRecord::of(&a.audit),
+            max_token_lifetime_seconds: a.max_token_lifetime.map(|d| d.as_secs()),
         }
     }
 
@@ -359,6 +377,9 @@ impl<'a> Record<'a> for AccountRecord<'a> {
             modules: self.modules.into_owned(),
             revision: self.revision,
             audit: self.audit.into_domain()?,
+            max_token_lifetime: self
+                .max_token_lifetime_seconds
+                .map(std::time::Duration::from_secs),
         })
     }
 }

@@ -84,7 +84,9 @@ struct Inner {
 
 enum Job {
     Apply {
-        cmd: Command,
+        /// Boxed: a command is a few hundred bytes, and every queued job
+        /// (closes and access flushes too) would be that large.
+        cmd: Box<Command>,
         actor: Actor,
         reply: oneshot::Sender<Result<Applied, Error>>,
     },
@@ -291,7 +293,11 @@ impl Store for SledStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job::Apply { cmd, actor, reply })
+            .send(Job::Apply {
+                cmd: Box::new(cmd),
+                actor,
+                reply,
+            })
             .await
             .map_err(|_| Error::shutting_down())?;
         answer.await.map_err(|_| Error::shutting_down())?

@@ -28,6 +28,7 @@ fn published(after: Revision, revision: Revision) -> Published {
                 modules: Default::default(),
                 revision: 1,
                 audit: Default::default(),
+                max_token_lifetime: None,
             }),
             time: SystemTime::UNIX_EPOCH,
             actor: actor(),

@@ -59,6 +59,7 @@ pub async fn new_account(a: &mut Accounts, modules: &[&str]) -> pb::Account {
         name: "Acme Inc.".into(),
         r#type: pb::AccountType::Client as i32,
         modules: modules.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
     })
     .await
     .expect("account created")
@@ -84,6 +85,7 @@ pub async fn issue(
             description: "created by a test".into(),
             icon: String::new(),
             modules: modules.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
         })
         .await
         .expect("token created")

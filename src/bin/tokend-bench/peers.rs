@@ -197,6 +197,7 @@ impl Tokend {
                 name: "Bench".into(),
                 r#type: pb::AccountType::Client as i32,
                 modules: vec!["commerce".into()],
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -127,6 +127,7 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
       a?.enabled ? fact("Last enabled", entry(a.enabled)) : null,
       a?.deleted ? fact("Deleted", entry(a.deleted)) : null,
       fact("Last access", timeEl(t.lastAccessTime, "Never", true)),
+      fact("Expires", timeEl(t.expireTime, "Never", true)),
     );
     fill(tabs.panels.general, general);
     fill(tabs.panels.details, details);
