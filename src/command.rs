@@ -402,9 +402,20 @@ fn lifetime_exceeded(account: &Account, max: Duration) -> Error {
         format!(
             "account {} lets its tokens live at most {} from now: give an expire_time no later than that",
             account.id,
-            humantime::format_duration(max)
+            in_words(max)
         ),
     )
+}
+
+/// A lifetime in the largest whole unit it is a multiple of: "90 days",
+/// not humantime's "2months 29days 2h 52m 48s" (its month is 30.44 days).
+fn in_words(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = [(86_400, "day"), (3600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|(size, _)| s % size == 0)
+        .map_or((s, "second"), |(size, unit)| (s / size, unit));
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 fn check_etag(what: &'static str, given: &Option<String>, current: String) -> Result<(), Error> {
@@ -485,5 +496,7 @@ fn fresh_id<I>(
     ))
 }
 
+#[cfg(test)]
+mod expiry_tests;
 #[cfg(test)]
 mod tests;

@@ -371,3 +371,92 @@ async fn history_prints_a_tokens_changes_newest_first() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("TKN-9999-9999"));
 }
+
+/// `tokend …` with the server's operator credential; stdout as JSON.
+fn cli_json(p: &Process, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--output", "json"])
+        .args(client_args(p))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn instant(v: &serde_json::Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339(v.as_str().expect("an RFC 3339 instant")).unwrap()
+}
+
+#[tokio::test]
+async fn expiries_and_lifetime_limits_from_the_command_line() {
+    let (p, _dir, t) = setup().await;
+    let day = Duration::from_secs(24 * 3600);
+    let created = cli_json(
+        &p,
+        &[
+            "tokens",
+            "create",
+            "--account",
+            &t.account_id,
+            "--name",
+            "nightly",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    let token = &created["token"];
+    let made = instant(&token["audit"]["created"]["at"]);
+    assert_eq!(instant(&token["expire_time"]), made + 30 * day);
+
+    let id = token["id"].as_str().unwrap();
+    let cleared = cli_json(&p, &["tokens", "update", id, "--no-expiry"]);
+    assert!(cleared[0]["expire_time"].is_null(), "{cleared}");
+
+    let acc = cli_json(
+        &p,
+        &[
+            "accounts",
+            "update",
+            &t.account_id,
+            "--max-token-lifetime",
+            "90d",
+        ],
+    );
+    assert_eq!(acc[0]["max_token_lifetime_seconds"], 90 * 24 * 3600);
+    let defaulted = cli_json(
+        &p,
+        &[
+            "tokens",
+            "create",
+            "--account",
+            &t.account_id,
+            "--name",
+            "bounded",
+        ],
+    );
+    let made = instant(&defaulted["token"]["audit"]["created"]["at"]);
+    assert_eq!(instant(&defaulted["token"]["expire_time"]), made + 90 * day);
+
+    // Beyond the limit: refused, with the reason in plain words, and the
+    // conflict exit code.
+    let refused = Command::new(BIN)
+        .args([
+            "tokens",
+            "create",
+            "--account",
+            &t.account_id,
+            "--name",
+            "too long",
+            "--expires-in",
+            "1y",
+        ])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(4), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("at most 90 days from now"),
+        "{refused:?}"
+    );
+}

@@ -371,3 +371,72 @@ async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revis
     assert_eq!(types, [pb::EventType::Updated as i32]);
     assert!(trail.oldest_revision > trail.events[0].revision - 1);
 }
+
+#[tokio::test]
+async fn replicas_that_all_watch_for_expiries_delete_each_expired_token_once() {
+    let cluster = EtcdCluster::start(1).await;
+    let (_keys, file, operator) = operator_file();
+    let store = cluster.store("expiry");
+    let args = |every| {
+        [
+            "--store",
+            &store,
+            "--operator-token-file",
+            file.to_str().unwrap(),
+            "--expiry-check",
+            every,
+        ]
+        .map(str::to_string)
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = spawn_tokend(da.path(), &args("50ms").each_ref().map(String::as_str)).await;
+    let b = spawn_tokend(db.path(), &args("50ms").each_ref().map(String::as_str)).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
+    let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
+    let account = account_on(&a, &operator).await;
+    let mut events = watch(&mut on_b, pb::WatchTokensRequest::default()).await;
+
+    let mut expiring = std::collections::BTreeSet::new();
+    for n in 0..20 {
+        let t = on_a
+            .create_token(pb::CreateTokenRequest {
+                account_id: account.id.clone(),
+                name: format!("ephemeral {n}"),
+                modules: vec!["commerce".into()],
+                expiration: Some(pb::create_token_request::Expiration::Ttl(
+                    prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    },
+                )),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+            .unwrap();
+        expiring.insert(t.id);
+    }
+    // Both replicas look every 50 ms: each deletion is planned twice, and
+    // committed once. Watch until every token is deleted, then a second
+    // longer for any second deletion.
+    let mut deleted = Vec::new();
+    let mut quiet = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(e) = tokio::time::timeout_at(quiet, next_change(&mut events)).await {
+        if e.r#type == pb::EventType::Deleted as i32 {
+            assert_eq!(e.actor, "expiry");
+            deleted.push(e.token.unwrap().id);
+            if deleted.len() == expiring.len() {
+                quiet = tokio::time::Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        expiring.into_iter().collect::<Vec<_>>(),
+        "each expired token deleted exactly once"
+    );
+    drop(on_b);
+}

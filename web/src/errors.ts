@@ -29,6 +29,9 @@ export const REASONS: Record<string, string> = {
     "This token secret was not accepted. It may be mistyped, disabled or deleted, or its account may be disabled.",
   PERMISSION_DENIED: "The token you signed in with isn't allowed to do this.",
   CREDENTIAL_REVOKED: "The token you signed in with was disabled or deleted, so you have been signed out.",
+  CREDENTIAL_EXPIRED: "The token you signed in with has expired. Sign in with another one.",
+  LIFETIME_EXCEEDED: "This account limits how long its API tokens may live. Pick an earlier expiry date.",
+  TOKEN_EXPIRED: "This API token has expired and is about to be deleted, so it can't be changed.",
 };
 
 /** Sentences for failures that carry no ErrorInfo (the network, the gRPC layer). */
