@@ -413,7 +413,7 @@ fn in_words(d: Duration) -> String {
     let s = d.as_secs();
     let (n, unit) = [(86_400, "day"), (3600, "hour"), (60, "minute")]
         .into_iter()
-        .find(|(size, _)| s % size == 0)
+        .find(|(size, _)| s.is_multiple_of(*size))
         .map_or((s, "second"), |(size, unit)| (s / size, unit));
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
