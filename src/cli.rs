@@ -385,6 +385,17 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, env = "TOKEND_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the secret-scanning partner endpoint (GitHub's protocol) at
+    /// http://ADDR/secret-scanning/github, apart from the API's port.
+    #[arg(long, env = "TOKEND_LEAK_REPORT_LISTEN", requires = "leak_report_keys")]
+    pub leak_report_listen: Option<SocketAddr>,
+    /// The reporters' ECDSA P-256 public keys, in the JSON shape GitHub
+    /// publishes them (api.github.com/meta/public_keys/secret_scanning).
+    #[arg(long, env = "TOKEND_LEAK_REPORT_KEYS", requires = "leak_report_listen")]
+    pub leak_report_keys: Option<PathBuf>,
+    /// What a reported live secret's token gets: deleted (final) or disabled.
+    #[arg(long, env = "TOKEND_LEAK_ACTION", value_enum, default_value = "delete")]
+    pub leak_action: crate::leaks::LeakAction,
     /// How long in-flight calls get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "TOKEND_SHUTDOWN_GRACE", default_value = "3s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -524,6 +535,14 @@ impl ServeArgs {
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,
             expiry_check: self.expiry_check,
+            leak_action: self.leak_action,
+            leak_report: match (&self.leak_report_listen, &self.leak_report_keys) {
+                (Some(listen), Some(keys)) => Some(crate::server::LeakReport {
+                    listen: *listen,
+                    keys: keys.clone(),
+                }),
+                _ => None,
+            },
             shutdown_grace: self.shutdown_grace,
             hub_capacity: self.hub_capacity,
             operator_token_file: self.operator_token_file.clone(),

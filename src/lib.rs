@@ -8,6 +8,8 @@
 //! - [`store`]: commits plans durably under the next global revision (sled by default).
 //! - [`watch`]: fans committed events out to `WatchTokens` streams.
 //! - [`expiry`]: deletes tokens whose expiry passed, as the actor `expiry`.
+//! - [`leaks`]: revokes secrets a scanner reports (gRPC, and GitHub's
+//!   secret-scanning partner protocol on a port of its own).
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
 //! - [`server`], [`listener`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it
 //!   ([`listener`]: the port's defences against connection floods).
@@ -25,6 +27,7 @@ pub mod domain;
 pub mod error;
 pub mod expiry;
 pub mod hub;
+pub mod leaks;
 pub mod listener;
 pub mod proto;
 pub mod query;

@@ -26,6 +26,7 @@ use tonic_health::ServingStatus;
 use crate::auth::Authenticator;
 use crate::error::Error;
 use crate::hub::Hub;
+use crate::leaks::LeakAction;
 use crate::listener::{self, CallCounter, Limits};
 use crate::proto::account_service_server::AccountServiceServer;
 use crate::proto::token_service_server::TokenServiceServer;
@@ -73,6 +74,18 @@ pub struct Config {
     pub web: WebConfig,
     /// Open connections at most, and how long one may stay without a call.
     pub limits: Limits,
+    /// What a reported leak does to a live token (both report paths).
+    pub leak_action: LeakAction,
+    /// The secret-scanning partner endpoint: where, and the reporters'
+    /// public keys. Off when `None`.
+    pub leak_report: Option<LeakReport>,
+}
+
+/// `--leak-report-listen` and `--leak-report-keys`.
+#[derive(Clone, Debug)]
+pub struct LeakReport {
+    pub listen: SocketAddr,
+    pub keys: PathBuf,
 }
 
 /// PEM files for TLS; with `client_ca`, clients must present a certificate
@@ -110,6 +123,8 @@ impl Config {
                 console: true,
             },
             limits: Limits::default(),
+            leak_action: LeakAction::Delete,
+            leak_report: None,
         }
     }
 }
@@ -224,7 +239,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         },
         shutdown.clone(),
     );
-    let service = Service::new(store.clone(), watchers);
+    let service = Service::new(store.clone(), watchers, config.leak_action);
     crate::bootstrap::operator(
         store.as_ref(),
         &config.data_dir,
@@ -238,6 +253,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.expiry_check,
         shutdown.clone(),
     ));
+    if let Some(leak) = &config.leak_report {
+        let keys = crate::leaks::github::Keys::load(&leak.keys)?;
+        let listener = TcpListener::bind(leak.listen)
+            .await
+            .map_err(|e| Error::Unavailable {
+                reason: crate::error::reason::LISTEN_FAILED,
+                message: format!("cannot listen for leak reports on {}: {e}", leak.listen),
+            })?;
+        tracing::info!(addr = %leak.listen, path = crate::leaks::github::PATH, "serving leak reports");
+        tokio::spawn(crate::leaks::github::serve(
+            listener,
+            store.clone(),
+            keys,
+            config.leak_action,
+            shutdown.clone(),
+        ));
+    }
     // Bound only once the store is open and the operator credential exists:
     // whoever sees the port open can read operator.token.
     let listener = TcpListener::bind(config.listen)

@@ -31,6 +31,7 @@ pub const CONNECTIONS_OPEN: &str = "tokend_connections_open";
 pub const CONNECTIONS_CLOSED: &str = "tokend_connections_closed_total";
 pub const ACCEPT_ERRORS: &str = "tokend_accept_errors_total";
 pub const TOKENS_EXPIRED: &str = "tokend_tokens_expired_total";
+pub const LEAKS_REPORTED: &str = "tokend_leaked_secrets_reported_total";
 
 /// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
@@ -78,6 +79,10 @@ fn describe() {
     describe_counter!(
         TOKENS_EXPIRED,
         "Expired tokens this process deleted (actor expiry)"
+    );
+    describe_counter!(
+        LEAKS_REPORTED,
+        "Secrets reported as leaked, by label (true_positive: a live secret, revoked)"
     );
     describe_counter!(
         AUTHZ_CHECKS,

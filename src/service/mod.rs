@@ -19,6 +19,8 @@ pub use authz::{Authz, AuthzConfig};
 
 use std::sync::Arc;
 
+use crate::leaks::LeakAction;
+
 use crate::error::Error;
 use crate::query::Pager;
 use crate::store::Store;
@@ -29,11 +31,17 @@ use crate::watch::Watchers;
 pub struct Service {
     store: Arc<dyn Store>,
     watchers: Watchers,
+    /// What `ReportLeakedSecrets` does to a live token it is told of.
+    leak_action: LeakAction,
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, watchers: Watchers) -> Service {
-        Service { store, watchers }
+    pub fn new(store: Arc<dyn Store>, watchers: Watchers, leak_action: LeakAction) -> Service {
+        Service {
+            store,
+            watchers,
+            leak_action,
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::domain::{
     AccountId, Subject, Token, TokenId, parse_description, parse_icon, parse_modules, parse_name,
 };
 use crate::error::Error;
+use crate::leaks;
 use crate::proto::create_token_request::Expiration;
 use crate::proto::{self as pb, token_service_server::TokenService};
 use crate::query::{Fields, FilterExpr, Pager, page_size};
@@ -363,6 +364,38 @@ impl TokenService for Service {
             v.token.map(|t| self.token_out(t)),
             v.account.map(|a| convert::account(a)),
         )
+    }
+
+    async fn report_leaked_secrets(
+        &self,
+        request: Request<pb::ReportLeakedSecretsRequest>,
+    ) -> Result<Response<pb::ReportLeakedSecretsResponse>, Status> {
+        caller(&request)?.require_operator()?;
+        let found: Vec<leaks::Found> = request
+            .into_inner()
+            .secrets
+            .into_iter()
+            .map(|s| leaks::Found {
+                secret: s.secret,
+                url: s.url,
+                source: s.source,
+            })
+            .collect();
+        let verdicts = leaks::revoke(self.store.as_ref(), &found, self.leak_action).await?;
+        let verdicts = verdicts
+            .into_iter()
+            .map(|v| pb::LeakVerdict {
+                secret_hash: v.secret_hash,
+                true_positive: v.revoked.is_some(),
+                token_id: v
+                    .revoked
+                    .as_ref()
+                    .map(|(id, _)| id.to_string())
+                    .unwrap_or_default(),
+                revision: v.revoked.map_or(0, |(_, r)| r as i64),
+            })
+            .collect();
+        Ok(Response::new(pb::ReportLeakedSecretsResponse { verdicts }))
     }
 
     type WatchTokensStream = EventStream;

@@ -248,4 +248,11 @@ impl TokenService for Floor {
     ) -> Result<Response<pb::ListTokenEventsResponse>, Status> {
         not_here()
     }
+
+    async fn report_leaked_secrets(
+        &self,
+        _: Request<pb::ReportLeakedSecretsRequest>,
+    ) -> Result<Response<pb::ReportLeakedSecretsResponse>, Status> {
+        not_here()
+    }
 }
