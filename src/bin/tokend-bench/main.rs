@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use mesh::Revocation;
 use peers::{Etcd, Tokend};
 use report::Report;
 
@@ -182,8 +183,15 @@ async fn main() {
         let items = scenarios::seed(&tokend, sizes.cache_deletes, 8).await;
         report.cache_refusal(
             items.len(),
-            mesh::cache_refusal(&tokend, &items, sizes.cache_pace).await,
+            mesh::cache_refusal(&tokend, &items, sizes.cache_pace, Revocation::Delete).await,
         );
+        eprintln!("7. mesh: leak report sent -> cache and Check refuse");
+        let items = scenarios::seed(&tokend, sizes.cache_deletes, 8).await;
+        let cache =
+            mesh::cache_refusal(&tokend, &items, sizes.cache_pace, Revocation::LeakReport).await;
+        let items = scenarios::seed(&tokend, sizes.cache_deletes, 8).await;
+        let check = mesh::check_refusal_after_report(&tokend, &items).await;
+        report.leak_refusal(items.len(), cache, check);
     }
 
     if !(args.runs("lookups") || args.runs("catch-up") || args.runs("mesh")) {

@@ -1,6 +1,7 @@
 //! tokend alone, as a mesh uses it (etcd has no counterpart): Envoy's
 //! ext_authz `Check`, and how soon a `TokenCache` in another process
-//! refuses a secret after its delete was answered.
+//! refuses a secret after its delete was answered, or after a leak report
+//! naming it was sent (and how soon `Check` does).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -14,14 +15,16 @@ use tokend::client::{CacheConfig, TokenCache, Verdict};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tonic::transport::Channel;
 
-use crate::peers::{Item, Peer, Tokend};
+use crate::peers::{Item, Peer, TokenClient, Tokend};
 use crate::scenarios::{Call, Latency, Throughput, closed_loop, histogram};
+use tokend::proto as pb;
 
 /// A sidecar asking about a request that carries an item's secret.
 struct Check(AuthorizationClient<Channel>);
 
-impl Call for Check {
-    async fn call(&self, item: &Item) {
+impl Check {
+    /// Whether a request carrying `item`'s secret is let through.
+    async fn allows(client: &AuthorizationClient<Channel>, item: &Item) -> bool {
         let headers = HashMap::from([(
             "authorization".to_string(),
             format!("Bearer {}", item.secret),
@@ -40,9 +43,17 @@ impl Call for Check {
                 ..Default::default()
             }),
         };
-        let r = self.0.clone().check(request).await.expect("check");
-        let code = r.into_inner().status.map_or(-1, |s| s.code);
-        assert_eq!(code, 0, "a seeded token is allowed");
+        let r = client.clone().check(request).await.expect("check");
+        r.into_inner().status.map_or(-1, |s| s.code) == 0
+    }
+}
+
+impl Call for Check {
+    async fn call(&self, item: &Item) {
+        assert!(
+            Check::allows(&self.0, item).await,
+            "a seeded token is allowed"
+        );
     }
 }
 
@@ -61,11 +72,43 @@ pub async fn checks(
     closed_loop(tokend.pid(), callers, items, how_long).await
 }
 
-/// Deletes `items` one at a time, `pace` apart, while a `TokenCache` in a
+/// How a watched secret is revoked, and from when the wait is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// `DeleteToken`, counted from its answer.
+    Delete,
+    /// `ReportLeakedSecrets` naming the secret, counted from sending it:
+    /// the reporter's view, the whole round trip included.
+    LeakReport,
+}
+
+/// A leak report naming `item`'s secret, as an operator's scanner sends it.
+async fn report_leak(c: &TokenClient, item: &Item) {
+    let r = c
+        .clone()
+        .report_leaked_secrets(pb::ReportLeakedSecretsRequest {
+            secrets: vec![pb::LeakedSecret {
+                secret: item.secret.clone(),
+                url: "https://example.com/bench".into(),
+                source: "bench".into(),
+            }],
+        })
+        .await
+        .expect("leak report")
+        .into_inner();
+    assert!(r.verdicts[0].true_positive, "a seeded secret is live");
+}
+
+/// Revokes `items` one at a time, `pace` apart, while a `TokenCache` in a
 /// child process (this binary, `--cache-probe`) watches: for each, the
-/// time from the delete's answer to the cache's first refusal. The clocks
-/// agree: both processes read the same system clock.
-pub async fn cache_refusal(tokend: &Arc<Tokend>, items: &[Item], pace: Duration) -> Latency {
+/// time from the revocation (see [`Revocation`]) to the cache's first
+/// refusal. The clocks agree: both processes read the same system clock.
+pub async fn cache_refusal(
+    tokend: &Arc<Tokend>,
+    items: &[Item],
+    pace: Duration,
+    how: Revocation,
+) -> Latency {
     let mut probe = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["--cache-probe", &tokend.url])
         .env("TOKEND_BENCH_CREDENTIAL", &tokend.credential)
@@ -90,8 +133,17 @@ pub async fn cache_refusal(tokend: &Arc<Tokend>, items: &[Item], pace: Duration)
     let mut answered = Vec::new();
     for item in items {
         tokio::time::sleep(pace).await;
-        Tokend::delete(&c, item).await;
-        answered.push(unix_nanos(SystemTime::now()));
+        let sent = unix_nanos(SystemTime::now());
+        match how {
+            Revocation::Delete => {
+                Tokend::delete(&c, item).await;
+                answered.push(unix_nanos(SystemTime::now()));
+            }
+            Revocation::LeakReport => {
+                report_leak(&c, item).await;
+                answered.push(sent);
+            }
+        }
     }
     let mut h = histogram();
     for at in answered {
@@ -103,6 +155,22 @@ pub async fn cache_refusal(tokend: &Arc<Tokend>, items: &[Item], pace: Duration)
         let refused: i128 = line.parse().expect("nanoseconds");
         // The cache may hear the event before the deleter hears its answer.
         h.record(((refused - at) / 1000).max(1) as u64).unwrap();
+    }
+    Latency::of(&h)
+}
+
+/// For each of `items`, one at a time: from sending a leak report naming
+/// its secret to the first `Check` that denies a request carrying it.
+pub async fn check_refusal_after_report(tokend: &Arc<Tokend>, items: &[Item]) -> Latency {
+    let c = tokend.connect().await;
+    let authz = AuthorizationClient::new(tokend.channel().await);
+    let mut h = histogram();
+    for item in items {
+        let sent = std::time::Instant::now();
+        report_leak(&c, item).await;
+        while Check::allows(&authz, item).await {}
+        h.record((sent.elapsed().as_micros() as u64).max(1))
+            .unwrap();
     }
     Latency::of(&h)
 }
