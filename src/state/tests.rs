@@ -45,6 +45,18 @@ fn assert_consistent(s: &State) {
     }
     let listed: usize = s.account_tokens.values().map(|ids| ids.len()).sum();
     assert_eq!(listed, s.tokens.len(), "each token listed once");
+    let expiring: Vec<(SystemTime, TokenId)> = s
+        .tokens
+        .values()
+        .filter(|t| !t.is_deleted())
+        .filter_map(|t| t.expire_time.map(|at| (at, t.id.clone())))
+        .collect();
+    assert_eq!(
+        s.expiring.len(),
+        expiring.len(),
+        "one expiry entry per live token that expires"
+    );
+    assert!(expiring.iter().all(|k| s.expiring.contains(k)));
 }
 
 #[test]
@@ -58,6 +70,20 @@ fn apply_keeps_the_indexes_consistent_through_every_kind_of_change() {
     let (b, sb) = w.token(&acme, &[]);
     let (c, sc) = w.token(&other, &["billing"]);
     assert_consistent(&w.state);
+    // Expiries set, moved, removed and set again: one index entry at most.
+    let soon = w.now + std::time::Duration::from_secs(60);
+    let later = soon + std::time::Duration::from_secs(60);
+    for at in [Some(soon), Some(later), None, Some(soon)] {
+        w.commit(Command::UpdateToken {
+            id: c.clone(),
+            etag: None,
+            patch: crate::command::TokenPatch {
+                expire_time: Some(at),
+                ..Default::default()
+            },
+        });
+        assert_consistent(&w.state);
+    }
     for (id, secret) in [(&a, &sa), (&b, &sb), (&c, &sc)] {
         assert_eq!(w.state.secret_of(id), Some(&secret.hash()));
         assert_eq!(w.state.token_by_secret(&secret.hash()).unwrap().id, *id);
