@@ -50,6 +50,7 @@ async fn secrets_met_once_are_verified_locally_and_a_delete_applies_at_its_event
             token_id: t.id.clone(),
             account_id: acc.id.clone(),
             modules: vec!["billing".into()],
+            expire_time: None,
         }
     );
     assert_eq!(cache.stats().server_verifications, 1);

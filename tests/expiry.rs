@@ -123,11 +123,19 @@ async fn every_verifier_refuses_a_token_at_its_expiry_before_tokend_deletes_it()
     )
     .await
     .unwrap();
-    assert!(matches!(
-        cache.verify(&secret).await.unwrap(),
-        Verdict::Valid { .. }
-    ));
+    // First from the server, then from memory: both show the expiry.
+    for _ in 0..2 {
+        match cache.verify(&secret).await.unwrap() {
+            Verdict::Valid {
+                expire_time: at, ..
+            } => {
+                assert_eq!(at, Some(expire_time(&t)), "the cache shows the expiry")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     let asked = cache.stats().server_verifications;
+    assert_eq!(asked, 1, "the second answer came from memory");
     assert_eq!(
         verify(&mut c, &secret).await.result,
         pb::VerifyResult::Valid as i32

@@ -67,6 +67,9 @@ pub enum Verdict {
         token_id: String,
         account_id: String,
         modules: Vec<String>,
+        /// When the token stops being valid (the cache answers `Expired`
+        /// from then on); `None`: never.
+        expire_time: Option<SystemTime>,
     },
     Malformed,
     NotFound,
@@ -220,6 +223,7 @@ impl TokenCache {
         }
         Ok(match (result, r.token) {
             (pb::VerifyResult::Valid, Some(t)) => Verdict::Valid {
+                expire_time: t.expire_time.and_then(|at| SystemTime::try_from(at).ok()),
                 token_id: t.id,
                 account_id: t.account_id,
                 modules: t.modules,
@@ -255,6 +259,7 @@ impl TokenCache {
                 token_id: id.clone(),
                 account_id: entry.account_id.clone(),
                 modules: entry.modules.clone(),
+                expire_time: entry.expire_time,
             },
             Ok(pb::TokenStatus::Disabled) => Verdict::Disabled,
             _ => Verdict::NotFound,
