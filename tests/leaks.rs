@@ -383,3 +383,42 @@ async fn how_fast_a_reported_secret_is_refused_by_a_cache_elsewhere() {
         took[took.len() - 1]
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_reports_is_answered_or_shed_and_the_endpoint_goes_on() {
+    let (p, _dir, scanner) = setup(&[]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let mut c = p.tokens().await;
+    let (_t, secret) = create_token(&mut c, &acc.id, "leaked later").await;
+    // 1,000 well-formed tokend look-alikes: each is hashed and parsed, none
+    // is ours, so the flood writes nothing.
+    let fakes: Vec<String> = (0..1000).map(|_| look_alike(&secret)).collect();
+    let fakes: Vec<&str> = fakes.iter().map(String::as_str).collect();
+    let body = report(&fakes, "https://example.com/flood");
+    let scanner = std::sync::Arc::new(scanner);
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let (scanner, body) = (scanner.clone(), body.clone());
+            tokio::spawn(async move { scanner.send(body).await.0 })
+        })
+        .collect();
+    let mut answered = std::collections::BTreeMap::new();
+    for f in flood {
+        *answered.entry(f.await.unwrap()).or_insert(0) += 1;
+    }
+    eprintln!("200 concurrent 1,000-finding reports: {answered:?} (status: count)");
+    assert!(
+        answered.keys().all(|s| *s == 200 || *s == 503),
+        "every report answered or shed: {answered:?}"
+    );
+    // The endpoint, and the API, go on.
+    let (status, body) = scanner
+        .send(report(&[&secret], "https://example.com/x"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("true_positive"), "{body}");
+    assert_eq!(
+        verify(&mut c, &secret).await.result,
+        pb::VerifyResult::NotFound as i32
+    );
+}
