@@ -196,6 +196,15 @@ async fn the_add_wizard_shows_the_secret_exactly_once() {
     assert_eq!(t.name, "deploy-bot");
     assert_eq!(t.modules, ["commerce"]);
     assert_eq!(t.icon, "https://example.com/logo.png");
+    let created = t.audit.unwrap().created.unwrap().at.unwrap().seconds;
+    assert_eq!(
+        t.expire_time
+            .expect("an expiry picked in the wizard")
+            .seconds
+            - created,
+        30 * 24 * 3600,
+        "expires 30 days after its creation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

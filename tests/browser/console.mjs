@@ -157,8 +157,8 @@ const scenarios = {
     L.assertClean(page);
   },
 
-  // General → Modules (only the account's) → Overview → Add → the secret,
-  // once: after Done it is nowhere in the page.
+  // General (with an expiry) → Modules (only the account's) → Overview →
+  // Add → the secret, once: after Done it is nowhere in the page.
   async "add-wizard"(browser) {
     const page = await L.session(browser, "admin");
     await L.signIn(page, F.admin);
@@ -172,6 +172,7 @@ const scenarios = {
     await logo.type("https://example.com/logo.png");
     await name.type("deploy-bot");
     await desc.type("Deploys from the console's test");
+    await page.select("#expires", "30");
     await page.click("#wizard-next");
     await page.waitForSelector("#add-token-dialog input[type=checkbox]");
     const offered = await page.$$eval("#add-token-dialog input[type=checkbox]", (bs) => bs.map((b) => b.value));
@@ -182,6 +183,7 @@ const scenarios = {
     await page.waitForSelector("#add-token-dialog .overview");
     const overview = await L.text(page, "#add-token-dialog .overview");
     check(overview.includes("deploy-bot") && overview.includes("commerce") && overview.includes("https://example.com/logo.png"), "Overview shows what will be added");
+    check(overview.includes("In 30 days"), "Overview shows when it expires");
     await L.shot(page, "add-overview");
     await L.axe(page, "add: Overview");
     await page.click("#wizard-next");

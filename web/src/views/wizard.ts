@@ -1,5 +1,5 @@
-// Add token: General (logo URL, name, description) → Modules (only the
-// account's) → Overview → Add; then the secret, shown this once, with Copy.
+// Add token: General (logo URL, name, description, expiry) → Modules (only
+// the account's) → Overview → Add; then the secret, shown this once, with Copy.
 // Closing the dialog drops the secret from the page for good.
 
 import { sessionSignal, tokens } from "../api";
@@ -140,12 +140,41 @@ export function tokenFields(initial: TokenValues, available: string[]) {
 
 const STEPS = ["General", "Modules", "Overview"];
 
+/** Lifetimes offered, in days; 0: none asked (never, or the account's limit). */
+const LIFETIMES = [0, 7, 30, 90, 365];
+
+const inDays = (days: number) => (days === 365 ? "1 year" : `${days} days`);
+
+/** The wizard's expiry choice, within the account's limit if it has one. */
+function expiryField(limitDays: number) {
+  const select = h(
+    "select",
+    { id: "expires", "aria-describedby": "expires-help" },
+    LIFETIMES.filter((d) => !limitDays || d <= limitDays).map((d) =>
+      h("option", { value: String(d) }, d ? inDays(d) : limitDays ? `The account's limit (${inDays(limitDays)})` : "Never"),
+    ),
+  );
+  const el = h(
+    "div",
+    { class: "field" },
+    h("label", { for: "expires" }, "Expires"),
+    select,
+    h("p", { id: "expires-help", class: "help" }, "From then on the secret is refused everywhere, and the token is deleted."),
+  );
+  const describe = (days: number) =>
+    days ? `In ${inDays(days)}` : limitDays ? `In ${inDays(limitDays)} (the account's limit)` : "Never";
+  return { el, days: () => Number(select.value), describe };
+}
+
 export function addTokenWizard(app: App, accountId: string): void {
   let busy = false;
   const m = modal("Add API token", { wide: true, onCancel: () => !busy });
   m.dialog.id = "add-token-dialog";
   const fields = tokenFields({ name: "", description: "", icon: "", modules: [] }, accountModules(app));
   let values: TokenValues = { name: "", description: "", icon: "", modules: [] };
+  const limit = app.account?.maxTokenLifetime;
+  const expiry = expiryField(limit ? Math.floor(Number(limit.seconds) / 86400) : 0);
+  let days = 0;
   let step = 0;
 
   const stepper = h("ol", { class: "stepper", "aria-label": "Steps" });
@@ -173,6 +202,8 @@ export function addTokenWizard(app: App, accountId: string): void {
         h("dd", {}, values.description || h("span", { class: "muted" }, "None")),
         h("dt", {}, "Modules"),
         h("dd", {}, h("ul", { class: "chips" }, values.modules.map((x) => h("li", { class: "chip" }, x)))),
+        h("dt", {}, "Expires"),
+        h("dd", {}, expiry.describe(days)),
         h("dt", {}, "Account"),
         h("dd", {}, app.account ? `${app.account.name} (${accountId})` : accountId),
       ),
@@ -191,7 +222,7 @@ export function addTokenWizard(app: App, accountId: string): void {
         ),
       ),
     );
-    fill(panel, i === 0 ? fields.general : i === 1 ? fields.modules : overview());
+    fill(panel, i === 0 ? [fields.general, expiry.el] : i === 1 ? fields.modules : overview());
     back.hidden = i === 0;
     next.textContent = i === 2 ? "Add" : "Next";
     error.hidden = true;
@@ -205,6 +236,7 @@ export function addTokenWizard(app: App, accountId: string): void {
       const g = fields.readGeneral();
       if (!g) return;
       values = { ...values, ...g };
+      days = expiry.days();
       show(1);
     } else if (step === 1) {
       const mods = fields.readModules();
@@ -217,7 +249,10 @@ export function addTokenWizard(app: App, accountId: string): void {
       back.disabled = true;
       next.textContent = "Adding…";
       try {
-        const r = await tokens.createToken({ accountId, ...values }, { signal: sessionSignal() });
+        const expiration = days
+          ? { case: "ttl" as const, value: { seconds: BigInt(days * 86400) } }
+          : { case: undefined };
+        const r = await tokens.createToken({ accountId, ...values, expiration }, { signal: sessionSignal() });
         if (r.token) app.live?.applyLocal(r.token);
         busy = false;
         showSecret(r.secret, r.token?.name ?? values.name, r.token?.id ?? "");
