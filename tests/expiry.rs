@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use tokend::client::{CacheConfig, TokenCache, Verdict};
+use tokend::client::Verdict;
 use tokend::proto::{self as pb, create_token_request::Expiration};
 
 /// Creates a token with `modules` that expires `ttl` from now.
@@ -49,6 +49,27 @@ async fn until_expired(t: &pb::Token) {
         .duration_since(SystemTime::now())
         .unwrap_or_default();
     tokio::time::sleep(left + Duration::from_millis(20)).await;
+}
+
+/// Sets (or, with `None`, removes) a token's expiry.
+async fn set_expiry(
+    c: &mut Tokens,
+    id: &str,
+    at: Option<SystemTime>,
+) -> Result<pb::Token, tonic::Status> {
+    c.update_token(pb::UpdateTokenRequest {
+        token: Some(pb::Token {
+            id: id.into(),
+            expire_time: at.map(Into::into),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["expire_time".into()],
+        }),
+        etag: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
 }
 
 /// What ext_authz answers for a request carrying `secret`: the gRPC code
@@ -116,13 +137,7 @@ async fn every_verifier_refuses_a_token_at_its_expiry_before_tokend_deletes_it()
         "a lifetime counts from the commit"
     );
 
-    let cache = TokenCache::connect(
-        connect(&p.url()).await,
-        &operator_secret(dir.path()),
-        CacheConfig::default(),
-    )
-    .await
-    .unwrap();
+    let cache = p.operator_cache().await;
     // First from the server, then from memory: both show the expiry.
     for _ in 0..2 {
         match cache.verify(&secret).await.unwrap() {
@@ -182,20 +197,7 @@ async fn every_verifier_refuses_a_token_at_its_expiry_before_tokend_deletes_it()
     let now = get(&mut c, &t.id, false).await.unwrap();
     assert_eq!(now.status, pb::TokenStatus::Active as i32);
     let later = SystemTime::now() + Duration::from_secs(3600);
-    let revived = c
-        .update_token(pb::UpdateTokenRequest {
-            token: Some(pb::Token {
-                id: t.id.clone(),
-                expire_time: Some(later.into()),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["expire_time".into()],
-            }),
-            etag: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let revived = set_expiry(&mut c, &t.id, Some(later)).await.unwrap_err();
     assert_eq!(revived.code(), tonic::Code::FailedPrecondition);
     assert_eq!(reason(&revived), "TOKEN_EXPIRED");
     assert_eq!(
@@ -346,19 +348,7 @@ async fn an_accounts_max_lifetime_bounds_its_tokens_and_lists_find_what_lapses()
         );
     }
     // Removing an expiry is exceeding the limit too.
-    let e = c
-        .update_token(pb::UpdateTokenRequest {
-            token: Some(pb::Token {
-                id: t.id.clone(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["expire_time".into()],
-            }),
-            etag: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let e = set_expiry(&mut c, &t.id, None).await.unwrap_err();
     assert_eq!(reason(&e), "LIFETIME_EXCEEDED", "{}", e.message());
     assert_eq!(head(&mut c).await, before, "nothing refused was written");
 

@@ -18,7 +18,7 @@ use p256::ecdsa::{Signature, SigningKey};
 use p256::elliptic_curve::Generate;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
-use tokend::client::{CacheConfig, TokenCache, Verdict};
+use tokend::client::Verdict;
 use tokend::proto as pb;
 
 const KEY_ID: &str = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
@@ -140,18 +140,12 @@ fn look_alike(secret: &str) -> String {
 
 #[tokio::test]
 async fn a_signed_report_revokes_a_live_secret_everywhere_and_labels_the_rest_false_positive() {
-    let (p, dir, scanner) = setup(&[]).await;
+    let (p, _dir, scanner) = setup(&[]).await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let mut c = p.tokens().await;
     let (leaked, secret) = create_token(&mut c, &acc.id, "leaked").await;
     let (_kept, kept_secret) = create_token(&mut c, &acc.id, "kept").await;
-    let cache = TokenCache::connect(
-        connect(&p.url()).await,
-        &operator_secret(dir.path()),
-        CacheConfig::default(),
-    )
-    .await
-    .unwrap();
+    let cache = p.operator_cache().await;
     assert!(matches!(
         cache.verify(&secret).await.unwrap(),
         Verdict::Valid { .. }
@@ -344,16 +338,10 @@ async fn the_grpc_method_is_for_operators_and_disable_is_an_option() {
 /// process: printed, for the closing note (p50 / p99 over 50 reports).
 #[tokio::test]
 async fn how_fast_a_reported_secret_is_refused_by_a_cache_elsewhere() {
-    let (p, dir, scanner) = setup(&[]).await;
+    let (p, _dir, scanner) = setup(&[]).await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let mut c = p.tokens().await;
-    let cache = TokenCache::connect(
-        connect(&p.url()).await,
-        &operator_secret(dir.path()),
-        CacheConfig::default(),
-    )
-    .await
-    .unwrap();
+    let cache = p.operator_cache().await;
     let mut took = Vec::new();
     for n in 0..50 {
         let (_t, secret) = create_token(&mut c, &acc.id, &format!("t{n}")).await;

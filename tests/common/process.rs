@@ -145,6 +145,18 @@ impl Process {
     pub async fn accounts(&self) -> Accounts {
         accounts_at(&self.url(), bearer(&operator_secret(&self.dir))).await
     }
+
+    /// A `TokenCache` in this (the test's) process, following this server
+    /// as its operator, with the default configuration.
+    pub async fn operator_cache(&self) -> tokend::client::TokenCache {
+        tokend::client::TokenCache::connect(
+            super::api::connect(&self.url()).await,
+            &operator_secret(&self.dir),
+            tokend::client::CacheConfig::default(),
+        )
+        .await
+        .expect("cache connects")
+    }
 }
 
 impl Drop for Process {
