@@ -47,6 +47,8 @@ pub enum Command {
         etag: Option<String>,
         allow_missing: bool,
     },
+    /// Replaces a token by a successor (see [`roll`]).
+    RollToken(roll::Roll),
 }
 
 #[derive(Debug, Clone)]
@@ -101,9 +103,15 @@ pub struct AccountPatch {
 }
 
 /// The outcome of planning a command.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a plan lives for one call on the stack; boxing a no-op's record buys nothing"
+)]
 pub enum Plan {
-    /// Something changes: commit it under the next revision.
-    Change(Change, Option<Secret>),
+    /// Something changes: commit the changes together, in this order, under
+    /// consecutive revisions. One change for every command but a roll, whose
+    /// successor's creation comes before the old token's retirement.
+    Change(Vec<Change>, Option<Secret>),
     /// Nothing to write (a no-op update, an `allow_missing` delete of a
     /// missing token); the caller is answered with the subject as it is.
     Unchanged(Option<Subject>),
@@ -174,60 +182,13 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             Ok(change(EventKind::Updated, Subject::Account(next)))
         }
         Command::CreateToken(new) => {
-            let account = state
-                .account(&new.account_id)
-                .ok_or_else(|| Error::account_not_found(&new.account_id))?;
-            if account.status != AccountStatus::Active {
-                return Err(Error::precondition(
-                    reason::ACCOUNT_DISABLED,
-                    format!(
-                        "account {} is disabled: it cannot get new tokens",
-                        account.id
-                    ),
-                ));
-            }
-            check_modules_granted(account, &new.modules)?;
-            let asked = new.expiry.map(|e| match e {
-                Expiry::At(at) => at,
-                Expiry::After(lifetime) => ctx.now + lifetime,
-            });
-            let expire_time = expiry_allowed(account, asked, ctx.now)?;
-            let (id, hash, secret) = match &new.preset {
-                Some((id, _)) if state.token_id_taken(id) => {
-                    return Err(Error::precondition(
-                        reason::TOKEN_ID_TAKEN,
-                        format!("token id {id} was issued before and is never reused"),
-                    ));
-                }
-                Some((id, hash)) => (id.clone(), *hash, None),
-                None => {
-                    let id = fresh_token_id(state)?;
-                    let secret = Secret::generate(&id);
-                    (id, secret.hash(), Some(secret))
-                }
-            };
-            let token = Token {
-                id,
-                account_id: new.account_id.clone(),
-                name: new.name.clone(),
-                description: new.description.clone(),
-                icon: new.icon.clone(),
-                status: TokenStatus::Active,
-                modules: new.modules.clone(),
-                revision: 1,
-                audit: Audit {
-                    created: ctx.stamp(),
-                    ..Audit::default()
-                },
-                last_access_time: None,
-                expire_time,
-            };
+            let (token, hash, secret) = new_token(state, new, ctx)?;
             let change = Change {
                 kind: EventKind::Created,
                 subject: Subject::Token(token),
                 secret: SecretOp::Set(hash),
             };
-            Ok(Plan::Change(change, secret))
+            Ok(Plan::Change(vec![change], secret))
         }
         Command::UpdateToken { id, etag, patch } => {
             let current = unexpired_token(state, id, ctx.now)?;
@@ -310,35 +271,100 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 Err(e) => return Err(e),
             };
             check_etag("token", etag, current.etag())?;
-            let mut next = (**current).clone();
-            next.status = TokenStatus::Deleted;
-            next.revision += 1;
-            next.audit.deleted = ctx.stamp();
-            // A live token always has a hash; erasing it is what makes the
-            // deletion irreversible, even for someone holding the database.
-            let secret = match state.secret_of(id) {
-                Some(hash) => SecretOp::Erase(*hash),
-                None => SecretOp::Keep,
-            };
-            Ok(Plan::Change(
-                Change {
-                    kind: EventKind::Deleted,
-                    subject: Subject::Token(next),
-                    secret,
-                },
-                None,
-            ))
+            Ok(Plan::Change(vec![deletion(state, current, ctx)], None))
         }
+        Command::RollToken(r) => roll::plan(state, r, ctx),
+    }
+}
+
+/// A new token as `new` asks, if its account may have it: the record, its
+/// secret's hash, and the plain secret (none for a preset one). Creating and
+/// rolling both make tokens here.
+fn new_token(
+    state: &State,
+    new: &NewToken,
+    ctx: &Ctx,
+) -> Result<(Token, SecretHash, Option<Secret>), Error> {
+    let account = state
+        .account(&new.account_id)
+        .ok_or_else(|| Error::account_not_found(&new.account_id))?;
+    if account.status != AccountStatus::Active {
+        return Err(Error::precondition(
+            reason::ACCOUNT_DISABLED,
+            format!(
+                "account {} is disabled: it cannot get new tokens",
+                account.id
+            ),
+        ));
+    }
+    check_modules_granted(account, &new.modules)?;
+    let asked = new.expiry.map(|e| match e {
+        Expiry::At(at) => at,
+        Expiry::After(lifetime) => ctx.now + lifetime,
+    });
+    let expire_time = expiry_allowed(account, asked, ctx.now)?;
+    let (id, hash, secret) = match &new.preset {
+        Some((id, _)) if state.token_id_taken(id) => {
+            return Err(Error::precondition(
+                reason::TOKEN_ID_TAKEN,
+                format!("token id {id} was issued before and is never reused"),
+            ));
+        }
+        Some((id, hash)) => (id.clone(), *hash, None),
+        None => {
+            let id = fresh_token_id(state)?;
+            let secret = Secret::generate(&id);
+            (id, secret.hash(), Some(secret))
+        }
+    };
+    let token = Token {
+        id,
+        account_id: new.account_id.clone(),
+        name: new.name.clone(),
+        description: new.description.clone(),
+        icon: new.icon.clone(),
+        status: TokenStatus::Active,
+        modules: new.modules.clone(),
+        revision: 1,
+        audit: Audit {
+            created: ctx.stamp(),
+            ..Audit::default()
+        },
+        last_access_time: None,
+        expire_time,
+        replaces: None,
+        replaced_by: None,
+    };
+    Ok((token, hash, secret))
+}
+
+/// The deletion of live token `current`: its tombstone, and its secret's
+/// hash erased (what makes a deletion irreversible, even for someone holding
+/// the database). Deleting and a roll without grace both end tokens here.
+fn deletion(state: &State, current: &Token, ctx: &Ctx) -> Change {
+    let mut next = current.clone();
+    next.status = TokenStatus::Deleted;
+    next.revision += 1;
+    next.audit.deleted = ctx.stamp();
+    // A live token always has a hash.
+    let secret = match state.secret_of(&current.id) {
+        Some(hash) => SecretOp::Erase(*hash),
+        None => SecretOp::Keep,
+    };
+    Change {
+        kind: EventKind::Deleted,
+        subject: Subject::Token(next),
+        secret,
     }
 }
 
 fn change(kind: EventKind, subject: Subject) -> Plan {
     Plan::Change(
-        Change {
+        vec![Change {
             kind,
             subject,
             secret: SecretOp::Keep,
-        },
+        }],
         None,
     )
 }
@@ -495,6 +521,8 @@ fn fresh_id<I>(
         "id space exhausted: 1000 random ids in a row were already issued".into(),
     ))
 }
+
+pub mod roll;
 
 #[cfg(test)]
 mod expiry_tests;

@@ -286,6 +286,11 @@ pub struct Token {
     /// From this instant the secret is refused; tokend then deletes the
     /// token (`crate::expiry`). `None`: never.
     pub expire_time: Option<SystemTime>,
+    /// The token this one was rolled from (`command::roll`).
+    pub replaces: Option<TokenId>,
+    /// The token this one was rolled into: it only waits for its grace to
+    /// end, and is never rolled again.
+    pub replaced_by: Option<TokenId>,
 }
 
 impl Token {

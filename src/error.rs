@@ -29,6 +29,7 @@ pub mod reason {
     pub const CREDENTIAL_EXPIRED: &str = "CREDENTIAL_EXPIRED";
     pub const LIFETIME_EXCEEDED: &str = "LIFETIME_EXCEEDED";
     pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+    pub const TOKEN_REPLACED: &str = "TOKEN_REPLACED";
 }
 
 /// `google.rpc.ErrorInfo.domain` of every error this service raises.

@@ -7,14 +7,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use tokend::client::Verdict;
 use tokend::proto::{self as pb, create_token_request::Expiration};
 
@@ -72,39 +67,6 @@ async fn set_expiry(
     .map(|r| r.into_inner())
 }
 
-/// What ext_authz answers for a request carrying `secret`: the gRPC code
-/// and, for a denial, the body's `error`.
-async fn check(url: &str, secret: &str) -> (i32, String) {
-    let mut c = AuthorizationClient::new(connect(url).await);
-    let headers = HashMap::from([("authorization".to_string(), format!("Bearer {secret}"))]);
-    let r = c
-        .check(CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "GET".into(),
-                        path: "/v1/invoices".into(),
-                        headers,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("Check answers OK")
-        .into_inner();
-    let body = match &r.http_response {
-        Some(HttpResponse::DeniedResponse(d)) => {
-            let json: serde_json::Value = serde_json::from_str(&d.body).unwrap();
-            json["error"].as_str().unwrap_or_default().to_string()
-        }
-        _ => String::new(),
-    };
-    (r.status.unwrap().code, body)
-}
-
 /// A token's DELETED event on `events`, waiting at most `within`.
 async fn deletion(events: &mut Events, id: &str, within: Duration) -> pb::TokenEvent {
     tokio::time::timeout(within, async {
@@ -156,7 +118,7 @@ async fn every_verifier_refuses_a_token_at_its_expiry_before_tokend_deletes_it()
         pb::VerifyResult::Valid as i32
     );
     assert_eq!(
-        check(&p.url(), &secret).await.0,
+        authz_check(&p.url(), &secret).await.0,
         0,
         "Check allows it before"
     );
@@ -180,7 +142,7 @@ async fn every_verifier_refuses_a_token_at_its_expiry_before_tokend_deletes_it()
     assert!(!v.valid);
     assert_eq!(v.token.unwrap().id, t.id);
     assert_eq!(
-        check(&p.url(), &secret).await,
+        authz_check(&p.url(), &secret).await,
         (16, "token_expired".to_string())
     );
     let refused = own

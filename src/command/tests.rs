@@ -730,6 +730,7 @@ fn target(f: &Fx, cmd: &Command) -> Option<Subject> {
         | Command::EnableToken { id, .. }
         | Command::DisableToken { id, .. }
         | Command::DeleteToken { id, .. } => token(id),
+        Command::RollToken(r) => token(&r.id),
     }
 }
 
@@ -754,21 +755,24 @@ fn plan_decides_every_transition_and_refusal() {
                 assert_eq!(Some(s), before, "{name}: answered with the record as it is");
             }
             (Missing, Ok(Plan::Unchanged(None))) => {}
-            (Changed(kind, check), Ok(Plan::Change(change, secret))) => {
+            (Changed(kind, check), Ok(Plan::Change(changes, secret))) => {
+                let [change] = &changes[..] else {
+                    panic!("{name}: {} changes, expected one", changes.len())
+                };
                 check_change(
                     &f,
                     name,
                     &cmd,
                     before.as_ref(),
                     kind,
-                    &change,
+                    change,
                     secret.as_ref(),
                 );
                 check(&f, &change.subject);
             }
             (_, Err(e)) => panic!("{name}: unexpected error {e:?}"),
             (_, Ok(Plan::Unchanged(s))) => panic!("{name}: unexpected no-op {s:?}"),
-            (_, Ok(Plan::Change(c, _))) => panic!("{name}: unexpected change {:?}", c.subject),
+            (_, Ok(Plan::Change(c, _))) => panic!("{name}: unexpected change {:?}", c[0].subject),
         }
     }
 }
@@ -1060,7 +1064,7 @@ fn draws_stay_in_the_id_space() {
 #[test]
 fn a_created_account_gets_a_fresh_id_and_a_created_token_its_own_secret() {
     let f = fx();
-    let Plan::Change(change, _) =
+    let Plan::Change(mut changes, _) =
         f.w.plan(&Command::CreateAccount(NewAccount {
             name: "Initech".into(),
             kind: AccountType::Client,
@@ -1071,6 +1075,7 @@ fn a_created_account_gets_a_fresh_id_and_a_created_token_its_own_secret() {
     else {
         panic!("a change")
     };
+    let change = changes.remove(0);
     assert!(!f.w.state.account_id_taken(&account(&change.subject).id));
     // Two creations of the same request make two tokens with two secrets.
     let cmd = Command::CreateToken(new_token(&f.acme, &[]));
@@ -1079,6 +1084,6 @@ fn a_created_account_gets_a_fresh_id_and_a_created_token_its_own_secret() {
     else {
         panic!("two changes with secrets")
     };
-    assert_ne!(token(&a.subject).id, token(&b.subject).id);
+    assert_ne!(token(&a[0].subject).id, token(&b[0].subject).id);
     assert_ne!(sa.hash(), sb.hash());
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::command::Expiry;
 use crate::domain::{
     Account, AccountStatus, AccountType, Audit, AuditEntry, Event, EventKind, Token, TokenStatus,
 };
@@ -48,6 +49,19 @@ pub fn duration_from(field: &'static str, d: &prost_types::Duration) -> Result<D
         .ok()
         .filter(|d| !d.is_zero() && *d <= MAX_LIFETIME);
     out.ok_or_else(|| Error::invalid(field, "must be more than zero and at most 100 years"))
+}
+
+/// A new token's expiry from a request's `expiration` oneof, given as
+/// its two arms (neither: `None`).
+pub fn expiry(
+    at: Option<&prost_types::Timestamp>,
+    ttl: Option<&prost_types::Duration>,
+) -> Result<Option<Expiry>, Error> {
+    Ok(match (at, ttl) {
+        (Some(t), _) => Some(Expiry::At(time_from("expire_time", t)?)),
+        (None, Some(d)) => Some(Expiry::After(duration_from("ttl", d)?)),
+        (None, None) => None,
+    })
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
@@ -140,6 +154,16 @@ pub fn token(t: &Token, last_access: Option<SystemTime>) -> pb::Token {
         audit: audit(&t.audit),
         last_access_time: last_access.or(t.last_access_time).map(timestamp),
         expire_time: t.expire_time.map(timestamp),
+        replaces: t
+            .replaces
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        replaced_by: t
+            .replaced_by
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 

@@ -12,6 +12,7 @@
 mod accounts;
 pub mod authz;
 pub mod convert;
+mod roll;
 mod snapshot;
 mod tokens;
 

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use super::{Service, convert, etag, mask_paths};
 use crate::auth::caller;
 use crate::caller::Caller;
-use crate::command::{Command, Expiry, NewToken, Plan, TokenPatch};
+use crate::command::{Command, NewToken, Plan, TokenPatch};
 use crate::domain::{
     AccountId, Subject, Token, TokenId, parse_description, parse_icon, parse_modules, parse_name,
 };
@@ -32,11 +32,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + S
 const UPDATABLE: &[&str] = &["name", "description", "icon", "modules", "expire_time"];
 
 impl Service {
-    fn token_out(&self, t: &Token) -> pb::Token {
+    pub(super) fn token_out(&self, t: &Token) -> pb::Token {
         convert::token(t, self.store.last_access(&t.id))
     }
 
-    fn expect_token(applied: Option<Subject>) -> Result<Token, Error> {
+    pub(super) fn expect_token(applied: Option<Subject>) -> Result<Token, Error> {
         match applied {
             Some(Subject::Token(t)) => Ok(t),
             _ => Err(Error::Internal(
@@ -54,7 +54,11 @@ impl Service {
     /// another account's token is answered as missing, never as forbidden.
     /// The account of a token never changes, so this check cannot go stale
     /// before the command runs.
-    fn authorize_token<T>(&self, request: &Request<T>, id: &TokenId) -> Result<Caller, Error> {
+    pub(super) fn authorize_token<T>(
+        &self,
+        request: &Request<T>,
+        id: &TokenId,
+    ) -> Result<Caller, Error> {
         let caller = caller(request)?;
         caller.require_manager()?;
         match self.store.state().token(id) {
@@ -78,7 +82,7 @@ impl Service {
     }
 }
 
-fn token_id(s: &str) -> Result<TokenId, Error> {
+pub(super) fn token_id(s: &str) -> Result<TokenId, Error> {
     token_id_in("id", s)
 }
 
@@ -160,10 +164,8 @@ impl TokenService for Service {
             modules,
             expiry: match &r.expiration {
                 None => None,
-                Some(Expiration::ExpireTime(t)) => {
-                    Some(Expiry::At(convert::time_from("expire_time", t)?))
-                }
-                Some(Expiration::Ttl(d)) => Some(Expiry::After(convert::duration_from("ttl", d)?)),
+                Some(Expiration::ExpireTime(t)) => convert::expiry(Some(t), None)?,
+                Some(Expiration::Ttl(d)) => convert::expiry(None, Some(d))?,
             },
             preset: None,
         };
@@ -312,8 +314,9 @@ impl TokenService for Service {
             // The answer is the token as it is now, with the etag that
             // confirms it.
             let token = match self.store.preview(&cmd, &caller.actor()).await? {
-                Plan::Change(change, _) => {
-                    let planned = Self::expect_token(Some(change.subject))?;
+                Plan::Change(changes, _) => {
+                    let planned =
+                        Self::expect_token(changes.into_iter().next().map(|c| c.subject))?;
                     self.store
                         .state()
                         .token(&planned.id)
@@ -338,6 +341,13 @@ impl TokenService for Service {
             token: token.map(|t| self.token_out(&t)),
             revision: applied.revision as i64,
         }))
+    }
+
+    async fn roll_token(
+        &self,
+        request: Request<pb::RollTokenRequest>,
+    ) -> Result<Response<pb::RollTokenResponse>, Status> {
+        Ok(Response::new(self.roll(request).await?))
     }
 
     async fn verify_token(

@@ -76,17 +76,31 @@ impl World {
     }
 
     /// Plans and applies `cmd` at the next revision, as a store would.
-    /// Panics unless the plan is a change.
+    /// Panics unless the plan is exactly one change.
     pub fn commit(&mut self, cmd: Command) -> (Change, Option<Secret>) {
         self.commit_at(cmd, self.state.revision() + 1)
     }
 
     /// [`World::commit`] at a chosen revision (etcd's skip numbers).
     pub fn commit_at(&mut self, cmd: Command, revision: Revision) -> (Change, Option<Secret>) {
-        match self.plan(&cmd) {
-            Ok(Plan::Change(change, secret)) => {
-                self.apply_at(&change, revision);
-                (change, secret)
+        let (mut changes, secret) = self.commit_all_at(&cmd, revision);
+        assert_eq!(changes.len(), 1, "{cmd:?}: expected one change");
+        (changes.remove(0), secret)
+    }
+
+    /// Plans `cmd` and applies every change of it at consecutive revisions
+    /// from the next one. Panics unless the plan is a change.
+    pub fn commit_all(&mut self, cmd: Command) -> (Vec<Change>, Option<Secret>) {
+        self.commit_all_at(&cmd, self.state.revision() + 1)
+    }
+
+    fn commit_all_at(&mut self, cmd: &Command, first: Revision) -> (Vec<Change>, Option<Secret>) {
+        match self.plan(cmd) {
+            Ok(Plan::Change(changes, secret)) => {
+                for (i, change) in changes.iter().enumerate() {
+                    self.apply_at(change, first + i as Revision);
+                }
+                (changes, secret)
             }
             Ok(Plan::Unchanged(_)) => panic!("{cmd:?}: expected a change, planned none"),
             Err(e) => panic!("{cmd:?}: expected a change, got {e}"),

@@ -31,18 +31,44 @@ use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, Event, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::Secret;
-use crate::state::State;
+use crate::state::{Change, State};
 
 /// The answer to a committed (or no-op) command.
 #[derive(Debug)]
 pub struct Applied {
-    /// The global revision of the change's event; 0 when nothing changed.
+    /// The global revision of the commit's last event; 0 when nothing
+    /// changed.
     pub revision: Revision,
-    /// The record after the change (or as it is, for a no-op); `None` for an
-    /// `allow_missing` delete of a missing token.
+    /// The record after the (first) change (or as it is, for a no-op);
+    /// `None` for an `allow_missing` delete of a missing token.
     pub subject: Option<Subject>,
+    /// The records after the commit's later changes: a roll's old token.
+    pub others: Vec<Subject>,
     /// The plain secret of a created token: handed to the caller once.
     pub secret: Option<Secret>,
+}
+
+impl Applied {
+    /// Nothing was written: the answer is the subject as it is.
+    pub fn unchanged(subject: Option<Subject>) -> Self {
+        Applied {
+            revision: 0,
+            subject,
+            others: Vec::new(),
+            secret: None,
+        }
+    }
+
+    /// A plan's changes committed, the last of them at `revision`.
+    pub fn committed(revision: Revision, changes: &[Change], secret: Option<Secret>) -> Self {
+        let mut subjects = changes.iter().map(|c| c.subject.clone());
+        Applied {
+            revision,
+            subject: subjects.next(),
+            others: subjects.collect(),
+            secret,
+        }
+    }
 }
 
 #[async_trait::async_trait]

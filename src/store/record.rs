@@ -263,6 +263,21 @@ pub(super) struct TokenRecord<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     expire_time: Option<TimeRecord>,
+    /// Left out unless the token was rolled from, or into, another.
+    #[serde(
+        rename = "replaces",
+        default,
+        skip_serializing_if = "Option::is_none",
+        borrow
+    )]
+    replaces: Option<Cow<'a, str>>,
+    #[serde(
+        rename = "replaced_by",
+        default,
+        skip_serializing_if = "Option::is_none",
+        borrow
+    )]
+    replaced_by: Option<Cow<'a, str>>,
 }
 
 impl<'a> Record<'a> for TokenRecord<'a> {
@@ -285,12 +300,14 @@ impl<'a> Record<'a> for TokenRecord<'a> {
             audit: AuditRecord::of(&t.audit),
             last_access_time: t.last_access_time.as_ref().map(TimeRecord::of),
             expire_time: t.expire_time.as_ref().map(TimeRecord::of),
+            replaces: t.replaces.as_ref().map(|id| Cow::Borrowed(id.as_str())),
+            replaced_by: t.replaced_by.as_ref().map(|id| Cow::Borrowed(id.as_str())),
         }
     }
 
     fn into_domain(self) -> Result<Token, String> {
         Ok(Token {
-            id: TokenId::parse(&self.id).map_err(|e| e.to_string())?,
+            id: parse_token_id(&self.id)?,
             account_id: AccountId::parse(&self.account_id).map_err(|e| e.to_string())?,
             name: self.name.into_owned(),
             description: self.description.into_owned(),
@@ -308,8 +325,18 @@ impl<'a> Record<'a> for TokenRecord<'a> {
                 .map(TimeRecord::into_domain)
                 .transpose()?,
             expire_time: self.expire_time.map(TimeRecord::into_domain).transpose()?,
+            replaces: self.replaces.as_deref().map(parse_token_id).transpose()?,
+            replaced_by: self
+                .replaced_by
+                .as_deref()
+                .map(parse_token_id)
+                .transpose()?,
         })
     }
+}
+
+fn parse_token_id(s: &str) -> Result<TokenId, String> {
+    TokenId::parse(s).map_err(|e| e.to_string())
 }
 
 /// An account, as `a/<id>` on sled and inside `r/a/<id>` on etcd.

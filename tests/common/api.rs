@@ -12,6 +12,8 @@ use tokend::proto::token_service_client::TokenServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use envoy_types::pb::envoy::service::auth::v3 as authz;
+
 use super::server::TestServer;
 
 /// The crate's own client credential, for tests whose secrets are ASCII.
@@ -219,4 +221,40 @@ pub async fn head(c: &mut Tokens) -> i64 {
             return e.revision;
         }
     }
+}
+
+/// What ext_authz answers for a request carrying `secret`: the gRPC code
+/// and, for a denial, the body's `error`.
+pub async fn authz_check(url: &str, secret: &str) -> (i32, String) {
+    let mut c = authz::authorization_client::AuthorizationClient::new(connect(url).await);
+    let headers = std::collections::HashMap::from([(
+        "authorization".to_string(),
+        format!("Bearer {secret}"),
+    )]);
+    let r = c
+        .check(authz::CheckRequest {
+            attributes: Some(authz::AttributeContext {
+                request: Some(authz::attribute_context::Request {
+                    http: Some(authz::attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: "/v1/invoices".into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("Check answers OK")
+        .into_inner();
+    let body = match &r.http_response {
+        Some(authz::check_response::HttpResponse::DeniedResponse(d)) => {
+            let json: serde_json::Value = serde_json::from_str(&d.body).unwrap();
+            json["error"].as_str().unwrap_or_default().to_string()
+        }
+        _ => String::new(),
+    };
+    (r.status.unwrap().code, body)
 }

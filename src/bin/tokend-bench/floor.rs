@@ -249,6 +249,13 @@ impl TokenService for Floor {
         not_here()
     }
 
+    async fn roll_token(
+        &self,
+        _: Request<pb::RollTokenRequest>,
+    ) -> Result<Response<pb::RollTokenResponse>, Status> {
+        not_here()
+    }
+
     async fn report_leaked_secrets(
         &self,
         _: Request<pb::ReportLeakedSecretsRequest>,

@@ -111,12 +111,12 @@ impl Inner {
             else {
                 break;
             };
-            let rev = self.origin.revision(kv.mod_revision());
-            out.push(Arc::new(decode_record(kv.value())?.into_event(rev)));
+            let put = self.origin.revision(kv.mod_revision());
+            out.push(Arc::new(decode_record(kv.value())?.into_event(put)));
             if kv.version() <= 1 {
                 break;
             }
-            at = rev - 1;
+            at = put - 1;
         }
         Ok(out)
     }
@@ -158,18 +158,27 @@ async fn history(
                 oldest,
             });
         }
+        let mut at_head = false;
         for e in r.events() {
             let Some(kv) = e.kv() else { continue };
-            let rev = inner.origin.revision(kv.mod_revision());
-            if rev > head || out.len() == max {
+            let put = inner.origin.revision(kv.mod_revision());
+            if put > head || out.len() == max {
                 return Ok(out);
             }
+            at_head = put == head;
             // The secret index is not part of an event: the kind and the
             // record are all a stream needs.
-            out.push(Arc::new(decode_record(kv.value())?.into_event(rev)));
-            if rev == head {
-                return Ok(out);
+            let event = decode_record(kv.value())?.into_event(put);
+            // A roll's successor has the revision reserved before its put,
+            // which may be below `from` when the put is not.
+            if event.revision >= from {
+                out.push(Arc::new(event));
             }
+        }
+        // All of the head's puts are in this response: etcd never splits
+        // one revision's events.
+        if at_head {
+            return Ok(out);
         }
     }
 }

@@ -31,6 +31,8 @@ const GUARDS: &str = "g/";
 const ACCESS: &str = "l/";
 /// Written by every mutation: its mod revision is the last event's.
 const HEAD: &str = "m/head";
+/// Put alone to reserve an etcd revision for a commit of several changes.
+const RESERVE: &str = "m/reserve";
 const PAGE_KEY: &str = "m/page_key";
 /// Where tokend's revisions start in etcd's: written by a snapshot restore.
 const ORIGIN: &str = "m/origin";
@@ -92,6 +94,10 @@ impl Keyspace {
         self.key(HEAD, "")
     }
 
+    pub(super) fn reserve(&self) -> String {
+        self.key(RESERVE, "")
+    }
+
     pub(super) fn page_key(&self) -> String {
         self.key(PAGE_KEY, "")
     }
@@ -142,24 +148,36 @@ struct Envelope<'a> {
     time: TimeRecord,
     #[serde(rename = "actor", borrow)]
     actor: Cow<'a, str>,
+    /// The event's tokend revision, when it is not the put's: each earlier
+    /// change of a commit of several (a roll) takes a revision reserved
+    /// before it (`txn.rs`). Left out otherwise.
+    #[serde(rename = "revision", skip_serializing_if = "Option::is_none", default)]
+    revision: Option<Revision>,
 }
 
 /// A record key's value, decoded: the record after a change, the secret
-/// index entry beside it, and the change's event but for its revision
-/// (the put's mod revision).
+/// index entry beside it, and the change's event.
 pub(super) struct Committed {
     pub(super) subject: Subject,
     pub(super) secret: Option<SecretHash>,
     pub(super) kind: EventKind,
     pub(super) time: SystemTime,
     pub(super) actor: Actor,
+    /// A reserved revision the event takes instead of its put's.
+    reserved: Option<Revision>,
 }
 
 impl Committed {
-    /// The event as every stream carries it (the secret stays behind).
-    pub(super) fn into_event(self, revision: Revision) -> Event {
+    /// The event's revision, for a record put at tokend revision `put`.
+    pub(super) fn revision(&self, put: Revision) -> Revision {
+        self.reserved.unwrap_or(put)
+    }
+
+    /// The event as every stream carries it (the secret stays behind), for a
+    /// record put at tokend revision `put`.
+    pub(super) fn into_event(self, put: Revision) -> Event {
         Event {
-            revision,
+            revision: self.revision(put),
             kind: self.kind,
             subject: self.subject,
             time: self.time,
@@ -168,13 +186,15 @@ impl Committed {
     }
 }
 
-/// The value a change's record key is put to.
+/// The value a change's record key is put to; `reserved`: the revision its
+/// event takes, when not the put's own.
 pub(super) fn encode_record(
     subject: &Subject,
     secret: Option<SecretHash>,
     kind: EventKind,
     time: SystemTime,
     actor: &Actor,
+    reserved: Option<Revision>,
 ) -> Vec<u8> {
     let (account, token) = match subject {
         Subject::Account(a) => (Some(AccountRecord::of(a)), None),
@@ -187,6 +207,7 @@ pub(super) fn encode_record(
         kind: kind.into(),
         time: TimeRecord::of(&time),
         actor: Cow::Borrowed(&actor.0),
+        revision: reserved,
     };
     serde_json::to_vec(&envelope).expect("records serialise")
 }
@@ -207,6 +228,7 @@ pub(super) fn decode_record(value: &[u8]) -> Result<Committed, Error> {
         kind: e.kind.into(),
         time: e.time.into_domain().map_err(bad)?,
         actor: Actor(e.actor.into_owned()),
+        reserved: e.revision,
     })
 }
 
@@ -275,7 +297,8 @@ mod tests {
             };
             if key.starts_with(RECORDS) {
                 let c = decode_record(value.as_bytes()).unwrap();
-                let again = encode_record(&c.subject, c.secret, c.kind, c.time, &c.actor);
+                let again =
+                    encode_record(&c.subject, c.secret, c.kind, c.time, &c.actor, c.reserved);
                 assert_eq!(String::from_utf8(again).unwrap(), value, "{key}");
                 seen += 1;
             } else if key.starts_with(ACCESS) {

@@ -182,17 +182,21 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
         let mut events = Vec::with_capacity(r.events().len());
         for e in r.events() {
             let Some(kv) = e.kv() else { continue };
-            let rev = inner.origin.revision(kv.mod_revision());
-            if rev <= *after || e.event_type() != EventType::Put {
+            let put = inner.origin.revision(kv.mod_revision());
+            if put <= *after || e.event_type() != EventType::Put {
                 continue;
             }
+            let committed = decode_record(kv.value())?;
+            // A roll's successor takes the revision reserved before its put.
+            let rev = committed.revision(put);
             let Committed {
                 subject,
                 secret,
                 kind,
                 time,
                 actor,
-            } = decode_record(kv.value())?;
+                ..
+            } = committed;
             let change = change_of(&state, kind, subject, secret);
             state.apply(&change, rev);
             events.push(Arc::new(change.event(rev, time, actor)));

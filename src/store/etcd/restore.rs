@@ -268,6 +268,9 @@ fn records<'a>(
                 EventKind::Created,
             ),
         };
-        (key, encode_record(&subject, secret, kind, now, &actor))
+        (
+            key,
+            encode_record(&subject, secret, kind, now, &actor, None),
+        )
     })
 }

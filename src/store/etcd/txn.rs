@@ -8,6 +8,7 @@
 //! every other live one applied it, and never decide an error or a no-op on
 //! a state that was not first caught up with the cluster.
 
+use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -35,23 +36,21 @@ impl Inner {
         for _ in 0..MAX_ATTEMPTS {
             let state = self.state();
             let now = SystemTime::now();
-            let (change, secret) = match command::plan(&state, &cmd, &Ctx { now, actor: &actor }) {
-                Ok(Plan::Change(change, secret)) => (change, secret),
+            let (changes, secret) = match command::plan(&state, &cmd, &Ctx { now, actor: &actor }) {
+                Ok(Plan::Change(changes, secret)) => (changes, secret),
                 Ok(Plan::Unchanged(_)) | Err(_) if !synced => {
                     self.sync().await?;
                     synced = true;
                     continue;
                 }
-                Ok(Plan::Unchanged(subject)) => {
-                    return Ok(Applied {
-                        revision: 0,
-                        subject,
-                        secret: None,
-                    });
-                }
+                Ok(Plan::Unchanged(subject)) => return Ok(Applied::unchanged(subject)),
                 Err(e) => return Err(e),
             };
-            let (txn, key, value) = self.txn(&state, &change, now, &actor);
+            let mut reserved = Vec::with_capacity(changes.len() - 1);
+            for _ in 1..changes.len() {
+                reserved.push(self.reserve().await?);
+            }
+            let (txn, key, value) = self.txn(&state, &changes, &reserved, now, &actor);
             let (committed, rev) = self.commit(txn, &key, &value).await?;
             if !committed {
                 // Stale, or beaten by another replica: plan again on what
@@ -64,11 +63,7 @@ impl Inner {
             self.caught_up(rev).await?;
             // ...and so must every other replica, before anyone is told.
             self.everyone_applied(rev).await;
-            return Ok(Applied {
-                revision: rev,
-                subject: Some(change.subject),
-                secret,
-            });
+            return Ok(Applied::committed(rev, &changes, secret));
         }
         Err(Error::Unavailable {
             reason: reason::STORE_UNAVAILABLE,
@@ -78,78 +73,118 @@ impl Inner {
         })
     }
 
-    /// The transaction that commits `change`, planned against `state`, and
-    /// the record it puts (key, value): unique, since it holds its time.
+    /// An etcd revision no event can have, for an earlier change of a
+    /// commit of several: etcd gives one transaction one revision, and every
+    /// event needs its own. A transaction that puts only `m/reserve` takes
+    /// one. The commit that uses it is guarded on `m/head` (no event in
+    /// between), so its events stay in revision order. A reservation left
+    /// unused (a lost race, a crash) is only a gap, as access-time writes
+    /// already leave. Any write committed between the reservation and the
+    /// commit makes the roll plan again: under thousands of writes a second
+    /// it may take several attempts.
+    async fn reserve(&self) -> Result<Revision, Error> {
+        let mut failure = None;
+        for pause in RETRY_PAUSES {
+            match self.client.clone().put(self.keys.reserve(), "", None).await {
+                Ok(r) => return Ok(self.origin.revision(r.header().map_or(0, |h| h.revision()))),
+                Err(e) => failure = Some(e),
+            }
+            tokio::time::sleep(*pause).await;
+        }
+        Err(unavailable(
+            "reserving a revision",
+            failure.map_or_else(String::new, |e| e.to_string()),
+        ))
+    }
+
+    /// The transaction that commits `changes`, planned against `state`, and
+    /// the last record it puts (key, value): unique, since it holds its
+    /// time. Every change but the last takes its event revision from
+    /// `reserved`, in order.
     fn txn(
         &self,
         state: &State,
-        change: &Change,
+        changes: &[Change],
+        reserved: &[Revision],
         now: SystemTime,
         actor: &Actor,
     ) -> (Txn, String, Vec<u8>) {
         // Every record put at or before it is in `state`: a guard that its
         // key was not put since is a guard that the plan saw it as it is.
         let based_on = self.origin.etcd(state.revision());
+        let unchanged = |key: String| Compare::mod_revision(key, CompareOp::Less, based_on + 1);
         let mut when = Vec::new();
         let mut then = Vec::new();
-        let record = |secret| encode_record(&change.subject, secret, change.kind, now, actor);
-        let (key, value) = match &change.subject {
-            Subject::Token(t) => {
-                let key = self.keys.token(&t.id);
-                // The etag: the record is as the plan saw it (absent for a create).
-                when.push(Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Less,
-                    based_on + 1,
-                ));
-                let secret = match &change.secret {
-                    SecretOp::Set(h) => Some(*h),
-                    SecretOp::Keep => state.secret_of(&t.id).copied(),
-                    SecretOp::Erase(_) => None,
-                };
-                let value = record(secret);
-                then.push(TxnOp::put(key.clone(), value.clone(), None));
-                match change.kind {
-                    // Only take something away: they hold whatever the
-                    // account is now.
-                    EventKind::Deleted | EventKind::Disabled => {}
-                    // Depend on the account (active, grants the modules), and
-                    // tell account updates that a token of it changed.
-                    _ => {
-                        when.push(Compare::mod_revision(
-                            self.keys.account(&t.account_id),
-                            CompareOp::Less,
-                            based_on + 1,
-                        ));
-                        then.push(TxnOp::put(self.keys.guard(&t.account_id), "", None));
+        // etcd refuses a transaction that puts one key twice: a roll's two
+        // tokens share their account's guard.
+        let mut guarded = BTreeSet::new();
+        let mut last = (String::new(), Vec::new());
+        for (i, change) in changes.iter().enumerate() {
+            let record = |secret| {
+                encode_record(
+                    &change.subject,
+                    secret,
+                    change.kind,
+                    now,
+                    actor,
+                    reserved.get(i).copied(),
+                )
+            };
+            last = match &change.subject {
+                Subject::Token(t) => {
+                    let key = self.keys.token(&t.id);
+                    // The etag: the record is as the plan saw it (absent for
+                    // a create).
+                    when.push(unchanged(key.clone()));
+                    let secret = match &change.secret {
+                        SecretOp::Set(h) => Some(*h),
+                        SecretOp::Keep => state.secret_of(&t.id).copied(),
+                        SecretOp::Erase(_) => None,
+                    };
+                    let value = record(secret);
+                    then.push(TxnOp::put(key.clone(), value.clone(), None));
+                    match change.kind {
+                        // Only take something away: they hold whatever the
+                        // account is now.
+                        EventKind::Deleted | EventKind::Disabled => {}
+                        // Depend on the account (active, grants the modules),
+                        // and tell account updates that a token of it changed.
+                        _ => {
+                            when.push(unchanged(self.keys.account(&t.account_id)));
+                            if guarded.insert(t.account_id.clone()) {
+                                then.push(TxnOp::put(self.keys.guard(&t.account_id), "", None));
+                            }
+                        }
                     }
+                    if change.kind == EventKind::Deleted {
+                        then.push(TxnOp::delete(self.keys.access(&t.id), None));
+                    }
+                    (key, value)
                 }
-                if change.kind == EventKind::Deleted {
-                    then.push(TxnOp::delete(self.keys.access(&t.id), None));
+                Subject::Account(a) => {
+                    let key = self.keys.account(&a.id);
+                    when.push(unchanged(key.clone()));
+                    // An account update checks its tokens' modules: none of
+                    // them may have changed since the state it was planned on.
+                    when.push(unchanged(self.keys.guard(&a.id)));
+                    let value = record(None);
+                    then.push(TxnOp::put(key.clone(), value.clone(), None));
+                    (key, value)
                 }
-                (key, value)
-            }
-            Subject::Account(a) => {
-                let key = self.keys.account(&a.id);
-                when.push(Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Less,
-                    based_on + 1,
-                ));
-                // An account update checks its tokens' modules: none of them
-                // may have changed since the state it was planned on.
-                when.push(Compare::mod_revision(
-                    self.keys.guard(&a.id),
-                    CompareOp::Less,
-                    based_on + 1,
-                ));
-                let value = record(None);
-                then.push(TxnOp::put(key.clone(), value.clone(), None));
-                (key, value)
-            }
-        };
+            };
+        }
+        if let Some(first) = reserved.first() {
+            // No event since the first reservation: none between the
+            // reserved revisions and this commit's. (The plan's own guards
+            // are the per-key ones above.)
+            when.push(Compare::mod_revision(
+                self.keys.head(),
+                CompareOp::Less,
+                self.origin.etcd(*first),
+            ));
+        }
         then.push(TxnOp::put(self.keys.head(), "", None));
-        (Txn::new().when(when).and_then(then), key, value)
+        (Txn::new().when(when).and_then(then), last.0, last.1)
     }
 
     /// Runs `txn`, whose record put is `key` = `value`: (committed, its

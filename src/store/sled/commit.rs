@@ -140,22 +140,16 @@ impl Writer {
                 Job::Apply { cmd, actor, reply } => {
                     let answer = match command::plan(&work, &cmd, &Ctx { now, actor: &actor }) {
                         Err(e) => Err(e),
-                        Ok(Plan::Unchanged(subject)) => Ok(Applied {
-                            revision: 0,
-                            subject,
-                            secret: None,
-                        }),
-                        Ok(Plan::Change(change, secret)) => {
-                            let revision = work.revision() + 1;
-                            work.apply(&change, revision);
-                            events.push(Arc::new(change.event(revision, now, actor)));
-                            let subject = Some(change.subject.clone());
-                            changes.push(with_kept_secret(change, &work));
-                            Ok(Applied {
-                                revision,
-                                subject,
-                                secret,
-                            })
+                        Ok(Plan::Unchanged(subject)) => Ok(Applied::unchanged(subject)),
+                        Ok(Plan::Change(planned, secret)) => {
+                            let first = work.revision() + 1;
+                            for (i, change) in planned.iter().enumerate() {
+                                let revision = first + i as Revision;
+                                work.apply(change, revision);
+                                events.push(Arc::new(change.event(revision, now, actor.clone())));
+                                changes.push(with_kept_secret(change.clone(), &work));
+                            }
+                            Ok(Applied::committed(work.revision(), &planned, secret))
                         }
                     };
                     owed.push((reply, answer));
