@@ -248,6 +248,22 @@ pub enum TokensCommand {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Replace a token: a successor with a new secret (shown once), and the
+    /// old secret working for --grace more, or deleted at once with 0.
+    Roll {
+        id: String,
+        /// How long the old secret keeps working (e.g. 1h, 2d; at most 7d).
+        /// 0 deletes the old token in the same commit.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// The successor expires this long after the roll (default: the old
+        /// token's lifetime again).
+        #[arg(long, value_parser = positive_duration, conflicts_with = "expires_at")]
+        expires_in: Option<Duration>,
+        /// The successor expires at this RFC 3339 instant.
+        #[arg(long, value_parser = instant)]
+        expires_at: Option<prost_types::Timestamp>,
+    },
     /// A token's audit trail: its changes, newest first, as far back as the
     /// server keeps history.
     History {

@@ -460,3 +460,51 @@ async fn expiries_and_lifetime_limits_from_the_command_line() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_token_rolled_from_the_command_line_shows_the_new_secret_once_and_when_the_old_one_stops()
+{
+    let (p, _dir, t) = setup().await;
+    let rolled = cli_json(&p, &["tokens", "roll", &t.id, "--grace", "1h"]);
+    let successor = &rolled["token"];
+    assert_eq!(successor["replaces"], t.id.as_str());
+    assert_eq!(successor["name"], "ci-deploy");
+    assert_eq!(rolled["replaced"]["replaced_by"], successor["id"]);
+    let rolled_at = instant(&successor["audit"]["created"]["at"]);
+    assert_eq!(
+        instant(&rolled["replaced"]["expire_time"]),
+        rolled_at + Duration::from_secs(3600)
+    );
+    let secret = rolled["secret"].as_str().unwrap();
+    let verified = cli_json(&p, &["tokens", "verify", secret]);
+    assert_eq!(verified["token"]["id"], successor["id"], "{verified}");
+
+    // Zero grace, as a person reads it; then the same token again is
+    // refused with the conflict exit code and the successor's id.
+    let id = successor["id"].as_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["tokens", "roll", id, "--grace", "0s"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("Secret (shown once; store it now):"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("The old token {id} was deleted.")),
+        "{text}"
+    );
+    let again = Command::new(BIN)
+        .args(["tokens", "roll", &t.id, "--grace", "1h"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(4), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("was already replaced by"),
+        "{again:?}"
+    );
+}

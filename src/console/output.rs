@@ -68,7 +68,7 @@ proto_enums!(
     pb::VerifyResult
 );
 
-fn rfc3339(t: &prost_types::Timestamp) -> String {
+pub(super) fn rfc3339(t: &prost_types::Timestamp) -> String {
     let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
     humantime::format_rfc3339_seconds(at).to_string()
 }
@@ -94,6 +94,8 @@ pub(super) fn token_json(t: &pb::Token) -> Value {
         "revision": t.revision, "audit": audit_json(&t.audit),
         "last_access_time": t.last_access_time.as_ref().map(rfc3339),
         "expire_time": t.expire_time.as_ref().map(rfc3339),
+        "replaces": (!t.replaces.is_empty()).then_some(&t.replaces),
+        "replaced_by": (!t.replaced_by.is_empty()).then_some(&t.replaced_by),
     })
 }
 

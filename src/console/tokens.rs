@@ -60,6 +60,51 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 }
             }
         }
+        TokensCommand::Roll {
+            id,
+            grace,
+            expires_in,
+            expires_at,
+        } => {
+            use pb::roll_token_request::Expiration;
+            let expiration = match (expires_in, expires_at) {
+                (Some(d), _) => Some(Expiration::Ttl(duration(d))),
+                (None, Some(t)) => Some(Expiration::ExpireTime(t)),
+                (None, None) => None,
+            };
+            let r = c
+                .roll_token(pb::RollTokenRequest {
+                    id,
+                    grace: Some(duration(grace)),
+                    expiration,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let (token, old) = (r.token.unwrap_or_default(), r.replaced.unwrap_or_default());
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    json!({"token": token_json(&token), "secret": r.secret,
+                           "replaced": token_json(&old), "revision": r.revision})
+                ),
+                Output::Table => {
+                    print_tokens(out, std::slice::from_ref(&token));
+                    println!("\nSecret (shown once; store it now):\n{}", r.secret);
+                    match old.expire_time.as_ref() {
+                        _ if old.status == pb::TokenStatus::Deleted as i32 => {
+                            println!("\nThe old token {} was deleted.", old.id)
+                        }
+                        Some(at) => println!(
+                            "\nThe old token {} keeps working until {}.",
+                            old.id,
+                            output::rfc3339(at)
+                        ),
+                        None => {}
+                    }
+                }
+            }
+        }
         TokensCommand::Get { id, show_deleted } => {
             let t = c
                 .get_token(pb::GetTokenRequest { id, show_deleted })
