@@ -208,6 +208,30 @@ async fn the_add_wizard_shows_the_secret_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roll_from_the_menu_shows_the_new_secret_once_and_when_the_old_one_stops() {
+    let w = world().await;
+    let out = scenario("roll", &w).await;
+    let result = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .expect("the scenario reports both tokens");
+    let result: serde_json::Value = serde_json::from_str(result).unwrap();
+    let mut c = w.p.tokens().await;
+    let successor = get(&mut c, result["successor"].as_str().unwrap(), false)
+        .await
+        .expect("made through the console");
+    let old = get(&mut c, &w.target, false).await.expect("still live");
+    assert_eq!(successor.replaces, old.id);
+    assert_eq!(old.replaced_by, successor.id);
+    let rolled = successor.audit.unwrap().created.unwrap().at.unwrap().seconds;
+    assert_eq!(
+        old.expire_time.expect("a grace").seconds - rolled,
+        3600,
+        "the old secret works for the hour picked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_changes_reach_other_browser_sessions_without_a_reload() {
     let w = world().await;
     scenario("live", &w).await;

@@ -219,6 +219,47 @@ const scenarios = {
     L.assertClean(page);
   },
 
+  // ••• → Roll: the dialog asks how long the old secret keeps working (1
+  // hour), then shows the new secret once and when the old one stops. Both
+  // tokens are listed; the old one can't be rolled again.
+  async roll(browser) {
+    const page = await L.session(browser, "admin");
+    await L.signIn(page, F.admin);
+    await L.listReady(page);
+    const t = F.target;
+    await L.rowAction(page, t.id, "Roll");
+    await page.waitForSelector("#roll-dialog #roll-grace");
+    const dialog = await L.text(page, "#roll-dialog");
+    check(dialog.includes("Roll API token") && dialog.includes(t.name) && dialog.includes(t.id), "the dialog names the token");
+    check(dialog.includes("same name, description, logo and modules"), "the dialog says what the new token keeps");
+    await L.shot(page, "roll-1-dialog");
+    await L.axe(page, "roll dialog");
+    await page.select("#roll-grace", "3600");
+    await page.click("#roll-confirm");
+    await page.waitForSelector("#new-secret");
+    const secret = await page.$eval("#new-secret", (e) => e.value);
+    check(/^idt:TKN-\d{4}-\d{4}:[0-9A-Za-z]{46}$/.test(secret), "the new secret is shown");
+    const fate = await L.text(page, "#roll-old-fate");
+    check(fate.startsWith("The old secret keeps working until"), `the dialog says when the old one stops: ${fate}`);
+    await L.shot(page, "roll-2-secret");
+    await L.axe(page, "roll: secret");
+    const verified = await L.cli("tokens", "verify", secret);
+    check(verified.valid === true, "the new secret verifies");
+    const id = secret.slice(4, 17);
+    await page.click("#roll-done");
+    await page.waitForFunction(() => !document.querySelector("#roll-dialog"));
+    await L.assertSecretNowhere(page, secret, "after Done");
+    await L.waitRow(page, id);
+    check(await L.hasRow(page, t.id), "the old token is still listed during its grace");
+    await page.click(`${L.rowSel(t.id)} [aria-haspopup=menu]`);
+    await page.waitForSelector(".menu:not([hidden]) [role=menuitem]");
+    const items = await page.$$eval(".menu:not([hidden]) [role=menuitem]", (els) => els.map((e) => e.textContent));
+    check(!items.includes("Roll"), `a replaced token offers no Roll: ${items}`);
+    await page.keyboard.press("Escape");
+    process.stdout.write(`RESULT ${JSON.stringify({ successor: id, old: t.id })}\n`);
+    L.assertClean(page);
+  },
+
   // Changes made with the CLI reach open pages of other browser sessions
   // without a reload: a delete removes the row, tells an open details page
   // and an open delete dialog who deleted it and when; a create and a

@@ -12,7 +12,7 @@ export const REASONS: Record<string, string> = {
   TOKEN_NOT_FOUND: "This API token no longer exists, or it belongs to an account you can't see.",
   ACCOUNT_NOT_FOUND: "This account doesn't exist, or you can't see it.",
   ETAG_MISMATCH: "This API token was changed after you opened it, so nothing was changed. Review it and try again.",
-  TOKEN_NOT_ACTIVE: "This API token is not active, so it can't be disabled.",
+  TOKEN_NOT_ACTIVE: "This API token is disabled, so it can't be disabled again or rolled. Enable it first.",
   TOKEN_NOT_DISABLED: "This API token is not disabled, so it can't be enabled.",
   ACCOUNT_DISABLED: "This account is disabled, so it can't get new API tokens.",
   MODULE_NOT_IN_ACCOUNT: "One of the modules you picked is not a module of this account.",
@@ -31,6 +31,7 @@ export const REASONS: Record<string, string> = {
   CREDENTIAL_REVOKED: "The token you signed in with was disabled or deleted, so you have been signed out.",
   CREDENTIAL_EXPIRED: "The token you signed in with has expired. Sign in with another one.",
   LIFETIME_EXCEEDED: "This account limits how long its API tokens may live. Pick an earlier expiry date.",
+  TOKEN_REPLACED: "This API token was already replaced by a new one. Roll the new token instead.",
   TOKEN_EXPIRED: "This API token has expired and is about to be deleted, so it can't be changed.",
 };
 
@@ -80,6 +81,7 @@ const FIELDS: Record<string, string> = {
   "token.description": "Description",
   "token.icon": "Logo URL",
   "token.modules": "Modules",
+  grace: "The old secret keeps working for",
 };
 
 /** True when the caller's own credential is no longer good. */

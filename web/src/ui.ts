@@ -1,7 +1,7 @@
 // Shared pieces of the page: messages (toasts), modal dialogs, action menus,
 // the token icon and status badge.
 
-import { focusables, h, newId } from "./dom";
+import { copyText, focusables, h, newId } from "./dom";
 import { TokenStatus, type Token } from "./gen/apitokens/v1/tokens_pb";
 
 // ---------------------------------------------------------------- messages
@@ -238,4 +238,37 @@ export function modulesSummary(modules: string[]): string {
   if (modules.length === 0) return "None";
   if (modules.length === 1) return modules[0];
   return `${modules.length} modules`;
+}
+
+/**
+ * A new secret, shown this once: the warning, a read-only field holding it
+ * (as a property, so it is never in the markup) and Copy. Adding a token
+ * and rolling one both end here.
+ */
+export function secretBlock(secret: string): { element: HTMLElement; field: HTMLInputElement } {
+  const field = h("input", {
+    id: "new-secret",
+    type: "text",
+    readonly: true,
+    class: "mono secret",
+    spellcheck: "false",
+    autocomplete: "off",
+    "aria-describedby": "secret-warning",
+  });
+  field.value = secret;
+  const copied = h("span", { class: "copied", "aria-live": "polite" });
+  const copy = button("Copy", async () => {
+    copied.textContent = (await copyText(field.value, field)) ? "Copied" : "Select the text and copy it";
+  }, "secondary", { id: "copy-secret" });
+  const element = h(
+    "div",
+    {},
+    h(
+      "p",
+      { id: "secret-warning", class: "notice notice-warning" },
+      "Copy the secret now and store it safely. It can't be shown again: tokend keeps only a hash of it.",
+    ),
+    h("div", { class: "field" }, h("label", { for: "new-secret" }, "Secret"), h("div", { class: "copy-row" }, field, copy), copied),
+  );
+  return { element, field };
 }

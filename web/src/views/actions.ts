@@ -1,6 +1,6 @@
 // What can be done to a token, from its row's ••• menu or its details
-// page's Actions dropdown: Edit, Disable or Enable (each confirmed), and
-// Delete (the platform's "Delete API token" dialog).
+// page's Actions dropdown: Edit, Disable or Enable (each confirmed), Roll
+// (views/roll.ts) and Delete (the platform's "Delete API token" dialog).
 
 import { sessionSignal, tokens } from "../api";
 import type { App } from "../app";
@@ -8,6 +8,7 @@ import { fill, formatTime, h } from "../dom";
 import { failure, isSignedOut, type Failure } from "../errors";
 import { TokenStatus, type Token } from "../gen/apitokens/v1/tokens_pb";
 import { button, modal, STATUS_LABEL, toast, type MenuItem } from "../ui";
+import { rollDialog } from "./roll";
 import { tokenFields } from "./wizard";
 
 export interface ActionHooks {
@@ -22,8 +23,10 @@ export function tokenActions(app: App, t: Token, hooks: ActionHooks): MenuItem[]
     active
       ? { label: "Disable", run: () => statusDialog(app, t, "disable") }
       : { label: "Enable", run: () => statusDialog(app, t, "enable") },
+    // A disabled or already replaced token can't be rolled.
+    active && !t.replacedBy ? { label: "Roll", run: () => rollDialog(app, t) } : null,
     { label: "Delete", danger: true, run: () => deleteDialog(app, t, hooks) },
-  ];
+  ].filter((item): item is MenuItem => item !== null);
 }
 
 /** A failed write: signs out when the credential went bad, else says why. */

@@ -128,6 +128,8 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
       a?.deleted ? fact("Deleted", entry(a.deleted)) : null,
       fact("Last access", timeEl(t.lastAccessTime, "Never", true)),
       fact("Expires", timeEl(t.expireTime, "Never", true)),
+      t.replaces ? fact("Replaces", h("span", { class: "mono" }, t.replaces)) : null,
+      t.replacedBy ? fact("Replaced by", h("span", { class: "mono" }, t.replacedBy)) : null,
     );
     fill(tabs.panels.general, general);
     fill(tabs.panels.details, details);

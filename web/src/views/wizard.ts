@@ -4,9 +4,9 @@
 
 import { sessionSignal, tokens } from "../api";
 import type { App } from "../app";
-import { copyText, fill, h, newId } from "../dom";
+import { fill, h, newId } from "../dom";
 import { failure, isSignedOut } from "../errors";
-import { button, modal, toast, tokenIcon } from "../ui";
+import { button, modal, secretBlock, toast, tokenIcon } from "../ui";
 import { accountModules } from "./actions";
 
 export interface TokenValues {
@@ -274,32 +274,9 @@ export function addTokenWizard(app: App, accountId: string): void {
   };
 
   const showSecret = (secret: string, name: string, id: string) => {
-    const field = h("input", {
-      id: "new-secret",
-      type: "text",
-      readonly: true,
-      class: "mono secret",
-      spellcheck: "false",
-      autocomplete: "off",
-      "aria-describedby": "secret-warning",
-    });
-    // A property, not an attribute: the secret is in the field, not the markup.
-    field.value = secret;
-    const copied = h("span", { class: "copied", "aria-live": "polite" });
-    const copy = button("Copy", async () => {
-      copied.textContent = (await copyText(field.value, field)) ? "Copied" : "Select the text and copy it";
-    }, "secondary", { id: "copy-secret" });
+    const { element, field } = secretBlock(secret);
     fill(stepper);
-    fill(
-      panel,
-      h("p", {}, "API token ", h("strong", {}, name), ` (${id}) was added.`),
-      h(
-        "p",
-        { id: "secret-warning", class: "notice notice-warning" },
-        "Copy the secret now and store it safely. It can't be shown again: tokend keeps only a hash of it.",
-      ),
-      h("div", { class: "field" }, h("label", { for: "new-secret" }, "Secret"), h("div", { class: "copy-row" }, field, copy), copied),
-    );
+    fill(panel, h("p", {}, "API token ", h("strong", {}, name), ` (${id}) was added.`), element);
     error.hidden = true;
     cancel.hidden = true;
     back.hidden = true;
