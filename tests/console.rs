@@ -223,7 +223,14 @@ async fn roll_from_the_menu_shows_the_new_secret_once_and_when_the_old_one_stops
     let old = get(&mut c, &w.target, false).await.expect("still live");
     assert_eq!(successor.replaces, old.id);
     assert_eq!(old.replaced_by, successor.id);
-    let rolled = successor.audit.unwrap().created.unwrap().at.unwrap().seconds;
+    let rolled = successor
+        .audit
+        .unwrap()
+        .created
+        .unwrap()
+        .at
+        .unwrap()
+        .seconds;
     assert_eq!(
         old.expire_time.expect("a grace").seconds - rolled,
         3600,

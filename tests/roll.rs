@@ -396,3 +396,82 @@ async fn concurrent_rolls_and_writes_keep_one_successor_each_and_every_stream_in
     assert_eq!(successors.len(), targets.len());
     assert_eq!(last, head(&mut c).await);
 }
+
+/// A roll cut short by a crash is all or nothing. On sled the process dies
+/// just after the roll's one log record is synced: after a restart both
+/// changes are there, in order. On etcd it dies after reserving a revision
+/// and before the commit: after a restart neither is, the old token can be
+/// rolled again, and the reservation is only a gap in the revisions.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_roll_cut_short_by_a_crash_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_tokend(dir.path(), &[]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let (old, old_secret) = create_token(&mut p.tokens().await, &acc.id, "ci").await;
+    let before = head(&mut p.tokens().await).await;
+    p.kill();
+
+    let on_etcd = test_etcd().is_some();
+    let failpoint = if on_etcd {
+        "etcd-revision-reserved=return"
+    } else {
+        "sled-wal-synced=return"
+    };
+    let dying = spawn_tokend_with(dir.path(), &[], move |cmd| {
+        cmd.env("FAILPOINTS", failpoint);
+    })
+    .await;
+    let cut = roll(&mut dying.tokens().await, &old.id, Duration::ZERO).await;
+    assert!(cut.is_err(), "the process died before answering: {cut:?}");
+    drop(dying);
+
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let mut c = p.tokens().await;
+    let now = get(&mut c, &old.id, true).await.unwrap();
+    let list = c
+        .list_tokens(pb::ListTokensRequest {
+            account_id: acc.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    if on_etcd {
+        // Nothing of it: the old token as it was, no successor.
+        assert_eq!(
+            (now.etag, now.replaced_by),
+            (old.etag.clone(), String::new())
+        );
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            verify(&mut c, &old_secret).await.result,
+            pb::VerifyResult::Valid as i32
+        );
+        let again = roll(&mut c, &old.id, Duration::ZERO)
+            .await
+            .expect("rolled after the crash");
+        let mut events = watch_from(&mut c, before + 1).await;
+        let (created, deleted) = both_events(&mut events).await;
+        assert_eq!(created.token.unwrap().id, again.token.unwrap().id);
+        assert!(created.revision < deleted.revision);
+        assert_eq!(deleted.revision, head(&mut c).await);
+    } else {
+        // All of it, whole and in order, though nobody was answered.
+        assert_eq!(now.status, pb::TokenStatus::Deleted as i32);
+        let successor = list
+            .iter()
+            .find(|t| t.replaces == old.id)
+            .expect("the successor");
+        assert_eq!(now.replaced_by, successor.id);
+        let mut events = watch_from(&mut c, before + 1).await;
+        let (created, deleted) = both_events(&mut events).await;
+        assert_eq!(
+            (created.revision, deleted.revision),
+            (before + 1, before + 2)
+        );
+        assert_eq!(created.token.unwrap().id, successor.id);
+        assert_eq!(deleted.token.unwrap().id, old.id);
+    }
+}

@@ -50,6 +50,9 @@ impl Inner {
             for _ in 1..changes.len() {
                 reserved.push(self.reserve().await?);
             }
+            if !reserved.is_empty() {
+                fail::fail_point!("etcd-revision-reserved", |_| std::process::abort());
+            }
             let (txn, key, value) = self.txn(&state, &changes, &reserved, now, &actor);
             let (committed, rev) = self.commit(txn, &key, &value).await?;
             if !committed {
