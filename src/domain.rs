@@ -338,7 +338,7 @@ fn etag(id: &str, revision: u64) -> String {
         .chain_update(id.as_bytes())
         .chain_update(revision.to_be_bytes())
         .finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(&digest[..8])
 }
 
 /// What a committed change did.

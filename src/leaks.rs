@@ -86,7 +86,7 @@ pub async fn revoke(
     let mut verdicts = Vec::with_capacity(found.len());
     for f in found {
         let hash = secret::hash(&f.secret);
-        let secret_hash: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let secret_hash = base16ct::lower::encode_string(&hash[..]);
         let revoked = match live_token(store, &f.secret)? {
             Some(id) => Some(revoke_one(store, &id, f, action).await?),
             None => None,

@@ -124,10 +124,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 fn sha256_hex(s: &str) -> String {
-    tokend::secret::hash(s)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    base16ct::lower::encode_string(&tokend::secret::hash(s)[..])
 }
 
 /// The secret with its checksum broken: tokend's shape, not tokend's.

@@ -395,10 +395,8 @@ async fn corrupt_truncated_and_foreign_files_are_refused_writing_nothing() {
     let text = String::from_utf8(good.clone()).unwrap();
     let body_end = text.trim_end().rfind('\n').unwrap() + 1;
     let body = text[..body_end].replacen("TOKEND-SNAPSHOT 1", "TOKEND-SNAPSHOT 2", 1);
-    let sum: String = <sha2::Sha256 as sha2::Digest>::digest(body.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum =
+        base16ct::lower::encode_string(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
     let file = dir.path().join("v2.snap");
     std::fs::write(&file, format!("{body}sha256 {sum}\n")).unwrap();
     let target = dir.path().join("target-v2");

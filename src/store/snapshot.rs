@@ -28,6 +28,7 @@
 use std::collections::HashSet;
 use std::io::{self, Write};
 
+use base16ct::lower::encode_string as hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -75,19 +76,10 @@ pub struct Summary {
     pub live_secrets: usize,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// Exactly `N` bytes of hex (either case).
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    (s.len() == 2 * N && base16ct::mixed::decode(s, &mut out).is_ok()).then_some(out)
 }
 
 /// Hashes everything written through it.

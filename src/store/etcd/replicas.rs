@@ -39,7 +39,7 @@ pub(super) fn replica_name(dir: &std::path::Path) -> Result<String, Error> {
     }
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(|e| Error::Internal(e.to_string()))?;
-    let name = bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let name = base16ct::lower::encode_string(&bytes);
     std::fs::write(&path, &name).map_err(fail)?;
     Ok(name)
 }
