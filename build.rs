@@ -1,6 +1,8 @@
 //! Compiles `proto/` with protox (pure Rust: no protoc on the build machine) and
 //! writes the encoded descriptor set next to the generated code, because
-//! `compile_fds` does not: server reflection serves it.
+//! `compile_fds` does not: server reflection serves it. Envoy's ext_authz
+//! protos (`proto/vendor/`, copied by scripts/vendor-envoy-protos.py) become
+//! a descriptor set only, for reflection: their Rust types are envoy-types'.
 
 use prost::Message;
 use std::{env, fs, path::PathBuf};
@@ -10,6 +12,8 @@ const PROTOS: &[&str] = &[
     "proto/apitokens/v1/accounts.proto",
     "proto/apitokens/v1/tokens.proto",
 ];
+
+const ENVOY_AUTHZ: &str = "proto/vendor/envoy/service/auth/v3/external_auth.proto";
 
 const SECRET_BEARING: &[&str] = &[
     "apitokens.v1.CreateTokenResponse",
@@ -21,6 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("apitokens_descriptor.bin"), fds.encode_to_vec())?;
+    let envoy = protox::compile([ENVOY_AUTHZ], ["proto/vendor"])?;
+    fs::write(
+        out.join("envoy_authz_descriptor.bin"),
+        envoy.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

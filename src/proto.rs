@@ -11,6 +11,11 @@ tonic::include_proto!("apitokens.v1");
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/apitokens_descriptor.bin"));
 
+/// Envoy's `envoy.service.auth.v3` and its imports, for reflection only
+/// (the types are envoy-types'): grpcurl can describe and call `Check`.
+pub const ENVOY_AUTHZ_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_authz_descriptor.bin"));
+
 /// Secrets never reach Debug output (logs, panics, test failures).
 impl std::fmt::Debug for CreateTokenResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -156,12 +156,16 @@ impl Running {
     }
 }
 
-/// Reflection describes our services and health, so `grpcurl list` and
-/// `describe` work with no proto files.
+/// Reflection describes every service this server routes (ours, Envoy's
+/// ext_authz, health, and reflection v1 and v1alpha themselves), so
+/// `grpcurl list`, `describe` and calls work with no proto files.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         // google.rpc.ErrorInfo & co., so grpcurl can print error details.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }

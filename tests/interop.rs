@@ -128,3 +128,77 @@ async fn json_logs_name_each_rpc_once_and_never_a_secret() {
     assert!(d["micros"].as_u64().is_some());
     assert!(d["caller"].as_str().unwrap().starts_with("TKN-"));
 }
+
+/// grpcurl, with nothing but reflection: `list` (over v1, and v1alpha as
+/// older grpcurl and Postman ask) names exactly the services the server
+/// routes, Envoy's `Authorization` among them; a call to a unary method of
+/// each listed service reaches it (anything but UNIMPLEMENTED); and a
+/// service nobody serves is not offered.
+#[tokio::test]
+async fn grpcurl_lists_every_routed_service_and_each_listed_one_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let addr = p.addr.to_string();
+    let grpcurl = |args: &[&str]| {
+        let out = std::process::Command::new("grpcurl")
+            .args(["-plaintext", "-max-time", "5"])
+            .args(args)
+            .output()
+            .expect("grpcurl (scripts/test.sh installs it)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let routed = [
+        "apitokens.v1.AccountService",
+        "apitokens.v1.TokenService",
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    for protocol in ["v1", "v1alpha"] {
+        let (ok, out) = grpcurl(&[
+            "-use-reflection",
+            &format!("-reflect-protocol={protocol}"),
+            &addr,
+            "list",
+        ]);
+        // Older grpcurl has no -reflect-protocol: fall back to its default.
+        let (ok, out) = if ok {
+            (ok, out)
+        } else {
+            grpcurl(&[&addr, "list"])
+        };
+        assert!(ok, "{out}");
+        let listed: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(listed, routed, "reflection {protocol}");
+    }
+    let (ok, check) = grpcurl(&[
+        &addr,
+        "describe",
+        "envoy.service.auth.v3.Authorization.Check",
+    ]);
+    assert!(ok && check.contains("CheckRequest"), "{check}");
+
+    let bearer = format!("authorization: Bearer {}", operator_secret(dir.path()));
+    let unary = [
+        "apitokens.v1.AccountService/ListAccounts",
+        "apitokens.v1.TokenService/ListTokens",
+        "envoy.service.auth.v3.Authorization/Check",
+        "grpc.health.v1.Health/Check",
+    ];
+    for method in unary {
+        let (ok, out) = grpcurl(&["-H", &bearer, "-d", "{}", &addr, method]);
+        assert!(!out.contains("Unimplemented"), "{method}: {out}");
+        assert!(ok, "{method}: {out}");
+    }
+    let (ok, out) = grpcurl(&["-d", "{}", &addr, "apitokens.v1.NoSuchService/Get"]);
+    assert!(!ok && out.contains("does not expose service"), "{out}");
+}
