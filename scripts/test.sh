@@ -29,6 +29,12 @@ if ! have fusermount3; then
   echo "installing fuse3 (Debian)"
   apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null
 fi
+# The Prometheus rules' tests (tests/alerts.rs) run promtool: Debian's
+# prometheus package ships it.
+if ! have promtool; then
+  echo "installing prometheus for promtool (Debian)"
+  apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+fi
 # The console's browser tests (tests/console.rs) drive Debian's chromium
 # with puppeteer-core, and check each screen with axe-core: both come from
 # web/node_modules (scripts/web.sh deps: npm ci, which needs node).

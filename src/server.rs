@@ -175,12 +175,25 @@ fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, Error> {
         std::fs::read(p)
             .map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())))
     };
-    let mut tls =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    let cert = read(&files.cert)?;
+    match not_after(&cert) {
+        Some(at) => metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY).set(at),
+        None => {
+            tracing::warn!(cert = %files.cert.display(), "cannot read the certificate's expiry")
+        }
+    }
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, read(&files.key)?));
     if let Some(ca) = &files.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
     }
     Ok(tls)
+}
+
+/// When the first certificate in `pem` expires, in Unix seconds.
+fn not_after(pem: &[u8]) -> Option<f64> {
+    let chain = x509_cert::Certificate::load_pem_chain(pem).ok()?;
+    let validity = chain.first()?.tbs_certificate().validity();
+    Some(validity.not_after.to_unix_duration().as_secs_f64())
 }
 
 /// tonic's TLS is rustls. Should two crypto providers ever end up in the
@@ -373,6 +386,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 }
                 _ = health_tick.tick() => {
                     let now = watched.verifying_state().is_ok();
+                    metrics::gauge!(crate::telemetry::SERVING).set(if now { 1.0 } else { 0.0 });
                     if now != serving && !stop_watching.is_cancelled() {
                         serving = now;
                         let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -434,4 +448,21 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown,
         task,
     })
+}
+
+#[cfg(test)]
+mod cert_tests {
+    #[test]
+    fn the_serving_certificates_expiry_is_read_from_its_pem() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let pem = params.self_signed(&key).unwrap().pem();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(super::not_after(pem.as_bytes()), Some(1_936_742_400.0));
+        assert_eq!(super::not_after(b"not a certificate"), None);
+        let default = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let far = default.self_signed(&key).unwrap().pem();
+        assert!(super::not_after(far.as_bytes()).is_some(), "{far}");
+    }
 }

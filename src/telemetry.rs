@@ -32,6 +32,8 @@ pub const CONNECTIONS_CLOSED: &str = "tokend_connections_closed_total";
 pub const ACCEPT_ERRORS: &str = "tokend_accept_errors_total";
 pub const TOKENS_EXPIRED: &str = "tokend_tokens_expired_total";
 pub const LEAKS_REPORTED: &str = "tokend_leaked_secrets_reported_total";
+pub const SERVING: &str = "tokend_serving";
+pub const TLS_CERT_EXPIRY: &str = "tokend_tls_certificate_expiry_timestamp_seconds";
 
 /// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
@@ -103,6 +105,23 @@ fn describe() {
         "Changes per durable commit (group commit)"
     );
     describe_gauge!(STORE_SIZE, "Bytes the embedded store occupies on disk");
+    describe_gauge!(
+        SERVING,
+        "1 while this process may verify; 0 while it refuses (an etcd replica \
+         that lost touch with the cluster: fenced, health NOT_SERVING)"
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "When the serving certificate (--tls-cert, the first in the file) \
+         expires, in Unix seconds; absent without TLS"
+    );
+    // Series without labels exist from the start, at zero: a rate() or an
+    // alert sees the first increment, and a dashboard shows 0, not "no data".
+    for name in [EVENTS_PUBLISHED, WATCH_CATCHUPS, TOKENS_EXPIRED] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!(WATCH_STREAMS_OPEN).set(0.0);
+    metrics::gauge!(SERVING).set(1.0);
 }
 
 /// Set by the authenticator, read by the request log: who called.

@@ -1,0 +1,154 @@
+//! deploy/prometheus/: the alerting and recording rules pass `promtool
+//! check rules` and their own unit tests (`promtool test rules`, which feed
+//! series and expect each alert), and every tokend metric they name is one
+//! a running tokend exports, so no rule waits on a series that never comes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/tokend-rules.yaml"
+);
+const RULE_TESTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/tokend-rules.test.yaml"
+);
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .output()
+        .expect("promtool (Debian's prometheus; scripts/test.sh installs it)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "promtool {args:?}\n{text}");
+    text
+}
+
+#[test]
+fn the_rules_are_valid_and_their_unit_tests_pass() {
+    assert!(promtool(&["check", "rules", RULES]).contains("SUCCESS"));
+    assert!(promtool(&["test", "rules", RULE_TESTS]).contains("SUCCESS"));
+}
+
+/// The `tokend_*` series names a text names (a histogram's `_bucket`,
+/// `_sum` and `_count` as they are written).
+fn names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("tokend_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        // A recording rule is `tokend:…`, not a series tokend exports.
+        let preceded_by_colon = at > 0 && rest.as_bytes()[at - 1] == b':';
+        if !preceded_by_colon {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every rule's `expr`, as Prometheus reads them.
+fn rule_exprs() -> Vec<String> {
+    let docs =
+        yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(RULES).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for group in docs[0]["groups"].as_vec().unwrap() {
+        for rule in group["rules"].as_vec().unwrap() {
+            exprs.push(rule["expr"].as_str().unwrap().to_string());
+        }
+    }
+    exprs
+}
+
+/// The series names in one `/metrics` scrape.
+fn exported(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("tokend_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// A server certificate made for the test, written to `dir`.
+fn tls_files(dir: &Path) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (c, k) = (dir.join("tls.pem"), dir.join("tls.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+#[tokio::test]
+async fn every_tokend_metric_the_rules_name_is_exported_by_a_running_tokend() {
+    if sled_only("the fsync and commit histograms are the embedded store's") {
+        return;
+    }
+    // Traffic that records every labelled series: writes, a watch, Checks.
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_addr();
+    let p = spawn_tokend(dir.path(), &["--metrics-addr", &metrics.to_string()]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let mut c = p.tokens().await;
+    let _w = watch_from(&mut c, 1).await;
+    let (t, secret) = create_token(&mut c, &acc.id, "metered").await;
+    authz_check(&p.url(), &secret).await;
+    authz_check(&p.url(), "no such secret").await;
+    delete(&mut c, &t.id).await.unwrap();
+    let mut names = exported(&scrape(metrics));
+
+    // The certificate's expiry is there only with TLS on.
+    let tls_dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_files(tls_dir.path());
+    let tls_metrics = free_addr();
+    let _tls = spawn_tokend_with(
+        tls_dir.path(),
+        &[
+            "--metrics-addr",
+            &tls_metrics.to_string(),
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        |_| {},
+    )
+    .await;
+    // The port may answer a moment before the TLS configuration is read.
+    let mut scraped = scrape(tls_metrics);
+    for _ in 0..100 {
+        if scraped.contains("\ntokend_tls_certificate_expiry_timestamp_seconds ") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        scraped = scrape(tls_metrics);
+    }
+    names.extend(exported(&scraped));
+    let expiry = sample(&scraped, "tokend_tls_certificate_expiry_timestamp_seconds");
+    let now = std::time::UNIX_EPOCH.elapsed().unwrap().as_secs_f64();
+    assert!(
+        expiry > now,
+        "the certificate's expiry, in Unix seconds: {expiry}\n{scraped}"
+    );
+
+    let used = names_in(&rule_exprs().join("\n"));
+    assert!(used.len() >= 6, "{used:?}");
+    let missing: Vec<_> = used.difference(&names).collect();
+    assert!(
+        missing.is_empty(),
+        "named by the rules, not exported: {missing:?}\nexported: {names:?}"
+    );
+}
