@@ -43,6 +43,11 @@ if ! have chromium; then
   apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi
 scripts/web.sh deps
+# The Node.js example client (tests/interop.rs runs it): its own lock file.
+if [[ ! -d examples/node/node_modules/@grpc/grpc-js ]]; then
+  echo "examples/node: npm ci"
+  (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
 grpcurl -version 2>&1 | head -1
 # The etcd backend's tests run real etcd clusters, and its client's build
 # needs protoc: the same two packages the benchmark needs.

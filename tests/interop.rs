@@ -30,6 +30,35 @@ async fn the_python_grpcio_client_sees_its_own_deletion_on_the_stream() {
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
 }
 
+/// The Node.js example (@grpc/grpc-js, proto/ loaded at run time): create,
+/// watch, delete, resume from a revision, and the ErrorInfo reason.
+#[tokio::test]
+async fn the_node_grpc_js_client_resumes_its_stream_and_reads_error_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/node/tokend_demo.mjs"
+        ))
+        .args(["--server", &p.addr.to_string(), "--token-file"])
+        .arg(dir.path().join("operator.token"))
+        .output()
+        .await
+        .expect("node (scripts/test.sh installs it, and examples/node's packages)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "node client failed\n{stdout}\n{stderr}");
+    for line in [
+        "watcher saw DELETED",
+        "resumed from revision",
+        "deleting it again: NOT_FOUND, reason TOKEN_NOT_FOUND",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+}
+
 #[tokio::test]
 async fn metrics_move_when_traffic_flows() {
     let dir = tempfile::tempdir().unwrap();
