@@ -11,8 +11,9 @@
 //! - [`leaks`]: revokes secrets a scanner reports (gRPC, and GitHub's
 //!   secret-scanning partner protocol on a port of its own).
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
-//! - [`server`], [`listener`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it
-//!   ([`listener`]: the port's defences against connection floods).
+//! - [`server`], [`listener`], [`tls`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it
+//!   ([`listener`]: the port's defences against connection floods; [`tls`]:
+//!   handshakes, and why one failed).
 //! - [`client`]: for other Rust programs, [`client::TokenCache`], a verifier
 //!   in their own memory that the watch stream keeps current.
 
@@ -37,5 +38,6 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
 pub mod web;

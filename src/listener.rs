@@ -145,13 +145,13 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// Logs at most once per [`WARN_EVERY`], with how many happened meanwhile.
 #[derive(Default)]
-struct RateLimitedWarning {
+pub struct RateLimitedWarning {
     last: Option<Instant>,
     since: u64,
 }
 
 impl RateLimitedWarning {
-    fn warn(&mut self, log: impl FnOnce(u64)) {
+    pub fn warn(&mut self, log: impl FnOnce(u64)) {
         self.since += 1;
         if self.last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             log(self.since);

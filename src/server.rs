@@ -9,8 +9,10 @@
 //! shutdown alone would wait forever for open streams, so the grace period is
 //! a hard deadline. This module must never contain request logic.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +21,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::ServerTlsConfig;
-use tonic::transport::{Certificate, Identity};
 use tonic_health::ServingStatus;
 
 use crate::auth::Authenticator;
@@ -33,6 +33,8 @@ use crate::proto::token_service_server::TokenServiceServer;
 use crate::service::{Authz, AuthzConfig, Service};
 use crate::store::{Backend, SledConfig, SledStore, Store};
 use crate::telemetry::RpcLog;
+use crate::tls::Tls;
+pub use crate::tls::TlsFiles;
 use crate::watch::{WatchConfig, Watchers};
 use crate::web::{Edge, WebConfig};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -86,15 +88,6 @@ pub struct Config {
 pub struct LeakReport {
     pub listen: SocketAddr,
     pub keys: PathBuf,
-}
-
-/// PEM files for TLS; with `client_ca`, clients must present a certificate
-/// signed by it (mTLS).
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -168,32 +161,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         // google.rpc.ErrorInfo & co., so grpcurl can print error details.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-}
-
-fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, Error> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p)
-            .map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())))
-    };
-    let cert = read(&files.cert)?;
-    match not_after(&cert) {
-        Some(at) => metrics::gauge!(crate::telemetry::TLS_CERT_EXPIRY).set(at),
-        None => {
-            tracing::warn!(cert = %files.cert.display(), "cannot read the certificate's expiry")
-        }
-    }
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, read(&files.key)?));
-    if let Some(ca) = &files.client_ca {
-        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(tls)
-}
-
-/// When the first certificate in `pem` expires, in Unix seconds.
-fn not_after(pem: &[u8]) -> Option<f64> {
-    let chain = x509_cert::Certificate::load_pem_chain(pem).ok()?;
-    let validity = chain.first()?.tbs_certificate().validity();
-    Some(validity.not_after.to_unix_duration().as_secs_f64())
 }
 
 /// tonic's TLS is rustls. Should two crypto providers ever end up in the
@@ -299,6 +266,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let incoming = listener::incoming(listener, config.limits, shutdown.clone());
+    // Handshakes happen in crate::tls, where a failed one is logged and
+    // counted; tonic sees finished TLS streams.
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
 
     let auth = Authenticator::new(store.clone());
     let limit = config.max_request_bytes;
@@ -328,13 +298,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(tls_config(tls)?)
-            .map_err(|e| Error::invalid("tls", e.to_string()))?;
-    }
-    let router = builder
+    let router = tonic::transport::Server::builder()
         // gRPC-Web (browsers) speaks HTTP/1.1 as well as HTTP/2; native
         // gRPC is unchanged. Over TLS, ALPN offers h2 only, so browsers use
         // HTTP/2 there and a client that offers no ALPN may use HTTP/1.1.
@@ -405,7 +369,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let signal = shutdown.clone();
     let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {
-        let serve = router.serve_with_incoming_shutdown(incoming, signal.clone().cancelled_owned());
+        let stop = signal.clone().cancelled_owned();
+        let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(tls) => {
+                    Box::pin(router.serve_with_incoming_shutdown(tls.incoming(incoming), stop))
+                }
+                None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
+            };
         tokio::pin!(serve);
         let served = tokio::select! {
             result = &mut serve => result,
@@ -448,21 +419,4 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown,
         task,
     })
-}
-
-#[cfg(test)]
-mod cert_tests {
-    #[test]
-    fn the_serving_certificates_expiry_is_read_from_its_pem() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
-        let pem = params.self_signed(&key).unwrap().pem();
-        // 2031-05-17T00:00:00Z
-        assert_eq!(super::not_after(pem.as_bytes()), Some(1_936_742_400.0));
-        assert_eq!(super::not_after(b"not a certificate"), None);
-        let default = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        let far = default.self_signed(&key).unwrap().pem();
-        assert!(super::not_after(far.as_bytes()).is_some(), "{far}");
-    }
 }

@@ -34,6 +34,7 @@ pub const TOKENS_EXPIRED: &str = "tokend_tokens_expired_total";
 pub const LEAKS_REPORTED: &str = "tokend_leaked_secrets_reported_total";
 pub const SERVING: &str = "tokend_serving";
 pub const TLS_CERT_EXPIRY: &str = "tokend_tls_certificate_expiry_timestamp_seconds";
+pub const TLS_HANDSHAKE_FAILURES: &str = "tokend_tls_handshake_failures_total";
 
 /// Serves `/metrics` in Prometheus text format on `addr`. Once per process.
 pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
@@ -114,6 +115,12 @@ fn describe() {
         TLS_CERT_EXPIRY,
         "When the serving certificate (--tls-cert, the first in the file) \
          expires, in Unix seconds; absent without TLS"
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed, by reason (no_client_certificate, \
+         client_certificate_invalid/untrusted/expired, not_tls, incompatible, \
+         client_refused, timeout, closed, other)"
     );
     // Series without labels exist from the start, at zero: a rate() or an
     // alert sees the first increment, and a dashboard shows 0, not "no data".

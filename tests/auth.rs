@@ -519,34 +519,8 @@ async fn oversize_requests_are_refused_and_change_nothing() {
 
 mod tls {
     use super::*;
-    use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
+    use common::pki::{Pki, pki};
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-
-    struct Pki {
-        ca_pem: String,
-        server: (String, String),
-        client: (String, String),
-    }
-
-    fn pki() -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        Pki {
-            ca_pem: ca.pem(),
-            server: leaf(vec!["localhost".into()]),
-            client: leaf(vec!["client.example".into()]),
-        }
-    }
 
     async fn tls_server(p: &Pki, mtls: bool) -> (TestServer, tempfile::TempDir) {
         tokend::server::install_crypto_provider();

@@ -48,7 +48,10 @@ async fn the_node_grpc_js_client_resumes_its_stream_and_reads_error_reasons() {
         .expect("node (scripts/test.sh installs it, and examples/node's packages)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "node client failed\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "node client failed\n{stdout}\n{stderr}"
+    );
     for line in [
         "watcher saw DELETED",
         "resumed from revision",

@@ -17,6 +17,7 @@
 //! - [`api`]: gRPC clients and one helper per call the suite makes often.
 //! - [`server`]: [`TestServer`], tokend started in this process, restartable.
 //! - [`process`]: [`Process`], the `tokend` binary spawned as a child.
+//! - [`pki`]: a certificate authority and certificates made for one test.
 //! - [`backend`]: sled or the test etcd cluster, and [`sled_only`] tests.
 //! - [`etcd`]: etcd clusters of its own, for tests/replicas.rs.
 //! - [`workload`], [`checks`]: the crash suites' load, ledger and
@@ -33,6 +34,7 @@ pub mod api;
 pub mod backend;
 pub mod checks;
 pub mod etcd;
+pub mod pki;
 pub mod powerfs;
 pub mod process;
 pub mod server;
