@@ -1,7 +1,9 @@
-//! deploy/prometheus/: the alerting and recording rules pass `promtool
-//! check rules` and their own unit tests (`promtool test rules`, which feed
-//! series and expect each alert), and every tokend metric they name is one
-//! a running tokend exports, so no rule waits on a series that never comes.
+//! deploy/prometheus/ and deploy/grafana/: the alerting and recording rules
+//! pass `promtool check rules` and their own unit tests (`promtool test
+//! rules`, which feed series and expect each alert); the dashboard is
+//! importable JSON whose every query parses; and every tokend metric either
+//! names is one a running tokend exports, so no alert or panel waits on a
+//! series that never comes.
 
 mod common;
 
@@ -14,6 +16,10 @@ use common::*;
 const RULES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/deploy/prometheus/tokend-rules.yaml"
+);
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/grafana/tokend-dashboard.json"
 );
 const RULE_TESTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -70,6 +76,51 @@ fn rule_exprs() -> Vec<String> {
     exprs
 }
 
+/// Every panel query of the dashboard, with Grafana's variables as
+/// Prometheus would see them once Grafana filled them in.
+fn dashboard_exprs() -> Vec<String> {
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut ids = BTreeSet::new();
+    let mut exprs = Vec::new();
+    for panel in d["panels"].as_array().unwrap() {
+        assert!(
+            ids.insert(panel["id"].as_i64().unwrap()),
+            "panel ids are unique"
+        );
+        assert_eq!(
+            panel["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "importable: {panel}"
+        );
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            exprs.push(
+                expr.replace("$__rate_interval", "1m")
+                    .replace("\"$instance\"", "\".*\""),
+            );
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    exprs
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    // promtool checks a rule file's expressions: the panels' queries, as
+    // recording rules of a scratch file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in dashboard_exprs().iter().enumerate() {
+        rules += &format!(
+            "      - record: dashboard:panel_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        );
+    }
+    let file = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    assert!(promtool(&["check", "rules", file.to_str().unwrap()]).contains("SUCCESS"));
+}
+
 /// The series names in one `/metrics` scrape.
 fn exported(scrape: &str) -> BTreeSet<String> {
     scrape
@@ -93,7 +144,7 @@ fn tls_files(dir: &Path) -> (String, String) {
 }
 
 #[tokio::test]
-async fn every_tokend_metric_the_rules_name_is_exported_by_a_running_tokend() {
+async fn every_tokend_metric_the_rules_and_the_dashboard_name_is_exported_by_a_running_tokend() {
     if sled_only("the fsync and commit histograms are the embedded store's") {
         return;
     }
@@ -114,7 +165,7 @@ async fn every_tokend_metric_the_rules_name_is_exported_by_a_running_tokend() {
     let tls_dir = tempfile::tempdir().unwrap();
     let (cert, key) = tls_files(tls_dir.path());
     let tls_metrics = free_addr();
-    let _tls = spawn_tokend_with(
+    let tls = spawn_tokend_with(
         tls_dir.path(),
         &[
             "--metrics-addr",
@@ -127,10 +178,14 @@ async fn every_tokend_metric_the_rules_name_is_exported_by_a_running_tokend() {
         |_| {},
     )
     .await;
-    // The port may answer a moment before the TLS configuration is read.
+    // A plaintext client on the TLS port: a failed handshake.
+    let mut plain = std::net::TcpStream::connect(tls.addr).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let mut scraped = scrape(tls_metrics);
     for _ in 0..100 {
-        if scraped.contains("\ntokend_tls_certificate_expiry_timestamp_seconds ") {
+        if scraped.contains("\ntokend_tls_certificate_expiry_timestamp_seconds ")
+            && scraped.contains("\ntokend_tls_handshake_failures_total{")
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -144,11 +199,11 @@ async fn every_tokend_metric_the_rules_name_is_exported_by_a_running_tokend() {
         "the certificate's expiry, in Unix seconds: {expiry}\n{scraped}"
     );
 
-    let used = names_in(&rule_exprs().join("\n"));
+    let used = names_in(&[rule_exprs(), dashboard_exprs()].concat().join("\n"));
     assert!(used.len() >= 6, "{used:?}");
     let missing: Vec<_> = used.difference(&names).collect();
     assert!(
         missing.is_empty(),
-        "named by the rules, not exported: {missing:?}\nexported: {names:?}"
+        "named by the rules or the dashboard, not exported: {missing:?}\nexported: {names:?}"
     );
 }
