@@ -519,7 +519,7 @@ async fn oversize_requests_are_refused_and_change_nothing() {
 
 mod tls {
     use super::*;
-    use common::pki::{Pki, pki};
+    use common::pki::{Pki, list_over_tls, pki};
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
     async fn tls_server(p: &Pki, mtls: bool) -> (TestServer, tempfile::TempDir) {
@@ -540,20 +540,7 @@ mod tls {
     }
 
     async fn call(s: &TestServer, tls: ClientTlsConfig) -> Result<(), String> {
-        let url = format!("https://localhost:{}", s.addr.port());
-        let channel = tonic::transport::Channel::from_shared(url)
-            .unwrap()
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let mut c =
-            pb::token_service_client::TokenServiceClient::with_interceptor(channel, s.operator());
-        c.list_tokens(pb::ListTokensRequest::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("{e:?}"))
+        list_over_tls(s.addr.port(), tls, s.operator()).await
     }
 
     #[tokio::test]

@@ -10,25 +10,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::pki::{pki, stranger};
+use common::pki::{list_over_tls, pki, stranger};
 use common::*;
-use tokend::proto as pb;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
-async fn list_over(port: u16, tls: ClientTlsConfig, bearer: Bearer) -> Result<(), String> {
-    let channel = Channel::from_shared(format!("https://localhost:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    pb::token_service_client::TokenServiceClient::with_interceptor(channel, bearer)
-        .list_tokens(pb::ListTokensRequest::default())
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("{e:?}"))
-}
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[tokio::test]
 async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_per_burst() {
@@ -76,15 +60,19 @@ async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_p
     let good = trusting
         .clone()
         .identity(Identity::from_pem(&p.client.0, &p.client.1));
-    list_over(port, good, operator.clone()).await.unwrap();
+    list_over_tls(port, good, operator.clone()).await.unwrap();
     assert!(
-        list_over(port, trusting.clone(), operator.clone())
+        list_over_tls(port, trusting.clone(), operator.clone())
             .await
             .is_err()
     );
     let (sc, sk) = stranger();
     let untrusted = trusting.clone().identity(Identity::from_pem(&sc, &sk));
-    assert!(list_over(port, untrusted, operator.clone()).await.is_err());
+    assert!(
+        list_over_tls(port, untrusted, operator.clone())
+            .await
+            .is_err()
+    );
     // Plaintext HTTP/2 on the TLS port, twenty times in a burst.
     for _ in 0..20 {
         let mut c = std::net::TcpStream::connect(s.addr).unwrap();

@@ -32,11 +32,12 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             expires_in,
             expires_at,
         } => {
-            let expiration = match (expires_in, expires_at) {
-                (Some(d), _) => Some(Expiration::Ttl(duration(d))),
-                (None, Some(t)) => Some(Expiration::ExpireTime(t)),
-                (None, None) => None,
-            };
+            let expiration = expiration(
+                expires_in,
+                expires_at,
+                Expiration::Ttl,
+                Expiration::ExpireTime,
+            );
             let r = c
                 .create_token(pb::CreateTokenRequest {
                     account_id: account,
@@ -67,11 +68,12 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             expires_at,
         } => {
             use pb::roll_token_request::Expiration;
-            let expiration = match (expires_in, expires_at) {
-                (Some(d), _) => Some(Expiration::Ttl(duration(d))),
-                (None, Some(t)) => Some(Expiration::ExpireTime(t)),
-                (None, None) => None,
-            };
+            let expiration = expiration(
+                expires_in,
+                expires_at,
+                Expiration::Ttl,
+                Expiration::ExpireTime,
+            );
             let r = c
                 .roll_token(pb::RollTokenRequest {
                     id,
@@ -263,4 +265,19 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
         } => watch::run(&conn, out, account.unwrap_or_default(), from, r#type).await?,
     }
     Ok(())
+}
+
+/// A request's `expiration` oneof from `--expires-in` / `--expires-at`
+/// (clap lets at most one through), whichever request it is for.
+fn expiration<E>(
+    expires_in: Option<std::time::Duration>,
+    expires_at: Option<prost_types::Timestamp>,
+    ttl: fn(prost_types::Duration) -> E,
+    at: fn(prost_types::Timestamp) -> E,
+) -> Option<E> {
+    match (expires_in, expires_at) {
+        (Some(d), _) => Some(ttl(duration(d))),
+        (None, Some(t)) => Some(at(t)),
+        (None, None) => None,
+    }
 }

@@ -2,6 +2,9 @@
 //! `localhost` and a client certificate it signed, all PEM.
 
 use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
+use tokend::client::Bearer;
+use tokend::proto as pb;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 pub struct Pki {
     pub ca_pem: String,
@@ -38,4 +41,21 @@ pub fn stranger() -> (String, String) {
         .self_signed(&key)
         .unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+/// Lists tokens over TLS on `port` (as `localhost`), as `bearer`: the error
+/// as text when the handshake or the call fails.
+pub async fn list_over_tls(port: u16, tls: ClientTlsConfig, bearer: Bearer) -> Result<(), String> {
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    pb::token_service_client::TokenServiceClient::with_interceptor(channel, bearer)
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
 }
