@@ -51,17 +51,16 @@ pub fn duration_from(field: &'static str, d: &prost_types::Duration) -> Result<D
     out.ok_or_else(|| Error::invalid(field, "must be more than zero and at most 100 years"))
 }
 
-/// A new token's expiry from a request's `expiration` oneof, given as
-/// its two arms (neither: `None`).
-pub fn expiry(
-    at: Option<&prost_types::Timestamp>,
-    ttl: Option<&prost_types::Duration>,
-) -> Result<Option<Expiry>, Error> {
-    Ok(match (at, ttl) {
-        (Some(t), _) => Some(Expiry::At(time_from("expire_time", t)?)),
-        (None, Some(d)) => Some(Expiry::After(duration_from("ttl", d)?)),
-        (None, None) => None,
-    })
+/// A new token's expiry from the `expire_time` arm of a request's
+/// `expiration` oneof.
+pub fn expire_at(t: &prost_types::Timestamp) -> Result<Expiry, Error> {
+    Ok(Expiry::At(time_from("expire_time", t)?))
+}
+
+/// A new token's expiry from the `ttl` arm of a request's `expiration`
+/// oneof.
+pub fn expire_after(d: &prost_types::Duration) -> Result<Expiry, Error> {
+    Ok(Expiry::After(duration_from("ttl", d)?))
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {

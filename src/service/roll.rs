@@ -38,8 +38,8 @@ impl Service {
         };
         let expiry = match &r.expiration {
             None => None,
-            Some(Expiration::ExpireTime(t)) => convert::expiry(Some(t), None)?,
-            Some(Expiration::Ttl(d)) => convert::expiry(None, Some(d))?,
+            Some(Expiration::ExpireTime(t)) => Some(convert::expire_at(t)?),
+            Some(Expiration::Ttl(d)) => Some(convert::expire_after(d)?),
         };
         let cmd = Command::RollToken(Roll {
             id,

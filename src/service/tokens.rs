@@ -164,8 +164,8 @@ impl TokenService for Service {
             modules,
             expiry: match &r.expiration {
                 None => None,
-                Some(Expiration::ExpireTime(t)) => convert::expiry(Some(t), None)?,
-                Some(Expiration::Ttl(d)) => convert::expiry(None, Some(d))?,
+                Some(Expiration::ExpireTime(t)) => Some(convert::expire_at(t)?),
+                Some(Expiration::Ttl(d)) => Some(convert::expire_after(d)?),
             },
             preset: None,
         };

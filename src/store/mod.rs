@@ -31,7 +31,7 @@ use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, Event, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::Secret;
-use crate::state::{Change, State};
+use crate::state::State;
 
 /// The answer to a committed (or no-op) command.
 #[derive(Debug)]
@@ -59,9 +59,14 @@ impl Applied {
         }
     }
 
-    /// A plan's changes committed, the last of them at `revision`.
-    pub fn committed(revision: Revision, changes: &[Change], secret: Option<Secret>) -> Self {
-        let mut subjects = changes.iter().map(|c| c.subject.clone());
+    /// A plan's changes committed, the last of them at `revision`: their
+    /// records, in order.
+    pub fn committed(
+        revision: Revision,
+        subjects: impl IntoIterator<Item = Subject>,
+        secret: Option<Secret>,
+    ) -> Self {
+        let mut subjects = subjects.into_iter();
         Applied {
             revision,
             subject: subjects.next(),

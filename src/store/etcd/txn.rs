@@ -66,7 +66,11 @@ impl Inner {
             self.caught_up(rev).await?;
             // ...and so must every other replica, before anyone is told.
             self.everyone_applied(rev).await;
-            return Ok(Applied::committed(rev, &changes, secret));
+            return Ok(Applied::committed(
+                rev,
+                changes.into_iter().map(|c| c.subject),
+                secret,
+            ));
         }
         Err(Error::Unavailable {
             reason: reason::STORE_UNAVAILABLE,

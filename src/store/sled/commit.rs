@@ -142,14 +142,15 @@ impl Writer {
                         Err(e) => Err(e),
                         Ok(Plan::Unchanged(subject)) => Ok(Applied::unchanged(subject)),
                         Ok(Plan::Change(planned, secret)) => {
-                            let first = work.revision() + 1;
-                            for (i, change) in planned.iter().enumerate() {
-                                let revision = first + i as Revision;
-                                work.apply(change, revision);
+                            let mut subjects = Vec::with_capacity(planned.len());
+                            for change in planned {
+                                let revision = work.revision() + 1;
+                                work.apply(&change, revision);
                                 events.push(Arc::new(change.event(revision, now, actor.clone())));
-                                changes.push(with_kept_secret(change.clone(), &work));
+                                subjects.push(change.subject.clone());
+                                changes.push(with_kept_secret(change, &work));
                             }
-                            Ok(Applied::committed(work.revision(), &planned, secret))
+                            Ok(Applied::committed(work.revision(), subjects, secret))
                         }
                     };
                     owed.push((reply, answer));
