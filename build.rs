@@ -17,7 +17,9 @@ const ENVOY_AUTHZ: &str = "proto/vendor/envoy/service/auth/v3/external_auth.prot
 
 const SECRET_BEARING: &[&str] = &[
     "apitokens.v1.CreateTokenResponse",
+    "apitokens.v1.RollTokenResponse",
     "apitokens.v1.VerifyTokenRequest",
+    "apitokens.v1.LeakedSecret",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -26,6 +26,27 @@ impl std::fmt::Debug for CreateTokenResponse {
     }
 }
 
+impl std::fmt::Debug for RollTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollTokenResponse")
+            .field("token", &self.token)
+            .field("secret", &"<redacted>")
+            .field("replaced", &self.replaced)
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LeakedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeakedSecret")
+            .field("secret", &"<redacted>")
+            .field("url", &self.url)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for VerifyTokenRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerifyTokenRequest")
@@ -46,7 +67,24 @@ mod tests {
         let v = super::VerifyTokenRequest {
             secret: secret.into(),
         };
-        for shown in [format!("{r:?}"), format!("{v:?}")] {
+        let roll = super::RollTokenResponse {
+            secret: secret.into(),
+            ..Default::default()
+        };
+        let leak = super::LeakedSecret {
+            secret: secret.into(),
+            ..Default::default()
+        };
+        let report = super::ReportLeakedSecretsRequest {
+            secrets: vec![leak.clone()],
+        };
+        for shown in [
+            format!("{r:?}"),
+            format!("{v:?}"),
+            format!("{roll:?}"),
+            format!("{leak:?}"),
+            format!("{report:?}"),
+        ] {
             assert!(!shown.contains("abcdefghij"), "{shown}");
         }
     }
