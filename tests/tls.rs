@@ -73,6 +73,9 @@ async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_p
             .await
             .is_err()
     );
+    // A bare TCP connect that closes without a byte (a load balancer's or
+    // kubelet's TCP probe).
+    drop(std::net::TcpStream::connect(s.addr).unwrap());
     // Plaintext HTTP/2 on the TLS port, twenty times in a burst.
     for _ in 0..20 {
         let mut c = std::net::TcpStream::connect(s.addr).unwrap();
@@ -118,7 +121,7 @@ async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_p
             said[0]
         );
     }
-    // The readiness probe's bare TCP connect is counted, not logged.
+    // The bare TCP connect is counted, not logged.
     assert!(sample(&scraped, &series("closed")) >= 1.0, "{scraped}");
     assert_eq!(rejected.len(), reasons.len(), "{text}");
     assert!(

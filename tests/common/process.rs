@@ -104,12 +104,38 @@ pub async fn launch(
             return None;
         }
         let ready = !own_credential || dir.join("operator.token").exists();
-        if ready && tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if ready && listens_on(process.child.id(), addr) {
             return Some(process);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("tokend did not start serving on {addr} within 15 s");
+}
+
+/// Whether process `pid` holds the listening socket on `addr`. Asking the
+/// port alone is not enough: when two tests were handed the same port, the
+/// other test's server answers while this one is still on its way to exiting
+/// with "address in use", and the test would then talk to a stranger.
+fn listens_on(pid: u32, addr: std::net::SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let port = format!(":{:04X}", addr.port());
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1].ends_with(&port) && f[3] == LISTEN)
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
+    })
 }
 
 impl Process {
