@@ -25,6 +25,11 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "TOKEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Export OpenTelemetry traces to this OTLP/gRPC collector (e.g.
+    /// http://localhost:4317); off when unset. `OTEL_SERVICE_NAME`,
+    /// `OTEL_TRACES_SAMPLER[_ARG]` and `OTEL_BSP_*` apply as usual.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -589,18 +594,5 @@ impl ServeArgs {
             },
             ..Config::new(self.listen, self.data_dir.clone())
         }
-    }
-}
-
-/// Logs go to stderr; `RUST_LOG` refines the level (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

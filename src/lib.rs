@@ -11,7 +11,7 @@
 //! - [`leaks`]: revokes secrets a scanner reports (gRPC, and GitHub's
 //!   secret-scanning partner protocol on a port of its own).
 //! - [`domain`], [`secret`], [`error`], [`query`]: the plain types and rules.
-//! - [`server`], [`listener`], [`tls`], [`telemetry`], [`cli`] and [`console`]: the `tokend` binary around all of it
+//! - [`server`], [`listener`], [`tls`], [`telemetry`], [`traces`], [`cli`] and [`console`]: the `tokend` binary around all of it
 //!   ([`listener`]: the port's defences against connection floods; [`tls`]:
 //!   handshakes, and why one failed).
 //! - [`client`]: for other Rust programs, [`client::TokenCache`], a verifier
@@ -39,5 +39,6 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 pub mod watch;
 pub mod web;

@@ -3,8 +3,11 @@
 //! `serve` exits 0 on a clean stop, 1 with a one-line reason otherwise).
 
 use clap::Parser;
-use tokend::cli::{Cli, Command, init_logging};
+use tracing::Instrument;
+
+use tokend::cli::{Cli, Command, LogFormat};
 use tokend::console;
+use tokend::traces::{self, Otlp};
 
 /// mimalloc rather than glibc's malloc: see Cargo.toml.
 #[global_allocator]
@@ -13,7 +16,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let (service, cli_span) = match &cli.command {
+        Command::Serve(_) => ("tokend", "tokend serve"),
+        Command::Accounts { .. } => ("tokend-cli", "tokend accounts"),
+        Command::Tokens { .. } => ("tokend-cli", "tokend tokens"),
+        Command::Snapshot { .. } => ("tokend-cli", "tokend snapshot"),
+    };
+    let otlp = cli.otlp_endpoint.as_deref().map(|endpoint| Otlp {
+        endpoint,
+        default_service: service,
+    });
+    let tracing = match traces::init(cli.log_format == LogFormat::Json, otlp) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("tokend: {e}");
+            std::process::exit(2);
+        }
+    };
     // Test builds only: crash points named in $FAILPOINTS (tests/crash.rs).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
@@ -25,10 +44,30 @@ async fn main() {
                 1
             }
         },
-        Command::Accounts { client, command } => console::run_accounts(client, command).await,
-        Command::Tokens { client, command } => console::run_tokens(client, command).await,
+        // A client command is one trace: its calls carry the context
+        // (`client::Bearer`), so tokend's spans are its children.
+        Command::Accounts { client, command } => {
+            console::run_accounts(client, command)
+                .instrument(tracing::info_span!(
+                    "cli",
+                    otel.name = cli_span,
+                    otel.kind = "client"
+                ))
+                .await
+        }
+        Command::Tokens { client, command } => {
+            console::run_tokens(client, command)
+                .instrument(tracing::info_span!(
+                    "cli",
+                    otel.name = cli_span,
+                    otel.kind = "client"
+                ))
+                .await
+        }
         Command::Snapshot { command } => console::run_snapshot(command).await,
     };
+    // `exit` runs no destructors: flush the spans not yet exported first.
+    drop(tracing);
     std::process::exit(code);
 }
 

@@ -322,7 +322,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .layer(Edge::new(&config.web))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(RpcLog)
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .trace_fn(crate::traces::rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -193,6 +193,7 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .unwrap_or(0);
             let code = tonic::Code::from_i32(code);
+            crate::traces::record_status(code);
             let by = caller.0.get().map(TokenId::as_str).unwrap_or("-");
             let micros = elapsed.as_micros() as u64;
             if method.starts_with("/grpc.") {

@@ -1,7 +1,8 @@
 //! Client side: what another Rust program (and the `tokend` CLI) needs to
 //! talk to tokend.
 //!
-//! - [`Bearer`]: the credential interceptor every call sends.
+//! - [`Bearer`]: the credential interceptor every call sends (with the
+//!   caller's trace context, see [`crate::traces::inject`]).
 //! - [`watch`]: [`watch::Follow`], the one resumable `WatchTokens` client:
 //!   after a dropped connection it resumes from the revision after the last
 //!   one heard, and lists again when that revision was compacted away. Both
@@ -37,8 +38,9 @@ use crate::proto::token_service_client::TokenServiceClient;
 /// A `TokenService` client that sends a [`Bearer`] credential.
 pub type TokenClient = TokenServiceClient<InterceptedService<Channel, Bearer>>;
 
-/// Sends `authorization: Bearer <secret>` on every call. Its Debug output
-/// never shows the secret.
+/// Sends `authorization: Bearer <secret>` on every call, and the current
+/// span's trace context so that tokend's spans join the caller's trace. Its
+/// Debug output never shows the secret.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
@@ -67,6 +69,7 @@ impl tonic::service::Interceptor for Bearer {
         if let Some(v) = &self.0 {
             r.metadata_mut().insert("authorization", v.clone());
         }
+        crate::traces::inject(r.metadata_mut());
         Ok(r)
     }
 }

@@ -89,6 +89,8 @@ enum Job {
         cmd: Box<Command>,
         actor: Actor,
         reply: oneshot::Sender<Result<Applied, Error>>,
+        /// The caller's commit span: the batch's fsync span joins its trace.
+        span: tracing::Span,
     },
     PersistAccess,
     Close(oneshot::Sender<()>),
@@ -290,6 +292,7 @@ fn sync_names(data_dir: &std::path::Path, created: bool) -> std::io::Result<()> 
 
 #[async_trait::async_trait]
 impl Store for SledStore {
+    #[tracing::instrument(name = "store.commit", level = "debug", skip_all, fields(revision))]
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         let (reply, answer) = oneshot::channel();
         self.jobs
@@ -297,10 +300,13 @@ impl Store for SledStore {
                 cmd: Box::new(cmd),
                 actor,
                 reply,
+                span: tracing::Span::current(),
             })
             .await
             .map_err(|_| Error::shutting_down())?;
-        answer.await.map_err(|_| Error::shutting_down())?
+        let applied = answer.await.map_err(|_| Error::shutting_down())??;
+        tracing::Span::current().record("revision", applied.revision);
+        Ok(applied)
     }
 
     fn state(&self) -> Arc<State> {

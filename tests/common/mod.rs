@@ -18,6 +18,7 @@
 //! - [`server`]: [`TestServer`], tokend started in this process, restartable.
 //! - [`process`]: [`Process`], the `tokend` binary spawned as a child.
 //! - [`pki`]: a certificate authority and certificates made for one test.
+//! - [`otlp`]: an OTLP trace receiver, for tests/traces.rs.
 //! - [`backend`]: sled or the test etcd cluster, and [`sled_only`] tests.
 //! - [`etcd`]: etcd clusters of its own, for tests/replicas.rs.
 //! - [`workload`], [`checks`]: the crash suites' load, ledger and
@@ -34,6 +35,7 @@ pub mod api;
 pub mod backend;
 pub mod checks;
 pub mod etcd;
+pub mod otlp;
 pub mod pki;
 pub mod powerfs;
 pub mod process;

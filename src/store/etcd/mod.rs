@@ -282,8 +282,11 @@ async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
+    #[tracing::instrument(name = "store.commit", level = "debug", skip_all, fields(revision))]
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
-        self.inner.apply(cmd, actor).await
+        let applied = self.inner.apply(cmd, actor).await?;
+        tracing::Span::current().record("revision", applied.revision);
+        Ok(applied)
     }
 
     /// Planned on a state caught up with the whole cluster, as `apply`

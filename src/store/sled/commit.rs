@@ -127,6 +127,7 @@ impl Writer {
         let mut changes: Vec<Change> = Vec::new();
         let mut events: Vec<Arc<Event>> = Vec::new();
         let mut owed: Vec<Owed> = Vec::with_capacity(jobs.len());
+        let mut committing: Vec<tracing::Span> = Vec::new();
         let mut persist_access = false;
         let mut close = None;
         let poisoned = inner.poisoned.load(Ordering::Acquire);
@@ -137,7 +138,12 @@ impl Writer {
                     let e = inner.refusal("committing");
                     owed.push((reply, Err(e)));
                 }
-                Job::Apply { cmd, actor, reply } => {
+                Job::Apply {
+                    cmd,
+                    actor,
+                    reply,
+                    span,
+                } => {
                     let answer = match command::plan(&work, &cmd, &Ctx { now, actor: &actor }) {
                         Err(e) => Err(e),
                         Ok(Plan::Unchanged(subject)) => Ok(Applied::unchanged(subject)),
@@ -150,6 +156,7 @@ impl Writer {
                                 subjects.push(change.subject.clone());
                                 changes.push(with_kept_secret(change, &work));
                             }
+                            committing.push(span);
                             Ok(Applied::committed(work.revision(), subjects, secret))
                         }
                     };
@@ -180,7 +187,10 @@ impl Writer {
         // durable under a revision counter that no longer matches.
         if !poisoned && (!changes.is_empty() || !access.is_empty()) {
             let started = Instant::now();
-            match self.persist(&changes, &events, &access, work.revision()) {
+            let span = crate::traces::batch_span(&committing, changes.len());
+            let persisted =
+                span.in_scope(|| self.persist(&changes, &events, &access, work.revision()));
+            match persisted {
                 Ok(()) => {
                     tracing::debug!(
                         changes = changes.len(),

@@ -1,0 +1,242 @@
+//! Traces: the process's `tracing` subscriber, and OpenTelemetry spans
+//! exported over OTLP.
+//!
+//! Owns setting up where log lines and spans go (log lines to stderr, spans
+//! to an OTLP/gRPC collector when an endpoint is configured), the trace
+//! context that crosses the wire in both directions (W3C `traceparent` /
+//! `tracestate`, and B3, which Envoy and Istio send by default), and the
+//! span every RPC runs in. Off by default: without an endpoint no exporter
+//! is built, nothing connects anywhere, incoming trace headers are not even
+//! read, and an RPC's span is the plain log span it always was.
+//!
+//! Spans carry the method, gRPC status codes, revisions and batch sizes.
+//! This module must never put a header value, a message body, or anything
+//! else that could hold a secret into a span or a log line.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::field::{Empty, display};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::error::Error;
+
+/// Whether spans are exported: set once, by [`init`].
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Where traces go: an OTLP/gRPC collector, and the service name they are
+/// filed under (`OTEL_SERVICE_NAME` wins over `default_service`).
+pub struct Otlp<'a> {
+    pub endpoint: &'a str,
+    pub default_service: &'a str,
+}
+
+/// The installed subscriber. Dropping it flushes the spans not yet
+/// exported: keep it until the process is about to exit.
+#[must_use = "dropping it shuts the exporter down"]
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        // The export runs on the runtime (the exporter's channel lives
+        // there): a worker that blocked on it in place could be the one the
+        // channel needs, and the flush would time out instead.
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let flushed = if multi_threaded {
+            tokio::task::block_in_place(|| provider.shutdown())
+        } else {
+            provider.shutdown()
+        };
+        if let Err(e) = flushed {
+            eprintln!("tokend: flushing traces: {e}");
+        }
+    }
+}
+
+/// Installs the process's subscriber: log lines to stderr (`RUST_LOG`
+/// refines the level, default `info`; JSON lines with `json`), and, with
+/// `otlp`, tokend's spans to that collector. Sampling and batching follow
+/// the standard `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` and
+/// `OTEL_BSP_*` variables (default: every trace the caller sampled, and
+/// every trace that starts here). Call once, inside the tokio runtime (the
+/// exporter's channel lives on it).
+pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
+        logs.json().with_filter(filter).boxed()
+    } else {
+        logs.with_filter(filter).boxed()
+    }];
+    let provider = otlp.map(exporter).transpose()?;
+    if let Some(provider) = &provider {
+        // tokend's own spans, down to the commit and fsync ones (debug),
+        // whatever RUST_LOG says about log lines.
+        let spans = Targets::new()
+            .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::DEBUG)
+            .with_default(LevelFilter::OFF);
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(env!("CARGO_CRATE_NAME")))
+                .with_filter(spans)
+                .boxed(),
+        );
+        opentelemetry::global::set_text_map_propagator(propagator());
+        EXPORTING.store(true, Ordering::Release);
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| Error::Internal(format!("installing the log subscriber: {e}")))?;
+    Ok(Tracing { provider })
+}
+
+fn exporter(otlp: Otlp<'_>) -> Result<SdkTracerProvider, Error> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(otlp.endpoint)
+        .build()
+        .map_err(|e| Error::invalid("otlp-endpoint", format!("{}: {e}", otlp.endpoint)))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(otlp.default_service.to_string());
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// W3C trace context and B3 (single `b3` header or `X-B3-*`), in and out.
+fn propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(opentelemetry_propagator_b3::Propagator::new()),
+    ])
+}
+
+fn exporting() -> bool {
+    EXPORTING.load(Ordering::Acquire)
+}
+
+/// The span an RPC runs in (tonic's `trace_fn`). Exporting, it follows the
+/// OpenTelemetry conventions for gRPC servers, continues the caller's trace
+/// from its headers, and names its trace and span ids as fields, so every
+/// log line of the call carries them. Not exporting, it only names the
+/// method for log lines.
+pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    if !exporting() {
+        return tracing::info_span!("rpc", method = %path);
+    }
+    let name = path.trim_start_matches('/');
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    let span = tracing::info_span!(
+        "rpc",
+        method = %path,
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    let caller =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(request.headers())));
+    let _ = span.set_parent(caller);
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", display(ids.trace_id()));
+        span.record("span_id", display(ids.span_id()));
+    }
+    span
+}
+
+/// Notes an RPC's gRPC status on its span (`rpc.grpc.status_code`), and
+/// marks the span failed for the codes that mean the server failed (the
+/// OpenTelemetry convention for servers: a refused request is not an error
+/// of the server's). Does nothing when not exporting.
+pub fn record_status(code: tonic::Code) {
+    if !exporting() {
+        return;
+    }
+    let span = tracing::Span::current();
+    span.record("rpc.grpc.status_code", code as i64);
+    use tonic::Code::*;
+    if matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    ) {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// The span of one durable batch (the log's append and `fdatasync`): a
+/// child of the commit span of the first command in it, linked from the
+/// others', so that every trace whose commit shared the sync shows it.
+pub fn batch_span(committing: &[tracing::Span], changes: usize) -> tracing::Span {
+    let span = tracing::debug_span!(
+        parent: committing.first().and_then(tracing::Span::id),
+        "store.fsync",
+        changes
+    );
+    if !span.is_disabled() {
+        for other in committing.iter().skip(1) {
+            span.follows_from(other);
+        }
+    }
+    span
+}
+
+/// Adds the current span's trace context to an outgoing call's metadata,
+/// so the server's spans continue the caller's trace. Nothing without an
+/// exporter and a propagator (the default propagator writes nothing).
+pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut Metadata(metadata))
+    });
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct Metadata<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
