@@ -5,7 +5,7 @@
 #                                 minutes (about 6 on a 2-core machine)
 #   scripts/bench.sh --only deletes,fan-out
 #                                 those scenarios only (fan-out, deletes, lookups,
-#                                 catch-up, mesh, floors); the report goes to a
+#                                 catch-up, mesh, floors, tracing); the report goes to a
 #                                 temp file, BENCHMARKS.md stays as it is
 #   scripts/bench.sh --profile-base REV
 #                                 the full run, then where a delete's CPU goes
@@ -58,7 +58,7 @@ case "${1:-}" in
     profile="$(scripts/profile.sh 32 --base "$base")"
     {
       echo
-      echo "## 9. Where a delete's CPU goes"
+      echo "## 10. Where a delete's CPU goes"
       echo
       echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. Reproduce with \`scripts/profile.sh 32 --base $base\`. A base from before the write-ahead log (before 00d4bcf) had sled's own flush as the commit: there its fsync counts under *sled*, and the old writer's waiting under *other*."
       echo

@@ -22,7 +22,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::field::{Empty, display};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -85,13 +85,26 @@ pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
     let provider = otlp.map(exporter).transpose()?;
     if let Some(provider) = &provider {
         // tokend's own spans, down to the commit and fsync ones (debug),
-        // whatever RUST_LOG says about log lines.
+        // whatever RUST_LOG says about log lines. Spans only: log lines
+        // stay log lines (they carry the trace instead), not span events
+        // that every call would pay to build.
         let spans = Targets::new()
             .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::DEBUG)
             .with_default(LevelFilter::OFF);
+        let spans = filter_fn(move |meta| {
+            meta.is_span() && spans.would_enable(meta.target(), meta.level())
+        });
+        // Spans carry what they are about, and nothing tracing knows on
+        // the side (source location, thread, module, busy and idle times):
+        // each of those costs every call, sampled or not, for little.
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(env!("CARGO_CRATE_NAME")))
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_tracked_inactivity(false)
+                .with_context_activation(false)
                 .with_filter(spans)
                 .boxed(),
         );
@@ -144,17 +157,11 @@ pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
         return tracing::info_span!("rpc", method = %path);
     }
     let name = path.trim_start_matches('/');
-    let (service, method) = name.split_once('/').unwrap_or((name, ""));
     let span = tracing::info_span!(
         "rpc",
         method = %path,
         otel.name = name,
         otel.kind = "server",
-        otel.status_code = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = Empty,
         trace_id = Empty,
         span_id = Empty,
     );
@@ -166,6 +173,14 @@ pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     if ids.is_valid() {
         span.record("trace_id", display(ids.trace_id()));
         span.record("span_id", display(ids.span_id()));
+    }
+    // Attributes only on spans that will be exported: the sampler has
+    // decided by now, and an unsampled call should cost next to nothing.
+    if ids.is_sampled() {
+        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        span.set_attribute("rpc.system", "grpc");
+        span.set_attribute("rpc.service", service.to_string());
+        span.set_attribute("rpc.method", method.to_string());
     }
     span
 }
@@ -179,13 +194,13 @@ pub fn record_status(code: tonic::Code) {
         return;
     }
     let span = tracing::Span::current();
-    span.record("rpc.grpc.status_code", code as i64);
+    span.set_attribute("rpc.grpc.status_code", code as i64);
     use tonic::Code::*;
     if matches!(
         code,
         Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
     ) {
-        span.record("otel.status_code", "error");
+        span.set_status(opentelemetry::trace::Status::error(format!("{code:?}")));
     }
 }
 

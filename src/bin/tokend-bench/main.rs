@@ -12,6 +12,7 @@
 
 mod floor;
 mod mesh;
+mod otlp;
 mod peers;
 mod profile;
 mod report;
@@ -36,7 +37,7 @@ struct Args {
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: std::path::PathBuf,
     /// Run only these scenarios (e.g. to profile one): fan-out, deletes,
-    /// lookups, catch-up, mesh, floors.
+    /// lookups, catch-up, mesh, floors, tracing.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Internal: be the TokenCache process of the mesh scenario, following
@@ -74,6 +75,8 @@ struct Sizes {
     cache_pace: Duration,
     catch_up: i64,
     floor_time: Duration,
+    /// Tokens seeded for the tracing scenario's verifies.
+    traced_items: usize,
 }
 
 impl Sizes {
@@ -96,6 +99,7 @@ impl Sizes {
             cache_pace: Duration::from_millis(20),
             catch_up: 100_000,
             floor_time: Duration::from_secs(2),
+            traced_items: 20_000,
         }
     }
 
@@ -111,6 +115,7 @@ impl Sizes {
             cache_pace: Duration::from_millis(20),
             catch_up: 400,
             floor_time: Duration::from_millis(200),
+            traced_items: 200,
         }
     }
 }
@@ -194,6 +199,11 @@ async fn main() {
         report.leak_refusal(items.len(), cache, check);
     }
 
+    if args.runs("tracing") {
+        eprintln!("9. tracing overhead: 32 clients, off / 100% / 1% sampled");
+        report.tracing(tracing_overhead(root.path(), &sizes).await);
+    }
+
     if !(args.runs("lookups") || args.runs("catch-up") || args.runs("mesh")) {
         return finish(&args, &report);
     }
@@ -229,6 +239,47 @@ async fn main() {
         report.catch_up(sizes.catch_up, t, e);
     }
     finish(&args, &report);
+}
+
+/// Verifies and deletes at 32 clients on three tokends with the same seed:
+/// tracing off, and exporting to an OTLP receiver in this process sampled
+/// at 100% and at 1%. Three rounds in rotated order (each configuration
+/// runs first once, and after each of the others once: the 100% one's
+/// last export batches land on whichever runs next), so that the machine's
+/// drift falls on every configuration alike.
+async fn tracing_overhead(root: &std::path::Path, sizes: &Sizes) -> report::Tracing {
+    let sink = otlp::Sink::start().await;
+    let endpoint = sink.endpoint();
+    let configs = [
+        ("off", None),
+        ("on, 100% sampled", Some((endpoint.as_str(), 1.0))),
+        ("on, 1% sampled", Some((endpoint.as_str(), 0.01))),
+    ];
+    let mut peers = Vec::new();
+    for (i, &(label, otlp)) in configs.iter().enumerate() {
+        let peer = Arc::new(Tokend::start_traced(root, &format!("tokend-traced-{i}"), otlp).await);
+        let items = Arc::new(scenarios::seed(&peer, sizes.traced_items, 64).await);
+        peers.push((label, peer, items));
+    }
+    let mut runs: Vec<report::TracedRun> = Vec::new();
+    for round in 0..peers.len() {
+        for i in (0..peers.len()).map(|i| (i + round) % peers.len()) {
+            let (label, peer, items) = &peers[i];
+            let verifies = scenarios::lookups(peer, items, 32, sizes.lookup_time).await;
+            let deletes = scenarios::deletes(peer, 32, sizes.deletes_per_run).await;
+            runs.push(report::TracedRun {
+                label,
+                verifies,
+                deletes,
+            });
+        }
+    }
+    // Give the last batches of spans time to arrive (5 s batching).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    report::Tracing {
+        runs,
+        spans: sink.spans(),
+    }
 }
 
 fn finish(args: &Args, report: &Report) {

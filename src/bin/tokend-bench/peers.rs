@@ -152,17 +152,35 @@ pub struct Tokend {
 impl Tokend {
     /// Starts the `tokend` binary that sits beside this one, on sled.
     pub async fn start(root: &Path) -> Tokend {
-        Tokend::start_with(root.join("tokend"), &[]).await
+        Tokend::start_with(root.join("tokend"), &[], &[]).await
     }
 
     /// Starts tokend with its records on `etcd` (the etcd backend), as one
     /// replica would run: the cost of going distributed.
     pub async fn start_on_etcd(root: &Path, etcd: &Etcd) -> Tokend {
         let store = format!("etcd://{}/tokend-bench", etcd.client_addr);
-        Tokend::start_with(root.join("tokend-etcd"), &["--store", &store]).await
+        Tokend::start_with(root.join("tokend-etcd"), &["--store", &store], &[]).await
     }
 
-    async fn start_with(data_dir: PathBuf, extra: &[&str]) -> Tokend {
+    /// Starts tokend on sled in `root/name`, exporting traces to `otlp`
+    /// sampled at `ratio` (the standard `OTEL_TRACES_SAMPLER` variables),
+    /// or with tracing off when `None`.
+    pub async fn start_traced(root: &Path, name: &str, otlp: Option<(&str, f64)>) -> Tokend {
+        let data_dir = root.join(name);
+        match otlp {
+            None => Tokend::start_with(data_dir, &[], &[]).await,
+            Some((endpoint, ratio)) => {
+                let ratio = ratio.to_string();
+                let env = [
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", &ratio),
+                ];
+                Tokend::start_with(data_dir, &["--otlp-endpoint", endpoint], &env).await
+            }
+        }
+    }
+
+    async fn start_with(data_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Tokend {
         let bin = std::env::current_exe().unwrap().with_file_name("tokend");
         let (addr, metrics) = (free_addr(), free_addr());
         let mut child = Command::new(&bin)
@@ -178,6 +196,7 @@ impl Tokend {
             // One log line per call is tokend's default; like etcd's, it is
             // turned down to warnings for the benchmark.
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e} (build it with --release)", bin.display()));

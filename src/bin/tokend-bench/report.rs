@@ -6,8 +6,22 @@ use std::fmt::Write;
 
 use crate::scenarios::{FanOut, Latency, Throughput};
 
+/// One configuration's run in the tracing scenario.
+pub struct TracedRun {
+    pub label: &'static str,
+    pub verifies: Throughput,
+    pub deletes: Throughput,
+}
+
+/// The tracing scenario: every run, and the spans the receiver got.
+pub struct Tracing {
+    pub runs: Vec<TracedRun>,
+    pub spans: u64,
+}
+
 pub struct Report {
     smoke: bool,
+    tracing: String,
     etcd_version: String,
     floors: String,
     fan_out: Vec<String>,
@@ -49,6 +63,7 @@ impl Report {
     pub fn new(smoke: bool, etcd_version: String) -> Report {
         Report {
             smoke,
+            tracing: String::new(),
             etcd_version,
             floors: String::new(),
             fan_out: Vec::new(),
@@ -292,6 +307,51 @@ impl Report {
         ));
     }
 
+    /// Tracing's cost: each configuration's mean over its runs, and the
+    /// ratio to tracing off.
+    pub fn tracing(&mut self, t: Tracing) {
+        let mut labels: Vec<&str> = Vec::new();
+        for run in &t.runs {
+            if !labels.contains(&run.label) {
+                labels.push(run.label);
+            }
+        }
+        let mean = |label: &str, f: &dyn Fn(&TracedRun) -> f64| {
+            let of: Vec<f64> = t.runs.iter().filter(|r| r.label == label).map(f).collect();
+            of.iter().sum::<f64>() / of.len().max(1) as f64
+        };
+        let verifies = |label: &str| mean(label, &|r| r.verifies.per_second);
+        let deletes = |label: &str| mean(label, &|r| r.deletes.per_second);
+        let off = labels.first().copied().unwrap_or("off");
+        let mut rows = String::new();
+        for label in &labels {
+            let _ = writeln!(
+                rows,
+                "| {label} | {:.0} | **{:.2}** | {:.0} | {:.0} | **{:.2}** | {:.0} |",
+                verifies(label),
+                ratio(verifies(label), verifies(off)),
+                mean(label, &|r| r.verifies.cpu_us),
+                deletes(label),
+                ratio(deletes(label), deletes(off)),
+                mean(label, &|r| r.deletes.cpu_us),
+            );
+        }
+        self.tracing = format!(
+            "\n## 9. Tracing overhead (tokend only)\n\n\
+             tokend exporting OpenTelemetry spans (`--otlp-endpoint`) to an OTLP receiver in \
+             the load tool's process, as to a collector on the same node (its CPU is on the \
+             same cores), sampled with `OTEL_TRACES_SAMPLER=parentbased_traceidratio` at 100% \
+             and at 1% of calls, against tracing off: verifies and deletes from 32 clients, \
+             each configuration its own tokend with the same seed, every run three times in \
+             rotated order; figures are the mean of the three. A sampled delete is \
+             three spans (the RPC, its commit, and its batch's fsync, shared); a verify is \
+             one. The receiver got {} spans in all. CPU is the server's, µs per call.\n\n\
+             | tracing | verifies/s | ÷ off | CPU µs | deletes/s | ÷ off | CPU µs |\n\
+             |---|---|---|---|---|---|---|\n{rows}",
+            t.spans
+        );
+    }
+
     pub fn catch_up(&mut self, behind: i64, t: std::time::Duration, e: std::time::Duration) {
         self.catch_up = format!(
             "| {behind} | {:.0} ms | {:.0} ms | **{:.2}** |",
@@ -456,6 +516,7 @@ impl Report {
         if let Some(budget) = self.cpu_budget() {
             let _ = writeln!(w, "\n{budget}");
         }
+        let _ = write!(w, "{}", self.tracing);
         s
     }
 
