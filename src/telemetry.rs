@@ -22,6 +22,7 @@ pub const RPC_DURATION: &str = "tokend_rpc_duration_seconds";
 pub const WATCH_STREAMS_OPEN: &str = "tokend_watch_streams_open";
 pub const EVENTS_PUBLISHED: &str = "tokend_events_published_total";
 pub const WATCH_CATCHUPS: &str = "tokend_watch_catchups_total";
+pub const WATCH_DELIVERY: &str = "tokend_watch_delivery_seconds";
 pub const FSYNC_DURATION: &str = "tokend_fsync_duration_seconds";
 pub const COMMIT_BATCH_SIZE: &str = "tokend_commit_batch_size";
 pub const CHECKPOINT_DURATION: &str = "tokend_checkpoint_duration_seconds";
@@ -50,6 +51,7 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FSYNC_DURATION.into()), seconds))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COMMIT_BATCH_SIZE.into()), sizes))
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CHECKPOINT_DURATION.into()), seconds))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WATCH_DELIVERY.into()), seconds))
         .map_err(|e| Error::Internal(format!("metrics: {e}")))?
         .install()
         .map_err(|e| Error::Internal(format!("metrics on {addr}: {e}")))?;
@@ -97,6 +99,11 @@ fn describe() {
         "Times a watch stream read the event log to catch up"
     );
     describe_histogram!(FSYNC_DURATION, "Time to make one commit batch durable");
+    describe_histogram!(
+        WATCH_DELIVERY,
+        "From a change's commit to a watch stream handing its event to gRPC \
+         (changes made while the stream was open)"
+    );
     describe_histogram!(
         CHECKPOINT_DURATION,
         "Time to flush the embedded store and drop the log segments it covers"

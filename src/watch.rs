@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -174,6 +174,7 @@ impl Watchers {
             history_until: state.revision(),
             live,
             progress_interval: self.config.progress_interval,
+            delivery: metrics::histogram!(telemetry::WATCH_DELIVERY),
         };
         Ok(WatchStream {
             notices: Box::pin(follower.notices(start == Start::Snapshot)),
@@ -248,6 +249,9 @@ struct Follower {
     history_until: Revision,
     live: broadcast::Receiver<Published>,
     progress_interval: Duration,
+    /// How long after their commit this stream hands events on (looked up
+    /// once: per event per stream, a registry lookup would add up).
+    delivery: metrics::Histogram,
 }
 
 /// What woke a caught-up follower.
@@ -379,9 +383,17 @@ impl Follower {
                         }
                     }
                 };
+                let committed = (event.revision > self.history_until).then_some(event.time);
                 let (notice, revoked) = self.advance(event);
                 if let Some(notice) = notice {
                     last_sent = Instant::now();
+                    // Changes made while the stream was open: how far
+                    // behind their commit it delivers (a replay of older
+                    // history is not lag).
+                    if let Some(at) = committed {
+                        let lag = SystemTime::now().duration_since(at).unwrap_or_default();
+                        self.delivery.record(lag.as_secs_f64());
+                    }
                     yield notice;
                 }
                 if let Some(e) = revoked {
