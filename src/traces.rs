@@ -118,12 +118,33 @@ pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
     Ok(Tracing { provider })
 }
 
+/// The collector's URL, checked before the exporter sees it. Refusals never
+/// echo it: a URL can carry credentials.
+fn endpoint(url: &str) -> Result<&str, Error> {
+    let refuse = |why: &str| Err(Error::invalid("otlp-endpoint", why));
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return refuse("not a URL (expected http://host:port, e.g. http://localhost:4317)");
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (_, Some(a)) if a.as_str().contains('@') => refuse(
+            "credentials in the URL are not supported; send them with OTEL_EXPORTER_OTLP_HEADERS",
+        ),
+        (Some("http"), Some(_)) => Ok(url),
+        // No TLS client for the exporter is built in (yet).
+        (Some("https"), _) => refuse(
+            "https:// is not supported: send to a collector beside tokend (a node agent or \
+             sidecar) over http://",
+        ),
+        _ => refuse("expected http://host:port, e.g. http://localhost:4317"),
+    }
+}
+
 fn exporter(otlp: Otlp<'_>) -> Result<SdkTracerProvider, Error> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(otlp.endpoint)
+        .with_endpoint(endpoint(otlp.endpoint)?)
         .build()
-        .map_err(|e| Error::invalid("otlp-endpoint", format!("{}: {e}", otlp.endpoint)))?;
+        .map_err(|_| Error::invalid("otlp-endpoint", "the OTLP exporter cannot use it"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(otlp.default_service.to_string());

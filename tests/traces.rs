@@ -4,7 +4,8 @@
 //! span is the caller's child, the commit and the fsync are the RPC's, JSON
 //! log lines name the trace, and no secret is in any span. The CLI and a
 //! `TokenCache` carry their own trace to tokend. Without an endpoint,
-//! nothing connects anywhere and log lines carry no trace.
+//! nothing connects anywhere and log lines carry no trace; a collector URL
+//! tokend cannot use is refused at start, without echoing it.
 
 mod common;
 
@@ -285,4 +286,33 @@ async fn without_an_endpoint_nothing_is_exported_and_no_trace_is_logged() {
         !text.contains("trace_id") && !text.contains(&trace),
         "{text}"
     );
+}
+
+#[test]
+fn a_bad_collector_url_is_refused_at_start_without_echoing_it() {
+    for (url, says) in [
+        (
+            "http://user:s3cret@collector:4317",
+            "credentials in the URL",
+        ),
+        ("ftp://collector:4317", "expected http://host:port"),
+        ("https://collector:4317", "https:// is not supported"),
+        ("not a url at all", "not a URL"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["--otlp-endpoint", url, "tokens", "list"])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("otlp-endpoint") && stderr.contains(says),
+            "{url}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(url) && !stderr.contains("s3cret"),
+            "{stderr}"
+        );
+    }
 }
