@@ -25,10 +25,12 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "TOKEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-    /// Export OpenTelemetry traces to this OTLP/gRPC collector (e.g.
-    /// http://localhost:4317); off when unset. `OTEL_SERVICE_NAME`,
-    /// `OTEL_TRACES_SAMPLER[_ARG]` and `OTEL_BSP_*` apply as usual.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    /// Export OpenTelemetry traces to this OTLP/gRPC collector over
+    /// plaintext (e.g. http://localhost:4317); off when unset. Else
+    /// OTEL_EXPORTER_OTLP_ENDPOINT, ignored with a warning when tokend
+    /// cannot use it. OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER[_ARG] and
+    /// OTEL_BSP_* apply as usual.
+    #[arg(long, global = true)]
     pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Command,

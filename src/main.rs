@@ -16,26 +16,40 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let (service, cli_span) = match &cli.command {
-        Command::Serve(_) => ("tokend", "tokend serve"),
-        Command::Accounts { .. } => ("tokend-cli", "tokend accounts"),
-        Command::Tokens { .. } => ("tokend-cli", "tokend tokens"),
-        Command::Snapshot { .. } => ("tokend-cli", "tokend snapshot"),
+    // A client command is one trace (its calls carry the context, see
+    // `client::Bearer`, so tokend's spans are its children); a server's
+    // traces are its calls'.
+    let (service, client_command) = match &cli.command {
+        Command::Serve(_) => ("tokend", None),
+        Command::Accounts { .. } => ("tokend-cli", Some("tokend accounts")),
+        Command::Tokens { .. } => ("tokend-cli", Some("tokend tokens")),
+        Command::Snapshot { .. } => ("tokend-cli", None),
     };
-    let otlp = cli.otlp_endpoint.as_deref().map(|endpoint| Otlp {
+    let json = cli.log_format == LogFormat::Json;
+    let endpoint = traces::configured_endpoint(cli.otlp_endpoint.clone());
+    let otlp = |endpoint| Otlp {
         endpoint,
         default_service: service,
-    });
-    let tracing = match traces::init(cli.log_format == LogFormat::Json, otlp) {
-        Ok(tracing) => tracing,
-        Err(e) => {
-            eprintln!("tokend: {e}");
-            std::process::exit(2);
+    };
+    let flush_traces = match (
+        traces::init(json, endpoint.as_ref().map(|(e, _)| otlp(e))),
+        endpoint,
+    ) {
+        (Ok(flush), _) => flush,
+        // The environment often names a collector for a whole pod; one
+        // tokend cannot use must not keep it from starting.
+        (Err(e), Some((_, true))) => {
+            eprintln!("tokend: OTEL_EXPORTER_OTLP_ENDPOINT ignored, traces off: {e}");
+            traces::init(json, None).unwrap_or_else(|e| exit_with(&e))
         }
+        (Err(e), _) => exit_with(&e),
     };
     // Test builds only: crash points named in $FAILPOINTS (tests/crash.rs).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    let client_span = client_command.map_or_else(tracing::Span::none, |name| {
+        tracing::info_span!("cli", otel.name = name, otel.kind = "internal")
+    });
     let code = match cli.command {
         Command::Serve(args) => match serve(args).await {
             Ok(()) => 0,
@@ -44,31 +58,27 @@ async fn main() {
                 1
             }
         },
-        // A client command is one trace: its calls carry the context
-        // (`client::Bearer`), so tokend's spans are its children.
         Command::Accounts { client, command } => {
             console::run_accounts(client, command)
-                .instrument(tracing::info_span!(
-                    "cli",
-                    otel.name = cli_span,
-                    otel.kind = "client"
-                ))
+                .instrument(client_span)
                 .await
         }
         Command::Tokens { client, command } => {
             console::run_tokens(client, command)
-                .instrument(tracing::info_span!(
-                    "cli",
-                    otel.name = cli_span,
-                    otel.kind = "client"
-                ))
+                .instrument(client_span)
                 .await
         }
         Command::Snapshot { command } => console::run_snapshot(command).await,
     };
     // `exit` runs no destructors: flush the spans not yet exported first.
-    drop(tracing);
+    drop(flush_traces);
     std::process::exit(code);
+}
+
+/// A start-up refusal: one line, exit status 2.
+fn exit_with(e: &tokend::error::Error) -> ! {
+    eprintln!("tokend: {e}");
+    std::process::exit(2);
 }
 
 async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error> {

@@ -101,8 +101,10 @@ fn describe() {
     describe_histogram!(FSYNC_DURATION, "Time to make one commit batch durable");
     describe_histogram!(
         WATCH_DELIVERY,
-        "From a change's commit to a watch stream handing its event to gRPC \
-         (changes made while the stream was open)"
+        "From a change's commit (the time stamped on its event as its batch \
+         was planned, before the fsync; on etcd, the writing replica's clock) \
+         to a watch stream handing the event to gRPC, for changes made while \
+         the stream was open"
     );
     describe_histogram!(
         CHECKPOINT_DURATION,

@@ -5,13 +5,15 @@
 //! to an OTLP/gRPC collector when an endpoint is configured), the trace
 //! context that crosses the wire in both directions (W3C `traceparent` /
 //! `tracestate`, and B3, which Envoy and Istio send by default), and the
-//! span every RPC runs in. Off by default: without an endpoint no exporter
-//! is built, nothing connects anywhere, incoming trace headers are not even
-//! read, and an RPC's span is the plain log span it always was.
+//! span every gRPC call runs in. Off by default: without an endpoint no
+//! exporter is built, nothing connects anywhere, incoming trace headers are
+//! not even read, and a call's span is the plain log span it always was.
 //!
-//! Spans carry the method, gRPC status codes, revisions and batch sizes.
-//! This module must never put a header value, a message body, or anything
-//! else that could hold a secret into a span or a log line.
+//! Spans carry the method, gRPC status codes, revisions and batch sizes,
+//! and the W3C trace context itself (`tracestate` travels with a trace, by
+//! the standard). This module must never put any other header value, a
+//! message body, or anything else that could hold a secret into a span or
+//! a log line.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,10 +35,23 @@ use crate::error::Error;
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Where traces go: an OTLP/gRPC collector, and the service name they are
-/// filed under (`OTEL_SERVICE_NAME` wins over `default_service`).
+/// filed under (`OTEL_SERVICE_NAME`, or `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, wins over `default_service`).
 pub struct Otlp<'a> {
     pub endpoint: &'a str,
     pub default_service: &'a str,
+}
+
+/// The collector named by `--otlp-endpoint`, or else by the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, and whether it came from the environment
+/// (empty counts as unset, as the OpenTelemetry SDKs read it).
+pub fn configured_endpoint(flag: Option<String>) -> Option<(String, bool)> {
+    flag.map(|e| (e, false)).or_else(|| {
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .map(|e| (e, true))
+    })
 }
 
 /// The installed subscriber. Dropping it flushes the spans not yet
@@ -51,9 +66,10 @@ impl Drop for Tracing {
         let Some(provider) = self.provider.take() else {
             return;
         };
-        // The export runs on the runtime (the exporter's channel lives
-        // there): a worker that blocked on it in place could be the one the
-        // channel needs, and the flush would time out instead.
+        // The SDK's batch thread exports, through a channel whose tasks
+        // run on this runtime: blocking a worker here must let the runtime
+        // move its tasks elsewhere. (On a current-thread runtime nothing
+        // can: drop this outside one, as `main` does.)
         let multi_threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let flushed = if multi_threaded {
@@ -91,9 +107,13 @@ pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
         let spans = Targets::new()
             .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::DEBUG)
             .with_default(LevelFilter::OFF);
+        // The hint keeps the `log` crate's level (sled logs through it) at
+        // what the log lines ask for, instead of every `log::trace!` going
+        // through a dynamic filter.
         let spans = filter_fn(move |meta| {
             meta.is_span() && spans.would_enable(meta.target(), meta.level())
-        });
+        })
+        .with_max_level_hint(LevelFilter::DEBUG);
         // Spans carry what they are about, and nothing tracing knows on
         // the side (source location, thread, module, busy and idle times):
         // each of those costs every call, sampled or not, for little.
@@ -108,13 +128,15 @@ pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
                 .with_filter(spans)
                 .boxed(),
         );
-        opentelemetry::global::set_text_map_propagator(propagator());
-        EXPORTING.store(true, Ordering::Release);
     }
     tracing_subscriber::registry()
         .with(layers)
         .try_init()
         .map_err(|e| Error::Internal(format!("installing the log subscriber: {e}")))?;
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(propagator());
+        EXPORTING.store(true, Ordering::Release);
+    }
     Ok(Tracing { provider })
 }
 
@@ -126,9 +148,9 @@ fn endpoint(url: &str) -> Result<&str, Error> {
         return refuse("not a URL (expected http://host:port, e.g. http://localhost:4317)");
     };
     match (uri.scheme_str(), uri.authority()) {
-        (_, Some(a)) if a.as_str().contains('@') => refuse(
-            "credentials in the URL are not supported; send them with OTEL_EXPORTER_OTLP_HEADERS",
-        ),
+        (_, Some(a)) if a.as_str().contains('@') => {
+            refuse("credentials in the URL are not supported")
+        }
         (Some("http"), Some(_)) => Ok(url),
         // No TLS client for the exporter is built in (yet).
         (Some("https"), _) => refuse(
@@ -146,7 +168,9 @@ fn exporter(otlp: Otlp<'_>) -> Result<SdkTracerProvider, Error> {
         .build()
         .map_err(|_| Error::invalid("otlp-endpoint", "the OTLP exporter cannot use it"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
         resource = resource.with_service_name(otlp.default_service.to_string());
     }
     Ok(SdkTracerProvider::builder()
@@ -156,10 +180,12 @@ fn exporter(otlp: Otlp<'_>) -> Result<SdkTracerProvider, Error> {
 }
 
 /// W3C trace context and B3 (single `b3` header or `X-B3-*`), in and out.
+/// Extraction runs in order, each over the last: W3C comes last, so it wins
+/// when a caller sends both.
 fn propagator() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
         Box::new(opentelemetry_propagator_b3::Propagator::new()),
+        Box::new(TraceContextPropagator::new()),
     ])
 }
 
@@ -167,14 +193,21 @@ fn exporting() -> bool {
     EXPORTING.load(Ordering::Acquire)
 }
 
-/// The span an RPC runs in (tonic's `trace_fn`). Exporting, it follows the
-/// OpenTelemetry conventions for gRPC servers, continues the caller's trace
-/// from its headers, and names its trace and span ids as fields, so every
-/// log line of the call carries them. Not exporting, it only names the
-/// method for log lines.
+/// The span a request runs in (tonic's `trace_fn`). Exporting, a gRPC
+/// call's (gRPC-Web included) follows the OpenTelemetry conventions for
+/// gRPC servers, continues the caller's trace from its headers, and names
+/// its trace and span ids as fields, so every log line of the call carries
+/// them. For a stream it covers opening it, as `tokend_rpc_duration_seconds`
+/// does. Otherwise (not exporting; the console's files and CORS
+/// preflights; health and reflection, which probes call every few seconds)
+/// it only names the path for log lines.
 pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
-    if !exporting() {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if !exporting() || !grpc || path.starts_with("/grpc.") {
         return tracing::info_span!("rpc", method = %path);
     }
     let name = path.trim_start_matches('/');
@@ -216,6 +249,10 @@ pub fn record_status(code: tonic::Code) {
     }
     let span = tracing::Span::current();
     span.set_attribute("rpc.grpc.status_code", code as i64);
+    if code == tonic::Code::Unimplemented {
+        // A made-up path: one name for them all, as in the metrics.
+        span.context().span().update_name("unknown");
+    }
     use tonic::Code::*;
     if matches!(
         code,
@@ -225,17 +262,31 @@ pub fn record_status(code: tonic::Code) {
     }
 }
 
-/// The span of one durable batch (the log's append and `fdatasync`): a
-/// child of the commit span of the first command in it, linked from the
-/// others', so that every trace whose commit shared the sync shows it.
+/// The span a command's commit hands the writer for [`batch_span`]: the
+/// current one when exporting, none otherwise (nothing to clone and drop
+/// on the write path).
+pub fn for_batch() -> tracing::Span {
+    if exporting() {
+        tracing::Span::current()
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// The span of one batch made durable (encoded, appended to the log and
+/// `fdatasync`ed): a child of the first *sampled* commit span among the
+/// batch's (at 1% sampling, the one trace that is kept should show its
+/// sync), with links to the other commits that shared it. None when no
+/// command of the batch changed anything (access times alone).
 pub fn batch_span(committing: &[tracing::Span], changes: usize) -> tracing::Span {
-    let span = tracing::debug_span!(
-        parent: committing.first().and_then(tracing::Span::id),
-        "store.fsync",
-        changes
-    );
-    if !span.is_disabled() {
-        for other in committing.iter().skip(1) {
+    if !exporting() || committing.is_empty() {
+        return tracing::Span::none();
+    }
+    let sampled = |s: &&tracing::Span| s.context().span().span_context().is_sampled();
+    let parent = committing.iter().find(sampled).unwrap_or(&committing[0]);
+    let span = tracing::debug_span!(parent: parent.id(), "store.fsync", changes);
+    for other in committing {
+        if other.id() != parent.id() {
             span.follows_from(other);
         }
     }
@@ -243,10 +294,14 @@ pub fn batch_span(committing: &[tracing::Span], changes: usize) -> tracing::Span
 }
 
 /// Adds the current span's trace context to an outgoing call's metadata,
-/// so the server's spans continue the caller's trace. Nothing without an
-/// exporter and a propagator (the default propagator writes nothing).
+/// so the server's spans continue the caller's trace. Works with the
+/// program's `tracing-opentelemetry` layer and global propagator (of the
+/// versions tokend uses); nothing when the current span has no trace.
 pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
+    if !context.span().span_context().is_valid() {
+        return;
+    }
     opentelemetry::global::get_text_map_propagator(|p| {
         p.inject_context(&context, &mut Metadata(metadata))
     });

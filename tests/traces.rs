@@ -16,8 +16,8 @@ use common::*;
 use tokend::proto as pb;
 use tracing::Instrument;
 
+const INTERNAL: i32 = 1;
 const SERVER: i32 = 2;
-const CLIENT: i32 = 3;
 const STATUS_ERROR: i32 = 2;
 
 /// A fresh random id of `bytes` bytes, in lower-case hex (a trace or span id).
@@ -143,6 +143,18 @@ async fn a_call_with_a_traceparent_or_b3_continues_the_callers_trace_down_to_the
         .await;
     assert_eq!(delete.parent_id(), caller_b3);
 
+    // Health probes (kubelet, Envoy) would flood the collector: no span.
+    let trace_health = random_id(16);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(connect(&p.url()).await);
+    health
+        .check(with(
+            tonic_health::pb::HealthCheckRequest::default(),
+            "traceparent",
+            format!("00-{trace_health}-{}-01", random_id(8)),
+        ))
+        .await
+        .unwrap();
+
     // A refused call is the caller's error, not the server's.
     let trace_missing = random_id(16);
     let missing = tokens
@@ -161,6 +173,14 @@ async fn a_call_with_a_traceparent_or_b3_continues_the_callers_trace_down_to_the
         .await;
     assert_eq!(get.attribute("rpc.grpc.status_code").as_deref(), Some("5"));
     assert_ne!(get.span.status.as_ref().map(|s| s.code), Some(STATUS_ERROR));
+    // Exported in the order they ended: the health check's would be here.
+    assert!(
+        !collector
+            .spans()
+            .iter()
+            .any(|s| s.trace_id() == trace_health),
+        "a span for a health check"
+    );
 
     // No secret anywhere: not the new token's, not the operator's.
     let operator = operator_secret(&dir.path().join("data"));
@@ -210,7 +230,7 @@ async fn the_cli_and_a_token_cache_carry_their_own_trace_to_tokend() {
         .wait_for("the CLI's span", |s| s.service == "tokend-cli")
         .await;
     assert_eq!(cli.span.name, "tokend tokens");
-    assert_eq!(cli.span.kind, CLIENT);
+    assert_eq!(cli.span.kind, INTERNAL);
     let listed = collector
         .wait_for("ListTokens under the CLI's span", |s| {
             s.service == "tokend" && s.parent_id() == cli.span_id()
@@ -315,4 +335,22 @@ fn a_bad_collector_url_is_refused_at_start_without_echoing_it() {
             "{stderr}"
         );
     }
+    // The same from the environment, which often names a collector for a
+    // whole pod: a warning, and tokend goes on without traces.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["tokens", "list", "--server", "http://127.0.0.1:9"])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://user:s3cret@collector:4317",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT ignored, traces off"),
+        "{stderr}"
+    );
+    // It went on to run the command, which then finds no credential here.
+    assert!(stderr.contains("operator.token"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }

@@ -300,7 +300,7 @@ impl Store for SledStore {
                 cmd: Box::new(cmd),
                 actor,
                 reply,
-                span: tracing::Span::current(),
+                span: crate::traces::for_batch(),
             })
             .await
             .map_err(|_| Error::shutting_down())?;

@@ -44,7 +44,8 @@ impl Received {
             .map(text)
     }
 
-    /// Every attribute, event and link value of the span, as text.
+    /// Every attribute, event and link value of the span, its name and its
+    /// trace state, as text.
     pub fn all_values(&self) -> Vec<String> {
         let events = self.span.events.iter().flat_map(|e| &e.attributes);
         let links = self.span.links.iter().flat_map(|l| &l.attributes);
@@ -55,7 +56,7 @@ impl Received {
             .chain(links)
             .filter_map(|kv| kv.value.as_ref()?.value.as_ref())
             .map(text)
-            .chain([self.span.name.clone()])
+            .chain([self.span.name.clone(), self.span.trace_state.clone()])
             .collect()
     }
 }

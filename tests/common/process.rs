@@ -75,6 +75,8 @@ pub fn serve_command(
     cmd.args(["serve", "--listen", &addr.to_string(), "--data-dir"])
         .arg(dir)
         .args(extra)
+        // A collector named in the test's own environment is not the test's.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stderr(std::process::Stdio::null());
     if let Some(store) = store_for(dir)
         && !extra.contains(&"--store")
@@ -86,8 +88,8 @@ pub fn serve_command(
 
 /// Runs a `serve_command` and waits until *this* process serves: it is still
 /// running, its operator credential exists (tokend binds only after writing
-/// it, unless it was given one) and the port answers. `None` if it exited
-/// first.
+/// it, unless it was given one) and it holds the listening socket. `None`
+/// if it exited first.
 pub async fn launch(
     mut cmd: std::process::Command,
     dir: &Path,
@@ -118,13 +120,15 @@ pub async fn launch(
 /// with "address in use", and the test would then talk to a stranger.
 fn listens_on(pid: u32, addr: std::net::SocketAddr) -> bool {
     const LISTEN: &str = "0A";
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
+    // The header lines do not parse as sockets, and are skipped below.
+    let table = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t).ok())
+        .collect::<Vec<_>>()
+        .join("\n");
     let port = format!(":{:04X}", addr.port());
     let inodes: Vec<String> = table
         .lines()
-        .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.len() > 9 && f[1].ends_with(&port) && f[3] == LISTEN)
         .map(|f| format!("socket:[{}]", f[9]))

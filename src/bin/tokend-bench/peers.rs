@@ -196,6 +196,8 @@ impl Tokend {
             // One log line per call is tokend's default; like etcd's, it is
             // turned down to warnings for the benchmark.
             .env("RUST_LOG", "warn")
+            // Tracing is on only where a scenario asks for it.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .envs(env.iter().copied())
             .stderr(Stdio::null())
             .spawn()
