@@ -262,33 +262,37 @@ pub fn record_status(code: tonic::Code) {
     }
 }
 
-/// The span a command's commit hands the writer for [`batch_span`]: the
-/// current one when exporting, none otherwise (nothing to clone and drop
-/// on the write path).
-pub fn for_batch() -> tracing::Span {
-    if exporting() {
-        tracing::Span::current()
+/// The span of a write's commit (`Store::apply`), a child of the current
+/// one: only in a trace that is kept (an unsampled call, or a write no
+/// call made, such as an expiry, pays for no span), none otherwise. Its
+/// `revision` is recorded once committed.
+pub fn commit_span() -> tracing::Span {
+    let sampled = exporting()
+        && tracing::Span::current()
+            .context()
+            .span()
+            .span_context()
+            .is_sampled();
+    if sampled {
+        tracing::debug_span!("store.commit", revision = Empty)
     } else {
         tracing::Span::none()
     }
 }
 
 /// The span of one batch made durable (encoded, appended to the log and
-/// `fdatasync`ed): a child of the first *sampled* commit span among the
-/// batch's (at 1% sampling, the one trace that is kept should show its
-/// sync), with links to the other commits that shared it. None when no
-/// command of the batch changed anything (access times alone).
+/// `fdatasync`ed), given its commands' [`commit_span`]s: a child of the
+/// first that is kept, with links to the others. None when no kept trace
+/// shares the batch (at 1% sampling, most batches), or nothing was
+/// committed (access times alone).
 pub fn batch_span(committing: &[tracing::Span], changes: usize) -> tracing::Span {
-    if !exporting() || committing.is_empty() {
+    let mut kept = committing.iter().filter(|s| !s.is_none());
+    let Some(parent) = kept.next() else {
         return tracing::Span::none();
-    }
-    let sampled = |s: &&tracing::Span| s.context().span().span_context().is_sampled();
-    let parent = committing.iter().find(sampled).unwrap_or(&committing[0]);
+    };
     let span = tracing::debug_span!(parent: parent.id(), "store.fsync", changes);
-    for other in committing {
-        if other.id() != parent.id() {
-            span.follows_from(other);
-        }
+    for other in kept {
+        span.follows_from(other);
     }
     span
 }

@@ -143,6 +143,23 @@ async fn a_call_with_a_traceparent_or_b3_continues_the_callers_trace_down_to_the
         .await;
     assert_eq!(delete.parent_id(), caller_b3);
 
+    // A caller that did not sample its trace: nothing of it is kept, not
+    // its RPC, not its commit, not its batch's fsync.
+    let trace_unsampled = random_id(16);
+    tokens
+        .create_token(with(
+            pb::CreateTokenRequest {
+                account_id: account.id.clone(),
+                name: "not sampled".into(),
+                modules: vec!["commerce".into()],
+                ..Default::default()
+            },
+            "traceparent",
+            format!("00-{trace_unsampled}-{}-00", random_id(8)),
+        ))
+        .await
+        .unwrap();
+
     // Health probes (kubelet, Envoy) would flood the collector: no span.
     let trace_health = random_id(16);
     let mut health = tonic_health::pb::health_client::HealthClient::new(connect(&p.url()).await);
@@ -173,13 +190,15 @@ async fn a_call_with_a_traceparent_or_b3_continues_the_callers_trace_down_to_the
         .await;
     assert_eq!(get.attribute("rpc.grpc.status_code").as_deref(), Some("5"));
     assert_ne!(get.span.status.as_ref().map(|s| s.code), Some(STATUS_ERROR));
-    // Exported in the order they ended: the health check's would be here.
+    // Exported in the order they ended: these would be here by now.
+    let spans = collector.spans();
     assert!(
-        !collector
-            .spans()
-            .iter()
-            .any(|s| s.trace_id() == trace_health),
+        !spans.iter().any(|s| s.trace_id() == trace_health),
         "a span for a health check"
+    );
+    assert!(
+        !spans.iter().any(|s| s.trace_id() == trace_unsampled),
+        "a span of an unsampled trace"
     );
 
     // No secret anywhere: not the new token's, not the operator's.

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 use self::wal::Wal;
@@ -89,7 +90,8 @@ enum Job {
         cmd: Box<Command>,
         actor: Actor,
         reply: oneshot::Sender<Result<Applied, Error>>,
-        /// The caller's commit span: the batch's fsync span joins its trace.
+        /// The caller's commit span (none unless its trace is kept): the
+        /// batch's fsync span joins it.
         span: tracing::Span,
     },
     PersistAccess,
@@ -292,20 +294,24 @@ fn sync_names(data_dir: &std::path::Path, created: bool) -> std::io::Result<()> 
 
 #[async_trait::async_trait]
 impl Store for SledStore {
-    #[tracing::instrument(name = "store.commit", level = "debug", skip_all, fields(revision))]
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
+        let span = crate::traces::commit_span();
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job::Apply {
                 cmd: Box::new(cmd),
                 actor,
                 reply,
-                span: crate::traces::for_batch(),
+                span: span.clone(),
             })
+            .instrument(span.clone())
             .await
             .map_err(|_| Error::shutting_down())?;
-        let applied = answer.await.map_err(|_| Error::shutting_down())??;
-        tracing::Span::current().record("revision", applied.revision);
+        let applied = answer
+            .instrument(span.clone())
+            .await
+            .map_err(|_| Error::shutting_down())??;
+        span.record("revision", applied.revision);
         Ok(applied)
     }
 

@@ -79,6 +79,7 @@ use etcd_client::{Client, Compare, CompareOp, LockOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use self::keyspace::Keyspace;
 use self::restore::Origin;
@@ -282,10 +283,14 @@ async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
-    #[tracing::instrument(name = "store.commit", level = "debug", skip_all, fields(revision))]
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
-        let applied = self.inner.apply(cmd, actor).await?;
-        tracing::Span::current().record("revision", applied.revision);
+        let span = crate::traces::commit_span();
+        let applied = self
+            .inner
+            .apply(cmd, actor)
+            .instrument(span.clone())
+            .await?;
+        span.record("revision", applied.revision);
         Ok(applied)
     }
 
