@@ -205,8 +205,14 @@ fn dropped(e: &(dyn std::error::Error + 'static)) -> bool {
         return matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
     }
     // hyper's and h2's errors are not ours to name; their words are stable.
+    // "connection was not ready": hyper cancelled the request because the
+    // connection died before it could be sent (seen in CI, where the
+    // member's close won the race against the first request).
     let text = e.to_string();
-    e.source().is_none() && (text == "connection closed" || text.ends_with("broken pipe"))
+    e.source().is_none()
+        && (text == "connection closed"
+            || text == "connection was not ready"
+            || text.ends_with("broken pipe"))
 }
 
 /// The member refused this client's certificate, or its lack of one.
@@ -270,4 +276,43 @@ fn chain(e: &etcd_client::Error) -> String {
         next = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropped;
+
+    /// A leaf error as hyper and h2 report them: words, no source.
+    #[derive(Debug)]
+    struct Words(&'static str);
+
+    impl std::fmt::Display for Words {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Words {}
+
+    #[test]
+    fn a_connection_gone_under_the_request_is_dropped_in_each_of_its_wordings() {
+        for words in [
+            "connection closed",
+            "connection was not ready",
+            "error writing a body to connection: broken pipe",
+        ] {
+            assert!(dropped(&Words(words)), "{words}");
+        }
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(dropped(&std::io::Error::from(kind)), "{kind:?}");
+        }
+        assert!(!dropped(&Words("deadline has elapsed")));
+        assert!(!dropped(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+    }
 }
