@@ -34,6 +34,25 @@ fn with<T>(request: T, header: &'static str, value: String) -> tonic::Request<T>
     r
 }
 
+/// Creates a token in `account` with this `traceparent`.
+async fn create_with(
+    tokens: &mut Tokens,
+    account: &str,
+    traceparent: String,
+) -> pb::CreateTokenResponse {
+    let request = pb::CreateTokenRequest {
+        account_id: account.into(),
+        name: "traced".into(),
+        modules: vec!["commerce".into()],
+        ..Default::default()
+    };
+    tokens
+        .create_token(with(request, "traceparent", traceparent))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// tokend exporting to `collector`, its JSON log lines in `log`; batches
 /// leave every 50 ms instead of every 5 s.
 async fn traced_tokend(collector: &Collector, dir: &std::path::Path) -> Process {
@@ -73,20 +92,7 @@ async fn a_call_with_a_traceparent_or_b3_continues_the_callers_trace_down_to_the
 
     // W3C trace context, as a mesh sidecar or an instrumented client sends it.
     let (trace, caller) = (random_id(16), random_id(8));
-    let created = tokens
-        .create_token(with(
-            pb::CreateTokenRequest {
-                account_id: account.id.clone(),
-                name: "traced".into(),
-                modules: vec!["commerce".into()],
-                ..Default::default()
-            },
-            "traceparent",
-            format!("00-{trace}-{caller}-01"),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_with(&mut tokens, &account.id, format!("00-{trace}-{caller}-01")).await;
     let token = created.token.unwrap();
 
     let rpc = collector
@@ -146,19 +152,12 @@ async fn a_call_with_a_traceparent_or_b3_continues_the_callers_trace_down_to_the
     // A caller that did not sample its trace: nothing of it is kept, not
     // its RPC, not its commit, not its batch's fsync.
     let trace_unsampled = random_id(16);
-    tokens
-        .create_token(with(
-            pb::CreateTokenRequest {
-                account_id: account.id.clone(),
-                name: "not sampled".into(),
-                modules: vec!["commerce".into()],
-                ..Default::default()
-            },
-            "traceparent",
-            format!("00-{trace_unsampled}-{}-00", random_id(8)),
-        ))
-        .await
-        .unwrap();
+    create_with(
+        &mut tokens,
+        &account.id,
+        format!("00-{trace_unsampled}-{}-00", random_id(8)),
+    )
+    .await;
 
     // Health probes (kubelet, Envoy) would flood the collector: no span.
     let trace_health = random_id(16);
