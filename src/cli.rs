@@ -365,6 +365,12 @@ pub struct ServeArgs {
     /// Events kept for `start_revision` replays; older ones are compacted.
     #[arg(long, env = "TOKEND_RETENTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention: u64,
+    /// Tombstones deleted longer ago than this shrink on disk to id,
+    /// account, name, revision, created, and when and by whom deleted
+    /// (e.g. 30d, 12h; 0s: as soon as the background pass sees them).
+    /// Embedded store only: on etcd, tombstones stay whole in etcd.
+    #[arg(long, env = "TOKEND_TOMBSTONE_SHRINK_AFTER", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub tombstone_shrink_after: Duration,
     /// Open WatchTokens streams allowed at once.
     #[arg(long, env = "TOKEND_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
@@ -555,6 +561,7 @@ impl ServeArgs {
         Config {
             store,
             retention: self.retention,
+            tombstone_shrink_after: self.tombstone_shrink_after,
             max_watchers: self.max_watchers,
             progress_interval: self.progress_interval,
             expiry_check: self.expiry_check,

@@ -85,6 +85,22 @@ macro_rules! numbered_id {
             pub fn as_str(&self) -> &str {
                 std::str::from_utf8(&self.0).expect("ids are ASCII, checked when parsed")
             }
+
+            /// The id's number, below 10^8: the inverse of [`Self::from_number`].
+            pub fn number(&self) -> u32 {
+                self.0
+                    .iter()
+                    .filter(|b| b.is_ascii_digit())
+                    .fold(0, |n, b| n * 10 + u32::from(b - b'0'))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+
+            fn from_str(s: &str) -> Result<Self, Error> {
+                Self::parse(s)
+            }
         }
 
         impl fmt::Display for $name {

@@ -19,6 +19,7 @@ pub mod reason {
     pub const TOKEN_ID_TAKEN: &str = "TOKEN_ID_TAKEN";
     pub const REVISION_COMPACTED: &str = "REVISION_COMPACTED";
     pub const TOO_MANY_WATCHERS: &str = "TOO_MANY_WATCHERS";
+    pub const TOKEN_IDS_EXHAUSTED: &str = "TOKEN_IDS_EXHAUSTED";
     pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
     pub const LISTEN_FAILED: &str = "LISTEN_FAILED";
@@ -82,6 +83,14 @@ pub enum Error {
     /// The configured cap on open watch streams is reached.
     #[error("too many open watch streams (limit {limit}); retry later")]
     TooManyWatchers { limit: usize },
+    /// So many token ids were issued (deleted tokens' included: ids are
+    /// never reused) that no new token is made: the id space would run out.
+    #[error(
+        "no new token: {issued} of the 100,000,000 token ids have been issued (deleted tokens' \
+         included; an id is never reused), and tokend stops at {limit} so that a new id is \
+         always found quickly; see the README's sizing section"
+    )]
+    TokenIdsExhausted { issued: u64, limit: u64 },
     /// The store cannot take writes now (I/O failure, or shutting down).
     #[error("{message}")]
     Unavailable {

@@ -114,7 +114,7 @@ fn live_token(store: &dyn Store, plain: &str) -> Result<Option<TokenId>, Error> 
     let state = store.verifying_state()?;
     Ok(state
         .token_by_secret(&secret::hash(plain))
-        .filter(|t| t.id == named && !t.is_deleted())
+        .filter(|t| t.id == named)
         .map(|t| t.id.clone()))
 }
 

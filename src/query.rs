@@ -147,6 +147,11 @@ pub struct Fields<'a> {
 }
 
 impl FilterExpr {
+    /// No term: everything matches.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
     /// Parses `a = b AND c:d AND name = "quoted value" AND t < "2027-01-01T00:00:00Z"`.
     pub fn parse(input: &str, fields: &Fields) -> Result<FilterExpr, Error> {
         let words = split_words(input)?;

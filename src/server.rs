@@ -47,6 +47,8 @@ pub struct Config {
     pub store: Backend,
     /// Events kept in the log for `start_revision` replays.
     pub retention: u64,
+    /// Tombstones older than this shrink on disk (embedded store).
+    pub tombstone_shrink_after: Duration,
     pub max_watchers: usize,
     pub progress_interval: Duration,
     /// Expired tokens are deleted within this long of their expiry
@@ -98,6 +100,7 @@ impl Config {
             data_dir,
             store: Backend::Sled,
             retention: 100_000,
+            tombstone_shrink_after: Duration::from_secs(30 * 86_400),
             max_watchers: 10_000,
             progress_interval: Duration::from_secs(15),
             expiry_check: Duration::from_secs(1),
@@ -176,6 +179,7 @@ async fn open_store(config: &Config, hub: &Hub) -> Result<Arc<dyn Store>, Error>
                 data_dir: config.data_dir.clone(),
                 retention: config.retention,
                 access_interval: config.access_interval,
+                tombstone_shrink_after: config.tombstone_shrink_after,
             },
             hub.clone(),
         )?)),
@@ -331,6 +335,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .add_service(authz);
 
     // The store, as operators and load balancers see it: its size on disk,
+    // live tokens and issued ids (what sizing and the id space follow),
     // and health that says NOT_SERVING while this process must not verify
     // (an etcd replica that lost touch with the cluster), so probes and
     // meshes route around it until it is back.
@@ -347,6 +352,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     if let Some(bytes) = watched.disk_bytes() {
                         metrics::gauge!(crate::telemetry::STORE_SIZE).set(bytes as f64);
                     }
+                    let state = watched.state();
+                    metrics::gauge!(crate::telemetry::TOKENS_LIVE).set(state.live_tokens() as f64);
+                    metrics::gauge!(crate::telemetry::TOKEN_IDS_ISSUED).set(state.issued().len() as f64);
                 }
                 _ = health_tick.tick() => {
                     let now = watched.verifying_state().is_ok();

@@ -5,6 +5,11 @@
 //! maps, so a clone is O(1): a reader holds a consistent snapshot for as long
 //! as it likes while the store prepares the next one.
 //!
+//! Memory follows live tokens, not history: a deleted token leaves every
+//! index here, and only its number stays, one bit in [`IdSet`], so that it
+//! is never issued again. Tombstones are read from the store
+//! ([`crate::store::Store::tombstone`]).
+//!
 //! A [`Change`] is the unit of history: [`crate::command::plan`] produces it,
 //! the store persists it, and [`State::apply`] folds it in. The state must
 //! never be mutated except through [`State::apply`], in revision order, by the
@@ -21,6 +26,9 @@ use crate::domain::{
     TokenStatus,
 };
 use crate::secret::{self, SecretHash};
+
+mod ids;
+pub use self::ids::{IdSet, SPACE as TOKEN_ID_SPACE};
 
 /// What happens to the secret index with a change.
 #[derive(Clone, PartialEq, Eq)]
@@ -78,10 +86,13 @@ pub struct Verification<'a> {
 #[derive(Clone, Default)]
 pub struct State {
     revision: Revision,
+    /// Live tokens only (disabled and expired ones included).
     tokens: OrdMap<TokenId, Arc<Token>>,
     accounts: OrdMap<AccountId, Arc<Account>>,
-    /// Every token of an account, tombstones included (listing filters them).
+    /// The live tokens of each account.
     account_tokens: OrdMap<AccountId, OrdSet<TokenId>>,
+    /// The number of every token ever issued, deleted ones included.
+    issued: IdSet,
     /// Live tokens only: deletion erases the hash from both maps.
     secret_of: OrdMap<TokenId, SecretHash>,
     by_secret: HashMap<SecretHash, TokenId>,
@@ -95,8 +106,27 @@ impl State {
         self.revision
     }
 
+    /// A live token (deleted ones are in the store only).
     pub fn token(&self, id: &TokenId) -> Option<&Arc<Token>> {
         self.tokens.get(id)
+    }
+
+    /// How many tokens are live.
+    pub fn live_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// How many tokens of `account` (or of all) are live.
+    pub fn live_tokens_of(&self, account: Option<&AccountId>) -> usize {
+        match account {
+            None => self.tokens.len(),
+            Some(a) => self.account_tokens.get(a).map_or(0, OrdSet::len),
+        }
+    }
+
+    /// Every token number issued so far, deleted tokens' included.
+    pub fn issued(&self) -> &IdSet {
+        &self.issued
     }
 
     pub fn account(&self, id: &AccountId) -> Option<&Arc<Account>> {
@@ -124,7 +154,7 @@ impl State {
             return unknown(Standing::Malformed);
         };
         let token = match self.token_by_secret(&secret::hash(plain)) {
-            Some(t) if t.id == named && !t.is_deleted() => t,
+            Some(t) if t.id == named => t,
             _ => return unknown(Standing::NotFound),
         };
         let account = self.account(&token.account_id);
@@ -150,14 +180,14 @@ impl State {
 
     /// Whether an id has ever been issued (tombstones count: ids are never reused).
     pub fn token_id_taken(&self, id: &TokenId) -> bool {
-        self.tokens.contains_key(id)
+        self.issued.contains(id.number())
     }
 
     pub fn account_id_taken(&self, id: &AccountId) -> bool {
         self.accounts.contains_key(id)
     }
 
-    /// Tokens in id order, after `after` (exclusive), of one account or all.
+    /// Live tokens in id order, after `after` (exclusive), of one account or all.
     pub fn tokens_after<'a>(
         &'a self,
         account: Option<&AccountId>,
@@ -212,16 +242,9 @@ impl State {
             }
             Subject::Token(t) => {
                 // A persistent map copies the path to every key it writes,
-                // even one already there: only a new token joins its account.
-                let listed = self
-                    .account_tokens
-                    .get(&t.account_id)
-                    .is_some_and(|ids| ids.contains(&t.id));
-                if !listed {
-                    self.account_tokens
-                        .entry(t.account_id.clone())
-                        .or_default()
-                        .insert(t.id.clone());
+                // even one already there: only a new token is added.
+                if !self.issued.contains(t.id.number()) {
+                    self.issued.insert(t.id.number());
                 }
                 let was = self.tokens.get(&t.id).and_then(|t| expiry_key(t));
                 let is = expiry_key(t);
@@ -233,7 +256,25 @@ impl State {
                         self.expiring.insert(k);
                     }
                 }
-                self.tokens.insert(t.id.clone(), Arc::new(t.clone()));
+                if t.is_deleted() {
+                    // The tombstone is the store's; memory keeps the number.
+                    self.tokens.remove(&t.id);
+                    if let Some(ids) = self.account_tokens.get_mut(&t.account_id) {
+                        ids.remove(&t.id);
+                    }
+                } else {
+                    let listed = self
+                        .account_tokens
+                        .get(&t.account_id)
+                        .is_some_and(|ids| ids.contains(&t.id));
+                    if !listed {
+                        self.account_tokens
+                            .entry(t.account_id.clone())
+                            .or_default()
+                            .insert(t.id.clone());
+                    }
+                    self.tokens.insert(t.id.clone(), Arc::new(t.clone()));
+                }
             }
         }
         match (&change.secret, &change.subject) {
@@ -249,21 +290,28 @@ impl State {
         }
     }
 
-    /// Rebuilds the state from persisted records at start-up.
+    /// Rebuilds the state from persisted records at start-up: the live
+    /// tokens, and the numbers of every token issued (live ones are added).
     pub fn restore(
         revision: Revision,
         accounts: impl IntoIterator<Item = Account>,
         tokens: impl IntoIterator<Item = Token>,
         secrets: impl IntoIterator<Item = (SecretHash, TokenId)>,
+        issued: IdSet,
     ) -> State {
         let mut s = State {
             revision,
+            issued,
             ..State::default()
         };
         for a in accounts {
             s.accounts.insert(a.id.clone(), Arc::new(a));
         }
         for t in tokens {
+            s.issued.insert(t.id.number());
+            if t.is_deleted() {
+                continue;
+            }
             s.account_tokens
                 .entry(t.account_id.clone())
                 .or_default()

@@ -27,6 +27,10 @@ pub const FSYNC_DURATION: &str = "tokend_fsync_duration_seconds";
 pub const COMMIT_BATCH_SIZE: &str = "tokend_commit_batch_size";
 pub const CHECKPOINT_DURATION: &str = "tokend_checkpoint_duration_seconds";
 pub const STORE_SIZE: &str = "tokend_store_size_bytes";
+pub const TOKENS_LIVE: &str = "tokend_tokens_live";
+pub const TOKEN_IDS_ISSUED: &str = "tokend_token_ids_issued";
+pub const TOKEN_IDS_LIMIT: &str = "tokend_token_ids_limit";
+pub const TOMBSTONES_SHRUNK: &str = "tokend_tombstones_shrunk_total";
 pub const AUTHZ_CHECKS: &str = "tokend_authz_checks_total";
 pub const CONNECTIONS_OPEN: &str = "tokend_connections_open";
 pub const CONNECTIONS_CLOSED: &str = "tokend_connections_closed_total";
@@ -116,6 +120,22 @@ fn describe() {
     );
     describe_gauge!(STORE_SIZE, "Bytes the embedded store occupies on disk");
     describe_gauge!(
+        TOKENS_LIVE,
+        "Tokens not deleted (active, disabled or expired)"
+    );
+    describe_gauge!(
+        TOKEN_IDS_ISSUED,
+        "Token ids ever issued, deleted tokens' included (ids are never reused)"
+    );
+    describe_gauge!(
+        TOKEN_IDS_LIMIT,
+        "Token ids issued at most: creation is refused (TOKEN_IDS_EXHAUSTED) from here"
+    );
+    describe_counter!(
+        TOMBSTONES_SHRUNK,
+        "Tombstones shrunk on disk once older than --tombstone-shrink-after (embedded store)"
+    );
+    describe_gauge!(
         SERVING,
         "1 while this process may verify; 0 while it refuses (an etcd replica \
          that lost touch with the cluster: fenced, health NOT_SERVING)"
@@ -133,11 +153,17 @@ fn describe() {
     );
     // Series without labels exist from the start, at zero: a rate() or an
     // alert sees the first increment, and a dashboard shows 0, not "no data".
-    for name in [EVENTS_PUBLISHED, WATCH_CATCHUPS, TOKENS_EXPIRED] {
+    for name in [
+        EVENTS_PUBLISHED,
+        WATCH_CATCHUPS,
+        TOKENS_EXPIRED,
+        TOMBSTONES_SHRUNK,
+    ] {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(WATCH_STREAMS_OPEN).set(0.0);
     metrics::gauge!(SERVING).set(1.0);
+    metrics::gauge!(TOKEN_IDS_LIMIT).set(crate::command::TOKEN_ID_LIMIT as f64);
 }
 
 /// Set by the authenticator, read by the request log: who called.

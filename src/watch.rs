@@ -320,7 +320,7 @@ impl Follower {
                 }
                 let revision = state.revision();
                 for token in state.tokens_after(self.filter.account.as_ref(), None) {
-                    if !token.is_deleted() && self.filter.wants_token(token) {
+                    if self.filter.wants_token(token) {
                         yield Notice::Snapshot { revision, token: token.clone() };
                     }
                 }

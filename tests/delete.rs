@@ -73,7 +73,7 @@ async fn delete_is_one_atomic_change_that_erases_the_secret_hash() {
     );
     // The record on disk (src/store/record.rs: pinned field names).
     let stored: serde_json::Value =
-        serde_json::from_slice(&tree.get(format!("t/{}", t.id)).unwrap().unwrap()).unwrap();
+        serde_json::from_slice(&tree.get(format!("d/{}", t.id)).unwrap().unwrap()).unwrap();
     assert_eq!(stored["status"], "Deleted", "{stored}");
 }
 

@@ -335,18 +335,41 @@ async fn an_old_sled_data_dir_reads_back_exactly() {
     // sled's revisions are its own: they stay.
     check(&mut c, &mut a, &dir, &expected, |r| r).await;
     running.stop().await.expect("clean stop");
-    // Opening it migrated the marker to format 3 (records unchanged, the
-    // write-ahead log in wal/, a commit's events under one key): an older
-    // tokend, which would not replay the log or read such a key, refuses
-    // the data dir instead of losing writes.
+    // Opening it migrated the marker to format 4 (records unchanged, the
+    // write-ahead log in wal/, a commit's events under one key, tombstones
+    // apart from live tokens, issued numbers as bits): an older tokend,
+    // which would not replay the log or find the tombstones, refuses the
+    // data dir instead of losing writes.
     let db = sled::open(dir.join("db")).unwrap();
     let tree = db.open_tree("tokend").unwrap();
     assert_eq!(
         tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-3"[..])
+        Some(&b"tokend-sled-4"[..])
+    );
+    let deleted: Vec<&str> = expected["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "TOKEN_STATUS_DELETED")
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(!deleted.is_empty(), "the fixture has tombstones");
+    for id in &deleted {
+        assert!(
+            tree.get(format!("t/{id}")).unwrap().is_none(),
+            "{id} left t/"
+        );
+        assert!(
+            tree.get(format!("d/{id}")).unwrap().is_some(),
+            "{id} is under d/"
+        );
+    }
+    assert!(
+        tree.scan_prefix("u/").next().is_some(),
+        "issued numbers marked"
     );
     drop((tree, db));
-    // And it opens again, as format 3, with the same records (but for the
+    // And it opens again, as format 4, with the same records (but for the
     // last access times the check's own verifications moved).
     let (running, mut c, mut a) = serve(&dir, Backend::Sled).await;
     let operator = expected["operator"].as_str().unwrap();
@@ -369,7 +392,7 @@ async fn an_old_sled_data_dir_reads_back_exactly() {
     let made = c
         .create_token(pb::CreateTokenRequest {
             account_id: like["account_id"].as_str().unwrap().into(),
-            name: "made by format 3".into(),
+            name: "made by format 4".into(),
             modules: serde_json::from_value(like["modules"].clone()).unwrap(),
             ..Default::default()
         })

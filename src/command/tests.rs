@@ -9,6 +9,7 @@ use crate::domain::{
 };
 use crate::error::reason::*;
 use crate::secret;
+use crate::state::IdSet;
 use crate::state::testkit::{World, actor, modules, reason_of};
 
 /// The world every case plans against.
@@ -1010,22 +1011,44 @@ fn deleted_ids_are_never_drawn_again() {
     w.delete_token(&id);
     assert!(w.state.secret_of(&id).is_none());
 
-    // The draw offers the tombstone's number twice before a fresh one.
-    let n: u32 = id.as_str()[4..].replace('-', "").parse().unwrap();
-    let mut draws = [n, n, 42].into_iter();
-    let fresh = fresh_id(
-        |id| w.state.token_id_taken(id),
-        TokenId::from_number,
-        || draws.next().unwrap(),
-    )
-    .unwrap();
-    assert_eq!(fresh.as_str(), "TKN-0000-0042");
-    let e = fresh_id(|id| w.state.token_id_taken(id), TokenId::from_number, || n).unwrap_err();
-    assert_eq!(reason_of(&e), INTERNAL);
-    // fresh_token_id consults the same rule.
+    // Memory keeps no tombstone, only its number: a draw of it moves on.
+    assert!(w.state.token(&id).is_none() && w.state.token_id_taken(&id));
+    let n = id.number();
+    assert_ne!(w.state.issued().free_from(n), Some(n));
+    assert_eq!(w.state.issued().free_from(n), Some(n + 1));
     for _ in 0..100 {
         assert!(!w.state.token_id_taken(&fresh_token_id(&w.state).unwrap()));
     }
+}
+
+#[test]
+fn creation_is_refused_clearly_once_the_id_limit_is_reached() {
+    let mut w = World::default();
+    let account = w.account(AccountType::Client, &[]);
+    let acc = (*w.account_rec(&account)).clone();
+    let state_with = |issued| State::restore(1, [acc.clone()], [], [], issued);
+    let create = Command::CreateToken(new_token(&account, &[]));
+    let ctx = Ctx {
+        now: std::time::SystemTime::now(),
+        actor: &actor(),
+    };
+    // Just under the limit: a token is still made, on a free number.
+    let under = state_with(IdSet::filled(TOKEN_ID_LIMIT as u32 - 4096));
+    assert!(under.issued().len() < TOKEN_ID_LIMIT);
+    let Plan::Change(changes, _) = plan(&under, &create, &ctx).expect("under the limit") else {
+        panic!("a change")
+    };
+    assert!(!under.token_id_taken(&token(&changes[0].subject).id));
+    // At it: refused with RESOURCE_EXHAUSTED and a reason that says why,
+    // though ten million numbers are still free.
+    let at = state_with(IdSet::filled(TOKEN_ID_LIMIT as u32));
+    let Err(e) = plan(&at, &create, &ctx) else {
+        panic!("made a token past the limit")
+    };
+    assert_eq!(reason_of(&e), TOKEN_IDS_EXHAUSTED);
+    assert!(e.to_string().contains("90000000"), "{e}");
+    let status = tonic::Status::from(e);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 }
 
 #[test]

@@ -146,9 +146,9 @@ impl AccountService for Service {
             &["accounts", &r.filter],
             &r.page_token,
             size,
-            AccountId::parse,
-            |after| state.accounts_after(after).filter(|a| matches(&filter, a)),
+            |after: Option<&AccountId>| state.accounts_after(after).filter(|a| matches(&filter, a)),
             |a| a.id.as_str(),
+            None,
         )?;
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: page
@@ -186,6 +186,8 @@ impl AccountService for Service {
         request: Request<pb::SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
         operator(&request)?;
-        Ok(Response::new(super::snapshot::save(self.store.as_ref())))
+        Ok(Response::new(
+            super::snapshot::save(self.store.as_ref()).await?,
+        ))
     }
 }

@@ -329,6 +329,17 @@ impl From<Error> for Status {
                     [("limit".into(), limit.to_string())].into(),
                 ),
             ),
+            Error::TokenIdsExhausted { issued, limit } => (
+                Code::ResourceExhausted,
+                info(
+                    reason::TOKEN_IDS_EXHAUSTED,
+                    [
+                        ("issued".into(), issued.to_string()),
+                        ("limit".into(), limit.to_string()),
+                    ]
+                    .into(),
+                ),
+            ),
             Error::Unavailable { reason, .. } => (Code::Unavailable, info(reason, HashMap::new())),
             Error::Internal(_) => (Code::Internal, info(reason::INTERNAL, HashMap::new())),
             Error::Unauthenticated => (

@@ -59,24 +59,27 @@ impl Service {
     /// and every request field that shapes the result set, so a page token
     /// is refused by any other query; `scan(after)` yields the matching
     /// items in id order after `after` (exclusive).
+    /// `total` is the number of matches when the caller knows it without a
+    /// scan (a list with no filter); else the matches are counted.
     fn list<T, Id, I>(
         &self,
         query: &[&str],
         page_token: &str,
         size: usize,
-        parse_id: impl Fn(&str) -> Result<Id, Error>,
         scan: impl Fn(Option<&Id>) -> I,
         id: impl Fn(&T) -> &str,
+        total: Option<usize>,
     ) -> Result<Page<T>, Error>
     where
         I: Iterator<Item = T>,
+        Id: std::str::FromStr<Err = Error>,
     {
         let pager = Pager::new(self.store.page_key(), query);
         let after = pager
             .decode(page_token)?
-            .map(|s| parse_id(&s))
+            .map(|s| s.parse::<Id>())
             .transpose()?;
-        let total = scan(None).count();
+        let total = total.unwrap_or_else(|| scan(None).count());
         let (items, next_page_token) = pager.page(scan(after.as_ref()), size, id);
         Ok(Page {
             items,

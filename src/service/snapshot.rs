@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::error::Error;
 use crate::proto as pb;
 use crate::store::{Store, snapshot};
 
@@ -54,10 +55,19 @@ impl io::Write for Sender {
     }
 }
 
-/// Starts encoding the latest state on a blocking thread; the stream ends
-/// after the file's last byte, or with INTERNAL if encoding failed.
-pub fn save(store: &dyn Store) -> ChunkStream {
+/// Starts encoding the latest state, with the tombstones the store holds,
+/// on a blocking thread; the stream ends after the file's last byte, or
+/// with INTERNAL if encoding failed.
+pub async fn save(store: &dyn Store) -> Result<ChunkStream, Error> {
     let state = store.state();
+    // Read after the state: every tombstone of it is there. One deleted
+    // since is left out (the state has it live); one created and deleted
+    // since is kept, so that its id stays taken.
+    let tombstones: Vec<_> = crate::store::all_tombstones(store, None)
+        .await?
+        .into_iter()
+        .filter(|t| state.token(&t.id).is_none())
+        .collect();
     let page_key = store.page_key();
     // A few chunks in flight: a slow reader holds the encoder back, not memory.
     let (tx, rx) = mpsc::channel(4);
@@ -66,7 +76,7 @@ pub fn save(store: &dyn Store) -> ChunkStream {
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
-        match snapshot::write(&state, &page_key, &mut out) {
+        match snapshot::write(&state, &tombstones, &page_key, &mut out) {
             Ok(summary) => tracing::info!(
                 revision = summary.revision,
                 tokens = summary.tokens,
@@ -82,5 +92,5 @@ pub fn save(store: &dyn Store) -> ChunkStream {
             }
         }
     });
-    ReceiverStream::new(rx)
+    Ok(ReceiverStream::new(rx))
 }

@@ -9,6 +9,7 @@
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use itertools::Itertools;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -189,13 +190,19 @@ impl TokenService for Service {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::Token>, Status> {
         let id = token_id(&request.get_ref().id)?;
+        let show_deleted = request.get_ref().show_deleted;
         self.authorize_token(&request, &id)?
-            .may_show_deleted(request.get_ref().show_deleted)?;
-        let r = request.into_inner();
-        let state = self.store.state();
-        match state.token(&id) {
-            Some(t) if r.show_deleted || !t.is_deleted() => Ok(Response::new(self.token_out(t))),
-            _ => Err(Error::token_not_found(&id).into()),
+            .may_show_deleted(show_deleted)?;
+        if let Some(t) = self.store.state().token(&id) {
+            return Ok(Response::new(self.token_out(t)));
+        }
+        // Not live: a tombstone lives in the store only (operators only).
+        match show_deleted {
+            true => match self.store.tombstone(&id).await? {
+                Some(t) => Ok(Response::new(self.token_out(&t))),
+                None => Err(Error::token_not_found(&id).into()),
+            },
+            false => Err(Error::token_not_found(&id).into()),
         }
     }
 
@@ -210,32 +217,51 @@ impl TokenService for Service {
         let account = self.scope(&caller, &r.account_id)?;
         caller.may_show_deleted(r.show_deleted)?;
         let state = self.store.state();
+        // Tombstones come from the store, read after the state (so none is
+        // missed), each once: a token deleted since is shown live.
+        let tombstones: Vec<std::sync::Arc<Token>> = match r.show_deleted {
+            false => Vec::new(),
+            true => crate::store::all_tombstones(&*self.store, account.as_ref())
+                .await?
+                .into_iter()
+                .filter(|t| state.token(&t.id).is_none())
+                .map(std::sync::Arc::new)
+                .collect(),
+        };
         let show_deleted = if r.show_deleted { "deleted" } else { "live" };
         let scope = account.as_ref().map_or("", AccountId::as_str);
         let query = ["tokens", scope, &r.filter, show_deleted];
         let matches = |t: &&std::sync::Arc<Token>| {
-            (r.show_deleted || !t.is_deleted())
-                && filter.matches(
-                    |field| match field {
-                        "status" => vec![convert::token_status_name(t.status)],
-                        "name" => vec![t.name.as_str()],
-                        "account_id" => vec![t.account_id.as_str()],
-                        "modules" => t.modules.iter().map(String::as_str).collect(),
-                        _ => vec![],
-                    },
-                    |field| match field {
-                        "expire_time" => t.expire_time,
-                        _ => None,
-                    },
-                )
+            filter.matches(
+                |field| match field {
+                    "status" => vec![convert::token_status_name(t.status)],
+                    "name" => vec![t.name.as_str()],
+                    "account_id" => vec![t.account_id.as_str()],
+                    "modules" => t.modules.iter().map(String::as_str).collect(),
+                    _ => vec![],
+                },
+                |field| match field {
+                    "expire_time" => t.expire_time,
+                    _ => None,
+                },
+            )
         };
         let page = self.list(
             &query,
             &r.page_token,
             size,
-            TokenId::parse,
-            |after| state.tokens_after(account.as_ref(), after).filter(matches),
+            |after: Option<&TokenId>| {
+                let from = tombstones.partition_point(|t| after.is_some_and(|a| t.id <= *a));
+                let deleted = tombstones[from..].iter();
+                state
+                    .tokens_after(account.as_ref(), after)
+                    .merge_by(deleted, |a, b| a.id < b.id)
+                    .filter(matches)
+            },
             |t| t.id.as_str(),
+            // Without a filter, the live tokens of the scope are counted
+            // already: no scan of a million tokens for every page.
+            (!r.show_deleted && filter.is_empty()).then(|| state.live_tokens_of(account.as_ref())),
         )?;
         Ok(Response::new(pb::ListTokensResponse {
             tokens: page.items.into_iter().map(|t| self.token_out(t)).collect(),
@@ -455,9 +481,12 @@ impl TokenService for Service {
         let size = page_size(r.page_size)?;
         // A tombstone's trail ends in the tombstone: operators only, as with
         // show_deleted.
-        match self.store.state().token(&id) {
-            Some(t) if !t.is_deleted() || caller.is_operator() => {}
-            _ => return Err(Error::token_not_found(&id).into()),
+        let found = match self.store.state().token(&id) {
+            Some(_) => true,
+            None => caller.is_operator() && self.store.tombstone(&id).await?.is_some(),
+        };
+        if !found {
+            return Err(Error::token_not_found(&id).into());
         }
         // Pages go back in time: a page token is the last revision shown.
         let pager = Pager::new(self.store.page_key(), &["token_events", id.as_str()]);

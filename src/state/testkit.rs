@@ -37,6 +37,7 @@ pub fn reason_of(e: &Error) -> &'static str {
         Error::PermissionDenied(_) => reason::PERMISSION_DENIED,
         Error::Compacted { .. } => reason::REVISION_COMPACTED,
         Error::TooManyWatchers { .. } => reason::TOO_MANY_WATCHERS,
+        Error::TokenIdsExhausted { .. } => reason::TOKEN_IDS_EXHAUSTED,
         Error::Unavailable { reason, .. } => reason,
         Error::Internal(_) => reason::INTERNAL,
     }
@@ -170,8 +171,31 @@ impl World {
         });
     }
 
+    /// Token `id` as it is: live from the state, or its tombstone (the
+    /// store's, in this world the last event about it).
     pub fn token_rec(&self, id: &TokenId) -> Arc<Token> {
-        self.state.token(id).expect("a token of this world").clone()
+        match self.state.token(id) {
+            Some(t) => t.clone(),
+            None => Arc::new(
+                self.log
+                    .iter()
+                    .rev()
+                    .find_map(|e| e.token().filter(|t| t.id == *id && t.is_deleted()))
+                    .expect("a token of this world")
+                    .clone(),
+            ),
+        }
+    }
+
+    /// Every tombstone, in id order: what a store would hold.
+    pub fn tombstones(&self) -> Vec<Token> {
+        let mut out: Vec<Token> = self
+            .log
+            .iter()
+            .filter_map(|e| e.token().filter(|t| t.is_deleted()).cloned())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
     }
 
     pub fn account_rec(&self, id: &AccountId) -> Arc<Account> {

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::command::{self, Command, Ctx, Plan};
-use crate::domain::{Actor, Event, Revision, Subject, TokenId};
+use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
 use crate::error::Error;
 use crate::secret::Secret;
 use crate::state::State;
@@ -123,6 +123,20 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<Arc<Event>>, Error>;
 
+    /// Token `id`'s tombstone, read from the database: memory keeps live
+    /// tokens only. `None` when `id` is not deleted (live, or never
+    /// issued). An old one may be shrunk (see `docs/contract.md` §2).
+    async fn tombstone(&self, id: &TokenId) -> Result<Option<Token>, Error>;
+
+    /// Tombstones in id order after `after` (exclusive), of `account` or of
+    /// all, at most `max`: read from the database, a page at a time.
+    async fn tombstones(
+        &self,
+        account: Option<&AccountId>,
+        after: Option<&TokenId>,
+        max: usize,
+    ) -> Result<Vec<Token>, Error>;
+
     /// The oldest revision still in the event log (head + 1 when it is empty).
     fn oldest_revision(&self) -> Revision;
 
@@ -157,6 +171,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Persists what is pending, flushes, and refuses further writes.
     async fn close(&self);
+}
+
+/// Every tombstone of `account` (or of all), in id order, read from the
+/// store a page at a time: for `show_deleted` lists and snapshots, whose
+/// cost grows with the tombstones they cover.
+pub async fn all_tombstones(
+    store: &dyn Store,
+    account: Option<&AccountId>,
+) -> Result<Vec<Token>, Error> {
+    const PAGE: usize = 10_000;
+    let mut out: Vec<Token> = Vec::new();
+    loop {
+        let after = out.last().map(|t| t.id.clone());
+        let page = store.tombstones(account, after.as_ref(), PAGE).await?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
 }
 
 /// Which database a tokend keeps its records in (`--store`).

@@ -27,10 +27,10 @@ use tracing::Instrument;
 
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 use self::wal::Wal;
-use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2};
+use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3};
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
-use crate::domain::{Actor, Event, Revision, Subject, TokenId};
+use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
 use crate::error::{Error, reason};
 use crate::hub::Hub;
 use crate::state::State;
@@ -39,6 +39,7 @@ mod apply;
 mod commit;
 mod layout;
 mod restore;
+mod shrink;
 mod wal;
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -50,6 +51,8 @@ pub struct SledConfig {
     pub retention: u64,
     /// How often a token's last-access time is written at most.
     pub access_interval: Duration,
+    /// Tombstones deleted longer ago than this are shrunk (`sled/shrink.rs`).
+    pub tombstone_shrink_after: Duration,
 }
 
 pub struct SledStore {
@@ -158,18 +161,24 @@ impl SledStore {
             // Version 1 had no log: sled holds everything. Version 2 kept
             // one key per event (this one reads those and writes one per
             // commit) and a separate secret index (folded into the token
-            // records here, before the marker moves). The new marker keeps
-            // an older tokend from opening it.
-            Some(f) if f.as_ref() == SLED_FORMAT_V1 || f.as_ref() == SLED_FORMAT_V2 => {
-                let folded = layout::fold_secrets(&tree)?;
-                tracing::info!(folded, "secret index folded into the token records");
+            // records here). Version 3 kept tombstones among the live
+            // tokens (moved apart here, and every issued number marked).
+            // Each step can run again after a crash; the new marker, last,
+            // keeps an older tokend from opening it.
+            Some(f) if [SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3].contains(&f.as_ref()) => {
+                if f.as_ref() != SLED_FORMAT_V3 {
+                    let folded = layout::fold_secrets(&tree)?;
+                    tracing::info!(folded, "secret index folded into the token records");
+                }
+                let moved = layout::split_tombstones(&tree)?;
+                tracing::info!(moved, "tombstones moved apart from the live tokens");
                 tree.insert(K_FORMAT, SLED_FORMAT)
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 db.flush()
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 tracing::info!(
                     from = %String::from_utf8_lossy(&f),
-                    "data dir migrated to format 3 (write-ahead log, one event key per commit)"
+                    "data dir migrated to format 4 (tombstones apart, issued ids as bits)"
                 );
             }
             Some(f) => {
@@ -256,6 +265,11 @@ impl SledStore {
                 }
             }
         });
+
+        tokio::spawn(shrink::run(
+            Arc::downgrade(&inner),
+            config.tombstone_shrink_after,
+        ));
 
         Ok(SledStore {
             inner,
@@ -389,6 +403,32 @@ impl Store for SledStore {
         tokio::task::spawn_blocking(move || token_events(&inner, &id, head, before, max))
             .await
             .map_err(|e| Error::Internal(format!("reading a token's history: {e}")))?
+    }
+
+    async fn tombstone(&self, id: &TokenId) -> Result<Option<Token>, Error> {
+        self.inner.caught_up(self.state().revision()).await?;
+        let value = self
+            .inner
+            .tree
+            .get(layout::tombstone_key(id))
+            .map_err(|e| io_error("reading a tombstone", e))?;
+        value.map(|v| layout::decode_tombstone(id, &v)).transpose()
+    }
+
+    async fn tombstones(
+        &self,
+        account: Option<&AccountId>,
+        after: Option<&TokenId>,
+        max: usize,
+    ) -> Result<Vec<Token>, Error> {
+        let inner = self.inner.clone();
+        inner.caught_up(self.state().revision()).await?;
+        let (account, after) = (account.cloned(), after.cloned());
+        tokio::task::spawn_blocking(move || {
+            layout::tombstones(&inner.tree, account.as_ref(), after.as_ref(), max)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("reading tombstones: {e}")))?
     }
 
     fn oldest_revision(&self) -> Revision {

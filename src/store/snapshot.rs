@@ -26,6 +26,8 @@
 //! replay that would be wrong. Last-access times are not kept either.
 
 use std::collections::HashSet;
+
+use itertools::Itertools;
 use std::io::{self, Write};
 
 use base16ct::lower::encode_string as hex;
@@ -100,11 +102,22 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes `state` (consistent at `state.revision()`) and the page key as a
-/// snapshot file to `out`. Blocking: run it off the async workers.
-pub fn write(state: &State, page_key: &[u8; 32], out: impl Write) -> io::Result<Summary> {
+/// Writes `state` (consistent at `state.revision()`), the `tombstones`
+/// (in id order, none of them live in `state`: memory holds none) and the
+/// page key as a snapshot file to `out`. Blocking: run it off the async
+/// workers.
+pub fn write(
+    state: &State,
+    tombstones: &[Token],
+    page_key: &[u8; 32],
+    out: impl Write,
+) -> io::Result<Summary> {
     let accounts: Vec<_> = state.accounts_after(None).collect();
-    let tokens: Vec<_> = state.tokens_after(None, None).collect();
+    let tokens: Vec<&Token> = state
+        .tokens_after(None, None)
+        .map(|t| &**t)
+        .merge_by(tombstones, |a, b| a.id < b.id)
+        .collect();
     let secrets: Vec<_> = tokens
         .iter()
         .filter_map(|t| state.secret_of(&t.id).map(|h| (h, &t.id)))
@@ -283,7 +296,7 @@ mod tests {
         let (deleted, _) = w.token(&acc, &["commerce"]);
         w.delete_token(&deleted);
         let mut bytes = Vec::new();
-        write(&w.state, &[7; 32], &mut bytes).unwrap();
+        write(&w.state, &w.tombstones(), &[7; 32], &mut bytes).unwrap();
         (w, bytes)
     }
 
@@ -308,10 +321,10 @@ mod tests {
             (1, 3, 2)
         );
         for t in &s.tokens {
-            let kept = w.state.token(&t.id).unwrap();
+            let kept = w.token_rec(&t.id);
             assert_eq!(
                 record::encode::<TokenRecord>(t),
-                record::encode::<TokenRecord>(kept)
+                record::encode::<TokenRecord>(&kept)
             );
             let hash = s.secrets.iter().find(|(_, id)| *id == t.id).map(|(h, _)| h);
             assert_eq!(hash, w.state.secret_of(&t.id));

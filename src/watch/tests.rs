@@ -140,6 +140,19 @@ impl Store for FakeStore {
         unreachable!("watch streams never read audit trails")
     }
 
+    async fn tombstone(&self, _: &TokenId) -> Result<Option<crate::domain::Token>, Error> {
+        unreachable!("watch streams never read tombstones")
+    }
+
+    async fn tombstones(
+        &self,
+        _: Option<&crate::domain::AccountId>,
+        _: Option<&TokenId>,
+        _: usize,
+    ) -> Result<Vec<crate::domain::Token>, Error> {
+        unreachable!("watch streams never read tombstones")
+    }
+
     fn oldest_revision(&self) -> Revision {
         self.inner.lock().unwrap().oldest
     }

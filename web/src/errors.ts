@@ -20,6 +20,8 @@ export const REASONS: Record<string, string> = {
   TOKEN_ID_TAKEN: "That token id was issued before and can't be used again.",
   REVISION_COMPACTED: "The live view was disconnected for too long; the list is being loaded again.",
   TOO_MANY_WATCHERS: "tokend is serving too many live views right now. The page will retry shortly.",
+  TOKEN_IDS_EXHAUSTED:
+    "tokend can't make new tokens: nearly every token ID has been used (IDs of deleted tokens are never reused). Ask your operator.",
   STORE_UNAVAILABLE:
     "tokend can't save changes right now. A change you just made may or may not have been saved: check the list before trying again.",
   SHUTTING_DOWN: "tokend is restarting. Try again in a moment.",

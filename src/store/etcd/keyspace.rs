@@ -67,6 +67,11 @@ impl Keyspace {
         self.key(ACCOUNTS, id.as_str())
     }
 
+    /// The prefix of every token record key.
+    pub(super) fn tokens(&self) -> String {
+        self.key(TOKENS, "")
+    }
+
     pub(super) fn token(&self, id: &TokenId) -> String {
         self.key(TOKENS, id.as_str())
     }

@@ -26,7 +26,9 @@
 //! `record.rs` shared with sled):
 //!   `<prefix>r/a/<ACC-id>` → account + the event that wrote it
 //!   `<prefix>r/t/<TKN-id>` → token (+ secret hash while live) + its event;
-//!                            tombstones stay forever: ids are never reissued
+//!                            tombstones stay forever, whole, in etcd only
+//!                            (a replica keeps a live token's record and a
+//!                            deleted one's number): ids are never reissued
 //!   `<prefix>g/<ACC-id>`   → guard: touched by every token write that
 //!                            depends on its account, compared by account
 //!                            updates that depend on the account's tokens
@@ -81,11 +83,11 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use self::keyspace::Keyspace;
+use self::keyspace::{Committed, Keyspace, decode_record};
 use self::restore::Origin;
 use super::{AccessLog, Applied, Endpoints, Store};
 use crate::command::{self, Command, Ctx, Plan};
-use crate::domain::{Actor, Event, Revision, TokenId};
+use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
 use crate::error::{Error, reason};
 use crate::hub::Hub;
 use crate::state::State;
@@ -327,6 +329,66 @@ impl Store for EtcdStore {
         max: usize,
     ) -> Result<Vec<Arc<Event>>, Error> {
         self.inner.token_events(id, before, max).await
+    }
+
+    async fn tombstone(&self, id: &TokenId) -> Result<Option<Token>, Error> {
+        self.inner.sync().await?;
+        let r = self
+            .inner
+            .client
+            .clone()
+            .get(self.inner.keys.token(id), None)
+            .await
+            .map_err(|e| unavailable("reading a tombstone", e))?;
+        match r
+            .kvs()
+            .first()
+            .map(|kv| decode_record(kv.value()))
+            .transpose()?
+        {
+            Some(Committed {
+                subject: Subject::Token(t),
+                ..
+            }) if t.is_deleted() => Ok(Some(t)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn tombstones(
+        &self,
+        account: Option<&AccountId>,
+        after: Option<&TokenId>,
+        max: usize,
+    ) -> Result<Vec<Token>, Error> {
+        self.inner.sync().await?;
+        let tokens = self.inner.keys.tokens();
+        let from = match after {
+            Some(id) => [self.inner.keys.token(id).as_bytes(), &[0]].concat(),
+            None => tokens.as_bytes().to_vec(),
+        };
+        let mut out = Vec::new();
+        pump::get_range(
+            &self.inner.client,
+            from,
+            pump::range_end(&tokens),
+            0,
+            &mut |page| {
+                for kv in page {
+                    if let Subject::Token(t) = decode_record(kv.value())?.subject
+                        && t.is_deleted()
+                        && account.is_none_or(|a| *a == t.account_id)
+                    {
+                        out.push(t);
+                        if out.len() == max {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Ok(true)
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     fn oldest_revision(&self) -> Revision {

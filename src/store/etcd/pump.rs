@@ -23,7 +23,7 @@ use super::{Inner, RETRY_PAUSES, unavailable};
 use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::state::{Change, SecretOp, State};
+use crate::state::{Change, IdSet, SecretOp, State};
 
 /// How long a write or a sync waits for this replica's watch to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,9 +43,29 @@ pub(super) async fn load(
     origin: &Origin,
 ) -> Result<Loaded, Error> {
     let failed = |e| unavailable("loading records", e);
-    let (records, at) = get_prefix(client, &keys.records(), 0)
-        .await
-        .map_err(failed)?;
+    // Page by page: a tombstone leaves only its number in memory, so a
+    // replica's memory follows live tokens, at start-up too.
+    let (mut accounts, mut tokens, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
+    let mut issued = IdSet::default();
+    let at = get_prefix(client, &keys.records(), 0, &mut |page| {
+        for kv in page {
+            let c = decode_record(kv.value())?;
+            match c.subject {
+                Subject::Account(a) => accounts.push(a),
+                Subject::Token(t) if t.is_deleted() => {
+                    issued.insert(t.id.number());
+                }
+                Subject::Token(t) => {
+                    if let Some(h) = c.secret {
+                        secrets.push((h, t.id.clone()));
+                    }
+                    tokens.push(t);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
     // The state's revision is the last event's (`m/head` moves with every
     // one), read as of the same etcd revision as the records.
     let h = client
@@ -57,59 +77,45 @@ pub(super) async fn load(
         .kvs()
         .first()
         .map_or(0, |kv| origin.revision(kv.mod_revision()));
-    let (mut accounts, mut tokens, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
-    for kv in &records {
-        let c = decode_record(kv.value())?;
-        match c.subject {
-            Subject::Account(a) => accounts.push(a),
-            Subject::Token(t) => {
-                if let Some(h) = c.secret {
-                    secrets.push((h, t.id.clone()));
-                }
-                tokens.push(t);
+    // Access times as of the same revision.
+    let mut access = Vec::new();
+    get_prefix(client, &keys.access_times(), at, &mut |page| {
+        for kv in page {
+            // A last access is a hint: one that does not parse is skipped.
+            if let (Some(id), Ok(at)) = (keys.access_id(kv.key()), decode_access(kv.value())) {
+                access.push((id, at));
             }
         }
-    }
-    drop(records);
-    // Access times as of the same revision.
-    let (times, _) = get_prefix(client, &keys.access_times(), at)
-        .await
-        .map_err(|e| unavailable("loading access times", e))?;
-    let mut access = Vec::new();
-    for kv in &times {
-        // A last access is a hint: one that does not parse is skipped.
-        if let (Some(id), Ok(at)) = (keys.access_id(kv.key()), decode_access(kv.value())) {
-            access.push((id, at));
-        }
-    }
+        Ok(())
+    })
+    .await?;
     Ok((
-        State::restore(head, accounts, tokens, secrets),
+        State::restore(head, accounts, tokens, secrets, issued),
         access,
         head,
     ))
 }
 
-/// Every key under `prefix` as of etcd revision `at` (0: now), and that
-/// revision: page after page, each read at the revision of the first.
-async fn get_prefix(
+/// Hands every key in `from..end` as of etcd revision `at` (0: now) to
+/// `each`, a page at a time, each page read at the revision of the first;
+/// returns that revision. Stops early when `each` says so.
+pub(super) async fn get_range(
     client: &Client,
-    prefix: &str,
+    mut from: Vec<u8>,
+    end: Vec<u8>,
     mut at: i64,
-) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+    each: &mut (dyn FnMut(Vec<KeyValue>) -> Result<bool, Error> + Send),
+) -> Result<i64, Error> {
     let mut kv = client.kv_client().max_decoding_message_size(PAGE_BYTES);
-    // The prefix's range end: its last byte plus one (prefixes end in '/').
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    let mut from = prefix.as_bytes().to_vec();
-    let mut out = Vec::new();
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if at > 0 {
             options = options.with_revision(at);
         }
-        let mut r = kv.get(from.clone(), Some(options)).await?;
+        let mut r = kv
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|e| unavailable("reading records", e))?;
         if at == 0 {
             at = r.header().map_or(0, |h| h.revision());
         }
@@ -119,11 +125,36 @@ async fn get_prefix(
             // The next page starts just after the last key of this one.
             from = [last.key(), &[0]].concat();
         }
-        out.extend(page);
-        if !more {
-            return Ok((out, at));
+        if !each(page)? || !more {
+            return Ok(at);
         }
     }
+}
+
+/// [`get_range`] over every key under `prefix`.
+async fn get_prefix(
+    client: &Client,
+    prefix: &str,
+    at: i64,
+    each: &mut (dyn FnMut(Vec<KeyValue>) -> Result<(), Error> + Send),
+) -> Result<i64, Error> {
+    get_range(
+        client,
+        prefix.as_bytes().to_vec(),
+        range_end(prefix),
+        at,
+        &mut |page| each(page).map(|()| true),
+    )
+    .await
+}
+
+/// The end of `prefix`'s range: its last byte plus one (prefixes end in '/').
+pub(super) fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
 }
 
 /// Follows `r/` from `after` + 1, applying each put to the state and handing

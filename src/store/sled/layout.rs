@@ -5,10 +5,17 @@
 //!   `m/revision`         → u64 BE, the last committed revision
 //!   `m/page_key`         → 32 random bytes for signing page tokens
 //!   `a/<ACC-id>`         → AccountRecord
-//!   `t/<TKN-id>`         → TokenRecord (tombstones stay forever: ids are never
-//!                          reused); a live token's is `L` + its secret's
-//!                          32-byte SHA-256 + the record, so that no other
-//!                          key changes when a token is created or deleted
+//!   `t/<TKN-id>`         → a live token: `L` + its secret's 32-byte SHA-256
+//!                          + its TokenRecord (format 3 kept tombstones here
+//!                          too: [`split_tombstones`] moves them)
+//!   `d/<TKN-id>`         → a deleted token's tombstone: its TokenRecord, or,
+//!                          once old, `S` + a ShrunkRecord (`sled/shrink.rs`).
+//!                          Apart from the live tokens, so that opening reads
+//!                          live tokens only
+//!   `u/<u32 BE chunk>`   → 512 bytes: bit `i` set when token number
+//!                          `chunk * 4096 + i` was issued. Ids are never
+//!                          reused: this is what says which were, read at
+//!                          open instead of every tombstone
 //!   `s/<sha256>`         → TKN-id: formats 1 and 2 only, folded into `t/`
 //!                          when such a data dir is opened ([`fold_secrets`])
 //!   `e/<u64 BE rev>`     → the retained log: the events of one commit, from
@@ -35,10 +42,10 @@ use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::{corrupt, io_error};
-use crate::domain::{AccountId, Event, Revision, Subject, Token, TokenId};
+use crate::domain::{AccountId, Event, EventKind, Revision, Subject, Token, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::state::{Change, SecretOp, State};
+use crate::state::{Change, IdSet, State};
 use crate::store::record::{self, AccountRecord, EventRecord, Record, TimeRecord, TokenRecord};
 
 pub(super) const K_FORMAT: &[u8] = b"m/format";
@@ -49,6 +56,10 @@ const P_TOKEN: &[u8] = b"t/";
 const P_SECRET: &[u8] = b"s/";
 pub(super) const P_EVENT: &[u8] = b"e/";
 const P_ACCESS: &[u8] = b"l/";
+const P_TOMBSTONE: &[u8] = b"d/";
+const P_ISSUED: &[u8] = b"u/";
+/// Token numbers per `u/` key.
+const ISSUED_CHUNK: u32 = 4096;
 
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     [prefix, id].concat()
@@ -60,6 +71,18 @@ pub(super) fn account_key(id: &AccountId) -> Vec<u8> {
 
 pub(super) fn token_key(id: &TokenId) -> Vec<u8> {
     key(P_TOKEN, id.as_str().as_bytes())
+}
+
+pub(super) fn tombstone_key(id: &TokenId) -> Vec<u8> {
+    key(P_TOMBSTONE, id.as_str().as_bytes())
+}
+
+/// The `u/` key holding token number `n`'s bit, and the bit's place in it.
+fn issued_key(n: u32) -> (Vec<u8>, u32) {
+    (
+        key(P_ISSUED, &(n / ISSUED_CHUNK).to_be_bytes()),
+        n % ISSUED_CHUNK,
+    )
 }
 
 pub(super) fn access_key(id: &TokenId) -> Vec<u8> {
@@ -82,26 +105,59 @@ pub(super) fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
 /// `sled::Batch`: sled 0.34 writes out its log buffer twice for every batch
 /// (a write and a thread-pool wake-up each), and atomicity is the
 /// write-ahead log's job here. Every write sets a key to its value after
-/// the commit (or removes it), so applying them again, in log order, is
-/// harmless: what replay at open does.
+/// the commit (or removes it, or sets a bit that stays set), so applying
+/// them again, in log order, is harmless: what replay at open does.
 #[derive(Default)]
-pub(super) struct Writes(Vec<(Vec<u8>, Option<sled::IVec>)>);
+pub(super) struct Writes(Vec<(Vec<u8>, Write)>);
+
+enum Write {
+    Put(sled::IVec),
+    Remove,
+    /// Sets one bit of a `u/` value (created as zeros when missing).
+    SetBit(u32),
+}
 
 impl Writes {
     pub(super) fn insert(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>) {
-        self.0.push((key, Some(value.into())));
+        self.0.push((key, Write::Put(value.into())));
     }
 
     pub(super) fn remove(&mut self, key: Vec<u8>) {
-        self.0.push((key, None));
+        self.0.push((key, Write::Remove));
+    }
+
+    /// Records that token number `n` was issued.
+    pub(super) fn mark_issued(&mut self, n: u32) {
+        let (key, bit) = issued_key(n);
+        self.0.push((key, Write::SetBit(bit)));
     }
 
     pub(super) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
-        for (key, value) in self.0 {
-            match value {
-                Some(v) => tree.insert(key, v)?,
-                None => tree.remove(key)?,
-            };
+        for (key, write) in self.0 {
+            match write {
+                Write::Put(v) => {
+                    tree.insert(key, v)?;
+                }
+                Write::Remove => {
+                    tree.remove(key)?;
+                }
+                Write::SetBit(bit) => {
+                    let (byte, mask) = ((bit / 8) as usize, 1u8 << (bit % 8));
+                    // Read, then written only if the bit is new. One thread
+                    // writes `u/` (the applier, or the replay at open before
+                    // it): no update to lose in between.
+                    let old = tree.get(&key)?;
+                    if old
+                        .as_deref()
+                        .is_none_or(|v| v.get(byte).is_none_or(|b| b & mask == 0))
+                    {
+                        let mut v = old.map_or_else(Vec::new, |v| v.to_vec());
+                        v.resize(v.len().max(ISSUED_CHUNK as usize / 8), 0);
+                        v[byte] |= mask;
+                        tree.insert(key, v)?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -133,18 +189,106 @@ pub(super) fn decode_token_value(v: &[u8]) -> Result<(Token, Option<SecretHash>)
 }
 
 /// Adds what `change` writes: its record, holding the token's secret hash
-/// after the change (`secret`; a deleted token's last access goes too).
-/// Its event goes with the commit's others ([`EventLog::append`]).
+/// after the change (`secret`). Its event goes with the commit's others
+/// ([`EventLog::append`]).
 pub(super) fn write_change(batch: &mut Writes, change: &Change, secret: Option<&SecretHash>) {
     match &change.subject {
-        Subject::Token(t) => {
-            batch.insert(token_key(&t.id), token_value(t, secret));
-            if let SecretOp::Erase(_) = change.secret {
-                batch.remove(access_key(&t.id));
-            }
-        }
+        Subject::Token(t) => write_token(batch, t, secret, change.kind == EventKind::Created),
         Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
     }
+}
+
+/// Adds what token `t` is stored as: live under `t/` with its secret's
+/// hash, or deleted under `d/` (its live record and last access go), and
+/// its number marked issued when it is `new`.
+pub(super) fn write_token(batch: &mut Writes, t: &Token, secret: Option<&SecretHash>, new: bool) {
+    if new {
+        batch.mark_issued(t.id.number());
+    }
+    if t.is_deleted() {
+        batch.remove(token_key(&t.id));
+        batch.remove(access_key(&t.id));
+        batch.insert(tombstone_key(&t.id), record::encode::<TokenRecord>(t));
+    } else {
+        batch.insert(token_key(&t.id), token_value(t, secret));
+    }
+}
+
+/// A `d/<id>` value read back: whole, or shrunk once old.
+pub(super) fn decode_tombstone(id: &TokenId, v: &[u8]) -> Result<Token, Error> {
+    match v.split_first() {
+        Some((&SHRUNK, rest)) => {
+            record::decode_shrunk(id, rest).map_err(|e| corrupt("tombstone", e))
+        }
+        _ => decode::<TokenRecord>("tombstone", v),
+    }
+}
+
+/// Tags a shrunk tombstone's value: JSON never starts with it.
+pub(super) const SHRUNK: u8 = b'S';
+
+/// The keys of every tombstone: `start..end`.
+pub(super) fn tombstone_range() -> (Vec<u8>, Vec<u8>) {
+    let mut end = P_TOMBSTONE.to_vec();
+    *end.last_mut().expect("a prefix") += 1;
+    (P_TOMBSTONE.to_vec(), end)
+}
+
+/// The token a `d/` key is the tombstone of.
+pub(super) fn tombstone_id(k: &[u8]) -> Result<TokenId, Error> {
+    TokenId::parse(&String::from_utf8_lossy(&k[P_TOMBSTONE.len()..]))
+        .map_err(|e| corrupt("tombstone key", e))
+}
+
+/// Tombstones in id order after `after`, of `account` or all, at most `max`.
+pub(super) fn tombstones(
+    tree: &sled::Tree,
+    account: Option<&AccountId>,
+    after: Option<&TokenId>,
+    max: usize,
+) -> Result<Vec<Token>, Error> {
+    let (start, end) = tombstone_range();
+    let start = match after {
+        Some(id) => [&tombstone_key(id)[..], &[0]].concat(),
+        None => start,
+    };
+    let mut out = Vec::new();
+    for item in tree.range(start..end) {
+        if out.len() == max {
+            break;
+        }
+        let (k, v) = item.map_err(|e| io_error("reading tombstones", e))?;
+        let t = decode_tombstone(&tombstone_id(&k)?, &v)?;
+        if account.is_none_or(|a| *a == t.account_id) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Moves format 3's tombstones from `t/` to `d/` and marks every token
+/// number in `u/`: what format 4 keeps apart. Run at open, before anything
+/// else reads; each step can run again after a crash half-way.
+pub(super) fn split_tombstones(tree: &sled::Tree) -> Result<usize, Error> {
+    let failed = |e: sled::Error| io_error("moving tombstones out of the live records", e);
+    let mut moved = 0;
+    let mut issued = Writes::default();
+    for item in tree.scan_prefix(P_TOKEN) {
+        let (k, v) = item.map_err(failed)?;
+        let id = TokenId::parse(&String::from_utf8_lossy(&k[P_TOKEN.len()..]))
+            .map_err(|e| corrupt("token key", e))?;
+        issued.mark_issued(id.number());
+        if v.first() != Some(&LIVE) {
+            tree.insert(tombstone_key(&id), v).map_err(failed)?;
+            tree.remove(&k).map_err(failed)?;
+            moved += 1;
+        }
+    }
+    for item in tree.scan_prefix(P_TOMBSTONE).keys() {
+        issued.mark_issued(tombstone_id(&item.map_err(failed)?)?.number());
+    }
+    issued.apply(tree).map_err(failed)?;
+    Ok(moved)
 }
 
 /// The secret hash token `id` holds in sled now, for a logged change that
@@ -298,39 +442,64 @@ where
 
 pub(super) type Restored = (State, Vec<(TokenId, SystemTime)>);
 
-/// Every record, the secret index and the last-access times, as the state
-/// at the last committed revision.
+/// Hands each key (without `prefix`) and value under `prefix` to `each`,
+/// record by record: opening a large store holds its state, never also a
+/// copy of a whole prefix's bytes.
+fn each_record(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    for item in tree.scan_prefix(prefix) {
+        let (k, v) = item.map_err(|e| io_error("reading", e))?;
+        each(&k[prefix.len()..], &v)?;
+    }
+    Ok(())
+}
+
+/// Every account and live token, the secret index, the issued token
+/// numbers and the last-access times, as the state at the last committed
+/// revision. Tombstones stay on disk.
 pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
     let revision = revision(tree)?;
-    let scan = |prefix: &[u8]| -> Result<Vec<(sled::IVec, sled::IVec)>, Error> {
-        tree.scan_prefix(prefix)
-            .collect::<Result<_, _>>()
-            .map_err(|e| io_error("reading", e))
-    };
-    let accounts = scan(P_ACCOUNT)?
-        .iter()
-        .map(|(_, v)| decode::<AccountRecord>("account", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut secrets = Vec::new();
-    let tokens = scan(P_TOKEN)?
-        .iter()
-        .map(|(_, v)| {
-            let (t, secret) = decode_token_value(v)?;
-            if let Some(h) = secret {
-                secrets.push((h, t.id.clone()));
+    let mut accounts = Vec::new();
+    each_record(tree, P_ACCOUNT, |_, v| {
+        accounts.push(decode::<AccountRecord>("account", v)?);
+        Ok(())
+    })?;
+    let (mut tokens, mut secrets) = (Vec::new(), Vec::new());
+    each_record(tree, P_TOKEN, |_, v| {
+        let (t, secret) = decode_token_value(v)?;
+        if let Some(h) = secret {
+            secrets.push((h, t.id.clone()));
+        }
+        tokens.push(t);
+        Ok(())
+    })?;
+    let mut access = Vec::new();
+    each_record(tree, P_ACCESS, |k, v| {
+        let id =
+            TokenId::parse(&String::from_utf8_lossy(k)).map_err(|e| corrupt("access log", e))?;
+        access.push((id, decode::<TimeRecord>("access time", v)?));
+        Ok(())
+    })?;
+    let mut issued = IdSet::default();
+    each_record(tree, P_ISSUED, |k, v| {
+        let chunk = k
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| corrupt("issued ids", "a bad key"))?;
+        for (i, byte) in v.iter().enumerate().filter(|(_, b)| **b != 0) {
+            for bit in (0..8).filter(|bit| byte & (1 << bit) != 0) {
+                issued.insert(chunk * ISSUED_CHUNK + i as u32 * 8 + bit);
             }
-            Ok(t)
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    let access = scan(P_ACCESS)?
-        .iter()
-        .map(|(k, v)| {
-            let id = TokenId::parse(&String::from_utf8_lossy(&k[P_ACCESS.len()..]))
-                .map_err(|e| corrupt("access log", e))?;
-            Ok((id, decode::<TimeRecord>("access time", v)?))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
-    Ok((State::restore(revision, accounts, tokens, secrets), access))
+        }
+        Ok(())
+    })?;
+    Ok((
+        State::restore(revision, accounts, tokens, secrets, issued),
+        access,
+    ))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! Owns writing a checked [`Snapshot`] as the layout of `layout.rs`: the
 //! format marker, the revision counter (the snapshot's, so the next commit
 //! continues after it), the page key, every account and token (tombstones
-//! included, so their ids are never issued again, each live one with its
-//! secret's hash); no
+//! included, and every token's number marked issued, so their ids are never
+//! issued again; each live one with its secret's hash); no
 //! events, so the restored log starts after the snapshot's revision. The
 //! dir is built beside the target under a temporary name and renamed into
 //! place once flushed and synced: a failure leaves no half-restored data dir.
@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, account_key, token_key, token_value};
+use super::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, write_token};
 use super::{SledStore, io_error, sync_names};
 use crate::error::Error;
 use crate::store::record::{self, AccountRecord, SLED_FORMAT};
@@ -81,11 +81,9 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
     let secrets: std::collections::HashMap<_, _> =
         s.secrets.iter().map(|(h, id)| (id, h)).collect();
     for t in &s.tokens {
-        tree.insert(
-            token_key(&t.id),
-            token_value(t, secrets.get(&t.id).copied()),
-        )
-        .map_err(failed)?;
+        let mut writes = Writes::default();
+        write_token(&mut writes, t, secrets.get(&t.id).copied(), true);
+        writes.apply(&tree).map_err(failed)?;
     }
     tree.insert(K_PAGE_KEY, &s.page_key[..]).map_err(failed)?;
     tree.insert(K_REVISION, &s.revision.to_be_bytes()[..])

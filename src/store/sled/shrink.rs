@@ -1,0 +1,106 @@
+//! Old tombstones shrunk on disk, in the background.
+//!
+//! A deleted token's tombstone (`d/<id>`) is written whole with the
+//! deletion, so that `show_deleted` shows all of it while it is recent.
+//! Once it was deleted `--tombstone-shrink-after` ago, this task rewrites
+//! it as a [`ShrunkRecord`](crate::store::record::ShrunkRecord): id,
+//! account, name, revision, created, and when and by whom deleted, about a
+//! hundred bytes instead of the whole record.
+//!
+//! Owns the walk over `d/`, a slice at a time, pausing as long as each
+//! slice took (at most half a core), and a pass over all of them at most
+//! every minute. It writes beside the applier: sled takes concurrent
+//! writers, and nothing else writes a tombstone once it exists (ids are
+//! never reused), except the replay at open, which may write a whole one
+//! back (to be shrunk again). A shrink reaches the disk with the next
+//! checkpoint's flush; one a crash lost is simply done again. It must never
+//! touch a live token, the log or the issued ids, never shrink a tombstone
+//! younger than the age, and never write once the store is poisoned.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Inner;
+use super::layout::{self, SHRUNK};
+use crate::error::Error;
+use crate::store::record;
+
+/// Tombstones looked at per slice.
+const SLICE: usize = 1000;
+/// The longest pause between two passes.
+const PASS_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs until `inner` is dropped by everyone else (the store closed).
+pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let from = cursor.take();
+        let started = Instant::now();
+        let slice = tokio::task::spawn_blocking(move || shrink_slice(&strong, from, after)).await;
+        match slice {
+            Ok(Ok(Some(next))) => {
+                cursor = Some(next);
+                tokio::time::sleep(started.elapsed()).await;
+            }
+            // A pass is over: the next one starts from the first again.
+            Ok(Ok(None)) => {
+                tokio::time::sleep(after.clamp(Duration::from_secs(1), PASS_EVERY)).await
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "shrinking old tombstones failed; trying again later");
+                tokio::time::sleep(PASS_EVERY).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Shrinks the old tombstones among the next [`SLICE`] after `from` (the
+/// first ones when `None`); returns where the next slice starts, `None`
+/// once the last was looked at.
+fn shrink_slice(
+    inner: &Inner,
+    from: Option<Vec<u8>>,
+    after: Duration,
+) -> Result<Option<Vec<u8>>, Error> {
+    let failed = |e: sled::Error| super::io_error("shrinking old tombstones", e);
+    let cutoff = SystemTime::now()
+        .checked_sub(after)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let (start, end) = layout::tombstone_range();
+    let start = match from {
+        Some(k) => [&k[..], &[0]].concat(),
+        None => start,
+    };
+    let (mut last, mut seen, mut shrunk) = (None, 0, 0u64);
+    for item in inner.tree.range(start..end).take(SLICE) {
+        seen += 1;
+        if inner.poisoned.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let (k, v) = item.map_err(failed)?;
+        last = Some(k.to_vec());
+        if v.first() == Some(&SHRUNK) {
+            continue;
+        }
+        let id = layout::tombstone_id(&k)?;
+        let t = layout::decode_tombstone(&id, &v)?;
+        let old = t.audit.deleted.as_ref().is_some_and(|d| d.at <= cutoff);
+        if let (true, Some(small)) = (old, record::encode_shrunk(&t)) {
+            inner
+                .tree
+                .insert(&k, [&[SHRUNK][..], &small].concat())
+                .map_err(failed)?;
+            shrunk += 1;
+        }
+    }
+    if shrunk > 0 {
+        metrics::counter!(crate::telemetry::TOMBSTONES_SHRUNK).increment(shrunk);
+        tracing::debug!(shrunk, "old tombstones shrunk");
+    }
+    // A short slice was the pass's last.
+    Ok(last.filter(|_| seen == SLICE))
+}
