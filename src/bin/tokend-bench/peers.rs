@@ -65,14 +65,19 @@ pub trait Peer: Send + Sync + 'static {
 
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("server process");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        status_kib(self.pid(), "VmRSS")
     }
+}
+
+/// One of the memory figures of process `pid` in `/proc/<pid>/status`
+/// (`VmRSS`, `RssAnon`, …), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("server process");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// CPU time (user + system, all threads) process `pid` has used so far.
@@ -102,7 +107,7 @@ impl Drop for Process {
     }
 }
 
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -135,6 +140,40 @@ fn sample(addr: SocketAddr, series: &str) -> f64 {
 }
 
 // ---------------------------------------------------------------- tokend
+
+/// The `tokend` binary that sits beside this one.
+pub fn tokend_bin() -> PathBuf {
+    std::env::current_exe().unwrap().with_file_name("tokend")
+}
+
+/// `tokend serve` on sled in `data_dir` (or wherever `extra` says), as
+/// every scenario runs it: on `addr`, metrics on `metrics`, logs at warning
+/// level and thrown away.
+pub fn tokend_command(
+    data_dir: &Path,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    extra: &[&str],
+) -> Command {
+    let mut command = Command::new(tokend_bin());
+    command
+        .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .args([
+            "--max-watchers",
+            "20000",
+            "--metrics-addr",
+            &metrics.to_string(),
+        ])
+        // One log line per call is tokend's default; like etcd's, it is
+        // turned down to warnings for the benchmark.
+        .env("RUST_LOG", "warn")
+        // Tracing is on only where a scenario asks for it.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stderr(Stdio::null());
+    command
+}
 
 pub type TokenClient = TokenServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -181,27 +220,13 @@ impl Tokend {
     }
 
     async fn start_with(data_dir: PathBuf, extra: &[&str], env: &[(&str, &str)]) -> Tokend {
-        let bin = std::env::current_exe().unwrap().with_file_name("tokend");
         let (addr, metrics) = (free_addr(), free_addr());
-        let mut child = Command::new(&bin)
-            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-            .arg(&data_dir)
-            .args(extra)
-            .args([
-                "--max-watchers",
-                "20000",
-                "--metrics-addr",
-                &metrics.to_string(),
-            ])
-            // One log line per call is tokend's default; like etcd's, it is
-            // turned down to warnings for the benchmark.
-            .env("RUST_LOG", "warn")
-            // Tracing is on only where a scenario asks for it.
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        let mut child = tokend_command(&data_dir, addr, metrics, extra)
             .envs(env.iter().copied())
-            .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (build it with --release)", bin.display()));
+            .unwrap_or_else(|e| {
+                panic!("{}: {e} (build it with --release)", tokend_bin().display())
+            });
         wait_for_port(addr, &mut child, "tokend").await;
         let secret = std::fs::read_to_string(data_dir.join("operator.token")).unwrap();
         let credential = secret.trim().to_string();
@@ -361,6 +386,34 @@ impl Peer for Tokend {
 
 const PREFIX: &str = "/tokens/";
 
+/// Debian's `etcd` as one member named `bench` in `data_dir`, with default
+/// durability, serving clients on `client`; logs at warning level and
+/// thrown away.
+pub fn etcd_command(data_dir: &Path, client: SocketAddr, peer: SocketAddr) -> Command {
+    let mut command = Command::new("etcd");
+    command
+        .args(["--name", "bench", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen-client-urls",
+            &format!("http://{client}"),
+            "--advertise-client-urls",
+            &format!("http://{client}"),
+            "--listen-peer-urls",
+            &format!("http://{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{peer}"),
+            "--initial-cluster",
+            &format!("bench=http://{peer}"),
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ])
+        .stderr(Stdio::null());
+    command
+}
+
 pub struct Etcd {
     process: Process,
     pub client_addr: SocketAddr,
@@ -369,28 +422,8 @@ pub struct Etcd {
 impl Etcd {
     /// Starts Debian's `etcd` as one member with default durability.
     pub async fn start(root: &Path) -> Etcd {
-        let data_dir = root.join("etcd");
         let (client, peer) = (free_addr(), free_addr());
-        let mut child = Command::new("etcd")
-            .args(["--name", "bench", "--data-dir"])
-            .arg(&data_dir)
-            .args([
-                "--listen-client-urls",
-                &format!("http://{client}"),
-                "--advertise-client-urls",
-                &format!("http://{client}"),
-                "--listen-peer-urls",
-                &format!("http://{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://{peer}"),
-                "--initial-cluster",
-                &format!("bench=http://{peer}"),
-                "--logger",
-                "zap",
-                "--log-level",
-                "warn",
-            ])
-            .stderr(Stdio::null())
+        let mut child = etcd_command(&root.join("etcd"), client, peer)
             .spawn()
             .expect("etcd (apt-get install etcd-server)");
         wait_for_port(client, &mut child, "etcd").await;
