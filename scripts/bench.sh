@@ -11,6 +11,11 @@
 #                                 the full run, then where a delete's CPU goes
 #                                 (scripts/profile.sh), here and at REV, appended
 #                                 to BENCHMARKS.md; needs perf, adds ~10 minutes
+#   scripts/bench.sh --scale [N]  the scale scenario alone (N tokens, default
+#                                 1,000,000: memory, disk and start-up per token,
+#                                 tokend and etcd; ~10+ minutes at a million); its
+#                                 section replaces the one in BENCHMARKS.md, and
+#                                 full runs carry it over
 #   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
@@ -19,6 +24,8 @@
 # etcd-client (etcdctl, for the test suite's secured cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Cargo's target dir: ./target unless CARGO_TARGET_DIR says otherwise.
+target="${CARGO_TARGET_DIR:-target}"
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -39,22 +46,28 @@ case "${1:-}" in
     # The test profile's build is reused: a smoke run measures nothing.
     cargo build -q --features bench --bins
     out="$(mktemp -d)/BENCHMARKS.md"
-    exec target/debug/tokend-bench --smoke --out "$out"
+    exec "$target/debug/tokend-bench" --smoke --out "$out"
     ;;
   --only)
     cargo build -q --release --features bench --bins
     out="$(mktemp -d)/BENCHMARKS.md"
     echo "report: $out" >&2
-    exec target/release/tokend-bench --only "${2:?--only takes a list of scenarios}" --out "$out"
+    exec "$target/release/tokend-bench" --only "${2:?--only takes a list of scenarios}" --out "$out"
     ;;
   "")
     cargo build -q --release --features bench --bins
-    exec target/release/tokend-bench --out BENCHMARKS.md
+    exec "$target/release/tokend-bench" --out BENCHMARKS.md
+    ;;
+  --scale)
+    tokens="${2:-1000000}"
+    [[ "$tokens" =~ ^[0-9]+$ ]] || { echo "--scale takes a number of tokens" >&2; exit 2; }
+    cargo build -q --release --features bench --bins
+    exec "$target/release/tokend-bench" --only scale --scale-tokens "$tokens" --out BENCHMARKS.md
     ;;
   --profile-base)
     base="${2:?--profile-base takes a git revision}"
     cargo build -q --release --features bench --bins
-    target/release/tokend-bench --out BENCHMARKS.md
+    "$target/release/tokend-bench" --out BENCHMARKS.md
     profile="$(scripts/profile.sh 32 --base "$base")"
     {
       echo
@@ -66,7 +79,7 @@ case "${1:-}" in
     } >>BENCHMARKS.md
     ;;
   *)
-    echo "usage: $0 [--smoke | --install | --only SCENARIOS | --profile-base REV]" >&2
+    echo "usage: $0 [--smoke | --install | --only SCENARIOS | --scale [TOKENS] | --profile-base REV]" >&2
     exit 2
     ;;
 esac

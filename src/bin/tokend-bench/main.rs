@@ -3,6 +3,7 @@
 //!
 //!     scripts/bench.sh            # installs etcd and protoc if missing, writes BENCHMARKS.md
 //!     scripts/bench.sh --smoke    # seconds; what CI runs to keep the tool working
+//!     scripts/bench.sh --scale    # 1,000,000 tokens (scale.rs): its own section of BENCHMARKS.md
 //!
 //! Both servers run as processes on loopback with their data in one temp dir
 //! on the same disk, both with warnings-only logs; the load comes from this
@@ -16,6 +17,7 @@ mod otlp;
 mod peers;
 mod profile;
 mod report;
+mod scale;
 mod scenarios;
 
 use std::sync::Arc;
@@ -37,9 +39,14 @@ struct Args {
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: std::path::PathBuf,
     /// Run only these scenarios (e.g. to profile one): fan-out, deletes,
-    /// lookups, catch-up, mesh, floors, tracing.
+    /// lookups, catch-up, mesh, floors, tracing; or `scale`, alone, which
+    /// the full run leaves out, and which puts its section into the
+    /// existing report at --out instead of writing a new one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Tokens the scale scenario creates and deletes.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_tokens: usize,
     /// Internal: be the TokenCache process of the mesh scenario, following
     /// the tokend at this URL.
     #[arg(long, hide = true)]
@@ -139,6 +146,10 @@ async fn main() {
     if let [clients, out] = &args.profile_deletes[..] {
         let clients = clients.parse().expect("a number of clients");
         return profile::deletes(clients, out.as_ref()).await;
+    }
+    if args.only.iter().any(|s| s == "scale") {
+        assert_eq!(args.only.len(), 1, "--only scale runs alone");
+        return scale(&args).await;
     }
     let sizes = if args.smoke {
         Sizes::smoke()
@@ -282,8 +293,26 @@ async fn tracing_overhead(root: &std::path::Path, sizes: &Sizes) -> report::Trac
     }
 }
 
+/// The scale scenario (scale.rs), its section put into the report at
+/// `--out` in place of the previous one.
+async fn scale(args: &Args) {
+    let root = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
+    eprintln!(
+        "scale: {} tokens, data in {}",
+        args.scale_tokens,
+        root.path().display()
+    );
+    let run = scale::run(root.path(), args.scale_tokens).await;
+    let section = scale::report::render(&run, &report::machine(), &Etcd::version());
+    scale::report::write_into(&args.out, &section);
+    println!("{section}");
+    eprintln!("wrote the scale section into {}", args.out.display());
+}
+
+/// Writes the report, with the scale section of the one it replaces (a
+/// run of its own) carried over.
 fn finish(args: &Args, report: &Report) {
-    let text = report.render();
+    let text = scale::report::carry_over(report.render(), &args.out);
     std::fs::write(&args.out, &text).expect("write the report");
     println!("{text}");
     eprintln!("wrote {}", args.out.display());

@@ -1,0 +1,284 @@
+//! The scale scenario's section of BENCHMARKS.md, and how it gets there. A
+//! scale run replaces the section in the existing file (or appends it); a
+//! full run, which writes the file from scratch, carries the previous
+//! file's section over verbatim: it comes from a run of its own and names
+//! its own commit and date. The section is everything from its heading to
+//! the next `## ` heading, so it must hold none itself.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::{ACCOUNTS, DESCRIPTION_CHARS, Footprint, SHRINK_FLAG, Scale, VERIFIERS, VERIFIES};
+use super::{LISTS, PAGE, SAMPLE, UNSCOPED_LISTS, WRITERS};
+
+pub const HEADING: &str = "## Scale: memory, disk and start-up per token";
+
+/// Where the heading starts in `doc`, as a line of its own.
+fn heading_at(doc: &str) -> Option<usize> {
+    doc.match_indices(HEADING).map(|(at, _)| at).find(|&at| {
+        let rest = &doc[at + HEADING.len()..];
+        (at == 0 || doc[..at].ends_with('\n')) && (rest.is_empty() || rest.starts_with('\n'))
+    })
+}
+
+/// The scale section of `doc`: its heading up to the next `## ` heading.
+pub fn section(doc: &str) -> Option<&str> {
+    let start = heading_at(doc)?;
+    let body = start + HEADING.len();
+    let end = doc[body..]
+        .find("\n## ")
+        .map_or(doc.len(), |k| body + k + 1);
+    Some(&doc[start..end])
+}
+
+/// `doc` with its scale section replaced by `new`, or with `new` appended.
+pub fn splice(doc: &str, new: &str) -> String {
+    let new = new.trim_end();
+    match (heading_at(doc), section(doc)) {
+        (Some(start), Some(old)) => {
+            let after = &doc[start + old.len()..];
+            let gap = if after.is_empty() { "\n" } else { "\n\n" };
+            format!("{}{new}{gap}{after}", &doc[..start])
+        }
+        _ if doc.trim().is_empty() => format!("{new}\n"),
+        _ => format!("{}\n\n{new}\n", doc.trim_end()),
+    }
+}
+
+/// A full run's report, with the scale section of the file it replaces
+/// (`out`, if it has one) carried over at its end.
+pub fn carry_over(report: String, out: &Path) -> String {
+    let previous = std::fs::read_to_string(out).unwrap_or_default();
+    match section(&previous) {
+        Some(old) => splice(&report, old),
+        None => report,
+    }
+}
+
+/// Puts `new` into the report at `out`, in place of its scale section.
+pub fn write_into(out: &Path, new: &str) {
+    let previous = std::fs::read_to_string(out).unwrap_or_default();
+    std::fs::write(out, splice(&previous, new)).expect("write the report");
+}
+
+fn size(bytes: f64) -> String {
+    let mib = bytes / (1024.0 * 1024.0);
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
+}
+
+fn rss(f: &Footprint) -> String {
+    size(f.rss_kib as f64 * 1024.0)
+}
+
+fn time(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// RSS and disk of `f` over `empty`, per token, in bytes.
+fn per_token(f: &Footprint, empty: &Footprint, n: usize) -> (String, String) {
+    let per = |a: u64, b: u64| format!("{:.0} B", (a as f64 - b as f64) / n.max(1) as f64);
+    (
+        per(f.rss_kib * 1024, empty.rss_kib * 1024),
+        per(f.disk, empty.disk),
+    )
+}
+
+/// The commit this binary was run from (`git rev-parse --short HEAD`),
+/// marked when the work tree has changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head} with local changes"),
+        _ => head,
+    }
+}
+
+/// The section for `s`, run on `machine` against `etcd_version`.
+pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
+    let n = s.tokens;
+    let nf = format!("{}", Thousands(n));
+    let (t, e) = (&s.tokend, &s.etcd);
+    let took = match s.took.as_secs_f64() {
+        secs if secs < 120.0 => format!("{secs:.0} s"),
+        secs => format!("{:.0} minutes", secs / 60.0),
+    };
+    let date = &humantime::format_rfc3339_seconds(SystemTime::now()).to_string()[..10];
+    let mut w = String::new();
+    let _ = writeln!(w, "{HEADING}\n");
+    let _ = writeln!(
+        w,
+        "From a run of its own, not the full run above: `scripts/bench.sh --scale {n}` at \
+         {}, {date}, {took}. {machine}; {etcd_version}, one member, with \
+         `--quota-backend-bytes` 8 GiB.\n",
+        commit(),
+    );
+    let _ = writeln!(
+        w,
+        "tokend on sled, release build, with {nf} tokens over {ACCOUNTS} accounts: each with \
+         a {DESCRIPTION_CHARS}-character description, a short name and two modules, every \
+         other one expiring 30–395 days ahead; created with `CreateToken` from {WRITERS} \
+         clients ({:.0}/s), then deleted with `DeleteToken` from {WRITERS} clients ({:.0}/s). \
+         etcd holds {nf} records of the same size (tokend's value for a live token: {} bytes \
+         under a {}-byte key), put and then deleted one key per request from {} clients \
+         ({:.0} and {:.0}/s), as tokend's etcd backend writes a token. Every row is read \
+         after a clean restart (SIGTERM, wait, \
+         start on the same data dir) and 2 s of quiet: RSS is the server's `VmRSS`, disk \
+         what its data dir allocates (`du -s`), start-up from spawning the process until it \
+         answers (tokend: gRPC health `SERVING`; etcd: a `Get`).\n",
+        t.create_rate,
+        t.delete_rate,
+        s.record_bytes.0,
+        s.record_bytes.1,
+        super::etcd::CLIENTS,
+        e.create_rate,
+        e.delete_rate,
+    );
+    let _ = writeln!(
+        w,
+        "| | tokend RSS | tokend disk | tokend start-up | etcd RSS | etcd disk | etcd start-up |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    let row = |w: &mut String, label: &str, t: &Footprint, e: Option<&Footprint>| {
+        let (er, ed, es) = e.map_or(("—".into(), "—".into(), "—".into()), |e| {
+            (rss(e), size(e.disk as f64), time(e.startup))
+        });
+        let _ = writeln!(
+            w,
+            "| {label} | {} | {} | {} | {er} | {ed} | {es} |",
+            rss(t),
+            size(t.disk as f64),
+            time(t.startup)
+        );
+    };
+    row(&mut w, "empty", &t.empty, Some(&e.empty));
+    row(&mut w, &format!("{nf} live"), &t.live, Some(&e.live));
+    row(
+        &mut w,
+        &format!("{nf} created and deleted (etcd: compacted, defragmented)"),
+        &t.deleted,
+        Some(&e.deleted),
+    );
+    match &s.shrunk {
+        Ok((f, _)) => row(&mut w, "the same, old tombstones shrunk", f, None),
+        Err(_) => {
+            let _ = writeln!(
+                w,
+                "| the same, old tombstones shrunk | not measured | | | — | — | — |"
+            );
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\nPer token: the row's RSS and disk minus the empty server's, divided by {nf}.\n\n\
+         | per token | tokend memory | tokend disk | etcd memory | etcd disk |\n\
+         |---|---|---|---|---|"
+    );
+    let per_row =
+        |w: &mut String, label: &str, t: (String, String), e: Option<(String, String)>| {
+            let (em, ed) = e.unwrap_or(("—".into(), "—".into()));
+            let _ = writeln!(w, "| {label} | {} | {} | {em} | {ed} |", t.0, t.1);
+        };
+    per_row(
+        &mut w,
+        "live",
+        per_token(&t.live, &t.empty, n),
+        Some(per_token(&e.live, &e.empty, n)),
+    );
+    per_row(
+        &mut w,
+        "created and deleted (tokend: its tombstone)",
+        per_token(&t.deleted, &t.empty, n),
+        Some(per_token(&e.deleted, &e.empty, n)),
+    );
+    if let Ok((f, _)) = &s.shrunk {
+        per_row(
+            &mut w,
+            "old tombstone, shrunk",
+            per_token(f, &t.empty, n),
+            None,
+        );
+    }
+
+    let ms =
+        |l: &crate::scenarios::Latency| format!("{:.2} / {:.2} / {:.2} ms", l.p50, l.p99, l.max);
+    let _ = writeln!(
+        w,
+        "\nWith {nf} live tokens (p50 / p99 / max): `VerifyToken` of {} of them, {} \
+         calls from {VERIFIERS} clients: **{}**. `ListTokens`, first page ({PAGE}) of one \
+         account's tokens (about {}) with a filter, `status = ACTIVE`, `name = \"…\"`, \
+         `modules:billing AND status = ACTIVE` and `expire_time < \"…\"` in turn, {LISTS} \
+         calls one at a time: **{}**. The same unscoped and unfiltered (all {nf} counted \
+         for `total_size`), {UNSCOPED_LISTS} calls: {}.\n",
+        Thousands(SAMPLE.min(n)),
+        Thousands(VERIFIES),
+        ms(&s.verify),
+        Thousands(n.div_ceil(ACCOUNTS)),
+        ms(&s.list),
+        ms(&s.unscoped_list),
+    );
+    let anon = |f: &Footprint| size(f.anon_kib as f64 * 1024.0);
+    let _ = write!(
+        w,
+        "etcd's RSS includes its bbolt database, mapped into memory; the anonymous part, \
+         with {nf} keys, was {} (tokend's {}). Right after deleting, compacting and \
+         defragmenting, before its restart, etcd had {} RSS and {} on disk. etcd keeps \
+         nothing of a deleted key once compacted; tokend keeps each deleted token's \
+         tombstone for good (README, *Known limits*). tokend's disk also holds its event \
+         log, the last 100,000 events (`--retention`): below 50,000 tokens every create \
+         and delete is still in it.",
+        anon(&e.live),
+        anon(&t.live),
+        rss(&s.etcd_compacted),
+        size(s.etcd_compacted.disk as f64),
+    );
+    let _ = match &s.shrunk {
+        Ok((_, waited)) => {
+            let settled = if *waited >= Duration::from_secs(120) {
+                format!("was still changing after {:.0} s", waited.as_secs_f64())
+            } else {
+                format!("stopped shrinking after {:.0} s", waited.as_secs_f64())
+            };
+            writeln!(
+                w,
+                " Old tombstones: tokend restarted with `{SHRINK_FLAG} 0s`, its data dir \
+                 {settled}; then restarted again with the flag still set."
+            )
+        }
+        Err(why) => writeln!(w, " Old tombstones were not measured: {why}."),
+    };
+    w
+}
+
+/// `1234567` as `1,234,567`.
+struct Thousands(usize);
+
+impl std::fmt::Display for Thousands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.0.to_string();
+        for (k, c) in digits.chars().enumerate() {
+            if k > 0 && (digits.len() - k).is_multiple_of(3) {
+                f.write_str(",")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
