@@ -135,10 +135,10 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
          a {DESCRIPTION_CHARS}-character description, a short name and two modules, every \
          other one expiring 30–395 days ahead; created with `CreateToken` from {WRITERS} \
          clients ({:.0}/s), then deleted with `DeleteToken` from {WRITERS} clients ({:.0}/s). \
-         etcd holds {nf} records of the same size (tokend's value for a live token: {} bytes \
-         under a {}-byte key), put and then deleted one key per request from {} clients \
-         ({:.0} and {:.0}/s), as tokend's etcd backend writes a token. Every row is read \
-         after a clean restart (SIGTERM, wait, \
+         etcd holds {nf} records of the same size (tokend's value for a live token: {} \
+         bytes on average, under a {}-byte key), put and then deleted one key per request \
+         from {} clients ({:.0} and {:.0}/s), as tokend's etcd backend writes a token. \
+         Every row is read after a clean restart (SIGTERM, wait, \
          start on the same data dir) and 2 s of quiet: RSS is the server's `VmRSS`, disk \
          what its data dir allocates (`du -s`), start-up from spawning the process until it \
          answers (tokend: gRPC health `SERVING`; etcd: a `Get`).\n",
