@@ -62,12 +62,16 @@ pub async fn save(store: &dyn Store) -> Result<ChunkStream, Error> {
     let state = store.state();
     // Read after the state: every tombstone of it is there. One deleted
     // since is left out (the state has it live); one created and deleted
-    // since is kept, so that its id stays taken.
-    let tombstones: Vec<_> = crate::store::all_tombstones(store, None)
-        .await?
-        .into_iter()
-        .filter(|t| state.token(&t.id).is_none())
-        .collect();
+    // since is kept, so that its id stays taken, unless its account came
+    // after the state too (a restore refuses a token without its account).
+    let mut tombstones = Vec::new();
+    crate::store::scan_tombstones(store, None, None, |t| {
+        if state.token(&t.id).is_none() && state.account(&t.account_id).is_some() {
+            tombstones.push(t);
+        }
+        true
+    })
+    .await?;
     let page_key = store.page_key();
     // A few chunks in flight: a slow reader holds the encoder back, not memory.
     let (tx, rx) = mpsc::channel(4);

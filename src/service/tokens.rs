@@ -217,21 +217,10 @@ impl TokenService for Service {
         let account = self.scope(&caller, &r.account_id)?;
         caller.may_show_deleted(r.show_deleted)?;
         let state = self.store.state();
-        // Tombstones come from the store, read after the state (so none is
-        // missed), each once: a token deleted since is shown live.
-        let tombstones: Vec<std::sync::Arc<Token>> = match r.show_deleted {
-            false => Vec::new(),
-            true => crate::store::all_tombstones(&*self.store, account.as_ref())
-                .await?
-                .into_iter()
-                .filter(|t| state.token(&t.id).is_none())
-                .map(std::sync::Arc::new)
-                .collect(),
-        };
         let show_deleted = if r.show_deleted { "deleted" } else { "live" };
         let scope = account.as_ref().map_or("", AccountId::as_str);
         let query = ["tokens", scope, &r.filter, show_deleted];
-        let matches = |t: &&std::sync::Arc<Token>| {
+        let matches = |t: &Token| {
             filter.matches(
                 |field| match field {
                     "status" => vec![convert::token_status_name(t.status)],
@@ -246,6 +235,41 @@ impl TokenService for Service {
                 },
             )
         };
+        // Tombstones come from the store, read after the state (so none is
+        // missed), each once (a token deleted since is shown live): those
+        // that can be on this page, and a count of all that match.
+        let mut tombstones: Vec<std::sync::Arc<Token>> = Vec::new();
+        let mut total = None;
+        if r.show_deleted {
+            let after = Pager::new(self.store.page_key(), &query)
+                .decode(&r.page_token)?
+                .map(|s| s.parse::<TokenId>())
+                .transpose()?;
+            let wanted = |t: &Token| state.token(&t.id).is_none() && matches(t);
+            let store = &*self.store;
+            crate::store::scan_tombstones(store, account.as_ref(), after.as_ref(), |t| {
+                if wanted(&t) {
+                    tombstones.push(std::sync::Arc::new(t));
+                }
+                tombstones.len() <= size
+            })
+            .await?;
+            let mut deleted = 0;
+            crate::store::scan_tombstones(store, account.as_ref(), None, |t| {
+                deleted += usize::from(wanted(&t));
+                true
+            })
+            .await?;
+            let live = state
+                .tokens_after(account.as_ref(), None)
+                .filter(|t| matches(t))
+                .count();
+            total = Some(live + deleted);
+        } else if filter.is_empty() {
+            // The live tokens of the scope are counted already: no scan of
+            // a million tokens for every page.
+            total = Some(state.live_tokens_of(account.as_ref()));
+        }
         let page = self.list(
             &query,
             &r.page_token,
@@ -256,12 +280,10 @@ impl TokenService for Service {
                 state
                     .tokens_after(account.as_ref(), after)
                     .merge_by(deleted, |a, b| a.id < b.id)
-                    .filter(matches)
+                    .filter(|t| matches(t))
             },
             |t| t.id.as_str(),
-            // Without a filter, the live tokens of the scope are counted
-            // already: no scan of a million tokens for every page.
-            (!r.show_deleted && filter.is_empty()).then(|| state.live_tokens_of(account.as_ref())),
+            total,
         )?;
         Ok(Response::new(pb::ListTokensResponse {
             tokens: page.items.into_iter().map(|t| self.token_out(t)).collect(),

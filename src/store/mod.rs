@@ -173,22 +173,29 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Every tombstone of `account` (or of all), in id order, read from the
-/// store a page at a time: for `show_deleted` lists and snapshots, whose
-/// cost grows with the tombstones they cover.
-pub async fn all_tombstones(
+/// Hands the tombstones of `account` (or of all) after `after` to `each`,
+/// in id order, read from the store a page at a time, until `each` says
+/// stop (false) or none is left: for `show_deleted` lists and snapshots.
+/// Memory holds one page; the time grows with the tombstones walked.
+pub async fn scan_tombstones(
     store: &dyn Store,
     account: Option<&AccountId>,
-) -> Result<Vec<Token>, Error> {
-    const PAGE: usize = 10_000;
-    let mut out: Vec<Token> = Vec::new();
+    after: Option<&TokenId>,
+    mut each: impl FnMut(Token) -> bool,
+) -> Result<(), Error> {
+    const PAGE: usize = 1_000;
+    let mut after = after.cloned();
     loop {
-        let after = out.last().map(|t| t.id.clone());
         let page = store.tombstones(account, after.as_ref(), PAGE).await?;
         let done = page.len() < PAGE;
-        out.extend(page);
+        after = page.last().map(|t| t.id.clone());
+        for t in page {
+            if !each(t) {
+                return Ok(());
+            }
+        }
         if done {
-            return Ok(out);
+            return Ok(());
         }
     }
 }

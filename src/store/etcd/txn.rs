@@ -141,8 +141,13 @@ impl Inner {
                 Subject::Token(t) => {
                     let key = self.keys.token(&t.id);
                     // The etag: the record is as the plan saw it (absent for
-                    // a create).
+                    // a create). A create also needs the key never to have
+                    // existed: the state's issued ids say so, and etcd
+                    // checks it again, so no tombstone is ever overwritten.
                     when.push(unchanged(key.clone()));
+                    if change.kind == EventKind::Created {
+                        when.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+                    }
                     let secret = match &change.secret {
                         SecretOp::Set(h) => Some(*h),
                         SecretOp::Keep => state.secret_of(&t.id).copied(),

@@ -45,7 +45,7 @@ use super::{corrupt, io_error};
 use crate::domain::{AccountId, Event, EventKind, Revision, Subject, Token, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::state::{Change, IdSet, State};
+use crate::state::{Change, IdSet, State, TOKEN_ID_SPACE};
 use crate::store::record::{self, AccountRecord, EventRecord, Record, TimeRecord, TokenRecord};
 
 pub(super) const K_FORMAT: &[u8] = b"m/format";
@@ -216,11 +216,18 @@ pub(super) fn write_token(batch: &mut Writes, t: &Token, secret: Option<&SecretH
 
 /// A `d/<id>` value read back: whole, or shrunk once old.
 pub(super) fn decode_tombstone(id: &TokenId, v: &[u8]) -> Result<Token, Error> {
-    match v.split_first() {
+    let t = match v.split_first() {
         Some((&SHRUNK, rest)) => {
-            record::decode_shrunk(id, rest).map_err(|e| corrupt("tombstone", e))
+            record::decode_shrunk(id, rest).map_err(|e| corrupt("tombstone", e))?
         }
-        _ => decode::<TokenRecord>("tombstone", v),
+        _ => decode::<TokenRecord>("tombstone", v)?,
+    };
+    match t.is_deleted() && t.id == *id {
+        true => Ok(t),
+        false => Err(corrupt(
+            "tombstone",
+            format!("{id} is not a deleted token's record"),
+        )),
     }
 }
 
@@ -272,23 +279,50 @@ pub(super) fn tombstones(
 pub(super) fn split_tombstones(tree: &sled::Tree) -> Result<usize, Error> {
     let failed = |e: sled::Error| io_error("moving tombstones out of the live records", e);
     let mut moved = 0;
-    let mut issued = Writes::default();
+    let mut issued = Vec::new();
     for item in tree.scan_prefix(P_TOKEN) {
         let (k, v) = item.map_err(failed)?;
-        let id = TokenId::parse(&String::from_utf8_lossy(&k[P_TOKEN.len()..]))
-            .map_err(|e| corrupt("token key", e))?;
-        issued.mark_issued(id.number());
-        if v.first() != Some(&LIVE) {
-            tree.insert(tombstone_key(&id), v).map_err(failed)?;
+        // By the record's status, not the hash's tag: a live record whose
+        // hash a format-2 log left out of it is still live.
+        let (t, _) = decode_token_value(&v)?;
+        issued.push(t.id.number());
+        if t.is_deleted() {
+            tree.insert(tombstone_key(&t.id), v).map_err(failed)?;
             tree.remove(&k).map_err(failed)?;
             moved += 1;
         }
     }
     for item in tree.scan_prefix(P_TOMBSTONE).keys() {
-        issued.mark_issued(tombstone_id(&item.map_err(failed)?)?.number());
+        issued.push(tombstone_id(&item.map_err(failed)?)?.number());
     }
-    issued.apply(tree).map_err(failed)?;
+    write_issued(tree, issued).map_err(failed)?;
     Ok(moved)
+}
+
+/// Marks every number of `issued` in `u/`, one write per chunk of 4,096
+/// (a migration or a restore marks millions at once; a commit marks its
+/// few through [`Writes::mark_issued`]).
+pub(super) fn write_issued(
+    tree: &sled::Tree,
+    issued: impl IntoIterator<Item = u32>,
+) -> sled::Result<()> {
+    let mut chunks: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    for n in issued {
+        let (key, bit) = issued_key(n);
+        let bits = chunks
+            .entry(key)
+            .or_insert_with(|| vec![0; ISSUED_CHUNK as usize / 8]);
+        bits[(bit / 8) as usize] |= 1 << (bit % 8);
+    }
+    for (key, mut bits) in chunks {
+        if let Some(old) = tree.get(&key)? {
+            for (b, o) in bits.iter_mut().zip(old.iter()) {
+                *b |= o;
+            }
+        }
+        tree.insert(key, bits)?;
+    }
+    Ok(())
 }
 
 /// The secret hash token `id` holds in sled now, for a logged change that
@@ -489,6 +523,12 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
             .try_into()
             .map(u32::from_be_bytes)
             .map_err(|_| corrupt("issued ids", "a bad key"))?;
+        if v.len() != ISSUED_CHUNK as usize / 8 || chunk >= TOKEN_ID_SPACE.div_ceil(ISSUED_CHUNK) {
+            return Err(corrupt(
+                "issued ids",
+                format!("chunk {chunk} of {} bytes", v.len()),
+            ));
+        }
         for (i, byte) in v.iter().enumerate().filter(|(_, b)| **b != 0) {
             for bit in (0..8).filter(|bit| byte & (1 << bit) != 0) {
                 issued.insert(chunk * ISSUED_CHUNK + i as u32 * 8 + bit);

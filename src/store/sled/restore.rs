@@ -12,7 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, write_token};
+use super::layout::{
+    K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, write_issued, write_token,
+};
 use super::{SledStore, io_error, sync_names};
 use crate::error::Error;
 use crate::store::record::{self, AccountRecord, SLED_FORMAT};
@@ -82,9 +84,10 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
         s.secrets.iter().map(|(h, id)| (id, h)).collect();
     for t in &s.tokens {
         let mut writes = Writes::default();
-        write_token(&mut writes, t, secrets.get(&t.id).copied(), true);
+        write_token(&mut writes, t, secrets.get(&t.id).copied(), false);
         writes.apply(&tree).map_err(failed)?;
     }
+    write_issued(&tree, s.tokens.iter().map(|t| t.id.number())).map_err(failed)?;
     tree.insert(K_PAGE_KEY, &s.page_key[..]).map_err(failed)?;
     tree.insert(K_REVISION, &s.revision.to_be_bytes()[..])
         .map_err(failed)?;

@@ -8,14 +8,18 @@
 //! hundred bytes instead of the whole record.
 //!
 //! Owns the walk over `d/`, a slice at a time, pausing as long as each
-//! slice took (at most half a core), and a pass over all of them at most
-//! every minute. It writes beside the applier: sled takes concurrent
+//! slice took (at most half a core), and a pass over all of them every
+//! tenth of the age (at least a second, at most an hour): a young
+//! tombstone is decoded once a pass, so passes are rare when the age is
+//! long. It writes beside the applier: sled takes concurrent
 //! writers, and nothing else writes a tombstone once it exists (ids are
 //! never reused), except the replay at open, which may write a whole one
 //! back (to be shrunk again). A shrink reaches the disk with the next
 //! checkpoint's flush; one a crash lost is simply done again. It must never
 //! touch a live token, the log or the issued ids, never shrink a tombstone
-//! younger than the age, and never write once the store is poisoned.
+//! younger than the age, and never write once the store is poisoned. It
+//! ends once the store is dropped; a shrink written after `close` is one
+//! the next open may redo.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,8 +31,9 @@ use crate::store::record;
 
 /// Tombstones looked at per slice.
 const SLICE: usize = 1000;
-/// The longest pause between two passes.
-const PASS_EVERY: Duration = Duration::from_secs(60);
+/// The longest pause between two passes: an old tombstone is shrunk at
+/// most this long (or a tenth of the age, if shorter) after its age passed.
+const PASS_EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs until `inner` is dropped by everyone else (the store closed).
 pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
@@ -38,6 +43,7 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
             return;
         };
         let from = cursor.take();
+        let again = from.clone();
         let started = Instant::now();
         let slice = tokio::task::spawn_blocking(move || shrink_slice(&strong, from, after)).await;
         match slice {
@@ -47,11 +53,14 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
             }
             // A pass is over: the next one starts from the first again.
             Ok(Ok(None)) => {
-                tokio::time::sleep(after.clamp(Duration::from_secs(1), PASS_EVERY)).await
+                let pause = (after / 10).clamp(Duration::from_secs(1), PASS_EVERY);
+                tokio::time::sleep(pause).await
             }
+            // sled failed: the same slice again, later.
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "shrinking old tombstones failed; trying again later");
-                tokio::time::sleep(PASS_EVERY).await;
+                tracing::warn!(error = %e, "shrinking old tombstones failed; trying again in a minute");
+                cursor = again;
+                tokio::time::sleep(Duration::from_secs(60)).await;
             }
             Err(_) => return,
         }
@@ -60,7 +69,7 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
 
 /// Shrinks the old tombstones among the next [`SLICE`] after `from` (the
 /// first ones when `None`); returns where the next slice starts, `None`
-/// once the last was looked at.
+/// once the last was looked at (or the store is poisoned).
 fn shrink_slice(
     inner: &Inner,
     from: Option<Vec<u8>>,
@@ -78,18 +87,25 @@ fn shrink_slice(
     let (mut last, mut seen, mut shrunk) = (None, 0, 0u64);
     for item in inner.tree.range(start..end).take(SLICE) {
         seen += 1;
-        if inner.poisoned.load(Ordering::Acquire) {
-            return Ok(None);
-        }
         let (k, v) = item.map_err(failed)?;
         last = Some(k.to_vec());
         if v.first() == Some(&SHRUNK) {
             continue;
         }
-        let id = layout::tombstone_id(&k)?;
-        let t = layout::decode_tombstone(&id, &v)?;
+        // One that does not read is left whole, not retried every pass.
+        let t = match layout::tombstone_id(&k).and_then(|id| layout::decode_tombstone(&id, &v)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "a tombstone that does not read is left whole");
+                continue;
+            }
+        };
         let old = t.audit.deleted.as_ref().is_some_and(|d| d.at <= cutoff);
         if let (true, Some(small)) = (old, record::encode_shrunk(&t)) {
+            // Right before each write: nothing once poisoned.
+            if inner.poisoned.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             inner
                 .tree
                 .insert(&k, [&[SHRUNK][..], &small].concat())
