@@ -37,6 +37,10 @@ const PASS_EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs until `inner` is dropped by everyone else (the store closed).
 pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
+    let pause = (after / 10).clamp(Duration::from_secs(1), PASS_EVERY);
+    // Not at once: sled keeps the pages a pass reads in memory, and a
+    // process that just opened need not hold every tombstone's page.
+    tokio::time::sleep(pause).await;
     let mut cursor: Option<Vec<u8>> = None;
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -52,10 +56,7 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
                 tokio::time::sleep(started.elapsed()).await;
             }
             // A pass is over: the next one starts from the first again.
-            Ok(Ok(None)) => {
-                let pause = (after / 10).clamp(Duration::from_secs(1), PASS_EVERY);
-                tokio::time::sleep(pause).await
-            }
+            Ok(Ok(None)) => tokio::time::sleep(pause).await,
             // sled failed: the same slice again, later.
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "shrinking old tombstones failed; trying again in a minute");
