@@ -197,12 +197,14 @@ impl TokenService for Service {
             return Ok(Response::new(self.token_out(t)));
         }
         // Not live: a tombstone lives in the store only (operators only).
-        match show_deleted {
-            true => match self.store.tombstone(&id).await? {
-                Some(t) => Ok(Response::new(self.token_out(&t))),
-                None => Err(Error::token_not_found(&id).into()),
-            },
-            false => Err(Error::token_not_found(&id).into()),
+        let tombstone = if show_deleted {
+            self.store.tombstone(&id).await?
+        } else {
+            None
+        };
+        match tombstone {
+            Some(t) => Ok(Response::new(self.token_out(&t))),
+            None => Err(Error::token_not_found(&id).into()),
         }
     }
 

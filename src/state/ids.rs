@@ -112,6 +112,7 @@ impl IdSet {
     }
 }
 
+#[cfg(test)]
 impl FromIterator<u32> for IdSet {
     fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Self {
         let mut set = IdSet::default();

@@ -26,11 +26,10 @@
 //! replay that would be wrong. Last-access times are not kept either.
 
 use std::collections::HashSet;
-
-use itertools::Itertools;
 use std::io::{self, Write};
 
 use base16ct::lower::encode_string as hex;
+use itertools::Itertools;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

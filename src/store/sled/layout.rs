@@ -222,13 +222,13 @@ pub(super) fn decode_tombstone(id: &TokenId, v: &[u8]) -> Result<Token, Error> {
         }
         _ => decode::<TokenRecord>("tombstone", v)?,
     };
-    match t.is_deleted() && t.id == *id {
-        true => Ok(t),
-        false => Err(corrupt(
+    if !(t.is_deleted() && t.id == *id) {
+        return Err(corrupt(
             "tombstone",
             format!("{id} is not a deleted token's record"),
-        )),
+        ));
     }
+    Ok(t)
 }
 
 /// Tags a shrunk tombstone's value: JSON never starts with it.
