@@ -65,11 +65,10 @@ pub async fn save(store: &dyn Store) -> Result<ChunkStream, Error> {
     // since is kept, so that its id stays taken, unless its account came
     // after the state too (a restore refuses a token without its account).
     let mut tombstones = Vec::new();
-    crate::store::scan_tombstones(store, None, None, |t| {
+    crate::store::scan_tombstones(store, None, |t| {
         if state.token(&t.id).is_none() && state.account(&t.account_id).is_some() {
             tombstones.push(t);
         }
-        true
     })
     .await?;
     let page_key = store.page_key();

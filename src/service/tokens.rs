@@ -238,8 +238,8 @@ impl TokenService for Service {
             )
         };
         // Tombstones come from the store, read after the state (so none is
-        // missed), each once (a token deleted since is shown live): those
-        // that can be on this page, and a count of all that match.
+        // missed), each once (a token deleted since is shown live): a count
+        // of all that match, and those that can be on this page.
         let mut tombstones: Vec<std::sync::Arc<Token>> = Vec::new();
         let mut total = None;
         if r.show_deleted {
@@ -247,19 +247,16 @@ impl TokenService for Service {
                 .decode(&r.page_token)?
                 .map(|s| s.parse::<TokenId>())
                 .transpose()?;
-            let wanted = |t: &Token| state.token(&t.id).is_none() && matches(t);
-            let store = &*self.store;
-            crate::store::scan_tombstones(store, account.as_ref(), after.as_ref(), |t| {
-                if wanted(&t) {
-                    tombstones.push(std::sync::Arc::new(t));
-                }
-                tombstones.len() <= size
-            })
-            .await?;
+            // One walk: every match is counted, and those after the page
+            // token are kept until the page is full.
             let mut deleted = 0;
-            crate::store::scan_tombstones(store, account.as_ref(), None, |t| {
-                deleted += usize::from(wanted(&t));
-                true
+            crate::store::scan_tombstones(&*self.store, account.as_ref(), |t| {
+                if state.token(&t.id).is_none() && matches(&t) {
+                    deleted += 1;
+                    if tombstones.len() <= size && after.as_ref().is_none_or(|a| t.id > *a) {
+                        tombstones.push(std::sync::Arc::new(t));
+                    }
+                }
             })
             .await?;
             let live = state

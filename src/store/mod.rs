@@ -173,27 +173,21 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Hands the tombstones of `account` (or of all) after `after` to `each`,
-/// in id order, read from the store a page at a time, until `each` says
-/// stop (false) or none is left: for `show_deleted` lists and snapshots.
-/// Memory holds one page; the time grows with the tombstones walked.
+/// Hands every tombstone of `account` (or of all) to `each`, in id order,
+/// read from the store a page at a time: for `show_deleted` lists and
+/// snapshots. Memory holds one page; the time grows with the tombstones.
 pub async fn scan_tombstones(
     store: &dyn Store,
     account: Option<&AccountId>,
-    after: Option<&TokenId>,
-    mut each: impl FnMut(Token) -> bool,
+    mut each: impl FnMut(Token),
 ) -> Result<(), Error> {
     const PAGE: usize = 1_000;
-    let mut after = after.cloned();
+    let mut after: Option<TokenId> = None;
     loop {
         let page = store.tombstones(account, after.as_ref(), PAGE).await?;
         let done = page.len() < PAGE;
         after = page.last().map(|t| t.id.clone());
-        for t in page {
-            if !each(t) {
-                return Ok(());
-            }
-        }
+        page.into_iter().for_each(&mut each);
         if done {
             return Ok(());
         }
