@@ -61,12 +61,12 @@ impl io::Write for Sender {
 pub async fn save(store: &dyn Store) -> Result<ChunkStream, Error> {
     let state = store.state();
     // Read after the state: every tombstone of it is there. One deleted
-    // since is left out (the state has it live); one created and deleted
-    // since is kept, so that its id stays taken, unless its account came
-    // after the state too (a restore refuses a token without its account).
+    // since is left out (the state has it live), and so is one whose id
+    // the state had not issued yet (created and deleted since): the file is
+    // the state at its revision, exactly.
     let mut tombstones = Vec::new();
     crate::store::scan_tombstones(store, None, |t| {
-        if state.token(&t.id).is_none() && state.account(&t.account_id).is_some() {
+        if state.token(&t.id).is_none() && state.token_id_taken(&t.id) {
             tombstones.push(t);
         }
     })
