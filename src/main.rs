@@ -88,19 +88,25 @@ async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error>
         Ok(limit) => tracing::info!(limit, "open files allowed"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
+    // The handlers go in before the server binds: a supervisor (or a test)
+    // that sees the port open and sends SIGTERM at once must get a clean
+    // stop, not the default action of a signal nobody handles yet.
+    let stop = shutdown_signal();
     let running = tokend::server::start(args.config()?).await?;
-    let stop = running_shutdown_signal();
-    tokio::pin!(stop);
     stop.await;
     running.stop().await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn running_shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on
+/// either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
