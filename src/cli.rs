@@ -69,6 +69,13 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Give a stopped server's disk space back: rewrite its sled store
+    /// densely (sled reuses freed space but never shrinks its file). Safe
+    /// to interrupt; refused while a server uses the data dir.
+    Compact {
+        #[arg(long, env = "TOKEND_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `tokend snapshot …` (format: src/store/snapshot.rs).

@@ -23,7 +23,7 @@ async fn main() {
         Command::Serve(_) => ("tokend", None),
         Command::Accounts { .. } => ("tokend-cli", Some("tokend accounts")),
         Command::Tokens { .. } => ("tokend-cli", Some("tokend tokens")),
-        Command::Snapshot { .. } => ("tokend-cli", None),
+        Command::Snapshot { .. } | Command::Compact { .. } => ("tokend-cli", None),
     };
     let json = cli.log_format == LogFormat::Json;
     let endpoint = traces::configured_endpoint(cli.otlp_endpoint.clone());
@@ -69,6 +69,7 @@ async fn main() {
                 .await
         }
         Command::Snapshot { command } => console::run_snapshot(command).await,
+        Command::Compact { data_dir } => console::run_compact(&data_dir),
     };
     // `exit` runs no destructors: flush the spans not yet exported first.
     drop(flush_traces);

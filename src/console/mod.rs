@@ -173,6 +173,28 @@ pub async fn run_snapshot(cmd: crate::cli::SnapshotCommand) -> i32 {
     finish(snapshot::run(cmd).await)
 }
 
+/// `tokend compact --data-dir DIR`: a stopped server's sled store rewritten
+/// densely (`crate::store::SledStore::compact`).
+pub fn run_compact(data_dir: &std::path::Path) -> i32 {
+    let result = crate::store::SledStore::compact(data_dir).map_err(|e| {
+        let code = match e {
+            crate::error::Error::InvalidArgument { .. } => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        fail(code, e.to_string())
+    });
+    finish(result.map(|c| {
+        println!(
+            "compacted {}: {} records, {} → {} bytes on disk in {:.2?}",
+            data_dir.display(),
+            c.records,
+            c.bytes_before,
+            c.bytes_after,
+            c.took
+        );
+    }))
+}
+
 fn finish(result: Result<(), Failure>) -> i32 {
     match result {
         Ok(()) => exit::OK,

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
+
 use self::wal::Wal;
 use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3};
 use super::{AccessLog, Applied, Store};
@@ -37,6 +38,7 @@ use crate::state::State;
 
 mod apply;
 mod commit;
+mod compact;
 mod layout;
 mod restore;
 mod shrink;
@@ -152,6 +154,8 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(|e| io_error(&format!("opening {}", config.data_dir.display()), e))?;
+        // Holding sled's lock on `db/`: no compaction is running.
+        compact::discard_unfinished(&config.data_dir)?;
         let tree = db
             .open_tree("tokend")
             .map_err(|e| io_error("opening the tree", e))?;

@@ -65,6 +65,9 @@ pub struct Footprint {
 pub struct Side {
     pub empty: Footprint,
     pub live: Footprint,
+    /// tokend: the same after `tokend compact` (none if this tokend has no
+    /// such command).
+    pub live_compacted: Option<Footprint>,
     pub deleted: Footprint,
     /// Creates (or puts) and deletes per second while loading.
     pub create_rate: f64,
@@ -75,8 +78,9 @@ pub struct Scale {
     pub tokens: usize,
     pub tokend: Side,
     /// After `--tombstone-shrink-after 0s` and a restart, with how long the
-    /// data dir took to stop shrinking; or why it was not measured.
-    pub shrunk: Result<(Footprint, Duration), String>,
+    /// data dir took to stop shrinking, and the same after `tokend compact`;
+    /// or why it was not measured.
+    pub shrunk: Result<(Footprint, Duration, Option<Footprint>), String>,
     pub etcd: Side,
     /// etcd right after the delete, compaction and defragmentation, before
     /// its restart.
@@ -106,6 +110,8 @@ pub async fn run(root: &Path, tokens: usize) -> Scale {
     eprintln!("scale: tokend, {tokens} live tokens, restarting");
     let t = t.restart(&[]).await;
     tokend.live = t.footprint().await;
+    let (t, live_compacted) = compact(t, &[]).await;
+    tokend.live_compacted = live_compacted;
     let verify = t.verifies(Arc::new(secrets)).await;
     let (list, unscoped_list) = t.lists(&accounts, tokens).await;
     tokend.delete_rate = t.delete_all(ids).await;
@@ -145,10 +151,45 @@ fn shrinks() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SHRINK_FLAG))
 }
 
+/// Whether this tokend has `tokend compact`.
+fn compacts() -> bool {
+    std::process::Command::new(tokend_bin())
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("compact"))
+}
+
+/// Stops `t`, runs `tokend compact` on its data dir, and starts it again
+/// with `extra`: the server, and its footprint then (none if this tokend
+/// cannot compact, and `t` is returned as it was).
+async fn compact(t: Tokend, extra: &[&str]) -> (Tokend, Option<Footprint>) {
+    if !compacts() {
+        return (t, None);
+    }
+    eprintln!("scale: tokend, compacting");
+    let dir = t.dir.clone();
+    t.server.stop().await;
+    let out = std::process::Command::new(tokend_bin())
+        .args(["compact", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run tokend compact");
+    assert!(
+        out.status.success(),
+        "tokend compact: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("scale: {}", String::from_utf8_lossy(&out.stdout));
+    let t = Tokend::start(&dir, extra).await;
+    let footprint = t.footprint().await;
+    (t, Some(footprint))
+}
+
 /// Restarts `t` shrinking every tombstone, waits until its data dir stops
 /// shrinking (two readings 2 s apart within 1%, once it has shrunk or 20 s
-/// have passed; at most 120 s), then restarts it again, still with the flag.
-async fn shrink(t: Tokend) -> (Footprint, Duration) {
+/// have passed; at most 120 s), then restarts it again, still with the flag;
+/// then compacts it.
+async fn shrink(t: Tokend) -> (Footprint, Duration, Option<Footprint>) {
     let flag = [SHRINK_FLAG, "0s"];
     eprintln!("scale: tokend, shrinking tombstones");
     let t = t.restart(&flag).await;
@@ -171,8 +212,9 @@ async fn shrink(t: Tokend) -> (Footprint, Duration) {
     let waited = started.elapsed();
     let t = t.restart(&flag).await;
     let footprint = t.footprint().await;
+    let (t, compacted) = compact(t, &flag).await;
     t.server.stop().await;
-    (footprint, waited)
+    (footprint, waited, compacted)
 }
 
 // --------------------------------------------------------------- tokend

@@ -169,6 +169,9 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     };
     row(&mut w, "empty", &t.empty, Some(&e.empty));
     row(&mut w, &format!("{nf} live"), &t.live, Some(&e.live));
+    if let Some(f) = &t.live_compacted {
+        row(&mut w, "the same, after `tokend compact`", f, None);
+    }
     row(
         &mut w,
         &format!("{nf} created and deleted (etcd: compacted, defragmented)"),
@@ -176,7 +179,12 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
         Some(&e.deleted),
     );
     match &s.shrunk {
-        Ok((f, _)) => row(&mut w, "the same, old tombstones shrunk", f, None),
+        Ok((f, _, compacted)) => {
+            row(&mut w, "the same, old tombstones shrunk", f, None);
+            if let Some(c) = compacted {
+                row(&mut w, "the same, after `tokend compact`", c, None);
+            }
+        }
         Err(_) => {
             let _ = writeln!(
                 w,
@@ -202,19 +210,35 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
         per_token(&t.live, &t.empty, n),
         Some(per_token(&e.live, &e.empty, n)),
     );
+    if let Some(f) = &t.live_compacted {
+        per_row(
+            &mut w,
+            "live, after `tokend compact`",
+            per_token(f, &t.empty, n),
+            None,
+        );
+    }
     per_row(
         &mut w,
         "created and deleted (tokend: its tombstone)",
         per_token(&t.deleted, &t.empty, n),
         Some(per_token(&e.deleted, &e.empty, n)),
     );
-    if let Ok((f, _)) = &s.shrunk {
+    if let Ok((f, _, compacted)) = &s.shrunk {
         per_row(
             &mut w,
             "old tombstone, shrunk",
             per_token(f, &t.empty, n),
             None,
         );
+        if let Some(c) = compacted {
+            per_row(
+                &mut w,
+                "old tombstone, shrunk, after `tokend compact`",
+                per_token(c, &t.empty, n),
+                None,
+            );
+        }
     }
 
     let ms =
@@ -250,7 +274,7 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
         size(s.etcd_compacted.disk as f64),
     );
     let _ = match &s.shrunk {
-        Ok((_, waited)) => {
+        Ok((_, waited, _)) => {
             let settled = if *waited >= Duration::from_secs(120) {
                 format!("was still changing after {:.0} s", waited.as_secs_f64())
             } else {
