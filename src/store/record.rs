@@ -34,9 +34,13 @@ use crate::domain::{
 /// secret hash in its record (`sled/layout.rs`), which a version-2 tokend
 /// would misread; version 4 keeps tombstones apart from live tokens, old
 /// ones shrunk ([`ShrunkRecord`]), and the issued token numbers as bits,
-/// which a version-3 tokend would not read. The etcd keyspace keeps no
-/// marker; its records are version 1.
-pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-4";
+/// which a version-3 tokend would not read; version 5 moves old tombstones
+/// into packs (`sled/tombstones.rs`), which a version-4 tokend would not
+/// see. The etcd keyspace keeps no marker; its records are version 1.
+pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-5";
+/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker (its
+/// old tombstones are packed by the next pass of the shrinker).
+pub(super) const SLED_FORMAT_V4: &[u8] = b"tokend-sled-4";
 /// Opened and migrated to [`SLED_FORMAT`] by moving its tombstones.
 pub(super) const SLED_FORMAT_V3: &[u8] = b"tokend-sled-3";
 /// Opened and migrated to [`SLED_FORMAT`] by writing the new marker.

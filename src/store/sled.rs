@@ -28,7 +28,7 @@ use tracing::Instrument;
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 
 use self::wal::Wal;
-use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3};
+use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4};
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
 use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
@@ -42,6 +42,7 @@ mod compact;
 mod layout;
 mod restore;
 mod shrink;
+mod tombstones;
 mod wal;
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -82,6 +83,9 @@ struct Inner {
     /// then on memory and disk may disagree, so writes are refused until a
     /// restart re-reads the disk.
     poisoned: AtomicBool,
+    /// Held for writing while the shrinker moves tombstones into packs, for
+    /// reading while a list walks them (`sled/tombstones.rs`).
+    packing: RwLock<()>,
     /// What poisoned it, first failure only: every refusal repeats it, so
     /// the client's error says why, not only the log.
     poison_cause: std::sync::OnceLock<String>,
@@ -167,22 +171,34 @@ impl SledStore {
             // commit) and a separate secret index (folded into the token
             // records here). Version 3 kept tombstones among the live
             // tokens (moved apart here, and every issued number marked).
-            // Each step can run again after a crash; the new marker, last,
-            // keeps an older tokend from opening it.
-            Some(f) if [SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3].contains(&f.as_ref()) => {
-                if f.as_ref() != SLED_FORMAT_V3 {
+            // Version 4 shrank old tombstones in place (read as they are,
+            // and packed by the shrinker's next pass). Each step can run
+            // again after a crash; the new marker, last, keeps an older
+            // tokend from opening it.
+            Some(f)
+                if [
+                    SLED_FORMAT_V1,
+                    SLED_FORMAT_V2,
+                    SLED_FORMAT_V3,
+                    SLED_FORMAT_V4,
+                ]
+                .contains(&f.as_ref()) =>
+            {
+                if [SLED_FORMAT_V1, SLED_FORMAT_V2].contains(&f.as_ref()) {
                     let folded = layout::fold_secrets(&tree)?;
                     tracing::info!(folded, "secret index folded into the token records");
                 }
-                let moved = layout::split_tombstones(&tree)?;
-                tracing::info!(moved, "tombstones moved apart from the live tokens");
+                if f.as_ref() != SLED_FORMAT_V4 {
+                    let moved = layout::split_tombstones(&tree)?;
+                    tracing::info!(moved, "tombstones moved apart from the live tokens");
+                }
                 tree.insert(K_FORMAT, SLED_FORMAT)
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 db.flush()
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 tracing::info!(
                     from = %String::from_utf8_lossy(&f),
-                    "data dir migrated to format 4 (tombstones apart, issued ids as bits)"
+                    "data dir migrated to format 5 (old tombstones packed)"
                 );
             }
             Some(f) => {
@@ -247,6 +263,7 @@ impl SledStore {
             page_key,
             poisoned: AtomicBool::new(false),
             poison_cause: std::sync::OnceLock::new(),
+            packing: RwLock::new(()),
             hub,
         });
         apply::checkpoint(&inner, &wal_dir, wal.sequence())?;
@@ -411,12 +428,7 @@ impl Store for SledStore {
 
     async fn tombstone(&self, id: &TokenId) -> Result<Option<Token>, Error> {
         self.inner.caught_up(self.state().revision()).await?;
-        let value = self
-            .inner
-            .tree
-            .get(layout::tombstone_key(id))
-            .map_err(|e| io_error("reading a tombstone", e))?;
-        value.map(|v| layout::decode_tombstone(id, &v)).transpose()
+        tombstones::get(&self.inner.tree, id)
     }
 
     async fn tombstones(
@@ -429,7 +441,8 @@ impl Store for SledStore {
         inner.caught_up(self.state().revision()).await?;
         let (account, after) = (account.cloned(), after.cloned());
         tokio::task::spawn_blocking(move || {
-            layout::tombstones(&inner.tree, account.as_ref(), after.as_ref(), max)
+            let _packing = inner.packing.read().unwrap_or_else(|e| e.into_inner());
+            tombstones::list(&inner.tree, account.as_ref(), after.as_ref(), max)
         })
         .await
         .map_err(|e| Error::Internal(format!("reading tombstones: {e}")))?

@@ -8,10 +8,12 @@
 //!   `t/<TKN-id>`         → a live token: `L` + its secret's 32-byte SHA-256
 //!                          + its TokenRecord (format 3 kept tombstones here
 //!                          too: [`split_tombstones`] moves them)
-//!   `d/<TKN-id>`         → a deleted token's tombstone: its TokenRecord, or,
-//!                          once old, `S` + a ShrunkRecord (`sled/shrink.rs`).
+//!   `d/<TKN-id>`         → a recent tombstone: its TokenRecord (format 4
+//!                          shrank old ones in place, `S` + a ShrunkRecord).
 //!                          Apart from the live tokens, so that opening reads
 //!                          live tokens only
+//!   `p/<u32 BE pack>`    → old tombstones, shrunk, packed by number range
+//!                          (`sled/tombstones.rs`; `sled/shrink.rs` packs)
 //!   `u/<u32 BE chunk>`   → 512 bytes: bit `i` set when token number
 //!                          `chunk * 4096 + i` was issued. Ids are never
 //!                          reused: this is what says which were, read at
@@ -231,8 +233,9 @@ pub(super) fn decode_tombstone(id: &TokenId, v: &[u8]) -> Result<Token, Error> {
     Ok(t)
 }
 
-/// Tags a shrunk tombstone's value: JSON never starts with it.
-pub(super) const SHRUNK: u8 = b'S';
+/// Tags a tombstone format 4 shrank in place under `d/` (this format packs
+/// them instead): JSON never starts with it.
+const SHRUNK: u8 = b'S';
 
 /// The keys of every tombstone: `start..end`.
 pub(super) fn tombstone_range() -> (Vec<u8>, Vec<u8>) {
@@ -245,32 +248,6 @@ pub(super) fn tombstone_range() -> (Vec<u8>, Vec<u8>) {
 pub(super) fn tombstone_id(k: &[u8]) -> Result<TokenId, Error> {
     TokenId::parse(&String::from_utf8_lossy(&k[P_TOMBSTONE.len()..]))
         .map_err(|e| corrupt("tombstone key", e))
-}
-
-/// Tombstones in id order after `after`, of `account` or all, at most `max`.
-pub(super) fn tombstones(
-    tree: &sled::Tree,
-    account: Option<&AccountId>,
-    after: Option<&TokenId>,
-    max: usize,
-) -> Result<Vec<Token>, Error> {
-    let (start, end) = tombstone_range();
-    let start = match after {
-        Some(id) => [&tombstone_key(id)[..], &[0]].concat(),
-        None => start,
-    };
-    let mut out = Vec::new();
-    for item in tree.range(start..end) {
-        if out.len() == max {
-            break;
-        }
-        let (k, v) = item.map_err(|e| io_error("reading tombstones", e))?;
-        let t = decode_tombstone(&tombstone_id(&k)?, &v)?;
-        if account.is_none_or(|a| *a == t.account_id) {
-            out.push(t);
-        }
-    }
-    Ok(out)
 }
 
 /// Moves format 3's tombstones from `t/` to `d/` and marks every token

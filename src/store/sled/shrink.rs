@@ -2,10 +2,12 @@
 //!
 //! A deleted token's tombstone (`d/<id>`) is written whole with the
 //! deletion, so that `show_deleted` shows all of it while it is recent.
-//! Once it was deleted `--tombstone-shrink-after` ago, this task rewrites
-//! it as a [`ShrunkRecord`](crate::store::record::ShrunkRecord): id,
-//! account, name, revision, created, and when and by whom deleted, about a
-//! hundred bytes instead of the whole record.
+//! Once it was deleted `--tombstone-shrink-after` ago, this task shrinks it
+//! to a [`ShrunkRecord`](crate::store::record::ShrunkRecord) (id, account,
+//! name, revision, created, and when and by whom deleted: about a hundred
+//! bytes instead of the whole record) and moves it into its pack
+//! (`sled/tombstones.rs`), out of `d/`. So `d/` holds the recent
+//! tombstones only, and a pass walks those, not every tombstone ever made.
 //!
 //! Owns the walk over `d/`, a slice at a time, pausing as long as each
 //! slice took (at most half a core), and a pass over all of them every
@@ -14,7 +16,7 @@
 //! long. It writes beside the applier: sled takes concurrent
 //! writers, and nothing else writes a tombstone once it exists (ids are
 //! never reused), except the replay at open, which may write a whole one
-//! back (to be shrunk again). A shrink reaches the disk with the next
+//! back under `d/` (packed again by the next pass; readers prefer it). A shrink reaches the disk with the next
 //! checkpoint's flush; one a crash lost is simply done again. It must never
 //! touch a live token, the log or the issued ids, never shrink a tombstone
 //! younger than the age, and never write once the store is poisoned. It
@@ -25,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Inner;
-use super::layout::{self, SHRUNK};
+use super::{layout, tombstones};
 use crate::error::Error;
 use crate::store::record;
 
@@ -85,14 +87,11 @@ fn shrink_slice(
         Some(k) => [&k[..], &[0]].concat(),
         None => start,
     };
-    let (mut last, mut seen, mut shrunk) = (None, 0, 0u64);
+    let (mut last, mut seen, mut old) = (None, 0, Vec::new());
     for item in inner.tree.range(start..end).take(SLICE) {
         seen += 1;
         let (k, v) = item.map_err(failed)?;
         last = Some(k.to_vec());
-        if v.first() == Some(&SHRUNK) {
-            continue;
-        }
         // One that does not read is left whole, not retried every pass.
         let t = match layout::tombstone_id(&k).and_then(|id| layout::decode_tombstone(&id, &v)) {
             Ok(t) => t,
@@ -101,19 +100,21 @@ fn shrink_slice(
                 continue;
             }
         };
-        let old = t.audit.deleted.as_ref().is_some_and(|d| d.at <= cutoff);
-        if let (true, Some(small)) = (old, record::encode_shrunk(&t)) {
-            // Right before each write: nothing once poisoned.
-            if inner.poisoned.load(Ordering::Acquire) {
-                return Ok(None);
-            }
-            inner
-                .tree
-                .insert(&k, [&[SHRUNK][..], &small].concat())
-                .map_err(failed)?;
-            shrunk += 1;
+        let is_old = t.audit.deleted.as_ref().is_some_and(|d| d.at <= cutoff);
+        if let (true, Some(small)) = (is_old, record::encode_shrunk(&t)) {
+            old.push((t.id, small));
         }
     }
+    let shrunk = if old.is_empty() {
+        0
+    } else {
+        let _packing = inner.packing.write().unwrap_or_else(|e| e.into_inner());
+        // Right before the writes: nothing once poisoned.
+        if inner.poisoned.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        tombstones::pack(&inner.tree, old).map_err(failed)?
+    };
     if shrunk > 0 {
         metrics::counter!(crate::telemetry::TOMBSTONES_SHRUNK).increment(shrunk);
         tracing::debug!(shrunk, "old tombstones shrunk");
