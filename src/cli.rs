@@ -373,8 +373,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_RETENTION", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention: u64,
     /// Tombstones deleted longer ago than this shrink on disk to id,
-    /// account, name, revision, created, and when and by whom deleted
-    /// (e.g. 30d, 12h; 0s: as soon as the background pass sees them).
+    /// account, name, revision, created, and when and by whom deleted, and
+    /// are packed with their neighbours (e.g. 30d, 12h; 0s: as soon as the
+    /// background pass sees them).
     /// Embedded store only: on etcd, tombstones stay whole in etcd.
     #[arg(long, env = "TOKEND_TOMBSTONE_SHRINK_AFTER", default_value = "30d", value_parser = humantime::parse_duration)]
     pub tombstone_shrink_after: Duration,

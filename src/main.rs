@@ -69,7 +69,7 @@ async fn main() {
                 .await
         }
         Command::Snapshot { command } => console::run_snapshot(command).await,
-        Command::Compact { data_dir } => console::run_compact(&data_dir),
+        Command::Compact { data_dir } => console::run_compact(data_dir).await,
     };
     // `exit` runs no destructors: flush the spans not yet exported first.
     drop(flush_traces);

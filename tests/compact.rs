@@ -63,7 +63,7 @@ struct Seen {
     live_secret: String,
 }
 
-/// A store with churn in it: 300 tokens with long descriptions, all but 20
+/// A store with churn in it: 600 tokens with long descriptions, all but 40
 /// deleted; then the server is SIGKILLed, so that sled lacks the log's last
 /// commits (the next start replays them).
 async fn churned(dir: &Path) -> (Seen, String) {

@@ -175,8 +175,12 @@ pub async fn run_snapshot(cmd: crate::cli::SnapshotCommand) -> i32 {
 
 /// `tokend compact --data-dir DIR`: a stopped server's sled store rewritten
 /// densely (`crate::store::SledStore::compact`).
-pub fn run_compact(data_dir: &std::path::Path) -> i32 {
-    let result = crate::store::SledStore::compact(data_dir).map_err(|e| {
+pub async fn run_compact(data_dir: std::path::PathBuf) -> i32 {
+    let dir = data_dir.clone();
+    let compacted = tokio::task::spawn_blocking(move || crate::store::SledStore::compact(&dir))
+        .await
+        .unwrap_or_else(|e| Err(crate::error::Error::Internal(format!("compacting: {e}"))));
+    let result = compacted.map_err(|e| {
         let code = match e {
             crate::error::Error::InvalidArgument { .. } => exit::USAGE,
             _ => exit::FAILED,

@@ -533,10 +533,18 @@ pub(super) fn encode_shrunk(t: &Token) -> Option<Vec<u8>> {
 /// Tombstone `id` as its shrunk record `bytes` keeps it.
 pub(super) fn decode_shrunk(id: &TokenId, bytes: &[u8]) -> Result<Token, String> {
     let r: ShrunkRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let created = r.created.map(|secs| AuditEntry {
-        at: UNIX_EPOCH + Duration::from_secs(secs),
-        by: Actor(String::new()),
-    });
+    let created = r
+        .created
+        .map(|secs| {
+            let at = UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| format!("created at {secs} s: out of range"))?;
+            Ok::<_, String>(AuditEntry {
+                at,
+                by: Actor(String::new()),
+            })
+        })
+        .transpose()?;
     Ok(Token {
         id: id.clone(),
         account_id: AccountId::parse(&r.account_id).map_err(|e| e.to_string())?,

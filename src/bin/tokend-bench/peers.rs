@@ -127,7 +127,7 @@ async fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str) {
 
 /// The sum of one Prometheus series at `/metrics` (a plain GET: the bench must not grow an HTTP
 /// client for one line of text).
-fn sample(addr: SocketAddr, series: &str) -> f64 {
+pub fn sample(addr: SocketAddr, series: &str) -> f64 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
     write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();

@@ -29,9 +29,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::peers::{TokenClient, free_addr, tokend_bin, tokend_command};
+use crate::peers::{TokenClient, free_addr, sample, tokend_bin, tokend_command};
 use crate::scenarios::Latency;
-use kit::{Progress, Server, disk_usage, latency, micros, pool};
+use kit::{Progress, Server, latency, micros, pool};
 
 const ACCOUNTS: usize = 100;
 /// Clients creating and deleting tokens.
@@ -47,6 +47,10 @@ const DESCRIPTION_CHARS: usize = 200;
 /// Accounts hold all four; each token two of them.
 const MODULES: [&str; 4] = ["commerce", "billing", "helpdesk", "catalog-management"];
 const SHRINK_FLAG: &str = "--tombstone-shrink-after";
+/// The event log tokend keeps (`--retention`): small, so that the disk per
+/// token is the tokens' own, not the log's, which `--retention` bounds
+/// apart from them (README, Sizing).
+pub const RETENTION: u64 = 1_000;
 
 /// A server's footprint, read after a restart and 2 s of quiet.
 #[derive(Clone, Copy, Debug, Default)]
@@ -110,17 +114,17 @@ pub async fn run(root: &Path, tokens: usize) -> Scale {
     eprintln!("scale: tokend, {tokens} live tokens, restarting");
     let t = t.restart(&[]).await;
     tokend.live = t.footprint().await;
-    let (t, live_compacted) = compact(t, &[]).await;
-    tokend.live_compacted = live_compacted;
     let verify = t.verifies(Arc::new(secrets)).await;
     let (list, unscoped_list) = t.lists(&accounts, tokens).await;
+    let (t, live_compacted) = compact(t, &[]).await;
+    tokend.live_compacted = live_compacted;
     tokend.delete_rate = t.delete_all(ids).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("scale: tokend, {tokens} deleted, restarting");
     let t = t.restart(&[]).await;
     tokend.deleted = t.footprint().await;
     let shrunk = if shrinks() {
-        Ok(shrink(t).await)
+        Ok(shrink(t, tokens).await)
     } else {
         t.server.stop().await;
         Err(format!("this tokend has no `{SHRINK_FLAG}`"))
@@ -154,9 +158,9 @@ fn shrinks() -> bool {
 /// Whether this tokend has `tokend compact`.
 fn compacts() -> bool {
     std::process::Command::new(tokend_bin())
-        .arg("--help")
+        .args(["compact", "--help"])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("compact"))
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Stops `t`, runs `tokend compact` on its data dir, and starts it again
@@ -185,27 +189,27 @@ async fn compact(t: Tokend, extra: &[&str]) -> (Tokend, Option<Footprint>) {
     (t, Some(footprint))
 }
 
-/// Restarts `t` shrinking every tombstone, waits until its data dir stops
-/// shrinking (two readings 2 s apart within 1%, once it has shrunk or 20 s
-/// have passed; at most 120 s), then restarts it again, still with the flag;
-/// then compacts it.
-async fn shrink(t: Tokend) -> (Footprint, Duration, Option<Footprint>) {
+/// Restarts `t` shrinking every tombstone, waits until it has shrunk all
+/// `tokens` (`tokend_tombstones_shrunk_total`; at most 600 s, or 60 s
+/// without progress), then restarts it again, still with the flag; then
+/// compacts it.
+async fn shrink(t: Tokend, tokens: usize) -> (Footprint, Duration, Option<Footprint>) {
     let flag = [SHRINK_FLAG, "0s"];
     eprintln!("scale: tokend, shrinking tombstones");
     let t = t.restart(&flag).await;
     let started = Instant::now();
-    let first = disk_usage(&t.dir);
-    let mut last = first;
+    let (mut last, mut progressed) = (0.0, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = disk_usage(&t.dir);
-        let steady = now.abs_diff(last) as f64 <= 0.01 * last as f64;
-        let waited = started.elapsed();
-        let shrunk = (now as f64) < 0.99 * first as f64;
-        last = now;
-        if (steady && (shrunk || waited >= Duration::from_secs(20)))
-            || waited >= Duration::from_secs(120)
+        let shrunk = sample(t.metrics, "tokend_tombstones_shrunk_total");
+        if shrunk > last {
+            (last, progressed) = (shrunk, Instant::now());
+        }
+        if shrunk >= tokens as f64
+            || progressed.elapsed() >= Duration::from_secs(60)
+            || started.elapsed() >= Duration::from_secs(600)
         {
+            eprintln!("scale: {shrunk} tombstones shrunk");
             break;
         }
     }
@@ -223,6 +227,7 @@ struct Tokend {
     server: Server,
     dir: PathBuf,
     url: String,
+    metrics: std::net::SocketAddr,
     auth: Bearer,
     startup: Duration,
 }
@@ -261,6 +266,7 @@ impl Tokend {
         let url = format!("http://{addr}");
         let spawned = Instant::now();
         let child = tokend_command(dir, addr, metrics, extra)
+            .args(["--retention", &RETENTION.to_string()])
             .spawn()
             .expect("tokend beside tokend-bench (build with --release --bins)");
         let mut server = Server {
@@ -279,6 +285,7 @@ impl Tokend {
             server,
             dir: dir.to_path_buf(),
             url,
+            metrics,
             auth: Bearer::new(secret.trim()).expect("an ASCII secret"),
             startup,
         }

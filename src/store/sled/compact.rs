@@ -64,14 +64,16 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
             format!("{} holds no tokend store", data_dir.display()),
         ));
     }
-    let old = open(&db_dir).map_err(|e| {
-        io_error(
+    let old = open(&db_dir).map_err(|e| match e {
+        // sled says so in words only (ErrorKind::Other).
+        sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => io_error(
             &format!(
                 "opening {} (is a tokend serving it? compact a stopped server's data dir)",
                 db_dir.display()
             ),
             e,
-        )
+        ),
+        e => io_error(&format!("opening {}", db_dir.display()), e),
     })?;
     let tree = old
         .open_tree("tokend")
@@ -95,17 +97,18 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
 
     let copy_dir = data_dir.join(COMPACTING);
     remove_if_present(&copy_dir)?;
-    let copied = copy_into(&old, &copy_dir);
-    let records = match copied {
-        Ok(n) => n,
+    let (new, records) = match copy_into(&old, &copy_dir) {
+        Ok(copied) => copied,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&copy_dir);
             return Err(e);
         }
     };
     fail::fail_point!("compact-copied", |_| std::process::abort());
-    // The swap, while `old` still holds its lock: from here `db/` is the
-    // copy, and a crash leaves the original under `db.compacting/`.
+    // The swap, while both stores are open, so that sled's lock (on each
+    // store's file, whatever its name) keeps a server off both until the
+    // end: from here `db/` is the copy, and a crash leaves the original
+    // under `db.compacting/`.
     rustix::fs::renameat_with(
         rustix::fs::CWD,
         &db_dir,
@@ -126,6 +129,7 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
     fail::fail_point!("compact-swapped", |_| std::process::abort());
     drop(old);
     remove_if_present(&copy_dir)?;
+    drop(new);
     Ok(Compacted {
         records,
         bytes_before,
@@ -146,12 +150,17 @@ pub(super) fn discard_unfinished(data_dir: &Path) -> Result<(), Error> {
 }
 
 fn open(dir: &Path) -> sled::Result<sled::Db> {
-    sled::Config::new().path(dir).flush_every_ms(None).open()
+    sled::Config::new()
+        .path(dir)
+        // As the server's: sled's default cache is 1 GiB, and two are open.
+        .cache_capacity(super::CACHE_BYTES)
+        .flush_every_ms(None)
+        .open()
 }
 
 /// Copies every tree of `old` into a new sled at `dir`, checks it, and
-/// makes it durable. The number of records copied.
-fn copy_into(old: &sled::Db, dir: &Path) -> Result<u64, Error> {
+/// makes it durable. The copy, still open, and the number of records.
+fn copy_into(old: &sled::Db, dir: &Path) -> Result<(sled::Db, u64), Error> {
     let failed = |e: sled::Error| io_error(&format!("writing {}", dir.display()), e);
     let new = open(dir).map_err(failed)?;
     let mut records = 0u64;
@@ -185,14 +194,14 @@ fn copy_into(old: &sled::Db, dir: &Path) -> Result<u64, Error> {
         )));
     }
     new.flush().map_err(failed)?;
-    drop(new);
-    // sled's flush leaves out the fdatasync of its own file and the names.
+    // sled's flush leaves out the fdatasync of its own file and the names
+    // (`blobs/` stays empty: no tokend record is near sled's blob size).
     for path in [dir.join("conf"), dir.join("db"), dir.to_path_buf()] {
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error(&format!("syncing {}", path.display()), e))?;
     }
-    Ok(records)
+    Ok((new, records))
 }
 
 fn remove_if_present(dir: &Path) -> Result<(), Error> {

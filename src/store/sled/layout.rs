@@ -233,9 +233,20 @@ pub(super) fn decode_tombstone(id: &TokenId, v: &[u8]) -> Result<Token, Error> {
     Ok(t)
 }
 
-/// Tags a tombstone format 4 shrank in place under `d/` (this format packs
-/// them instead): JSON never starts with it.
+/// Tags a tombstone shrunk in place under `d/` (format 4 shrank every old
+/// one so; this format packs them, and shrinks in place only what a full
+/// pack cannot take): JSON never starts with it.
 const SHRUNK: u8 = b'S';
+
+/// The `d/` value of a tombstone shrunk in place.
+pub(super) fn shrunk_in_place(record: &[u8]) -> Vec<u8> {
+    [&[SHRUNK][..], record].concat()
+}
+
+/// Whether a `d/` value is shrunk in place.
+pub(super) fn is_shrunk_in_place(v: &[u8]) -> bool {
+    v.first() == Some(&SHRUNK)
+}
 
 /// The keys of every tombstone: `start..end`.
 pub(super) fn tombstone_range() -> (Vec<u8>, Vec<u8>) {

@@ -101,8 +101,12 @@ fn shrink_slice(
             }
         };
         let is_old = t.audit.deleted.as_ref().is_some_and(|d| d.at <= cutoff);
-        if let (true, Some(small)) = (is_old, record::encode_shrunk(&t)) {
-            old.push((t.id, small));
+        if let (true, Some(shrunk)) = (is_old, record::encode_shrunk(&t)) {
+            old.push(tombstones::Old {
+                id: t.id,
+                shrunk,
+                in_place: layout::is_shrunk_in_place(&v),
+            });
         }
     }
     let shrunk = if old.is_empty() {
@@ -113,7 +117,7 @@ fn shrink_slice(
         if inner.poisoned.load(Ordering::Acquire) {
             return Ok(None);
         }
-        tombstones::pack(&inner.tree, old).map_err(failed)?
+        tombstones::pack(&inner.tree, old)?
     };
     if shrunk > 0 {
         metrics::counter!(crate::telemetry::TOMBSTONES_SHRUNK).increment(shrunk);

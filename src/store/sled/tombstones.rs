@@ -1,20 +1,25 @@
 //! Where the sled store keeps tombstones: recent ones whole, one key each
 //! (`d/<TKN-id>`), old ones shrunk and packed by number range
-//! (`p/<u32 BE pack>`).
+//! (`p/<u32 BE first number>`).
 //!
 //! Why packs: sled spends a few hundred bytes of its own on every key, on
-//! disk and in memory, whatever the value's size. A million shrunk
-//! tombstones of about a hundred bytes each, one key apiece, took 476 bytes
-//! of disk each even after `tokend compact` (BENCHMARKS.md, "Scale"). A
-//! pack holds every old tombstone whose number falls in one range of
-//! [`PACK_SPAN`] numbers, so a million of them are a few thousand keys, and
-//! the shrinker's passes walk the recent `d/` keys only, not every
-//! tombstone ever made.
+//! disk and in memory, whatever the value's size, and rewrites a page of
+//! small values several times as it fills it. A million shrunk tombstones
+//! of about a hundred bytes each, one key apiece, took 476 bytes of disk
+//! each even after `tokend compact` (BENCHMARKS.md, "Scale"); values of
+//! 18 KB or more are stored once (1.03 times their size, measured). So a
+//! pack holds the old tombstones of a range of numbers, from its key's
+//! number up to the next pack's, and splits in two when it passes
+//! [`MAX_PACK_BYTES`]: packs stay tens of KB whatever the density of ids,
+//! far below the 128 KiB over which sled writes a value to a file of its
+//! own (which its flush does not fsync). The shrinker's passes walk the
+//! recent `d/` keys only, not every tombstone ever made.
 //!
 //! A pack's value: `P`, then for each tombstone, in increasing number
-//! order and each number once, `[u32 BE number][u16 BE length]` and its
+//! order, `[u32 BE number][u16 BE length]` and its
 //! [`ShrunkRecord`](crate::store::record::ShrunkRecord) (the number is the
-//! id; the record is the rest).
+//! id; the record is the rest). Packs never overlap: each number is in the
+//! pack with the greatest first number not above it.
 //!
 //! Owns reading a tombstone by id (its `d/` key first, then its pack),
 //! listing them in id order (the `d/` keys and the packs merged), and
@@ -29,31 +34,47 @@
 use std::collections::BTreeMap;
 
 use super::io_error;
-use super::layout::{decode_tombstone, tombstone_id, tombstone_key, tombstone_range};
+use super::layout::{
+    decode_tombstone, shrunk_in_place, tombstone_id, tombstone_key, tombstone_range,
+};
 use crate::domain::{AccountId, Token, TokenId};
 use crate::error::Error;
+use crate::state::TOKEN_ID_SPACE;
 use crate::store::record;
 
-/// Token numbers per pack: a million random ids over the 10^8 space put
-/// about 160 in each (18 KB, inline in a sled page); ten million, about
-/// 1,600.
-pub(super) const PACK_SPAN: u32 = 1 << 14;
+/// A pack past this splits in two: halves of 24 KB or more are values
+/// sled stores once.
+const MAX_PACK_BYTES: usize = 48 * 1024;
 const P_PACK: &[u8] = b"p/";
 /// Tags a pack's value.
 const PACK: u8 = b'P';
 /// An entry's number and length, before its record.
 const ENTRY_HEADER: usize = 6;
 
-fn pack_key(number: u32) -> Vec<u8> {
-    [P_PACK, &(number / PACK_SPAN).to_be_bytes()[..]].concat()
+/// A pack's entries: number → shrunk record.
+type Entries = BTreeMap<u32, Vec<u8>>;
+
+fn pack_key(first: u32) -> Vec<u8> {
+    [P_PACK, &first.to_be_bytes()[..]].concat()
 }
 
 fn corrupt_pack(why: impl std::fmt::Display) -> Error {
     super::corrupt("tombstone pack", why)
 }
 
-/// A pack's entries, checked: numbers increasing, lengths within the value.
-fn entries(v: &[u8]) -> Result<Vec<(u32, &[u8])>, Error> {
+/// The first number of pack `key`.
+fn pack_first(key: &[u8]) -> Result<u32, Error> {
+    key.strip_prefix(P_PACK)
+        .and_then(|i| <[u8; 4]>::try_from(i).ok())
+        .map(u32::from_be_bytes)
+        .filter(|&n| n < TOKEN_ID_SPACE)
+        .ok_or_else(|| corrupt_pack("a malformed key"))
+}
+
+/// Pack `key`'s entries, checked: numbers increasing, from the key's own
+/// and within the id space; lengths within the value.
+fn entries<'v>(key: &[u8], v: &'v [u8]) -> Result<Vec<(u32, &'v [u8])>, Error> {
+    let first = pack_first(key)?;
     let Some((&PACK, mut rest)) = v.split_first() else {
         return Err(corrupt_pack("no pack tag"));
     };
@@ -70,19 +91,24 @@ fn entries(v: &[u8]) -> Result<Vec<(u32, &[u8])>, Error> {
         if out.last().is_some_and(|&(last, _)| last >= number) {
             return Err(corrupt_pack("numbers out of order"));
         }
+        if number < first || number >= TOKEN_ID_SPACE {
+            return Err(corrupt_pack(format!("{number} outside the pack")));
+        }
         out.push((number, record));
         rest = &rest[ENTRY_HEADER + len..];
     }
     Ok(out)
 }
 
-fn encode(entries: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
-    let size = entries
+fn encoded_len(entries: &Entries) -> usize {
+    1 + entries
         .values()
         .map(|r| ENTRY_HEADER + r.len())
-        .sum::<usize>();
-    let mut v = Vec::with_capacity(1 + size);
-    v.push(PACK);
+        .sum::<usize>()
+}
+
+fn encode<'a>(entries: impl IntoIterator<Item = (&'a u32, &'a Vec<u8>)>) -> Vec<u8> {
+    let mut v = vec![PACK];
     for (number, record) in entries {
         v.extend_from_slice(&number.to_be_bytes());
         v.extend_from_slice(&(record.len() as u16).to_be_bytes());
@@ -91,9 +117,28 @@ fn encode(entries: &BTreeMap<u32, Vec<u8>>) -> Vec<u8> {
     v
 }
 
-/// Tombstone `id` as a pack keeps it.
+/// Tombstone `number` as a pack keeps it.
 fn decode_entry(number: u32, record: &[u8]) -> Result<Token, Error> {
     record::decode_shrunk(&TokenId::from_number(number), record).map_err(corrupt_pack)
+}
+
+/// The pack number `n` belongs in: the one with the greatest first number
+/// not above `n`.
+fn pack_of(tree: &sled::Tree, n: u32) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+    Ok(tree
+        .get_lt(pack_key(n.saturating_add(1)))?
+        .filter(|(k, _)| k.starts_with(P_PACK)))
+}
+
+/// The first number of the pack after `first`'s, or the end of the space.
+fn next_first(tree: &sled::Tree, first: u32) -> Result<u32, Error> {
+    match tree
+        .get_gt(pack_key(first))
+        .map_err(|e| io_error("reading tombstones", e))?
+    {
+        Some((k, _)) if k.starts_with(P_PACK) => pack_first(&k),
+        _ => Ok(TOKEN_ID_SPACE),
+    }
 }
 
 /// Tombstone `id`: whole or shrunk under `d/`, else from its pack.
@@ -104,10 +149,10 @@ pub(super) fn get(tree: &sled::Tree, id: &TokenId) -> Result<Option<Token>, Erro
     if let Some(v) = tree.get(tombstone_key(id)).map_err(failed)? {
         return decode_tombstone(id, &v).map(Some);
     }
-    let Some(pack) = tree.get(pack_key(id.number())).map_err(failed)? else {
+    let Some((key, pack)) = pack_of(tree, id.number()).map_err(failed)? else {
         return Ok(None);
     };
-    let entries = entries(&pack)?;
+    let entries = entries(&key, &pack)?;
     match entries.binary_search_by_key(&id.number(), |&(n, _)| n) {
         Ok(i) => decode_entry(entries[i].0, entries[i].1).map(Some),
         Err(_) => Ok(None),
@@ -132,20 +177,31 @@ pub(super) fn list(
         None => start,
     };
     let mut whole = tree.range(start..end).peekable();
-    let mut packs = tree
-        .range(pack_key(after_number.map_or(0, |n| n.saturating_add(1)))..pack_range_end())
-        .values();
-    // The current pack's entries after `after`, decoded lazily.
+    // From the pack that holds the number after `after`.
+    let packs_from = match after_number {
+        Some(n) => pack_of(tree, n.saturating_add(1))
+            .map_err(failed)?
+            .map_or_else(|| P_PACK.to_vec(), |(k, _)| k.to_vec()),
+        None => P_PACK.to_vec(),
+    };
+    let mut packs = tree.range(packs_from..pack_range_end());
+    // The current pack's entries after `after`, decoded lazily; across
+    // packs, numbers must keep increasing (packs never overlap).
     let mut packed: std::vec::IntoIter<(u32, Vec<u8>)> = Vec::new().into_iter();
+    let mut last_packed: Option<u32> = None;
     let mut next_packed = || -> Result<Option<(u32, Vec<u8>)>, Error> {
         loop {
             if let Some(e) = packed.next() {
+                if last_packed.is_some_and(|l| l >= e.0) {
+                    return Err(corrupt_pack("packs overlap"));
+                }
+                last_packed = Some(e.0);
                 return Ok(Some(e));
             }
-            let Some(v) = packs.next().transpose().map_err(failed)? else {
+            let Some((k, v)) = packs.next().transpose().map_err(failed)? else {
                 return Ok(None);
             };
-            packed = entries(&v)?
+            packed = entries(&k, &v)?
                 .into_iter()
                 .filter(|&(n, _)| after_number.is_none_or(|a| n > a))
                 .map(|(n, r)| (n, r.to_vec()))
@@ -195,45 +251,120 @@ fn pack_range_end() -> Vec<u8> {
     end
 }
 
-/// Moves `old` tombstones (their `d/` key and shrunk record) into their
-/// packs: one atomic batch per pack, which writes the pack with them and
-/// removes their `d/` keys. Returns how many moved.
-pub(super) fn pack(tree: &sled::Tree, old: Vec<(TokenId, Vec<u8>)>) -> sled::Result<u64> {
-    let mut by_pack: BTreeMap<Vec<u8>, Vec<(TokenId, Vec<u8>)>> = BTreeMap::new();
-    for (id, shrunk) in old {
-        // A record a pack cannot hold stays whole under `d/`.
-        if shrunk.len() <= u16::MAX as usize {
-            by_pack
-                .entry(pack_key(id.number()))
-                .or_default()
-                .push((id, shrunk));
-        }
-    }
-    let mut moved = 0;
-    for (key, tombstones) in by_pack {
-        let mut merged: BTreeMap<u32, Vec<u8>> = match tree.get(&key)? {
-            // A pack that does not read is not rewritten: its tombstones
-            // would be lost. These stay under `d/`, and the error shows
-            // wherever the pack is read.
-            Some(v) => match entries(&v) {
-                Ok(es) => es.into_iter().map(|(n, r)| (n, r.to_vec())).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a tombstone pack that does not read is left as it is");
-                    continue;
-                }
+/// An old tombstone on its way into its pack.
+pub(super) struct Old {
+    pub id: TokenId,
+    /// Its [`ShrunkRecord`](crate::store::record::ShrunkRecord).
+    pub shrunk: Vec<u8>,
+    /// Whether `d/` holds it shrunk in place already (format 4, or one a
+    /// pack could not take): then it is not written again unless packed.
+    pub in_place: bool,
+}
+
+/// Moves `old` tombstones into their packs: one atomic sled batch per pack
+/// they land in, which writes the pack with them (split in two, or more,
+/// once past [`MAX_PACK_BYTES`]) and removes their `d/` keys. One whose
+/// pack does not read, or whose record is too long for a pack, is shrunk
+/// in place under `d/` instead. Returns how many were packed or shrunk.
+pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
+    let failed = |e| io_error("packing old tombstones", e);
+    old.sort_by_key(|o| o.id.number());
+    let mut done = 0;
+    let mut old = old.into_iter().peekable();
+    while let Some(o) = old.next() {
+        let n = o.id.number();
+        // The pack `n` goes in, and the numbers it covers: `first..until`.
+        // Below every pack, the first one is moved down to start at `n`.
+        let (key, value) = match pack_of(tree, n).map_err(failed)? {
+            Some(found) => (Some(found.0), Some(found.1)),
+            None => match tree.get_gt(P_PACK).map_err(failed)? {
+                Some((k, v)) if k.starts_with(P_PACK) => (Some(k), Some(v)),
+                _ => (None, None),
             },
-            None => BTreeMap::new(),
+        };
+        let first = match &key {
+            Some(k) if pack_first(k)? <= n => pack_first(k)?,
+            _ => n,
+        };
+        let until = match &key {
+            Some(k) => next_first(tree, pack_first(k)?)?,
+            None => TOKEN_ID_SPACE,
         };
         let mut batch = sled::Batch::default();
-        for (id, shrunk) in tombstones {
-            merged.insert(id.number(), shrunk);
-            batch.remove(tombstone_key(&id));
-            moved += 1;
+        let mut merged: Option<Entries> = match (&key, &value) {
+            (Some(k), Some(v)) => match entries(k, v) {
+                Ok(es) => Some(es.into_iter().map(|(n, r)| (n, r.to_vec())).collect()),
+                // A pack that does not read is not rewritten: its
+                // tombstones would be lost. The error shows wherever the
+                // pack is read.
+                Err(e) => {
+                    tracing::warn!(error = %e, "a tombstone pack that does not read is left as it is");
+                    None
+                }
+            },
+            _ => Some(Entries::new()),
+        };
+        // This tombstone, and the next ones of the same pack.
+        let mut group = vec![o];
+        while let Some(next) = old.next_if(|next| next.id.number() < until) {
+            group.push(next);
         }
-        batch.insert(key, encode(&merged));
-        tree.apply_batch(batch)?;
+        let mut packed = false;
+        for o in group {
+            match merged.as_mut() {
+                Some(m) if o.shrunk.len() <= u16::MAX as usize => {
+                    m.insert(o.id.number(), o.shrunk);
+                    batch.remove(tombstone_key(&o.id));
+                    packed = true;
+                }
+                _ if o.in_place => continue,
+                _ => batch.insert(tombstone_key(&o.id), shrunk_in_place(&o.shrunk)),
+            }
+            done += 1;
+        }
+        if let (true, Some(m)) = (packed, merged) {
+            if let Some(k) = key.filter(|k| pack_first(k).is_ok_and(|f| f != first)) {
+                batch.remove(k);
+            }
+            for (piece_first, piece) in split(first, &m) {
+                batch.insert(pack_key(piece_first), piece);
+            }
+        }
+        tree.apply_batch(batch).map_err(failed)?;
     }
-    Ok(moved)
+    Ok(done)
+}
+
+/// `entries`, a pack starting at `first`, as one pack or, past
+/// [`MAX_PACK_BYTES`], as pieces of about half of it: each piece's first
+/// number and value.
+fn split(first: u32, entries: &Entries) -> Vec<(u32, Vec<u8>)> {
+    if encoded_len(entries) <= MAX_PACK_BYTES {
+        return vec![(first, encode(entries))];
+    }
+    let mut pieces = Vec::new();
+    let mut piece: Vec<(&u32, &Vec<u8>)> = Vec::new();
+    let mut size = 1;
+    for (n, r) in entries {
+        if size + ENTRY_HEADER + r.len() > MAX_PACK_BYTES / 2 && !piece.is_empty() {
+            let start = if pieces.is_empty() {
+                first
+            } else {
+                *piece[0].0
+            };
+            pieces.push((start, encode(piece.drain(..))));
+            size = 1;
+        }
+        size += ENTRY_HEADER + r.len();
+        piece.push((n, r));
+    }
+    let start = if pieces.is_empty() {
+        first
+    } else {
+        *piece[0].0
+    };
+    pieces.push((start, encode(piece)));
+    pieces
 }
 
 #[cfg(test)]
@@ -283,8 +414,12 @@ mod tests {
         .unwrap();
     }
 
-    fn shrunk(t: &Token) -> (TokenId, Vec<u8>) {
-        (t.id.clone(), record::encode_shrunk(t).unwrap())
+    fn shrunk(t: &Token) -> Old {
+        Old {
+            id: t.id.clone(),
+            shrunk: record::encode_shrunk(t).unwrap(),
+            in_place: false,
+        }
     }
 
     fn numbers(ts: &[Token]) -> Vec<u32> {
@@ -295,8 +430,8 @@ mod tests {
     fn packed_and_whole_tombstones_list_as_one_sequence_in_id_order() {
         let tree = tree();
         let (a, b) = ("ACC-0000-0001", "ACC-0000-0002");
-        // Two packs (0 and 1) and whole ones around and between them.
-        let all: Vec<Token> = [3, 5, 9, PACK_SPAN + 2, PACK_SPAN + 7, 3 * PACK_SPAN]
+        // Packed ones, and whole ones around and between them.
+        let all: Vec<Token> = [3, 5, 9, 20_002, 20_007, 50_000]
             .into_iter()
             .enumerate()
             .map(|(i, n)| tombstone(n, if i % 2 == 0 { a } else { b }))
@@ -304,9 +439,9 @@ mod tests {
         for t in &all {
             put_whole(&tree, t);
         }
-        let old = [&all[0], &all[2], &all[4]].map(shrunk).to_vec();
+        let old = [&all[0], &all[2], &all[4]].map(shrunk).into();
         assert_eq!(pack(&tree, old).unwrap(), 3);
-        assert_eq!(tree.scan_prefix(P_PACK).count(), 2);
+        assert_eq!(tree.scan_prefix(P_PACK).count(), 1);
         assert_eq!(tree.scan_prefix("d/").count(), 3);
 
         let every = list(&tree, None, None, 100).unwrap();
@@ -326,7 +461,7 @@ mod tests {
         }
         assert_eq!(numbers(&paged), numbers(&all));
         let of_a = list(&tree, Some(&AccountId::parse(a).unwrap()), None, 100).unwrap();
-        assert_eq!(numbers(&of_a), vec![3, 9, PACK_SPAN + 7]);
+        assert_eq!(numbers(&of_a), vec![3, 9, 20_007]);
         // By id, from either place.
         for t in &all {
             assert_eq!(get(&tree, &t.id).unwrap().unwrap().id, t.id);
@@ -350,7 +485,7 @@ mod tests {
         assert_eq!(every[0].description.len(), 200, "d/ wins");
         let pack_value = tree.get(pack_key(10)).unwrap().unwrap();
         assert_eq!(
-            entries(&pack_value)
+            entries(&pack_key(10), &pack_value)
                 .unwrap()
                 .iter()
                 .map(|e| e.0)
@@ -360,22 +495,97 @@ mod tests {
     }
 
     #[test]
+    fn a_tombstone_format_4_shrank_in_place_reads_and_is_packed() {
+        let tree = tree();
+        let t = tombstone(42, "ACC-0000-0001");
+        // Format 4's shape: `S` + the shrunk record, under `d/`.
+        let value = [&b"S"[..], &record::encode_shrunk(&t).unwrap()].concat();
+        tree.insert(tombstone_key(&t.id), value).unwrap();
+        let read = get(&tree, &t.id).unwrap().unwrap();
+        assert_eq!((read.name.as_str(), read.description.as_str()), ("t42", ""));
+        let old = Old {
+            in_place: true,
+            ..shrunk(&read)
+        };
+        assert_eq!(pack(&tree, vec![old]).unwrap(), 1);
+        assert!(tree.get(tombstone_key(&t.id)).unwrap().is_none());
+        assert_eq!(get(&tree, &t.id).unwrap().unwrap(), read);
+        assert_eq!(numbers(&list(&tree, None, None, 10).unwrap()), vec![42]);
+    }
+
+    #[test]
     fn a_damaged_pack_is_an_error_and_is_never_rewritten() {
         let tree = tree();
         let t = tombstone(7, "ACC-0000-0001");
         put_whole(&tree, &t);
-        tree.insert(pack_key(7), &b"P\x00\x00\x00\x07\x00\xffshort"[..])
-            .unwrap();
+        let damaged = &b"P\x00\x00\x00\x07\x00\xffshort"[..];
+        tree.insert(pack_key(7), damaged).unwrap();
         assert!(list(&tree, None, None, 10).is_err());
-        assert_eq!(pack(&tree, vec![shrunk(&t)]).unwrap(), 0);
-        assert!(tree.get(tombstone_key(&t.id)).unwrap().is_some());
-        for bad in [
-            &b""[..],
-            b"X",
-            b"P\x00\x00",
-            b"P\x00\x00\x00\x02\x00\x00\x00\x00\x00\x01\x00\x00",
+        // Its tombstone is shrunk in place instead, the pack left as it was.
+        assert_eq!(pack(&tree, vec![shrunk(&t)]).unwrap(), 1);
+        assert_eq!(&*tree.get(pack_key(7)).unwrap().unwrap(), damaged);
+        let in_place = tree.get(tombstone_key(&t.id)).unwrap().unwrap();
+        assert_eq!(in_place[0], b'S');
+        let entry = |n: u32| [&n.to_be_bytes()[..], &[0, 0]].concat();
+        for (key, bad) in [
+            (pack_key(0), b"".to_vec()),
+            (pack_key(0), b"X".to_vec()),
+            (pack_key(0), b"P\x00\x00".to_vec()),
+            (pack_key(0), [&b"P"[..], &entry(2), &entry(1)].concat()),
+            (pack_key(0), [&b"P"[..], &entry(TOKEN_ID_SPACE)].concat()),
+            (pack_key(5), [&b"P"[..], &entry(1)].concat()),
+            (pack_key(TOKEN_ID_SPACE), b"P".to_vec()),
+            (b"p/\x00".to_vec(), b"P".to_vec()),
         ] {
-            assert!(entries(bad).is_err(), "{bad:?}");
+            assert!(entries(&key, &bad).is_err(), "{key:?} {bad:?}");
         }
+        assert!(entries(&pack_key(0), b"P").unwrap().is_empty());
+    }
+
+    #[test]
+    fn packs_split_past_their_size_and_move_down_for_lower_numbers() {
+        let tree = tree();
+        let all: Vec<Token> = (1_000..3_000)
+            .map(|n| tombstone(n, "ACC-0000-0001"))
+            .collect();
+        for t in &all {
+            put_whole(&tree, t);
+        }
+        // In slices, as the shrinker packs them.
+        for slice in all.chunks(300) {
+            assert_eq!(
+                pack(&tree, slice.iter().map(shrunk).collect()).unwrap(),
+                slice.len() as u64
+            );
+        }
+        assert_eq!(tree.scan_prefix("d/").count(), 0);
+        let packs: Vec<_> = tree.scan_prefix(P_PACK).map(|kv| kv.unwrap()).collect();
+        assert!(packs.len() > 1, "split");
+        assert!(packs.iter().all(|(_, v)| v.len() <= MAX_PACK_BYTES));
+        assert_eq!(pack_first(&packs[0].0).unwrap(), 1_000);
+        // One below every pack: the first pack moves down to it.
+        let low = tombstone(10, "ACC-0000-0001");
+        put_whole(&tree, &low);
+        assert_eq!(pack(&tree, vec![shrunk(&low)]).unwrap(), 1);
+        assert!(tree.get(pack_key(1_000)).unwrap().is_none());
+        assert!(tree.get(pack_key(10)).unwrap().is_some());
+        let every = list(&tree, None, None, 5_000).unwrap();
+        let want: Vec<u32> = std::iter::once(10).chain(1_000..3_000).collect();
+        assert_eq!(numbers(&every), want);
+        for n in [10, 1_000, 1_999, 2_999] {
+            assert!(
+                get(&tree, &TokenId::from_number(n)).unwrap().is_some(),
+                "{n}"
+            );
+        }
+        for n in [11, 999, 3_000] {
+            assert!(
+                get(&tree, &TokenId::from_number(n)).unwrap().is_none(),
+                "{n}"
+            );
+        }
+        // Pages from inside a pack.
+        let page = list(&tree, None, Some(&TokenId::from_number(1_500)), 3).unwrap();
+        assert_eq!(numbers(&page), vec![1_501, 1_502, 1_503]);
     }
 }

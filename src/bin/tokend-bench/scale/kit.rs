@@ -47,6 +47,21 @@ impl Server {
     /// Memory and disk after 2 s of quiet.
     pub async fn footprint(&self, dir: &Path, startup: Duration) -> Footprint {
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // Where the disk goes, for the log (tokend: sled's `db/`, the
+        // write-ahead log's `wal/`).
+        let parts: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{} {:.1} MB",
+                    e.file_name().to_string_lossy(),
+                    disk_usage(&e.path()) as f64 / 1e6
+                )
+            })
+            .collect();
+        eprintln!("scale: {} on disk: {}", self.what, parts.join(", "));
         Footprint {
             rss_kib: status_kib(self.pid(), "VmRSS"),
             anon_kib: status_kib(self.pid(), "RssAnon"),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::{ACCOUNTS, DESCRIPTION_CHARS, Footprint, SHRINK_FLAG, Scale, VERIFIERS, VERIFIES};
-use super::{LISTS, PAGE, SAMPLE, UNSCOPED_LISTS, WRITERS};
+use super::{LISTS, PAGE, RETENTION, SAMPLE, UNSCOPED_LISTS, WRITERS};
 
 pub const HEADING: &str = "## Scale: memory, disk and start-up per token";
 
@@ -265,27 +265,23 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
          with {nf} keys, was {} (tokend's {}). Right after deleting, compacting and \
          defragmenting, before its restart, etcd had {} RSS and {} on disk. etcd keeps \
          nothing of a deleted key once compacted; tokend keeps each deleted token's \
-         tombstone for good (README, *Known limits*). tokend's disk also holds its event \
-         log, the last 100,000 events (`--retention`): below 50,000 tokens every create \
-         and delete is still in it.",
+         tombstone for good (README, *Known limits*). tokend ran with `--retention \
+         {RETENTION}`, so that its disk is the tokens' own: the event log it keeps is \
+         bounded by `--retention` apart from them (the default, 100,000 events, is \
+         sized in README, *Sizing*). etcd's history is compacted.",
         anon(&e.live),
         anon(&t.live),
         rss(&s.etcd_compacted),
         size(s.etcd_compacted.disk as f64),
     );
     let _ = match &s.shrunk {
-        Ok((_, waited, _)) => {
-            let settled = if *waited >= Duration::from_secs(120) {
-                format!("was still changing after {:.0} s", waited.as_secs_f64())
-            } else {
-                format!("stopped shrinking after {:.0} s", waited.as_secs_f64())
-            };
-            writeln!(
-                w,
-                " Old tombstones: tokend restarted with `{SHRINK_FLAG} 0s`, its data dir \
-                 {settled}; then restarted again with the flag still set."
-            )
-        }
+        Ok((_, waited, _)) => writeln!(
+            w,
+            " Old tombstones: tokend restarted with `{SHRINK_FLAG} 0s` shrank them in {:.0} s \
+             (until `tokend_tombstones_shrunk_total` reached {nf}, or stopped rising for a \
+             minute); then it was restarted again with the flag still set.",
+            waited.as_secs_f64()
+        ),
         Err(why) => writeln!(w, " Old tombstones were not measured: {why}."),
     };
     w
