@@ -428,7 +428,11 @@ impl Store for SledStore {
 
     async fn tombstone(&self, id: &TokenId) -> Result<Option<Token>, Error> {
         self.inner.caught_up(self.state().revision()).await?;
-        tombstones::get(&self.inner.tree, id)
+        let (inner, id) = (self.inner.clone(), id.clone());
+        // A pack is tens of KB to read and parse: off the async threads.
+        tokio::task::spawn_blocking(move || tombstones::get(&inner.tree, &id))
+            .await
+            .map_err(|e| Error::Internal(format!("reading a tombstone: {e}")))?
     }
 
     async fn tombstones(

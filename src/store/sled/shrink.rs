@@ -65,7 +65,10 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
                 cursor = again;
                 tokio::time::sleep(Duration::from_secs(60)).await;
             }
-            Err(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "shrinking old tombstones stopped");
+                return;
+            }
         }
     }
 }

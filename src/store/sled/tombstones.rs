@@ -42,8 +42,8 @@ use crate::error::Error;
 use crate::state::TOKEN_ID_SPACE;
 use crate::store::record;
 
-/// A pack past this splits in two: halves of 24 KB or more are values
-/// sled stores once.
+/// A pack past this splits into pieces of 24 KB or more: values sled
+/// stores once.
 const MAX_PACK_BYTES: usize = 48 * 1024;
 const P_PACK: &[u8] = b"p/";
 /// Tags a pack's value.
@@ -282,16 +282,23 @@ pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
                 _ => (None, None),
             },
         };
-        let first = match &key {
-            Some(k) if pack_first(k)? <= n => pack_first(k)?,
-            _ => n,
-        };
-        let until = match &key {
-            Some(k) => next_first(tree, pack_first(k)?)?,
-            None => TOKEN_ID_SPACE,
+        // What the pack found covers; a key that does not read (its own or
+        // the next pack's) counts as a damaged pack, for this tombstone
+        // alone: the rest of the slice goes on.
+        let bounds = key.as_ref().map_or(Ok((n, TOKEN_ID_SPACE)), |k| {
+            let found = pack_first(k)?;
+            Ok::<_, Error>((found.min(n), next_first(tree, found)?))
+        });
+        let (first, until, readable) = match bounds {
+            Ok((first, until)) => (first, until, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "a tombstone pack key that does not read is left as it is");
+                (n, n.saturating_add(1), false)
+            }
         };
         let mut batch = sled::Batch::default();
         let mut merged: Option<Entries> = match (&key, &value) {
+            _ if !readable => None,
             (Some(k), Some(v)) => match entries(k, v) {
                 Ok(es) => Some(es.into_iter().map(|(n, r)| (n, r.to_vec())).collect()),
                 // A pack that does not read is not rewritten: its
@@ -336,17 +343,19 @@ pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
 }
 
 /// `entries`, a pack starting at `first`, as one pack or, past
-/// [`MAX_PACK_BYTES`], as pieces of about half of it: each piece's first
-/// number and value.
+/// [`MAX_PACK_BYTES`], as pieces of even size, each at least half of it:
+/// each piece's first number and value.
 fn split(first: u32, entries: &Entries) -> Vec<(u32, Vec<u8>)> {
-    if encoded_len(entries) <= MAX_PACK_BYTES {
+    let total = encoded_len(entries);
+    if total <= MAX_PACK_BYTES {
         return vec![(first, encode(entries))];
     }
+    let target = total / (total / (MAX_PACK_BYTES / 2)).max(2);
     let mut pieces = Vec::new();
     let mut piece: Vec<(&u32, &Vec<u8>)> = Vec::new();
     let mut size = 1;
     for (n, r) in entries {
-        if size + ENTRY_HEADER + r.len() > MAX_PACK_BYTES / 2 && !piece.is_empty() {
+        if size >= target {
             let start = if pieces.is_empty() {
                 first
             } else {
@@ -543,6 +552,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pack_key_that_does_not_read_stops_only_its_own_tombstone() {
+        let tree = tree();
+        let ts: Vec<Token> = [5, 9].map(|n| tombstone(n, "ACC-0000-0001")).to_vec();
+        for t in &ts {
+            put_whole(&tree, t);
+        }
+        // A key beyond the id space, the one `pack_of(5)` finds.
+        tree.insert(b"p/\x00\x00\x00", &b"P"[..]).unwrap();
+        assert_eq!(pack(&tree, ts.iter().map(shrunk).collect()).unwrap(), 2);
+        for t in &ts {
+            assert_eq!(tree.get(tombstone_key(&t.id)).unwrap().unwrap()[0], b'S');
+        }
+    }
+
+    #[test]
     fn packs_split_past_their_size_and_move_down_for_lower_numbers() {
         let tree = tree();
         let all: Vec<Token> = (1_000..3_000)
@@ -561,7 +585,13 @@ mod tests {
         assert_eq!(tree.scan_prefix("d/").count(), 0);
         let packs: Vec<_> = tree.scan_prefix(P_PACK).map(|kv| kv.unwrap()).collect();
         assert!(packs.len() > 1, "split");
-        assert!(packs.iter().all(|(_, v)| v.len() <= MAX_PACK_BYTES));
+        assert!(
+            packs
+                .iter()
+                .all(|(_, v)| v.len() <= MAX_PACK_BYTES && v.len() >= MAX_PACK_BYTES / 4),
+            "{:?}",
+            packs.iter().map(|(_, v)| v.len()).collect::<Vec<_>>()
+        );
         assert_eq!(pack_first(&packs[0].0).unwrap(), 1_000);
         // One below every pack: the first pack moves down to it.
         let low = tombstone(10, "ACC-0000-0001");
