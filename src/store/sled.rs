@@ -26,7 +26,6 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
-
 use self::wal::Wal;
 use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4};
 use super::{AccessLog, Applied, Store};

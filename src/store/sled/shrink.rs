@@ -16,8 +16,9 @@
 //! long. It writes beside the applier: sled takes concurrent
 //! writers, and nothing else writes a tombstone once it exists (ids are
 //! never reused), except the replay at open, which may write a whole one
-//! back under `d/` (packed again by the next pass; readers prefer it). A shrink reaches the disk with the next
-//! checkpoint's flush; one a crash lost is simply done again. It must never
+//! back under `d/` (packed again by the next pass; readers prefer it). A
+//! shrink reaches the disk with the next checkpoint's flush; one a crash
+//! lost is simply done again. It must never
 //! touch a live token, the log or the issued ids, never shrink a tombstone
 //! younger than the age, and never write once the store is poisoned. It
 //! ends once the store is dropped; a shrink written after `close` is one

@@ -130,17 +130,6 @@ fn pack_of(tree: &sled::Tree, n: u32) -> sled::Result<Option<(sled::IVec, sled::
         .filter(|(k, _)| k.starts_with(P_PACK)))
 }
 
-/// The first number of the pack after `first`'s, or the end of the space.
-fn next_first(tree: &sled::Tree, first: u32) -> Result<u32, Error> {
-    match tree
-        .get_gt(pack_key(first))
-        .map_err(|e| io_error("reading tombstones", e))?
-    {
-        Some((k, _)) if k.starts_with(P_PACK) => pack_first(&k),
-        _ => Ok(TOKEN_ID_SPACE),
-    }
-}
-
 /// Tombstone `id`: whole or shrunk under `d/`, else from its pack.
 pub(super) fn get(tree: &sled::Tree, id: &TokenId) -> Result<Option<Token>, Error> {
     let failed = |e| io_error("reading a tombstone", e);
@@ -261,64 +250,95 @@ pub(super) struct Old {
     pub in_place: bool,
 }
 
+/// Where tombstone number `n` is packed.
+struct Target {
+    /// The pack found for it: the one holding `n`, or, below every pack,
+    /// the first one, to be moved down to start at `n`.
+    key: Option<sled::IVec>,
+    /// The numbers the pack covers then: `first..until`.
+    first: u32,
+    until: u32,
+    /// `None` when the pack (its key, its value, or the next pack's key)
+    /// does not read: it is left as it is, since rewriting it would lose
+    /// its tombstones, and the error shows wherever it is read.
+    entries: Option<Entries>,
+}
+
+fn target(tree: &sled::Tree, n: u32) -> Result<Target, Error> {
+    let failed = |e| io_error("packing old tombstones", e);
+    let found = match pack_of(tree, n).map_err(failed)? {
+        Some(found) => Some(found),
+        None => tree
+            .get_gt(P_PACK)
+            .map_err(failed)?
+            .filter(|(k, _)| k.starts_with(P_PACK)),
+    };
+    let Some((key, value)) = found else {
+        return Ok(Target {
+            key: None,
+            first: n,
+            until: TOKEN_ID_SPACE,
+            entries: Some(Entries::new()),
+        });
+    };
+    let found_first = pack_first(&key);
+    let next = match &found_first {
+        Ok(f) => tree
+            .get_gt(pack_key(*f))
+            .map_err(failed)?
+            .filter(|(k, _)| k.starts_with(P_PACK)),
+        Err(_) => None,
+    };
+    let read = found_first.and_then(|f| {
+        let until = next.map_or(Ok(TOKEN_ID_SPACE), |(k, _)| pack_first(&k))?;
+        let es = entries(&key, &value)?;
+        Ok((f.min(n), until, es))
+    });
+    Ok(match read {
+        Ok((first, until, es)) => Target {
+            key: Some(key),
+            first,
+            until,
+            entries: Some(es.into_iter().map(|(n, r)| (n, r.to_vec())).collect()),
+        },
+        // For this tombstone alone: the rest of the slice goes on.
+        Err(e) => {
+            tracing::warn!(error = %e, "a tombstone pack that does not read is left as it is");
+            Target {
+                key: Some(key),
+                first: n,
+                until: n.saturating_add(1),
+                entries: None,
+            }
+        }
+    })
+}
+
 /// Moves `old` tombstones into their packs: one atomic sled batch per pack
 /// they land in, which writes the pack with them (split in two, or more,
 /// once past [`MAX_PACK_BYTES`]) and removes their `d/` keys. One whose
 /// pack does not read, or whose record is too long for a pack, is shrunk
 /// in place under `d/` instead. Returns how many were packed or shrunk.
 pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
-    let failed = |e| io_error("packing old tombstones", e);
     old.sort_by_key(|o| o.id.number());
     let mut done = 0;
     let mut old = old.into_iter().peekable();
     while let Some(o) = old.next() {
-        let n = o.id.number();
-        // The pack `n` goes in, and the numbers it covers: `first..until`.
-        // Below every pack, the first one is moved down to start at `n`.
-        let (key, value) = match pack_of(tree, n).map_err(failed)? {
-            Some(found) => (Some(found.0), Some(found.1)),
-            None => match tree.get_gt(P_PACK).map_err(failed)? {
-                Some((k, v)) if k.starts_with(P_PACK) => (Some(k), Some(v)),
-                _ => (None, None),
-            },
-        };
-        // What the pack found covers; a key that does not read (its own or
-        // the next pack's) counts as a damaged pack, for this tombstone
-        // alone: the rest of the slice goes on.
-        let bounds = key.as_ref().map_or(Ok((n, TOKEN_ID_SPACE)), |k| {
-            let found = pack_first(k)?;
-            Ok::<_, Error>((found.min(n), next_first(tree, found)?))
-        });
-        let (first, until, readable) = match bounds {
-            Ok((first, until)) => (first, until, true),
-            Err(e) => {
-                tracing::warn!(error = %e, "a tombstone pack key that does not read is left as it is");
-                (n, n.saturating_add(1), false)
-            }
-        };
-        let mut batch = sled::Batch::default();
-        let mut merged: Option<Entries> = match (&key, &value) {
-            _ if !readable => None,
-            (Some(k), Some(v)) => match entries(k, v) {
-                Ok(es) => Some(es.into_iter().map(|(n, r)| (n, r.to_vec())).collect()),
-                // A pack that does not read is not rewritten: its
-                // tombstones would be lost. The error shows wherever the
-                // pack is read.
-                Err(e) => {
-                    tracing::warn!(error = %e, "a tombstone pack that does not read is left as it is");
-                    None
-                }
-            },
-            _ => Some(Entries::new()),
-        };
+        let Target {
+            key,
+            first,
+            until,
+            mut entries,
+        } = target(tree, o.id.number())?;
         // This tombstone, and the next ones of the same pack.
         let mut group = vec![o];
         while let Some(next) = old.next_if(|next| next.id.number() < until) {
             group.push(next);
         }
+        let mut batch = sled::Batch::default();
         let mut packed = false;
         for o in group {
-            match merged.as_mut() {
+            match entries.as_mut() {
                 Some(m) if o.shrunk.len() <= u16::MAX as usize => {
                     m.insert(o.id.number(), o.shrunk);
                     batch.remove(tombstone_key(&o.id));
@@ -329,7 +349,8 @@ pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
             }
             done += 1;
         }
-        if let (true, Some(m)) = (packed, merged) {
+        if let (true, Some(m)) = (packed, entries) {
+            // Moved down: the old key goes, in the same batch.
             if let Some(k) = key.filter(|k| pack_first(k).is_ok_and(|f| f != first)) {
                 batch.remove(k);
             }
@@ -337,7 +358,8 @@ pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
                 batch.insert(pack_key(piece_first), piece);
             }
         }
-        tree.apply_batch(batch).map_err(failed)?;
+        tree.apply_batch(batch)
+            .map_err(|e| io_error("packing old tombstones", e))?;
     }
     Ok(done)
 }
