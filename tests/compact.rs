@@ -154,7 +154,7 @@ async fn compaction_gives_space_back_and_keeps_every_record() {
     assert!(stdout.contains("compacted"), "{stdout}");
     let after = db_bytes(dir.path());
     eprintln!("sled's files: {before} → {after} bytes");
-    // 56–59% of this small store came back when this was written, idle
+    // 56–62% of this small store came back when this was written, idle
     // or under load (with the default log of 100,000 events, which holds
     // all of this one's, 17–29%, depending on the load); a store with more
     // churn gets more back (BENCHMARKS.md, "Scale").
