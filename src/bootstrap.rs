@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use crate::command::{Command, NewAccount, NewToken};
 use crate::domain::{
-    AccountId, AccountType, Actor, MODULE_ACCESS_MANAGEMENT, MODULE_CATALOGUE,
-    MODULE_PLATFORM_ACCOUNT_MANAGEMENT, Subject, TokenStatus,
+    AccountId, AccountType, Actor, MODULE_ACCESS_MANAGEMENT, MODULE_PLATFORM_ACCOUNT_MANAGEMENT,
+    Modules, Subject, TokenStatus, parse_modules,
 };
 use crate::error::Error;
 use crate::secret::{self, Secret};
@@ -90,7 +90,7 @@ pub async fn operator(
         );
         return Ok(None);
     }
-    let actor = Actor(BOOTSTRAP.to_string());
+    let actor = Actor(BOOTSTRAP.into());
     let account = match operations_account(&state) {
         Some(id) => id,
         None => {
@@ -99,7 +99,7 @@ pub async fn operator(
                     Command::CreateAccount(NewAccount {
                         name: "Operations".into(),
                         kind: AccountType::Operations,
-                        modules: MODULE_CATALOGUE.iter().map(|m| m.to_string()).collect(),
+                        modules: Modules::all(),
                         max_token_lifetime: None,
                     }),
                     actor.clone(),
@@ -118,10 +118,11 @@ pub async fn operator(
                 name: "operator".into(),
                 description: "Created by tokend on first start".into(),
                 icon: None,
-                modules: [MODULE_ACCESS_MANAGEMENT, MODULE_PLATFORM_ACCOUNT_MANAGEMENT]
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect(),
+                modules: parse_modules(
+                    "modules",
+                    &[MODULE_ACCESS_MANAGEMENT, MODULE_PLATFORM_ACCOUNT_MANAGEMENT],
+                )
+                .expect("modules of the catalogue"),
                 expiry: None,
                 preset: Some((id.clone(), hash)),
             }),
@@ -141,7 +142,7 @@ fn operations_account(state: &State) -> Option<AccountId> {
                 && a.audit
                     .created
                     .as_ref()
-                    .is_some_and(|c| c.by.0 == BOOTSTRAP)
+                    .is_some_and(|c| &*c.by.0 == BOOTSTRAP)
         })
         .map(|a| a.id.clone())
 }

@@ -27,7 +27,7 @@ pub struct Caller {
 impl Caller {
     /// What audit entries and events record as `by` / `actor`.
     pub fn actor(&self) -> Actor {
-        Actor(self.token.id.to_string())
+        Actor(self.token.id.as_str().into())
     }
 
     /// A token of an `OPERATIONS` account with `platform-account-management`

@@ -145,7 +145,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 name: new.name.clone(),
                 kind: new.kind,
                 status: AccountStatus::Active,
-                modules: new.modules.clone(),
+                modules: new.modules,
                 revision: 1,
                 audit: Audit {
                     created: ctx.stamp(),
@@ -169,7 +169,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             }
             if let Some(modules) = &patch.modules {
                 check_modules_unused(state, &next.id, modules)?;
-                next.modules = modules.clone();
+                next.modules = *modules;
             }
             if let Some(max) = patch.max_token_lifetime {
                 next.max_token_lifetime = max;
@@ -208,7 +208,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                     .account(&next.account_id)
                     .ok_or_else(|| Error::Internal(format!("token {id} has no account")))?;
                 check_modules_granted(account, modules)?;
-                next.modules = modules.clone();
+                next.modules = *modules;
             }
             if let Some(asked) = patch.expire_time
                 && asked != current.expire_time
@@ -324,7 +324,7 @@ fn new_token(
         description: new.description.clone(),
         icon: new.icon.clone(),
         status: TokenStatus::Active,
-        modules: new.modules.clone(),
+        modules: new.modules,
         revision: 1,
         audit: Audit {
             created: ctx.stamp(),
@@ -450,10 +450,7 @@ fn check_etag(what: &'static str, given: &Option<String>, current: String) -> Re
 }
 
 fn check_modules_granted(account: &Account, modules: &Modules) -> Result<(), Error> {
-    let missing: Vec<&str> = modules
-        .difference(&account.modules)
-        .map(String::as_str)
-        .collect();
+    let missing: Vec<&str> = modules.difference(&account.modules).collect();
     if missing.is_empty() {
         Ok(())
     } else {

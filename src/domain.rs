@@ -9,7 +9,6 @@
 //! reads one straight from sled.)
 
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -24,9 +23,11 @@ use crate::error::Error;
 pub type Revision = u64;
 
 /// Who made a change: the id of the calling token, or `bootstrap` for what
-/// tokend itself creates on first start.
+/// tokend itself creates on first start. Shared text rather than a
+/// `String`: every token's audit trail holds one or more, and an `Arc<str>`
+/// is 8 bytes smaller in each and cloned into events without copying.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(pub String);
+pub struct Actor(pub std::sync::Arc<str>);
 
 impl Actor {
     /// The actor of the deletions tokend makes itself when a token's
@@ -135,7 +136,11 @@ fn is_numbered_id(s: &str, prefix: &str) -> bool {
 
 /// The permission areas a platform knows. A token's modules must be a subset
 /// of its account's; an account's must come from this catalogue, so a typo is
-/// refused instead of silently granting nothing.
+/// refused instead of silently granting nothing. In alphabetical order (see
+/// [`Modules`]). A stored record naming a module this list lacks does not
+/// read (it would otherwise lose a permission when next written): a new
+/// module is added to every tokend of a deployment before any record uses
+/// it, and none is ever removed.
 pub const MODULE_CATALOGUE: &[&str] = &[
     "access-management",
     "account-management",
@@ -154,13 +159,86 @@ pub const MODULE_ACCESS_MANAGEMENT: &str = "access-management";
 /// The module that, on an `OPERATIONS` account, manages every account.
 pub const MODULE_PLATFORM_ACCOUNT_MANAGEMENT: &str = "platform-account-management";
 
-pub type Modules = BTreeSet<String>;
+/// A set of modules of [`MODULE_CATALOGUE`]: one bit per module, by its
+/// place in the catalogue. Every token and account holds one, so it is a
+/// copy of two bytes rather than a set of strings (some 350 bytes on the
+/// heap for two modules). The catalogue is in alphabetical order, so
+/// modules come out of a set sorted by name.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Modules(u16);
+
+const _: () = assert!(
+    !MODULE_CATALOGUE.is_empty() && MODULE_CATALOGUE.len() <= 16,
+    "a module is a bit of Modules' u16"
+);
+
+impl Modules {
+    pub fn new() -> Modules {
+        Modules(0)
+    }
+
+    /// Every module of the catalogue.
+    pub fn all() -> Modules {
+        Modules(u16::MAX >> (16 - MODULE_CATALOGUE.len()))
+    }
+
+    fn bit(module: &str) -> Option<u16> {
+        MODULE_CATALOGUE
+            .iter()
+            .position(|m| *m == module)
+            .map(|i| 1 << i)
+    }
+
+    /// Adds a module of the catalogue; `false` (and no change) for any other name.
+    pub fn insert(&mut self, module: &str) -> bool {
+        Self::bit(module).inspect(|b| self.0 |= b).is_some()
+    }
+
+    pub fn remove(&mut self, module: &str) {
+        if let Some(b) = Self::bit(module) {
+            self.0 &= !b;
+        }
+    }
+
+    pub fn contains(&self, module: &str) -> bool {
+        Self::bit(module).is_some_and(|b| self.0 & b != 0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The modules, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + use<> {
+        let bits = self.0;
+        MODULE_CATALOGUE
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| bits & (1 << i) != 0)
+            .map(|(_, m)| *m)
+    }
+
+    /// The modules of this set that `other` does not have, sorted by name.
+    pub fn difference(&self, other: &Modules) -> impl Iterator<Item = &'static str> + use<> {
+        Modules(self.0 & !other.0).iter()
+    }
+}
+
+impl fmt::Debug for Modules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
 
 /// Validates a list of module slugs against the catalogue; duplicates collapse.
-pub fn parse_modules(field: &'static str, list: &[String]) -> Result<Modules, Error> {
+pub fn parse_modules<S: AsRef<str>>(field: &'static str, list: &[S]) -> Result<Modules, Error> {
     let mut out = Modules::new();
-    for m in list {
-        if !MODULE_CATALOGUE.contains(&m.as_str()) {
+    for m in list.iter().map(AsRef::as_ref) {
+        if !out.insert(m) {
             return Err(Error::invalid(
                 field,
                 format!(
@@ -170,7 +248,6 @@ pub fn parse_modules(field: &'static str, list: &[String]) -> Result<Modules, Er
                 ),
             ));
         }
-        out.insert(m.clone());
     }
     Ok(out)
 }
@@ -398,6 +475,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn modules_are_a_set_of_the_catalogue_sorted_by_name() {
+        // One bit each, and iteration in catalogue order is name order.
+        assert!(MODULE_CATALOGUE.len() <= 16);
+        assert!(MODULE_CATALOGUE.is_sorted());
+        let m = parse_modules("m", &["helpdesk", "billing", "helpdesk"]).unwrap();
+        assert_eq!(m.iter().collect::<Vec<_>>(), ["billing", "helpdesk"]);
+        assert_eq!(m.len(), 2);
+        assert!(m.contains("billing") && !m.contains("commerce") && !m.contains("nope"));
+        let billing = parse_modules("m", &["billing"]).unwrap();
+        assert_eq!(m.difference(&billing).collect::<Vec<_>>(), ["helpdesk"]);
+        assert_eq!(billing.difference(&m).count(), 0);
+        assert_eq!(Modules::all().iter().collect::<Vec<_>>(), MODULE_CATALOGUE);
+        assert_eq!(format!("{m:?}"), r#"{"billing", "helpdesk"}"#);
+        let mut unknown = Modules::new();
+        assert!(!unknown.insert("billingx") && unknown.is_empty());
+        let e = parse_modules("token.modules", &["billing", "Billing"]).unwrap_err();
+        assert!(e.to_string().contains(r#"unknown module "Billing""#), "{e}");
+    }
+
+    #[test]
     fn ids_parse_exactly_the_documented_shape() {
         assert!(TokenId::parse("TKN-1234-5678").is_ok());
         assert!(AccountId::parse("ACC-0000-0001").is_ok());
@@ -438,9 +535,9 @@ mod tests {
 
     #[test]
     fn modules_must_come_from_the_catalogue() {
-        let ok = parse_modules("modules", &["commerce".into(), "commerce".into()]).unwrap();
+        let ok = parse_modules("modules", &["commerce", "commerce"]).unwrap();
         assert_eq!(ok.len(), 1);
-        assert!(parse_modules("modules", &["comerce".into()]).is_err());
+        assert!(parse_modules("modules", &["comerce"]).is_err());
     }
 
     #[test]

@@ -124,7 +124,7 @@ async fn revoke_one(
     found: &Found,
     action: LeakAction,
 ) -> Result<(TokenId, Revision), Error> {
-    let actor = Actor(format!("leak-report {}", truncate_for_message(&found.url)));
+    let actor = Actor(format!("leak-report {}", truncate_for_message(&found.url)).into());
     let cmd = match action {
         LeakAction::Delete => Command::DeleteToken {
             id: id.clone(),

@@ -2,7 +2,7 @@
 //! as tables over a handful of callers.
 
 use super::*;
-use crate::domain::TokenId;
+use crate::domain::{TokenId, parse_modules};
 use crate::error::reason;
 use crate::state::testkit::{World, reason_of};
 
@@ -66,8 +66,8 @@ fn denied(r: Result<(), Error>) -> bool {
 #[test]
 fn each_kind_of_caller_may_do_what_section_4_says() {
     let c = callers();
-    let pam = Modules::from([PAM.to_string()]);
-    let billing = Modules::from(["billing".to_string()]);
+    let pam = parse_modules("m", &[PAM]).unwrap();
+    let billing = parse_modules("m", &["billing"]).unwrap();
     // (caller, operator, manager, may grant PAM, sees the other account)
     let table = [
         ("operator", &c.operator, true, true, true, true),
@@ -114,7 +114,11 @@ fn each_kind_of_caller_may_do_what_section_4_says() {
         assert_eq!(caller.sees(&other), sees_other, "{name}: another account");
         let scope = caller.default_scope();
         assert_eq!(scope, (!operator).then_some(own), "{name}: default scope");
-        assert_eq!(caller.actor(), Actor(caller.token.id.to_string()), "{name}");
+        assert_eq!(
+            caller.actor(),
+            Actor(caller.token.id.as_str().into()),
+            "{name}"
+        );
     }
 }
 

@@ -55,7 +55,7 @@ pub(super) fn plan(state: &State, roll: &Roll, ctx: &Ctx) -> Result<Plan, Error>
         name: current.name.clone(),
         description: current.description.clone(),
         icon: current.icon.clone(),
-        modules: current.modules.clone(),
+        modules: current.modules,
         expiry: roll.expiry.or_else(|| same_lifetime(current, state)),
         preset: None,
     };

@@ -261,7 +261,7 @@ fn cases() -> Vec<Case> {
                     AccountPatch {
                         name: Some(a.name.clone()),
                         status: Some(a.status),
-                        modules: Some(a.modules.clone()),
+                        modules: Some(a.modules),
                         max_token_lifetime: Some(a.max_token_lifetime),
                     },
                 )
@@ -534,7 +534,7 @@ fn cases() -> Vec<Case> {
                         name: Some(t.name.clone()),
                         description: Some(t.description.clone()),
                         icon: Some(t.icon.clone()),
-                        modules: Some(t.modules.clone()),
+                        modules: Some(t.modules),
                         expire_time: Some(t.expire_time),
                     },
                 )
@@ -1026,7 +1026,7 @@ fn creation_is_refused_clearly_once_the_id_limit_is_reached() {
     let mut w = World::default();
     let account = w.account(AccountType::Client, &[]);
     let acc = (*w.account_rec(&account)).clone();
-    let state_with = |issued| State::restore(1, [acc.clone()], [], [], issued);
+    let state_with = |issued| State::restore(1, [acc.clone()], [], issued);
     let create = Command::CreateToken(new_token(&account, &[]));
     let ctx = Ctx {
         now: std::time::SystemTime::now(),

@@ -85,7 +85,7 @@ fn matches(filter: &FilterExpr, a: &Account) -> bool {
             "status" => vec![convert::account_status_name(a.status)],
             "type" => vec![convert::account_type_name(a.kind)],
             "name" => vec![a.name.as_str()],
-            "modules" => a.modules.iter().map(String::as_str).collect(),
+            "modules" => a.modules.iter().collect(),
             _ => vec![],
         },
         |_| None,

@@ -100,7 +100,7 @@ impl Authz {
             .and_then(|e| e.get(MODULE_EXTENSION))
             .map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()));
         if let Some(mut required) = required
-            && let Some(missing) = required.find(|m| !token.modules.contains(*m))
+            && let Some(missing) = required.find(|m| !token.modules.contains(m))
         {
             return Decision::Deny(Denial::ModuleMissing(missing.to_string()));
         }
@@ -125,11 +125,7 @@ impl Authz {
 }
 
 fn join(modules: &Modules) -> String {
-    modules
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
+    modules.iter().collect::<Vec<_>>().join(",")
 }
 
 enum Decision {

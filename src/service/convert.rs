@@ -73,7 +73,7 @@ pub fn duration(d: Duration) -> prost_types::Duration {
 fn audit_entry(e: &Option<AuditEntry>) -> Option<pb::AuditEntry> {
     e.as_ref().map(|e| pb::AuditEntry {
         at: Some(timestamp(e.at)),
-        by: e.by.0.clone(),
+        by: e.by.to_string(),
     })
 }
 
@@ -147,7 +147,7 @@ pub fn token(t: &Token, last_access: Option<SystemTime>) -> pb::Token {
         description: t.description.clone(),
         icon: t.icon.clone().unwrap_or_default(),
         status: token_status(t.status) as i32,
-        modules: t.modules.iter().cloned().collect(),
+        modules: t.modules.iter().map(String::from).collect(),
         etag: t.etag(),
         revision: t.revision as i64,
         audit: audit(&t.audit),
@@ -210,7 +210,7 @@ pub fn account(a: &Account) -> pb::Account {
         name: a.name.clone(),
         r#type: account_type(a.kind) as i32,
         status: account_status(a.status) as i32,
-        modules: a.modules.iter().cloned().collect(),
+        modules: a.modules.iter().map(String::from).collect(),
         etag: a.etag(),
         revision: a.revision as i64,
         audit: audit(&a.audit),
@@ -249,7 +249,7 @@ pub fn change_event(e: &Event) -> pb::TokenEvent {
         r#type: event_type(e.kind) as i32,
         token: e.token().map(|t| token(t, None)),
         time: Some(timestamp(e.time)),
-        actor: e.actor.0.clone(),
+        actor: e.actor.to_string(),
     }
 }
 

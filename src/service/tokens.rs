@@ -228,7 +228,7 @@ impl TokenService for Service {
                     "status" => vec![convert::token_status_name(t.status)],
                     "name" => vec![t.name.as_str()],
                     "account_id" => vec![t.account_id.as_str()],
-                    "modules" => t.modules.iter().map(String::as_str).collect(),
+                    "modules" => t.modules.iter().collect(),
                     _ => vec![],
                 },
                 |field| match field {

@@ -20,7 +20,7 @@ pub fn actor() -> Actor {
 }
 
 pub fn modules(list: &[&str]) -> Modules {
-    list.iter().map(|m| m.to_string()).collect()
+    crate::domain::parse_modules("modules", list).unwrap()
 }
 
 /// The reason a client would branch on (`ErrorInfo.reason`), for tables.

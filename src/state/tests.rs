@@ -167,8 +167,8 @@ fn restore_builds_what_apply_built() {
     let restored = State::restore(
         s.revision(),
         s.accounts_after(None).map(|a| (**a).clone()),
-        s.tokens_after(None, None).map(|t| (**t).clone()),
-        s.secret_of.iter().map(|(id, hash)| (*hash, id.clone())),
+        s.tokens_after(None, None)
+            .map(|t| ((**t).clone(), s.secret_of(&t.id).copied())),
         s.issued.clone(),
     );
     assert_eq!(restored.revision, s.revision);
@@ -376,7 +376,8 @@ fn verify_tells_every_standing_apart() {
 #[test]
 fn verify_fails_closed_on_a_state_no_command_can_build() {
     // Restored from records that disagree (a tombstone whose hash was not
-    // erased, a token whose account is missing): never VALID.
+    // erased, a token whose account is missing): never VALID. The
+    // tombstone's hash does not even reach the index.
     let mut w = World::default();
     let acme = w.account(AccountType::Client, &[]);
     let (gone, gone_secret) = w.token(&acme, &[]);
@@ -388,13 +389,14 @@ fn verify_fails_closed_on_a_state_no_command_can_build() {
     let s = State::restore(
         w.state.revision(),
         [(*w.account_rec(&acme)).clone()],
-        [tombstone, orphaned],
         [
-            (gone_secret.hash(), gone.clone()),
-            (orphan_secret.hash(), orphan.clone()),
+            (tombstone, Some(gone_secret.hash())),
+            (orphaned, Some(orphan_secret.hash())),
         ],
         crate::state::IdSet::default(),
     );
+    assert!(s.secret_of(&gone).is_none() && s.token_by_secret(&gone_secret.hash()).is_none());
+    assert!(s.token_id_taken(&gone), "its number stays issued");
     let v = s.verify(gone_secret.expose(), SystemTime::now());
     assert_eq!(v.standing, Standing::NotFound);
     assert!(v.token.is_none() && v.account.is_none());

@@ -16,14 +16,13 @@
 //! never hold a plain secret.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, Event, EventKind,
-    Subject, Token, TokenId, TokenStatus,
+    Modules, Subject, Token, TokenId, TokenStatus, parse_modules,
 };
 
 /// The storage format's version, as the sled store records it in
@@ -217,7 +216,7 @@ impl<'a> AuditRecord<'a> {
             e.map(|e| {
                 Ok::<_, String>(AuditEntry {
                     at: e.at.into_domain()?,
-                    by: Actor(e.by.into_owned()),
+                    by: Actor(e.by.into()),
                 })
             })
             .transpose()
@@ -249,8 +248,9 @@ pub(super) struct TokenRecord<'a> {
     icon: Option<Cow<'a, str>>,
     #[serde(rename = "status")]
     status: TokenStatusRecord,
-    #[serde(rename = "modules")]
-    modules: Cow<'a, BTreeSet<String>>,
+    /// Sorted by name.
+    #[serde(rename = "modules", borrow)]
+    modules: Vec<Cow<'a, str>>,
     #[serde(rename = "revision")]
     revision: u64,
     #[serde(rename = "audit", borrow)]
@@ -303,7 +303,7 @@ impl<'a> Record<'a> for TokenRecord<'a> {
                 TokenStatus::Disabled => TokenStatusRecord::Disabled,
                 TokenStatus::Deleted => TokenStatusRecord::Deleted,
             },
-            modules: Cow::Borrowed(&t.modules),
+            modules: t.modules.iter().map(Cow::Borrowed).collect(),
             revision: t.revision,
             audit: AuditRecord::of(&t.audit),
             last_access_time: t.last_access_time.as_ref().map(TimeRecord::of),
@@ -325,7 +325,7 @@ impl<'a> Record<'a> for TokenRecord<'a> {
                 TokenStatusRecord::Disabled => TokenStatus::Disabled,
                 TokenStatusRecord::Deleted => TokenStatus::Deleted,
             },
-            modules: self.modules.into_owned(),
+            modules: parse_modules("modules", &self.modules).map_err(|e| e.to_string())?,
             revision: self.revision,
             audit: self.audit.into_domain()?,
             last_access_time: self
@@ -358,8 +358,9 @@ pub(super) struct AccountRecord<'a> {
     kind: AccountTypeRecord,
     #[serde(rename = "status")]
     status: AccountStatusRecord,
-    #[serde(rename = "modules")]
-    modules: Cow<'a, BTreeSet<String>>,
+    /// Sorted by name.
+    #[serde(rename = "modules", borrow)]
+    modules: Vec<Cow<'a, str>>,
     #[serde(rename = "revision")]
     revision: u64,
     #[serde(rename = "audit", borrow)]
@@ -389,7 +390,7 @@ impl<'a> Record<'a> for AccountRecord<'a> {
                 AccountStatus::Active => AccountStatusRecord::Active,
                 AccountStatus::Disabled => AccountStatusRecord::Disabled,
             },
-            modules: Cow::Borrowed(&a.modules),
+            modules: a.modules.iter().map(Cow::Borrowed).collect(),
             revision: a.revision,
             audit: AuditRecord::of(&a.audit),
             max_token_lifetime_seconds: a.max_token_lifetime.map(|d| d.as_secs()),
@@ -409,7 +410,7 @@ impl<'a> Record<'a> for AccountRecord<'a> {
                 AccountStatusRecord::Active => AccountStatus::Active,
                 AccountStatusRecord::Disabled => AccountStatus::Disabled,
             },
-            modules: self.modules.into_owned(),
+            modules: parse_modules("modules", &self.modules).map_err(|e| e.to_string())?,
             revision: self.revision,
             audit: self.audit.into_domain()?,
             max_token_lifetime: self
@@ -482,7 +483,7 @@ impl<'a> Record<'a> for EventRecord<'a> {
             kind: self.kind.into(),
             subject: self.subject.into_domain()?,
             time: self.time.into_domain()?,
-            actor: Actor(self.actor.into_owned()),
+            actor: Actor(self.actor.into()),
         })
     }
 }
@@ -541,7 +542,7 @@ pub(super) fn decode_shrunk(id: &TokenId, bytes: &[u8]) -> Result<Token, String>
                 .ok_or_else(|| format!("created at {secs} s: out of range"))?;
             Ok::<_, String>(AuditEntry {
                 at,
-                by: Actor(String::new()),
+                by: Actor("".into()),
             })
         })
         .transpose()?;
@@ -552,7 +553,7 @@ pub(super) fn decode_shrunk(id: &TokenId, bytes: &[u8]) -> Result<Token, String>
         description: String::new(),
         icon: None,
         status: TokenStatus::Deleted,
-        modules: BTreeSet::new(),
+        modules: Modules::new(),
         revision: r.revision,
         audit: Audit {
             created,
@@ -562,7 +563,7 @@ pub(super) fn decode_shrunk(id: &TokenId, bytes: &[u8]) -> Result<Token, String>
                     nanos: r.deleted_nanos,
                 }
                 .into_domain()?,
-                by: Actor(r.deleted_by.into_owned()),
+                by: Actor(r.deleted_by.into()),
             }),
             ..Audit::default()
         },

@@ -147,21 +147,9 @@ impl SledStore {
         let created = !config.data_dir.exists();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| io_error(&format!("creating {}", config.data_dir.display()), e))?;
-        let db = sled::Config::new()
-            .path(config.data_dir.join("db"))
-            // Reads are served from `State` in memory; sled's cache only
-            // speeds up log replays, so it need not be sled's default 1 GiB.
-            .cache_capacity(CACHE_BYTES)
-            // sled reaches the disk in the writer's checkpoints, not on a
-            // timer of its own (commits are durable in the log first).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| io_error(&format!("opening {}", config.data_dir.display()), e))?;
+        let (db, tree) = open_sled(&config.data_dir)?;
         // Holding sled's lock on `db/`: no compaction is running.
         compact::discard_unfinished(&config.data_dir)?;
-        let tree = db
-            .open_tree("tokend")
-            .map_err(|e| io_error("opening the tree", e))?;
 
         match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
             Some(f) if f.as_ref() == SLED_FORMAT => {}
@@ -217,9 +205,6 @@ impl SledStore {
             None => return Err(corrupt("store", "records without a format marker")),
         }
 
-        let sled_path = config.data_dir.join("db").join("db");
-        let log_file = std::fs::File::open(&sled_path)
-            .map_err(|e| io_error(&format!("opening {}", sled_path.display()), e))?;
         // Before the first checkpoint deletes a log segment.
         sync_names(&config.data_dir, created)
             .map_err(|e| io_error(&format!("syncing {}", config.data_dir.display()), e))?;
@@ -241,6 +226,31 @@ impl SledStore {
             .map_err(|e| io_error("reading", e))?
             .and_then(|v| v.as_ref().try_into().ok())
             .ok_or_else(|| corrupt("page key", "missing"))?;
+
+        // sled keeps every page it has read in memory, whatever its cache's
+        // capacity, until the database is dropped, and restoring the state
+        // has just read every record: at a million live tokens, some 700
+        // bytes each that no request would use again (reads are served from
+        // `State`). Reopening lets them go; from here on sled holds the
+        // pages that writes touch.
+        db.flush().map_err(|e| io_error("checkpointing", e))?;
+        drop((tree, db));
+        let (db, tree) = reopen_sled(&config.data_dir)?;
+        // Between the two, another process could have taken sled's lock: a
+        // `tokend compact`, whose copy holds the same records (it checks),
+        // or something that wrote. Serve only the store the state was read
+        // from.
+        let reopened = layout::revision(&tree)?;
+        if reopened != state.revision() {
+            return Err(Error::Internal(format!(
+                "{} changed while this tokend was opening it (revision {} became {reopened}): another process used it",
+                config.data_dir.display(),
+                state.revision()
+            )));
+        }
+        let sled_path = config.data_dir.join("db").join("db");
+        let log_file = std::fs::File::open(&sled_path)
+            .map_err(|e| io_error(&format!("opening {}", sled_path.display()), e))?;
         let oldest = events.oldest();
         tracing::info!(
             revision = state.revision(),
@@ -297,6 +307,66 @@ impl SledStore {
             writer: std::sync::Mutex::new(Some(writer)),
         })
     }
+}
+
+/// Opens sled's database in `data_dir` and tokend's tree in it.
+fn open_sled(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), Error> {
+    let db = try_open_sled(data_dir)
+        .map_err(|e| io_error(&format!("opening {}", data_dir.display()), e))?;
+    with_tree(db)
+}
+
+/// [`open_sled`] right after this process dropped the same store. sled's
+/// I/O threads can hold its file, and with it sled's lock, for a moment
+/// after the last handle is gone (sled issue 1234): a lock error is tried
+/// again for up to two seconds. Past that, another process holds it.
+fn reopen_sled(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let db = loop {
+        match try_open_sled(data_dir) {
+            Ok(db) => break db,
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                let hint = if is_locked(&e) {
+                    " again (another process took it: a `tokend compact`?)"
+                } else {
+                    " again"
+                };
+                return Err(io_error(
+                    &format!("opening {}{hint}", data_dir.display()),
+                    e,
+                ));
+            }
+        }
+    };
+    with_tree(db)
+}
+
+fn try_open_sled(data_dir: &std::path::Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(data_dir.join("db"))
+        // Reads are served from `State` in memory; sled's cache only
+        // speeds up log replays, so it need not be sled's default 1 GiB.
+        .cache_capacity(CACHE_BYTES)
+        // sled reaches the disk in the writer's checkpoints, not on a
+        // timer of its own (commits are durable in the log first).
+        .flush_every_ms(None)
+        .open()
+}
+
+fn with_tree(db: sled::Db) -> Result<(sled::Db, sled::Tree), Error> {
+    let tree = db
+        .open_tree("tokend")
+        .map_err(|e| io_error("opening the tree", e))?;
+    Ok((db, tree))
+}
+
+/// Whether sled refused to open because another handle holds its lock.
+/// sled says so in words only (`ErrorKind::Other`).
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// Makes the names of the data dir and of sled's files durable. sled

@@ -28,7 +28,7 @@ fn account(w: &mut World, max: Option<Duration>) -> AccountId {
     let (change, _) = w.commit(Command::CreateAccount(NewAccount {
         name: "Acme".into(),
         kind: AccountType::Client,
-        modules: modules(&["billing", "reports"]),
+        modules: modules(&["billing", "helpdesk"]),
         max_token_lifetime: max,
     }));
     match change.subject {

@@ -232,7 +232,7 @@ pub(super) fn decode_record(value: &[u8]) -> Result<Committed, Error> {
         secret: e.secret,
         kind: e.kind.into(),
         time: e.time.into_domain().map_err(bad)?,
-        actor: Actor(e.actor.into_owned()),
+        actor: Actor(e.actor.into()),
         reserved: e.revision,
     })
 }

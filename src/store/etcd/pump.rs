@@ -23,7 +23,7 @@ use super::{Inner, RETRY_PAUSES, unavailable};
 use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::state::{Change, IdSet, SecretOp, State};
+use crate::state::{Change, IdSet, Restore, SecretOp, State};
 
 /// How long a write or a sync waits for this replica's watch to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,22 +45,13 @@ pub(super) async fn load(
     let failed = |e| unavailable("loading records", e);
     // Page by page: a tombstone leaves only its number in memory, so a
     // replica's memory follows live tokens, at start-up too.
-    let (mut accounts, mut tokens, mut secrets) = (Vec::new(), Vec::new(), Vec::new());
-    let mut issued = IdSet::default();
+    let mut state = Restore::new(IdSet::default());
     let at = get_prefix(client, &keys.records(), 0, &mut |page| {
         for kv in page {
             let c = decode_record(kv.value())?;
             match c.subject {
-                Subject::Account(a) => accounts.push(a),
-                Subject::Token(t) if t.is_deleted() => {
-                    issued.insert(t.id.number());
-                }
-                Subject::Token(t) => {
-                    if let Some(h) = c.secret {
-                        secrets.push((h, t.id.clone()));
-                    }
-                    tokens.push(t);
-                }
+                Subject::Account(a) => state.account(a),
+                Subject::Token(t) => state.token(t, c.secret),
             }
         }
         Ok(())
@@ -89,11 +80,7 @@ pub(super) async fn load(
         Ok(())
     })
     .await?;
-    Ok((
-        State::restore(head, accounts, tokens, secrets, issued),
-        access,
-        head,
-    ))
+    Ok((state.finish(head), access, head))
 }
 
 /// Hands every key in `from..end` as of etcd revision `at` (0: now) to

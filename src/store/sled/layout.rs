@@ -47,7 +47,7 @@ use super::{corrupt, io_error};
 use crate::domain::{AccountId, Event, EventKind, Revision, Subject, Token, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::state::{Change, IdSet, State, TOKEN_ID_SPACE};
+use crate::state::{Change, IdSet, Restore, State, TOKEN_ID_SPACE};
 use crate::store::record::{self, AccountRecord, EventRecord, Record, TimeRecord, TokenRecord};
 
 pub(super) const K_FORMAT: &[u8] = b"m/format";
@@ -467,16 +467,35 @@ pub(super) type Restored = (State, Vec<(TokenId, SystemTime)>);
 /// Hands each key (without `prefix`) and value under `prefix` to `each`,
 /// record by record: opening a large store holds its state, never also a
 /// copy of a whole prefix's bytes.
+///
+/// sled is read on a thread of its own. The allocator (mimalloc) gives
+/// each thread its own pages, so the pages sled fills while reading are
+/// not shared with the state being built from what it reads, and are given
+/// back whole when the store drops them (`SledStore::open` reopens sled
+/// for that). Read on the same thread, the two interleave and a third
+/// more stays resident: 414 MB against 305 MB after opening 200,000 live
+/// tokens.
 fn each_record(
     tree: &sled::Tree,
     prefix: &[u8],
     mut each: impl FnMut(&[u8], &[u8]) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    for item in tree.scan_prefix(prefix) {
-        let (k, v) = item.map_err(|e| io_error("reading", e))?;
-        each(&k[prefix.len()..], &v)?;
-    }
-    Ok(())
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        scope.spawn(move || {
+            for item in tree.scan_prefix(prefix) {
+                let failed = item.is_err();
+                if tx.send(item).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for item in rx {
+            let (k, v) = item.map_err(|e| io_error("reading", e))?;
+            each(&k[prefix.len()..], &v)?;
+        }
+        Ok(())
+    })
 }
 
 /// Every account and live token, the secret index, the issued token
@@ -484,27 +503,6 @@ fn each_record(
 /// revision. Tombstones stay on disk.
 pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
     let revision = revision(tree)?;
-    let mut accounts = Vec::new();
-    each_record(tree, P_ACCOUNT, |_, v| {
-        accounts.push(decode::<AccountRecord>("account", v)?);
-        Ok(())
-    })?;
-    let (mut tokens, mut secrets) = (Vec::new(), Vec::new());
-    each_record(tree, P_TOKEN, |_, v| {
-        let (t, secret) = decode_token_value(v)?;
-        if let Some(h) = secret {
-            secrets.push((h, t.id.clone()));
-        }
-        tokens.push(t);
-        Ok(())
-    })?;
-    let mut access = Vec::new();
-    each_record(tree, P_ACCESS, |k, v| {
-        let id =
-            TokenId::parse(&String::from_utf8_lossy(k)).map_err(|e| corrupt("access log", e))?;
-        access.push((id, decode::<TimeRecord>("access time", v)?));
-        Ok(())
-    })?;
     let mut issued = IdSet::default();
     each_record(tree, P_ISSUED, |k, v| {
         let chunk = k
@@ -524,10 +522,25 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
         }
         Ok(())
     })?;
-    Ok((
-        State::restore(revision, accounts, tokens, secrets, issued),
-        access,
-    ))
+    // Each record goes into the state as it is read (`Restore`).
+    let mut state = Restore::new(issued);
+    each_record(tree, P_ACCOUNT, |_, v| {
+        state.account(decode::<AccountRecord>("account", v)?);
+        Ok(())
+    })?;
+    each_record(tree, P_TOKEN, |_, v| {
+        let (t, secret) = decode_token_value(v)?;
+        state.token(t, secret);
+        Ok(())
+    })?;
+    let mut access = Vec::new();
+    each_record(tree, P_ACCESS, |k, v| {
+        let id =
+            TokenId::parse(&String::from_utf8_lossy(k)).map_err(|e| corrupt("access log", e))?;
+        access.push((id, decode::<TimeRecord>("access time", v)?));
+        Ok(())
+    })?;
+    Ok((state.finish(revision), access))
 }
 
 #[cfg(test)]
