@@ -12,8 +12,12 @@ use common::*;
 use tokend::proto as pb;
 
 /// Every draw of a new token number gives 4242: only the search for the
-/// next free number keeps two tokens apart.
-const FORCED: (&str, &str) = ("FAILPOINTS", "token-id-draw=return(4242)");
+/// next free number keeps two tokens apart. And sled is reopened at every
+/// start, as a large store's is once its state is read (`sled-reopen`).
+const FORCED: (&str, &str) = (
+    "FAILPOINTS",
+    "token-id-draw=return(4242);sled-reopen=return",
+);
 
 async fn start(dir: &std::path::Path, extra: &[&str]) -> Process {
     spawn_tokend_with(dir, extra, |cmd| {

@@ -462,7 +462,9 @@ where
     record::decode::<R>(v).map_err(|e| corrupt(what, e))
 }
 
-pub(super) type Restored = (State, Vec<(TokenId, SystemTime)>);
+/// The state, the last-access times, and the bytes of live tokens' records
+/// read to build them.
+pub(super) type Restored = (State, Vec<(TokenId, SystemTime)>, u64);
 
 /// Hands each key (without `prefix`) and value under `prefix` to `each`,
 /// record by record: opening a large store holds its state, never also a
@@ -528,9 +530,11 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
         state.account(decode::<AccountRecord>("account", v)?);
         Ok(())
     })?;
+    let mut read = 0;
     each_record(tree, P_TOKEN, |_, v| {
         let (t, secret) = decode_token_value(v)?;
         state.token(t, secret);
+        read += v.len() as u64;
         Ok(())
     })?;
     let mut access = Vec::new();
@@ -540,7 +544,7 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
         access.push((id, decode::<TimeRecord>("access time", v)?));
         Ok(())
     })?;
-    Ok((state.finish(revision), access))
+    Ok((state.finish(revision), access, read))
 }
 
 #[cfg(test)]
