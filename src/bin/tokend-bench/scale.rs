@@ -59,6 +59,9 @@ pub struct Footprint {
     /// The anonymous part of the RSS (the rest is mapped files, e.g.
     /// etcd's bbolt database, which the kernel may drop).
     pub anon_kib: u64,
+    /// The most the RSS reached since the process started (`VmHWM`):
+    /// start-up's peak.
+    pub peak_kib: u64,
     /// Allocated bytes of every file in the data dir (`du -s`).
     pub disk: u64,
     pub startup: Duration,

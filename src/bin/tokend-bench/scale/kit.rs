@@ -65,6 +65,7 @@ impl Server {
         Footprint {
             rss_kib: status_kib(self.pid(), "VmRSS"),
             anon_kib: status_kib(self.pid(), "RssAnon"),
+            peak_kib: status_kib(self.pid(), "VmHWM"),
             disk: disk_usage(dir),
             startup,
         }

@@ -259,6 +259,20 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
         ms(&s.unscoped_list),
     );
     let anon = |f: &Footprint| size(f.anon_kib as f64 * 1024.0);
+    let peak = |f: &Footprint| {
+        format!(
+            "{} ({:.2}× what it settled at)",
+            size(f.peak_kib as f64 * 1024.0),
+            f.peak_kib as f64 / f.rss_kib.max(1) as f64
+        )
+    };
+    let _ = write!(
+        w,
+        "tokend's peak during start-up (`VmHWM`), with {nf} live tokens: {}; after \
+         `tokend compact`: {}. ",
+        peak(&t.live),
+        t.live_compacted.as_ref().map_or_else(|| "—".into(), peak),
+    );
     let _ = write!(
         w,
         "etcd's RSS includes its bbolt database, mapped into memory; the anonymous part, \
