@@ -27,7 +27,9 @@ use tracing::Instrument;
 
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 use self::wal::Wal;
-use super::record::{SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4};
+use super::record::{
+    SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
+};
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
 use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
@@ -159,15 +161,17 @@ impl SledStore {
             // records here). Version 3 kept tombstones among the live
             // tokens (moved apart here, and every issued number marked).
             // Version 4 shrank old tombstones in place (read as they are,
-            // and packed by the shrinker's next pass). Each step can run
-            // again after a crash; the new marker, last, keeps an older
-            // tokend from opening it.
+            // and packed by the shrinker's next pass). Version 5 did not
+            // compress its packs (read as they are, and compressed when
+            // next rewritten). Each step can run again after a crash; the
+            // new marker, last, keeps an older tokend from opening it.
             Some(f)
                 if [
                     SLED_FORMAT_V1,
                     SLED_FORMAT_V2,
                     SLED_FORMAT_V3,
                     SLED_FORMAT_V4,
+                    SLED_FORMAT_V5,
                 ]
                 .contains(&f.as_ref()) =>
             {
@@ -175,7 +179,7 @@ impl SledStore {
                     let folded = layout::fold_secrets(&tree)?;
                     tracing::info!(folded, "secret index folded into the token records");
                 }
-                if f.as_ref() != SLED_FORMAT_V4 {
+                if [SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3].contains(&f.as_ref()) {
                     let moved = layout::split_tombstones(&tree)?;
                     tracing::info!(moved, "tombstones moved apart from the live tokens");
                 }
@@ -185,7 +189,7 @@ impl SledStore {
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 tracing::info!(
                     from = %String::from_utf8_lossy(&f),
-                    "data dir migrated to format 5 (old tombstones packed)"
+                    "data dir migrated to format 6 (old tombstones packed and compressed)"
                 );
             }
             Some(f) => {

@@ -15,11 +15,18 @@
 //! own (which its flush does not fsync). The shrinker's passes walk the
 //! recent `d/` keys only, not every tombstone ever made.
 //!
-//! A pack's value: `P`, then for each tombstone, in increasing number
-//! order, `[u32 BE number][u16 BE length]` and its
+//! A pack's entries: for each tombstone, in increasing number order,
+//! `[u32 BE number][u16 BE length]` and its
 //! [`ShrunkRecord`](crate::store::record::ShrunkRecord) (the number is the
 //! id; the record is the rest). Packs never overlap: each number is in the
-//! pack with the greatest first number not above it.
+//! pack with the greatest first number not above it. A pack's value is
+//! `Z` and its entries DEFLATE-compressed (RFC 1951): a shrunk record is
+//! ~110 bytes of JSON whose field names, account ids, actors and times
+//! repeat from one entry to the next, and compressed a pack takes about a
+//! quarter of that. Format 5 wrote `P` and the entries as they are; such
+//! packs still read, and are compressed when next rewritten. Reading one
+//! tombstone inflates its whole pack (48 KB at most, about 0.2 ms): an old
+//! tombstone is read rarely, and a list inflates each pack once.
 //!
 //! Owns reading a tombstone by id (its `d/` key first, then its pack),
 //! listing them in id order (the `d/` keys and the packs merged), and
@@ -31,6 +38,7 @@
 //! for writing, so that a list does not miss a tombstone moving between
 //! the two places behind its cursors.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::io_error;
@@ -46,8 +54,17 @@ use crate::store::record;
 /// stores once.
 const MAX_PACK_BYTES: usize = 48 * 1024;
 const P_PACK: &[u8] = b"p/";
-/// Tags a pack's value.
-const PACK: u8 = b'P';
+/// Tags a pack's value: its entries compressed.
+const PACK: u8 = b'Z';
+/// Tags a format-5 pack's value: its entries as they are.
+const PACK_V5: u8 = b'P';
+/// The most a pack inflates to: far above any pack tokend writes (48 KB
+/// and one entry), so only a damaged pack reaches it, and reading one
+/// cannot take unbounded memory.
+const MAX_UNPACKED: usize = 1 << 20;
+/// zlib's default level: packs are written by the shrinker in the
+/// background, once per pass, so speed matters less than size.
+const LEVEL: u8 = 6;
 /// An entry's number and length, before its record.
 const ENTRY_HEADER: usize = 6;
 
@@ -71,13 +88,25 @@ fn pack_first(key: &[u8]) -> Result<u32, Error> {
         .ok_or_else(|| corrupt_pack("a malformed key"))
 }
 
-/// Pack `key`'s entries, checked: numbers increasing, from the key's own
-/// and within the id space; lengths within the value.
-fn entries<'v>(key: &[u8], v: &'v [u8]) -> Result<Vec<(u32, &'v [u8])>, Error> {
+/// A pack's value's entries: inflated, or as a format-5 pack kept them.
+fn unpack(v: &[u8]) -> Result<Cow<'_, [u8]>, Error> {
+    match v.split_first() {
+        Some((&PACK, compressed)) => {
+            miniz_oxide::inflate::decompress_to_vec_with_limit(compressed, MAX_UNPACKED)
+                .map(Cow::Owned)
+                .map_err(|e| corrupt_pack(format!("entries that do not inflate: {e}")))
+        }
+        Some((&PACK_V5, raw)) => Ok(Cow::Borrowed(raw)),
+        _ => Err(corrupt_pack("no pack tag")),
+    }
+}
+
+/// Pack `key`'s entries (`raw`, [`unpack`]ed), checked: numbers
+/// increasing, from the key's own and within the id space; lengths within
+/// the value.
+fn entries<'v>(key: &[u8], raw: &'v [u8]) -> Result<Vec<(u32, &'v [u8])>, Error> {
     let first = pack_first(key)?;
-    let Some((&PACK, mut rest)) = v.split_first() else {
-        return Err(corrupt_pack("no pack tag"));
-    };
+    let mut rest = raw;
     let mut out: Vec<(u32, &[u8])> = Vec::new();
     while !rest.is_empty() {
         if rest.len() < ENTRY_HEADER {
@@ -100,20 +129,21 @@ fn entries<'v>(key: &[u8], v: &'v [u8]) -> Result<Vec<(u32, &'v [u8])>, Error> {
     Ok(out)
 }
 
-fn encoded_len(entries: &Entries) -> usize {
-    1 + entries
-        .values()
-        .map(|r| ENTRY_HEADER + r.len())
-        .sum::<usize>()
+/// The size of `entries` before compression.
+fn raw_len(entries: &Entries) -> usize {
+    entries.values().map(|r| ENTRY_HEADER + r.len()).sum()
 }
 
+/// A pack's value holding `entries`.
 fn encode<'a>(entries: impl IntoIterator<Item = (&'a u32, &'a Vec<u8>)>) -> Vec<u8> {
-    let mut v = vec![PACK];
+    let mut raw = Vec::new();
     for (number, record) in entries {
-        v.extend_from_slice(&number.to_be_bytes());
-        v.extend_from_slice(&(record.len() as u16).to_be_bytes());
-        v.extend_from_slice(record);
+        raw.extend_from_slice(&number.to_be_bytes());
+        raw.extend_from_slice(&(record.len() as u16).to_be_bytes());
+        raw.extend_from_slice(record);
     }
+    let mut v = vec![PACK];
+    v.extend(miniz_oxide::deflate::compress_to_vec(&raw, LEVEL));
     v
 }
 
@@ -141,7 +171,8 @@ pub(super) fn get(tree: &sled::Tree, id: &TokenId) -> Result<Option<Token>, Erro
     let Some((key, pack)) = pack_of(tree, id.number()).map_err(failed)? else {
         return Ok(None);
     };
-    let entries = entries(&key, &pack)?;
+    let raw = unpack(&pack)?;
+    let entries = entries(&key, &raw)?;
     match entries.binary_search_by_key(&id.number(), |&(n, _)| n) {
         Ok(i) => decode_entry(entries[i].0, entries[i].1).map(Some),
         Err(_) => Ok(None),
@@ -190,7 +221,7 @@ pub(super) fn list(
             let Some((k, v)) = packs.next().transpose().map_err(failed)? else {
                 return Ok(None);
             };
-            packed = entries(&k, &v)?
+            packed = entries(&k, &unpack(&v)?)?
                 .into_iter()
                 .filter(|&(n, _)| after_number.is_none_or(|a| n > a))
                 .map(|(n, r)| (n, r.to_vec()))
@@ -291,7 +322,10 @@ fn target(tree: &sled::Tree, n: u32) -> Result<Target, Error> {
     };
     let read = found_first.and_then(|f| {
         let until = next.map_or(Ok(TOKEN_ID_SPACE), |(k, _)| pack_first(&k))?;
-        let es = entries(&key, &value)?;
+        let es: Entries = entries(&key, &unpack(&value)?)?
+            .into_iter()
+            .map(|(n, r)| (n, r.to_vec()))
+            .collect();
         Ok((f.min(n), until, es))
     });
     Ok(match read {
@@ -299,7 +333,7 @@ fn target(tree: &sled::Tree, n: u32) -> Result<Target, Error> {
             key: Some(key),
             first,
             until,
-            entries: Some(es.into_iter().map(|(n, r)| (n, r.to_vec())).collect()),
+            entries: Some(es),
         },
         // For this tombstone alone: the rest of the slice goes on.
         Err(e) => {
@@ -365,17 +399,17 @@ pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
 }
 
 /// `entries`, a pack starting at `first`, as one pack or, past
-/// [`MAX_PACK_BYTES`], as pieces of even size, each at least half of it:
-/// each piece's first number and value.
+/// [`MAX_PACK_BYTES`] before compression, as pieces of even size, each at
+/// least half of it: each piece's first number and value.
 fn split(first: u32, entries: &Entries) -> Vec<(u32, Vec<u8>)> {
-    let total = encoded_len(entries);
+    let total = raw_len(entries);
     if total <= MAX_PACK_BYTES {
         return vec![(first, encode(entries))];
     }
     let target = total / (total / (MAX_PACK_BYTES / 2)).max(2);
     let mut pieces = Vec::new();
     let mut piece: Vec<(&u32, &Vec<u8>)> = Vec::new();
-    let mut size = 1;
+    let mut size = 0;
     for (n, r) in entries {
         if size >= target {
             let start = if pieces.is_empty() {
@@ -384,7 +418,7 @@ fn split(first: u32, entries: &Entries) -> Vec<(u32, Vec<u8>)> {
                 *piece[0].0
             };
             pieces.push((start, encode(piece.drain(..))));
-            size = 1;
+            size = 0;
         }
         size += ENTRY_HEADER + r.len();
         piece.push((n, r));
@@ -453,6 +487,11 @@ mod tests {
         }
     }
 
+    /// The numbers pack value `v` under `key` holds.
+    fn read(key: &[u8], v: &[u8]) -> Result<Vec<u32>, Error> {
+        Ok(entries(key, &unpack(v)?)?.iter().map(|e| e.0).collect())
+    }
+
     fn numbers(ts: &[Token]) -> Vec<u32> {
         ts.iter().map(|t| t.id.number()).collect()
     }
@@ -515,14 +554,7 @@ mod tests {
         assert_eq!(numbers(&every), vec![10, 20, 30]);
         assert_eq!(every[0].description.len(), 200, "d/ wins");
         let pack_value = tree.get(pack_key(10)).unwrap().unwrap();
-        assert_eq!(
-            entries(&pack_key(10), &pack_value)
-                .unwrap()
-                .iter()
-                .map(|e| e.0)
-                .collect::<Vec<_>>(),
-            vec![10, 30]
-        );
+        assert_eq!(read(&pack_key(10), &pack_value).unwrap(), vec![10, 30]);
     }
 
     #[test]
@@ -558,6 +590,7 @@ mod tests {
         let in_place = tree.get(tombstone_key(&t.id)).unwrap().unwrap();
         assert_eq!(in_place[0], b'S');
         let entry = |n: u32| [&n.to_be_bytes()[..], &[0, 0]].concat();
+        let z = |raw: &[u8]| [&b"Z"[..], &miniz_oxide::deflate::compress_to_vec(raw, 1)].concat();
         for (key, bad) in [
             (pack_key(0), b"".to_vec()),
             (pack_key(0), b"X".to_vec()),
@@ -567,10 +600,63 @@ mod tests {
             (pack_key(5), [&b"P"[..], &entry(1)].concat()),
             (pack_key(TOKEN_ID_SPACE), b"P".to_vec()),
             (b"p/\x00".to_vec(), b"P".to_vec()),
+            // Compressed: not DEFLATE, cut short, bad entries inside, or
+            // inflating past any pack tokend writes (a few KB that would
+            // take 2 MB).
+            (pack_key(0), b"Zshort".to_vec()),
+            (
+                pack_key(0),
+                z(&[&entry(1)[..], &entry(2)].concat())[..8].to_vec(),
+            ),
+            (pack_key(0), z(&[&entry(2)[..], &entry(1)].concat())),
+            (pack_key(0), z(&vec![0; 2 * MAX_UNPACKED])),
         ] {
-            assert!(entries(&key, &bad).is_err(), "{key:?} {bad:?}");
+            assert!(read(&key, &bad).is_err(), "{key:?} {bad:?}");
         }
-        assert!(entries(&pack_key(0), b"P").unwrap().is_empty());
+        assert!(read(&pack_key(0), b"P").unwrap().is_empty());
+        assert!(read(&pack_key(0), &z(b"")).unwrap().is_empty());
+        assert_eq!(
+            read(&pack_key(0), &z(&[&entry(1)[..], &entry(2)].concat())).unwrap(),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn a_format_5_pack_reads_and_is_compressed_when_next_written() {
+        let tree = tree();
+        let ts: Vec<Token> = [100, 101, 102]
+            .map(|n| tombstone(n, "ACC-0000-0001"))
+            .to_vec();
+        // Format 5's shape: `P` and the entries as they are.
+        let mut v5 = b"P".to_vec();
+        for t in &ts[..2] {
+            let r = record::encode_shrunk(t).unwrap();
+            v5.extend_from_slice(&t.id.number().to_be_bytes());
+            v5.extend_from_slice(&(r.len() as u16).to_be_bytes());
+            v5.extend_from_slice(&r);
+        }
+        tree.insert(pack_key(100), v5.clone()).unwrap();
+        assert_eq!(get(&tree, &ts[1].id).unwrap().unwrap().name, "t101");
+        assert_eq!(
+            numbers(&list(&tree, None, None, 10).unwrap()),
+            vec![100, 101]
+        );
+        put_whole(&tree, &ts[2]);
+        assert_eq!(pack(&tree, vec![shrunk(&ts[2])]).unwrap(), 1);
+        let rewritten = tree.get(pack_key(100)).unwrap().unwrap();
+        assert_eq!(rewritten[0], b'Z');
+        assert!(rewritten.len() < v5.len(), "smaller with a third entry");
+        assert_eq!(
+            read(&pack_key(100), &rewritten).unwrap(),
+            vec![100, 101, 102]
+        );
+        for t in &ts {
+            let got = get(&tree, &t.id).unwrap().unwrap();
+            assert_eq!(
+                (got.name.as_str(), got.audit.deleted),
+                (t.name.as_str(), t.audit.deleted.clone())
+            );
+        }
     }
 
     #[test]
@@ -607,12 +693,16 @@ mod tests {
         assert_eq!(tree.scan_prefix("d/").count(), 0);
         let packs: Vec<_> = tree.scan_prefix(P_PACK).map(|kv| kv.unwrap()).collect();
         assert!(packs.len() > 1, "split");
+        // Split by their size before compression; compressed, a fraction.
+        let sizes: Vec<(usize, usize)> = packs
+            .iter()
+            .map(|(_, v)| (unpack(v).unwrap().len(), v.len()))
+            .collect();
         assert!(
-            packs
-                .iter()
-                .all(|(_, v)| v.len() <= MAX_PACK_BYTES && v.len() >= MAX_PACK_BYTES / 4),
-            "{:?}",
-            packs.iter().map(|(_, v)| v.len()).collect::<Vec<_>>()
+            sizes.iter().all(|&(raw, stored)| raw <= MAX_PACK_BYTES
+                && raw >= MAX_PACK_BYTES / 4
+                && stored * 3 < raw),
+            "{sizes:?}"
         );
         assert_eq!(pack_first(&packs[0].0).unwrap(), 1_000);
         // One below every pack: the first pack moves down to it.
