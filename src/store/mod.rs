@@ -21,6 +21,8 @@ pub mod snapshot;
 pub use self::endpoints::{Endpoints, EtcdSecurity};
 #[cfg(feature = "etcd")]
 pub use self::etcd::{EtcdConfig, EtcdStore};
+#[cfg(feature = "bench")]
+pub use self::sled::synthetic::add_old_tombstones;
 pub use self::sled::{SledConfig, SledStore};
 
 use std::collections::HashMap;

@@ -43,6 +43,8 @@ mod compact;
 mod layout;
 mod restore;
 mod shrink;
+#[cfg(feature = "bench")]
+pub mod synthetic;
 mod tombstones;
 mod wal;
 

@@ -47,6 +47,10 @@ struct Args {
     /// Tokens the scale scenario creates and deletes.
     #[arg(long, default_value_t = 1_000_000)]
     scale_tokens: usize,
+    /// Old tombstones the scale scenario adds to its store of live tokens
+    /// (default: ten times --scale-tokens).
+    #[arg(long)]
+    scale_old_tombstones: Option<u64>,
     /// Internal: be the TokenCache process of the mesh scenario, following
     /// the tokend at this URL.
     #[arg(long, hide = true)]
@@ -302,7 +306,10 @@ async fn scale(args: &Args) {
         args.scale_tokens,
         root.path().display()
     );
-    let run = scale::run(root.path(), args.scale_tokens).await;
+    let old = args
+        .scale_old_tombstones
+        .unwrap_or(10 * args.scale_tokens as u64);
+    let run = scale::run(root.path(), args.scale_tokens, old).await;
     let section = scale::report::render(&run, &report::machine(), &Etcd::version());
     scale::report::write_into(&args.out, &section);
     println!("{section}");

@@ -46,6 +46,8 @@ const PAGE: i32 = 50;
 const DESCRIPTION_CHARS: usize = 200;
 /// Accounts hold all four; each token two of them.
 const MODULES: [&str; 4] = ["commerce", "billing", "helpdesk", "catalog-management"];
+/// Old tombstones read back with `GetToken`.
+const OLD_GETS: u64 = 1_000;
 const SHRINK_FLAG: &str = "--tombstone-shrink-after";
 /// The event log tokend keeps (`--retention`): small, so that the disk per
 /// token is the tokens' own, not the log's, which `--retention` bounds
@@ -81,6 +83,19 @@ pub struct Side {
     pub delete_rate: f64,
 }
 
+/// A store of live tokens with `count` old tombstones added, as the
+/// shrinker leaves them (`tokend::store::add_old_tombstones`: made through
+/// the API, ten million would take hours), served: its footprint, how long
+/// writing them took, and `GetToken` of some of them with `show_deleted`.
+pub struct OldTombstones {
+    pub count: u64,
+    pub footprint: Footprint,
+    pub written_in: Duration,
+    pub get: Latency,
+    /// One unscoped first page of `ListTokens` with `show_deleted`.
+    pub deleted_list: Duration,
+}
+
 pub struct Scale {
     pub tokens: usize,
     pub tokend: Side,
@@ -88,6 +103,8 @@ pub struct Scale {
     /// data dir took to stop shrinking, and the same after `tokend compact`;
     /// or why it was not measured.
     pub shrunk: Result<(Footprint, Duration, Option<Footprint>), String>,
+    /// The live store (compacted) with old tombstones added.
+    pub old: OldTombstones,
     pub etcd: Side,
     /// etcd right after the delete, compaction and defragmentation, before
     /// its restart.
@@ -100,8 +117,9 @@ pub struct Scale {
     pub took: Duration,
 }
 
-/// Runs the scenario with its data dirs under `root`.
-pub async fn run(root: &Path, tokens: usize) -> Scale {
+/// Runs the scenario with its data dirs under `root`: `tokens` live, then
+/// deleted; `old_tombstones` added to a copy of the live store.
+pub async fn run(root: &Path, tokens: usize, old_tombstones: u64) -> Scale {
     assert!(tokens >= ACCOUNTS, "--scale-tokens: at least {ACCOUNTS}");
     let started = Instant::now();
     let dir = root.join("tokend");
@@ -121,6 +139,7 @@ pub async fn run(root: &Path, tokens: usize) -> Scale {
     let (list, unscoped_list) = t.lists(&accounts, tokens).await;
     let (t, live_compacted) = compact(t, &[]).await;
     tokend.live_compacted = live_compacted;
+    let (t, old) = add_old_tombstones(t, &root.join("tokend-old"), old_tombstones).await;
     tokend.delete_rate = t.delete_all(ids).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     eprintln!("scale: tokend, {tokens} deleted, restarting");
@@ -139,6 +158,7 @@ pub async fn run(root: &Path, tokens: usize) -> Scale {
         tokens,
         tokend,
         shrunk,
+        old,
         etcd,
         etcd_compacted,
         record_bytes,
@@ -222,6 +242,72 @@ async fn shrink(t: Tokend, tokens: usize) -> (Footprint, Duration, Option<Footpr
     let (t, compacted) = compact(t, &flag).await;
     t.server.stop().await;
     (footprint, waited, compacted)
+}
+
+/// Stops `t`, copies its data dir to `copy`, adds `n` old tombstones to
+/// the copy and serves it: what that costs; then `t` again, as it was.
+async fn add_old_tombstones(t: Tokend, copy: &Path, n: u64) -> (Tokend, OldTombstones) {
+    let dir = t.dir.clone();
+    t.server.stop().await;
+    let status = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&dir)
+        .arg(copy)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "copy the data dir");
+    std::fs::remove_file(copy.join("operator.token")).ok();
+    std::fs::copy(dir.join("operator.token"), copy.join("operator.token")).expect("copy");
+    eprintln!("scale: tokend, adding {n} old tombstones to a copy");
+    let started = Instant::now();
+    let path = copy.to_path_buf();
+    let (count, ids) =
+        tokio::task::spawn_blocking(move || tokend::store::add_old_tombstones(&path, n, OLD_GETS))
+            .await
+            .expect("the writer thread")
+            .expect("add old tombstones");
+    let written_in = started.elapsed();
+    eprintln!("scale: {count} old tombstones written in {written_in:?}");
+    let old = Tokend::start(copy, &[]).await;
+    let footprint = old.footprint().await;
+    let mut c = old.clients(1).await.remove(0);
+    let mut gets = Vec::new();
+    for id in ids {
+        let at = Instant::now();
+        let got = c
+            .get_token(pb::GetTokenRequest {
+                id: id.to_string(),
+                show_deleted: true,
+            })
+            .await
+            .expect("an old tombstone reads");
+        gets.push(micros(at.elapsed()));
+        assert_eq!(got.into_inner().status, pb::TokenStatus::Deleted as i32);
+    }
+    // A `show_deleted` first page counts every match for `total_size`.
+    let at = Instant::now();
+    let page = c
+        .list_tokens(pb::ListTokensRequest {
+            page_size: PAGE,
+            show_deleted: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list with show_deleted")
+        .into_inner();
+    let deleted_list = at.elapsed();
+    assert!(page.total_size as u64 >= count, "every tombstone counted");
+    old.server.stop().await;
+    std::fs::remove_dir_all(copy).expect("remove the copy");
+    let t = Tokend::start(&dir, &[]).await;
+    let old = OldTombstones {
+        count,
+        footprint,
+        written_in,
+        get: latency(gets),
+        deleted_list,
+    };
+    (t, old)
 }
 
 // --------------------------------------------------------------- tokend

@@ -287,6 +287,49 @@ pub(super) fn split_tombstones(tree: &sled::Tree) -> Result<usize, Error> {
     Ok(moved)
 }
 
+/// The numbers chunk `chunk`'s `u/` value `bits` marks issued.
+fn chunk_numbers(chunk: u32, bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    bits.iter()
+        .enumerate()
+        .filter(|(_, b)| **b != 0)
+        .flat_map(move |(i, byte)| {
+            (0..8)
+                .filter(move |bit| byte & (1 << bit) != 0)
+                .map(move |bit| chunk * ISSUED_CHUNK + i as u32 * 8 + bit)
+        })
+}
+
+/// The numbers of chunk `chunk` (`chunk * 4096` on) not issued yet.
+#[cfg(feature = "bench")]
+pub(super) fn unissued_in(tree: &sled::Tree, chunk: u32) -> Result<Vec<u32>, Error> {
+    let (key, _) = issued_key(chunk * ISSUED_CHUNK);
+    let bits = tree
+        .get(key)
+        .map_err(|e| io_error("reading issued ids", e))?;
+    let issued: std::collections::HashSet<u32> = bits
+        .as_deref()
+        .map(|b| chunk_numbers(chunk, b).collect())
+        .unwrap_or_default();
+    Ok((chunk * ISSUED_CHUNK..(chunk + 1) * ISSUED_CHUNK)
+        .filter(|n| *n < TOKEN_ID_SPACE && !issued.contains(n))
+        .collect())
+}
+
+/// The accounts' ids.
+#[cfg(feature = "bench")]
+pub(super) fn account_ids(tree: &sled::Tree) -> Result<Vec<AccountId>, Error> {
+    tree.scan_prefix(P_ACCOUNT)
+        .keys()
+        .map(|k| {
+            let k = k.map_err(|e| io_error("reading accounts", e))?;
+            std::str::from_utf8(&k[P_ACCOUNT.len()..])
+                .ok()
+                .and_then(|id| AccountId::parse(id).ok())
+                .ok_or_else(|| corrupt("account key", format!("{k:?}")))
+        })
+        .collect()
+}
+
 /// Marks every number of `issued` in `u/`, one write per chunk of 4,096
 /// (a migration or a restore marks millions at once; a commit marks its
 /// few through [`Writes::mark_issued`]).
@@ -517,10 +560,8 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
                 format!("chunk {chunk} of {} bytes", v.len()),
             ));
         }
-        for (i, byte) in v.iter().enumerate().filter(|(_, b)| **b != 0) {
-            for bit in (0..8).filter(|bit| byte & (1 << bit) != 0) {
-                issued.insert(chunk * ISSUED_CHUNK + i as u32 * 8 + bit);
-            }
+        for n in chunk_numbers(chunk, v) {
+            issued.insert(n);
         }
         Ok(())
     })?;

@@ -699,9 +699,9 @@ mod tests {
             .map(|(_, v)| (unpack(v).unwrap().len(), v.len()))
             .collect();
         assert!(
-            sizes.iter().all(|&(raw, stored)| raw <= MAX_PACK_BYTES
-                && raw >= MAX_PACK_BYTES / 4
-                && stored * 3 < raw),
+            sizes.iter().all(|&(raw, stored)| {
+                (MAX_PACK_BYTES / 4..=MAX_PACK_BYTES).contains(&raw) && stored * 3 < raw
+            }),
             "{sizes:?}"
         );
         assert_eq!(pack_first(&packs[0].0).unwrap(), 1_000);

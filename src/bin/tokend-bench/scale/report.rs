@@ -114,6 +114,10 @@ fn commit() -> String {
 pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     let n = s.tokens;
     let nf = format!("{}", Thousands(n));
+    let old = &s.old;
+    let of = format!("{}", Thousands(old.count as usize));
+    // The store the old tombstones were added to: the live one, compacted.
+    let base = s.tokend.live_compacted.as_ref().unwrap_or(&s.tokend.live);
     let (t, e) = (&s.tokend, &s.etcd);
     let took = match s.took.as_secs_f64() {
         secs if secs < 120.0 => format!("{secs:.0} s"),
@@ -174,6 +178,12 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     }
     row(
         &mut w,
+        &format!("the same and {of} old tombstones (packed)"),
+        &old.footprint,
+        None,
+    );
+    row(
+        &mut w,
         &format!("{nf} created and deleted (etcd: compacted, defragmented)"),
         &t.deleted,
         Some(&e.deleted),
@@ -218,6 +228,12 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
             None,
         );
     }
+    per_row(
+        &mut w,
+        &format!("old tombstone, packed, among {of} (over the live store's row)"),
+        per_token(&old.footprint, base, old.count as usize),
+        None,
+    );
     per_row(
         &mut w,
         "created and deleted (tokend: its tombstone)",
@@ -269,9 +285,24 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     let _ = write!(
         w,
         "tokend's peak during start-up (`VmHWM`), with {nf} live tokens: {}; after \
-         `tokend compact`: {}. ",
+         `tokend compact`: {}; with {of} old tombstones too: {}. ",
         peak(&t.live),
         t.live_compacted.as_ref().map_or_else(|| "—".into(), peak),
+        peak(&old.footprint),
+    );
+    let _ = write!(
+        w,
+        "The {of} old tombstones were added to a copy of the compacted store, stopped, \
+         through the shrinker's own pack write (`tokend::store::add_old_tombstones`, \
+         `--features bench`; made through the API, that many would take hours and tens of \
+         GB before the shrinker packed them), in {:.0} s, on the lowest numbers never \
+         issued; `GetToken` with `show_deleted` of {} of them, spread over all, one at a \
+         time: {}; the first page of an unscoped `ListTokens` with `show_deleted`, which \
+         reads every tombstone to count them for `total_size`: {}. ",
+        old.written_in.as_secs_f64(),
+        Thousands(super::OLD_GETS as usize),
+        ms(&old.get),
+        time(old.deleted_list),
     );
     let _ = write!(
         w,
