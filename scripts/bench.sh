@@ -12,9 +12,10 @@
 #                                 (scripts/profile.sh), here and at REV, appended
 #                                 to BENCHMARKS.md; needs perf, adds ~10 minutes
 #   scripts/bench.sh --scale [N]  the scale scenario alone (N tokens, default
-#                                 1,000,000: memory, disk and start-up per token,
-#                                 tokend and etcd; about 2 minutes at 100,000, 20 or
-#                                 more at a million on 2 cores); its
+#                                 1,000,000, and ten times as many old tombstones:
+#                                 memory, disk and start-up per token, tokend and
+#                                 etcd; about 3 minutes at 100,000, 20 or more at a
+#                                 million on 2 cores); its
 #                                 section replaces the one in BENCHMARKS.md, and
 #                                 full runs carry it over
 #   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)

@@ -191,7 +191,7 @@ impl SledStore {
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 tracing::info!(
                     from = %String::from_utf8_lossy(&f),
-                    "data dir migrated to format 6 (old tombstones packed and compressed)"
+                    "data dir migrated to format 6 (old tombstones' packs compressed as the shrinker rewrites them)"
                 );
             }
             Some(f) => {

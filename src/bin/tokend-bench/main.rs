@@ -63,6 +63,9 @@ struct Args {
     /// Internal: be the floor server (floor.rs).
     #[arg(long, hide = true, num_args = 3, value_names = ["LISTEN", "METRICS", "DIR"])]
     floor_server: Vec<String>,
+    /// Internal: add old tombstones to a stopped sled data dir (scale.rs).
+    #[arg(long, hide = true, num_args = 3, value_names = ["DIR", "N", "SAMPLE"])]
+    add_old_tombstones: Vec<String>,
 }
 
 impl Args {
@@ -142,6 +145,10 @@ async fn main() {
     let args = Args::parse();
     if let Some(url) = args.cache_probe {
         return mesh::cache_probe(url).await;
+    }
+    if let [dir, n, sample] = &args.add_old_tombstones[..] {
+        let number = |s: &str| s.parse().expect("a number");
+        return scale::add_old_tombstones_here(dir.as_ref(), number(n), number(sample));
     }
     if let [listen, metrics, dir] = &args.floor_server[..] {
         let addr = |a: &str| a.parse().expect("a socket address");

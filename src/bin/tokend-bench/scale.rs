@@ -1,8 +1,10 @@
 //! The scale scenario (`tokend-bench --only scale`, `scripts/bench.sh
 //! --scale [N]`; never part of the full run): what N live tokens, and N
 //! tokens created and deleted, cost tokend on sled in memory, on disk and at
-//! start-up; what etcd costs holding records of the same size; and verify
-//! and list latency with N live tokens.
+//! start-up; what etcd costs holding records of the same size; verify and
+//! list latency with N live tokens; and what ten times as many old
+//! tombstones add to the live store (written straight into a copy, as the
+//! shrinker leaves them: `tokend::store::add_old_tombstones`).
 //!
 //! Each server runs on its own data dir in the run's temp dir (removed when
 //! the run ends or fails), and every figure is taken after a clean restart
@@ -97,14 +99,16 @@ pub struct OldTombstones {
 }
 
 pub struct Scale {
+    /// The commit the run started at ([`report::commit`]).
+    pub commit: String,
     pub tokens: usize,
     pub tokend: Side,
     /// After `--tombstone-shrink-after 0s` and a restart, with how long the
     /// data dir took to stop shrinking, and the same after `tokend compact`;
     /// or why it was not measured.
     pub shrunk: Result<(Footprint, Duration, Option<Footprint>), String>,
-    /// The live store (compacted) with old tombstones added.
-    pub old: OldTombstones,
+    /// The live store (compacted) with old tombstones added, or why not.
+    pub old: Result<OldTombstones, String>,
     pub etcd: Side,
     /// etcd right after the delete, compaction and defragmentation, before
     /// its restart.
@@ -122,6 +126,7 @@ pub struct Scale {
 pub async fn run(root: &Path, tokens: usize, old_tombstones: u64) -> Scale {
     assert!(tokens >= ACCOUNTS, "--scale-tokens: at least {ACCOUNTS}");
     let started = Instant::now();
+    let commit = report::commit();
     let dir = root.join("tokend");
     eprintln!("scale: tokend, empty");
     let t = Tokend::start(&dir, &[]).await.restart(&[]).await;
@@ -155,6 +160,7 @@ pub async fn run(root: &Path, tokens: usize, old_tombstones: u64) -> Scale {
     eprintln!("scale: etcd, empty");
     let (etcd, etcd_compacted, record_bytes) = etcd::run(&root.join("etcd"), tokens).await;
     Scale {
+        commit,
         tokens,
         tokend,
         shrunk,
@@ -245,30 +251,64 @@ async fn shrink(t: Tokend, tokens: usize) -> (Footprint, Duration, Option<Footpr
 }
 
 /// Stops `t`, copies its data dir to `copy`, adds `n` old tombstones to
-/// the copy and serves it: what that costs; then `t` again, as it was.
-async fn add_old_tombstones(t: Tokend, copy: &Path, n: u64) -> (Tokend, OldTombstones) {
+/// the copy and serves it: what that costs, or why it was not measured;
+/// then `t` again, as it was.
+async fn add_old_tombstones(
+    t: Tokend,
+    copy: &Path,
+    n: u64,
+) -> (Tokend, Result<OldTombstones, String>) {
     let dir = t.dir.clone();
     t.server.stop().await;
+    let old = if n == 0 {
+        Err("none were asked for (`--scale-old-tombstones 0`)".into())
+    } else {
+        serve_with_old_tombstones(&dir, copy, n).await
+    };
+    (Tokend::start(&dir, &[]).await, old)
+}
+
+async fn serve_with_old_tombstones(
+    dir: &Path,
+    copy: &Path,
+    n: u64,
+) -> Result<OldTombstones, String> {
+    assert!(!copy.exists(), "{} exists", copy.display());
     let status = std::process::Command::new("cp")
         .args(["-a", "--reflink=auto"])
-        .arg(&dir)
+        .arg(dir)
         .arg(copy)
         .status()
         .expect("run cp");
     assert!(status.success(), "copy the data dir");
-    std::fs::remove_file(copy.join("operator.token")).ok();
-    std::fs::copy(dir.join("operator.token"), copy.join("operator.token")).expect("copy");
     eprintln!("scale: tokend, adding {n} old tombstones to a copy");
+    // In a process of its own: when it exits, sled's lock on the copy is
+    // gone (in this process, sled's threads can hold it a moment longer).
     let started = Instant::now();
-    let path = copy.to_path_buf();
-    let (count, ids) =
-        tokio::task::spawn_blocking(move || tokend::store::add_old_tombstones(&path, n, OLD_GETS))
-            .await
-            .expect("the writer thread")
-            .expect("add old tombstones");
+    let out = std::process::Command::new(std::env::current_exe().expect("tokend-bench's path"))
+        .arg("--add-old-tombstones")
+        .arg(copy)
+        .args([n.to_string(), OLD_GETS.to_string()])
+        .output()
+        .expect("run tokend-bench --add-old-tombstones");
     let written_in = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines = stdout.lines();
+    let count: u64 = match lines.next().map(str::parse) {
+        Some(Ok(count)) if out.status.success() => count,
+        _ => {
+            std::fs::remove_dir_all(copy).expect("remove the copy");
+            return Err(format!(
+                "adding them failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    };
+    let ids: Vec<String> = lines.map(String::from).collect();
     eprintln!("scale: {count} old tombstones written in {written_in:?}");
-    let old = Tokend::start(copy, &[]).await;
+    // A `show_deleted` page reads every tombstone: more than the default
+    // 30 s must not end the run.
+    let old = Tokend::start(copy, &["--request-timeout", "10m"]).await;
     let footprint = old.footprint().await;
     let mut c = old.clients(1).await.remove(0);
     let mut gets = Vec::new();
@@ -276,7 +316,7 @@ async fn add_old_tombstones(t: Tokend, copy: &Path, n: u64) -> (Tokend, OldTombs
         let at = Instant::now();
         let got = c
             .get_token(pb::GetTokenRequest {
-                id: id.to_string(),
+                id,
                 show_deleted: true,
             })
             .await
@@ -299,15 +339,25 @@ async fn add_old_tombstones(t: Tokend, copy: &Path, n: u64) -> (Tokend, OldTombs
     assert!(page.total_size as u64 >= count, "every tombstone counted");
     old.server.stop().await;
     std::fs::remove_dir_all(copy).expect("remove the copy");
-    let t = Tokend::start(&dir, &[]).await;
-    let old = OldTombstones {
+    Ok(OldTombstones {
         count,
         footprint,
         written_in,
         get: latency(gets),
         deleted_list,
-    };
-    (t, old)
+    })
+}
+
+/// `tokend-bench --add-old-tombstones DIR N SAMPLE`: adds them to the
+/// stopped store in DIR, then prints how many, and the ids of the sample,
+/// a line each.
+pub fn add_old_tombstones_here(dir: &Path, n: u64, sample: u64) {
+    let (count, ids) =
+        tokend::store::add_old_tombstones(dir, n, sample).expect("add old tombstones");
+    println!("{count}");
+    for id in ids {
+        println!("{id}");
+    }
 }
 
 // --------------------------------------------------------------- tokend

@@ -13,7 +13,8 @@
 //!                          Apart from the live tokens, so that opening reads
 //!                          live tokens only
 //!   `p/<u32 BE pack>`    → old tombstones, shrunk, packed by number range
-//!                          (`sled/tombstones.rs`; `sled/shrink.rs` packs)
+//!                          and compressed (`sled/tombstones.rs`;
+//!                          `sled/shrink.rs` packs)
 //!   `u/<u32 BE chunk>`   → 512 bytes: bit `i` set when token number
 //!                          `chunk * 4096 + i` was issued. Ids are never
 //!                          reused: this is what says which were, read at
@@ -61,7 +62,7 @@ const P_ACCESS: &[u8] = b"l/";
 const P_TOMBSTONE: &[u8] = b"d/";
 const P_ISSUED: &[u8] = b"u/";
 /// Token numbers per `u/` key.
-const ISSUED_CHUNK: u32 = 4096;
+pub(super) const ISSUED_CHUNK: u32 = 4096;
 
 fn key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
     [prefix, id].concat()
@@ -299,7 +300,8 @@ fn chunk_numbers(chunk: u32, bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
         })
 }
 
-/// The numbers of chunk `chunk` (`chunk * 4096` on) not issued yet.
+/// The numbers of chunk `chunk` (`chunk * 4096` on) not issued yet (nor
+/// 0, which tokend never issues).
 #[cfg(feature = "bench")]
 pub(super) fn unissued_in(tree: &sled::Tree, chunk: u32) -> Result<Vec<u32>, Error> {
     let (key, _) = issued_key(chunk * ISSUED_CHUNK);
@@ -311,7 +313,7 @@ pub(super) fn unissued_in(tree: &sled::Tree, chunk: u32) -> Result<Vec<u32>, Err
         .map(|b| chunk_numbers(chunk, b).collect())
         .unwrap_or_default();
     Ok((chunk * ISSUED_CHUNK..(chunk + 1) * ISSUED_CHUNK)
-        .filter(|n| *n < TOKEN_ID_SPACE && !issued.contains(n))
+        .filter(|n| (1..TOKEN_ID_SPACE).contains(n) && !issued.contains(n))
         .collect())
 }
 

@@ -7,13 +7,14 @@
 //! take hours to create and delete, and tens of GB of disk before the
 //! shrinker packs them. This writes what the shrinker would have left
 //! instead, through the shrinker's own write ([`tombstones::pack`]) and
-//! the issued-id marks a commit writes ([`layout::write_issued`]): never a
-//! shape of its own.
+//! the issued-id marks a migration writes ([`layout::write_issued`]):
+//! never a shape of its own. Its numbers are the lowest never issued, so
+//! its packs are denser than those of tokens issued at random numbers.
 //!
-//! Owns choosing numbers no token was ever issued (the lowest free ones)
-//! and making plausible tombstones of them. It must never run on a data
-//! dir a server has open (sled's lock refuses it), write a live token, or
-//! reuse an issued number.
+//! Owns choosing numbers no token was ever issued and making plausible
+//! tombstones of them. It must never run on a data dir a server has open
+//! (sled's lock refuses it), write a live token, or reuse an issued
+//! number: numbers are marked issued before their tombstones are written.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -32,7 +33,9 @@ const CHUNKS_PER_PACK: u32 = 25;
 /// Adds `n` old tombstones to the stopped sled store in `data_dir`, spread
 /// over its accounts, deleted a year ago; returns how many it wrote (fewer
 /// only if the id space ran out) and the ids of `sample` of them, spread
-/// over all.
+/// over all. The caller keeps the store below
+/// [`TOKEN_ID_LIMIT`](crate::command::TOKEN_ID_LIMIT) issued ids, or
+/// tokend will refuse new tokens on it.
 pub fn add_old_tombstones(
     data_dir: &Path,
     n: u64,
@@ -60,7 +63,7 @@ pub fn add_old_tombstones(
     let by = Actor("TKN-0000-0001".into());
     let failed = |e| io_error("writing tombstones", e);
     let (mut written, mut chunk) = (0u64, 0u32);
-    while written < n && chunk * 4096 < TOKEN_ID_SPACE {
+    while written < n && chunk < TOKEN_ID_SPACE.div_ceil(layout::ISSUED_CHUNK) {
         let mut old = Vec::new();
         for _ in 0..CHUNKS_PER_PACK {
             for number in layout::unissued_in(&tree, chunk)? {
@@ -103,9 +106,8 @@ pub fn add_old_tombstones(
             }
             chunk += 1;
         }
-        let numbers: Vec<u32> = old.iter().map(|o| o.id.number()).collect();
+        layout::write_issued(&tree, old.iter().map(|o| o.id.number())).map_err(failed)?;
         tombstones::pack(&tree, old)?;
-        layout::write_issued(&tree, numbers).map_err(failed)?;
     }
     db.flush().map_err(failed)?;
     Ok((written, sampled))

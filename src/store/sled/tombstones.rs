@@ -6,13 +6,12 @@
 //! disk and in memory, whatever the value's size, and rewrites a page of
 //! small values several times as it fills it. A million shrunk tombstones
 //! of about a hundred bytes each, one key apiece, took 476 bytes of disk
-//! each even after `tokend compact` (BENCHMARKS.md, "Scale"); values of
-//! 18 KB or more are stored once (1.03 times their size, measured). So a
-//! pack holds the old tombstones of a range of numbers, from its key's
-//! number up to the next pack's, and splits in two when it passes
-//! [`MAX_PACK_BYTES`]: packs stay tens of KB whatever the density of ids,
-//! far below the 128 KiB over which sled writes a value to a file of its
-//! own (which its flush does not fsync). The shrinker's passes walk the
+//! each even after `tokend compact` (BENCHMARKS.md, "Scale"). So a pack
+//! holds the old tombstones of a range of numbers, from its key's number up
+//! to the next pack's, and splits when its entries pass [`MAX_PACK_BYTES`]:
+//! a pack holds a few hundred tombstones whatever the density of ids, and
+//! stays far below the 128 KiB over which sled writes a value to a file of
+//! its own (which its flush does not fsync). The shrinker's passes walk the
 //! recent `d/` keys only, not every tombstone ever made.
 //!
 //! A pack's entries: for each tombstone, in increasing number order,
@@ -20,13 +19,14 @@
 //! [`ShrunkRecord`](crate::store::record::ShrunkRecord) (the number is the
 //! id; the record is the rest). Packs never overlap: each number is in the
 //! pack with the greatest first number not above it. A pack's value is
-//! `Z` and its entries DEFLATE-compressed (RFC 1951): a shrunk record is
-//! ~110 bytes of JSON whose field names, account ids, actors and times
-//! repeat from one entry to the next, and compressed a pack takes about a
-//! quarter of that. Format 5 wrote `P` and the entries as they are; such
+//! `Z` and its entries zlib-compressed (RFC 1950: DEFLATE and a checksum,
+//! so that a damaged pack is an error, not other tombstones). A shrunk
+//! record is ~110 bytes of JSON whose field names, account ids, actors and
+//! times repeat from one entry to the next: compressed, a pack of 48 KB
+//! takes 10 to 12 KB. Format 5 wrote `P` and the entries as they are; such
 //! packs still read, and are compressed when next rewritten. Reading one
-//! tombstone inflates its whole pack (48 KB at most, about 0.2 ms): an old
-//! tombstone is read rarely, and a list inflates each pack once.
+//! tombstone inflates its whole pack: an old tombstone is read rarely, and
+//! a list inflates each pack it reaches once per page.
 //!
 //! Owns reading a tombstone by id (its `d/` key first, then its pack),
 //! listing them in id order (the `d/` keys and the packs merged), and
@@ -50,8 +50,8 @@ use crate::error::Error;
 use crate::state::TOKEN_ID_SPACE;
 use crate::store::record;
 
-/// A pack past this splits into pieces of 24 KB or more: values sled
-/// stores once.
+/// A pack whose entries pass this, before compression, splits into even
+/// pieces of 24 KB or more.
 const MAX_PACK_BYTES: usize = 48 * 1024;
 const P_PACK: &[u8] = b"p/";
 /// Tags a pack's value: its entries compressed.
@@ -92,7 +92,7 @@ fn pack_first(key: &[u8]) -> Result<u32, Error> {
 fn unpack(v: &[u8]) -> Result<Cow<'_, [u8]>, Error> {
     match v.split_first() {
         Some((&PACK, compressed)) => {
-            miniz_oxide::inflate::decompress_to_vec_with_limit(compressed, MAX_UNPACKED)
+            miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(compressed, MAX_UNPACKED)
                 .map(Cow::Owned)
                 .map_err(|e| corrupt_pack(format!("entries that do not inflate: {e}")))
         }
@@ -143,7 +143,7 @@ fn encode<'a>(entries: impl IntoIterator<Item = (&'a u32, &'a Vec<u8>)>) -> Vec<
         raw.extend_from_slice(record);
     }
     let mut v = vec![PACK];
-    v.extend(miniz_oxide::deflate::compress_to_vec(&raw, LEVEL));
+    v.extend(miniz_oxide::deflate::compress_to_vec_zlib(&raw, LEVEL));
     v
 }
 
@@ -400,34 +400,23 @@ pub(super) fn pack(tree: &sled::Tree, mut old: Vec<Old>) -> Result<u64, Error> {
 
 /// `entries`, a pack starting at `first`, as one pack or, past
 /// [`MAX_PACK_BYTES`] before compression, as pieces of even size, each at
-/// least half of it: each piece's first number and value.
+/// least half of it: each piece's first number and value. Each piece aims
+/// at an even share of what is left, so that cutting after whole entries
+/// does not leave a small last piece however many there are.
 fn split(first: u32, entries: &Entries) -> Vec<(u32, Vec<u8>)> {
-    let total = raw_len(entries);
-    if total <= MAX_PACK_BYTES {
-        return vec![(first, encode(entries))];
-    }
-    let target = total / (total / (MAX_PACK_BYTES / 2)).max(2);
+    let mut rest = raw_len(entries);
+    let mut left = (rest / (MAX_PACK_BYTES / 2)).max(1);
     let mut pieces = Vec::new();
     let mut piece: Vec<(&u32, &Vec<u8>)> = Vec::new();
-    let mut size = 0;
+    let (mut start, mut size) = (first, 0);
     for (n, r) in entries {
-        if size >= target {
-            let start = if pieces.is_empty() {
-                first
-            } else {
-                *piece[0].0
-            };
+        if left > 1 && size >= rest / left {
             pieces.push((start, encode(piece.drain(..))));
-            size = 0;
+            (start, rest, left, size) = (*n, rest - size, left - 1, 0);
         }
         size += ENTRY_HEADER + r.len();
         piece.push((n, r));
     }
-    let start = if pieces.is_empty() {
-        first
-    } else {
-        *piece[0].0
-    };
     pieces.push((start, encode(piece)));
     pieces
 }
@@ -590,7 +579,15 @@ mod tests {
         let in_place = tree.get(tombstone_key(&t.id)).unwrap().unwrap();
         assert_eq!(in_place[0], b'S');
         let entry = |n: u32| [&n.to_be_bytes()[..], &[0, 0]].concat();
-        let z = |raw: &[u8]| [&b"Z"[..], &miniz_oxide::deflate::compress_to_vec(raw, 1)].concat();
+        let z = |raw: &[u8]| {
+            [
+                &b"Z"[..],
+                &miniz_oxide::deflate::compress_to_vec_zlib(raw, 1),
+            ]
+            .concat()
+        };
+        let mut flipped = z(&[&entry(1)[..], &entry(2)].concat());
+        *flipped.last_mut().unwrap() ^= 1;
         for (key, bad) in [
             (pack_key(0), b"".to_vec()),
             (pack_key(0), b"X".to_vec()),
@@ -600,10 +597,11 @@ mod tests {
             (pack_key(5), [&b"P"[..], &entry(1)].concat()),
             (pack_key(TOKEN_ID_SPACE), b"P".to_vec()),
             (b"p/\x00".to_vec(), b"P".to_vec()),
-            // Compressed: not DEFLATE, cut short, bad entries inside, or
-            // inflating past any pack tokend writes (a few KB that would
-            // take 2 MB).
+            // Compressed: not zlib, cut short, a byte changed (its
+            // checksum), bad entries inside, or inflating past any pack
+            // tokend writes (a few KB that would take 2 MB).
             (pack_key(0), b"Zshort".to_vec()),
+            (pack_key(0), flipped),
             (
                 pack_key(0),
                 z(&[&entry(1)[..], &entry(2)].concat())[..8].to_vec(),
@@ -729,5 +727,25 @@ mod tests {
         // Pages from inside a pack.
         let page = list(&tree, None, Some(&TokenId::from_number(1_500)), 3).unwrap();
         assert_eq!(numbers(&page), vec![1_501, 1_502, 1_503]);
+    }
+
+    #[test]
+    fn many_packs_worth_in_one_pass_split_evenly_to_the_last() {
+        let tree = tree();
+        let many: Vec<Old> = (10_000..70_000)
+            .map(|n| shrunk(&tombstone(n, "ACC-0000-0001")))
+            .collect();
+        assert_eq!(pack(&tree, many).unwrap(), 60_000);
+        let raw: Vec<usize> = tree
+            .scan_prefix(P_PACK)
+            .map(|kv| unpack(&kv.unwrap().1).unwrap().len())
+            .collect();
+        assert!(raw.len() > 50, "{} packs", raw.len());
+        assert!(
+            raw.iter()
+                .all(|r| (MAX_PACK_BYTES / 2 - 1_000..=MAX_PACK_BYTES).contains(r)),
+            "{raw:?}"
+        );
+        assert_eq!(list(&tree, None, None, 100_000).unwrap().len(), 60_000);
     }
 }

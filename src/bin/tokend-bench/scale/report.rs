@@ -92,9 +92,10 @@ fn per_token(f: &Footprint, empty: &Footprint, n: usize) -> (String, String) {
     )
 }
 
-/// The commit this binary was run from (`git rev-parse --short HEAD`),
-/// marked when the work tree has changes.
-fn commit() -> String {
+/// The commit checked out (`git rev-parse --short HEAD`), marked when the
+/// work tree has changes: taken when the run starts, which is what the
+/// binary was built from (`scripts/bench.sh` builds first).
+pub fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -114,10 +115,18 @@ fn commit() -> String {
 pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     let n = s.tokens;
     let nf = format!("{}", Thousands(n));
-    let old = &s.old;
-    let of = format!("{}", Thousands(old.count as usize));
-    // The store the old tombstones were added to: the live one, compacted.
+    let old = s.old.as_ref();
+    let of = old.map_or(String::new(), |o| {
+        format!("{}", Thousands(o.count as usize))
+    });
+    // The store the old tombstones were added to: the live one, compacted
+    // when this tokend compacts.
     let base = s.tokend.live_compacted.as_ref().unwrap_or(&s.tokend.live);
+    let base_name = if s.tokend.live_compacted.is_some() {
+        "the compacted live store"
+    } else {
+        "the live store"
+    };
     let (t, e) = (&s.tokend, &s.etcd);
     let took = match s.took.as_secs_f64() {
         secs if secs < 120.0 => format!("{secs:.0} s"),
@@ -131,7 +140,7 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
         "From a run of its own, not the full run above: `scripts/bench.sh --scale {n}` at \
          {}, {date}, {took}. {machine}; {etcd_version}, one member, with \
          `--quota-backend-bytes` 8 GiB.\n",
-        commit(),
+        s.commit,
     );
     let _ = writeln!(
         w,
@@ -176,12 +185,20 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     if let Some(f) = &t.live_compacted {
         row(&mut w, "the same, after `tokend compact`", f, None);
     }
-    row(
-        &mut w,
-        &format!("the same and {of} old tombstones (packed)"),
-        &old.footprint,
-        None,
-    );
+    match old {
+        Ok(o) => row(
+            &mut w,
+            &format!("the same and {of} old tombstones (packed)"),
+            &o.footprint,
+            None,
+        ),
+        Err(_) => {
+            let _ = writeln!(
+                w,
+                "| the same and old tombstones (packed) | not measured | | | — | — | — |"
+            );
+        }
+    }
     row(
         &mut w,
         &format!("{nf} created and deleted (etcd: compacted, defragmented)"),
@@ -205,7 +222,8 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
 
     let _ = writeln!(
         w,
-        "\nPer token: the row's RSS and disk minus the empty server's, divided by {nf}.\n\n\
+        "\nPer token: the row's RSS and disk minus the empty server's, divided by {nf}; \
+         for the old tombstones added, minus {base_name}'s, divided by their count.\n\n\
          | per token | tokend memory | tokend disk | etcd memory | etcd disk |\n\
          |---|---|---|---|---|"
     );
@@ -228,12 +246,14 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
             None,
         );
     }
-    per_row(
-        &mut w,
-        &format!("old tombstone, packed, among {of} (over the live store's row)"),
-        per_token(&old.footprint, base, old.count as usize),
-        None,
-    );
+    if let Ok(o) = old {
+        per_row(
+            &mut w,
+            &format!("old tombstone, packed, among {of}"),
+            per_token(&o.footprint, base, o.count as usize),
+            None,
+        );
+    }
     per_row(
         &mut w,
         "created and deleted (tokend: its tombstone)",
@@ -285,25 +305,34 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
     let _ = write!(
         w,
         "tokend's peak during start-up (`VmHWM`), with {nf} live tokens: {}; after \
-         `tokend compact`: {}; with {of} old tombstones too: {}. ",
+         `tokend compact`: {}; with old tombstones too: {}. ",
         peak(&t.live),
         t.live_compacted.as_ref().map_or_else(|| "—".into(), peak),
-        peak(&old.footprint),
+        old.map_or_else(|_| "—".into(), |o| peak(&o.footprint)),
     );
-    let _ = write!(
-        w,
-        "The {of} old tombstones were added to a copy of the compacted store, stopped, \
-         through the shrinker's own pack write (`tokend::store::add_old_tombstones`, \
-         `--features bench`; made through the API, that many would take hours and tens of \
-         GB before the shrinker packed them), in {:.0} s, on the lowest numbers never \
-         issued; `GetToken` with `show_deleted` of {} of them, spread over all, one at a \
-         time: {}; the first page of an unscoped `ListTokens` with `show_deleted`, which \
-         reads every tombstone to count them for `total_size`: {}. ",
-        old.written_in.as_secs_f64(),
-        Thousands(super::OLD_GETS as usize),
-        ms(&old.get),
-        time(old.deleted_list),
-    );
+    let _ = match old {
+        Ok(o) => write!(
+            w,
+            "The {of} old tombstones were added to a copy of {base_name}, stopped, \
+             through the shrinker's own pack write (`tokend::store::add_old_tombstones`, \
+             `--features bench`; made through the API, that many would take hours and tens \
+             of GB before the shrinker packed them), in {:.0} s. They take the lowest \
+             numbers never issued, so their packs are denser than those of tokens issued \
+             at random numbers (the row above of tombstones made through the API shows \
+             those). `GetToken` with `show_deleted` of {} of them, spread over all, one \
+             at a time: {}; the first page of an unscoped `ListTokens` with \
+             `show_deleted`, which reads every tombstone to count them for `total_size`: \
+             {}. ",
+            o.written_in.as_secs_f64(),
+            Thousands(super::OLD_GETS as usize),
+            ms(&o.get),
+            time(o.deleted_list),
+        ),
+        Err(why) => write!(
+            w,
+            "Old tombstones added to the live store were not measured: {why}. "
+        ),
+    };
     let _ = write!(
         w,
         "etcd's RSS includes its bbolt database, mapped into memory; the anonymous part, \
