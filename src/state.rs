@@ -101,6 +101,9 @@ pub struct State {
     by_secret: OrdMap<SecretHash, TokenId>,
     /// Live tokens that expire, by expiry: what `crate::expiry` deletes next.
     expiring: OrdSet<(SystemTime, TokenId)>,
+    /// How many tombstones each account has: a `show_deleted` list's
+    /// `total_size` without reading them.
+    tombstones: OrdMap<AccountId, u64>,
 }
 
 impl State {
@@ -124,6 +127,14 @@ impl State {
         match account {
             None => self.tokens.len(),
             Some(a) => self.account_tokens.get(a).map_or(0, OrdSet::len),
+        }
+    }
+
+    /// How many tombstones `account` has, or all accounts.
+    pub fn tombstones_of(&self, account: Option<&AccountId>) -> u64 {
+        match account {
+            None => self.tombstones.values().sum(),
+            Some(a) => self.tombstones.get(a).copied().unwrap_or(0),
         }
     }
 
@@ -260,8 +271,11 @@ impl State {
                     }
                 }
                 if t.is_deleted() {
-                    // The tombstone is the store's; memory keeps the number.
-                    self.tokens.remove(&t.id);
+                    // The tombstone is the store's; memory keeps the number,
+                    // and counts it.
+                    if self.tokens.remove(&t.id).is_some() {
+                        *self.tombstones.entry(t.account_id.clone()).or_default() += 1;
+                    }
                     if let Some(ids) = self.account_tokens.get_mut(&t.account_id) {
                         ids.remove(&t.id);
                     }
@@ -340,11 +354,12 @@ impl Restore {
     }
 
     /// A token, and the hash of its secret (none once deleted). A tombstone
-    /// only marks its number.
+    /// only marks its number, and is counted.
     pub fn token(&mut self, mut t: Token, secret: Option<SecretHash>) {
         let s = &mut self.state;
         s.issued.insert(t.id.number());
         if t.is_deleted() {
+            *s.tombstones.entry(t.account_id).or_default() += 1;
             return;
         }
         let a = &mut t.audit;
@@ -375,6 +390,12 @@ impl Restore {
             s.by_secret.insert(hash, t.id.clone());
         }
         s.tokens.insert(t.id.clone(), Arc::new(t));
+    }
+
+    /// `count` tombstones of `account`, from a store that counts them
+    /// instead of handing each to [`Restore::token`].
+    pub fn tombstones(&mut self, account: AccountId, count: u64) {
+        *self.state.tombstones.entry(account).or_default() += count;
     }
 
     /// The state, as of the last committed `revision`.

@@ -6,6 +6,7 @@
 //! store except through [`Store::apply`], and never return or log a secret
 //! except the one `CreateToken` answers with.
 
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::time::SystemTime;
 
@@ -238,8 +239,10 @@ impl TokenService for Service {
             )
         };
         // Tombstones come from the store, read after the state (so none is
-        // missed), each once (a token deleted since is shown live): a count
-        // of all that match, and those that can be on this page.
+        // missed), each once: one deleted since is shown live, one created
+        // and deleted since is left out (the state is the page's revision).
+        // Without a filter, the state's counts are the total, and the walk
+        // stops at a full page; a filter is matched on every tombstone.
         let mut tombstones: Vec<std::sync::Arc<Token>> = Vec::new();
         let mut total = None;
         if r.show_deleted {
@@ -247,23 +250,31 @@ impl TokenService for Service {
                 .decode(&r.page_token)?
                 .map(|s| s.parse::<TokenId>())
                 .transpose()?;
-            // One walk: every match is counted, and those after the page
-            // token are kept until the page is full.
+            let counted = filter.is_empty();
+            // Counted: from the page token on. Else every match, to count.
+            let from = if counted { after.clone() } else { None };
             let mut deleted = 0;
-            crate::store::scan_tombstones(&*self.store, account.as_ref(), |t| {
-                if state.token(&t.id).is_none() && matches(&t) {
-                    deleted += 1;
-                    if tombstones.len() <= size && after.as_ref().is_none_or(|a| t.id > *a) {
-                        tombstones.push(std::sync::Arc::new(t));
-                    }
+            crate::store::scan_tombstones(&*self.store, account.as_ref(), from, |t| {
+                if state.token(&t.id).is_some() || !state.token_id_taken(&t.id) || !matches(&t) {
+                    return ControlFlow::Continue(());
                 }
+                deleted += 1;
+                if tombstones.len() <= size && after.as_ref().is_none_or(|a| t.id > *a) {
+                    tombstones.push(std::sync::Arc::new(t));
+                }
+                if counted && tombstones.len() > size {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
             })
             .await?;
-            let live = state
-                .tokens_after(account.as_ref(), None)
-                .filter(|t| matches(t))
-                .count();
-            total = Some(live + deleted);
+            total = Some(if counted {
+                let deleted = state.tombstones_of(account.as_ref());
+                state.live_tokens_of(account.as_ref()) + deleted as usize
+            } else {
+                let live = state.tokens_after(account.as_ref(), None);
+                live.filter(|t| matches(t)).count() + deleted
+            });
         } else if filter.is_empty() {
             // The live tokens of the scope are counted already: no scan of
             // a million tokens for every page.

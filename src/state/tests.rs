@@ -183,6 +183,43 @@ fn restore_builds_what_apply_built() {
 }
 
 #[test]
+fn tombstones_are_counted_by_account_as_applied_and_as_restored() {
+    let mut w = World::default();
+    let acme = w.account(AccountType::Client, &["billing"]);
+    let other = w.account(AccountType::Operations, &[]);
+    let (a, _) = w.token(&acme, &[]);
+    let (b, _) = w.token(&acme, &[]);
+    let (c, _) = w.token(&other, &[]);
+    w.token(&other, &[]);
+    for id in [&a, &b, &c] {
+        w.delete_token(id);
+    }
+    let s = &w.state;
+    let counts = |s: &State| [Some(&acme), Some(&other), None].map(|a| s.tombstones_of(a));
+    assert_eq!(counts(s), [2, 1, 3]);
+    // From the tombstones themselves (etcd's load), or from stored counts
+    // (sled's): the same.
+    let live = || {
+        s.tokens_after(None, None)
+            .map(|t| ((**t).clone(), s.secret_of(&t.id).copied()))
+    };
+    let accounts = || s.accounts_after(None).map(|a| (**a).clone());
+    let from_tombstones = State::restore(
+        s.revision(),
+        accounts(),
+        live().chain(w.tombstones().into_iter().map(|t| (t, None))),
+        s.issued.clone(),
+    );
+    assert_eq!(counts(&from_tombstones), [2, 1, 3]);
+    let mut r = Restore::new(s.issued.clone());
+    accounts().for_each(|a| r.account(a));
+    live().for_each(|(t, h)| r.token(t, h));
+    r.tombstones(acme.clone(), 2);
+    r.tombstones(other.clone(), 1);
+    assert_eq!(counts(&r.finish(s.revision())), [2, 1, 3]);
+}
+
+#[test]
 fn tokens_and_accounts_list_in_id_order_after_a_cursor() {
     let mut w = World::default();
     let acme = w.account(AccountType::Client, &[]);

@@ -26,6 +26,7 @@ pub use self::sled::synthetic::add_old_tombstones;
 pub use self::sled::{SledConfig, SledStore};
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -175,21 +176,26 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Hands every tombstone of `account` (or of all) to `each`, in id order,
-/// read from the store a page at a time: for `show_deleted` lists and
-/// snapshots. Memory holds one page; the time grows with the tombstones.
+/// Hands the tombstones of `account` (or of all) after `after` to `each`,
+/// in id order, until it breaks: read from the store a page at a time, for
+/// `show_deleted` lists and snapshots. Memory holds one page; the time
+/// grows with the tombstones handed over.
 pub async fn scan_tombstones(
     store: &dyn Store,
     account: Option<&AccountId>,
-    mut each: impl FnMut(Token),
+    mut after: Option<TokenId>,
+    mut each: impl FnMut(Token) -> ControlFlow<()>,
 ) -> Result<(), Error> {
     const PAGE: usize = 1_000;
-    let mut after: Option<TokenId> = None;
     loop {
         let page = store.tombstones(account, after.as_ref(), PAGE).await?;
         let done = page.len() < PAGE;
         after = page.last().map(|t| t.id.clone());
-        page.into_iter().for_each(&mut each);
+        for t in page {
+            if each(t).is_break() {
+                return Ok(());
+            }
+        }
         if done {
             return Ok(());
         }

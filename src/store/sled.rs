@@ -165,7 +165,8 @@ impl SledStore {
             // Version 4 shrank old tombstones in place (read as they are,
             // and packed by the shrinker's next pass). Version 5 did not
             // compress its packs (read as they are, and compressed when
-            // next rewritten). Each step can run again after a crash; the
+            // next rewritten). Before version 6, tombstones were not
+            // counted by account (counted here, once). Each step can run again after a crash; the
             // new marker, last, keeps an older tokend from opening it.
             Some(f)
                 if [
@@ -185,13 +186,15 @@ impl SledStore {
                     let moved = layout::split_tombstones(&tree)?;
                     tracing::info!(moved, "tombstones moved apart from the live tokens");
                 }
+                let counted = tombstones::count_all(&tree, layout::revision(&tree)?)?;
+                tracing::info!(counted, "tombstones counted by account");
                 tree.insert(K_FORMAT, SLED_FORMAT)
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 db.flush()
                     .map_err(|e| io_error("migrating the format marker", e))?;
                 tracing::info!(
                     from = %String::from_utf8_lossy(&f),
-                    "data dir migrated to format 6 (old tombstones' packs compressed as the shrinker rewrites them)"
+                    "data dir migrated to format 6 (tombstones counted; old ones' packs compressed as the shrinker rewrites them)"
                 );
             }
             Some(f) => {

@@ -94,8 +94,10 @@ pub struct OldTombstones {
     pub footprint: Footprint,
     pub written_in: Duration,
     pub get: Latency,
-    /// One unscoped first page of `ListTokens` with `show_deleted`.
+    /// One unscoped first page of `ListTokens` with `show_deleted`, and
+    /// one with a filter.
     pub deleted_list: Duration,
+    pub deleted_list_filtered: Duration,
 }
 
 pub struct Scale {
@@ -306,8 +308,8 @@ async fn serve_with_old_tombstones(
     };
     let ids: Vec<String> = lines.map(String::from).collect();
     eprintln!("scale: {count} old tombstones written in {written_in:?}");
-    // A `show_deleted` page reads every tombstone: more than the default
-    // 30 s must not end the run.
+    // A filtered `show_deleted` page reads every tombstone: more than the
+    // default 30 s must not end the run.
     let old = Tokend::start(copy, &["--request-timeout", "10m"]).await;
     let footprint = old.footprint().await;
     let mut c = old.clients(1).await.remove(0);
@@ -324,19 +326,28 @@ async fn serve_with_old_tombstones(
         gets.push(micros(at.elapsed()));
         assert_eq!(got.into_inner().status, pb::TokenStatus::Deleted as i32);
     }
-    // A `show_deleted` first page counts every match for `total_size`.
-    let at = Instant::now();
-    let page = c
-        .list_tokens(pb::ListTokensRequest {
-            page_size: PAGE,
-            show_deleted: true,
-            ..Default::default()
-        })
-        .await
-        .expect("list with show_deleted")
-        .into_inner();
-    let deleted_list = at.elapsed();
-    assert!(page.total_size as u64 >= count, "every tombstone counted");
+    // First pages with `show_deleted`: unfiltered, `total_size` is
+    // counted; filtered, every tombstone is matched.
+    let mut deleted_lists = Vec::new();
+    for filter in ["", "name = \"old 1\""] {
+        let at = Instant::now();
+        let page = c
+            .list_tokens(pb::ListTokensRequest {
+                page_size: PAGE,
+                show_deleted: true,
+                filter: filter.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list with show_deleted")
+            .into_inner();
+        deleted_lists.push(at.elapsed());
+        let want = if filter.is_empty() { count } else { 1 };
+        assert!(
+            page.total_size as u64 >= want,
+            "{filter:?}: every match counted"
+        );
+    }
     old.server.stop().await;
     std::fs::remove_dir_all(copy).expect("remove the copy");
     Ok(OldTombstones {
@@ -344,7 +355,8 @@ async fn serve_with_old_tombstones(
         footprint,
         written_in,
         get: latency(gets),
-        deleted_list,
+        deleted_list: deleted_lists[0],
+        deleted_list_filtered: deleted_lists[1],
     })
 }
 

@@ -270,7 +270,7 @@ pub(super) fn replay(
                 _ => None,
             };
             let mut record = Writes::default();
-            layout::write_change(&mut record, &change, kept.as_ref());
+            layout::write_change(&mut record, &change, kept.as_ref(), e.revision);
             record
                 .apply(tree)
                 .map_err(|e| io_error("replaying the write-ahead log", e))?;

@@ -250,13 +250,14 @@ impl Writer {
             .map(|e| record::encode::<EventRecord>(e))
             .collect();
         let mut writes = Writes::default();
-        for change in changes {
+        // One event per change, in the same order.
+        for (change, event) in changes.iter().zip(events) {
             // After `with_kept_secret`, only Set leaves a token live.
             let secret = match &change.secret {
                 SecretOp::Set(h) => Some(h),
                 SecretOp::Keep | SecretOp::Erase(_) => None,
             };
-            layout::write_change(&mut writes, change, secret);
+            layout::write_change(&mut writes, change, secret, event.revision);
         }
         for (id, at) in access {
             writes.insert(layout::access_key(id), record::encode::<TimeRecord>(at));

@@ -28,6 +28,11 @@
 //!                          same. No secret hash: a deleted token's is
 //!                          nowhere in sled
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
+//!   `c/<ACC-id>`         → the account's tombstones: `[u64 BE count][u64 BE
+//!                          revision of the last deletion counted]`, so that
+//!                          a `show_deleted` list's `total_size` reads no
+//!                          tombstone, and a replayed deletion is not
+//!                          counted twice
 //!
 //! One key per commit, not per event: a sled insert or remove costs ~10 µs
 //! whatever its size, and a commit of 30 deletes then writes one event key
@@ -61,6 +66,7 @@ pub(super) const P_EVENT: &[u8] = b"e/";
 const P_ACCESS: &[u8] = b"l/";
 const P_TOMBSTONE: &[u8] = b"d/";
 const P_ISSUED: &[u8] = b"u/";
+const P_COUNT: &[u8] = b"c/";
 /// Token numbers per `u/` key.
 pub(super) const ISSUED_CHUNK: u32 = 4096;
 
@@ -86,6 +92,24 @@ fn issued_key(n: u32) -> (Vec<u8>, u32) {
         key(P_ISSUED, &(n / ISSUED_CHUNK).to_be_bytes()),
         n % ISSUED_CHUNK,
     )
+}
+
+pub(super) fn count_key(id: &AccountId) -> Vec<u8> {
+    key(P_COUNT, id.as_str().as_bytes())
+}
+
+/// A `c/` value: `count` tombstones, the last counted at `revision`.
+pub(super) fn count_value(count: u64, revision: Revision) -> Vec<u8> {
+    [count.to_be_bytes(), revision.to_be_bytes()].concat()
+}
+
+/// A `c/` value read back: the count, and the revision of its last one.
+pub(super) fn decode_count(v: &[u8]) -> Result<(u64, Revision), Error> {
+    let field = |at: usize| v.get(at..at + 8).and_then(|b| b.try_into().ok());
+    match (field(0), field(8), v.len()) {
+        (Some(c), Some(r), 16) => Ok((u64::from_be_bytes(c), u64::from_be_bytes(r))),
+        _ => Err(corrupt("tombstone count", format!("{} bytes", v.len()))),
+    }
 }
 
 pub(super) fn access_key(id: &TokenId) -> Vec<u8> {
@@ -118,6 +142,9 @@ enum Write {
     Remove,
     /// Sets one bit of a `u/` value (created as zeros when missing).
     SetBit(u32),
+    /// Counts one more tombstone in a `c/` value, deleted at this revision:
+    /// once, however often the log replays it.
+    Count(Revision),
 }
 
 impl Writes {
@@ -133,6 +160,11 @@ impl Writes {
     pub(super) fn mark_issued(&mut self, n: u32) {
         let (key, bit) = issued_key(n);
         self.0.push((key, Write::SetBit(bit)));
+    }
+
+    /// Counts the tombstone of a token of `account` deleted at `revision`.
+    pub(super) fn count_tombstone(&mut self, account: &AccountId, revision: Revision) {
+        self.0.push((count_key(account), Write::Count(revision)));
     }
 
     pub(super) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
@@ -158,6 +190,17 @@ impl Writes {
                         v.resize(v.len().max(ISSUED_CHUNK as usize / 8), 0);
                         v[byte] |= mask;
                         tree.insert(key, v)?;
+                    }
+                }
+                Write::Count(revision) => {
+                    // Like a bit: one thread writes `c/`. A value that does
+                    // not read is left for the restore to refuse.
+                    let old = match tree.get(&key)? {
+                        None => Some((0, 0)),
+                        Some(v) => decode_count(&v).ok(),
+                    };
+                    if let Some((count, _)) = old.filter(|&(_, last)| last < revision) {
+                        tree.insert(key, count_value(count + 1, revision))?;
                     }
                 }
             }
@@ -191,11 +234,22 @@ pub(super) fn decode_token_value(v: &[u8]) -> Result<(Token, Option<SecretHash>)
     Ok((decode::<TokenRecord>("token", record)?, secret))
 }
 
-/// Adds what `change` writes: its record, holding the token's secret hash
-/// after the change (`secret`). Its event goes with the commit's others
-/// ([`EventLog::append`]).
-pub(super) fn write_change(batch: &mut Writes, change: &Change, secret: Option<&SecretHash>) {
+/// Adds what `change`, committed at `revision`, writes: its record,
+/// holding the token's secret hash after the change (`secret`), and for a
+/// deletion, its account's tombstone count. Its event goes with the
+/// commit's others ([`EventLog::append`]).
+pub(super) fn write_change(
+    batch: &mut Writes,
+    change: &Change,
+    secret: Option<&SecretHash>,
+    revision: Revision,
+) {
     match &change.subject {
+        // A tombstone never changes: a change that writes one deletes.
+        Subject::Token(t) if t.is_deleted() => {
+            write_token(batch, t, secret, change.kind == EventKind::Created);
+            batch.count_tombstone(&t.account_id, revision);
+        }
         Subject::Token(t) => write_token(batch, t, secret, change.kind == EventKind::Created),
         Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
     }
@@ -330,6 +384,20 @@ pub(super) fn account_ids(tree: &sled::Tree) -> Result<Vec<AccountId>, Error> {
                 .ok_or_else(|| corrupt("account key", format!("{k:?}")))
         })
         .collect()
+}
+
+/// Sets each account's tombstone count, as of `revision`: what a
+/// migration or a restore found (a commit counts its own through
+/// [`Writes::count_tombstone`]).
+pub(super) fn set_tombstone_counts(
+    tree: &sled::Tree,
+    counts: &std::collections::BTreeMap<AccountId, u64>,
+    revision: Revision,
+) -> sled::Result<()> {
+    for (account, count) in counts {
+        tree.insert(count_key(account), count_value(*count, revision))?;
+    }
+    Ok(())
 }
 
 /// Marks every number of `issued` in `u/`, one write per chunk of 4,096
@@ -546,8 +614,8 @@ fn each_record(
 }
 
 /// Every account and live token, the secret index, the issued token
-/// numbers and the last-access times, as the state at the last committed
-/// revision. Tombstones stay on disk.
+/// numbers, each account's tombstone count and the last-access times, as
+/// the state at the last committed revision. Tombstones stay on disk.
 pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
     let revision = revision(tree)?;
     let mut issued = IdSet::default();
@@ -578,6 +646,12 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
         let (t, secret) = decode_token_value(v)?;
         state.token(t, secret);
         read += v.len() as u64;
+        Ok(())
+    })?;
+    each_record(tree, P_COUNT, |k, v| {
+        let id = AccountId::parse(&String::from_utf8_lossy(k))
+            .map_err(|e| corrupt("tombstone count", e))?;
+        state.tombstones(id, decode_count(v)?.0);
         Ok(())
     })?;
     let mut access = Vec::new();

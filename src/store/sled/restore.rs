@@ -13,7 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use super::layout::{
-    K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, write_issued, write_token,
+    K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts, write_issued,
+    write_token,
 };
 use super::{SledStore, io_error, sync_names};
 use crate::error::Error;
@@ -88,6 +89,11 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
         writes.apply(&tree).map_err(failed)?;
     }
     write_issued(&tree, s.tokens.iter().map(|t| t.id.number())).map_err(failed)?;
+    let mut counts = std::collections::BTreeMap::new();
+    for t in s.tokens.iter().filter(|t| t.is_deleted()) {
+        *counts.entry(t.account_id.clone()).or_default() += 1;
+    }
+    set_tombstone_counts(&tree, &counts, s.revision).map_err(failed)?;
     tree.insert(K_PAGE_KEY, &s.page_key[..]).map_err(failed)?;
     tree.insert(K_REVISION, &s.revision.to_be_bytes()[..])
         .map_err(failed)?;

@@ -16,13 +16,14 @@
 //! (sled's lock refuses it), write a live token, or reuse an issued
 //! number: numbers are marked issued before their tombstones are written.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::layout::{self, K_FORMAT};
 use super::tombstones::{self, Old};
 use super::{corrupt, io_error, open_sled};
-use crate::domain::{Actor, Audit, AuditEntry, Token, TokenId, TokenStatus};
+use crate::domain::{AccountId, Actor, Audit, AuditEntry, Token, TokenId, TokenStatus};
 use crate::error::Error;
 use crate::state::TOKEN_ID_SPACE;
 use crate::store::record::{self, SLED_FORMAT};
@@ -62,6 +63,7 @@ pub fn add_old_tombstones(
     let year_ago = SystemTime::now() - Duration::from_secs(365 * 86_400);
     let by = Actor("TKN-0000-0001".into());
     let failed = |e| io_error("writing tombstones", e);
+    let mut added: BTreeMap<AccountId, u64> = BTreeMap::new();
     let (mut written, mut chunk) = (0u64, 0u32);
     while written < n && chunk < TOKEN_ID_SPACE.div_ceil(layout::ISSUED_CHUNK) {
         let mut old = Vec::new();
@@ -97,6 +99,7 @@ pub fn add_old_tombstones(
                 if written.is_multiple_of(stride) {
                     sampled.push(t.id.clone());
                 }
+                *added.entry(t.account_id.clone()).or_default() += 1;
                 old.push(Old {
                     shrunk: record::encode_shrunk(&t).expect("a deleted token"),
                     id: t.id,
@@ -108,6 +111,17 @@ pub fn add_old_tombstones(
         }
         layout::write_issued(&tree, old.iter().map(|o| o.id.number())).map_err(failed)?;
         tombstones::pack(&tree, old)?;
+    }
+    // Counted as if deleted before the counts' last revision: a replay of
+    // the log counts what it counted before.
+    for (account, n) in added {
+        let key = layout::count_key(&account);
+        let (count, last) = match tree.get(&key).map_err(failed)? {
+            Some(v) => layout::decode_count(&v)?,
+            None => (0, 0),
+        };
+        tree.insert(key, layout::count_value(count + n, last))
+            .map_err(failed)?;
     }
     db.flush().map_err(failed)?;
     Ok((written, sampled))

@@ -43,7 +43,8 @@ use std::collections::BTreeMap;
 
 use super::io_error;
 use super::layout::{
-    decode_tombstone, shrunk_in_place, tombstone_id, tombstone_key, tombstone_range,
+    decode_tombstone, set_tombstone_counts, shrunk_in_place, tombstone_id, tombstone_key,
+    tombstone_range,
 };
 use crate::domain::{AccountId, Token, TokenId};
 use crate::error::Error;
@@ -263,6 +264,29 @@ pub(super) fn list(
         }
     }
     Ok(out)
+}
+
+/// Counts every tombstone, by account, and writes the counts as of
+/// `revision` (the store's): for a data dir of a format that did not count
+/// them. Returns how many it counted.
+pub(super) fn count_all(tree: &sled::Tree, revision: u64) -> Result<u64, Error> {
+    const PAGE: usize = 10_000;
+    let mut counts = BTreeMap::new();
+    let (mut after, mut total) = (None, 0);
+    loop {
+        let page = list(tree, None, after.as_ref(), PAGE)?;
+        for t in &page {
+            *counts.entry(t.account_id.clone()).or_default() += 1;
+        }
+        total += page.len() as u64;
+        match page.last() {
+            Some(t) if page.len() == PAGE => after = Some(t.id.clone()),
+            _ => break,
+        }
+    }
+    set_tombstone_counts(tree, &counts, revision)
+        .map_err(|e| io_error("counting tombstones", e))?;
+    Ok(total)
 }
 
 fn pack_range_end() -> Vec<u8> {

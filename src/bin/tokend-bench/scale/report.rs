@@ -320,13 +320,15 @@ pub fn render(s: &Scale, machine: &str, etcd_version: &str) -> String {
              numbers never issued, so their packs are denser than those of tokens issued \
              at random numbers (the row above of tombstones made through the API shows \
              those). `GetToken` with `show_deleted` of {} of them, spread over all, one \
-             at a time: {}; the first page of an unscoped `ListTokens` with \
-             `show_deleted`, which reads every tombstone to count them for `total_size`: \
+             at a time: {}. The first page of an unscoped `ListTokens` with \
+             `show_deleted` (`total_size` from the counts tokend keeps): {}; the same with \
+             a filter (`name = \"old 1\"`, matched on every tombstone for `total_size`): \
              {}. ",
             o.written_in.as_secs_f64(),
             Thousands(super::OLD_GETS as usize),
             ms(&o.get),
             time(o.deleted_list),
+            time(o.deleted_list_filtered),
         ),
         Err(why) => write!(
             w,
