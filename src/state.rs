@@ -7,8 +7,9 @@
 //!
 //! Memory follows live tokens, not history: a deleted token leaves every
 //! index here, and only its number stays, one bit in [`IdSet`], so that it
-//! is never issued again. Tombstones are read from the store
-//! ([`crate::store::Store::tombstone`]).
+//! is never issued again, and a count per account, so that a
+//! `show_deleted` list's total reads no tombstone. Tombstones are read
+//! from the store ([`crate::store::Store::tombstone`]).
 //!
 //! A [`Change`] is the unit of history: [`crate::command::plan`] produces it,
 //! the store persists it, and [`State::apply`] folds it in. The state must

@@ -208,11 +208,13 @@ async fn a_deleted_token_is_gone_for_good() {
 
 /// A `show_deleted` list counts tombstones per account (without a
 /// filter, from counts the store keeps; with one, by matching each), and
-/// pages through them with the live tokens in id order.
+/// pages through them with the live tokens in id order: as the deletions
+/// are applied, and as a restart reads the counts back.
 #[tokio::test]
 async fn show_deleted_counts_tombstones_per_account_with_and_without_a_filter() {
     let s = TestServer::start().await;
-    let (a, b) = (
+    let (a, b, none) = (
+        create_account(&s, ALL_MODULES).await,
         create_account(&s, ALL_MODULES).await,
         create_account(&s, ALL_MODULES).await,
     );
@@ -221,11 +223,17 @@ async fn show_deleted_counts_tombstones_per_account_with_and_without_a_filter() 
     for (acc, name) in [(&a, "a1"), (&a, "a2"), (&a, "a3"), (&b, "b1"), (&b, "b2")] {
         made.push(create_token(&mut c, &acc.id, name).await.0);
     }
+    create_token(&mut c, &none.id, "n1").await;
     for t in [&made[0], &made[2], &made[3]] {
         delete(&mut c, &t.id).await.unwrap();
     }
+    check_counts(&mut c, [&a.id, &b.id, &none.id]).await;
     let s = s.restart().await;
-    let mut c = s.tokens().await;
+    check_counts(&mut s.tokens().await, [&a.id, &b.id, &none.id]).await;
+}
+
+/// Accounts `a` (a1, a3 deleted, a2), `b` (b1 deleted, b2) and `n` (n1).
+async fn check_counts(c: &mut Tokens, [a, b, n]: [&String; 3]) {
     let list = |account: &str, filter: &str, size: i32| pb::ListTokensRequest {
         account_id: account.into(),
         filter: filter.into(),
@@ -250,25 +258,32 @@ async fn show_deleted_counts_tombstones_per_account_with_and_without_a_filter() 
             r.page_token = page.next_page_token;
         }
     };
-    let (ids, totals) = pages(list(&a.id, "", 1)).await;
-    assert_eq!(ids, ["a1", "a2", "a3"]);
-    assert_eq!(totals, [3, 3, 3]);
-    let (ids, totals) = pages(list(&b.id, "", 10)).await;
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        (ids, totals),
-        (vec!["b1".to_string(), "b2".into()], vec![2])
+        pages(list(a, "", 1)).await,
+        (names(&["a1", "a2", "a3"]), vec![3; 3])
     );
-    let (ids, totals) = pages(list(&a.id, "status = DELETED", 1)).await;
     assert_eq!(
-        (ids, totals),
-        (vec!["a1".to_string(), "a3".into()], vec![2, 2])
+        pages(list(a, "", 10)).await,
+        (names(&["a1", "a2", "a3"]), vec![3])
     );
-    let (ids, totals) = pages(list(&a.id, "name = \"a3\"", 10)).await;
-    assert_eq!((ids, totals), (vec!["a3".to_string()], vec![1]));
-    // Unscoped: both accounts' and the operator's own token.
-    let (ids, totals) = pages(list("", "", 2)).await;
-    assert_eq!(ids.len(), 6);
-    assert!(totals.iter().all(|&t| t == 6), "{totals:?}");
+    assert_eq!(
+        pages(list(b, "", 10)).await,
+        (names(&["b1", "b2"]), vec![2])
+    );
+    assert_eq!(pages(list(n, "", 10)).await, (names(&["n1"]), vec![1]));
+    let deleted = "status = DELETED";
+    assert_eq!(
+        pages(list(a, deleted, 1)).await,
+        (names(&["a1", "a3"]), vec![2, 2])
+    );
+    assert_eq!(pages(list(n, deleted, 1)).await, (names(&[]), vec![0]));
+    let a3 = "name = \"a3\"";
+    assert_eq!(pages(list(a, a3, 10)).await, (names(&["a3"]), vec![1]));
+    // Unscoped: the three accounts' and the operator's own token.
+    let (all, totals) = pages(list("", "", 2)).await;
+    assert_eq!(all.len(), 7);
+    assert!(totals.iter().all(|&t| t == 7), "{totals:?}");
 }
 
 /// §2.4: etag mismatch → ABORTED and nothing changes; validate_only changes

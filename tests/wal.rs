@@ -188,21 +188,15 @@ async fn sled_flushed_ahead_of_a_log_truncation_keeps_every_acknowledged_write()
     }
 }
 
-#[tokio::test]
-async fn a_replay_over_a_flushed_store_counts_no_tombstone_twice() {
-    if sled_only("the embedded store's write-ahead log") {
-        return;
-    }
-    let (tmp, account) = prepared().await;
-    // As above, with deletions: sled holds their tombstones and counts
-    // when the process dies, and the log replays them all at open.
-    let p = start(tmp.path(), "sled-checkpoint-flushed=1*off->return").await;
+/// Creates and deletes tokens, one pair at a time, until the server dies
+/// (a fail point). Returns how many deletions were answered.
+async fn churn_until_dead(p: &Process, account: &str) -> usize {
     let mut c = p.tokens().await;
     let mut deleted = 0;
     for i in 0..200 {
         let made = c
             .create_token(pb::CreateTokenRequest {
-                account_id: account.clone(),
+                account_id: account.into(),
                 name: format!("t{i}"),
                 modules: vec!["commerce".into()],
                 ..Default::default()
@@ -218,18 +212,20 @@ async fn a_replay_over_a_flushed_store_counts_no_tombstone_twice() {
         deleted += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(deleted < 200, "the checkpoint never ran");
-    drop(p);
-    assert!(segments(tmp.path()).len() >= 2);
+    assert!(deleted < 200, "the fail point never fired");
+    deleted
+}
 
-    // `total_size` comes from the counts; the pages, from the tombstones.
-    let p = spawn_tokend(tmp.path(), &[]).await;
+/// Lists `account` with `show_deleted`, seven to a page: how many are
+/// listed, and the `total_size` of the last page.
+async fn listed_and_total(dir: &Path, account: &str) -> (usize, usize) {
+    let p = spawn_tokend(dir, &[]).await;
     let mut c = p.tokens().await;
     let (mut listed, mut page_token) = (0, String::new());
-    let total = loop {
+    loop {
         let r = c
             .list_tokens(pb::ListTokensRequest {
-                account_id: account.clone(),
+                account_id: account.into(),
                 page_size: 7,
                 page_token,
                 show_deleted: true,
@@ -240,15 +236,70 @@ async fn a_replay_over_a_flushed_store_counts_no_tombstone_twice() {
             .into_inner();
         listed += r.tokens.len();
         if r.next_page_token.is_empty() {
-            break r.total_size as usize;
+            return (listed, r.total_size as usize);
         }
         page_token = r.next_page_token;
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_replay_over_a_flushed_store_counts_no_tombstone_twice() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    // As above, with deletions: sled holds their tombstones and counts
+    // when the process dies, and the log replays them all at open.
+    let p = start(tmp.path(), "sled-checkpoint-flushed=1*off->return").await;
+    let deleted = churn_until_dead(&p, &account).await;
+    drop(p);
+    assert!(segments(tmp.path()).len() >= 2);
+
+    // `total_size` comes from the counts; the pages, from the tombstones.
+    let (listed, total) = listed_and_total(tmp.path(), &account).await;
     assert_eq!(total, listed, "counted once each");
     // Every answered deletion, perhaps the one in flight, and its token.
     assert!(
         (deleted..=deleted + 1).contains(&listed),
         "{listed} of {deleted}"
+    );
+}
+
+#[tokio::test]
+async fn a_migration_counts_tombstones_after_the_replay() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let p = start(tmp.path(), "sled-checkpoint-flushed=1*off->return").await;
+    churn_until_dead(&p, &account).await;
+    drop(p);
+    // As a format-6 tokend killed there could leave it: no counts, and
+    // sled holding the tombstones of its last commits but not its revision
+    // counter's move past them. The log replays those commits.
+    {
+        let db = sled::open(tmp.path().join("db")).unwrap();
+        let tree = db.open_tree("tokend").unwrap();
+        tree.insert("m/format", "tokend-sled-6").unwrap();
+        for key in tree.scan_prefix("c/").keys() {
+            tree.remove(key.unwrap()).unwrap();
+        }
+        let head = u64::from_be_bytes(
+            tree.get("m/revision").unwrap().unwrap()[..]
+                .try_into()
+                .unwrap(),
+        );
+        tree.insert("m/revision", &(head - 4).to_be_bytes()[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (listed, total) = listed_and_total(tmp.path(), &account).await;
+    assert_eq!(total, listed, "counted once each");
+    let db = sled::open(tmp.path().join("db")).unwrap();
+    let tree = db.open_tree("tokend").unwrap();
+    assert_eq!(
+        tree.get("m/format").unwrap().as_deref(),
+        Some(&b"tokend-sled-7"[..])
     );
 }
 

@@ -65,7 +65,7 @@ pub async fn save(store: &dyn Store) -> Result<ChunkStream, Error> {
     // the state had not issued yet (created and deleted since): the file is
     // the state at its revision, exactly.
     let mut tombstones = Vec::new();
-    crate::store::scan_tombstones(store, None, None, |t| {
+    crate::store::scan_tombstones(store, None, None, 1_000, |t| {
         if state.token(&t.id).is_none() && state.token_id_taken(&t.id) {
             tombstones.push(t);
         }

@@ -251,26 +251,36 @@ impl TokenService for Service {
                 .map(|s| s.parse::<TokenId>())
                 .transpose()?;
             let counted = filter.is_empty();
-            // Counted: from the page token on. Else every match, to count.
-            let from = if counted { after.clone() } else { None };
+            let in_scope = state.tombstones_of(account.as_ref());
+            // Counted: from the page token on, a page's worth at a time,
+            // until the page is full (or, from the start, until every
+            // tombstone of the scope is seen). Else every match, to count.
+            let (from, batch) = if counted {
+                (after.clone(), size + 1)
+            } else {
+                (None, usize::MAX)
+            };
             let mut deleted = 0;
-            crate::store::scan_tombstones(&*self.store, account.as_ref(), from, |t| {
-                if state.token(&t.id).is_some() || !state.token_id_taken(&t.id) || !matches(&t) {
-                    return ControlFlow::Continue(());
-                }
-                deleted += 1;
-                if tombstones.len() <= size && after.as_ref().is_none_or(|a| t.id > *a) {
-                    tombstones.push(std::sync::Arc::new(t));
-                }
-                if counted && tombstones.len() > size {
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            })
-            .await?;
+            if !(counted && in_scope == 0) {
+                crate::store::scan_tombstones(&*self.store, account.as_ref(), from, batch, |t| {
+                    if state.token(&t.id).is_some() || !state.token_id_taken(&t.id) || !matches(&t)
+                    {
+                        return ControlFlow::Continue(());
+                    }
+                    deleted += 1;
+                    if tombstones.len() <= size && after.as_ref().is_none_or(|a| t.id > *a) {
+                        tombstones.push(std::sync::Arc::new(t));
+                    }
+                    let all_seen = after.is_none() && deleted as u64 >= in_scope;
+                    if counted && (tombstones.len() > size || all_seen) {
+                        return ControlFlow::Break(());
+                    }
+                    ControlFlow::Continue(())
+                })
+                .await?;
+            }
             total = Some(if counted {
-                let deleted = state.tombstones_of(account.as_ref());
-                state.live_tokens_of(account.as_ref()) + deleted as usize
+                state.live_tokens_of(account.as_ref()) + in_scope as usize
             } else {
                 let live = state.tokens_after(account.as_ref(), None);
                 live.filter(|t| matches(t)).count() + deleted

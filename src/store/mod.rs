@@ -177,19 +177,21 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Hands the tombstones of `account` (or of all) after `after` to `each`,
-/// in id order, until it breaks: read from the store a page at a time, for
-/// `show_deleted` lists and snapshots. Memory holds one page; the time
-/// grows with the tombstones handed over.
+/// in id order, until it breaks: read from the store `page` at a time (at
+/// most 1,000), for `show_deleted` lists and snapshots. Memory holds one
+/// page; the time grows with the tombstones read, which for one account
+/// means every account's from `after` on (none is indexed by account).
 pub async fn scan_tombstones(
     store: &dyn Store,
     account: Option<&AccountId>,
     mut after: Option<TokenId>,
+    page: usize,
     mut each: impl FnMut(Token) -> ControlFlow<()>,
 ) -> Result<(), Error> {
-    const PAGE: usize = 1_000;
+    let size = page.clamp(1, 1_000);
     loop {
-        let page = store.tombstones(account, after.as_ref(), PAGE).await?;
-        let done = page.len() < PAGE;
+        let page = store.tombstones(account, after.as_ref(), size).await?;
+        let done = page.len() < size;
         after = page.last().map(|t| t.id.clone());
         for t in page {
             if each(t).is_break() {

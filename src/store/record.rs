@@ -35,12 +35,14 @@ use crate::domain::{
 /// ones shrunk ([`ShrunkRecord`]), and the issued token numbers as bits,
 /// which a version-3 tokend would not read; version 5 moves old tombstones
 /// into packs (`sled/tombstones.rs`), which a version-4 tokend would not
-/// see; version 6 compresses those packs and counts each account's
-/// tombstones, which a version-5 tokend would neither read nor keep
-/// counting. The etcd keyspace keeps no marker; its records are version 1.
-pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-6";
-/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker (its
-/// packs are compressed as the shrinker next rewrites them).
+/// see; version 6 compresses those packs, which a version-5 tokend would
+/// not read; version 7 counts each account's tombstones (`c/`), which a
+/// version-6 tokend would not keep counting. Every migration counts them.
+/// The etcd keyspace keeps no marker; its records are version 1.
+pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-7";
+/// Opened and migrated to [`SLED_FORMAT`] by counting its tombstones.
+pub(super) const SLED_FORMAT_V6: &[u8] = b"tokend-sled-6";
+/// Likewise (its packs are compressed as the shrinker next rewrites them).
 pub(super) const SLED_FORMAT_V5: &[u8] = b"tokend-sled-5";
 /// Opened and migrated to [`SLED_FORMAT`] by writing the new marker (its
 /// old tombstones are packed by the next pass of the shrinker).

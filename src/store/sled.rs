@@ -29,6 +29,7 @@ use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 use self::wal::Wal;
 use super::record::{
     SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
+    SLED_FORMAT_V6,
 };
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
@@ -155,6 +156,8 @@ impl SledStore {
         // Holding sled's lock on `db/`: no compaction is running.
         compact::discard_unfinished(&config.data_dir)?;
 
+        // The format this data dir is migrated from, if it is older.
+        let mut migrating = None;
         match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
             Some(f) if f.as_ref() == SLED_FORMAT => {}
             // Version 1 had no log: sled holds everything. Version 2 kept
@@ -165,9 +168,12 @@ impl SledStore {
             // Version 4 shrank old tombstones in place (read as they are,
             // and packed by the shrinker's next pass). Version 5 did not
             // compress its packs (read as they are, and compressed when
-            // next rewritten). Before version 6, tombstones were not
-            // counted by account (counted here, once). Each step can run again after a crash; the
-            // new marker, last, keeps an older tokend from opening it.
+            // next rewritten). Before version 7, tombstones were not
+            // counted by account: counted once the log is replayed (below),
+            // since a killed tokend can leave sled holding tombstones past
+            // its revision counter, which the replay would count again.
+            // Each step can run again after a crash; the new marker, last,
+            // keeps an older tokend from opening it.
             Some(f)
                 if [
                     SLED_FORMAT_V1,
@@ -175,6 +181,7 @@ impl SledStore {
                     SLED_FORMAT_V3,
                     SLED_FORMAT_V4,
                     SLED_FORMAT_V5,
+                    SLED_FORMAT_V6,
                 ]
                 .contains(&f.as_ref()) =>
             {
@@ -186,16 +193,7 @@ impl SledStore {
                     let moved = layout::split_tombstones(&tree)?;
                     tracing::info!(moved, "tombstones moved apart from the live tokens");
                 }
-                let counted = tombstones::count_all(&tree, layout::revision(&tree)?)?;
-                tracing::info!(counted, "tombstones counted by account");
-                tree.insert(K_FORMAT, SLED_FORMAT)
-                    .map_err(|e| io_error("migrating the format marker", e))?;
-                db.flush()
-                    .map_err(|e| io_error("migrating the format marker", e))?;
-                tracing::info!(
-                    from = %String::from_utf8_lossy(&f),
-                    "data dir migrated to format 6 (tombstones counted; old ones' packs compressed as the shrinker rewrites them)"
-                );
+                migrating = Some(f);
             }
             Some(f) => {
                 return Err(corrupt("format marker", String::from_utf8_lossy(&f)));
@@ -228,6 +226,18 @@ impl SledStore {
         })?;
         let retention = config.retention.max(1);
         let (replayed, events) = apply::replay(&tree, logged, retention)?;
+        if let Some(from) = migrating {
+            let counted = tombstones::count_all(&tree, layout::revision(&tree)?)?;
+            tree.insert(K_FORMAT, SLED_FORMAT)
+                .map_err(|e| io_error("migrating the format marker", e))?;
+            db.flush()
+                .map_err(|e| io_error("migrating the format marker", e))?;
+            tracing::info!(
+                from = %String::from_utf8_lossy(&from),
+                counted,
+                "data dir migrated to format 7 (tombstones counted by account; old ones' packs compressed as the shrinker rewrites them)"
+            );
+        }
 
         let (state, access, read) = layout::restore(&tree)?;
         let page_key: [u8; 32] = tree

@@ -44,7 +44,8 @@
 //! whole layout back into a [`State`] at open. It must never apply a
 //! commit's batch itself: only the applier thread and the replay at open do
 //! (`sled/apply.rs`); it writes to sled only to fold an old secret index
-//! at open, before either runs.
+//! at open, before either runs, and to set the tombstone counts a
+//! migration or a restore found.
 
 use std::collections::VecDeque;
 use std::time::SystemTime;
@@ -684,6 +685,37 @@ mod tests {
         let oldest = log.append(&mut writes, first, last, vec![first as u8], 4);
         writes.apply(tree).unwrap();
         oldest
+    }
+
+    #[test]
+    fn a_tombstone_is_counted_once_however_often_its_deletion_is_replayed() {
+        let tree = tree();
+        let (a, b) = (AccountId::from_number(1), AccountId::from_number(2));
+        let count = |tree: &sled::Tree, id: &AccountId| {
+            decode_count(&tree.get(count_key(id)).unwrap().unwrap()).unwrap()
+        };
+        let delete = |account: &AccountId, revision: Revision| {
+            let mut w = Writes::default();
+            w.count_tombstone(account, revision);
+            w.apply(&tree).unwrap();
+        };
+        for revision in [5, 6, 5, 6, 7] {
+            delete(&a, revision);
+        }
+        delete(&b, 6);
+        assert_eq!(count(&tree, &a), (3, 7));
+        assert_eq!(count(&tree, &b), (1, 6));
+        // A migration's or a restore's count sets it, as of a revision.
+        let counts = [(a.clone(), 10)].into_iter().collect();
+        set_tombstone_counts(&tree, &counts, 9).unwrap();
+        delete(&a, 9);
+        delete(&a, 10);
+        assert_eq!(count(&tree, &a), (11, 10));
+        // A value that does not read is left alone, for the restore to refuse.
+        tree.insert(count_key(&b), &b"short"[..]).unwrap();
+        delete(&b, 11);
+        assert_eq!(&*tree.get(count_key(&b)).unwrap().unwrap(), b"short");
+        assert!(decode_count(b"short").is_err());
     }
 
     #[test]
