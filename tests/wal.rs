@@ -46,6 +46,16 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The `i`th token of a test: named `t{i}`.
+fn nth(account: &str, i: usize) -> pb::CreateTokenRequest {
+    pb::CreateTokenRequest {
+        account_id: account.into(),
+        name: format!("t{i}"),
+        modules: vec!["commerce".into()],
+        ..Default::default()
+    }
+}
+
 /// Creates tokens one at a time, named `t0, t1, …`, until `n` are
 /// answered or the server stops answering. Returns the answered ones.
 async fn create_until_dead(
@@ -57,15 +67,7 @@ async fn create_until_dead(
     let mut c = p.tokens().await;
     let mut acked = Vec::new();
     for i in 0..n {
-        let r = c
-            .create_token(pb::CreateTokenRequest {
-                account_id: account.into(),
-                name: format!("t{i}"),
-                modules: vec!["commerce".into()],
-                ..Default::default()
-            })
-            .await;
-        match r {
+        match c.create_token(nth(account, i)).await {
             Ok(r) => acked.push(r.into_inner().token.unwrap()),
             Err(_) => break,
         }
@@ -194,15 +196,9 @@ async fn churn_until_dead(p: &Process, account: &str) -> usize {
     let mut c = p.tokens().await;
     let mut deleted = 0;
     for i in 0..200 {
-        let made = c
-            .create_token(pb::CreateTokenRequest {
-                account_id: account.into(),
-                name: format!("t{i}"),
-                modules: vec!["commerce".into()],
-                ..Default::default()
-            })
-            .await;
-        let Ok(made) = made else { break };
+        let Ok(made) = c.create_token(nth(account, i)).await else {
+            break;
+        };
         if delete(&mut c, &made.into_inner().token.unwrap().id)
             .await
             .is_err()
