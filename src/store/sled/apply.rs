@@ -3,7 +3,9 @@
 //!
 //! A committed batch is durable once the writer (`sled/commit.rs`) has
 //! synced it to the log; sled only has to catch up. The applier thread
-//! takes the writer's batches in commit order, applies them to sled in
+//! takes the writer's batches in commit order (a run of them queued
+//! together as one, so a run's tombstone counts and revision counter are
+//! written once), applies them to sled in
 //! memory and advances the applied revision, which readers of sled's event
 //! log wait for (`SledStore::events`). The writer therefore answers and
 //! publishes without waiting for sled: sled's inserts, node splits and
@@ -109,14 +111,16 @@ fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Wor
     let mut broken = false;
     while let Some(work) = next.take() {
         match work {
-            Work::Batch { writes, mut head } => {
-                let mut result = writes.apply(&inner.tree);
-                // Everything queued behind it too, before readers are told:
-                // one wake-up for a run of batches.
+            Work::Batch {
+                mut writes,
+                mut head,
+            } => {
+                // Everything queued behind it too, as one: one wake-up for
+                // readers, and one count and revision write for the run.
                 loop {
                     match rx.try_recv() {
-                        Ok(Work::Batch { writes, head: h }) => {
-                            result = result.and_then(|()| writes.apply(&inner.tree));
+                        Ok(Work::Batch { writes: w, head: h }) => {
+                            writes.append(w);
                             head = h;
                         }
                         Ok(other) => {
@@ -126,7 +130,7 @@ fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Wor
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
-                if let Err(e) = result {
+                if let Err(e) = writes.apply(&inner.tree) {
                     poison(inner, "applying a batch to sled", &e);
                     broken = true;
                 }

@@ -130,6 +130,7 @@ impl Writer {
         let mut committing: Vec<tracing::Span> = Vec::new();
         let mut persist_access = false;
         let mut close = None;
+        let mut for_sled = None;
         let poisoned = inner.poisoned.load(Ordering::Acquire);
 
         for job in jobs {
@@ -191,7 +192,8 @@ impl Writer {
             let persisted =
                 span.in_scope(|| self.persist(&changes, &events, &access, work.revision()));
             match persisted {
-                Ok(()) => {
+                Ok(writes) => {
+                    for_sled = Some((writes, work.revision()));
                     tracing::debug!(
                         changes = changes.len(),
                         elapsed_us = started.elapsed().as_micros() as u64,
@@ -231,19 +233,32 @@ impl Writer {
             // Revisions here are consecutive: the one before is revision - 1.
             inner.hub.publish(event.revision - 1, event);
         }
+        // sled last: on two cores, a woken applier would take the CPU the
+        // answers and the watchers' wake-ups need.
+        if let Some((writes, head)) = for_sled {
+            self.to_sled(writes, head, changes.is_empty());
+        }
         close
     }
 
-    /// Makes one batch durable in the log, then hands its sled writes to
-    /// the applier. Access times alone (no change) skip the log: sled is
-    /// flushed behind them instead.
+    /// Hands a durable batch's sled writes to the applier; access times
+    /// alone, which skipped the log, are flushed behind them.
+    fn to_sled(&self, writes: Writes, head: Revision, access_only: bool) {
+        self.applier.send(Work::Batch { writes, head });
+        if access_only {
+            self.applier.send(Work::Flush);
+        }
+    }
+
+    /// Makes one batch durable in the log and returns its sled writes.
+    /// Access times alone (no change) skip the log.
     fn persist(
         &mut self,
         changes: &[Change],
         events: &[Arc<Event>],
         access: &[(TokenId, SystemTime)],
         head: Revision,
-    ) -> Result<(), Error> {
+    ) -> Result<Writes, Error> {
         let inner = &self.inner;
         let encoded: Vec<Vec<u8>> = events
             .iter()
@@ -284,11 +299,7 @@ impl Writer {
                 .append(&mut writes, first, head, retained, inner.retention);
             inner.oldest.store(kept, Ordering::Release);
         }
-        self.applier.send(Work::Batch { writes, head });
-        if changes.is_empty() {
-            self.applier.send(Work::Flush);
-        }
-        Ok(())
+        Ok(writes)
     }
 
     /// Closes the log segment and has sled checkpointed, when one is due

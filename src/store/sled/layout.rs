@@ -47,7 +47,7 @@
 //! at open, before either runs, and to set the tombstone counts a
 //! migration or a restore found.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
 use super::{corrupt, io_error};
@@ -129,47 +129,83 @@ pub(super) fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
         .ok_or_else(|| corrupt("event key", format!("{k:?}")))
 }
 
-/// The writes of one commit, applied to sled one by one, in order. Not a
+/// The writes of one commit (or of a run of them, [`Writes::append`]),
+/// applied to sled one by one, in order, tombstone counts first. Not a
 /// `sled::Batch`: sled 0.34 writes out its log buffer twice for every batch
 /// (a write and a thread-pool wake-up each), and atomicity is the
 /// write-ahead log's job here. Every write sets a key to its value after
 /// the commit (or removes it, or sets a bit that stays set), so applying
 /// them again, in log order, is harmless: what replay at open does.
+///
+/// Tombstone counts are summed per account before they are applied: one
+/// read and one write of `c/<ACC-id>` per batch, not per deletion. They go
+/// first so that the revision counter stays the last write.
 #[derive(Default)]
-pub(super) struct Writes(Vec<(Vec<u8>, Write)>);
+pub(super) struct Writes {
+    writes: Vec<(Vec<u8>, Write)>,
+    /// Per account: tombstones to count, and the last one's revision.
+    counts: BTreeMap<AccountId, (u64, Revision)>,
+}
 
 enum Write {
     Put(sled::IVec),
     Remove,
     /// Sets one bit of a `u/` value (created as zeros when missing).
     SetBit(u32),
-    /// Counts one more tombstone in a `c/` value, deleted at this revision:
-    /// once, however often the log replays it.
-    Count(Revision),
+    /// Counts `n` more tombstones in a `c/` value, the last deleted at this
+    /// revision: once, however often the log replays them. Correct for any
+    /// `n` because deletions reach sled in revision order: those counted
+    /// together all come after the value's last.
+    Count(u64, Revision),
 }
 
 impl Writes {
     pub(super) fn insert(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>) {
-        self.0.push((key, Write::Put(value.into())));
+        self.writes.push((key, Write::Put(value.into())));
     }
 
     pub(super) fn remove(&mut self, key: Vec<u8>) {
-        self.0.push((key, Write::Remove));
+        self.writes.push((key, Write::Remove));
     }
 
     /// Records that token number `n` was issued.
     pub(super) fn mark_issued(&mut self, n: u32) {
         let (key, bit) = issued_key(n);
-        self.0.push((key, Write::SetBit(bit)));
+        self.writes.push((key, Write::SetBit(bit)));
     }
 
     /// Counts the tombstone of a token of `account` deleted at `revision`.
     pub(super) fn count_tombstone(&mut self, account: &AccountId, revision: Revision) {
-        self.0.push((count_key(account), Write::Count(revision)));
+        let (n, last) = self.counts.entry(account.clone()).or_default();
+        *n += 1;
+        *last = (*last).max(revision);
+    }
+
+    /// Adds the writes of a later batch behind these: the applier's way to
+    /// apply a run of batches at once.
+    pub(super) fn append(&mut self, later: Writes) {
+        // Each batch ends by setting the revision counter: the run needs
+        // only its last.
+        if later.writes.last().is_some_and(|(k, _)| k == K_REVISION)
+            && self.writes.last().is_some_and(|(k, _)| k == K_REVISION)
+        {
+            self.writes.pop();
+        }
+        self.writes.extend(later.writes);
+        for (account, (n, revision)) in later.counts {
+            let (sum, last) = self.counts.entry(account).or_default();
+            *sum += n;
+            *last = (*last).max(revision);
+        }
     }
 
     pub(super) fn apply(self, tree: &sled::Tree) -> sled::Result<()> {
-        for (key, write) in self.0 {
+        let counts = self
+            .counts
+            .into_iter()
+            .map(|(account, (n, last))| (count_key(&account), Write::Count(n, last)));
+        // Counts first: the revision counter stays the last write.
+        for (key, write) in counts.chain(self.writes) {
             match write {
                 Write::Put(v) => {
                     tree.insert(key, v)?;
@@ -193,7 +229,7 @@ impl Writes {
                         tree.insert(key, v)?;
                     }
                 }
-                Write::Count(revision) => {
+                Write::Count(n, revision) => {
                     // Like a bit: one thread writes `c/`. A value that does
                     // not read is left for the restore to refuse.
                     let old = match tree.get(&key)? {
@@ -201,7 +237,7 @@ impl Writes {
                         Some(v) => decode_count(&v).ok(),
                     };
                     if let Some((count, _)) = old.filter(|&(_, last)| last < revision) {
-                        tree.insert(key, count_value(count + 1, revision))?;
+                        tree.insert(key, count_value(count + n, revision))?;
                     }
                 }
             }
@@ -389,7 +425,9 @@ pub(super) fn account_ids(tree: &sled::Tree) -> Result<Vec<AccountId>, Error> {
 
 /// Sets each account's tombstone count, as of `revision`: what a
 /// migration or a restore found (a commit counts its own through
-/// [`Writes::count_tombstone`]).
+/// [`Writes::count_tombstone`]). Must never run while the applier does: a
+/// run's summed count adds all its deletions or none, so a count set as
+/// of a revision inside a run would be counted wrong.
 pub(super) fn set_tombstone_counts(
     tree: &sled::Tree,
     counts: &std::collections::BTreeMap<AccountId, u64>,
@@ -716,6 +754,61 @@ mod tests {
         delete(&b, 11);
         assert_eq!(&*tree.get(count_key(&b)).unwrap().unwrap(), b"short");
         assert!(decode_count(b"short").is_err());
+    }
+
+    #[test]
+    fn tombstones_summed_over_a_run_of_batches_are_counted_once_on_replay() {
+        let tree = tree();
+        let (a, b) = (AccountId::from_number(1), AccountId::from_number(2));
+        let count =
+            |id: &AccountId| decode_count(&tree.get(count_key(id)).unwrap().unwrap()).unwrap();
+        // Two batches, as the applier merges them: a at 3, 4 and 6, b at 5.
+        let mut run = Writes::default();
+        run.count_tombstone(&a, 3);
+        run.count_tombstone(&a, 4);
+        let mut later = Writes::default();
+        later.count_tombstone(&b, 5);
+        later.count_tombstone(&a, 6);
+        run.append(later);
+        run.apply(&tree).unwrap();
+        assert_eq!(count(&a), (3, 6));
+        assert_eq!(count(&b), (1, 5));
+        // The replay at open applies each deletion again, one at a time.
+        for (account, revision) in [(&a, 3), (&a, 4), (&b, 5), (&a, 6), (&a, 7)] {
+            let mut w = Writes::default();
+            w.count_tombstone(account, revision);
+            w.apply(&tree).unwrap();
+        }
+        assert_eq!(count(&a), (4, 7));
+        assert_eq!(count(&b), (1, 5));
+    }
+
+    #[test]
+    fn a_run_of_batches_sets_the_revision_counter_once_and_last() {
+        let tree = tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        let mut run = Writes::default();
+        log.append(&mut run, 1, 2, vec![1], 100);
+        let mut later = Writes::default();
+        log.append(&mut later, 3, 3, vec![3], 100);
+        later.count_tombstone(&AccountId::from_number(1), 3);
+        run.append(later);
+        // sled's own subscriber sees the writes in the order they happen.
+        let mut seen = tree.watch_prefix(b"");
+        run.apply(&tree).unwrap();
+        let mut order = Vec::new();
+        while let Ok(event) = seen.next_timeout(std::time::Duration::from_millis(100)) {
+            order.push(event.key().to_vec());
+        }
+        let counts = order.iter().filter(|k| k.starts_with(P_COUNT)).count();
+        let revisions = order.iter().filter(|k| &k[..] == K_REVISION).count();
+        assert_eq!((counts, revisions), (1, 1), "{order:?}");
+        assert!(order[0].starts_with(P_COUNT), "{order:?}");
+        assert_eq!(order.last().map(|k| &k[..]), Some(K_REVISION));
+        assert_eq!(revision(&tree).unwrap(), 3);
+        assert_eq!(keys(&tree), vec![1, 3]);
+        let count = tree.get(count_key(&AccountId::from_number(1))).unwrap();
+        assert_eq!(decode_count(&count.unwrap()).unwrap(), (1, 3));
     }
 
     #[test]
