@@ -71,14 +71,25 @@ case "${1:-}" in
     cargo build -q --release --features bench --bins
     "$target/release/tokend-bench" --out BENCHMARKS.md
     profile="$(scripts/profile.sh 32 --base "$base")"
+    section="$(mktemp)"
     {
-      echo
       echo "## 10. Where a delete's CPU goes"
       echo
       echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. Reproduce with \`scripts/profile.sh 32 --base $base\`. A base from before the write-ahead log (before 00d4bcf) had sled's own flush as the commit: there its fsync counts under *sled*, and the old writer's waiting under *other*."
       echo
       echo "$profile"
-    } >>BENCHMARKS.md
+      echo
+    } >"$section"
+    # Numbered sections first: before the scale section the run carried
+    # over (it has a run of its own), or else at the end.
+    awk -v section="$section" '
+      function put(line) { while ((getline line < section) > 0) print line }
+      /^## Scale/ && !done { put(); done = 1 }
+      { print }
+      END { if (!done) { print ""; put() } }
+    ' BENCHMARKS.md >"$section.md"
+    mv "$section.md" BENCHMARKS.md
+    rm -f "$section"
     ;;
   *)
     echo "usage: $0 [--smoke | --install | --only SCENARIOS | --scale [TOKENS] | --profile-base REV]" >&2
