@@ -366,3 +366,47 @@ async fn a_torn_last_record_is_cut_off_and_damage_elsewhere_refused() {
     // Nothing was cut: the evidence stays for an operator.
     assert_eq!(std::fs::read(&damaged).unwrap(), log);
 }
+
+/// sled's readers (a token's history, the tombstone list) ask the applier
+/// for the batches they need instead of waiting out its run: held back by
+/// `sled-apply-hold`, the applier applies only when told a reader waits.
+#[tokio::test]
+async fn readers_of_sled_do_not_wait_for_the_appliers_run() {
+    if sled_only("the embedded store's applier") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let p = start(tmp.path(), "sled-apply-hold=return").await;
+    let mut c = p.tokens().await;
+    // Twice: the second run begins after the first reader was served.
+    for i in 0..2 {
+        let t = c.create_token(nth(&account, i)).await.unwrap();
+        let id = t.into_inner().token.unwrap().id;
+        delete(&mut c, &id).await.unwrap();
+
+        let history = pb::ListTokenEventsRequest {
+            token_id: id.clone(),
+            ..Default::default()
+        };
+        let read = tokio::time::timeout(Duration::from_secs(20), c.list_token_events(history));
+        let events = read.await.expect("the history waited for the run");
+        let kinds: Vec<_> = events
+            .unwrap()
+            .into_inner()
+            .events
+            .iter()
+            .map(|e| e.r#type)
+            .collect();
+        assert_eq!(kinds.len(), 2, "created and deleted: {kinds:?}");
+
+        let deleted = pb::ListTokensRequest {
+            account_id: account.clone(),
+            show_deleted: true,
+            ..Default::default()
+        };
+        let read = tokio::time::timeout(Duration::from_secs(20), c.list_tokens(deleted));
+        let listed = read.await.expect("the tombstone list waited for the run");
+        let listed = listed.unwrap().into_inner().tokens;
+        assert!(listed.iter().any(|t| t.id == id), "{id} listed as deleted");
+    }
+}

@@ -77,6 +77,10 @@ struct Inner {
     /// The last revision sled holds (in memory); [`Revision::MAX`] once a
     /// batch failed to apply, so that no reader waits for it forever.
     applied: tokio::sync::watch::Sender<Revision>,
+    /// The highest revision a reader waits for sled to reach, and the
+    /// applier's queue to wake it with (`sled/apply.rs`, `hurry`).
+    wanted: AtomicU64,
+    wake_applier: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<apply::Work>>>,
     oldest: AtomicU64,
     retention: u64,
     access: AccessLog,
@@ -113,9 +117,13 @@ enum Job {
 
 impl Inner {
     /// Waits until sled holds every event up to `head`: the applier runs
-    /// behind the published state by a batch or two.
+    /// behind the published state, by up to a run of batches unless told
+    /// that a reader waits.
     async fn caught_up(&self, head: Revision) -> Result<(), Error> {
         let mut applied = self.applied.subscribe();
+        if *applied.borrow() < head {
+            apply::hurry(self, head);
+        }
         let reached = applied.wait_for(|&r| r >= head).await.map(|r| *r);
         if matches!(reached, Ok(Revision::MAX)) {
             return Err(self.refusal("reading the event log"));
@@ -290,6 +298,8 @@ impl SledStore {
             db,
             tree,
             applied: tokio::sync::watch::Sender::new(state.revision()),
+            wanted: AtomicU64::new(0),
+            wake_applier: std::sync::Mutex::new(None),
             state: RwLock::new(Arc::new(state)),
             oldest: AtomicU64::new(oldest),
             retention,

@@ -3,16 +3,17 @@
 //!
 //! A committed batch is durable once the writer (`sled/commit.rs`) has
 //! synced it to the log; sled only has to catch up. The applier thread
-//! takes the writer's batches in commit order (a run of them queued
-//! together as one, so a run's tombstone counts and revision counter are
-//! written once), applies them to sled in
-//! memory and advances the applied revision, which readers of sled's event
-//! log wait for (`SledStore::events`). The writer therefore answers and
-//! publishes without waiting for sled: sled's inserts, node splits and
-//! epoch garbage collection, about half the writer's time before, now run
-//! beside the next batch's `fdatasync` instead of ahead of it. This is
-//! etcd's shape: its raft loop persists the WAL and its backend applies and
-//! commits behind it.
+//! takes the writer's batches in commit order, gathers those of the next
+//! [`APPLY_EVERY`] into one run (one tombstone count per account and one
+//! revision-counter write for the whole run, and one wake-up of this thread
+//! instead of one per commit), applies the run to sled in memory and
+//! advances the applied revision, which readers of sled (the event log,
+//! tombstones) wait for. The writer therefore answers and publishes without
+//! waiting for sled. This is etcd's shape: its raft loop persists the WAL,
+//! and its backend applies behind it and commits every 100 ms.
+//!
+//! A reader never waits out a run: [`hurry`] marks the revision it needs
+//! and wakes this thread, which then applies what it holds at once.
 //!
 //! The same thread checkpoints: when the writer closes a log segment it
 //! queues a checkpoint behind that segment's batches, so the flush that
@@ -20,15 +21,16 @@
 //! [`replay`] applies every logged batch again.
 //!
 //! It must never delete a segment before sled's flush covering it returned,
-//! never advance the applied revision past a batch it has not applied, and
-//! never use sled's `flush_async` (it deadlocks under concurrency).
+//! never advance the applied revision past a batch it has not applied,
+//! never keep a waiting reader waiting for the rest of a run, and never use
+//! sled's `flush_async` (it deadlocks under concurrency).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::layout::{self, EventLog, Writes};
 use super::wal::{Entry, Wal};
@@ -43,6 +45,10 @@ use crate::telemetry;
 /// Batches the writer may run ahead of sled before it waits: room for a
 /// checkpoint's flush (milliseconds) at full speed.
 const QUEUE: usize = 4096;
+/// How long the applier gathers committed batches into one run before it
+/// applies them: at one client, a run of about ten deletes; under load,
+/// several group commits. Readers do not wait for it (see [`hurry`]).
+const APPLY_EVERY: Duration = Duration::from_millis(10);
 
 /// What the writer hands the applier, in commit order.
 pub(super) enum Work {
@@ -52,10 +58,13 @@ pub(super) enum Work {
     Flush,
     /// Flush, then delete the log segments below this sequence.
     Checkpoint(u64),
+    /// A reader waits (see [`hurry`]): apply the run gathered so far.
+    Now,
 }
 
 /// The writer's handle on the applier thread.
 pub(super) struct Applier {
+    inner: Arc<Inner>,
     queue: Option<SyncSender<Work>>,
     /// A checkpoint is queued or running.
     busy: Arc<AtomicBool>,
@@ -67,13 +76,16 @@ impl Applier {
         let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
         let busy = Arc::new(AtomicBool::new(false));
         let flag = busy.clone();
+        *inner.wake_applier.lock().expect("wake_applier") = Some(queue.clone());
+        let applying = inner.clone();
         let thread = std::thread::Builder::new()
             .name("tokend-apply".into())
             .spawn(move || {
-                let _watch = Dead(&inner);
-                apply_loop(&inner, &wal_dir, &flag, rx)
+                let _watch = Dead(&applying);
+                apply_loop(&applying, &wal_dir, &flag, rx)
             })?;
         Ok(Applier {
+            inner,
             queue: Some(queue),
             busy,
             thread: Some(thread),
@@ -97,6 +109,8 @@ impl Applier {
 
     /// Waits until everything queued is applied (and checkpointed).
     pub(super) fn stop(&mut self) {
+        // Every sender gone, readers' too: the thread's queue disconnects.
+        self.inner.wake_applier.lock().expect("wake_applier").take();
         self.queue = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -104,60 +118,88 @@ impl Applier {
     }
 }
 
+/// Has the applier apply what it holds now, for a reader that needs
+/// sled to reach `head`: it would otherwise wait for the rest of a run.
+pub(super) fn hurry(inner: &Inner, head: Revision) {
+    inner.wanted.fetch_max(head, Ordering::AcqRel);
+    if let Some(q) = inner.wake_applier.lock().expect("wake_applier").as_ref() {
+        // A full queue is a busy applier: it sees `wanted` soon anyway.
+        let _ = q.try_send(Work::Now);
+    }
+}
+
 fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Work>) {
-    let mut next = rx.recv().ok();
-    // Once a batch failed to apply, sled lacks it for good (until a restart
-    // replays the log): readers are told so instead of waiting for it.
-    let mut broken = false;
-    while let Some(work) = next.take() {
+    // What sled holds; once a batch failed to apply, sled lacks it for good
+    // (until a restart replays the log): readers are told so instead of
+    // waiting for it.
+    let mut sled_head = *inner.applied.borrow();
+    while let Ok(work) = rx.recv() {
+        // Flushes and checkpoints that come in during a run wait for it: a
+        // checkpoint then covers a few batches past its segment, which the
+        // replay at open takes (it replays every logged batch).
+        let mut after = Vec::new();
         match work {
             Work::Batch {
                 mut writes,
                 mut head,
             } => {
-                // Everything queued behind it too, as one: one wake-up for
-                // readers, and one count and revision write for the run.
-                loop {
-                    match rx.try_recv() {
+                let deadline = Instant::now() + run_length();
+                while inner.wanted.load(Ordering::Acquire) <= sled_head {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    match rx.recv_timeout(left) {
                         Ok(Work::Batch { writes: w, head: h }) => {
                             writes.append(w);
                             head = h;
                         }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        Ok(Work::Now) => {}
+                        Ok(other) => after.push(other),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                if let Err(e) = writes.apply(&inner.tree) {
-                    poison(inner, "applying a batch to sled", &e);
-                    broken = true;
-                }
-                inner
-                    .applied
-                    .send_replace(if broken { Revision::MAX } else { head });
-            }
-            Work::Flush => {
-                if let Err(e) = flush(inner) {
-                    poison(inner, "flushing last-access times", &e);
+                if sled_head != Revision::MAX {
+                    sled_head = match writes.apply(&inner.tree) {
+                        Ok(()) => head,
+                        Err(e) => {
+                            poison(inner, "applying a batch to sled", &e);
+                            Revision::MAX
+                        }
+                    };
+                    inner.applied.send_replace(sled_head);
                 }
             }
-            Work::Checkpoint(closed_below) => {
-                if !skip_checkpoint()
-                    && let Err(e) = checkpoint(inner, wal_dir, closed_below)
-                {
-                    // The segments stay: nothing is lost, open replays
-                    // them. A retry could not be trusted (see poison).
-                    poison(inner, "a checkpoint", &e);
-                }
-                busy.store(false, Ordering::Release);
-            }
+            other => after.push(other),
         }
-        if next.is_none() {
-            next = rx.recv().ok();
+        for work in after {
+            match work {
+                Work::Flush => {
+                    if let Err(e) = flush(inner) {
+                        poison(inner, "flushing last-access times", &e);
+                    }
+                }
+                Work::Checkpoint(closed_below) => {
+                    if !skip_checkpoint()
+                        && let Err(e) = checkpoint(inner, wal_dir, closed_below)
+                    {
+                        // The segments stay: nothing is lost, open replays
+                        // them. A retry could not be trusted (see poison).
+                        poison(inner, "a checkpoint", &e);
+                    }
+                    busy.store(false, Ordering::Release);
+                }
+                Work::Batch { .. } | Work::Now => {}
+            }
         }
     }
+}
+
+/// How long a run gathers batches: [`APPLY_EVERY`], or until a reader
+/// waits or the store closes, for the tests that hold sled back
+/// (`sled-apply-hold`).
+fn run_length() -> Duration {
+    fail::fail_point!("sled-apply-hold", |_| Duration::from_secs(86_400));
+    APPLY_EVERY
 }
 
 /// Poisons the store if the applier thread ends by a panic (sled panics on
