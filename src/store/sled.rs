@@ -77,10 +77,11 @@ struct Inner {
     /// The last revision sled holds (in memory); [`Revision::MAX`] once a
     /// batch failed to apply, so that no reader waits for it forever.
     applied: tokio::sync::watch::Sender<Revision>,
-    /// The highest revision a reader waits for sled to reach, and the
-    /// applier's queue to wake it with (`sled/apply.rs`, `hurry`).
+    /// The highest revision a reader has waited for sled to reach
+    /// (`sled/apply.rs`, `hurry`).
     wanted: AtomicU64,
-    wake_applier: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<apply::Work>>>,
+    /// The applier thread, for `hurry` to wake.
+    applier_thread: std::sync::OnceLock<std::thread::Thread>,
     oldest: AtomicU64,
     retention: u64,
     access: AccessLog,
@@ -299,7 +300,7 @@ impl SledStore {
             tree,
             applied: tokio::sync::watch::Sender::new(state.revision()),
             wanted: AtomicU64::new(0),
-            wake_applier: std::sync::Mutex::new(None),
+            applier_thread: std::sync::OnceLock::new(),
             state: RwLock::new(Arc::new(state)),
             oldest: AtomicU64::new(oldest),
             retention,

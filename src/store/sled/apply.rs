@@ -5,15 +5,15 @@
 //! synced it to the log; sled only has to catch up. The applier thread
 //! takes the writer's batches in commit order, gathers those of the next
 //! [`APPLY_EVERY`] into one run (one tombstone count per account and one
-//! revision-counter write for the whole run, and one wake-up of this thread
-//! instead of one per commit), applies the run to sled in memory and
+//! revision-counter write for the whole run; the thread sleeps out the run,
+//! so the writer's sends do not wake it), applies the run to sled in memory and
 //! advances the applied revision, which readers of sled (the event log,
 //! tombstones) wait for. The writer therefore answers and publishes without
 //! waiting for sled. This is etcd's shape: its raft loop persists the WAL,
 //! and its backend applies behind it and commits every 100 ms.
 //!
 //! A reader never waits out a run: [`hurry`] marks the revision it needs
-//! and wakes this thread, which then applies what it holds at once.
+//! and wakes this thread, which then applies everything queued at once.
 //!
 //! The same thread checkpoints: when the writer closes a log segment it
 //! queues a checkpoint behind that segment's batches, so the flush that
@@ -28,7 +28,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,16 +58,15 @@ pub(super) enum Work {
     Flush,
     /// Flush, then delete the log segments below this sequence.
     Checkpoint(u64),
-    /// A reader waits (see [`hurry`]): apply the run gathered so far.
-    Now,
 }
 
 /// The writer's handle on the applier thread.
 pub(super) struct Applier {
-    inner: Arc<Inner>,
     queue: Option<SyncSender<Work>>,
     /// A checkpoint is queued or running.
     busy: Arc<AtomicBool>,
+    /// Set by [`Applier::stop`]: a run in progress ends at once.
+    closing: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -75,19 +74,21 @@ impl Applier {
     pub(super) fn start(inner: Arc<Inner>, wal_dir: PathBuf) -> std::io::Result<Applier> {
         let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
         let busy = Arc::new(AtomicBool::new(false));
-        let flag = busy.clone();
-        *inner.wake_applier.lock().expect("wake_applier") = Some(queue.clone());
+        let closing = Arc::new(AtomicBool::new(false));
+        let flags = (busy.clone(), closing.clone());
         let applying = inner.clone();
         let thread = std::thread::Builder::new()
             .name("tokend-apply".into())
             .spawn(move || {
                 let _watch = Dead(&applying);
-                apply_loop(&applying, &wal_dir, &flag, rx)
+                apply_loop(&applying, &wal_dir, &flags.0, &flags.1, rx)
             })?;
+        // Readers wake it by its handle (`hurry`), which keeps no queue open.
+        let _ = inner.applier_thread.set(thread.thread().clone());
         Ok(Applier {
-            inner,
             queue: Some(queue),
             busy,
+            closing,
             thread: Some(thread),
         })
     }
@@ -109,12 +110,20 @@ impl Applier {
 
     /// Waits until everything queued is applied (and checkpointed).
     pub(super) fn stop(&mut self) {
-        // Every sender gone, readers' too: the thread's queue disconnects.
-        self.inner.wake_applier.lock().expect("wake_applier").take();
         self.queue = None;
         if let Some(t) = self.thread.take() {
+            self.closing.store(true, Ordering::Release);
+            t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+/// A writer that ends without closing the store (a panic) still lets sled
+/// catch up, and ends the thread, which would otherwise hold sled open.
+impl Drop for Applier {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -122,54 +131,65 @@ impl Applier {
 /// sled to reach `head`: it would otherwise wait for the rest of a run.
 pub(super) fn hurry(inner: &Inner, head: Revision) {
     inner.wanted.fetch_max(head, Ordering::AcqRel);
-    if let Some(q) = inner.wake_applier.lock().expect("wake_applier").as_ref() {
-        // A full queue is a busy applier: it sees `wanted` soon anyway.
-        let _ = q.try_send(Work::Now);
+    if let Some(t) = inner.applier_thread.get() {
+        t.unpark();
     }
 }
 
-fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Work>) {
+fn apply_loop(
+    inner: &Inner,
+    wal_dir: &Path,
+    busy: &AtomicBool,
+    closing: &AtomicBool,
+    rx: Receiver<Work>,
+) {
     // What sled holds; once a batch failed to apply, sled lacks it for good
     // (until a restart replays the log): readers are told so instead of
     // waiting for it.
     let mut sled_head = *inner.applied.borrow();
-    while let Ok(work) = rx.recv() {
-        // Flushes and checkpoints that come in during a run wait for it: a
+    while let Ok(first) = rx.recv() {
+        let mut run: Option<(Writes, Revision)> = None;
+        // Flushes and checkpoints that come in during a run follow it: a
         // checkpoint then covers a few batches past its segment, which the
         // replay at open takes (it replays every logged batch).
         let mut after = Vec::new();
-        match work {
-            Work::Batch {
-                mut writes,
-                mut head,
-            } => {
-                let deadline = Instant::now() + run_length();
-                while inner.wanted.load(Ordering::Acquire) <= sled_head {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    match rx.recv_timeout(left) {
-                        Ok(Work::Batch { writes: w, head: h }) => {
-                            writes.append(w);
-                            head = h;
-                        }
-                        Ok(Work::Now) => {}
-                        Ok(other) => after.push(other),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
+        let mut take = |work| match work {
+            Work::Batch { writes, head } => match &mut run {
+                Some((run, run_head)) => {
+                    run.append(writes);
+                    *run_head = head;
                 }
-                if sled_head != Revision::MAX {
-                    sled_head = match writes.apply(&inner.tree) {
-                        Ok(()) => head,
-                        Err(e) => {
-                            poison(inner, "applying a batch to sled", &e);
-                            Revision::MAX
-                        }
-                    };
-                    inner.applied.send_replace(sled_head);
-                }
-            }
+                None => run = Some((writes, head)),
+            },
             other => after.push(other),
+        };
+        let gather = matches!(first, Work::Batch { .. });
+        take(first);
+        if gather {
+            // Parked, not waiting on the queue: the writer's sends do not
+            // wake it. `hurry` and `stop` do (unpark).
+            let deadline = Instant::now() + run_length();
+            while inner.wanted.load(Ordering::Acquire) <= sled_head
+                && !closing.load(Ordering::Acquire)
+                && let Some(left) = deadline.checked_duration_since(Instant::now())
+            {
+                std::thread::park_timeout(left);
+            }
+            while let Ok(work) = rx.try_recv() {
+                take(work);
+            }
+        }
+        if let Some((writes, head)) = run
+            && sled_head != Revision::MAX
+        {
+            sled_head = match writes.apply(&inner.tree) {
+                Ok(()) => head,
+                Err(e) => {
+                    poison(inner, "applying a batch to sled", &e);
+                    Revision::MAX
+                }
+            };
+            inner.applied.send_replace(sled_head);
         }
         for work in after {
             match work {
@@ -188,15 +208,15 @@ fn apply_loop(inner: &Inner, wal_dir: &Path, busy: &AtomicBool, rx: Receiver<Wor
                     }
                     busy.store(false, Ordering::Release);
                 }
-                Work::Batch { .. } | Work::Now => {}
+                Work::Batch { .. } => unreachable!("batches join the run"),
             }
         }
     }
 }
 
-/// How long a run gathers batches: [`APPLY_EVERY`], or until a reader
-/// waits or the store closes, for the tests that hold sled back
-/// (`sled-apply-hold`).
+/// How long a run gathers batches: [`APPLY_EVERY`]; a day (in effect,
+/// until a reader waits or the store closes) for the tests that hold sled
+/// back (`sled-apply-hold`).
 fn run_length() -> Duration {
     fail::fail_point!("sled-apply-hold", |_| Duration::from_secs(86_400));
     APPLY_EVERY
