@@ -22,6 +22,8 @@ use crate::telemetry;
 #[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<Published>,
+    /// Registered once (make the hub after the exporter is installed).
+    published: metrics::Counter,
 }
 
 /// An event as the hub carries it: with the revision of the event published
@@ -39,13 +41,14 @@ impl Hub {
     pub fn new(capacity: usize) -> Hub {
         Hub {
             tx: broadcast::channel(capacity.max(16)).0,
+            published: metrics::counter!(telemetry::EVENTS_PUBLISHED),
         }
     }
 
     /// Publishes `event`, whose predecessor in the store's history is at
     /// revision `after` (0: none). Called by one publisher, in order.
     pub fn publish(&self, after: Revision, event: Arc<Event>) {
-        metrics::counter!(telemetry::EVENTS_PUBLISHED).increment(1);
+        self.published.increment(1);
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(Published { after, event });
     }

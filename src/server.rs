@@ -325,7 +325,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .layer(crate::web::cors(&config.web))
         .layer(Edge::new(&config.web))
         .layer(tonic_web::GrpcWebLayer::new())
-        .layer(RpcLog)
+        .layer(RpcLog::default())
         .trace_fn(crate::traces::rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -6,11 +6,12 @@
 //! Prometheus exporter. This module must never log a request or response
 //! body, a header value, or anything else that could hold a secret.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -176,21 +177,73 @@ impl CallerSlot {
     }
 }
 
-/// A tower layer that logs and counts every RPC once.
-#[derive(Clone, Copy, Default)]
-pub struct RpcLog;
+/// A tower layer that logs and counts every RPC once. Make it after the
+/// exporter is installed: it keeps the handles of the series it records.
+#[derive(Clone, Default)]
+pub struct RpcLog {
+    series: Arc<RpcSeries>,
+}
 
 impl<S> tower::Layer<S> for RpcLog {
     type Service = RpcLogService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcLogService { inner }
+        RpcLogService {
+            inner,
+            series: self.series.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct RpcLogService<S> {
     inner: S,
+    series: Arc<RpcSeries>,
+}
+
+/// Each method's series, registered on its first call: registering a
+/// labelled series builds its key and looks it up in the registry, a few
+/// microseconds that every call paid when it was done per call. Holds no
+/// more than the registry does (made-up methods share one entry).
+#[derive(Default)]
+struct RpcSeries(RwLock<HashMap<String, Arc<MethodSeries>>>);
+
+struct MethodSeries {
+    method: String,
+    duration: metrics::Histogram,
+    /// By gRPC code (0 to 16), each registered on first use.
+    requests: [OnceLock<metrics::Counter>; 17],
+}
+
+impl RpcSeries {
+    fn of(&self, method: &str) -> Arc<MethodSeries> {
+        if let Some(s) = self.0.read().expect("rpc series lock").get(method) {
+            return s.clone();
+        }
+        let mut all = self.0.write().expect("rpc series lock");
+        let s = all.entry(method.to_string()).or_insert_with(|| {
+            Arc::new(MethodSeries {
+                method: method.to_string(),
+                duration: metrics::histogram!(RPC_DURATION, "method" => method.to_string()),
+                requests: std::array::from_fn(|_| OnceLock::new()),
+            })
+        });
+        s.clone()
+    }
+}
+
+impl MethodSeries {
+    fn record(&self, code: tonic::Code, elapsed: Duration) {
+        let requests = self.requests[code as usize].get_or_init(|| {
+            let labels = [
+                ("method", self.method.clone()),
+                ("code", format!("{code:?}")),
+            ];
+            metrics::counter!(RPC_REQUESTS, &labels)
+        });
+        requests.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -215,6 +268,7 @@ where
         let caller = CallerSlot::default();
         request.extensions_mut().insert(caller.clone());
         let started = Instant::now();
+        let series = self.series.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -238,13 +292,11 @@ where
             }
             // Made-up paths must not mint new series: one label for them all.
             let method = if code == tonic::Code::Unimplemented {
-                "unknown".to_string()
+                "unknown"
             } else {
-                method
+                &method
             };
-            let labels = [("method", method), ("code", format!("{code:?}"))];
-            metrics::counter!(RPC_REQUESTS, &labels).increment(1);
-            metrics::histogram!(RPC_DURATION, &labels[..1]).record(elapsed.as_secs_f64());
+            series.of(method).record(code, elapsed);
             Ok(response)
         })
     }

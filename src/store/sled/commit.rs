@@ -60,6 +60,8 @@ pub(super) fn start_writer(
         wal,
         events,
         last_checkpoint: Instant::now(),
+        fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
+        batch_size: metrics::histogram!(telemetry::COMMIT_BATCH_SIZE),
     };
     std::thread::Builder::new()
         .name("tokend-writer".into())
@@ -95,6 +97,9 @@ struct Writer {
     events: EventLog,
     applier: Applier,
     last_checkpoint: Instant,
+    /// Registered once, at open (after the exporter is installed).
+    fsync_duration: metrics::Histogram,
+    batch_size: metrics::Histogram,
 }
 
 /// `change` as the log and sled record it: a token change that kept its
@@ -295,8 +300,8 @@ impl Writer {
             self.wal
                 .append(&payload)
                 .map_err(|e| io_error("writing the write-ahead log", e))?;
-            metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
-            metrics::histogram!(telemetry::COMMIT_BATCH_SIZE).record(changes.len() as f64);
+            self.fsync_duration.record(started.elapsed().as_secs_f64());
+            self.batch_size.record(changes.len() as f64);
             fail::fail_point!("sled-wal-synced", |_| std::process::abort());
             // `oldest` moves before the keys go, so a reader sees
             // OUT_OF_RANGE rather than a gap.
