@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -155,15 +156,45 @@ impl Running {
 /// Reflection describes every service this server routes (ours, Envoy's
 /// ext_authz, health, and reflection v1 and v1alpha themselves), so
 /// `grpcurl list`, `describe` and calls work with no proto files.
+/// Every protobuf file this server's services and errors are made of:
+/// reflection describes them, the RPC log counts their methods.
+const DESCRIPTOR_SETS: [&[u8]; 6] = [
+    crate::proto::FILE_DESCRIPTOR_SET,
+    crate::proto::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    // google.rpc.ErrorInfo & co., so grpcurl can print error details.
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
+];
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(crate::proto::ENVOY_AUTHZ_FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        // google.rpc.ErrorInfo & co., so grpcurl can print error details.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    DESCRIPTOR_SETS.into_iter().fold(
+        tonic_reflection::server::Builder::configure(),
+        |builder, set| builder.register_encoded_file_descriptor_set(set),
+    )
+}
+
+/// `/package.Service/Method`, the path of every method the descriptor sets
+/// declare: what the RPC log labels by name.
+fn method_paths() -> Result<Vec<String>, Error> {
+    let mut paths = Vec::new();
+    for set in DESCRIPTOR_SETS {
+        let set = prost_types::FileDescriptorSet::decode(set)
+            .map_err(|e| Error::Internal(format!("a built-in descriptor set: {e}")))?;
+        for file in &set.file {
+            let package = match file.package() {
+                "" => String::new(),
+                p => format!("{p}."),
+            };
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!("/{package}{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// tonic's TLS is rustls. Should two crypto providers ever end up in the
@@ -325,7 +356,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .layer(crate::web::cors(&config.web))
         .layer(Edge::new(&config.web))
         .layer(tonic_web::GrpcWebLayer::new())
-        .layer(RpcLog::default())
+        .layer(RpcLog::new(method_paths()?))
         .trace_fn(crate::traces::rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)

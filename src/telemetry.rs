@@ -3,13 +3,15 @@
 //! Owns one log line per RPC (method, gRPC code, latency, calling token id)
 //! and the metric names. Every series is recorded through the `metrics`
 //! facade, so recording is a no-op unless `--metrics-addr` installed the
-//! Prometheus exporter. This module must never log a request or response
-//! body, a header value, or anything else that could hold a secret.
+//! Prometheus exporter. Hot paths keep their handles (registered once,
+//! after the exporter is installed: a handle registered before it stays a
+//! no-op). This module must never log a request or response body, a header
+//! value, or anything else that could hold a secret.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -177,11 +179,28 @@ impl CallerSlot {
     }
 }
 
-/// A tower layer that logs and counts every RPC once. Make it after the
-/// exporter is installed: it keeps the handles of the series it records.
-#[derive(Clone, Default)]
+/// A tower layer that logs and counts every RPC once.
+#[derive(Clone)]
 pub struct RpcLog {
     series: Arc<RpcSeries>,
+}
+
+impl RpcLog {
+    /// Counts the calls of `methods` (gRPC paths, `/package.Service/Method`)
+    /// each under its own label, and every other path under `unknown`: a
+    /// caller cannot mint series by making paths up, whatever answer its
+    /// call gets (an unauthenticated one gets UNAUTHENTICATED, not
+    /// UNIMPLEMENTED).
+    pub fn new(methods: impl IntoIterator<Item = String>) -> RpcLog {
+        let series = methods
+            .into_iter()
+            .chain(std::iter::once(UNKNOWN_METHOD.to_string()))
+            .map(|m| (m.clone(), MethodSeries::new(m)))
+            .collect();
+        RpcLog {
+            series: Arc::new(RpcSeries(series)),
+        }
+    }
 }
 
 impl<S> tower::Layer<S> for RpcLog {
@@ -201,38 +220,45 @@ pub struct RpcLogService<S> {
     series: Arc<RpcSeries>,
 }
 
-/// Each method's series, registered on its first call: registering a
-/// labelled series builds its key and looks it up in the registry, a few
-/// microseconds that every call paid when it was done per call. Holds no
-/// more than the registry does (made-up methods share one entry).
-#[derive(Default)]
-struct RpcSeries(RwLock<HashMap<String, Arc<MethodSeries>>>);
+/// The label of every path that is not a served method.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// Each method's series handles, fixed when the server is built. A handle is
+/// registered on its series' first call, not per call: registering builds
+/// the labelled key and looks it up in the registry, a few microseconds on
+/// every call. (Registered on first use, they are registered after the
+/// exporter is installed: one registered before it would stay a no-op.)
+struct RpcSeries(HashMap<String, MethodSeries>);
 
 struct MethodSeries {
     method: String,
-    duration: metrics::Histogram,
-    /// By gRPC code (0 to 16), each registered on first use.
-    requests: [OnceLock<metrics::Counter>; 17],
+    duration: OnceLock<metrics::Histogram>,
+    /// By gRPC code, each registered on first use.
+    requests: [OnceLock<metrics::Counter>; CODES],
 }
 
+/// gRPC codes run from 0 (OK) to 16 (UNAUTHENTICATED).
+const CODES: usize = tonic::Code::Unauthenticated as usize + 1;
+
 impl RpcSeries {
-    fn of(&self, method: &str) -> Arc<MethodSeries> {
-        if let Some(s) = self.0.read().expect("rpc series lock").get(method) {
-            return s.clone();
-        }
-        let mut all = self.0.write().expect("rpc series lock");
-        let s = all.entry(method.to_string()).or_insert_with(|| {
-            Arc::new(MethodSeries {
-                method: method.to_string(),
-                duration: metrics::histogram!(RPC_DURATION, "method" => method.to_string()),
-                requests: std::array::from_fn(|_| OnceLock::new()),
-            })
-        });
-        s.clone()
+    fn record(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+        let series = match self.0.get(path) {
+            Some(s) => s,
+            None => &self.0[UNKNOWN_METHOD],
+        };
+        series.record(code, elapsed);
     }
 }
 
 impl MethodSeries {
+    fn new(method: String) -> MethodSeries {
+        MethodSeries {
+            method,
+            duration: OnceLock::new(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
     fn record(&self, code: tonic::Code, elapsed: Duration) {
         let requests = self.requests[code as usize].get_or_init(|| {
             let labels = [
@@ -242,7 +268,10 @@ impl MethodSeries {
             metrics::counter!(RPC_REQUESTS, &labels)
         });
         requests.increment(1);
-        self.duration.record(elapsed.as_secs_f64());
+        let duration = self
+            .duration
+            .get_or_init(|| metrics::histogram!(RPC_DURATION, "method" => self.method.clone()));
+        duration.record(elapsed.as_secs_f64());
     }
 }
 
@@ -290,13 +319,7 @@ where
             } else {
                 tracing::info!(%method, ?code, micros, caller = by, "rpc");
             }
-            // Made-up paths must not mint new series: one label for them all.
-            let method = if code == tonic::Code::Unimplemented {
-                "unknown"
-            } else {
-                &method
-            };
-            series.of(method).record(code, elapsed);
+            series.record(&method, code, elapsed);
             Ok(response)
         })
     }

@@ -80,8 +80,26 @@ async fn metrics_move_when_traffic_flows() {
             break;
         }
     }
+    // Made-up paths, one into a served service without a credential (so it
+    // is refused as UNAUTHENTICATED, not UNIMPLEMENTED): counted, under one
+    // label, never their own.
+    for path in [
+        "/apitokens.v1.TokenService/NoSuchMethod",
+        "/made.Up/NoSuchMethod",
+    ] {
+        call_without_credential(&p.url(), path).await;
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = scrape(metrics);
+    assert!(!after.contains("NoSuchMethod"), "{after}");
+    for code in ["Unauthenticated", "Unimplemented"] {
+        let made_up = format!(r#"tokend_rpc_requests_total{{method="unknown",code="{code}"}}"#);
+        assert_eq!(
+            sample(&after, &made_up) - sample(&before, &made_up),
+            1.0,
+            "{after}"
+        );
+    }
 
     let create =
         r#"tokend_rpc_requests_total{method="/apitokens.v1.TokenService/CreateToken",code="Ok"}"#;
@@ -115,6 +133,22 @@ async fn metrics_move_when_traffic_flows() {
         assert!(sample(&after, "tokend_store_size_bytes") > 0.0, "{after}");
     }
     drop(w);
+}
+
+/// Calls `path` with an empty message and no credential; returns its status.
+async fn call_without_credential(url: &str, path: &'static str) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(()), path, codec)
+        .await
+        .unwrap_err()
 }
 
 /// JSON logs: every line parses, each RPC is logged once with method, code,

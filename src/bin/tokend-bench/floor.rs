@@ -86,6 +86,8 @@ fn write_loop(
 ) {
     let mut revision = 0i64;
     let mut buf = Vec::new();
+    // Registered once, as tokend's writer does.
+    let fsync_duration = metrics::histogram!(telemetry::FSYNC_DURATION);
     while let Some(first) = deletes.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -113,7 +115,7 @@ fn write_loop(
         let started = Instant::now();
         log.write_all(&buf).expect("floor log write");
         log.sync_data().expect("floor log fdatasync");
-        metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+        fsync_duration.record(started.elapsed().as_secs_f64());
         for (d, event) in batch.into_iter().zip(announced) {
             let _ = d.reply.send(event.revision);
             let _ = events.send(event);
