@@ -331,8 +331,17 @@ async fn a_torn_last_record_is_cut_off_and_damage_elsewhere_refused() {
         .rev()
         .find_map(|s| {
             let log = std::fs::read(&s).unwrap();
-            let first = 8 + u32::from_le_bytes(log.get(..4)?.try_into().unwrap()) as usize;
-            (log.len() > first).then_some((s, first))
+            let length_at = |at: usize| {
+                let n = u32::from_le_bytes(log.get(at..at + 4)?.try_into().unwrap());
+                (n > 0).then_some(n as usize)
+            };
+            // A second record must follow the first: a segment is
+            // preallocated, so bytes after the first are no proof of one
+            // (zeros are), and damage to a segment's only record, followed
+            // by zeros, is a torn write that open rightly cuts off.
+            let first = 8 + length_at(0)?;
+            length_at(first)?;
+            Some((s, first))
         })
         .expect("a segment holding two batches or more");
     let mut log = std::fs::read(&damaged).unwrap();
