@@ -153,9 +153,6 @@ impl Running {
     }
 }
 
-/// Reflection describes every service this server routes (ours, Envoy's
-/// ext_authz, health, and reflection v1 and v1alpha themselves), so
-/// `grpcurl list`, `describe` and calls work with no proto files.
 /// Every protobuf file this server's services and errors are made of:
 /// reflection describes them, the RPC log counts their methods.
 const DESCRIPTOR_SETS: [&[u8]; 6] = [
@@ -168,6 +165,9 @@ const DESCRIPTOR_SETS: [&[u8]; 6] = [
     tonic_types::pb::FILE_DESCRIPTOR_SET,
 ];
 
+/// Reflection describes every service this server routes (ours, Envoy's
+/// ext_authz, health, and reflection v1 and v1alpha themselves), so
+/// `grpcurl list`, `describe` and calls work with no proto files.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     DESCRIPTOR_SETS.into_iter().fold(
         tonic_reflection::server::Builder::configure(),
