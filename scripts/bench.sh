@@ -70,12 +70,12 @@ case "${1:-}" in
     base="${2:?--profile-base takes a git revision}"
     cargo build -q --release --features bench --bins
     "$target/release/tokend-bench" --out BENCHMARKS.md
-    profile="$(scripts/profile.sh 32 --base "$base")"
+    profile="$(scripts/profile.sh 32 --base "$base" --floor)"
     section="$(mktemp)"
     {
       echo "## 10. Where a delete's CPU goes"
       echo
-      echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. Reproduce with \`scripts/profile.sh 32 --base $base\`. A base from before the write-ahead log (before 00d4bcf) had sled's own flush as the commit: there its fsync counts under *sled*, and the old writer's waiting under *other*."
+      echo "tokend alone, 20,000 deletes from 32 clients, its CPU sampled by \`perf\` (999 Hz, DWARF stacks) and each sample put in the first part of the delete's path its stack touches (\`scripts/perf-breakdown.py\`); microseconds are that share of the run's measured server CPU per delete, which perf's own overhead inflates by roughly a third. The floor server's profile, taken the same way, shows which parts tokend shares with it (the stack, the sockets, the fsync) and which are its own. Reproduce with \`scripts/profile.sh 32 --base $base --floor\`. A base from before the write-ahead log (before 00d4bcf) had sled's own flush as the commit: there its fsync counts under *sled*, and the old writer's waiting under *other*."
       echo
       echo "$profile"
       echo

@@ -11,7 +11,8 @@ from collections import Counter
 
 # (part, patterns): a sample belongs to the first part any frame matches.
 PARTS = [
-    ("log append + fdatasync (writer)", [r"wal::Wal::append"]),
+    # The floor server's writer loop is its log: one write and fdatasync.
+    ("log append + fdatasync (writer)", [r"wal::Wal::append", r"floor::write_loop"]),
     ("sled checkpoint: flush + fdatasync", [r"apply::checkpoint"]),
     ("sled apply (inserts, splits, GC)", [r"layout::Writes::apply", r"^sled::"]),
     ("encoding records and events (JSON)", [r"record::encode", r"^serde_json::"]),
@@ -58,7 +59,7 @@ def main():
     cpu_us = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
     counts = Counter(part_of(stack) for _, stack in samples(sys.stdin))
     total = sum(counts.values()) or 1
-    print(f"| part of the path | share of tokend's CPU | µs per delete |")
+    print(f"| part of the path | share of the server's CPU | µs per delete |")
     print("|---|---|---|")
     for name in [n for n, _ in PARTS] + [OTHER]:
         share = counts.get(name, 0) / total

@@ -6,6 +6,9 @@
 #   scripts/profile.sh [CLIENTS] --base REV  also REV (built in a worktree
 #                                            under target/profile-base), side
 #                                            by side: before and after
+#   scripts/profile.sh [CLIENTS] --floor     also the floor server (the same
+#                                            stack and fsync, no database):
+#                                            what tokend adds to it
 #
 # Needs perf (Debian's linux-perf; installed when missing) and what
 # scripts/bench.sh needs. Prints a Markdown table (scripts/perf-breakdown.py).
@@ -14,9 +17,11 @@ cd "$(dirname "$0")/.."
 
 clients=32
 base=""
+floor=""
 while (($#)); do
   case "$1" in
     --base) base="${2:?--base takes a git revision}"; shift 2 ;;
+    --floor) floor=1; shift ;;
     *) clients="$1"; shift ;;
   esac
 done
@@ -27,12 +32,14 @@ command -v perf >/dev/null || {
 }
 scripts/bench.sh --install
 
-# profile DIR: the table for the tokend-bench and tokend built in DIR.
+# profile DIR [--floor]: the table for the tokend-bench and tokend built
+# in DIR (or for the floor server).
 profile() {
   local bin="$1" data
+  shift
   data="$(mktemp -d)/perf.data"
   local line
-  line="$("$bin/tokend-bench" --profile-deletes "$clients" "$data" | tail -1)"
+  line="$("$bin/tokend-bench" --profile-deletes "$clients" "$data" "$@" | tail -1)"
   echo "$line" >&2
   local cpu="${line##*server_cpu_us=}"
   perf script -i "$data" 2>/dev/null | python3 scripts/perf-breakdown.py "$cpu"
@@ -58,4 +65,11 @@ if [[ -n "$base" ]]; then
   echo "### The same at $clients clients, $(git rev-parse --short "$base") (before)"
   echo
   profile target/profile-base/bin
+fi
+
+if [[ -n "$floor" ]]; then
+  echo
+  echo "### The floor server at $clients clients"
+  echo
+  profile target/profiling --floor
 fi

@@ -60,6 +60,10 @@ struct Args {
     /// many clients delete.
     #[arg(long, value_names = ["CLIENTS", "PERF_DATA"], num_args = 2)]
     profile_deletes: Vec<String>,
+    /// With --profile-deletes: profile the floor server (section 6)
+    /// instead of tokend, to see which of tokend's costs the floor shares.
+    #[arg(long)]
+    floor: bool,
     /// Internal: be the floor server (floor.rs).
     #[arg(long, hide = true, num_args = 3, value_names = ["LISTEN", "METRICS", "DIR"])]
     floor_server: Vec<String>,
@@ -156,7 +160,7 @@ async fn main() {
     }
     if let [clients, out] = &args.profile_deletes[..] {
         let clients = clients.parse().expect("a number of clients");
-        return profile::deletes(clients, out.as_ref()).await;
+        return profile::deletes(clients, args.floor, out.as_ref()).await;
     }
     if args.only.iter().any(|s| s == "scale") {
         assert_eq!(args.only.len(), 1, "--only scale runs alone");

@@ -1,5 +1,5 @@
-//! Where a delete's CPU goes: tokend alone, one delete run at a given
-//! number of clients, recorded by `perf record` from the moment the items
+//! Where a delete's CPU goes: tokend (or the floor server) alone, one
+//! delete run at a given number of clients, recorded by `perf record` from the moment the items
 //! are seeded to the last answer (scripts/profile.sh turns the samples into
 //! microseconds per delete). Owns starting and stopping perf; it must never
 //! record the seeding, which is creates, not deletes.
@@ -14,9 +14,13 @@ use crate::scenarios;
 /// Deletes in the recorded run: long enough for a few thousand samples.
 const DELETES: usize = 20_000;
 
-pub async fn deletes(clients: usize, perf_data: &Path) {
+pub async fn deletes(clients: usize, floor: bool, perf_data: &Path) {
     let root = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
-    let tokend = Arc::new(Tokend::start(root.path()).await);
+    let tokend = Arc::new(if floor {
+        Tokend::start_floor(root.path()).await
+    } else {
+        Tokend::start(root.path()).await
+    });
     let items = scenarios::seed(&tokend, DELETES, 32).await;
     let mut perf = tokio::process::Command::new("perf")
         .args(["record", "-q", "-F", "999", "-e", "cpu-clock"])
