@@ -44,6 +44,24 @@ pub struct Change {
     pub deleted: bool,
 }
 
+/// A server's fsyncs so far, from its fsync-duration histogram.
+#[derive(Clone, Copy)]
+pub struct Fsyncs {
+    pub count: u64,
+    /// Their time, summed. tokend's and the floor's include the log's
+    /// `write` before the sync; etcd's is the `fdatasync` alone.
+    pub seconds: f64,
+}
+
+impl Fsyncs {
+    fn read(addr: SocketAddr, histogram: &str) -> Fsyncs {
+        Fsyncs {
+            count: sample(addr, &format!("{histogram}_count ")) as u64,
+            seconds: sample(addr, &format!("{histogram}_sum ")),
+        }
+    }
+}
+
 pub trait Peer: Send + Sync + 'static {
     /// A client on its own connection; clones share it.
     type Conn: Clone + Send + Sync + 'static;
@@ -51,7 +69,7 @@ pub trait Peer: Send + Sync + 'static {
 
     fn pid(&self) -> u32;
     /// Every fsync the server has made (tokend: its commits; etcd: its WAL).
-    fn fsyncs(&self) -> u64;
+    fn fsyncs(&self) -> Fsyncs;
     fn connect(&self) -> impl Future<Output = Self::Conn> + Send;
     fn create(&self, c: &Self::Conn, n: usize) -> impl Future<Output = Item> + Send;
     /// Deletes durably; returns the revision of the deletion.
@@ -305,8 +323,8 @@ impl Peer for Tokend {
         self.process.0.id()
     }
 
-    fn fsyncs(&self) -> u64 {
-        sample(self.metrics, "tokend_fsync_duration_seconds_count") as u64
+    fn fsyncs(&self) -> Fsyncs {
+        Fsyncs::read(self.metrics, "tokend_fsync_duration_seconds")
     }
 
     async fn connect(&self) -> TokenClient {
@@ -460,11 +478,8 @@ impl Peer for Etcd {
         self.process.0.id()
     }
 
-    fn fsyncs(&self) -> u64 {
-        sample(
-            self.client_addr,
-            "etcd_disk_wal_fsync_duration_seconds_count",
-        ) as u64
+    fn fsyncs(&self) -> Fsyncs {
+        Fsyncs::read(self.client_addr, "etcd_disk_wal_fsync_duration_seconds")
     }
 
     async fn connect(&self) -> Client {

@@ -168,6 +168,10 @@ pub struct Throughput {
     pub latency: Latency,
     /// Operations per fsync the server made meanwhile (deletes only).
     pub per_fsync: Option<f64>,
+    /// The share of the run's time the server spent in those fsyncs
+    /// (deletes only): one writer syncs at a time, so the rest of the time
+    /// is the work a commit does around its sync, in series with it.
+    pub in_fsync: Option<f64>,
     /// CPU time per operation, in µs, of the server and of this load tool:
     /// on a machine this small, where the cycles go decides the rate.
     pub cpu_us: f64,
@@ -239,11 +243,13 @@ pub async fn delete_all<P: Peer>(peer: &Arc<P>, clients: usize, items: Vec<Item>
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu_us, load_cpu_us) = cpu.per_op(n);
-    let synced = peer.fsyncs().saturating_sub(fsyncs).max(1);
+    let after = peer.fsyncs();
+    let synced = after.count.saturating_sub(fsyncs.count).max(1);
     Throughput {
         per_second: n as f64 / elapsed,
         latency: Latency::of(&all),
         per_fsync: Some(n as f64 / synced as f64),
+        in_fsync: Some((after.seconds - fsyncs.seconds) / elapsed),
         cpu_us,
         load_cpu_us,
     }
@@ -313,6 +319,7 @@ pub async fn closed_loop<C: Call>(
         per_second: all.len() as f64 / started.elapsed().as_secs_f64(),
         latency: Latency::of(&all),
         per_fsync: None,
+        in_fsync: None,
         cpu_us,
         load_cpu_us,
     }
