@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Where a delete's CPU goes: reads `perf script` output of tokend during a
-delete run (scripts/profile.sh) and sorts every sample into one part of the
-delete's path, first match in the order below, looking at the whole stack.
-Prints a Markdown table: share of tokend's samples and microseconds per
-delete (share x the run's measured server CPU per delete)."""
+"""Where a delete's CPU goes: reads `perf script` output of tokend (or of
+the floor server) during a delete run (scripts/profile.sh) and sorts every
+sample into one part of the delete's path, first match in the order below,
+looking at the whole stack. Prints a Markdown table: share of the server's
+samples and microseconds per delete (share x the run's measured server CPU
+per delete)."""
 
 import re
 import sys
@@ -11,8 +12,8 @@ from collections import Counter
 
 # (part, patterns): a sample belongs to the first part any frame matches.
 PARTS = [
-    # The floor server's writer loop is its log: one write and fdatasync.
-    ("log append + fdatasync (writer)", [r"wal::Wal::append", r"floor::write_loop"]),
+    # The floor server's log is its `append`: one write and fdatasync.
+    ("log append + fdatasync (writer)", [r"wal::Wal::append", r"floor::append"]),
     ("sled checkpoint: flush + fdatasync", [r"apply::checkpoint"]),
     ("sled apply (inserts, splits, GC)", [r"layout::Writes::apply", r"^sled::"]),
     ("encoding records and events (JSON)", [r"record::encode", r"^serde_json::"]),
@@ -20,7 +21,7 @@ PARTS = [
     ("publishing events to watchers", [r"hub::Hub", r"tokend::watch::"]),
     ("authentication", [r"tokend::auth::", r"tokend::caller::"]),
     ("metrics + logs", [r"^metrics", r"^tracing"]),
-    ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::writer_loop", r"apply::apply_loop"]),
+    ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::writer_loop", r"apply::apply_loop", r"floor::write_loop"]),
     ("gRPC + HTTP/2 (the floor's stack too)", [r"^h2::", r"^hyper", r"^tonic", r"^tower", r"^prost", r"^axum", r"^http::"]),
     ("tokio runtime + sockets", [r"^tokio::", r"^mio::"]),
 ]

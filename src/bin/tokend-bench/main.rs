@@ -55,14 +55,14 @@ struct Args {
     /// the tokend at this URL.
     #[arg(long, hide = true)]
     cache_probe: Option<String>,
-    /// Profile one delete run (scripts/profile.sh): start tokend alone, seed,
-    /// then record its CPU with `perf record` into this file while this
-    /// many clients delete.
+    /// Profile one delete run (scripts/profile.sh): start tokend (or, with
+    /// --floor, the floor server) alone, seed, then record its CPU with
+    /// `perf record` into this file while this many clients delete.
     #[arg(long, value_names = ["CLIENTS", "PERF_DATA"], num_args = 2)]
     profile_deletes: Vec<String>,
     /// With --profile-deletes: profile the floor server (section 6)
     /// instead of tokend, to see which of tokend's costs the floor shares.
-    #[arg(long)]
+    #[arg(long, requires = "profile_deletes")]
     floor: bool,
     /// Internal: be the floor server (floor.rs).
     #[arg(long, hide = true, num_args = 3, value_names = ["LISTEN", "METRICS", "DIR"])]

@@ -441,7 +441,7 @@ impl Report {
              The floor's fsyncs are its own batches, counted like tokend's. Time in fsync: \
              the share of the run's wall time those fsyncs took (the histograms' `_sum`; \
              tokend's and the floor's include the log's `write`); one sync runs at a time, \
-             so the rest is what a commit does around its sync.\n\n\
+             so the rest is the writer's work around its syncs and its wait for requests.\n\n\
              | C | tokend deletes/s | etcd deletes/s | floor deletes/s | ratio | floor ratio | p99 ms tokend / etcd / floor | deletes/fsync tokend / etcd / floor | time in fsync tokend / etcd / floor | tokend CPU µs | etcd CPU µs | floor CPU µs |\n\
              |---|---|---|---|---|---|---|---|---|---|---|---|"
         );

@@ -169,8 +169,8 @@ pub struct Throughput {
     /// Operations per fsync the server made meanwhile (deletes only).
     pub per_fsync: Option<f64>,
     /// The share of the run's time the server spent in those fsyncs
-    /// (deletes only): one writer syncs at a time, so the rest of the time
-    /// is the work a commit does around its sync, in series with it.
+    /// (deletes only). One writer syncs at a time: the rest of its time is
+    /// the work it does around each sync and its wait for requests.
     pub in_fsync: Option<f64>,
     /// CPU time per operation, in µs, of the server and of this load tool:
     /// on a machine this small, where the cycles go decides the rate.
@@ -213,13 +213,13 @@ pub async fn deletes<P: Peer>(peer: &Arc<P>, clients: usize, n: usize) -> Throug
 pub async fn delete_all<P: Peer>(peer: &Arc<P>, clients: usize, items: Vec<Item>) -> Throughput {
     let n = items.len();
     let items = Arc::new(items);
-    let fsyncs = peer.fsyncs();
     let cpu = CpuMeter::start(peer.pid());
     let next = Arc::new(AtomicUsize::new(0));
     let mut conns = Vec::new();
     for _ in 0..clients {
         conns.push(peer.connect().await);
     }
+    let fsyncs = peer.fsyncs();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for c in conns {

@@ -290,13 +290,13 @@ impl Writer {
             writes.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
         }
         if let Some(first) = events.first().map(|e| e.revision) {
-            let started = Instant::now();
             let payload = wal::encode_payload(
                 changes
                     .iter()
                     .zip(&encoded)
                     .map(|(c, e)| (&c.secret, &e[..])),
             );
+            let started = Instant::now();
             self.wal
                 .append(&payload)
                 .map_err(|e| io_error("writing the write-ahead log", e))?;
