@@ -163,8 +163,9 @@ fn lower_priority() {
     let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     let failed =
         |e: std::io::Error| tracing::warn!(error = %e, "the sled applier keeps its priority");
-    if now == -1 && std::io::Error::last_os_error().raw_os_error() != Some(0) {
-        return failed(std::io::Error::last_os_error());
+    let e = std::io::Error::last_os_error();
+    if now == -1 && e.raw_os_error() != Some(0) {
+        return failed(e);
     }
     // SAFETY: as above.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, (now + NICE).min(19)) } != 0 {
@@ -410,7 +411,7 @@ pub(super) fn replay(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::time::Duration;
 
@@ -434,7 +435,6 @@ mod tests {
         nice
     }
 
-    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_applier_runs_below_the_threads_callers_wait_for() {
         let dir = tempfile::tempdir().unwrap();
@@ -450,14 +450,12 @@ mod tests {
         .unwrap();
         // A thread takes its name, and the applier lowers its priority,
         // once each has started running: on a busy machine, a moment later.
+        let below = |writer: i64| (writer + i64::from(super::NICE)).min(19);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let (writer, applier) = loop {
             let writer = nice_of_threads("tokend-writer");
             let applier = nice_of_threads("tokend-apply");
-            let lowered = match writer[..] {
-                [w] => applier == [(w + i64::from(super::NICE)).min(19)],
-                _ => false,
-            };
+            let lowered = matches!(writer[..], [w] if applier == [below(w)]);
             if lowered || std::time::Instant::now() > deadline {
                 break (writer, applier);
             }
@@ -466,8 +464,7 @@ mod tests {
         // The writer, whose sync every answer waits for, keeps the
         // process's priority (whatever nice the tests run at).
         assert_eq!(writer.len(), 1, "{writer:?}");
-        let lower = (writer[0] + i64::from(super::NICE)).min(19);
-        assert_eq!(applier, [lower], "the writer's is {}", writer[0]);
+        assert_eq!(applier, [below(writer[0])], "the writer's is {}", writer[0]);
         drop(store);
     }
 }
