@@ -37,7 +37,7 @@ use crate::telemetry::RpcLog;
 use crate::tls::Tls;
 pub use crate::tls::TlsFiles;
 use crate::watch::{WatchConfig, Watchers};
-use crate::web::{Edge, WebConfig};
+use crate::web::WebConfig;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 #[derive(Clone, Debug)]
@@ -348,14 +348,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         // A header list this long is no gRPC call (hyper's default is 16 MiB).
         .http2_max_header_list_size(Some(64 * 1024))
         // Outside in: every call counts as open on its connection (the idle
-        // and first-request deadlines of src/listener.rs); CORS answers preflights, the edge refuses other
-        // origins' pages and answers GETs with the console, gRPC-Web
-        // becomes gRPC; then
-        // every call is one gRPC call like any other.
+        // and first-request deadlines of src/listener.rs); then what a
+        // browser may have sent goes through the browser edge (src/web.rs:
+        // CORS answers preflights, the edge refuses other origins' pages
+        // and answers GETs with the console, gRPC-Web becomes gRPC), while
+        // native gRPC goes past it; then every call is one gRPC call like
+        // any other.
         .layer(CallCounter)
-        .layer(crate::web::cors(&config.web))
-        .layer(Edge::new(&config.web))
-        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(crate::web::layer(&config.web))
         .layer(RpcLog::new(method_paths()?))
         .trace_fn(crate::traces::rpc_span)
         .add_service(health_service)

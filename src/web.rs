@@ -7,7 +7,7 @@
 //! `grpc-*` response headers a browser must be allowed to read, or it loses
 //! the `ErrorInfo` details), and the console's static files at `/`. A browser
 //! is just another client: every call still goes through the same
-//! authentication and handlers.
+//! authentication and handlers. Native gRPC calls go past all of it.
 //!
 //! It must never let a page from an origin the operator did not allow call
 //! the API (a cross-origin request is refused before it reaches a handler,
@@ -23,8 +23,10 @@ use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tonic::body::Body;
-use tower::{Layer, Service};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tonic_web::{GrpcWebLayer, GrpcWebService};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 /// Who may call from a browser, and whether the console is served.
 #[derive(Clone, Debug, Default)]
@@ -53,13 +55,94 @@ const EXPOSED_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-
 /// The CORS policy: preflights are answered here; only listed origins get a
 /// grant. An unlisted origin's preflight is answered without one, so the
 /// browser never sends the call.
-pub fn cors(config: &WebConfig) -> CorsLayer {
+fn cors(config: &WebConfig) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(config.allowed_origins.clone()))
         .allow_methods([Method::POST])
         .allow_headers(REQUEST_HEADERS.map(HeaderName::from_static))
         .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// The browser edge as one layer: CORS, then [`Edge`], then gRPC-Web, for
+/// whatever a browser may have sent. A native gRPC call (a `POST` of
+/// `application/grpc…` without an `Origin`) goes straight past it: none of
+/// it applies to such a call, and on the path of every call it would cost
+/// (CORS's response headers alone take a few microseconds per call).
+pub fn layer(config: &WebConfig) -> BrowserEdge {
+    BrowserEdge(Arc::new((cors(config), Edge::new(config))))
+}
+
+/// The browser edge's layers, built once: a service is cloned for every
+/// call, and a clone of this is one reference count.
+#[derive(Clone)]
+pub struct BrowserEdge(Arc<(CorsLayer, Edge)>);
+
+impl BrowserEdge {
+    /// The browser edge in front of `inner`, for one request.
+    fn around<S>(&self, inner: S) -> Cors<EdgeService<GrpcWebService<S>>> {
+        let (cors, edge) = &*self.0;
+        tower::ServiceBuilder::new()
+            .layer(cors.clone())
+            .layer(edge.clone())
+            .layer(GrpcWebLayer::new())
+            .service(inner)
+    }
+}
+
+impl<S> Layer<S> for BrowserEdge {
+    type Service = Split<S>;
+
+    fn layer(&self, inner: S) -> Split<S> {
+        Split {
+            edge: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// Each request through the browser edge, or past it to `inner`.
+#[derive(Clone)]
+pub struct Split<S> {
+    edge: BrowserEdge,
+    inner: S,
+}
+
+/// A call only a non-browser client sends: native gRPC, and no `Origin`.
+/// A browser sends `Origin` with every `POST`, and cannot send native gRPC.
+fn is_native_grpc<B>(req: &Request<B>) -> bool {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web")
+        });
+    grpc && req.method() == Method::POST && !req.headers().contains_key(header::ORIGIN)
+}
+
+type BrowserPath<S> = Cors<EdgeService<GrpcWebService<S>>>;
+
+impl<S, B> Service<Request<B>> for Split<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone,
+    BrowserPath<S>: Service<Request<B>, Response = Response<Body>, Error = S::Error>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Oneshot<BrowserPath<S>, Request<B>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        if is_native_grpc(&req) {
+            Either::Left(self.inner.call(req))
+        } else {
+            Either::Right(self.edge.around(self.inner.clone()).oneshot(req))
+        }
+    }
 }
 
 /// What a browser-facing request gets before the gRPC services see it.

@@ -166,6 +166,14 @@ async fn cors_grants_listed_origins_only_and_other_pages_change_nothing() {
     let mut web = web_tokens(&s, &operator_secret(s.data_dir()));
     let got = web.get_token(call).await.expect("a listed origin may call");
     assert_eq!(got.get_ref().id, token.id);
+    let h = got.metadata();
+    assert_eq!(h.get("access-control-allow-origin").unwrap(), allowed);
+    let exposed = h
+        .get("access-control-expose-headers")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("grpc-status-details-bin"), "{exposed}");
 
     // Another origin's preflight gets no grant.
     let (_, h, _) = http1(&s, preflight("https://evil.example")).await;
@@ -187,6 +195,41 @@ async fn cors_grants_listed_origins_only_and_other_pages_change_nothing() {
         get(&mut native, &token.id, false).await.is_ok(),
         "the token is still there"
     );
+}
+
+/// Native gRPC without an `Origin` (every service and mesh call) goes past
+/// the browser edge: no CORS headers on its answers. With an `Origin`, it
+/// is checked like a browser's call.
+#[tokio::test]
+async fn native_grpc_goes_past_the_browser_edge_unless_it_names_an_origin() {
+    let s = TestServer::start().await;
+    let account = create_account(&s, &["commerce"]).await;
+    let mut native = s.tokens().await;
+    let (token, _) = create_token(&mut native, &account.id, "kept").await;
+    let got = native
+        .get_token(pb::GetTokenRequest {
+            id: token.id.clone(),
+            show_deleted: false,
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = got.metadata().keys().map(|k| format!("{k:?}")).collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("access-control") || n.contains("vary")),
+        "{names:?}"
+    );
+
+    let mut call = GrpcRequest::new(pb::DeleteTokenRequest {
+        id: token.id.clone(),
+        ..Default::default()
+    });
+    call.metadata_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let err = native.delete_token(call).await.expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(get(&mut native, &token.id, false).await.is_ok());
 }
 
 #[tokio::test]
