@@ -17,11 +17,11 @@ PARTS = [
     ("sled checkpoint: flush + fdatasync", [r"apply::checkpoint"]),
     ("sled apply (inserts, splits, GC)", [r"layout::Writes::apply", r"^sled::"]),
     ("encoding records and events (JSON)", [r"record::encode", r"^serde_json::"]),
-    ("planning + in-memory state", [r"command::plan", r"state::State", r"^imbl::"]),
+    ("planning + in-memory state", [r"command::plan", r"state::State", r"^imbl::", r"commit::(plan|record_change|record_access)\b"]),
     ("publishing events to watchers", [r"hub::Hub", r"tokend::watch::"]),
     ("authentication", [r"tokend::auth::", r"tokend::caller::"]),
     ("metrics + logs", [r"^metrics", r"^tracing"]),
-    ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::writer_loop", r"apply::apply_loop", r"floor::write_loop"]),
+    ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::planner_loop", r"durable::writer_loop", r"apply::apply_loop", r"floor::write_loop"]),
     ("gRPC + HTTP/2 (the floor's stack too)", [r"^h2::", r"^hyper", r"^tonic", r"^tower", r"^prost", r"^axum", r"^http::"]),
     ("tokio runtime + sockets", [r"^tokio::", r"^mio::"]),
 ]

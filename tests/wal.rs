@@ -141,6 +141,54 @@ async fn a_kill_between_the_logs_sync_and_sleds_apply_keeps_the_write() {
     assert_eq!(names(&tokens), ["t0", "t1", "t2", "t3", "t4", "t5"]);
 }
 
+/// The planner plans the next batch while the writer syncs the last, on
+/// the state that batch will leave. When that sync fails, what was planned
+/// on it fails too: a second delete of the token, planned while the first
+/// was syncing, saw it gone, but must not say NOT_FOUND.
+#[tokio::test]
+async fn a_failed_sync_fails_what_was_planned_behind_it() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let mut p = spawn_tokend(tmp.path(), &[]).await;
+    let mut c = p.tokens().await;
+    let made = c.create_token(nth(&account, 0)).await.unwrap().into_inner();
+    let victim = made.token.unwrap().id;
+    p.kill();
+
+    // Every append to the log fails, a second after it began.
+    let p = start(tmp.path(), "sled-wal-append-fails=return(1000)").await;
+    let mut c = p.tokens().await;
+    let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
+    let first = tokio::spawn({
+        let (mut c, victim) = (c.clone(), victim.clone());
+        async move { delete(&mut c, &victim).await }
+    });
+    // The first delete is in its append by now: the second is planned
+    // behind it, on a state without the token.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = delete(&mut c, &victim).await.unwrap_err();
+    let first = first.await.unwrap().unwrap_err();
+    for refused in [&first, &second] {
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains("sled-wal-append-fails"),
+            "{refused:?}"
+        );
+    }
+    assert!(second.message().contains("restart tokend"), "{second:?}");
+
+    // Nothing was announced, the token still verifies, and a restart
+    // finds it.
+    let heard = tokio::time::timeout(Duration::from_millis(300), w.message()).await;
+    assert!(heard.is_err(), "announced: {heard:?}");
+    assert!(verify(&mut c, &made.secret).await.valid);
+    drop(p);
+    let (_p, tokens) = after_restart(tmp.path()).await;
+    assert_eq!(names(&tokens), ["t0"]);
+}
+
 #[tokio::test]
 async fn a_log_far_ahead_of_sled_is_replayed_at_open() {
     if sled_only("the embedded store's write-ahead log") {

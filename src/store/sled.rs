@@ -1,9 +1,11 @@
 //! The embedded backend: a write-ahead log for durability, sled for the
-//! records, one writer thread, group commit.
+//! records, one planner and one writer thread, group commit.
 //!
 //! Owns opening a data dir and reading from it. A commit is durable once
 //! its batch is in the log (`sled/wal.rs`), synced once for every command
-//! the writer took together (`sled/commit.rs`, the write path); sled gets
+//! planned together (the write path: `sled/commit.rs` plans, while the
+//! writer, `sled/durable.rs`, syncs the batch before; the writer answers
+//! and publishes once its batch is durable); sled gets
 //! the batch in memory right after, on the applier thread, and reaches the
 //! disk in background checkpoints (`sled/apply.rs`). At open, sled is
 //! brought up to the log's end before anything is served. Readers use the
@@ -41,6 +43,7 @@ use crate::state::State;
 mod apply;
 mod commit;
 mod compact;
+mod durable;
 mod layout;
 mod restore;
 mod shrink;
@@ -68,7 +71,7 @@ pub struct SledStore {
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// What the writer thread and readers share.
+/// What the planner, the writer and readers share.
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,

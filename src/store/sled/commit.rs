@@ -1,105 +1,264 @@
-//! The write path of the embedded store: one writer thread, group commit
-//! through the write-ahead log.
+//! The first half of the write path of the embedded store: the planner
+//! thread, which turns queued commands into the next batch for the log.
 //!
-//! The writer takes every queued command, plans each against a working copy
-//! of the state (so later commands in a batch see earlier ones), appends the
-//! whole batch to the log as one record and `fdatasync`s it once: from then
-//! on it is durable. It then publishes the new state, answers the callers,
-//! hands the events to the hub and the batch's sled writes to the applier
-//! (`sled/apply.rs`), in that order. One writer means revisions come out
-//! gap-free in commit order without locks, and concurrent writers share one
-//! sync.
+//! A commit takes two threads, so that the work around a log sync overlaps
+//! with it. The planner plans each command against its working state (the
+//! state as it will be once everything planned so far is durable, so that
+//! a command sees every one queued before it), and encodes what the log
+//! and sled will hold, into a [`Planned`] batch. The writer thread
+//! (`sled/durable.rs`) takes the whole batch when its last sync returned,
+//! makes it durable with one sync, and only then publishes and answers it.
+//! Whatever arrives meanwhile is planned into the next batch: on two cores,
+//! the planning runs while the disk syncs, rather than between syncs.
 //!
-//! Every [`CHECKPOINT_EVERY`] or [`SEGMENT_BYTES`] of log, the writer closes
-//! the log segment and queues a checkpoint behind its batches.
-//!
-//! It must never answer or publish before the log's sync returned, and
-//! never write to sled itself: sled gets batches only through the applier,
-//! in commit order.
+//! One planner means revisions come out gap-free in command order without
+//! locks beyond the hand-off. It must never answer a command itself (its
+//! answer rests on batches not yet durable, which may still fail: the
+//! writer answers it with its batch), never publish its working state, and
+//! never write to the log or sled.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::apply::{self, Applier, Work};
+use super::durable;
 use super::layout::{self, EventLog, Writes};
 use super::wal::{self, Wal};
-use super::{Inner, Job, io_error};
+use super::{Inner, Job};
 use crate::command::{self, Ctx, Plan};
-use crate::domain::{Event, Revision, Subject, TokenId};
+use crate::domain::{Event, Subject, TokenId};
 use crate::error::Error;
 use crate::state::{Change, SecretOp, State};
 use crate::store::Applied;
 use crate::store::record::{self, EventRecord, TimeRecord};
-use crate::telemetry;
 
-/// Most commands one commit takes: bounds the latency a batch adds.
+/// Most commands one batch takes: bounds the latency a batch adds, and how
+/// far the planner runs ahead of the log.
 pub(super) const MAX_BATCH: usize = 1024;
-/// How often sled is flushed at most, while writes come in: etcd's backend
-/// commits every 100 ms too.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// A log segment this large is closed and checkpointed at once: bounds what
-/// an open replays.
-const SEGMENT_BYTES: u64 = 16 << 20;
 
-/// Starts the writer thread, the only code that writes to the log, and the
-/// applier thread behind it, on `wal`.
+/// A reply owed to a caller once its batch is durable.
+pub(super) type Owed = (
+    oneshot::Sender<Result<Applied, Error>>,
+    Result<Applied, Error>,
+);
+
+/// Commands planned since the writer last took a batch: everything the
+/// writer needs to make them durable, publish and answer them.
+#[derive(Default)]
+pub(super) struct Planned {
+    /// The log record's payload: one entry per change (`wal.rs`).
+    pub(super) payload: Vec<u8>,
+    /// Each change's event, encoded as sled's event log keeps it.
+    pub(super) encoded: Vec<Vec<u8>>,
+    /// The same events, for the hub; their revisions are consecutive.
+    pub(super) events: Vec<Arc<Event>>,
+    /// What sled gets, but for the event log's own keys.
+    pub(super) writes: Writes,
+    /// True once `writes` holds last-access times (which skip the log).
+    pub(super) access: bool,
+    /// Tokens whose secret this batch erases: their pending access times
+    /// are forgotten once it is durable.
+    pub(super) erased: Vec<TokenId>,
+    pub(super) owed: Vec<Owed>,
+    /// The commit spans of the callers whose commands changed something.
+    pub(super) committing: Vec<tracing::Span>,
+    /// Set by a close: the last batch.
+    pub(super) close: Option<oneshot::Sender<()>>,
+}
+
+impl Planned {
+    fn is_empty(&self) -> bool {
+        self.owed.is_empty() && !self.access && self.close.is_none()
+    }
+}
+
+/// What the planner and the writer share.
+pub(super) struct Handoff {
+    shared: Mutex<Shared>,
+    /// Signalled when a batch has something in it, or the planner is gone.
+    ready: Condvar,
+    /// Signalled when the writer took a batch, or is gone.
+    taken: Condvar,
+}
+
+struct Shared {
+    next: Planned,
+    /// The planner's working state: the published one plus `next` and
+    /// every batch the writer has taken but not yet published.
+    work: State,
+    planner_gone: bool,
+    writer_gone: bool,
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().expect("hand-off lock")
+    }
+
+    /// The next batch once there is one, with the state it leaves when it
+    /// changes anything (to publish). None once the planner is gone and
+    /// everything it planned was taken.
+    pub(super) fn take(&self) -> Option<(Planned, Option<Arc<State>>)> {
+        let mut shared = self.lock();
+        while shared.next.is_empty() {
+            if shared.planner_gone {
+                return None;
+            }
+            shared = self.ready.wait(shared).expect("hand-off lock");
+        }
+        let batch = std::mem::take(&mut shared.next);
+        // A cheap clone (shared index nodes): the planner's next change
+        // copies only the nodes on its path.
+        let after = (!batch.events.is_empty()).then(|| Arc::new(shared.work.clone()));
+        drop(shared);
+        self.taken.notify_one();
+        Some((batch, after))
+    }
+
+    /// Called as the writer thread ends, however it ends: the planner must
+    /// not wait for room that will never come.
+    pub(super) fn writer_gone(&self) {
+        self.lock().writer_gone = true;
+        self.taken.notify_one();
+    }
+}
+
+/// Starts the planner thread and the writer thread behind it (which starts
+/// the applier), on `wal`. The handle is the planner's, which joins the
+/// writer before it ends.
 pub(super) fn start_writer(
     inner: Arc<Inner>,
     wal: Wal,
     events: EventLog,
     rx: mpsc::Receiver<Job>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
-    let w = Writer {
-        applier,
-        inner,
-        wal,
-        events,
-        last_checkpoint: Instant::now(),
-        fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
-        batch_size: metrics::histogram!(telemetry::COMMIT_BATCH_SIZE),
-    };
+    let handoff = Arc::new(Handoff {
+        shared: Mutex::new(Shared {
+            next: Planned::default(),
+            work: State::clone(&inner.state.read().expect("state lock")),
+            planner_gone: false,
+            writer_gone: false,
+        }),
+        ready: Condvar::new(),
+        taken: Condvar::new(),
+    });
+    let writer = durable::start(inner.clone(), wal, events, handoff.clone())?;
     std::thread::Builder::new()
-        .name("tokend-writer".into())
-        .spawn(move || writer_loop(w, rx))
+        .name("tokend-plan".into())
+        .spawn(move || {
+            planner_loop(&inner, &handoff, rx);
+            handoff.lock().planner_gone = true;
+            handoff.ready.notify_one();
+            let _ = writer.join();
+        })
 }
 
-fn writer_loop(mut w: Writer, mut rx: mpsc::Receiver<Job>) {
-    loop {
-        let Some(first) = rx.blocking_recv() else {
-            return;
-        };
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+fn planner_loop(inner: &Inner, handoff: &Handoff, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.blocking_recv() {
+        // One time for what arrived together (as one caller's commands
+        // would see it), taken before the lock.
+        let now = SystemTime::now();
+        let mut next = Some(job);
+        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+            // The poisoned store refuses at once: no state to wait for.
+            let job = match job {
+                Job::Apply { reply, .. } if inner.poisoned.load(Ordering::Acquire) => {
+                    let _ = reply.send(Err(inner.refusal("committing")));
+                    continue;
+                }
+                job => job,
+            };
+            let mut shared = handoff.lock();
+            while shared.next.owed.len() >= MAX_BATCH && !shared.writer_gone {
+                shared = handoff.taken.wait(shared).expect("hand-off lock");
+            }
+            if shared.writer_gone {
+                // Nothing would take it; callers see the store stopped.
+                return;
+            }
+            let closing = matches!(job, Job::Close(_));
+            plan(inner, &mut shared, job, now);
+            drop(shared);
+            handoff.ready.notify_one();
+            if closing {
+                return;
             }
         }
-        if let Some(done) = w.commit_batch(jobs) {
-            w.close();
-            tracing::info!("store closed");
-            let _ = done.send(());
-            return;
-        }
-        w.maybe_checkpoint();
     }
 }
 
-struct Writer {
-    inner: Arc<Inner>,
-    wal: Wal,
-    /// The event keys sled will hold once the applier has caught up.
-    events: EventLog,
-    applier: Applier,
-    last_checkpoint: Instant,
-    /// Registered once, at open (after the exporter is installed).
-    fsync_duration: metrics::Histogram,
-    batch_size: metrics::Histogram,
+/// Plans one job into the next batch.
+fn plan(inner: &Inner, shared: &mut Shared, job: Job, now: SystemTime) {
+    let Shared { next, work, .. } = shared;
+    match job {
+        Job::Apply {
+            cmd,
+            actor,
+            reply,
+            span,
+        } => {
+            let answer = match command::plan(work, &cmd, &Ctx { now, actor: &actor }) {
+                Err(e) => Err(e),
+                Ok(Plan::Unchanged(subject)) => Ok(Applied::unchanged(subject)),
+                Ok(Plan::Change(planned, secret)) => {
+                    let mut subjects = Vec::with_capacity(planned.len());
+                    for change in planned {
+                        let revision = work.revision() + 1;
+                        work.apply(&change, revision);
+                        let event = Arc::new(change.event(revision, now, actor.clone()));
+                        subjects.push(change.subject.clone());
+                        record_change(next, with_kept_secret(change, work), event);
+                    }
+                    next.committing.push(span);
+                    Ok(Applied::committed(work.revision(), subjects, secret))
+                }
+            };
+            next.owed.push((reply, answer));
+        }
+        Job::PersistAccess => record_access(inner, next, work, now, false),
+        Job::Close(done) => {
+            record_access(inner, next, work, now, true);
+            next.close = Some(done);
+        }
+    }
+}
+
+/// Adds one planned change and its event to what the log and sled get.
+fn record_change(next: &mut Planned, change: Change, event: Arc<Event>) {
+    let encoded = record::encode::<EventRecord>(&event);
+    wal::push_entry(&mut next.payload, &change.secret, &encoded);
+    // After `with_kept_secret`, only Set leaves a token live.
+    let secret = match &change.secret {
+        SecretOp::Set(h) => Some(h),
+        SecretOp::Keep | SecretOp::Erase(_) => None,
+    };
+    layout::write_change(&mut next.writes, &change, secret, event.revision);
+    if let (SecretOp::Erase(_), Subject::Token(t)) = (&change.secret, &change.subject) {
+        next.erased.push(t.id.clone());
+    }
+    next.encoded.push(encoded);
+    next.events.push(event);
+}
+
+/// Adds the last-access times due (all of them at a close) of tokens still
+/// live in the working state: a deletion planned before must not have its
+/// token's record written back. Once poisoned, nothing more is written, not
+/// even these: sled may hold part of the failed batch, and a write now
+/// could make it durable under a revision counter that no longer matches.
+fn record_access(inner: &Inner, next: &mut Planned, work: &State, now: SystemTime, all: bool) {
+    if inner.poisoned.load(Ordering::Acquire) {
+        return;
+    }
+    for (id, at) in inner.access.take_due(now, all) {
+        if work.secret_of(&id).is_some() {
+            next.writes
+                .insert(layout::access_key(&id), record::encode::<TimeRecord>(&at));
+            next.access = true;
+        }
+    }
 }
 
 /// `change` as the log and sled record it: a token change that kept its
@@ -114,237 +273,4 @@ fn with_kept_secret(mut change: Change, after: &State) -> Change {
         change.secret = SecretOp::Set(*h);
     }
     change
-}
-
-/// A reply owed to a caller once the batch is durable.
-type Owed = (
-    oneshot::Sender<Result<Applied, Error>>,
-    Result<Applied, Error>,
-);
-
-impl Writer {
-    /// Plans, logs, applies and publishes one batch. Returns the close
-    /// acknowledgement if the batch asked the writer to stop.
-    fn commit_batch(&mut self, jobs: Vec<Job>) -> Option<oneshot::Sender<()>> {
-        let inner = self.inner.clone();
-        let now = SystemTime::now();
-        let mut work = State::clone(&inner.state.read().expect("state lock"));
-        let mut changes: Vec<Change> = Vec::new();
-        let mut events: Vec<Arc<Event>> = Vec::new();
-        let mut owed: Vec<Owed> = Vec::with_capacity(jobs.len());
-        let mut committing: Vec<tracing::Span> = Vec::new();
-        let mut persist_access = false;
-        let mut close = None;
-        let mut for_sled = None;
-        // The state this batch replaces: freed only once the batch is
-        // answered (dropping a state frees every index node its successor
-        // copied: up to a tenth of the writer's time, none of it owed to
-        // a caller).
-        let mut retired: Option<Arc<State>> = None;
-        let poisoned = inner.poisoned.load(Ordering::Acquire);
-
-        for job in jobs {
-            match job {
-                Job::Apply { reply, .. } if poisoned => {
-                    let e = inner.refusal("committing");
-                    owed.push((reply, Err(e)));
-                }
-                Job::Apply {
-                    cmd,
-                    actor,
-                    reply,
-                    span,
-                } => {
-                    let answer = match command::plan(&work, &cmd, &Ctx { now, actor: &actor }) {
-                        Err(e) => Err(e),
-                        Ok(Plan::Unchanged(subject)) => Ok(Applied::unchanged(subject)),
-                        Ok(Plan::Change(planned, secret)) => {
-                            let mut subjects = Vec::with_capacity(planned.len());
-                            for change in planned {
-                                let revision = work.revision() + 1;
-                                work.apply(&change, revision);
-                                events.push(Arc::new(change.event(revision, now, actor.clone())));
-                                subjects.push(change.subject.clone());
-                                changes.push(with_kept_secret(change, &work));
-                            }
-                            committing.push(span);
-                            Ok(Applied::committed(work.revision(), subjects, secret))
-                        }
-                    };
-                    owed.push((reply, answer));
-                }
-                Job::PersistAccess => persist_access = true,
-                Job::Close(done) => {
-                    persist_access = true;
-                    close = Some(done);
-                }
-            }
-        }
-
-        // Access times only of tokens still live after this batch: a deletion
-        // in the same batch must not write its token's record back.
-        let access: Vec<_> = if persist_access && !poisoned {
-            inner
-                .access
-                .take_due(now, close.is_some())
-                .into_iter()
-                .filter(|(id, _)| work.secret_of(id).is_some())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // Once poisoned nothing more is written, not even access times: sled
-        // may hold part of the failed batch, and a write now could make it
-        // durable under a revision counter that no longer matches.
-        if !poisoned && (!changes.is_empty() || !access.is_empty()) {
-            let started = Instant::now();
-            let span = crate::traces::batch_span(&committing, changes.len());
-            let persisted =
-                span.in_scope(|| self.persist(&changes, &events, &access, work.revision()));
-            match persisted {
-                Ok(writes) => {
-                    for_sled = Some((writes, work.revision()));
-                    tracing::debug!(
-                        changes = changes.len(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "batch committed"
-                    );
-                    for change in &changes {
-                        if let (SecretOp::Erase(_), Subject::Token(t)) =
-                            (&change.secret, &change.subject)
-                        {
-                            inner.access.forget(&t.id);
-                        }
-                    }
-                    if !changes.is_empty() {
-                        let mut published = inner.state.write().expect("state lock");
-                        retired = Some(std::mem::replace(&mut *published, Arc::new(work)));
-                    }
-                }
-                Err(e) => {
-                    apply::poison(&inner, "a commit", &e);
-                    events.clear();
-                    // Every answer of the batch was planned against state that
-                    // includes the failed changes (an allow_missing delete
-                    // behind a failed delete would say "gone"): none may stand.
-                    for (_, answer) in owed.iter_mut() {
-                        *answer = Err(e.clone());
-                    }
-                }
-            }
-        }
-
-        // Durable and visible: answer, then announce. The state swap above
-        // comes first so that a watcher that reads the log after subscribing
-        // can never miss an event the hub already sent.
-        for (reply, answer) in owed {
-            let _ = reply.send(answer);
-        }
-        for event in events {
-            // Revisions here are consecutive: the one before is revision - 1.
-            inner.hub.publish(event.revision - 1, event);
-        }
-        // sled last: on two cores, a woken applier would take the CPU the
-        // answers and the watchers' wake-ups need.
-        if let Some((writes, head)) = for_sled {
-            self.to_sled(writes, head, changes.is_empty());
-        }
-        drop(retired);
-        close
-    }
-
-    /// Hands a durable batch's sled writes to the applier; access times
-    /// alone, which skipped the log, are flushed behind them.
-    fn to_sled(&self, writes: Writes, head: Revision, access_only: bool) {
-        self.applier.send(Work::Batch { writes, head });
-        if access_only {
-            self.applier.send(Work::Flush);
-        }
-    }
-
-    /// Makes one batch durable in the log and returns its sled writes.
-    /// Access times alone (no change) skip the log.
-    fn persist(
-        &mut self,
-        changes: &[Change],
-        events: &[Arc<Event>],
-        access: &[(TokenId, SystemTime)],
-        head: Revision,
-    ) -> Result<Writes, Error> {
-        let inner = &self.inner;
-        let encoded: Vec<Vec<u8>> = events
-            .iter()
-            .map(|e| record::encode::<EventRecord>(e))
-            .collect();
-        let mut writes = Writes::default();
-        // One event per change, in the same order.
-        for (change, event) in changes.iter().zip(events) {
-            // After `with_kept_secret`, only Set leaves a token live.
-            let secret = match &change.secret {
-                SecretOp::Set(h) => Some(h),
-                SecretOp::Keep | SecretOp::Erase(_) => None,
-            };
-            layout::write_change(&mut writes, change, secret, event.revision);
-        }
-        for (id, at) in access {
-            writes.insert(layout::access_key(id), record::encode::<TimeRecord>(at));
-        }
-        if let Some(first) = events.first().map(|e| e.revision) {
-            let payload = wal::encode_payload(
-                changes
-                    .iter()
-                    .zip(&encoded)
-                    .map(|(c, e)| (&c.secret, &e[..])),
-            );
-            let started = Instant::now();
-            self.wal
-                .append(&payload)
-                .map_err(|e| io_error("writing the write-ahead log", e))?;
-            self.fsync_duration.record(started.elapsed().as_secs_f64());
-            self.batch_size.record(changes.len() as f64);
-            fail::fail_point!("sled-wal-synced", |_| std::process::abort());
-            // `oldest` moves before the keys go, so a reader sees
-            // OUT_OF_RANGE rather than a gap.
-            let retained = layout::encode_events(encoded.iter().map(|e| &e[..]));
-            let kept = self
-                .events
-                .append(&mut writes, first, head, retained, inner.retention);
-            inner.oldest.store(kept, Ordering::Release);
-        }
-        Ok(writes)
-    }
-
-    /// Closes the log segment and has sled checkpointed, when one is due
-    /// and none is running.
-    fn maybe_checkpoint(&mut self) {
-        let due = self.wal.len() >= SEGMENT_BYTES
-            || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
-        if !due || self.applier.checkpoint_busy() || self.inner.poisoned.load(Ordering::Acquire) {
-            return;
-        }
-        match self.wal.rotate() {
-            Ok(closed_below) => {
-                self.last_checkpoint = Instant::now();
-                self.applier.send(Work::Checkpoint(closed_below));
-            }
-            Err(e) => apply::poison(&self.inner, "starting a log segment", &e),
-        }
-    }
-
-    /// At shutdown: sled catches up, then one last checkpoint, after which
-    /// the log is empty.
-    fn close(&mut self) {
-        self.applier.stop();
-        if self.inner.poisoned.load(Ordering::Acquire) {
-            return;
-        }
-        let done = self
-            .wal
-            .rotate()
-            .map_err(|e| io_error("starting a log segment", e))
-            .and_then(|closed_below| apply::checkpoint(&self.inner, self.wal.dir(), closed_below));
-        if let Err(e) = done {
-            tracing::warn!(error = %e, "last checkpoint failed; the log is replayed at open");
-        }
-    }
 }

@@ -123,9 +123,18 @@ impl Wal {
         Ok((wal, batches))
     }
 
-    /// Appends one batch's payload ([`encode_payload`]) and waits until it
+    /// Appends one batch's payload ([`push_entry`]'s) and waits until it
     /// is on disk.
     pub(super) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        // The fault suite's refused write (tests/wal.rs): after the given
+        // milliseconds, so that more commands queue behind this batch.
+        fail::fail_point!("sled-wal-append-fails", |ms: Option<String>| {
+            let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Err(io::Error::other(
+                "refused by the sled-wal-append-fails fail point",
+            ))
+        });
         let mut record = Vec::with_capacity(HEADER + payload.len());
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -181,25 +190,29 @@ impl Wal {
     }
 }
 
-/// A batch as the log holds it: each change's secret op and encoded event.
-pub(super) fn encode_payload<'a>(
-    entries: impl IntoIterator<Item = (&'a SecretOp, &'a [u8])>,
-) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(4096);
-    for (secret, event) in entries {
-        match secret {
-            SecretOp::Keep => payload.push(0),
-            SecretOp::Set(h) => {
-                payload.push(1);
-                payload.extend_from_slice(h);
-            }
-            SecretOp::Erase(h) => {
-                payload.push(2);
-                payload.extend_from_slice(h);
-            }
+/// Adds one change, its secret op and encoded event, to a batch's payload.
+pub(super) fn push_entry(payload: &mut Vec<u8>, secret: &SecretOp, event: &[u8]) {
+    match secret {
+        SecretOp::Keep => payload.push(0),
+        SecretOp::Set(h) => {
+            payload.push(1);
+            payload.extend_from_slice(h);
         }
-        payload.extend_from_slice(&(event.len() as u32).to_le_bytes());
-        payload.extend_from_slice(event);
+        SecretOp::Erase(h) => {
+            payload.push(2);
+            payload.extend_from_slice(h);
+        }
+    }
+    payload.extend_from_slice(&(event.len() as u32).to_le_bytes());
+    payload.extend_from_slice(event);
+}
+
+/// A batch as the log holds it: each change's secret op and encoded event.
+#[cfg(test)]
+fn encode_payload<'a>(entries: impl IntoIterator<Item = (&'a SecretOp, &'a [u8])>) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (secret, event) in entries {
+        push_entry(&mut payload, secret, event);
     }
     payload
 }
@@ -289,7 +302,7 @@ fn check_record(bytes: &[u8]) -> Result<(&[u8], usize), &'static str> {
     Ok((payload, HEADER + len))
 }
 
-/// The entries of a payload written by [`encode_payload`].
+/// The entries of a payload written by [`push_entry`].
 fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
     let mut entries = Vec::new();
     let take = |p: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {

@@ -1,0 +1,254 @@
+//! The second half of the write path of the embedded store: the writer
+//! thread, the only code that writes to the log.
+//!
+//! It takes the batch the planner (`sled/commit.rs`) has ready, appends it
+//! to the log as one record and `fdatasync`s it once: from then on it is
+//! durable. It then publishes the state the batch leaves, answers the
+//! callers, hands the events to the hub and the batch's sled writes to the
+//! applier (`sled/apply.rs`), in that order, and takes the next batch: all
+//! that was planned while this one synced. Concurrent writers share one
+//! sync.
+//!
+//! Every [`CHECKPOINT_EVERY`] or [`SEGMENT_BYTES`] of log, the writer closes
+//! the log segment and queues a checkpoint behind its batches.
+//!
+//! It must never answer or publish before the log's sync returned, never
+//! write a batch to the log before the one planned before it is durable (a
+//! batch is planned on the state its predecessors leave: it may only become
+//! durable behind them, and fails with them), and never write to sled
+//! itself: sled gets batches only through the applier, in commit order.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::apply::{self, Applier, Work};
+use super::commit::{Handoff, Planned};
+use super::layout::{self, EventLog};
+use super::wal::Wal;
+use super::{Inner, io_error};
+use crate::domain::Revision;
+use crate::error::Error;
+use crate::state::State;
+use crate::telemetry;
+
+/// How often sled is flushed at most, while writes come in: etcd's backend
+/// commits every 100 ms too.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// A log segment this large is closed and checkpointed at once: bounds what
+/// an open replays.
+const SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Starts the writer thread, and the applier thread behind it, on `wal`.
+pub(super) fn start(
+    inner: Arc<Inner>,
+    wal: Wal,
+    events: EventLog,
+    handoff: Arc<Handoff>,
+) -> std::io::Result<JoinHandle<()>> {
+    let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
+    let head = inner.state.read().expect("state lock").revision();
+    let w = Writer {
+        applier,
+        inner,
+        wal,
+        events,
+        head,
+        last_checkpoint: Instant::now(),
+        fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
+        batch_size: metrics::histogram!(telemetry::COMMIT_BATCH_SIZE),
+    };
+    std::thread::Builder::new()
+        .name("tokend-writer".into())
+        .spawn(move || writer_loop(w, &handoff))
+}
+
+/// Tells the planner the writer is gone, however the writer ends; a panic
+/// poisons the store first, so that nothing more is planned.
+struct Gone<'a>(&'a Inner, &'a Handoff);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            apply::poison(self.0, "the writer thread", &"it panicked");
+        }
+        self.1.writer_gone();
+    }
+}
+
+fn writer_loop(mut w: Writer, handoff: &Handoff) {
+    let inner = w.inner.clone();
+    let _gone = Gone(&inner, handoff);
+    while let Some((batch, after)) = handoff.take() {
+        if let Some(done) = w.commit(batch, after) {
+            w.close();
+            tracing::info!("store closed");
+            let _ = done.send(());
+            return;
+        }
+        w.maybe_checkpoint();
+    }
+}
+
+struct Writer {
+    inner: Arc<Inner>,
+    wal: Wal,
+    /// The event keys sled will hold once the applier has caught up.
+    events: EventLog,
+    /// The last durable revision.
+    head: Revision,
+    applier: Applier,
+    last_checkpoint: Instant,
+    /// Registered once, at open (after the exporter is installed).
+    fsync_duration: metrics::Histogram,
+    batch_size: metrics::Histogram,
+}
+
+impl Writer {
+    /// Logs, publishes and answers one batch; `after` is the state it
+    /// leaves, when it changes any. Returns the close acknowledgement if
+    /// the batch asked the writer to stop.
+    fn commit(
+        &mut self,
+        mut batch: Planned,
+        after: Option<Arc<State>>,
+    ) -> Option<oneshot::Sender<()>> {
+        let inner = self.inner.clone();
+        let mut to_sled = false;
+        // The state this batch replaces: freed only once the batch is
+        // answered (dropping a state frees every index node its successor
+        // copied: up to a tenth of the writer's time, none of it owed to
+        // a caller).
+        let mut retired = None;
+        if inner.poisoned.load(Ordering::Acquire) {
+            // Planned on a batch that failed (an allow_missing delete behind
+            // a failed delete would say "gone"): no answer of it may stand.
+            fail_all(&mut batch, inner.refusal("committing"));
+        } else if !batch.events.is_empty() || batch.access {
+            let started = Instant::now();
+            let span = crate::traces::batch_span(&batch.committing, batch.events.len());
+            match span.in_scope(|| self.persist(&mut batch)) {
+                Ok(()) => {
+                    to_sled = true;
+                    tracing::debug!(
+                        changes = batch.events.len(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "batch committed"
+                    );
+                    for id in &batch.erased {
+                        inner.access.forget(id);
+                    }
+                    if let Some(after) = after {
+                        let mut published = inner.state.write().expect("state lock");
+                        retired = Some(std::mem::replace(&mut *published, after));
+                    }
+                }
+                Err(e) => {
+                    apply::poison(&inner, "a commit", &e);
+                    fail_all(&mut batch, e);
+                }
+            }
+        }
+
+        // Durable and visible: answer, then announce. The state swap above
+        // comes first so that a watcher that reads the log after subscribing
+        // can never miss an event the hub already sent.
+        for (reply, answer) in batch.owed {
+            let _ = reply.send(answer);
+        }
+        let access_only = batch.events.is_empty();
+        for event in batch.events {
+            // Revisions here are consecutive: the one before is revision - 1.
+            inner.hub.publish(event.revision - 1, event);
+        }
+        // sled last: on two cores, a woken applier would take the CPU the
+        // answers and the watchers' wake-ups need. Access times alone, which
+        // skipped the log, are flushed behind them.
+        if to_sled {
+            self.applier.send(Work::Batch {
+                writes: batch.writes,
+                head: self.head,
+            });
+            if access_only {
+                self.applier.send(Work::Flush);
+            }
+        }
+        drop(retired);
+        batch.close
+    }
+
+    /// Makes a batch's changes durable in the log and ends its sled writes
+    /// with the event log's. Access times alone skip the log.
+    fn persist(&mut self, batch: &mut Planned) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.revision, last.revision);
+        let started = Instant::now();
+        self.wal
+            .append(&batch.payload)
+            .map_err(|e| io_error("writing the write-ahead log", e))?;
+        self.fsync_duration.record(started.elapsed().as_secs_f64());
+        self.batch_size.record(batch.events.len() as f64);
+        fail::fail_point!("sled-wal-synced", |_| std::process::abort());
+        self.head = last;
+        // `oldest` moves before the keys go, so a reader sees OUT_OF_RANGE
+        // rather than a gap.
+        let retained = layout::encode_events(batch.encoded.iter().map(|e| &e[..]));
+        let kept = self.events.append(
+            &mut batch.writes,
+            first,
+            last,
+            retained,
+            self.inner.retention,
+        );
+        self.inner.oldest.store(kept, Ordering::Release);
+        Ok(())
+    }
+
+    /// Closes the log segment and has sled checkpointed, when one is due
+    /// and none is running.
+    fn maybe_checkpoint(&mut self) {
+        let due = self.wal.len() >= SEGMENT_BYTES
+            || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
+        if !due || self.applier.checkpoint_busy() || self.inner.poisoned.load(Ordering::Acquire) {
+            return;
+        }
+        match self.wal.rotate() {
+            Ok(closed_below) => {
+                self.last_checkpoint = Instant::now();
+                self.applier.send(Work::Checkpoint(closed_below));
+            }
+            Err(e) => apply::poison(&self.inner, "starting a log segment", &e),
+        }
+    }
+
+    /// At shutdown: sled catches up, then one last checkpoint, after which
+    /// the log is empty.
+    fn close(&mut self) {
+        self.applier.stop();
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return;
+        }
+        let done = self
+            .wal
+            .rotate()
+            .map_err(|e| io_error("starting a log segment", e))
+            .and_then(|closed_below| apply::checkpoint(&self.inner, self.wal.dir(), closed_below));
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "last checkpoint failed; the log is replayed at open");
+        }
+    }
+}
+
+/// Fails every command of a batch that cannot be durable, and announces
+/// none of it.
+fn fail_all(batch: &mut Planned, e: Error) {
+    for (_, answer) in batch.owed.iter_mut() {
+        *answer = Err(e.clone());
+    }
+    batch.events.clear();
+}
