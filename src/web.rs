@@ -7,7 +7,8 @@
 //! `grpc-*` response headers a browser must be allowed to read, or it loses
 //! the `ErrorInfo` details), and the console's static files at `/`. A browser
 //! is just another client: every call still goes through the same
-//! authentication and handlers. Native gRPC calls go past all of it.
+//! authentication and handlers. It also decides which requests are a
+//! browser's: a native gRPC call (HTTP/2, no `Origin`) goes past all of it.
 //!
 //! It must never let a page from an origin the operator did not allow call
 //! the API (a cross-origin request is refused before it reaches a handler,
@@ -21,11 +22,10 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use tonic::body::Body;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
-use tower::util::Oneshot;
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 /// Who may call from a browser, and whether the console is served.
@@ -65,22 +65,24 @@ fn cors(config: &WebConfig) -> CorsLayer {
 }
 
 /// The browser edge as one layer: CORS, then [`Edge`], then gRPC-Web, for
-/// whatever a browser may have sent. A native gRPC call (a `POST` of
-/// `application/grpc…` without an `Origin`) goes straight past it: none of
-/// it applies to such a call, and on the path of every call it would cost
-/// (CORS's response headers alone take a few microseconds per call).
+/// whatever a browser may have sent. A native gRPC call goes straight past
+/// it: none of it applies to such a call, and on the path of every call it
+/// would cost (CORS's response headers alone take a few microseconds).
 pub fn layer(config: &WebConfig) -> BrowserEdge {
     BrowserEdge(Arc::new((cors(config), Edge::new(config))))
 }
 
-/// The browser edge's layers, built once: a service is cloned for every
-/// call, and a clone of this is one reference count.
+/// The browser edge's layers, shared: a service is cloned for every call,
+/// and a clone of this is one reference count; only a browser's request
+/// has them put around the routes.
 #[derive(Clone)]
 pub struct BrowserEdge(Arc<(CorsLayer, Edge)>);
 
+type BrowserPath<S> = Cors<EdgeService<GrpcWebService<S>>>;
+
 impl BrowserEdge {
     /// The browser edge in front of `inner`, for one request.
-    fn around<S>(&self, inner: S) -> Cors<EdgeService<GrpcWebService<S>>> {
+    fn around<S>(&self, inner: S) -> BrowserPath<S> {
         let (cors, edge) = &*self.0;
         tower::ServiceBuilder::new()
             .layer(cors.clone())
@@ -91,25 +93,26 @@ impl BrowserEdge {
 }
 
 impl<S> Layer<S> for BrowserEdge {
-    type Service = Split<S>;
+    type Service = BrowserOrNative<S>;
 
-    fn layer(&self, inner: S) -> Split<S> {
-        Split {
-            edge: self.clone(),
+    fn layer(&self, inner: S) -> BrowserOrNative<S> {
+        BrowserOrNative {
+            browser: self.clone(),
             inner,
         }
     }
 }
 
-/// Each request through the browser edge, or past it to `inner`.
+/// Each request through the browser edge, or past it straight to `inner`.
 #[derive(Clone)]
-pub struct Split<S> {
-    edge: BrowserEdge,
+pub struct BrowserOrNative<S> {
+    browser: BrowserEdge,
     inner: S,
 }
 
-/// A call only a non-browser client sends: native gRPC, and no `Origin`.
-/// A browser sends `Origin` with every `POST`, and cannot send native gRPC.
+/// A call only a non-browser client sends: native gRPC (HTTP/2, as gRPC
+/// requires: tonic-web refuses it over HTTP/1.1), and no `Origin`. A
+/// browser sends `Origin` with every `POST`, and cannot send native gRPC.
 fn is_native_grpc<B>(req: &Request<B>) -> bool {
     let grpc = req
         .headers()
@@ -118,19 +121,19 @@ fn is_native_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|ct| {
             ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web")
         });
-    grpc && req.method() == Method::POST && !req.headers().contains_key(header::ORIGIN)
+    grpc && req.version() == Version::HTTP_2
+        && req.method() == Method::POST
+        && !req.headers().contains_key(header::ORIGIN)
 }
 
-type BrowserPath<S> = Cors<EdgeService<GrpcWebService<S>>>;
-
-impl<S, B> Service<Request<B>> for Split<S>
+impl<S, B> Service<Request<B>> for BrowserOrNative<S>
 where
     S: Service<Request<B>, Response = Response<Body>> + Clone,
     BrowserPath<S>: Service<Request<B>, Response = Response<Body>, Error = S::Error>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, Oneshot<BrowserPath<S>, Request<B>>>;
+    type Future = Either<S::Future, <BrowserPath<S> as Service<Request<B>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -138,10 +141,13 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if is_native_grpc(&req) {
-            Either::Left(self.inner.call(req))
-        } else {
-            Either::Right(self.edge.around(self.inner.clone()).oneshot(req))
+            return Either::Left(self.inner.call(req));
         }
+        // The service just made ready goes into the edge (whose layers are
+        // ready whenever it is); a clone stays for the next call.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Either::Right(self.browser.around(ready).call(req))
     }
 }
 
@@ -151,8 +157,8 @@ where
 ///   own is refused, whatever its browser did with CORS: a non-browser
 ///   client could send any `Origin`, but only a browser sends one it did not
 ///   choose, and that is the request this protects (an operator's session in
-///   a tab of some other site). Requests without `Origin` (native gRPC,
-///   grpcurl, meshes) pass.
+///   a tab of some other site). Requests without `Origin` (no page sent
+///   them: grpcurl, services, meshes) pass.
 /// - `GET` and `HEAD` get the console's files (or 404): the API is `POST`.
 #[derive(Clone)]
 pub struct Edge {
