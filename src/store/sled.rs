@@ -157,7 +157,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `config.data_dir` and starts its writer.
+    /// Opens (or creates) the store in `config.data_dir` and starts its
+    /// write path (`sled/commit.rs`).
     /// Fails if the directory is locked by another process, is not writable,
     /// or holds something that is not a tokend store.
     pub fn open(config: SledConfig, hub: Hub) -> Result<SledStore, Error> {
@@ -321,7 +322,7 @@ impl SledStore {
         let writer = commit::start_writer(inner.clone(), wal, events, rx)
             .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
 
-        // Last-access times reach the disk through the writer too.
+        // Last-access times reach the disk through the write path too.
         let ticker = jobs.clone();
         let every = config.access_interval;
         tokio::spawn(async move {

@@ -14,20 +14,21 @@
 //! One planner means revisions come out gap-free in command order without
 //! locks beyond the hand-off. It must never answer a command itself (its
 //! answer rests on batches not yet durable, which may still fail: the
-//! writer answers it with its batch), never publish its working state, and
-//! never write to the log or sled.
+//! writer answers it with its batch, refusals included), never publish its
+//! working state, and never write to the log or sled.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::durable;
 use super::layout::{self, EventLog, Writes};
 use super::wal::{self, Wal};
 use super::{Inner, Job};
+use super::{apply, durable};
 use crate::command::{self, Ctx, Plan};
 use crate::domain::{Event, Subject, TokenId};
 use crate::error::Error;
@@ -87,15 +88,20 @@ pub(super) struct Handoff {
 struct Shared {
     next: Planned,
     /// The planner's working state: the published one plus `next` and
-    /// every batch the writer has taken but not yet published.
+    /// every batch the writer has taken but not yet published (and, once a
+    /// batch failed, that batch too: never published, as the store refuses
+    /// every write from then on).
     work: State,
     planner_gone: bool,
     writer_gone: bool,
 }
 
 impl Handoff {
+    /// A panic while planning is caught (the store is poisoned before the
+    /// lock is released), so a poisoned lock holds nothing half-done that
+    /// the store would still write.
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().expect("hand-off lock")
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The next batch once there is one, with the state it leaves when it
@@ -107,7 +113,10 @@ impl Handoff {
             if shared.planner_gone {
                 return None;
             }
-            shared = self.ready.wait(shared).expect("hand-off lock");
+            shared = self
+                .ready
+                .wait(shared)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         let batch = std::mem::take(&mut shared.next);
         // A cheap clone (shared index nodes): the planner's next change
@@ -119,10 +128,26 @@ impl Handoff {
     }
 
     /// Called as the writer thread ends, however it ends: the planner must
-    /// not wait for room that will never come.
-    pub(super) fn writer_gone(&self) {
-        self.lock().writer_gone = true;
+    /// not wait for room that will never come, and what it planned that the
+    /// writer never took is refused (a writer that ends otherwise than by a
+    /// close has poisoned the store).
+    pub(super) fn writer_gone(&self, inner: &Inner) {
+        let stranded = {
+            let mut shared = self.lock();
+            shared.writer_gone = true;
+            std::mem::take(&mut shared.next)
+        };
         self.taken.notify_one();
+        for (reply, _) in stranded.owed {
+            let _ = reply.send(Err(inner.refusal("committing")));
+        }
+    }
+
+    /// Called as the planner thread ends, however it ends: the writer takes
+    /// what is left, then ends.
+    fn planner_gone(&self) {
+        self.lock().planner_gone = true;
+        self.ready.notify_one();
     }
 }
 
@@ -149,51 +174,74 @@ pub(super) fn start_writer(
     std::thread::Builder::new()
         .name("tokend-plan".into())
         .spawn(move || {
-            planner_loop(&inner, &handoff, rx);
-            handoff.lock().planner_gone = true;
-            handoff.ready.notify_one();
+            {
+                let _gone = PlannerGone(&handoff);
+                planner_loop(&inner, &handoff, rx);
+            }
             let _ = writer.join();
         })
 }
 
+struct PlannerGone<'a>(&'a Handoff);
+
+impl Drop for PlannerGone<'_> {
+    fn drop(&mut self) {
+        self.0.planner_gone();
+    }
+}
+
 fn planner_loop(inner: &Inner, handoff: &Handoff, mut rx: mpsc::Receiver<Job>) {
-    while let Some(job) = rx.blocking_recv() {
-        // One time for what arrived together (as one caller's commands
-        // would see it), taken before the lock.
-        let now = SystemTime::now();
-        let mut next = Some(job);
-        while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
-            // The poisoned store refuses at once: no state to wait for.
-            let job = match job {
-                Job::Apply { reply, .. } if inner.poisoned.load(Ordering::Acquire) => {
-                    let _ = reply.send(Err(inner.refusal("committing")));
-                    continue;
-                }
-                job => job,
-            };
-            let mut shared = handoff.lock();
-            while shared.next.owed.len() >= MAX_BATCH && !shared.writer_gone {
-                shared = handoff.taken.wait(shared).expect("hand-off lock");
+    let mut jobs = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-            if shared.writer_gone {
-                // Nothing would take it; callers see the store stopped.
-                return;
+        }
+        // What arrived together is planned under one hold of the lock: the
+        // writer, waiting to take, gets it between holds.
+        let mut shared = handoff.lock();
+        while shared.next.owed.len() >= MAX_BATCH && !shared.writer_gone {
+            shared = handoff
+                .taken
+                .wait(shared)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if shared.writer_gone {
+            // Nothing would take them; their callers see the store stopped.
+            return;
+        }
+        let mut closing = false;
+        for job in jobs.drain(..) {
+            closing |= matches!(job, Job::Close(_));
+            let planned =
+                std::panic::catch_unwind(AssertUnwindSafe(|| plan(inner, &mut shared, job)));
+            if planned.is_err() {
+                // Before the lock goes: the writer must not take a batch
+                // half planned without seeing the store poisoned.
+                apply::poison(inner, "planning a command", &"it panicked");
             }
-            let closing = matches!(job, Job::Close(_));
-            plan(inner, &mut shared, job, now);
-            drop(shared);
-            handoff.ready.notify_one();
-            if closing {
-                return;
-            }
+        }
+        drop(shared);
+        handoff.ready.notify_one();
+        if closing {
+            return;
         }
     }
 }
 
-/// Plans one job into the next batch.
-fn plan(inner: &Inner, shared: &mut Shared, job: Job, now: SystemTime) {
+/// Plans one job into the next batch, at the current time (a job may have
+/// waited for room behind a slow sync).
+fn plan(inner: &Inner, shared: &mut Shared, job: Job) {
     let Shared { next, work, .. } = shared;
+    let now = SystemTime::now();
     match job {
+        // Once poisoned, refused; answered in order, like any other.
+        Job::Apply { reply, .. } if inner.poisoned.load(Ordering::Acquire) => {
+            next.owed.push((reply, Err(inner.refusal("committing"))));
+        }
         Job::Apply {
             cmd,
             actor,

@@ -6,8 +6,8 @@
 //! durable. It then publishes the state the batch leaves, answers the
 //! callers, hands the events to the hub and the batch's sled writes to the
 //! applier (`sled/apply.rs`), in that order, and takes the next batch: all
-//! that was planned while this one synced. Concurrent writers share one
-//! sync.
+//! that was planned since it took this one (mostly while it synced).
+//! Concurrent writers share one sync.
 //!
 //! Every [`CHECKPOINT_EVERY`] or [`SEGMENT_BYTES`] of log, the writer closes
 //! the log segment and queues a checkpoint behind its batches.
@@ -75,7 +75,7 @@ impl Drop for Gone<'_> {
         if std::thread::panicking() {
             apply::poison(self.0, "the writer thread", &"it panicked");
         }
-        self.1.writer_gone();
+        self.1.writer_gone(self.0);
     }
 }
 
