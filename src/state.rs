@@ -87,24 +87,32 @@ pub struct Verification<'a> {
 #[derive(Clone, Default)]
 pub struct State {
     revision: Revision,
-    /// Live tokens only (disabled and expired ones included).
-    tokens: OrdMap<TokenId, Arc<Token>>,
+    /// Live tokens only (disabled and expired ones included), each with
+    /// its secret's hash: one map, so a deletion copies one path for both.
+    tokens: OrdMap<TokenId, Live>,
     accounts: OrdMap<AccountId, Arc<Account>>,
     /// The live tokens of each account.
     account_tokens: OrdMap<AccountId, OrdSet<TokenId>>,
     /// The number of every token ever issued, deleted ones included.
     issued: IdSet,
-    /// Live tokens only: deletion erases the hash from both maps. Both are
-    /// B-trees: a hash trie's nodes are mostly empty slots at a million
+    /// Live tokens only: deletion erases the hash here and in `tokens`. A
+    /// B-tree: a hash trie's nodes are mostly empty slots at a million
     /// random keys (147 bytes a token against 84, measured), and a lookup
-    /// in either is well under a microsecond.
-    secret_of: OrdMap<TokenId, SecretHash>,
+    /// is well under a microsecond.
     by_secret: OrdMap<SecretHash, TokenId>,
     /// Live tokens that expire, by expiry: what `crate::expiry` deletes next.
     expiring: OrdSet<(SystemTime, TokenId)>,
     /// How many tombstones each account has: a `show_deleted` list's
     /// `total_size` without reading them.
     tombstones: OrdMap<AccountId, u64>,
+}
+
+/// A live token and its secret's hash (none only for a token restored
+/// from a store that kept no hash for it).
+#[derive(Clone, PartialEq)]
+struct Live {
+    token: Arc<Token>,
+    secret: Option<SecretHash>,
 }
 
 impl State {
@@ -115,7 +123,7 @@ impl State {
 
     /// A live token (deleted ones are in the store only).
     pub fn token(&self, id: &TokenId) -> Option<&Arc<Token>> {
-        self.tokens.get(id)
+        self.tokens.get(id).map(|l| &l.token)
     }
 
     /// How many tokens are live.
@@ -150,7 +158,7 @@ impl State {
 
     /// The live token a secret hash belongs to. A hash lookup: never a scan.
     pub fn token_by_secret(&self, hash: &SecretHash) -> Option<&Arc<Token>> {
-        self.by_secret.get(hash).and_then(|id| self.tokens.get(id))
+        self.by_secret.get(hash).and_then(|id| self.token(id))
     }
 
     /// Verifies a plain secret against this state at `now`: every caller
@@ -190,7 +198,7 @@ impl State {
     }
 
     pub fn secret_of(&self, id: &TokenId) -> Option<&SecretHash> {
-        self.secret_of.get(id)
+        self.tokens.get(id)?.secret.as_ref()
     }
 
     /// Whether an id has ever been issued (tombstones count: ids are never reused).
@@ -213,12 +221,16 @@ impl State {
             None => Bound::Unbounded,
         };
         match account {
-            None => Box::new(self.tokens.range((lower, Bound::Unbounded)).map(|(_, t)| t)),
+            None => Box::new(
+                self.tokens
+                    .range((lower, Bound::Unbounded))
+                    .map(|(_, l)| &l.token),
+            ),
             Some(acc) => match self.account_tokens.get(acc) {
                 None => Box::new(std::iter::empty()),
                 Some(ids) => Box::new(
                     ids.range((lower, Bound::Unbounded))
-                        .filter_map(|id| self.tokens.get(id)),
+                        .filter_map(|id| self.token(id)),
                 ),
             },
         }
@@ -229,7 +241,7 @@ impl State {
         self.expiring
             .iter()
             .take_while(move |(at, _)| *at <= now)
-            .filter_map(|(_, id)| self.tokens.get(id))
+            .filter_map(|(_, id)| self.token(id))
     }
 
     /// Accounts in id order, after `after` (exclusive).
@@ -261,7 +273,7 @@ impl State {
                 if !self.issued.contains(t.id.number()) {
                     self.issued.insert(t.id.number());
                 }
-                let was = self.tokens.get(&t.id).and_then(|t| expiry_key(t));
+                let was = self.token(&t.id).and_then(|t| expiry_key(t));
                 let is = expiry_key(t);
                 if was != is {
                     if let Some(k) = was {
@@ -291,17 +303,26 @@ impl State {
                             .or_default()
                             .insert(t.id.clone());
                     }
-                    self.tokens.insert(t.id.clone(), Arc::new(t.clone()));
+                    let secret = match &change.secret {
+                        SecretOp::Set(hash) => Some(*hash),
+                        SecretOp::Keep => self.secret_of(&t.id).copied(),
+                        // A live record with its hash erased is not a
+                        // change any plan makes; the hash goes all the same.
+                        SecretOp::Erase(_) => None,
+                    };
+                    let live = Live {
+                        token: Arc::new(t.clone()),
+                        secret,
+                    };
+                    self.tokens.insert(t.id.clone(), live);
                 }
             }
         }
         match (&change.secret, &change.subject) {
             (SecretOp::Set(hash), Subject::Token(t)) => {
-                self.secret_of.insert(t.id.clone(), *hash);
                 self.by_secret.insert(*hash, t.id.clone());
             }
-            (SecretOp::Erase(hash), Subject::Token(t)) => {
-                self.secret_of.remove(&t.id);
+            (SecretOp::Erase(hash), Subject::Token(_)) => {
                 self.by_secret.remove(hash);
             }
             _ => {}
@@ -387,10 +408,10 @@ impl Restore {
             s.expiring.insert(k);
         }
         if let Some(hash) = secret {
-            s.secret_of.insert(t.id.clone(), hash);
             s.by_secret.insert(hash, t.id.clone());
         }
-        s.tokens.insert(t.id.clone(), Arc::new(t));
+        let token = Arc::new(t);
+        s.tokens.insert(token.id.clone(), Live { token, secret });
     }
 
     /// `count` tombstones of `account`, from a store that counts them
