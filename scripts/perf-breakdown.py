@@ -20,7 +20,10 @@ PARTS = [
     ("planning + in-memory state", [r"command::plan", r"state::State", r"^imbl::", r"commit::(plan|record_change|record_access)\b"]),
     ("publishing events to watchers", [r"hub::Hub", r"tokend::watch::"]),
     ("authentication", [r"tokend::auth::", r"tokend::caller::"]),
-    ("metrics + logs", [r"^metrics", r"^tracing"]),
+    # Not the frames that only wrap other work in a span (an instrumented
+    # future's poll, a closure run in scope): what runs inside belongs to
+    # its own part.
+    ("metrics + logs", [r"^metrics", r"^tracing(?!::instrument::Instrumented<T> as core::future::future::Future>::poll\b|::span::Span::in_scope\b)"]),
     ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::planner_loop", r"durable::writer_loop", r"apply::apply_loop", r"floor::write_loop"]),
     ("gRPC + HTTP/2 (the floor's stack too)", [r"^h2::", r"^hyper", r"^tonic", r"^tower", r"^prost", r"^axum", r"^http::"]),
     ("tokio runtime + sockets", [r"^tokio::", r"^mio::"]),
