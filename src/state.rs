@@ -107,8 +107,8 @@ pub struct State {
     tombstones: OrdMap<AccountId, u64>,
 }
 
-/// A live token and its secret's hash (none only for a token restored
-/// from a store that kept no hash for it).
+/// A live token and its secret's hash: none only where no change gave it
+/// one (a store restored without it; no plan makes such a live token).
 #[derive(Clone, PartialEq)]
 struct Live {
     token: Arc<Token>,
