@@ -80,10 +80,12 @@ impl Args {
 
 /// How much work each scenario does.
 struct Sizes {
-    /// (watchers, deletes, deletes per second)
-    fan_out: Vec<(usize, usize, f64)>,
+    /// (watchers, deletes, deletes per second, rounds)
+    fan_out: Vec<(usize, usize, f64, usize)>,
     delete_clients: Vec<usize>,
     deletes_per_run: usize,
+    /// Rounds of the deletes and lookups scenarios (`scenarios::rounds`).
+    rounds: usize,
     items: usize,
     lookup_clients: Vec<usize>,
     lookup_time: Duration,
@@ -101,15 +103,20 @@ impl Sizes {
     fn full() -> Sizes {
         Sizes {
             fan_out: vec![
-                (1, 400, 100.0),
-                (100, 200, 50.0),
+                // A p99 of a few hundred deletes rests on its few worst:
+                // rounds keep one stall from deciding it.
+                (1, 400, 100.0, 5),
+                (100, 200, 50.0, 5),
                 // The receipts of one delete rise and fall together, so a
                 // p99 needs well over 100 deletes not to be one bad round.
-                (1_000, 300, 20.0),
-                (10_000, 20, 4.0),
+                // These rows' p99s are over hundreds of thousands of
+                // receipts, and one round of them takes minutes.
+                (1_000, 300, 20.0, 1),
+                (10_000, 20, 4.0, 1),
             ],
             delete_clients: vec![1, 8, 32, 128],
             deletes_per_run: 4_000,
+            rounds: 5,
             items: 100_000,
             lookup_clients: vec![1, 8, 32, 128],
             lookup_time: Duration::from_secs(3),
@@ -123,9 +130,11 @@ impl Sizes {
 
     fn smoke() -> Sizes {
         Sizes {
-            fan_out: vec![(1, 10, 100.0), (20, 5, 50.0)],
+            fan_out: vec![(1, 10, 100.0, 3), (20, 5, 50.0, 1)],
             delete_clients: vec![1, 4],
             deletes_per_run: 50,
+            // Three: the rotation runs, each peer first once.
+            rounds: 3,
             items: 500,
             lookup_clients: vec![1, 4],
             lookup_time: Duration::from_millis(200),
@@ -172,7 +181,7 @@ async fn main() {
         Sizes::full()
     };
     let root = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
-    let mut report = Report::new(args.smoke, Etcd::version());
+    let mut report = Report::new(args.smoke, sizes.rounds, Etcd::version());
 
     eprintln!(
         "starting tokend, etcd and the floor in {}",
@@ -191,21 +200,38 @@ async fn main() {
         );
     }
 
-    for &(watchers, deletes, rate) in sizes.fan_out.iter().filter(|_| args.runs("fan-out")) {
-        eprintln!("1. fan-out: {watchers} watchers, {deletes} deletes at {rate}/s");
-        let t = scenarios::fan_out(&tokend, watchers, deletes, rate).await;
-        let e = scenarios::fan_out(&etcd, watchers, deletes, rate).await;
-        let f = scenarios::fan_out(&floor, watchers, deletes, rate).await;
-        report.fan_out(watchers, rate, &t, &e, &f);
+    for &(watchers, deletes, rate, rounds) in sizes.fan_out.iter().filter(|_| args.runs("fan-out"))
+    {
+        eprintln!(
+            "1. fan-out: {watchers} watchers, {deletes} deletes at {rate}/s, {rounds} rounds"
+        );
+        let [t, e, f] = scenarios::rounds(rounds, |peer| -> scenarios::Run<'_, _> {
+            match peer {
+                0 => Box::pin(scenarios::fan_out(&tokend, watchers, deletes, rate)),
+                1 => Box::pin(scenarios::fan_out(&etcd, watchers, deletes, rate)),
+                _ => Box::pin(scenarios::fan_out(&floor, watchers, deletes, rate)),
+            }
+        })
+        .await;
+        report.fan_out((watchers, rate, rounds), &t, &e, &f);
     }
 
     for &clients in sizes.delete_clients.iter().filter(|_| args.runs("deletes")) {
-        eprintln!("2. durable deletes: {clients} clients");
-        let t = scenarios::deletes(&tokend, clients, sizes.deletes_per_run).await;
-        let e = scenarios::deletes(&etcd, clients, sizes.deletes_per_run).await;
-        let f = scenarios::deletes(&floor, clients, sizes.deletes_per_run).await;
+        eprintln!(
+            "2. durable deletes: {clients} clients, {} rounds",
+            sizes.rounds
+        );
+        let n = sizes.deletes_per_run;
+        let [t, e, f] = scenarios::rounds(sizes.rounds, |peer| -> scenarios::Run<'_, _> {
+            match peer {
+                0 => Box::pin(scenarios::deletes(&tokend, clients, n)),
+                1 => Box::pin(scenarios::deletes(&etcd, clients, n)),
+                _ => Box::pin(scenarios::deletes(&floor, clients, n)),
+            }
+        })
+        .await;
         report.deletes(clients, &t, &e, &f);
-        let d = scenarios::deletes(&on_etcd, clients, sizes.deletes_per_run).await;
+        let d = scenarios::deletes(&on_etcd, clients, n).await;
         report.distributed_deletes(clients, &d, &t, &e);
     }
 
@@ -244,9 +270,15 @@ async fn main() {
         Arc::default()
     };
     for &clients in sizes.lookup_clients.iter().filter(|_| args.runs("lookups")) {
-        eprintln!("3. lookups: {clients} clients");
-        let t = scenarios::lookups(&tokend, &t_items, clients, sizes.lookup_time).await;
-        let e = scenarios::lookups(&etcd, &e_items, clients, sizes.lookup_time).await;
+        eprintln!("3. lookups: {clients} clients, {} rounds", sizes.rounds);
+        let time = sizes.lookup_time;
+        let [t, e] = scenarios::rounds(sizes.rounds, |peer| -> scenarios::Run<'_, _> {
+            match peer {
+                0 => Box::pin(scenarios::lookups(&tokend, &t_items, clients, time)),
+                _ => Box::pin(scenarios::lookups(&etcd, &e_items, clients, time)),
+            }
+        })
+        .await;
         report.lookups(clients, &t, &e);
         let d = scenarios::lookups(&on_etcd, &d_items, clients, sizes.lookup_time).await;
         report.distributed_lookups(clients, &d, &t, &e);

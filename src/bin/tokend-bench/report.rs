@@ -21,6 +21,8 @@ pub struct Tracing {
 
 pub struct Report {
     smoke: bool,
+    /// Rounds of the deletes and lookups scenarios.
+    rounds: usize,
     tracing: String,
     etcd_version: String,
     floors: String,
@@ -60,9 +62,10 @@ fn lat(l: &Latency) -> String {
 }
 
 impl Report {
-    pub fn new(smoke: bool, etcd_version: String) -> Report {
+    pub fn new(smoke: bool, rounds: usize, etcd_version: String) -> Report {
         Report {
             smoke,
+            rounds,
             tracing: String::new(),
             etcd_version,
             floors: String::new(),
@@ -172,13 +175,25 @@ impl Report {
     }
 
     /// tokend, etcd and the floor.
-    pub fn fan_out(&mut self, watchers: usize, rate: f64, t: &FanOut, e: &FanOut, f: &FanOut) {
+    /// tokend, etcd and the floor: each its median of `rounds` runs.
+    pub fn fan_out(
+        &mut self,
+        (watchers, rate, rounds): (usize, f64, usize),
+        t: &FanOut,
+        e: &FanOut,
+        f: &FanOut,
+    ) {
         let (r, floor) = (
             ratio(t.receipt.p99, e.receipt.p99),
             ratio(f.receipt.p99, e.receipt.p99),
         );
+        let rounds = if rounds > 1 {
+            format!(" (median of {rounds} rounds)")
+        } else {
+            String::new()
+        };
         self.fan_out.push(format!(
-            "| {watchers} | {rate} | {} | {} | **{r:.2}** | {} | {floor:.2} | {} | {} |",
+            "| {watchers}{rounds} | {rate} | {} | {} | **{r:.2}** | {} | {floor:.2} | {} | {} |",
             lat(&t.receipt),
             lat(&e.receipt),
             lat(&f.receipt),
@@ -376,8 +391,14 @@ impl Report {
             w,
             "Written by `scripts/bench.sh` (the `tokend-bench` tool) from one run on one \
              machine: each scenario ran against tokend and then etcd, back to back \
-             (fan-out and deletes also against the floor, section 6). \
-             Ratios are tokend ÷ etcd; for latencies lower is better, for rates higher.\n"
+             (fan-out and deletes also against the floor, section 6). Deletes and lookups \
+             ran in {} rounds, as did the fan-outs marked so in section 1: each server once \
+             per round, in an order rotated every round, and each server's row is its median \
+             round, by rate (by receipt p99 for a fan-out); on this shared machine one run \
+             moves by up to a third with the neighbours' load, and interleaved rounds spread \
+             that over every server. \
+             Ratios are tokend ÷ etcd; for latencies lower is better, for rates higher.\n",
+            self.rounds
         );
         let _ = writeln!(w, "## Machine and versions\n");
         let _ = writeln!(w, "- {}", machine());

@@ -178,6 +178,54 @@ pub struct Throughput {
     pub load_cpu_us: f64,
 }
 
+/// One run of a scenario against the peer numbered by its argument (its
+/// place in the array [`rounds`] returns).
+pub type Run<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// What a peer's runs are ranked by, to take the median one.
+pub trait Ranked {
+    fn rank(&self) -> f64;
+}
+
+impl Ranked for Throughput {
+    fn rank(&self) -> f64 {
+        self.per_second
+    }
+}
+
+impl Ranked for FanOut {
+    fn rank(&self) -> f64 {
+        self.receipt.p99
+    }
+}
+
+/// Runs a scenario against N peers for `rounds` rounds, each peer once per
+/// round, in an order rotated by one each round, and returns each peer's
+/// median run (by rate, or by receipt p99 for a fan-out). On a shared
+/// machine one run moves by up to a third with what the neighbours do (runs
+/// of this tool minutes apart, on the same code); interleaved rounds spread
+/// a slow stretch over every peer, and a median leaves out the round a burst
+/// hit. Each peer's figures all come from one of its runs, so they stay
+/// consistent with one another. `rounds` is odd, so that the median is a
+/// run rather than a choice between two.
+pub async fn rounds<'a, T: Ranked, const N: usize>(
+    rounds: usize,
+    run: impl Fn(usize) -> Run<'a, T>,
+) -> [T; N] {
+    assert!(rounds % 2 == 1, "an odd number of rounds, not {rounds}");
+    let mut runs: [Vec<T>; N] = std::array::from_fn(|_| Vec::new());
+    for round in 0..rounds {
+        for k in 0..N {
+            let peer = (k + round) % N;
+            runs[peer].push(run(peer).await);
+        }
+    }
+    runs.map(|mut r| {
+        r.sort_by(|a, b| a.rank().total_cmp(&b.rank()));
+        r.swap_remove(r.len() / 2)
+    })
+}
+
 /// CPU used by the server and by this process, per operation, since `start`.
 struct CpuMeter {
     server: u32,
