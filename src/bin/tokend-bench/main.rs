@@ -133,7 +133,7 @@ impl Sizes {
             fan_out: vec![(1, 10, 100.0, 3), (20, 5, 50.0, 1)],
             delete_clients: vec![1, 4],
             deletes_per_run: 50,
-            // Three: the rotation runs, each peer first once.
+            // Three, so that the rotation runs.
             rounds: 3,
             items: 500,
             lookup_clients: vec![1, 4],
@@ -280,7 +280,7 @@ async fn main() {
         })
         .await;
         report.lookups(clients, &t, &e);
-        let d = scenarios::lookups(&on_etcd, &d_items, clients, sizes.lookup_time).await;
+        let d = scenarios::lookups(&on_etcd, &d_items, clients, time).await;
         report.distributed_lookups(clients, &d, &t, &e);
     }
 
@@ -302,9 +302,8 @@ async fn main() {
 /// Verifies and deletes at 32 clients on three tokends with the same seed:
 /// tracing off, and exporting to an OTLP receiver in this process sampled
 /// at 100% and at 1%. Three rounds in rotated order (each configuration
-/// runs first once, and after each of the others once: the 100% one's
-/// last export batches land on whichever runs next), so that the machine's
-/// drift falls on every configuration alike.
+/// runs first once), so that the machine's drift falls on every
+/// configuration alike.
 async fn tracing_overhead(root: &std::path::Path, sizes: &Sizes) -> report::Tracing {
     let sink = otlp::Sink::start().await;
     let endpoint = sink.endpoint();

@@ -174,7 +174,6 @@ impl Report {
         );
     }
 
-    /// tokend, etcd and the floor.
     /// tokend, etcd and the floor: each its median of `rounds` runs.
     pub fn fan_out(
         &mut self,
@@ -211,7 +210,7 @@ impl Report {
         self.memory_ratio = Some((r, watchers));
     }
 
-    /// tokend, etcd and the floor.
+    /// tokend, etcd and the floor: each its median round.
     pub fn deletes(&mut self, clients: usize, t: &Throughput, e: &Throughput, f: &Throughput) {
         let per_fsync = |x: &Throughput| x.per_fsync.unwrap_or(0.0);
         let in_fsync = |x: &Throughput| x.in_fsync.unwrap_or(0.0) * 100.0;
@@ -390,13 +389,14 @@ impl Report {
         let _ = writeln!(
             w,
             "Written by `scripts/bench.sh` (the `tokend-bench` tool) from one run on one \
-             machine: each scenario ran against tokend and then etcd, back to back \
-             (fan-out and deletes also against the floor, section 6). Deletes and lookups \
-             ran in {} rounds, as did the fan-outs marked so in section 1: each server once \
-             per round, in an order rotated every round, and each server's row is its median \
-             round, by rate (by receipt p99 for a fan-out); on this shared machine one run \
-             moves by up to a third with the neighbours' load, and interleaved rounds spread \
-             that over every server. \
+             machine: each scenario ran against tokend and etcd in turn (fan-out and deletes \
+             also against the floor, section 6). Deletes and lookups (sections 2 and 3) ran \
+             in {} rounds, as did the fan-outs marked so in section 1: each server once per \
+             round, after a quiet second, in an order rotated every round, and each server's \
+             row is its median round, by rate (by receipt p99 for a fan-out). On this shared \
+             machine one run moves by up to a third with the neighbours' load; interleaved \
+             rounds spread that over every server. The other scenarios ran once, tokend on \
+             etcd (section 8) too. \
              Ratios are tokend ÷ etcd; for latencies lower is better, for rates higher.\n",
             self.rounds
         );

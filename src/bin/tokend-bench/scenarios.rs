@@ -178,8 +178,8 @@ pub struct Throughput {
     pub load_cpu_us: f64,
 }
 
-/// One run of a scenario against the peer numbered by its argument (its
-/// place in the array [`rounds`] returns).
+/// One run of a scenario, against the peer [`rounds`]' closure was called
+/// with (a place in the array it returns).
 pub type Run<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// What a peer's runs are ranked by, to take the median one.
@@ -207,7 +207,10 @@ impl Ranked for FanOut {
 /// a slow stretch over every peer, and a median leaves out the round a burst
 /// hit. Each peer's figures all come from one of its runs, so they stay
 /// consistent with one another. `rounds` is odd, so that the median is a
-/// run rather than a choice between two.
+/// run rather than a choice between two. Each run starts after a quiet
+/// second: what the server before it left to do in the background (etcd
+/// commits its backend every 100 ms) is done by then, so the order of
+/// peers within a round gives none of them the other's leftovers.
 pub async fn rounds<'a, T: Ranked, const N: usize>(
     rounds: usize,
     run: impl Fn(usize) -> Run<'a, T>,
@@ -217,6 +220,7 @@ pub async fn rounds<'a, T: Ranked, const N: usize>(
     for round in 0..rounds {
         for k in 0..N {
             let peer = (k + round) % N;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             runs[peer].push(run(peer).await);
         }
     }
