@@ -485,7 +485,9 @@ impl Report {
         let _ = writeln!(
             w,
             "\n## 4. Memory per idle watch stream\n\nServer RSS growth after opening the \
-             streams, measured before any event flows, divided by their number.\n\n\
+             streams, measured before any event flows, divided by their number: \
+             in each server's first run of the largest fan-out (later rounds reuse \
+             the memory the first one's streams freed).\n\n\
              | streams | tokend | etcd | ratio |\n|---|---|---|---|\n{}",
             self.memory
         );

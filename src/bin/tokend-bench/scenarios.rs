@@ -201,7 +201,8 @@ impl Ranked for FanOut {
 
 /// Runs a scenario against N peers for `rounds` rounds, each peer once per
 /// round, in an order rotated by one each round, and returns each peer's
-/// median run (by rate, or by receipt p99 for a fan-out). On a shared
+/// runs, whose median (by rate, or by receipt p99 for a fan-out) is its
+/// row ([`Runs::median`]). On a shared
 /// machine one run moves by up to a third with what the neighbours do (runs
 /// of this tool minutes apart, on the same code); interleaved rounds spread
 /// a slow stretch over every peer, and a median leaves out the round a burst
@@ -214,7 +215,7 @@ impl Ranked for FanOut {
 pub async fn rounds<'a, T: Ranked, const N: usize>(
     rounds: usize,
     run: impl Fn(usize) -> Run<'a, T>,
-) -> [T; N] {
+) -> [Runs<T>; N] {
     assert!(rounds % 2 == 1, "an odd number of rounds, not {rounds}");
     let mut runs: [Vec<T>; N] = std::array::from_fn(|_| Vec::new());
     for round in 0..rounds {
@@ -224,10 +225,24 @@ pub async fn rounds<'a, T: Ranked, const N: usize>(
             runs[peer].push(run(peer).await);
         }
     }
-    runs.map(|mut r| {
-        r.sort_by(|a, b| a.rank().total_cmp(&b.rank()));
-        r.swap_remove(r.len() / 2)
-    })
+    runs.map(Runs)
+}
+
+/// One peer's runs of a scenario, in the order they ran.
+pub struct Runs<T>(Vec<T>);
+
+impl<T: Ranked> Runs<T> {
+    /// The median run: the peer's row.
+    pub fn median(mut self) -> T {
+        self.0.sort_by(|a, b| a.rank().total_cmp(&b.rank()));
+        self.0.swap_remove(self.0.len() / 2)
+    }
+
+    /// The first run: the only one on a server that had not run the
+    /// scenario before (what a cold reading, such as memory growth, needs).
+    pub fn first(&self) -> &T {
+        &self.0[0]
+    }
 }
 
 /// CPU used by the server and by this process, per operation, since `start`.
