@@ -161,13 +161,13 @@ where
 ///   them: grpcurl, services, meshes) pass.
 /// - `GET` and `HEAD` get the console's files (or 404): the API is `POST`.
 #[derive(Clone)]
-pub struct Edge {
+struct Edge {
     allowed: Arc<Vec<HeaderValue>>,
     console: bool,
 }
 
 impl Edge {
-    pub fn new(config: &WebConfig) -> Edge {
+    fn new(config: &WebConfig) -> Edge {
         Edge {
             allowed: Arc::new(config.allowed_origins.clone()),
             console: config.console,
