@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # tokend against etcd, side by side, on this machine: writes BENCHMARKS.md.
 #
-#   scripts/bench.sh              full run, writes BENCHMARKS.md; takes several
-#                                 minutes (about 6 on a 2-core machine)
+#   scripts/bench.sh              full run, writes BENCHMARKS.md; about 25
+#                                 minutes on a 2-core machine
 #   scripts/bench.sh --only deletes,fan-out
 #                                 those scenarios only (fan-out, deletes, lookups,
 #                                 catch-up, mesh, floors, tracing); the report goes to a
