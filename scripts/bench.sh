@@ -18,7 +18,7 @@
 #                                 million on 2 cores); its
 #                                 section replaces the one in BENCHMARKS.md, and
 #                                 full runs carry it over
-#   scripts/bench.sh --smoke      seconds: every scenario once with tiny sizes (CI)
+#   scripts/bench.sh --smoke      about a minute: every scenario with tiny sizes (CI)
 #   scripts/bench.sh --install    only install what the benchmark needs
 #
 # Needs Debian's etcd-server (the peer) and protobuf-compiler (the etcd

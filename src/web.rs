@@ -64,7 +64,7 @@ fn cors(config: &WebConfig) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
-/// The browser edge as one layer: CORS, then [`Edge`], then gRPC-Web, for
+/// The browser edge as one layer: CORS, then `Edge`, then gRPC-Web, for
 /// whatever a browser may have sent. A native gRPC call goes straight past
 /// it: none of it applies to such a call, and on the path of every call it
 /// would cost (CORS's response headers alone take a few microseconds).

@@ -132,7 +132,7 @@ impl Sizes {
 
     fn smoke() -> Sizes {
         Sizes {
-            fan_out: vec![(1, 10, 100.0, 3), (20, 5, 50.0, 1)],
+            fan_out: vec![(1, 10, 100.0, 3), (20, 5, 50.0, 3)],
             delete_clients: vec![1, 4],
             deletes_per_run: 50,
             // Three, so that the rotation runs.

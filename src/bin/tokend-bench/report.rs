@@ -174,7 +174,8 @@ impl Report {
         );
     }
 
-    /// tokend, etcd and the floor: each its median of `rounds` runs.
+    /// tokend, etcd and the floor: each its median of `rounds` runs, but
+    /// for memory per idle stream, which is from its first run.
     pub fn fan_out(
         &mut self,
         (watchers, rate, rounds): (usize, f64, usize),
@@ -186,13 +187,8 @@ impl Report {
             ratio(t.receipt.p99, e.receipt.p99),
             ratio(f.receipt.p99, e.receipt.p99),
         );
-        let rounds = if rounds > 1 {
-            format!(" (median of {rounds} rounds)")
-        } else {
-            String::new()
-        };
         self.fan_out.push(format!(
-            "| {watchers}{rounds} | {rate} | {} | {} | **{r:.2}** | {} | {floor:.2} | {} | {} |",
+            "| {watchers} (median of {rounds} rounds) | {rate} | {} | {} | **{r:.2}** | {} | {floor:.2} | {} | {} |",
             lat(&t.receipt),
             lat(&e.receipt),
             lat(&f.receipt),
@@ -391,9 +387,11 @@ impl Report {
             "Written by `scripts/bench.sh` (the `tokend-bench` tool) from one run on one \
              machine: each scenario ran against tokend and etcd in turn (fan-out and deletes \
              also against the floor, section 6). Deletes and lookups (sections 2 and 3) ran \
-             in {} rounds, as did the fan-outs marked so in section 1: each server once per \
-             round, after a quiet second, in an order rotated every round, and each server's \
-             row is its median round, by rate (by receipt p99 for a fan-out). On this shared \
+             in {} rounds, and each fan-out (section 1) in the rounds its row gives: each \
+             server once per round, after a quiet second, in an order rotated every round, \
+             and each server's row is its median round, by rate (by receipt p99 for a \
+             fan-out; memory per stream, section 4, is from each server's first round). On \
+             this shared \
              machine one run moves by up to a third with the neighbours' load; interleaved \
              rounds spread that over every server. The other scenarios ran once, tokend on \
              etcd (section 8) too. \
@@ -486,7 +484,7 @@ impl Report {
             w,
             "\n## 4. Memory per idle watch stream\n\nServer RSS growth after opening the \
              streams, measured before any event flows, divided by their number: \
-             in each server's first run of the largest fan-out (later rounds reuse \
+             in each server's first run of the largest fan-out (its later rounds reuse \
              the memory the first one's streams freed).\n\n\
              | streams | tokend | etcd | ratio |\n|---|---|---|---|\n{}",
             self.memory

@@ -207,7 +207,8 @@ impl Ranked for FanOut {
 /// of this tool minutes apart, on the same code); interleaved rounds spread
 /// a slow stretch over every peer, and a median leaves out the round a burst
 /// hit. Each peer's figures all come from one of its runs, so they stay
-/// consistent with one another. `rounds` is odd, so that the median is a
+/// consistent with one another (but for the fan-out's memory per idle
+/// stream, which needs [`Runs::first`]). `rounds` is odd, so that the median is a
 /// run rather than a choice between two. Each run starts after a quiet
 /// second: what the server before it left to do in the background (etcd
 /// commits its backend every 100 ms) is done by then, so the order of
@@ -231,17 +232,20 @@ pub async fn rounds<'a, T: Ranked, const N: usize>(
 /// One peer's runs of a scenario, in the order they ran.
 pub struct Runs<T>(Vec<T>);
 
+impl<T> Runs<T> {
+    /// The first run: the only one of these on a server that had not run
+    /// this scenario at this size before (memory growth needs it: later
+    /// runs reuse what the first freed).
+    pub fn first(&self) -> &T {
+        &self.0[0]
+    }
+}
+
 impl<T: Ranked> Runs<T> {
     /// The median run: the peer's row.
     pub fn median(mut self) -> T {
         self.0.sort_by(|a, b| a.rank().total_cmp(&b.rank()));
         self.0.swap_remove(self.0.len() / 2)
-    }
-
-    /// The first run: the only one on a server that had not run the
-    /// scenario before (what a cold reading, such as memory growth, needs).
-    pub fn first(&self) -> &T {
-        &self.0[0]
     }
 }
 
