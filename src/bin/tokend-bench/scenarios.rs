@@ -201,15 +201,15 @@ impl Ranked for FanOut {
 
 /// Runs a scenario against N peers for `rounds` rounds, each peer once per
 /// round, in an order rotated by one each round, and returns each peer's
-/// runs, whose median (by rate, or by receipt p99 for a fan-out) is its
-/// row ([`Runs::median`]). On a shared
-/// machine one run moves by up to a third with what the neighbours do (runs
-/// of this tool minutes apart, on the same code); interleaved rounds spread
-/// a slow stretch over every peer, and a median leaves out the round a burst
-/// hit. Each peer's figures all come from one of its runs, so they stay
-/// consistent with one another (but for the fan-out's memory per idle
-/// stream, which needs [`Runs::first`]). `rounds` is odd, so that the median is a
-/// run rather than a choice between two. Each run starts after a quiet
+/// runs, whose median (by rate, or by receipt p99 for a fan-out) is its row
+/// ([`Runs::median`]). On a shared machine one run moves by up to a third
+/// with what the neighbours do (runs of this tool minutes apart, on the same
+/// code); interleaved rounds spread a slow stretch over every peer, and a
+/// median leaves out the round a burst hit. Each peer's figures all come
+/// from one of its runs, so they stay consistent with one another (but for
+/// the fan-out's memory per idle stream, which needs [`Runs::first`]).
+/// `rounds` is odd, so that the median is a run rather than a choice
+/// between two. Each run starts after a quiet
 /// second: what the server before it left to do in the background (etcd
 /// commits its backend every 100 ms) is done by then, so the order of
 /// peers within a round gives none of them the other's leftovers.
