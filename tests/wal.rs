@@ -211,6 +211,81 @@ async fn a_log_far_ahead_of_sled_is_replayed_at_open() {
     drop(p);
 }
 
+/// docs/contract.md §2.1: the log's records carry the hashes of the secrets
+/// they set and erase, until a checkpoint deletes their segment. When
+/// writes stop, one still comes about 100 ms after the last rotation, so a
+/// store left idle does not keep a deleted token's hash in its log; and
+/// the checkpoint flushed sled first, so a SIGKILL then loses nothing.
+#[tokio::test]
+async fn an_idle_store_checkpoints_the_erased_hash_out_of_its_log() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    // The control: with every checkpoint skipped, the same scan finds the
+    // hash after a wait ten times the interval.
+    let (tmp, account) = prepared().await;
+    let p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    let (_, hash) = create_and_delete(&p, &account).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !holding(tmp.path(), &hash).is_empty(),
+        "with checkpoints skipped, no segment holds the hash: the scan cannot see it"
+    );
+    drop(p);
+
+    let (tmp, account) = prepared().await;
+    let mut p = spawn_tokend(tmp.path(), &[]).await;
+    let (secret, hash) = create_and_delete(&p, &account).await;
+    let started = std::time::Instant::now();
+    let mut held = holding(tmp.path(), &hash);
+    while !held.is_empty() && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held = holding(tmp.path(), &hash);
+    }
+    assert!(held.is_empty(), "the erased hash is still in {held:?}");
+    println!(
+        "idle: the erased hash left the log {} ms after the delete's answer",
+        started.elapsed().as_millis()
+    );
+    p.kill();
+
+    // Killed, with no shutdown checkpoint: what the log held is in sled.
+    let (p, tokens) = after_restart(tmp.path()).await;
+    assert!(
+        names(&tokens).is_empty(),
+        "the deleted token is back: {tokens:?}"
+    );
+    assert!(!verify(&mut p.tokens().await, &secret).await.valid);
+}
+
+/// Creates one token and deletes it; returns its secret and the secret's
+/// hash.
+async fn create_and_delete(p: &Process, account: &str) -> (String, Vec<u8>) {
+    let mut c = p.tokens().await;
+    let made = c.create_token(nth(account, 0)).await.unwrap().into_inner();
+    let id = made.token.unwrap().id;
+    delete(&mut c, &id).await.unwrap();
+    let hash = tokend::secret::hash(&made.secret).to_vec();
+    (made.secret, hash)
+}
+
+/// The files of the log directory (segments, and any torn tail kept
+/// aside) whose bytes hold `hash`.
+fn holding(dir: &Path, hash: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for f in std::fs::read_dir(dir.join("wal")).unwrap() {
+        let path = f.unwrap().path();
+        // A segment deleted between the listing and the read is gone.
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if bytes.windows(hash.len()).any(|w| w == hash) {
+            found.push(path);
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn sled_flushed_ahead_of_a_log_truncation_keeps_every_acknowledged_write() {
     if sled_only("the embedded store's write-ahead log") {

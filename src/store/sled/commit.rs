@@ -21,7 +21,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -76,6 +76,18 @@ impl Planned {
     }
 }
 
+/// What the writer takes from the planner. Made and moved once per batch:
+/// its size is one move, a box would be an allocation.
+#[expect(clippy::large_enum_variant, reason = "moved once per batch")]
+pub(super) enum Next {
+    /// A batch, with the state it leaves when it changes anything.
+    Batch(Planned, Option<Arc<State>>),
+    /// Nothing came within the time the writer would wait.
+    Idle,
+    /// The planner is gone and everything it planned was taken.
+    Done,
+}
+
 /// What the planner and the writer share.
 pub(super) struct Handoff {
     shared: Mutex<Shared>,
@@ -105,18 +117,31 @@ impl Handoff {
     }
 
     /// The next batch once there is one, with the state it leaves when it
-    /// changes anything (to publish). None once the planner is gone and
-    /// everything it planned was taken.
-    pub(super) fn take(&self) -> Option<(Planned, Option<Arc<State>>)> {
+    /// changes anything (to publish); [`Next::Idle`] if none came within
+    /// `idle` (when given).
+    pub(super) fn take(&self, idle: Option<Duration>) -> Next {
+        let deadline = idle.map(|d| Instant::now() + d);
         let mut shared = self.lock();
         while shared.next.is_empty() {
             if shared.planner_gone {
-                return None;
+                return Next::Done;
             }
-            shared = self
-                .ready
-                .wait(shared)
-                .unwrap_or_else(PoisonError::into_inner);
+            shared = match deadline {
+                None => self
+                    .ready
+                    .wait(shared)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    let Some(left) = at.checked_duration_since(Instant::now()) else {
+                        return Next::Idle;
+                    };
+                    let (shared, _) = self
+                        .ready
+                        .wait_timeout(shared, left)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    shared
+                }
+            };
         }
         let batch = std::mem::take(&mut shared.next);
         // A cheap clone (shared index nodes): the planner's next change
@@ -124,7 +149,7 @@ impl Handoff {
         let after = (!batch.events.is_empty()).then(|| Arc::new(shared.work.clone()));
         drop(shared);
         self.taken.notify_one();
-        Some((batch, after))
+        Next::Batch(batch, after)
     }
 
     /// Called as the writer thread ends, however it ends: the planner must

@@ -10,7 +10,11 @@
 //! Concurrent writers share one sync.
 //!
 //! Every [`CHECKPOINT_EVERY`] or [`SEGMENT_BYTES`] of log, the writer closes
-//! the log segment and queues a checkpoint behind its batches.
+//! the log segment and queues a checkpoint behind its batches. When writes
+//! stop, it still does so once [`CHECKPOINT_EVERY`] has passed since the
+//! last rotation, so that an idle store's log holds nothing for long (its
+//! records carry the hashes of secrets set and erased: docs/contract.md
+//! §2.1).
 //!
 //! It must never answer or publish before the log's sync returned, never
 //! write a batch to the log before the one planned before it is durable (a
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::apply::{self, Applier, Work};
-use super::commit::{Handoff, Planned};
+use super::commit::{Handoff, Next, Planned};
 use super::layout::{self, EventLog};
 use super::wal::Wal;
 use super::{Inner, io_error};
@@ -82,12 +86,18 @@ impl Drop for Gone<'_> {
 fn writer_loop(mut w: Writer, handoff: &Handoff) {
     let inner = w.inner.clone();
     let _gone = Gone(&inner, handoff);
-    while let Some((batch, after)) = handoff.take() {
-        if let Some(done) = w.commit(batch, after) {
-            w.close();
-            tracing::info!("store closed");
-            let _ = done.send(());
-            return;
+    loop {
+        match handoff.take(w.idle_wait()) {
+            Next::Batch(batch, after) => {
+                if let Some(done) = w.commit(batch, after) {
+                    w.close();
+                    tracing::info!("store closed");
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            Next::Idle => {}
+            Next::Done => return,
         }
         w.maybe_checkpoint();
     }
@@ -207,6 +217,20 @@ impl Writer {
         );
         self.inner.oldest.store(kept, Ordering::Release);
         Ok(())
+    }
+
+    /// How long the writer waits for a batch before it looks whether a
+    /// checkpoint is due: until one is, and at least a tenth of the
+    /// interval (a checkpoint still running defers the next). No limit
+    /// while the log segment is empty, or once the store is poisoned (no
+    /// checkpoint runs then: the log stays for the next open to replay).
+    fn idle_wait(&self) -> Option<Duration> {
+        let to_checkpoint = self.wal.len() > 0 && !self.inner.poisoned.load(Ordering::Acquire);
+        to_checkpoint.then(|| {
+            CHECKPOINT_EVERY
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .max(CHECKPOINT_EVERY / 10)
+        })
     }
 
     /// Closes the log segment and has sled checkpointed, when one is due

@@ -263,15 +263,18 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                 if !last || intact_after {
                     return Err(corrupt(path, at as u64, what));
                 }
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".torn");
+                let aside = PathBuf::from(aside);
                 tracing::warn!(
                     segment = %path.display(),
                     offset = at,
                     dropped_bytes = bytes.len() - at,
-                    "write-ahead log ends in a torn write (a batch never answered); cutting it off"
+                    kept_aside = %aside.display(),
+                    "write-ahead log ends in a torn write (a batch never answered); cutting it \
+                     off (the bytes kept aside can hold secret hashes: delete them once read)"
                 );
-                let mut aside = path.as_os_str().to_owned();
-                aside.push(".torn");
-                std::fs::write(aside, &bytes[at..])?;
+                std::fs::write(&aside, &bytes[at..])?;
                 let file = OpenOptions::new().write(true).open(path)?;
                 file.set_len(at as u64)?;
                 file.sync_all()?;
