@@ -68,18 +68,14 @@ struct Seen {
     live_secret: String,
 }
 
-/// A store with churn in it: 600 tokens with long descriptions, all but 40
-/// deleted; then the server is SIGKILLed, so that sled lacks the log's last
-/// commits (the next start replays them).
-async fn churned(dir: &Path) -> (Seen, String) {
-    let p = spawn_tokend(dir, RETENTION).await;
-    let mut c = p.tokens().await;
-    let account = new_account(&mut p.accounts().await, ALL_MODULES).await.id;
+/// Creates tokens `range` with long descriptions, deleting all but one in
+/// fifteen; returns the last kept one's secret.
+async fn churn(c: &mut Tokens, account: &str, range: std::ops::Range<usize>) -> String {
     let mut live_secret = String::new();
-    for i in 0..600 {
+    for i in range {
         let r = c
             .create_token(pb::CreateTokenRequest {
-                account_id: account.clone(),
+                account_id: account.to_string(),
                 name: format!("ci-{i}"),
                 description: "x".repeat(200),
                 modules: vec!["commerce".into()],
@@ -91,9 +87,28 @@ async fn churned(dir: &Path) -> (Seen, String) {
         if i % 15 == 0 {
             live_secret = r.secret;
         } else {
-            delete(&mut c, &r.token.unwrap().id).await.unwrap();
+            delete(c, &r.token.unwrap().id).await.unwrap();
         }
     }
+    live_secret
+}
+
+/// A store with churn in it: 600 tokens, all but 40 deleted. The last 30
+/// are written by a server whose checkpoints are skipped, then SIGKILLed,
+/// so that sled lacks the log's last commits (the next start replays
+/// them): an idle store checkpoints within 100 ms, which the checks below
+/// would otherwise outlast.
+async fn churned(dir: &Path) -> (Seen, String) {
+    let mut p = spawn_tokend(dir, RETENTION).await;
+    let account = new_account(&mut p.accounts().await, ALL_MODULES).await.id;
+    churn(&mut p.tokens().await, &account, 0..570).await;
+    p.kill();
+    let p = spawn_tokend_with(dir, RETENTION, |cmd| {
+        cmd.env("FAILPOINTS", "sled-checkpoint-skip=return");
+    })
+    .await;
+    let mut c = p.tokens().await;
+    let live_secret = churn(&mut c, &account, 570..600).await;
     let seen = Seen {
         tokens: tokens(&mut c).await,
         head: head(&mut c).await,
@@ -109,6 +124,14 @@ async fn churned(dir: &Path) -> (Seen, String) {
         &tokens(&mut c).await,
         &seen.tokens,
         "after a refused compaction",
+    );
+    let logged = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path()).is_ok_and(|b| b.windows(6).any(|w| w == b"ci-599")));
+    assert!(
+        logged,
+        "the last token is not in the log: nothing for the next start to replay"
     );
     let mut p = p;
     p.kill();

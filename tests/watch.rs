@@ -335,7 +335,7 @@ async fn stalled_subscribers_cost_bounded_memory_and_lose_nothing() {
     // the server 32 × ~10 MB, over 300 MiB. What may legitimately grow: the
     // state (~10 MB of tokens), sled's cache (64 MiB by its own count, which
     // leaves out its page overhead), sled's flush buffers when the store
-    // checkpoints (it does so as soon as the writes stop), the hub's ring
+    // checkpoints (within 100 ms of the last write), the hub's ring
     // (~1 MB) and the allocator's arenas: 95 to 125 MiB measured. The bound
     // is half of what buffering costs: even half the stalled streams
     // buffering everything would cross it.

@@ -266,6 +266,8 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(".torn");
                 let aside = PathBuf::from(aside);
+                // Kept before the warning names it, so that the file named exists.
+                std::fs::write(&aside, &bytes[at..])?;
                 tracing::warn!(
                     segment = %path.display(),
                     offset = at,
@@ -274,7 +276,6 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                     "write-ahead log ends in a torn write (a batch never answered); cutting it \
                      off (the bytes kept aside can hold secret hashes: delete them once read)"
                 );
-                std::fs::write(&aside, &bytes[at..])?;
                 let file = OpenOptions::new().write(true).open(path)?;
                 file.set_len(at as u64)?;
                 file.sync_all()?;
