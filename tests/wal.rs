@@ -228,7 +228,7 @@ async fn an_idle_store_checkpoints_the_erased_hash_out_of_its_log() {
     let (_, hash) = create_and_delete(&p, &account).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        !holding(tmp.path(), &hash).is_empty(),
+        !log_files_holding(tmp.path(), &hash).is_empty(),
         "with checkpoints skipped, no segment holds the hash: the scan cannot see it"
     );
     drop(p);
@@ -241,10 +241,10 @@ async fn an_idle_store_checkpoints_the_erased_hash_out_of_its_log() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (secret, hash) = create_and_delete(&p, &account).await;
     let started = std::time::Instant::now();
-    let mut held = holding(tmp.path(), &hash);
+    let mut held = log_files_holding(tmp.path(), &hash);
     while !held.is_empty() && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        held = holding(tmp.path(), &hash);
+        held = log_files_holding(tmp.path(), &hash);
     }
     assert!(held.is_empty(), "the erased hash is still in {held:?}");
     println!(
@@ -271,23 +271,6 @@ async fn create_and_delete(p: &Process, account: &str) -> (String, Vec<u8>) {
     delete(&mut c, &id).await.unwrap();
     let hash = tokend::secret::hash(&made.secret).to_vec();
     (made.secret, hash)
-}
-
-/// The files of the log directory (segments, and any torn tail kept
-/// aside) whose bytes hold `hash`.
-fn holding(dir: &Path, hash: &[u8]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for f in std::fs::read_dir(dir.join("wal")).unwrap() {
-        let path = f.unwrap().path();
-        // A segment deleted between the listing and the read is gone.
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        if bytes.windows(hash.len()).any(|w| w == hash) {
-            found.push(path);
-        }
-    }
-    found
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! Which backend the suite runs on: sled in each server's data dir, or, with
 //! `TOKEND_TEST_ETCD=host:port,…` (scripts/test.sh's second pass), the etcd
-//! cluster named there; and how a test that depends on the difference says so.
+//! cluster named there; how a test that depends on the difference says so;
+//! and what a sled test reads of the data dir's files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The etcd cluster the suite runs on (`TOKEND_TEST_ETCD`), if any.
 pub fn test_etcd() -> Option<String> {
@@ -44,4 +45,21 @@ pub fn sled_only(what: &str) -> bool {
         eprintln!("not on etcd: {what}");
     }
     skip
+}
+
+/// The files of data dir `dir`'s write-ahead log (segments, and any torn
+/// tail kept aside) whose bytes hold `needle`. A segment deleted between
+/// the listing and the read is gone, not an error.
+pub fn log_files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for f in std::fs::read_dir(dir.join("wal")).unwrap() {
+        let path = f.unwrap().path();
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            found.push(path);
+        }
+    }
+    found
 }

@@ -19,7 +19,8 @@
 //! - [`process`]: [`Process`], the `tokend` binary spawned as a child.
 //! - [`pki`]: a certificate authority and certificates made for one test.
 //! - [`otlp`]: an OTLP trace receiver, for tests/traces.rs.
-//! - [`backend`]: sled or the test etcd cluster, and [`sled_only`] tests.
+//! - [`backend`]: sled or the test etcd cluster, [`sled_only`] tests, and
+//!   the log files a sled test reads.
 //! - [`etcd`]: etcd clusters of its own, for tests/replicas.rs.
 //! - [`workload`], [`checks`]: the crash suites' load, ledger and
 //!   kill-and-restart cycles, and what a restart owes the clients.
