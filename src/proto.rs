@@ -1,11 +1,19 @@
 //! Generated protobuf and gRPC code for `apitokens.v1`, and the encoded
 //! descriptor set that server reflection serves. Hand-written here is only
-//! what concerns the wire (redacting Debug, the codec's buffers); translation
-//! to and from domain types is `service::convert`'s job.
+//! what concerns the wire (redacting Debug, the codec's buffers, the
+//! pre-encoded event a watch stream sends); translation to and from domain
+//! types is `service::convert`'s job.
 
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("apitokens.v1");
+
+/// The servers, generated apart (build.rs) so that `WatchTokens` streams
+/// [`EncodedEvent`]s.
+mod servers {
+    include!(concat!(env!("OUT_DIR"), "/server/apitokens.v1.rs"));
+}
+pub use servers::{account_service_server, token_service_server};
 
 /// Every file of `proto/` and its imports, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
@@ -124,5 +132,106 @@ where
 
     fn decoder(&mut self) -> Self::Decoder {
         tonic_prost::ProstCodec::<T, U>::raw_decoder(lean_buffers())
+    }
+}
+
+/// A `TokenEvent`, already encoded: what a watch stream sends. However many
+/// streams carry an event, it is encoded once and each stream copies the
+/// bytes into its frame (clones share them). The bytes on the wire are the
+/// `TokenEvent`'s: clients, reflection and the protos never see this type.
+#[derive(Clone, Default, PartialEq)]
+pub struct EncodedEvent(bytes::Bytes);
+
+impl EncodedEvent {
+    pub fn new(event: &TokenEvent) -> EncodedEvent {
+        EncodedEvent(prost::Message::encode_to_vec(event).into())
+    }
+
+    /// The event these bytes encode.
+    pub fn event(&self) -> Result<TokenEvent, prost::DecodeError> {
+        prost::Message::decode(self.0.clone())
+    }
+}
+
+/// Events carry no secret, but a Debug of their bytes says nothing: show
+/// the event.
+impl std::fmt::Debug for EncodedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.event() {
+            Ok(event) => f.debug_tuple("EncodedEvent").field(&event).finish(),
+            Err(e) => write!(f, "EncodedEvent(undecodable: {e})"),
+        }
+    }
+}
+
+impl prost::Message for EncodedEvent {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    /// Only for completeness (a server never decodes what it sends): merges
+    /// the field into the event and keeps the result's encoding.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        let mut event = self.event()?;
+        event.merge_field(tag, wire_type, buf, ctx)?;
+        *self = EncodedEvent::new(&event);
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod encoded_tests {
+    use super::{EncodedEvent, Token, TokenEvent};
+    use prost::Message;
+
+    fn event() -> TokenEvent {
+        TokenEvent {
+            revision: 42,
+            r#type: 3,
+            token: Some(Token {
+                id: "TKN-1".into(),
+                name: "ci".into(),
+                modules: vec!["reports".into()],
+                ..Default::default()
+            }),
+            time: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 2,
+            }),
+            actor: "ACC-1".into(),
+        }
+    }
+
+    #[test]
+    fn an_encoded_event_is_the_events_bytes() {
+        let encoded = EncodedEvent::new(&event());
+        assert_eq!(encoded.encode_to_vec(), event().encode_to_vec());
+        assert_eq!(encoded.encoded_len(), event().encoded_len());
+        assert_eq!(
+            TokenEvent::decode(&*encoded.encode_to_vec()).unwrap(),
+            event()
+        );
+    }
+
+    #[test]
+    fn decoding_into_an_encoded_event_keeps_the_event() {
+        let decoded = EncodedEvent::decode(&*event().encode_to_vec()).unwrap();
+        assert_eq!(decoded.event().unwrap(), event());
+        assert_eq!(decoded, EncodedEvent::new(&event()));
+        assert!(format!("{decoded:?}").contains("TKN-1"));
     }
 }

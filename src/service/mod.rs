@@ -7,11 +7,13 @@
 //! ([`crate::auth`]), build a [`Command`](crate::command::Command), call
 //! [`Store::apply`] (which answers once durable), convert the result. Errors
 //! become statuses in one place, `convert`. This layer must never touch sled,
-//! hold state of its own, or log a secret.
+//! hold state of its own (`encoded` keeps recent events' bytes, derived
+//! from the store's events), or log a secret.
 
 mod accounts;
 pub mod authz;
 pub mod convert;
+mod encoded;
 mod roll;
 mod snapshot;
 mod tokens;
@@ -21,6 +23,8 @@ pub use authz::{Authz, AuthzConfig};
 use std::sync::Arc;
 
 use crate::leaks::LeakAction;
+
+use encoded::EncodedEvents;
 
 use crate::error::Error;
 use crate::query::Pager;
@@ -34,6 +38,8 @@ pub struct Service {
     watchers: Watchers,
     /// What `ReportLeakedSecrets` does to a live token it is told of.
     leak_action: LeakAction,
+    /// Recent change events as every watch stream sends them.
+    encoded: Arc<EncodedEvents>,
 }
 
 impl Service {
@@ -42,6 +48,7 @@ impl Service {
             store,
             watchers,
             leak_action,
+            encoded: Arc::default(),
         }
     }
 }

@@ -27,9 +27,9 @@ use crate::proto::create_token_request::Expiration;
 use crate::proto::{self as pb, token_service_server::TokenService};
 use crate::query::{Fields, FilterExpr, Pager, page_size};
 use crate::state::Standing;
-use crate::watch::{Filter, Start};
+use crate::watch::{Filter, Notice, Start};
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::EncodedEvent, Status>> + Send>>;
 
 const UPDATABLE: &[&str] = &["name", "description", "icon", "modules", "expire_time"];
 
@@ -509,7 +509,12 @@ impl TokenService for Service {
             credential: Some(caller),
         };
         let stream = self.watchers.open(filter, start)?;
-        let stream = stream.map(|item| item.map(|n| convert::notice(&n)).map_err(Status::from));
+        let encoded = self.encoded.clone();
+        let stream = stream.map(move |item| match item {
+            Ok(Notice::Change(event)) => Ok(encoded.get(&event)),
+            Ok(other) => Ok(pb::EncodedEvent::new(&convert::notice(&other))),
+            Err(e) => Err(Status::from(e)),
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -22,8 +22,8 @@ use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use prost::Message;
@@ -46,7 +46,7 @@ struct Floor {
     tokens: Mutex<HashMap<String, pb::Token>>,
     next_id: AtomicU64,
     writer: mpsc::Sender<Delete>,
-    events: broadcast::Sender<Arc<pb::TokenEvent>>,
+    events: broadcast::Sender<pb::EncodedEvent>,
 }
 
 /// Serves the floor on `listen` with its fsync counter on `metrics` (the
@@ -83,7 +83,7 @@ pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
 fn write_loop(
     mut log: File,
     mut deletes: mpsc::Receiver<Delete>,
-    events: broadcast::Sender<Arc<pb::TokenEvent>>,
+    events: broadcast::Sender<pb::EncodedEvent>,
 ) {
     let mut revision = 0i64;
     let mut buf = Vec::new();
@@ -111,13 +111,14 @@ fn write_loop(
             event
                 .encode_length_delimited(&mut buf)
                 .expect("a Vec grows");
-            announced.push(Arc::new(event));
+            // Encoded once for every stream, as tokend does.
+            announced.push((revision, pb::EncodedEvent::new(&event)));
         }
         let started = Instant::now();
         append(&mut log, &buf);
         fsync_duration.record(started.elapsed().as_secs_f64());
-        for (d, event) in batch.into_iter().zip(announced) {
-            let _ = d.reply.send(event.revision);
+        for (d, (revision, event)) in batch.into_iter().zip(announced) {
+            let _ = d.reply.send(revision);
             let _ = events.send(event);
         }
     }
@@ -131,7 +132,7 @@ fn append(log: &mut File, buf: &[u8]) {
     log.sync_data().expect("floor log fdatasync");
 }
 
-type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::TokenEvent, Status>> + Send>>;
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::EncodedEvent, Status>> + Send>>;
 
 fn not_here<T>() -> Result<Response<T>, Status> {
     Err(Status::unimplemented(
@@ -204,7 +205,7 @@ impl TokenService for Floor {
         _: Request<pb::WatchTokensRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let events = BroadcastStream::new(self.events.subscribe()).map(|e| match e {
-            Ok(event) => Ok(pb::TokenEvent::clone(&event)),
+            Ok(event) => Ok(event),
             Err(lagged) => Err(Status::out_of_range(lagged.to_string())),
         });
         Ok(Response::new(Box::pin(events)))
