@@ -59,3 +59,74 @@ impl EncodedEvents {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::domain::{AccountType, EventKind, Subject};
+    use crate::state::testkit::{World, actor};
+
+    /// The same token changed at `revisions`, one event each.
+    fn events(revisions: &[Revision]) -> Vec<Event> {
+        let mut w = World::default();
+        let account = w.account(AccountType::Client, &["billing"]);
+        let (id, _) = w.token(&account, &["billing"]);
+        let token = w.token_rec(&id);
+        revisions
+            .iter()
+            .map(|&revision| Event {
+                revision,
+                kind: EventKind::Updated,
+                subject: Subject::Token(Arc::unwrap_or_clone(token.clone())),
+                time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(revision),
+                actor: actor(),
+            })
+            .collect()
+    }
+
+    fn is_encoding_of(bytes: &EncodedEvent, event: &Event) -> bool {
+        bytes.event().unwrap() == convert::change_event(event)
+    }
+
+    #[test]
+    fn each_revision_gets_its_own_events_bytes_and_keeps_them_once() {
+        let encoded = EncodedEvents::default();
+        let events = events(&[3, 5, 9]);
+        for _ in 0..2 {
+            for e in &events {
+                assert!(
+                    is_encoding_of(&encoded.get(e), e),
+                    "revision {}",
+                    e.revision
+                );
+            }
+        }
+        let kept: Vec<_> = encoded.lock().iter().map(|(r, _)| *r).collect();
+        assert_eq!(kept, [3, 5, 9]);
+    }
+
+    #[test]
+    fn an_event_older_than_the_newest_kept_is_encoded_and_not_kept() {
+        let encoded = EncodedEvents::default();
+        let events = events(&[7, 4]);
+        encoded.get(&events[0]);
+        assert!(is_encoding_of(&encoded.get(&events[1]), &events[1]));
+        let kept: Vec<_> = encoded.lock().iter().map(|(r, _)| *r).collect();
+        assert_eq!(kept, [7]);
+    }
+
+    #[test]
+    fn the_ring_keeps_only_the_newest() {
+        let encoded = EncodedEvents::default();
+        let revisions: Vec<Revision> = (1..=KEEP as u64 + 10).collect();
+        for e in events(&revisions) {
+            encoded.get(&e);
+        }
+        let ring = encoded.lock();
+        assert_eq!(ring.len(), KEEP);
+        assert_eq!(ring.front().map(|(r, _)| *r), Some(11));
+    }
+}
