@@ -7,8 +7,8 @@
 //! tokend. It keeps tokend's group commit and nothing else (tokend plans on
 //! a second thread; this has nothing to plan): deletes go to one writer
 //! thread that takes every queued delete, appends them as one write,
-//! `fdatasync`s once for the batch, then answers and broadcasts the events
-//! to every `WatchTokens` stream. No authentication, no planning
+//! `fdatasync`s once for the batch, then answers and broadcasts the events,
+//! each encoded once as tokend's are, to every `WatchTokens` stream. No authentication, no planning
 //! against state, no database, no retained log, no per-call metrics or
 //! logging. What tokend spends beyond this is its own; what this spends, any
 //! tonic service that answers "deleted" only once it is on disk must spend.
