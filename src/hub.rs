@@ -9,10 +9,16 @@
 //! the other. It must never carry an event that is not durable, nor block
 //! its publisher: a subscriber that falls behind the ring is told it lagged
 //! and goes back to the store's log.
+//!
+//! It also carries the end: [`Hub::close`] (the server shutting down) wakes
+//! every subscriber once, through the same ring, so that a caught-up watch
+//! stream waits on one thing only. A per-stream shutdown future would lock
+//! one mutex, shared by every stream, on every poll of every stream.
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::domain::{Event, Revision};
 use crate::telemetry;
@@ -21,7 +27,10 @@ use crate::telemetry;
 /// is durable and the state that includes it is visible, in revision order.
 #[derive(Clone)]
 pub struct Hub {
-    tx: broadcast::Sender<Published>,
+    /// `None` is the close: it wakes every receiver, which then reads the
+    /// `closing` flag (a receiver that lagged past it reads the flag too).
+    tx: broadcast::Sender<Option<Published>>,
+    closing: CancellationToken,
     /// Registered once (make the hub after the exporter is installed).
     published: metrics::Counter,
 }
@@ -41,6 +50,7 @@ impl Hub {
     pub fn new(capacity: usize) -> Hub {
         Hub {
             tx: broadcast::channel(capacity.max(16)).0,
+            closing: CancellationToken::new(),
             published: metrics::counter!(telemetry::EVENTS_PUBLISHED),
         }
     }
@@ -50,10 +60,59 @@ impl Hub {
     pub fn publish(&self, after: Revision, event: Arc<Event>) {
         self.published.increment(1);
         // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(Published { after, event });
+        let _ = self.tx.send(Some(Published { after, event }));
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
-        self.tx.subscribe()
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.tx.subscribe(),
+            closing: self.closing.clone(),
+        }
+    }
+
+    /// Ends every subscription, now and later: each receiver's next `recv`
+    /// after the events already in its ring answers `Closed`.
+    pub fn close(&self) {
+        // The flag first: a receiver that subscribes after the wake-up below
+        // went out still sees it.
+        self.closing.cancel();
+        let _ = self.tx.send(None);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+}
+
+/// One subscriber's end of the hub.
+pub struct Subscription {
+    rx: broadcast::Receiver<Option<Published>>,
+    closing: CancellationToken,
+}
+
+impl Subscription {
+    /// The next event published after this subscription began: `Lagged`
+    /// when the ring dropped some for this receiver, `Closed` once the hub
+    /// is closing.
+    pub async fn recv(&mut self) -> Result<Published, RecvError> {
+        if self.closing.is_cancelled() {
+            return Err(RecvError::Closed);
+        }
+        match self.rx.recv().await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) | Err(RecvError::Closed) => Err(RecvError::Closed),
+            Err(lagged) => Err(lagged),
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Resolves once the hub is closing: for a subscriber waiting on
+    /// something else than [`Subscription::recv`] (a log read). Not for
+    /// every poll of every stream: each poll of it takes a shared lock.
+    pub fn closing(&self) -> WaitForCancellationFuture<'_> {
+        self.closing.cancelled()
     }
 }

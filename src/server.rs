@@ -251,12 +251,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let shutdown = CancellationToken::new();
     let watchers = Watchers::new(
         store.clone(),
-        hub,
+        hub.clone(),
         WatchConfig {
             max_watchers: config.max_watchers,
             progress_interval: config.progress_interval,
         },
-        shutdown.clone(),
     );
     let service = Service::new(store.clone(), watchers, config.leak_action);
     crate::bootstrap::operator(
@@ -421,6 +420,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             result = &mut serve => result,
             _ = signal.cancelled() => {
                 tracing::info!("shutting down");
+                // Every watch stream ends with UNAVAILABLE, woken by the hub.
+                hub.close();
                 // Health watchers first learn NOT_SERVING, then their streams end.
                 let mut health = health;
                 for name in served.iter().copied().chain([""]) {

@@ -22,22 +22,20 @@
 //! the log is read up to the durable head).
 
 use std::collections::{HashSet, VecDeque};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use tokio_stream::Stream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::caller::{Caller, revokes};
 use crate::domain::{AccountId, Event, EventKind, Revision, Token};
 use crate::error::Error;
-use crate::hub::{Hub, Published};
+use crate::hub::{Hub, Published, Subscription};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -106,7 +104,6 @@ pub struct Watchers {
     hub: Hub,
     config: WatchConfig,
     open: Arc<AtomicUsize>,
-    shutdown: CancellationToken,
 }
 
 /// Log reads happen in pages of this many events, so that catching up a far
@@ -114,18 +111,14 @@ pub struct Watchers {
 const LOG_PAGE: usize = 256;
 
 impl Watchers {
-    pub fn new(
-        store: Arc<dyn Store>,
-        hub: Hub,
-        config: WatchConfig,
-        shutdown: CancellationToken,
-    ) -> Watchers {
+    /// Streams end with `UNAVAILABLE` once `hub` closes (the server
+    /// shutting down), and none opens after.
+    pub fn new(store: Arc<dyn Store>, hub: Hub, config: WatchConfig) -> Watchers {
         Watchers {
             store,
             hub,
             config,
             open: Arc::new(AtomicUsize::new(0)),
-            shutdown,
         }
     }
 
@@ -137,7 +130,7 @@ impl Watchers {
     /// Opens a stream. Fails at once (rather than as the stream's first
     /// message) when the cap is reached or `start` is already compacted.
     pub fn open(&self, filter: Filter, start: Start) -> Result<WatchStream, Error> {
-        if self.shutdown.is_cancelled() {
+        if self.hub.is_closing() {
             return Err(Error::shutting_down());
         }
         let slot = Slot::take(&self.open, self.config.max_watchers)?;
@@ -178,7 +171,6 @@ impl Watchers {
         };
         Ok(WatchStream {
             notices: Box::pin(follower.notices(start == Start::Snapshot)),
-            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             done: false,
             _slot: slot,
         })
@@ -207,12 +199,13 @@ impl Drop for Slot {
     }
 }
 
-/// The client's end of a watch: the follower's notices, ended with
-/// `UNAVAILABLE` the moment the server starts shutting down, even if the
-/// follower is waiting for an event (or for a log read).
+/// The client's end of a watch: the follower's notices, ended after the
+/// first error. The follower ends with `UNAVAILABLE` the moment the hub
+/// closes (the server shutting down), even while it waits for an event or
+/// for a log read: the close wakes it through the hub, so no stream polls
+/// a shutdown signal of its own.
 pub struct WatchStream {
     notices: Pin<Box<dyn Stream<Item = Result<Notice, Error>> + Send>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
     _slot: Slot,
 }
@@ -223,10 +216,6 @@ impl Stream for WatchStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
-        }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            return Poll::Ready(Some(Err(Error::shutting_down())));
         }
         match self.notices.as_mut().poll_next(cx) {
             Poll::Ready(Some(Err(e))) => {
@@ -247,7 +236,7 @@ struct Follower {
     /// Changes up to here happened before the stream opened: replaying an
     /// old revocation of the credential must not end the stream.
     history_until: Revision,
-    live: broadcast::Receiver<Published>,
+    live: Subscription,
     progress_interval: Duration,
     /// How long after their commit this stream hands events on (looked up
     /// once: per event per stream, a registry lookup would add up).
@@ -256,7 +245,7 @@ struct Follower {
 
 /// What woke a caught-up follower.
 enum Woken {
-    Live(Result<Published, broadcast::error::RecvError>),
+    Live(Result<Published, RecvError>),
     Idle,
 }
 
@@ -320,6 +309,11 @@ impl Follower {
                 }
                 let revision = state.revision();
                 for token in state.tokens_after(self.filter.account.as_ref(), None) {
+                    // A snapshot of a million tokens does not hold a
+                    // shutdown up: the hub's close is checked per token.
+                    if self.live.is_closing() {
+                        Err(Error::shutting_down())?;
+                    }
                     if self.filter.wants_token(token) {
                         yield Notice::Snapshot { revision, token: token.clone() };
                     }
@@ -344,7 +338,15 @@ impl Follower {
                     // page at a time. Nothing there means no event lies
                     // between `next` and the head.
                     metrics::counter!(telemetry::WATCH_CATCHUPS).increment(1);
-                    let read = self.store.events(self.next, LOG_PAGE).await?;
+                    // Off the hub, its close is waited for beside the read
+                    // (an etcd that does not answer must not hold a
+                    // shutdown up); a catch-up of many pages checks it
+                    // before each.
+                    let read = tokio::select! {
+                        biased;
+                        () = self.live.closing() => Err(Error::shutting_down()),
+                        read = self.store.events(self.next, LOG_PAGE) => read,
+                    }?;
                     if read.is_empty() {
                         self.next = head + 1;
                     }
@@ -363,8 +365,9 @@ impl Follower {
                         },
                         // Events dropped from this receiver's ring: the log
                         // has them, and the head is already past them.
-                        Woken::Live(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-                        Woken::Live(Err(broadcast::error::RecvError::Closed)) => {
+                        Woken::Live(Err(RecvError::Lagged(_))) => continue,
+                        // The hub closed: the server is shutting down.
+                        Woken::Live(Err(RecvError::Closed)) => {
                             Err(Error::shutting_down())?;
                             continue;
                         }

@@ -127,6 +127,13 @@ async fn shutdown_ends_open_streams_with_unavailable_promptly() {
         let status = end.expect_err("ended with a status");
         assert_eq!(status.code(), Code::Unavailable);
     }
+    // Ended by the server, not by the grace period running out (2 s in
+    // the test config), which would end them with the connection.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "watches ended after {:?}",
+        started.elapsed()
+    );
     // Health watchers see NOT_SERVING, then their stream ends.
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(Some(_)) = health_watch.message().await {}

@@ -4,6 +4,7 @@
 //! the gaps no well-behaved store makes on its own (see [`on_live`]).
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::task::Waker;
 use std::time::SystemTime;
 
@@ -65,6 +66,8 @@ fn on_live_skips_what_was_sent_delivers_what_is_next_and_rereads_after_a_hole() 
 struct FakeStore {
     inner: Mutex<Fake>,
     access: AccessLog,
+    /// Log reads never answer (an etcd that does not reply).
+    stalled: AtomicBool,
 }
 
 struct Fake {
@@ -83,6 +86,7 @@ impl FakeStore {
                 oldest: 1,
             }),
             access: AccessLog::new(Duration::from_secs(60), []),
+            stalled: AtomicBool::new(false),
         }
     }
 
@@ -115,6 +119,9 @@ impl Store for FakeStore {
     }
 
     async fn events(&self, from: Revision, max: usize) -> Result<Vec<Arc<Event>>, Error> {
+        if self.stalled.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let f = self.inner.lock().unwrap();
         let head = f.state.revision();
         if from < f.oldest && from <= head {
@@ -193,7 +200,7 @@ impl Rig {
             max_watchers: 8,
             progress_interval: Duration::from_secs(3600),
         };
-        let watchers = Watchers::new(store.clone(), hub.clone(), config, CancellationToken::new());
+        let watchers = Watchers::new(store.clone(), hub.clone(), config);
         let published = world.state.revision();
         Rig {
             world,
@@ -569,4 +576,78 @@ async fn opening_refuses_compacted_history_revoked_credentials_and_too_many_stre
     drop(streams);
     assert_eq!(rig.watchers.open_count(), 0);
     assert!(rig.watchers.open(Filter::default(), Start::Now).is_ok());
+}
+
+/// The notices ready now: every one a change but the last, which is the
+/// shutdown's `UNAVAILABLE`; after it, the stream has ended.
+fn ends_shutting_down(stream: &mut WatchStream) -> Vec<Revision> {
+    let mut got = ready(stream);
+    let last = got.pop();
+    assert!(
+        matches!(last, Some(Err(Error::Unavailable { reason, .. })) if reason == crate::error::reason::SHUTTING_DOWN),
+        "ends shutting down: {last:?}"
+    );
+    assert!(ready(stream).is_empty(), "nothing after the end");
+    got.into_iter()
+        .map(|n| match n {
+            Ok(Notice::Change(e)) => e.revision,
+            other => panic!("expected a change, got {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn closing_the_hub_ends_waiting_streams_and_opens_no_more() {
+    let mut rig = Rig::new(64);
+    let mut waiting = rig.open(Start::Now);
+    let mut snapshot = rig.open(Start::Snapshot);
+    assert_eq!(revisions(&mut waiting), NOTHING);
+    assert_eq!(ready(&mut snapshot).len(), 2, "the token, then synced");
+    assert_eq!(rig.commit_rename(), 3);
+    // Opened after 3 went out: it waits for 4, and only the close wakes it.
+    let mut idle = rig.open(Start::Now);
+    assert_eq!(revisions(&mut idle), NOTHING);
+    rig.hub.close();
+    // An event published before the close still goes out.
+    assert_eq!(ends_shutting_down(&mut waiting), [3]);
+    assert_eq!(ends_shutting_down(&mut snapshot), [3]);
+    assert_eq!(ends_shutting_down(&mut idle), NOTHING);
+    assert!(matches!(
+        rig.watchers.open(Filter::default(), Start::Now),
+        Err(Error::Unavailable { .. })
+    ));
+}
+
+#[tokio::test]
+async fn closing_the_hub_ends_a_stream_waiting_for_a_log_read() {
+    let mut rig = Rig::new(64);
+    let first = rig.rename();
+    rig.show();
+    rig.store.stalled.store(true, Ordering::Relaxed);
+    let mut stream = rig.open(Start::At(first));
+    assert!(ready(&mut stream).is_empty(), "waiting for the log");
+    rig.hub.close();
+    assert_eq!(ends_shutting_down(&mut stream), NOTHING);
+}
+
+#[tokio::test]
+async fn a_stream_that_lagged_past_the_close_ends_too() {
+    // The ring keeps 16: the close's wake-up is dropped for a receiver 20
+    // behind, which is told it lagged, and ends all the same.
+    let mut rig = Rig::new(16);
+    let mut stream = rig.open(Start::Now);
+    assert_eq!(revisions(&mut stream), NOTHING);
+    for _ in 0..20 {
+        rig.commit_rename();
+    }
+    rig.hub.close();
+    for _ in 0..20 {
+        rig.commit_rename();
+    }
+    // Whatever it sends before the end is in order and gap-free.
+    let delivered = ends_shutting_down(&mut stream);
+    assert!(
+        (3..).zip(&delivered).all(|(want, got)| want == *got),
+        "{delivered:?}"
+    );
 }
