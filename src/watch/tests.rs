@@ -284,7 +284,12 @@ fn ready(stream: &mut WatchStream) -> Vec<Result<Notice, Error>> {
 
 /// The revisions of the changes ready now; panics on anything else.
 fn revisions(stream: &mut WatchStream) -> Vec<Revision> {
-    ready(stream)
+    changes(ready(stream))
+}
+
+/// The revisions of `notices`, every one a change; panics on anything else.
+fn changes(notices: Vec<Result<Notice, Error>>) -> Vec<Revision> {
+    notices
         .into_iter()
         .map(|n| match n {
             Ok(Notice::Change(e)) => e.revision,
@@ -588,12 +593,7 @@ fn ends_shutting_down(stream: &mut WatchStream) -> Vec<Revision> {
         "ends shutting down: {last:?}"
     );
     assert!(ready(stream).is_empty(), "nothing after the end");
-    got.into_iter()
-        .map(|n| match n {
-            Ok(Notice::Change(e)) => e.revision,
-            other => panic!("expected a change, got {other:?}"),
-        })
-        .collect()
+    changes(got)
 }
 
 #[tokio::test]
