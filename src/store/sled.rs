@@ -53,6 +53,9 @@ mod tombstones;
 mod wal;
 
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The longest `close` waits for background work holding sled (a shrink
+/// slice takes milliseconds; this only bounds a stuck one).
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct SledConfig {
@@ -98,6 +101,8 @@ struct Inner {
     /// Held for writing while the shrinker moves tombstones into packs, for
     /// reading while a list walks them (`sled/tombstones.rs`).
     packing: RwLock<()>,
+    /// Set by `close`: the shrinker starts no slice after it.
+    closed: AtomicBool,
     /// What poisoned it, first failure only: every refusal repeats it, so
     /// the client's error says why, not only the log.
     poison_cause: std::sync::OnceLock<String>,
@@ -313,6 +318,7 @@ impl SledStore {
             poisoned: AtomicBool::new(false),
             poison_cause: std::sync::OnceLock::new(),
             packing: RwLock::new(()),
+            closed: AtomicBool::new(false),
             hub,
         });
         apply::checkpoint(&inner, &wal_dir, wal.sequence())?;
@@ -592,6 +598,15 @@ impl Store for SledStore {
         let handle = self.writer.lock().expect("writer handle").take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        // A shrink slice in flight holds sled, and with it the data dir's
+        // lock: wait it out (a slice is bounded), so that whoever closed the
+        // store can open the dir again. Readers hold it only while a caller
+        // holds the store itself, which the server waits for.
+        self.inner.closed.store(true, Ordering::Release);
+        let started = std::time::Instant::now();
+        while Arc::strong_count(&self.inner) > 1 && started.elapsed() < CLOSE_WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

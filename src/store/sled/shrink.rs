@@ -21,8 +21,8 @@
 //! lost is simply done again. It must never
 //! touch a live token, the log or the issued ids, never shrink a tombstone
 //! younger than the age, and never write once the store is poisoned. It
-//! ends once the store is dropped; a shrink written after `close` is one
-//! the next open may redo.
+//! ends once the store is closed or dropped, and `close` waits out the
+//! slice in flight: a slice holds sled, and with it the data dir's lock.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -46,7 +46,10 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, after: Duration) {
     tokio::time::sleep(pause).await;
     let mut cursor: Option<Vec<u8>> = None;
     loop {
-        let Some(strong) = inner.upgrade() else {
+        let Some(strong) = inner
+            .upgrade()
+            .filter(|i| !i.closed.load(Ordering::Acquire))
+        else {
             return;
         };
         let from = cursor.take();
