@@ -24,7 +24,7 @@ PARTS = [
     # future's poll, a closure run in scope): what runs inside belongs to
     # its own part.
     ("metrics + logs", [r"^metrics", r"^tracing(?!::instrument::Instrumented<T> as core::future::future::Future>::poll\b|::span::Span::in_scope\b)"]),
-    ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::planner_loop", r"durable::writer_loop", r"apply::apply_loop", r"floor::write_loop"]),
+    ("thread hand-offs (sleep, wake)", [r"blocking_recv", r"commit::planner_loop", r"commit::Handoff::submit", r"durable::writer_loop", r"apply::apply_loop", r"floor::write_loop"]),
     ("gRPC + HTTP/2 (the floor's stack too)", [r"^h2::", r"^hyper", r"^tonic", r"^tower", r"^prost", r"^axum", r"^http::"]),
     ("tokio runtime + sockets", [r"^tokio::", r"^mio::"]),
 ]

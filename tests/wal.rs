@@ -141,7 +141,7 @@ async fn a_kill_between_the_logs_sync_and_sleds_apply_keeps_the_write() {
     assert_eq!(names(&tokens), ["t0", "t1", "t2", "t3", "t4", "t5"]);
 }
 
-/// The planner plans the next batch while the writer syncs the last, on
+/// Callers plan the next batch while the writer syncs the last, on
 /// the state that batch will leave. When that sync fails, what was planned
 /// on it fails too: a second delete of the token, planned while the first
 /// was syncing, saw it gone, but must not say NOT_FOUND.

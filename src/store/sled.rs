@@ -1,11 +1,12 @@
 //! The embedded backend: a write-ahead log for durability, sled for the
-//! records, one planner and one writer thread, group commit.
+//! records, one writer thread, group commit.
 //!
 //! Owns opening a data dir and reading from it. A commit is durable once
 //! its batch is in the log (`sled/wal.rs`), synced once for every command
-//! planned together (the write path: `sled/commit.rs` plans, while the
-//! writer, `sled/durable.rs`, syncs the batch before; the writer answers
-//! and publishes once its batch is durable); sled gets
+//! planned together (the write path: each caller plans its command into
+//! the next batch, `sled/commit.rs`, while the writer, `sled/durable.rs`,
+//! syncs the batch before; the writer answers and publishes once its batch
+//! is durable); sled gets
 //! the batch in memory right after, on the applier thread, and reaches the
 //! disk in background checkpoints (`sled/apply.rs`). At open, sled is
 //! brought up to the log's end before anything is served. Readers use the
@@ -24,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
@@ -70,11 +71,12 @@ pub struct SledConfig {
 
 pub struct SledStore {
     inner: Arc<Inner>,
-    jobs: mpsc::Sender<Job>,
+    /// Where commands are planned into the writer's next batch.
+    handoff: Arc<commit::Handoff>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// What the planner, the writer and readers share.
+/// What the writer, the planning callers and readers share.
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
@@ -109,11 +111,12 @@ struct Inner {
     hub: Hub,
 }
 
+/// What a caller plans into the writer's next batch (`sled/commit.rs`).
+/// Never queued: planned where it was made, and dropped.
+#[expect(clippy::large_enum_variant, reason = "never stored or queued")]
 enum Job {
     Apply {
-        /// Boxed: a command is a few hundred bytes, and every queued job
-        /// (closes and access flushes too) would be that large.
-        cmd: Box<Command>,
+        cmd: Command,
         actor: Actor,
         reply: oneshot::Sender<Result<Applied, Error>>,
         /// The caller's commit span (none unless its trace is kept): the
@@ -322,21 +325,23 @@ impl SledStore {
             hub,
         });
         apply::checkpoint(&inner, &wal_dir, wal.sequence())?;
-        // Room for every in-flight request of a busy server; beyond it callers
-        // wait (backpressure) instead of queueing without bound.
-        let (jobs, rx) = mpsc::channel(4 * commit::MAX_BATCH);
-        let writer = commit::start_writer(inner.clone(), wal, events, rx)
+        let (handoff, writer) = commit::start_writer(inner.clone(), wal, events)
             .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
 
-        // Last-access times reach the disk through the write path too.
-        let ticker = jobs.clone();
+        // Last-access times reach the disk through the write path too. The
+        // ticker holds the store only for a tick: `close` waits for every
+        // other holder to let go.
+        let ticker = (handoff.clone(), Arc::downgrade(&inner));
         let every = config.access_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if ticker.send(Job::PersistAccess).await.is_err() {
+                let Some(inner) = ticker.1.upgrade() else {
+                    break;
+                };
+                if !ticker.0.submit(&inner, Job::PersistAccess).await {
                     break;
                 }
             }
@@ -349,7 +354,7 @@ impl SledStore {
 
         Ok(SledStore {
             inner,
-            jobs,
+            handoff,
             writer: std::sync::Mutex::new(Some(writer)),
         })
     }
@@ -454,16 +459,17 @@ impl Store for SledStore {
     async fn apply(&self, cmd: Command, actor: Actor) -> Result<Applied, Error> {
         let span = crate::traces::commit_span();
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job::Apply {
-                cmd: Box::new(cmd),
-                actor,
-                reply,
-                span: span.clone(),
-            })
+        let job = Job::Apply {
+            cmd,
+            actor,
+            reply,
+            span: span.clone(),
+        };
+        // Refused once the store closed: the reply goes with the job.
+        self.handoff
+            .submit(&self.inner, job)
             .instrument(span.clone())
-            .await
-            .map_err(|_| Error::shutting_down())?;
+            .await;
         let applied = answer
             .instrument(span.clone())
             .await
@@ -592,7 +598,7 @@ impl Store for SledStore {
 
     async fn close(&self) {
         let (done, closed) = oneshot::channel();
-        if self.jobs.send(Job::Close(done)).await.is_ok() {
+        if self.handoff.submit(&self.inner, Job::Close(done)).await {
             let _ = closed.await;
         }
         let handle = self.writer.lock().expect("writer handle").take();
@@ -608,6 +614,14 @@ impl Store for SledStore {
         while Arc::strong_count(&self.inner) > 1 && started.elapsed() < CLOSE_WAIT {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+/// A store dropped without a close: the writer takes what was planned,
+/// then ends (a close has already shut the door; this does nothing then).
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.handoff.shut();
     }
 }
 

@@ -5,8 +5,10 @@
 //! speaks tokend's `TokenService` over the same tonic + prost + HTTP/2 stack,
 //! so the load tool drives it with exactly the client code it uses for
 //! tokend. It keeps tokend's group commit and nothing else (tokend plans on
-//! a second thread; this has nothing to plan): deletes go to one writer
-//! thread that takes every queued delete, appends them as one write,
+//! the caller's task; this has nothing to plan): each delete joins the next
+//! batch on the caller's task, and the first one while the writer thread
+//! sleeps wakes it after one turn of the scheduler, as tokend's do; the
+//! writer takes the whole batch, appends it as one write,
 //! `fdatasync`s once for the batch, then answers and broadcasts the events,
 //! each encoded once as tokend's are, to every `WatchTokens` stream. No authentication, no planning
 //! against state, no database, no retained log, no per-call metrics or
@@ -22,20 +24,34 @@ use std::fs::File;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
 use prost::Message;
 use tokend::proto as pb;
 use tokend::proto::token_service_server::{TokenService, TokenServiceServer};
 use tokend::telemetry;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
-/// Most deletes one fdatasync covers, as in tokend's store.
-const MAX_BATCH: usize = 1024;
+/// The next batch, and whether the writer sleeps waiting for one (the
+/// first delete to join it wakes it). Unbounded: the bench never has more
+/// deletes in flight than tokend's store takes in one batch (1,024).
+struct Queue {
+    next: Mutex<(Vec<Delete>, bool)>,
+    ready: Condvar,
+}
+
+/// Wakes the writer when dropped, however the caller's task ends.
+struct Wake<'a>(&'a Condvar);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
 
 struct Delete {
     token: pb::Token,
@@ -45,7 +61,7 @@ struct Delete {
 struct Floor {
     tokens: Mutex<HashMap<String, pb::Token>>,
     next_id: AtomicU64,
-    writer: mpsc::Sender<Delete>,
+    queue: std::sync::Arc<Queue>,
     events: broadcast::Sender<pb::EncodedEvent>,
 }
 
@@ -55,7 +71,11 @@ pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
     telemetry::install_prometheus(metrics).expect("floor metrics");
     std::fs::create_dir_all(dir).expect("floor data dir");
     let log = File::create(dir.join("floor.log")).expect("floor log");
-    let (writer, deletes) = mpsc::channel(4 * MAX_BATCH);
+    let queue = std::sync::Arc::new(Queue {
+        next: Mutex::default(),
+        ready: Condvar::new(),
+    });
+    let deletes = queue.clone();
     let events = broadcast::channel(1024).0;
     let announce = events.clone();
     std::thread::Builder::new()
@@ -65,7 +85,7 @@ pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
     let floor = Floor {
         tokens: Mutex::default(),
         next_id: AtomicU64::new(1),
-        writer,
+        queue,
         events,
     };
     tonic::transport::Server::builder()
@@ -82,21 +102,23 @@ pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
 /// one fdatasync for everything queued, then the answers, then the events.
 fn write_loop(
     mut log: File,
-    mut deletes: mpsc::Receiver<Delete>,
+    deletes: std::sync::Arc<Queue>,
     events: broadcast::Sender<pb::EncodedEvent>,
 ) {
     let mut revision = 0i64;
     let mut buf = Vec::new();
     // Registered once, as tokend's writer does.
     let fsync_duration = metrics::histogram!(telemetry::FSYNC_DURATION);
-    while let Some(first) = deletes.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match deletes.try_recv() {
-                Ok(d) => batch.push(d),
-                Err(_) => break,
+    loop {
+        let batch = {
+            let mut next = deletes.next.lock().expect("floor queue");
+            while next.0.is_empty() {
+                next.1 = true;
+                next = deletes.ready.wait(next).expect("floor queue");
+                next.1 = false;
             }
-        }
+            std::mem::take(&mut next.0)
+        };
         buf.clear();
         let mut announced = Vec::with_capacity(batch.len());
         for d in &batch {
@@ -185,10 +207,15 @@ impl TokenService for Floor {
             token: token.clone(),
             reply,
         };
-        self.writer
-            .send(delete)
-            .await
-            .map_err(|_| Status::unavailable("floor writer gone"))?;
+        let wake = {
+            let mut next = self.queue.next.lock().expect("floor queue");
+            next.0.push(delete);
+            std::mem::take(&mut next.1)
+        };
+        if wake {
+            let _wake = Wake(&self.queue.ready);
+            tokio::task::yield_now().await;
+        }
         let revision = revision
             .await
             .map_err(|_| Status::unavailable("floor writer gone"))?;

@@ -503,8 +503,11 @@ impl Report {
             "\n## 6. Floors\n\n| floor | this run |\n|---|---|\n{}\n\
              **The floor server** (`src/bin/tokend-bench/floor.rs`) speaks tokend's \
              `TokenService` on the same tonic stack and is driven by the same client code. It \
-             keeps tokend's group commit and nothing else (tokend plans on a second thread; \
-             this has nothing to plan): one writer thread takes every queued delete, appends them in one write, `fdatasync`s once, then answers and \
+             keeps tokend's group commit and nothing else (tokend plans on the caller's task; \
+             this has nothing to plan): each delete joins the next batch on the caller's task, \
+             the first one while the writer thread sleeps wakes it after one turn of the \
+             scheduler, as tokend's do, and the writer appends the batch in one write, \
+             `fdatasync`s once, then answers and \
              broadcasts the events to every watch stream. No authentication, no state, no \
              database, no retained log, no per-call metrics or logs. Its figures in sections \
              1 and 2 are what a durable, watched delete costs on this stack and machine \

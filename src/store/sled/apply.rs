@@ -418,8 +418,7 @@ mod tests {
     use crate::hub::Hub;
     use crate::store::sled::{SledConfig, SledStore};
 
-    /// The nice value of every live thread named `name` in this process
-    /// (field 19 of /proc/self/task/<tid>/stat, after the parenthesised name).
+    /// The nice value of every live thread named `name` in this process.
     fn nice_of_threads(name: &str) -> Vec<i64> {
         let mut nice = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
@@ -427,12 +426,22 @@ mod tests {
             if comm.trim_end() != name {
                 continue;
             }
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-            // Fields from the third (state) on: nice is the 19th field.
-            nice.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
+            nice.push(nice_in(&task.path().join("stat")));
         }
         nice
+    }
+
+    /// The nice value of the calling thread, which started the store's.
+    fn own_nice() -> i64 {
+        nice_in(std::path::Path::new("/proc/thread-self/stat"))
+    }
+
+    /// Field 19 of a task's stat file, after the parenthesised name.
+    fn nice_in(stat: &std::path::Path) -> i64 {
+        let stat = std::fs::read_to_string(stat).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        // Fields from the third (state) on: nice is the 19th field.
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
     }
 
     #[tokio::test]
@@ -452,21 +461,29 @@ mod tests {
         // once each has started running: on a busy machine, a moment later.
         let below = |writer: i64| (writer + i64::from(super::NICE)).min(19);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let (planner, writer, applier) = loop {
-            let planner = nice_of_threads("tokend-plan");
+        // Other tests' stores may run beside this one: every writer and
+        // every applier must be as expected.
+        let own = own_nice();
+        let (writer, applier) = loop {
             let writer = nice_of_threads("tokend-writer");
             let applier = nice_of_threads("tokend-apply");
-            let lowered = matches!(writer[..], [w] if applier == [below(w)]);
-            if (lowered && planner.len() == 1) || std::time::Instant::now() > deadline {
-                break (planner, writer, applier);
+            let lowered = !applier.is_empty() && applier.iter().all(|&a| a == below(own));
+            if lowered || std::time::Instant::now() > deadline {
+                break (writer, applier);
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        // The planner and the writer, whose sync every answer waits for,
-        // keep the process's priority (whatever nice the tests run at).
-        assert_eq!(writer.len(), 1, "{writer:?}");
-        assert_eq!(planner, writer, "the planner's and the writer's");
-        assert_eq!(applier, [below(writer[0])], "the writer's is {}", writer[0]);
+        // The writer, whose sync every answer waits for, keeps the
+        // priority of the thread that opened the store (whatever nice the
+        // tests run at).
+        assert!(
+            !writer.is_empty() && writer.iter().all(|&w| w == own),
+            "{writer:?}, {own}"
+        );
+        assert!(
+            applier.iter().all(|&a| a == below(own)),
+            "{applier:?}, {own}"
+        );
         drop(store);
     }
 }

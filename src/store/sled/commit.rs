@@ -1,21 +1,25 @@
-//! The first half of the write path of the embedded store: the planner
-//! thread, which turns queued commands into the next batch for the log.
+//! The first half of the write path of the embedded store: planning, on
+//! each caller's own task, into the next batch for the log.
 //!
-//! A commit takes two threads, so that the work around a log sync overlaps
-//! with it. The planner plans each command against its working state (the
-//! state as it will be once everything planned so far is durable, so that
-//! a command sees every one queued before it), and encodes what the log
-//! and sled will hold, into a [`Planned`] batch. The writer thread
-//! (`sled/durable.rs`) takes the whole batch when its last sync returned,
-//! makes it durable with one sync, and only then publishes and answers it.
-//! Whatever arrives meanwhile is planned into the next batch: on two cores,
-//! the planning runs while the disk syncs, rather than between syncs.
+//! A caller plans its command against the working state (the state as it
+//! will be once everything planned so far is durable, so that a command
+//! sees every one planned before it), under the one lock it shares with the
+//! writer thread, and encodes what the log and sled will hold into the
+//! [`Planned`] batch. The writer thread (`sled/durable.rs`) takes the whole
+//! batch when its last sync returned, makes it durable with one sync, and
+//! only then publishes and answers it. Whatever is planned meanwhile goes
+//! into the next batch: on two cores, the planning runs while the disk
+//! syncs, rather than between syncs. Planning where the request already
+//! runs is one thread hand-off fewer per commit than a planner thread of
+//! its own (whose sleeps and wake-ups took about a tenth of the server's
+//! CPU at one client, in a profile of `scripts/profile.sh 1`).
 //!
-//! One planner means revisions come out gap-free in command order without
-//! locks beyond the hand-off. It must never answer a command itself (its
+//! The lock orders the commands: revisions come out gap-free in the order
+//! they were planned. Planning must never answer a command itself (its
 //! answer rests on batches not yet durable, which may still fail: the
 //! writer answers it with its batch, refusals included), never publish its
-//! working state, and never write to the log or sled.
+//! working state, never write to the log or sled, and never hold the lock
+//! across an `.await`.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -23,12 +27,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
+use super::durable;
 use super::layout::{self, EventLog, Writes};
 use super::wal::{self, Wal};
-use super::{Inner, Job};
-use super::{apply, durable};
+use super::{Inner, Job, apply};
 use crate::command::{self, Ctx, Plan};
 use crate::domain::{Event, Subject, TokenId};
 use crate::error::Error;
@@ -37,7 +41,7 @@ use crate::store::Applied;
 use crate::store::record::{self, EventRecord, TimeRecord};
 
 /// Most commands one batch takes: bounds the latency a batch adds, and how
-/// far the planner runs ahead of the log.
+/// far planning runs ahead of the log.
 pub(super) const MAX_BATCH: usize = 1024;
 
 /// A reply owed to a caller once its batch is durable.
@@ -76,36 +80,47 @@ impl Planned {
     }
 }
 
-/// What the writer takes from the planner. Made and moved once per batch:
-/// its size is one move, a box would be an allocation.
+/// What the writer takes from the planning callers. Made and moved once
+/// per batch: its size is one move, a box would be an allocation.
 #[expect(clippy::large_enum_variant, reason = "moved once per batch")]
 pub(super) enum Next {
     /// A batch, with the state it leaves when it changes anything.
     Batch(Planned, Option<Arc<State>>),
     /// Nothing came within the time the writer would wait.
     Idle,
-    /// The planner is gone and everything it planned was taken.
+    /// The store closed, or its handle is gone, and everything planned was
+    /// taken.
     Done,
 }
 
-/// What the planner and the writer share.
+/// What the planning callers and the writer share: the store's front door.
 pub(super) struct Handoff {
     shared: Mutex<Shared>,
-    /// Signalled when a batch has something in it, or the planner is gone.
+    /// Signalled when a batch has something in it while the writer waits,
+    /// or when the door closes.
     ready: Condvar,
-    /// Signalled when the writer took a batch, or is gone.
-    taken: Condvar,
+    /// One permit per command the next batch may still take: a caller
+    /// waits here (in order, without holding a thread) while a slow sync
+    /// holds a full batch back. The writer gives the permits back as it
+    /// takes a batch; closed once the writer is gone.
+    room: Semaphore,
 }
 
 struct Shared {
     next: Planned,
-    /// The planner's working state: the published one plus `next` and
-    /// every batch the writer has taken but not yet published (and, once a
-    /// batch failed, that batch too: never published, as the store refuses
-    /// every write from then on).
+    /// The working state: the published one plus `next` and every batch
+    /// the writer has taken but not yet published (and, once a batch
+    /// failed, that batch too: never published, as the store refuses every
+    /// write from then on).
     work: State,
-    planner_gone: bool,
+    /// False once a close was planned or the store's handle is gone:
+    /// nothing more is planned.
+    open: bool,
     writer_gone: bool,
+    /// The writer sleeps on `ready`: the first caller to plan since wakes
+    /// it, and only that one (a wake is a system call). Cleared by that
+    /// caller, under the lock.
+    writer_waiting: bool,
 }
 
 impl Handoff {
@@ -116,6 +131,60 @@ impl Handoff {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Plans `job` into the next batch, on the caller's task, once the
+    /// batch has room for it. False if the store plans nothing more (it
+    /// closed, or its writer is gone): the job is dropped, and with it its
+    /// reply, which its caller reads as the store shutting down.
+    pub(super) async fn submit(&self, inner: &Inner, job: Job) -> bool {
+        if let Job::Apply { .. } = job {
+            match self.room.acquire().await {
+                // Given back by the writer, with the batch this job joins.
+                Ok(permit) => permit.forget(),
+                Err(_) => return false,
+            }
+        }
+        let Some(wake) = self.plan_now(inner, job) else {
+            return false;
+        };
+        if wake {
+            // The first command planned while the writer sleeps wakes it,
+            // but only after the runtime has run every other task ready
+            // (and polled the sockets once): the requests that arrived
+            // together join this batch, one sync for all, rather than
+            // waking the writer for a batch of one. Alone, it costs one
+            // turn of the scheduler. The wake is owed even if the caller
+            // goes meanwhile (a cancelled request): no other caller would
+            // wake the writer for what is planned.
+            let _wake = Wake(&self.ready);
+            tokio::task::yield_now().await;
+        }
+        true
+    }
+
+    /// Plans `job` under the lock; whether the caller must wake the writer
+    /// (`None` if refused).
+    fn plan_now(&self, inner: &Inner, job: Job) -> Option<bool> {
+        let mut shared = self.lock();
+        if !shared.open || shared.writer_gone {
+            return None;
+        }
+        let closing = matches!(job, Job::Close(_));
+        let has_room = matches!(job, Job::Apply { .. });
+        let planned = std::panic::catch_unwind(AssertUnwindSafe(|| plan(inner, &mut shared, job)));
+        if planned.is_err() {
+            // Before the lock goes: the writer must not take a batch half
+            // planned without seeing the store poisoned.
+            apply::poison(inner, "planning a command", &"it panicked");
+            // It panicked before its reply joined the batch (that is the
+            // plan's last step): the writer will not give its room back.
+            if has_room {
+                self.room.add_permits(1);
+            }
+        }
+        shared.open &= !closing;
+        Some(std::mem::take(&mut shared.writer_waiting))
+    }
+
     /// The next batch once there is one, with the state it leaves when it
     /// changes anything (to publish); [`Next::Idle`] if none came within
     /// `idle` (when given).
@@ -123,9 +192,10 @@ impl Handoff {
         let deadline = idle.map(|d| Instant::now() + d);
         let mut shared = self.lock();
         while shared.next.is_empty() {
-            if shared.planner_gone {
+            if !shared.open {
                 return Next::Done;
             }
+            shared.writer_waiting = true;
             shared = match deadline {
                 None => self
                     .ready
@@ -133,6 +203,7 @@ impl Handoff {
                     .unwrap_or_else(PoisonError::into_inner),
                 Some(at) => {
                     let Some(left) = at.checked_duration_since(Instant::now()) else {
+                        shared.writer_waiting = false;
                         return Next::Idle;
                     };
                     let (shared, _) = self
@@ -142,18 +213,19 @@ impl Handoff {
                     shared
                 }
             };
+            shared.writer_waiting = false;
         }
         let batch = std::mem::take(&mut shared.next);
-        // A cheap clone (shared index nodes): the planner's next change
+        // A cheap clone (shared index nodes): the next change planned
         // copies only the nodes on its path.
         let after = (!batch.events.is_empty()).then(|| Arc::new(shared.work.clone()));
         drop(shared);
-        self.taken.notify_one();
+        self.room.add_permits(batch.owed.len());
         Next::Batch(batch, after)
     }
 
-    /// Called as the writer thread ends, however it ends: the planner must
-    /// not wait for room that will never come, and what it planned that the
+    /// Called as the writer thread ends, however it ends: no caller may
+    /// wait for room that will never come, and what was planned that the
     /// writer never took is refused (a writer that ends otherwise than by a
     /// close has poisoned the store).
     pub(super) fn writer_gone(&self, inner: &Inner) {
@@ -162,99 +234,49 @@ impl Handoff {
             shared.writer_gone = true;
             std::mem::take(&mut shared.next)
         };
-        self.taken.notify_one();
+        self.room.close();
         for (reply, _) in stranded.owed {
             let _ = reply.send(Err(inner.refusal("committing")));
         }
     }
 
-    /// Called as the planner thread ends, however it ends: the writer takes
-    /// what is left, then ends.
-    fn planner_gone(&self) {
-        self.lock().planner_gone = true;
+    /// Called when the store's handle goes without a close: nothing more is
+    /// planned, and the writer takes what is left, then ends.
+    pub(super) fn shut(&self) {
+        self.lock().open = false;
         self.ready.notify_one();
     }
 }
 
-/// Starts the planner thread and the writer thread behind it (which starts
-/// the applier), on `wal`. The handle is the planner's, which joins the
-/// writer before it ends.
+/// Wakes the writer when dropped, however the caller's task ends.
+struct Wake<'a>(&'a Condvar);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+/// Starts the writer thread (which starts the applier) on `wal`, and
+/// returns the door callers plan through, and the writer's handle.
 pub(super) fn start_writer(
     inner: Arc<Inner>,
     wal: Wal,
     events: EventLog,
-    rx: mpsc::Receiver<Job>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<(Arc<Handoff>, JoinHandle<()>)> {
     let handoff = Arc::new(Handoff {
         shared: Mutex::new(Shared {
             next: Planned::default(),
             work: State::clone(&inner.state.read().expect("state lock")),
-            planner_gone: false,
+            open: true,
             writer_gone: false,
+            writer_waiting: false,
         }),
         ready: Condvar::new(),
-        taken: Condvar::new(),
+        room: Semaphore::new(MAX_BATCH),
     });
-    let writer = durable::start(inner.clone(), wal, events, handoff.clone())?;
-    std::thread::Builder::new()
-        .name("tokend-plan".into())
-        .spawn(move || {
-            {
-                let _gone = PlannerGone(&handoff);
-                planner_loop(&inner, &handoff, rx);
-            }
-            let _ = writer.join();
-        })
-}
-
-struct PlannerGone<'a>(&'a Handoff);
-
-impl Drop for PlannerGone<'_> {
-    fn drop(&mut self) {
-        self.0.planner_gone();
-    }
-}
-
-fn planner_loop(inner: &Inner, handoff: &Handoff, mut rx: mpsc::Receiver<Job>) {
-    let mut jobs = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        // What arrived together is planned under one hold of the lock: the
-        // writer, waiting to take, gets it between holds.
-        let mut shared = handoff.lock();
-        while shared.next.owed.len() >= MAX_BATCH && !shared.writer_gone {
-            shared = handoff
-                .taken
-                .wait(shared)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        if shared.writer_gone {
-            // Nothing would take them; their callers see the store stopped.
-            return;
-        }
-        let mut closing = false;
-        for job in jobs.drain(..) {
-            closing |= matches!(job, Job::Close(_));
-            let planned =
-                std::panic::catch_unwind(AssertUnwindSafe(|| plan(inner, &mut shared, job)));
-            if planned.is_err() {
-                // Before the lock goes: the writer must not take a batch
-                // half planned without seeing the store poisoned.
-                apply::poison(inner, "planning a command", &"it panicked");
-            }
-        }
-        drop(shared);
-        handoff.ready.notify_one();
-        if closing {
-            return;
-        }
-    }
+    let writer = durable::start(inner, wal, events, handoff.clone())?;
+    Ok((handoff, writer))
 }
 
 /// Plans one job into the next batch, at the current time (a job may have
@@ -347,3 +369,6 @@ fn with_kept_secret(mut change: Change, after: &State) -> Change {
     }
     change
 }
+
+#[cfg(test)]
+mod tests;

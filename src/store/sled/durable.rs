@@ -1,7 +1,7 @@
 //! The second half of the write path of the embedded store: the writer
 //! thread, the only code that writes to the log.
 //!
-//! It takes the batch the planner (`sled/commit.rs`) has ready, appends it
+//! It takes the batch callers have planned (`sled/commit.rs`), appends it
 //! to the log as one record and `fdatasync`s it once: from then on it is
 //! durable. It then publishes the state the batch leaves, answers the
 //! callers, hands the events to the hub and the batch's sled writes to the
@@ -70,7 +70,7 @@ pub(super) fn start(
         .spawn(move || writer_loop(w, &handoff))
 }
 
-/// Tells the planner the writer is gone, however the writer ends; a panic
+/// Tells the callers the writer is gone, however the writer ends; a panic
 /// poisons the store first, so that nothing more is planned.
 struct Gone<'a>(&'a Inner, &'a Handoff);
 
