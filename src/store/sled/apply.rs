@@ -467,7 +467,10 @@ mod tests {
         let (writer, applier) = loop {
             let writer = nice_of_threads("tokend-writer");
             let applier = nice_of_threads("tokend-apply");
-            let lowered = !applier.is_empty() && applier.iter().all(|&a| a == below(own));
+            // The applier starts before the writer: wait for both.
+            let lowered = !writer.is_empty()
+                && !applier.is_empty()
+                && applier.iter().all(|&a| a == below(own));
             if lowered || std::time::Instant::now() > deadline {
                 break (writer, applier);
             }
