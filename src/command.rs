@@ -159,7 +159,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
             let current = state
                 .account(id)
                 .ok_or_else(|| Error::account_not_found(id))?;
-            check_etag("account", etag, current.etag())?;
+            check_etag("account", etag, || current.etag())?;
             let mut next = (**current).clone();
             if let Some(name) = &patch.name {
                 next.name = name.clone();
@@ -192,7 +192,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
         }
         Command::UpdateToken { id, etag, patch } => {
             let current = unexpired_token(state, id, ctx.now)?;
-            check_etag("token", etag, current.etag())?;
+            check_etag("token", etag, || current.etag())?;
             let mut next = (**current).clone();
             if let Some(name) = &patch.name {
                 next.name = name.clone();
@@ -232,7 +232,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
         }
         Command::EnableToken { id, etag } => {
             let current = unexpired_token(state, id, ctx.now)?;
-            check_etag("token", etag, current.etag())?;
+            check_etag("token", etag, || current.etag())?;
             if current.status != TokenStatus::Disabled {
                 return Err(Error::precondition(
                     reason::TOKEN_NOT_DISABLED,
@@ -247,7 +247,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
         }
         Command::DisableToken { id, etag } => {
             let current = unexpired_token(state, id, ctx.now)?;
-            check_etag("token", etag, current.etag())?;
+            check_etag("token", etag, || current.etag())?;
             if current.status != TokenStatus::Active {
                 return Err(Error::precondition(
                     reason::TOKEN_NOT_ACTIVE,
@@ -270,7 +270,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 Err(Error::NotFound { .. }) if *allow_missing => return Ok(Plan::Unchanged(None)),
                 Err(e) => return Err(e),
             };
-            check_etag("token", etag, current.etag())?;
+            check_etag("token", etag, || current.etag())?;
             Ok(Plan::Change(vec![deletion(state, current, ctx)], None))
         }
         Command::RollToken(r) => roll::plan(state, r, ctx),
@@ -442,10 +442,19 @@ fn in_words(d: Duration) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
-fn check_etag(what: &'static str, given: &Option<String>, current: String) -> Result<(), Error> {
+/// `current` is computed only when an etag was given: it is a hash, and
+/// most calls give none.
+fn check_etag(
+    what: &'static str,
+    given: &Option<String>,
+    current: impl FnOnce() -> String,
+) -> Result<(), Error> {
     match given {
-        Some(etag) if *etag != current => Err(Error::EtagMismatch { what, current }),
-        _ => Ok(()),
+        Some(etag) => match current() {
+            current if *etag != current => Err(Error::EtagMismatch { what, current }),
+            _ => Ok(()),
+        },
+        None => Ok(()),
     }
 }
 

@@ -37,7 +37,7 @@ pub struct Roll {
 pub(super) fn plan(state: &State, roll: &Roll, ctx: &Ctx) -> Result<Plan, Error> {
     let id = &roll.id;
     let current = unexpired_token(state, id, ctx.now)?;
-    check_etag("token", &roll.etag, current.etag())?;
+    check_etag("token", &roll.etag, || current.etag())?;
     if let Some(successor) = &current.replaced_by {
         return Err(Error::precondition(
             reason::TOKEN_REPLACED,

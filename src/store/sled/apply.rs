@@ -385,7 +385,8 @@ pub(super) fn replay(
                 _ => None,
             };
             let mut record = Writes::default();
-            layout::write_change(&mut record, &change, kept.as_ref(), e.revision);
+            let accessed = layout::Accessed::Maybe;
+            layout::write_change(&mut record, &change, kept.as_ref(), e.revision, accessed);
             record
                 .apply(tree)
                 .map_err(|e| io_error("replaying the write-ahead log", e))?;

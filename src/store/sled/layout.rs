@@ -274,34 +274,57 @@ pub(super) fn decode_token_value(v: &[u8]) -> Result<(Token, Option<SecretHash>)
 /// Adds what `change`, committed at `revision`, writes: its record,
 /// holding the token's secret hash after the change (`secret`), and for a
 /// deletion, its account's tombstone count. Its event goes with the
-/// commit's others ([`EventLog::append`]).
+/// commit's others ([`EventLog::append`]). `accessed`: as for
+/// [`write_token`].
 pub(super) fn write_change(
     batch: &mut Writes,
     change: &Change,
     secret: Option<&SecretHash>,
     revision: Revision,
+    accessed: Accessed,
 ) {
+    let new = change.kind == EventKind::Created;
     match &change.subject {
         // A tombstone never changes: a change that writes one deletes.
         Subject::Token(t) if t.is_deleted() => {
-            write_token(batch, t, secret, change.kind == EventKind::Created);
+            write_token(batch, t, secret, new, accessed);
             batch.count_tombstone(&t.account_id, revision);
         }
-        Subject::Token(t) => write_token(batch, t, secret, change.kind == EventKind::Created),
+        Subject::Token(t) => write_token(batch, t, secret, new, accessed),
         Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
     }
 }
 
+/// Whether a token may have a last access under `l/`, which its deletion
+/// removes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Accessed {
+    /// The writer's access log has no time for it: it has none (the log
+    /// holds every time sled has, from open on, and every time the writer
+    /// has been handed since), and its deletion skips a sled remove.
+    Never,
+    /// It has one, or the caller cannot tell (the replay at open).
+    Maybe,
+}
+
 /// Adds what token `t` is stored as: live under `t/` with its secret's
-/// hash, or deleted under `d/` (its live record and last access go), and
-/// its number marked issued when it is `new`.
-pub(super) fn write_token(batch: &mut Writes, t: &Token, secret: Option<&SecretHash>, new: bool) {
+/// hash, or deleted under `d/` (its live record and, where it may have one,
+/// its last access go), and its number marked issued when it is `new`.
+pub(super) fn write_token(
+    batch: &mut Writes,
+    t: &Token,
+    secret: Option<&SecretHash>,
+    new: bool,
+    accessed: Accessed,
+) {
     if new {
         batch.mark_issued(t.id.number());
     }
     if t.is_deleted() {
         batch.remove(token_key(&t.id));
-        batch.remove(access_key(&t.id));
+        if accessed == Accessed::Maybe {
+            batch.remove(access_key(&t.id));
+        }
         batch.insert(tombstone_key(&t.id), record::encode::<TokenRecord>(t));
     } else {
         batch.insert(token_key(&t.id), token_value(t, secret));

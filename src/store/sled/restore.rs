@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use super::layout::{
-    K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts, write_issued,
-    write_token,
+    Accessed, K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts,
+    write_issued, write_token,
 };
 use super::{SledStore, io_error, sync_names};
 use crate::error::Error;
@@ -85,7 +85,9 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
         s.secrets.iter().map(|(h, id)| (id, h)).collect();
     for t in &s.tokens {
         let mut writes = Writes::default();
-        write_token(&mut writes, t, secrets.get(&t.id).copied(), false);
+        // A new tree: no token has a last access in it.
+        let secret = secrets.get(&t.id).copied();
+        write_token(&mut writes, t, secret, false, Accessed::Never);
         writes.apply(&tree).map_err(failed)?;
     }
     write_issued(&tree, s.tokens.iter().map(|t| t.id.number())).map_err(failed)?;

@@ -2,24 +2,28 @@
 //! plan on their own tasks, the batch's room comes back as the writer takes
 //! it, and the writer is woken even when the caller that owed the wake goes.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 
 use super::MAX_BATCH;
 use crate::command::{Command, NewAccount, NewToken};
-use crate::domain::{AccountId, AccountType, Subject};
+use crate::domain::{AccountId, AccountType, Subject, TokenId};
 use crate::hub::Hub;
 use crate::state::testkit::{actor, modules};
 use crate::store::Store;
 use crate::store::sled::{SledConfig, SledStore};
 
 fn open(dir: &std::path::Path) -> SledStore {
+    open_writing_access_every(dir, Duration::from_secs(60))
+}
+
+fn open_writing_access_every(dir: &std::path::Path, access_interval: Duration) -> SledStore {
     SledStore::open(
         SledConfig {
             data_dir: dir.to_path_buf(),
             retention: 100_000,
-            access_interval: Duration::from_secs(60),
+            access_interval,
             tombstone_shrink_after: Duration::from_secs(3600),
         },
         Hub::new(16),
@@ -46,6 +50,68 @@ fn create_token(account: &AccountId, i: usize) -> Command {
         expiry: None,
         preset: None,
     })
+}
+
+async fn new_token(store: &SledStore, account: &AccountId, i: usize) -> TokenId {
+    match store
+        .apply(create_token(account, i), actor())
+        .await
+        .unwrap()
+        .subject
+    {
+        Some(Subject::Token(t)) => t.id,
+        _ => panic!("a token was created"),
+    }
+}
+
+async fn delete(store: &SledStore, id: &TokenId) {
+    let cmd = Command::DeleteToken {
+        id: id.clone(),
+        etag: None,
+        allow_missing: false,
+    };
+    store.apply(cmd, actor()).await.unwrap();
+}
+
+/// A deletion skips the `l/` remove for a token without a last access,
+/// and only for one: a token whose time reached sled (read back at open,
+/// or written since) loses it with its record, and a reopened store has
+/// no time for it.
+#[tokio::test]
+async fn a_deleted_token_leaves_no_last_access_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = Duration::from_millis(20);
+    let store = open_writing_access_every(dir.path(), every);
+    let applied = store.apply(create_account(), actor()).await.unwrap();
+    let Some(Subject::Account(account)) = applied.subject else {
+        panic!("an account was created");
+    };
+    let (reopened, written, unused) = (
+        new_token(&store, &account.id, 0).await,
+        new_token(&store, &account.id, 1).await,
+        new_token(&store, &account.id, 2).await,
+    );
+    store.record_access(&reopened, SystemTime::now());
+    // Closed and dropped: sled's lock on the dir goes with the last handle.
+    store.close().await;
+    drop(store);
+
+    let store = open_writing_access_every(dir.path(), every);
+    assert!(store.last_access(&reopened).is_some(), "read back at open");
+    store.record_access(&written, SystemTime::now());
+    // The ticker writes it to sled within a few intervals.
+    tokio::time::sleep(every * 10).await;
+    for id in [&reopened, &written, &unused] {
+        delete(&store, id).await;
+    }
+    store.close().await;
+    drop(store);
+
+    let store = open(dir.path());
+    for id in [&reopened, &written, &unused] {
+        assert_eq!(store.last_access(id), None, "{id}: its l/ key outlived it");
+    }
+    store.close().await;
 }
 
 /// Three batches' worth of commands at once: every one is answered, each
