@@ -417,7 +417,82 @@ async fn a_migration_counts_tombstones_after_the_replay() {
     let tree = db.open_tree("tokend").unwrap();
     assert_eq!(
         tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-7"[..])
+        Some(&b"tokend-sled-8"[..])
+    );
+}
+
+/// A format-7 data dir: its commits' events uncompressed (`E`), its
+/// tombstones counted. Opened, it reads those events in one trail with the
+/// compressed ones it writes after, keeps its counts, and says format 8
+/// (which a format-7 tokend refuses).
+#[tokio::test]
+async fn a_format_7_data_dir_reads_its_old_events_beside_new_ones() {
+    if sled_only("the embedded store's format") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let p = spawn_tokend(tmp.path(), &[]).await;
+    let mut c = p.tokens().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let made = c.create_token(nth(&account, i)).await.unwrap();
+        ids.push(made.into_inner().token.unwrap().id);
+    }
+    for id in &ids[..2] {
+        delete(&mut c, id).await.unwrap();
+    }
+    // A clean stop: sled holds every commit, the log none to replay.
+    drop(c);
+    p.signal(libc::SIGTERM);
+    let mut p = p;
+    let _ = p.child.wait();
+    {
+        let db = sled::open(tmp.path().join("db")).unwrap();
+        let tree = db.open_tree("tokend").unwrap();
+        let mut rewritten = 0;
+        for item in tree.scan_prefix("e/") {
+            let (k, v) = item.unwrap();
+            assert_eq!(v[0], b'Z', "written compressed");
+            let len = u32::from_le_bytes(v[1..5].try_into().unwrap()) as usize;
+            let old = lz4_flex::block::decompress(&v[5..], len).unwrap();
+            assert_eq!(old[0], b'E');
+            tree.insert(k, old).unwrap();
+            rewritten += 1;
+        }
+        assert!(rewritten > 0);
+        tree.insert("m/format", "tokend-sled-7").unwrap();
+        db.flush().unwrap();
+    }
+    let p = spawn_tokend(tmp.path(), &[]).await;
+    let mut c = p.tokens().await;
+    delete(&mut c, &ids[2]).await.unwrap();
+    // The trail of a deleted token: its creation and deletion from the old
+    // format, and of one deleted now: old creation, new deletion.
+    for (id, kinds) in [
+        (&ids[0], [pb::EventType::Deleted, pb::EventType::Created]),
+        (&ids[2], [pb::EventType::Deleted, pb::EventType::Created]),
+    ] {
+        let trail = c
+            .list_token_events(pb::ListTokenEventsRequest {
+                token_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let got: Vec<_> = trail.iter().map(|e| e.r#type).collect();
+        assert_eq!(got, kinds.map(|k| k as i32), "{id}");
+    }
+    drop(c);
+    drop(p);
+    let (listed, total) = listed_and_total(tmp.path(), &account).await;
+    assert_eq!((listed, total), (4, 4));
+    let db = sled::open(tmp.path().join("db")).unwrap();
+    let tree = db.open_tree("tokend").unwrap();
+    assert_eq!(
+        tree.get("m/format").unwrap().as_deref(),
+        Some(&b"tokend-sled-8"[..])
     );
 }
 

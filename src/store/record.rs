@@ -3,7 +3,8 @@
 //!
 //! Owns the record types that are written (sled values, and inside etcd's
 //! envelope, see `etcd/keyspace.rs`) and their conversions to and from the
-//! domain types. Records are JSON, so a data dir stays inspectable; every
+//! domain types. Records are JSON, so a data dir stays inspectable (sled
+//! keeps a commit's events, and old tombstones' packs, compressed); every
 //! field name and enum variant is pinned here with `#[serde(rename)]`, so
 //! renaming a field of [`crate::domain`] cannot silently change what is on
 //! disk. The shapes are exactly those that format version 1 (tokend up to
@@ -37,9 +38,14 @@ use crate::domain::{
 /// into packs (`sled/tombstones.rs`), which a version-4 tokend would not
 /// see; version 6 compresses those packs, which a version-5 tokend would
 /// not read; version 7 counts each account's tombstones (`c/`), which a
-/// version-6 tokend would not keep counting. Every migration counts them.
+/// version-6 tokend would not keep counting; version 8 compresses each
+/// commit's retained events (`sled/layout.rs`), which a version-7 tokend
+/// would not read. Every migration from before version 7 counts them.
 /// The etcd keyspace keeps no marker; its records are version 1.
-pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-7";
+pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-8";
+/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker (its
+/// uncompressed event keys read as they are, until retention drops them).
+pub(super) const SLED_FORMAT_V7: &[u8] = b"tokend-sled-7";
 /// Opened and migrated to [`SLED_FORMAT`] by counting its tombstones.
 pub(super) const SLED_FORMAT_V6: &[u8] = b"tokend-sled-6";
 /// Likewise (its packs are compressed as the shrinker next rewrites them).

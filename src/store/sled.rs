@@ -32,7 +32,7 @@ use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
 use self::wal::Wal;
 use super::record::{
     SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
-    SLED_FORMAT_V6,
+    SLED_FORMAT_V6, SLED_FORMAT_V7,
 };
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
@@ -193,7 +193,8 @@ impl SledStore {
             // counted by account: counted once the log is replayed (below),
             // since a killed tokend can leave sled holding tombstones past
             // its revision counter, which the replay would count again.
-            // Each step can run again after a crash; the new marker, last,
+            // Before version 8, a commit's events were not compressed (read
+            // as they are). Each step can run again after a crash; the new marker, last,
             // keeps an older tokend from opening it.
             Some(f)
                 if [
@@ -203,6 +204,7 @@ impl SledStore {
                     SLED_FORMAT_V4,
                     SLED_FORMAT_V5,
                     SLED_FORMAT_V6,
+                    SLED_FORMAT_V7,
                 ]
                 .contains(&f.as_ref()) =>
             {
@@ -248,7 +250,13 @@ impl SledStore {
         let retention = config.retention.max(1);
         let (replayed, events) = apply::replay(&tree, logged, retention)?;
         if let Some(from) = migrating {
-            let counted = tombstones::count_all(&tree, layout::revision(&tree)?)?;
+            // Version 7 counted them already: no need to read every
+            // tombstone again.
+            let counted = if from.as_ref() == SLED_FORMAT_V7 {
+                0
+            } else {
+                tombstones::count_all(&tree, layout::revision(&tree)?)?
+            };
             tree.insert(K_FORMAT, SLED_FORMAT)
                 .map_err(|e| io_error("migrating the format marker", e))?;
             db.flush()
@@ -256,7 +264,7 @@ impl SledStore {
             tracing::info!(
                 from = %String::from_utf8_lossy(&from),
                 counted,
-                "data dir migrated to format 7 (tombstones counted by account; old ones' packs compressed as the shrinker rewrites them)"
+                "data dir migrated to format 8 (tombstones counted by account; old ones' packs compressed as the shrinker rewrites them; new commits' events compressed)"
             );
         }
 
@@ -648,6 +656,8 @@ fn token_events(
     let names_it = memchr::memmem::Finder::new(id.as_str());
     'read: for item in inner.tree.range(event_key(0)..=event_key(end)).rev() {
         let (_, v) = item.map_err(|e| io_error("reading the event log", e))?;
+        // Searched inflated: compression may split the id.
+        let v = layout::inflate_events(&v)?;
         if names_it.find(&v).is_none() {
             continue;
         }

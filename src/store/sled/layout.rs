@@ -22,11 +22,12 @@
 //!   `s/<sha256>`         → TKN-id: formats 1 and 2 only, folded into `t/`
 //!                          when such a data dir is opened ([`fold_secrets`])
 //!   `e/<u64 BE rev>`     → the retained log: the events of one commit, from
-//!                          revision `rev` on: `E`, then each event as
-//!                          `[u32 LE length]` + EventRecord; format 2 kept
-//!                          one bare EventRecord per key, which reads the
-//!                          same. No secret hash: a deleted token's is
-//!                          nowhere in sled
+//!                          revision `rev` on: `Z`, the length, then LZ4 of
+//!                          what formats 3 to 7 kept uncompressed: `E`, then
+//!                          each event as `[u32 LE length]` + EventRecord;
+//!                          format 2 kept one bare EventRecord per key. All
+//!                          three read as one log. No secret hash: a deleted
+//!                          token's is nowhere in sled
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
 //!   `c/<ACC-id>`         → the account's tombstones: `[u64 BE count][u64 BE
 //!                          revision of the last deletion counted]`, so that
@@ -47,6 +48,7 @@
 //! at open, before either runs, and to set the tombstone counts a
 //! migration or a restore found.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
@@ -149,6 +151,9 @@ pub(super) struct Writes {
 
 enum Write {
     Put(sled::IVec),
+    /// A commit's events ([`encode_events`]), compressed as they are
+    /// applied: on the applier's thread, off the answers' path.
+    Events(Vec<u8>),
     Remove,
     /// Sets one bit of a `u/` value (created as zeros when missing).
     SetBit(u32),
@@ -209,6 +214,9 @@ impl Writes {
             match write {
                 Write::Put(v) => {
                     tree.insert(key, v)?;
+                }
+                Write::Events(v) => {
+                    tree.insert(key, compress_events(&v))?;
                 }
                 Write::Remove => {
                     tree.remove(key)?;
@@ -531,6 +539,28 @@ pub(super) fn fold_secrets(tree: &sled::Tree) -> Result<usize, Error> {
 /// Tags an event key's value of format 3: JSON (format 2's bare record)
 /// never starts with it, while a length could.
 const EVENTS: u8 = b'E';
+/// Tags an event key's value of format 8: the [`EVENTS`] value of formats
+/// 3 to 7, LZ4-compressed, after its length (`u32` LE). A commit's events
+/// repeat their field names, accounts and actors: a fifth of the bytes,
+/// and of what sled copies each time it rewrites their leaf.
+const COMPRESSED_EVENTS: u8 = b'Z';
+/// The longest commit a compressed value may claim to hold: a damaged
+/// length must not allocate gigabytes (a batch is at most 1,024 commands
+/// of a few kilobytes each).
+const MAX_EVENTS_BYTES: usize = 64 << 20;
+
+/// An [`encode_events`] value as sled keeps it.
+fn compress_events(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + lz4_flex::block::get_maximum_output_size(value.len()));
+    out.push(COMPRESSED_EVENTS);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    let at = out.len();
+    out.resize(out.capacity(), 0);
+    let n = lz4_flex::block::compress_into(value, &mut out[at..])
+        .expect("the buffer holds the largest output");
+    out.truncate(at + n);
+    out
+}
 
 /// One event key's value: a commit's events, already encoded.
 pub(super) fn encode_events<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
@@ -543,11 +573,35 @@ pub(super) fn encode_events<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> V
     out
 }
 
+/// An event key's value as [`encode_events`] made it (or format 2's bare
+/// record): a compressed one inflated, any other as it is. What to search
+/// for an id in: a compressed value may split it.
+pub(super) fn inflate_events(value: &[u8]) -> Result<Cow<'_, [u8]>, Error> {
+    let Some((&COMPRESSED_EVENTS, value)) = value.split_first() else {
+        return Ok(Cow::Borrowed(value));
+    };
+    let damaged = |why: String| corrupt("event log", format!("a compressed commit: {why}"));
+    let (len, block) = value
+        .split_first_chunk::<4>()
+        .ok_or_else(|| damaged("cut short".into()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_EVENTS_BYTES {
+        return Err(damaged(format!("claims {len} bytes")));
+    }
+    let mut out = vec![0; len];
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(n) if n == len => Ok(Cow::Owned(out)),
+        Ok(n) => Err(damaged(format!("{n} bytes, not {len}"))),
+        Err(e) => Err(damaged(e.to_string())),
+    }
+}
+
 /// The events of one event key's value, in revision order.
 pub(super) fn decode_events(value: &[u8]) -> Result<Vec<Event>, Error> {
+    let value = inflate_events(value)?;
     let Some((&EVENTS, mut value)) = value.split_first() else {
         // Format 2: one EventRecord, a JSON object.
-        return Ok(vec![decode::<EventRecord>("event", value)?]);
+        return Ok(vec![decode::<EventRecord>("event", &value)?]);
     };
     let mut out = Vec::new();
     while !value.is_empty() {
@@ -598,7 +652,7 @@ impl EventLog {
         batch: &mut Writes,
         first: Revision,
         last: Revision,
-        payload: impl Into<sled::IVec>,
+        payload: Vec<u8>,
         retention: u64,
     ) -> Revision {
         // Older than every kept key (or none is kept): trimmed already.
@@ -607,7 +661,9 @@ impl EventLog {
             if let Err(at) = self.starts.binary_search(&first) {
                 self.starts.insert(at, first);
             }
-            batch.insert(event_key(first), payload);
+            batch
+                .writes
+                .push((event_key(first), Write::Events(payload)));
         }
         self.head = self.head.max(last);
         let keep_from = (self.head + 1).saturating_sub(retention).max(1);
@@ -864,7 +920,8 @@ mod tests {
         log.append(&mut writes, 4, 5, vec![9], 4);
         writes.apply(&tree).unwrap();
         assert_eq!(keys(&tree), [4, 6, 7], "the trimmed commit stays gone");
-        assert_eq!(&*tree.get(event_key(4)).unwrap().unwrap(), [9]);
+        let kept = tree.get(event_key(4)).unwrap().unwrap();
+        assert_eq!(&*inflate_events(&kept).unwrap(), [9]);
         assert_eq!(log.oldest(), 4);
     }
 
@@ -906,6 +963,72 @@ mod tests {
         assert_eq!(decode_events(&value).unwrap(), [(*w.log[0]).clone()]);
         // Cut short: refused, not misread.
         assert!(decode_events(&value[..value.len() - 1]).is_err());
+    }
+
+    /// What sled keeps of a commit is compressed, reads back as the same
+    /// events, and inflated holds every id whole (the audit trail searches
+    /// it for one): ids that differ in their last digit are what LZ4 would
+    /// split. Damage is an error, never a panic or a huge allocation.
+    #[test]
+    fn a_commit_is_compressed_in_sled_and_damage_is_refused() {
+        use crate::domain::AccountType;
+        use crate::state::testkit::World;
+        let mut w = World::default();
+        let acc = w.account(AccountType::Client, &["commerce"]);
+        for _ in 0..20 {
+            w.token(&acc, &["commerce"]);
+        }
+        let encoded: Vec<Vec<u8>> = w
+            .log
+            .iter()
+            .map(|e| record::encode::<EventRecord>(e))
+            .collect();
+        let value = encode_events(encoded.iter().map(|e| &e[..]));
+        let tree = tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        let mut writes = Writes::default();
+        let last = w.log.last().unwrap().revision;
+        log.append(&mut writes, 1, last, value.clone(), 1000);
+        writes.apply(&tree).unwrap();
+        let kept = tree.get(event_key(1)).unwrap().unwrap();
+        assert_eq!(kept[0], COMPRESSED_EVENTS);
+        assert!(
+            kept.len() * 3 < value.len(),
+            "{} bytes of {}",
+            kept.len(),
+            value.len()
+        );
+        let back = decode_events(&kept).unwrap();
+        assert_eq!(back.len(), w.log.len());
+        for (b, e) in back.iter().zip(&w.log) {
+            assert_eq!(b, &**e);
+        }
+        let inflated = inflate_events(&kept).unwrap();
+        assert_eq!(&*inflated, &value[..]);
+        for e in &w.log {
+            let Subject::Token(t) = &e.subject else {
+                continue;
+            };
+            let id = t.id.as_str().as_bytes();
+            assert!(inflated.windows(id.len()).any(|at| at == id), "{}", t.id);
+        }
+
+        // A changed byte inside the block may still inflate to events that
+        // read (a digit of a time): it only must not panic.
+        for at in 5..kept.len() {
+            let mut changed = kept.to_vec();
+            changed[at] ^= 0xff;
+            let _ = decode_events(&changed);
+        }
+        let mut damaged = vec![kept[..kept.len() - 1].to_vec(), kept[..3].to_vec()];
+        for claim in [u32::MAX, value.len() as u32 + 1, value.len() as u32 - 1] {
+            let mut v = kept.to_vec();
+            v[1..5].copy_from_slice(&claim.to_le_bytes());
+            damaged.push(v);
+        }
+        for (i, v) in damaged.iter().enumerate() {
+            assert!(decode_events(v).is_err(), "damage {i} read as events");
+        }
     }
 
     fn layout_revision(tree: &sled::Tree) -> Revision {
