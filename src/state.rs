@@ -268,12 +268,17 @@ impl State {
                 self.accounts.insert(a.id.clone(), Arc::new(a.clone()));
             }
             Subject::Token(t) => {
+                let (live, was) = match self.token(&t.id) {
+                    Some(now) => (true, expiry_key(now)),
+                    None => (false, None),
+                };
                 // A persistent map copies the path to every key it writes,
-                // even one already there: only a new token is added.
-                if !self.issued.contains(t.id.number()) {
+                // even one already there: only a new token is added. A live
+                // token's number is in already (a lookup of a random chunk
+                // saved on every change but a creation).
+                if !live && !self.issued.contains(t.id.number()) {
                     self.issued.insert(t.id.number());
                 }
-                let was = self.token(&t.id).and_then(|t| expiry_key(t));
                 let is = expiry_key(t);
                 if was != is {
                     if let Some(k) = was {
