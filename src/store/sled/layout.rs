@@ -925,15 +925,13 @@ mod tests {
         assert_eq!(log.oldest(), 4);
     }
 
-    /// A commit's events read back, whatever bytes their lengths make:
-    /// one of 123 bytes starts with `{`, as format 2's bare record does.
-    #[test]
-    fn events_read_back_whatever_their_lengths() {
+    /// The events of an account and `n` tokens made in it, each encoded,
+    /// and all of them as one commit's value.
+    fn events_of_tokens(n: usize) -> (crate::state::testkit::World, Vec<Vec<u8>>, Vec<u8>) {
         use crate::domain::AccountType;
-        use crate::state::testkit::World;
-        let mut w = World::default();
+        let mut w = crate::state::testkit::World::default();
         let acc = w.account(AccountType::Client, &["commerce"]);
-        for _ in 0..3 {
+        for _ in 0..n {
             w.token(&acc, &["commerce"]);
         }
         let encoded: Vec<Vec<u8>> = w
@@ -942,6 +940,14 @@ mod tests {
             .map(|e| record::encode::<EventRecord>(e))
             .collect();
         let value = encode_events(encoded.iter().map(|e| &e[..]));
+        (w, encoded, value)
+    }
+
+    /// A commit's events read back, whatever bytes their lengths make:
+    /// one of 123 bytes starts with `{`, as format 2's bare record does.
+    #[test]
+    fn events_read_back_whatever_their_lengths() {
+        let (w, encoded, value) = events_of_tokens(3);
         let back = decode_events(&value).unwrap();
         assert_eq!(back.len(), w.log.len());
         for (b, e) in back.iter().zip(&w.log) {
@@ -971,19 +977,7 @@ mod tests {
     /// split. Damage is an error, never a panic or a huge allocation.
     #[test]
     fn a_commit_is_compressed_in_sled_and_damage_is_refused() {
-        use crate::domain::AccountType;
-        use crate::state::testkit::World;
-        let mut w = World::default();
-        let acc = w.account(AccountType::Client, &["commerce"]);
-        for _ in 0..20 {
-            w.token(&acc, &["commerce"]);
-        }
-        let encoded: Vec<Vec<u8>> = w
-            .log
-            .iter()
-            .map(|e| record::encode::<EventRecord>(e))
-            .collect();
-        let value = encode_events(encoded.iter().map(|e| &e[..]));
+        let (w, _, value) = events_of_tokens(20);
         let tree = tree();
         let mut log = EventLog::load(&tree, 0).unwrap();
         let mut writes = Writes::default();
