@@ -545,8 +545,10 @@ const EVENTS: u8 = b'E';
 /// and of what sled copies each time it rewrites their leaf.
 const COMPRESSED_EVENTS: u8 = b'Z';
 /// The longest commit a compressed value may claim to hold: a damaged
-/// length must not allocate gigabytes (a batch is at most 1,024 commands
-/// of a few kilobytes each).
+/// length must not allocate gigabytes. Twice the most a commit can hold:
+/// 1,024 commands (`commit::MAX_BATCH`) of at most two changes, each event
+/// under 16 KB (a description of 2,000 control characters, each escaped to
+/// six bytes, is the largest field).
 const MAX_EVENTS_BYTES: usize = 64 << 20;
 
 /// An [`encode_events`] value as sled keeps it.
