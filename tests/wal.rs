@@ -371,6 +371,17 @@ async fn a_replay_over_a_flushed_store_counts_no_tombstone_twice() {
     );
 }
 
+/// The data dir's marker says the current format (which an older tokend
+/// refuses).
+fn assert_current_format(dir: &Path) {
+    let db = sled::open(dir.join("db")).unwrap();
+    let tree = db.open_tree("tokend").unwrap();
+    assert_eq!(
+        tree.get("m/format").unwrap().as_deref(),
+        Some(&b"tokend-sled-8"[..])
+    );
+}
+
 #[tokio::test]
 async fn a_migration_counts_tombstones_after_the_replay() {
     if sled_only("the embedded store's write-ahead log") {
@@ -413,12 +424,7 @@ async fn a_migration_counts_tombstones_after_the_replay() {
     }
     let (listed, total) = listed_and_total(tmp.path(), &account).await;
     assert_eq!(total, listed, "counted once each");
-    let db = sled::open(tmp.path().join("db")).unwrap();
-    let tree = db.open_tree("tokend").unwrap();
-    assert_eq!(
-        tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-8"[..])
-    );
+    assert_current_format(tmp.path());
 }
 
 /// A format-7 data dir: its commits' events uncompressed (`E`), its
@@ -488,12 +494,7 @@ async fn a_format_7_data_dir_reads_its_old_events_beside_new_ones() {
     drop(p);
     let (listed, total) = listed_and_total(tmp.path(), &account).await;
     assert_eq!((listed, total), (4, 4));
-    let db = sled::open(tmp.path().join("db")).unwrap();
-    let tree = db.open_tree("tokend").unwrap();
-    assert_eq!(
-        tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-8"[..])
-    );
+    assert_current_format(tmp.path());
 }
 
 #[tokio::test]
