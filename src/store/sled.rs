@@ -1,12 +1,13 @@
 //! The embedded backend: a write-ahead log for durability, sled for the
-//! records, one writer thread, group commit.
+//! records, one writer at a time, group commit.
 //!
 //! Owns opening a data dir and reading from it. A commit is durable once
 //! its batch is in the log (`sled/wal.rs`), synced once for every command
 //! planned together (the write path: each caller plans its command into
 //! the next batch, `sled/commit.rs`, while the writer, `sled/durable.rs`,
-//! syncs the batch before; the writer answers and publishes once its batch
-//! is durable); sled gets
+//! syncs the batch before, on its thread or, for a lone request, on the
+//! request's; the writer answers and publishes once its batch is durable);
+//! sled gets
 //! the batch in memory right after, on the applier thread, and reaches the
 //! disk in background checkpoints (`sled/apply.rs`). At open, sled is
 //! brought up to the log's end before anything is served. Readers use the

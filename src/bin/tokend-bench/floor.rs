@@ -7,10 +7,12 @@
 //! tokend. It keeps tokend's group commit and nothing else (tokend plans on
 //! the caller's task; this has nothing to plan): each delete joins the next
 //! batch on the caller's task, and the first one while the writer thread
-//! sleeps wakes it after one turn of the scheduler, as tokend's do; the
-//! writer takes the whole batch, appends it as one write,
-//! `fdatasync`s once for the batch, then answers and broadcasts the events,
-//! each encoded once as tokend's are, to every `WatchTokens` stream. No authentication, no planning
+//! sleeps waits one turn of the scheduler, then commits the batch itself if
+//! it is alone in it and the load is calm, else wakes the writer, as
+//! tokend's do; whoever commits takes the whole batch, appends it as one
+//! write, `fdatasync`s once for the batch, then answers and broadcasts the
+//! events, each encoded once as tokend's are, to every `WatchTokens`
+//! stream. No authentication, no planning
 //! against state, no database, no retained log, no per-call metrics or
 //! logging. What tokend spends beyond this is its own; what this spends, any
 //! tonic service that answers "deleted" only once it is on disk must spend.
@@ -37,12 +39,27 @@ use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
 use tonic::{Request, Response, Status};
 
 /// The next batch, and whether the writer sleeps waiting for one (the
-/// first delete to join it wakes it). Unbounded: the bench never has more
-/// deletes in flight than tokend's store takes in one batch (1,024).
+/// first delete to join it wakes it, or commits it itself). Unbounded: the
+/// bench never has more deletes in flight than tokend's store takes in one
+/// batch (1,024).
 struct Queue {
-    next: Mutex<(Vec<Delete>, bool)>,
+    next: Mutex<Next>,
     ready: Condvar,
+    /// Held by whoever commits a batch, the writer thread or a lone
+    /// caller: batches reach the log one at a time, in the order taken.
+    log: Mutex<Log>,
 }
+
+#[derive(Default)]
+struct Next {
+    deletes: Vec<Delete>,
+    writer_waiting: bool,
+    /// Deletes queued in a row while no commit ran (tokend's `calm`).
+    calm: u8,
+}
+
+/// As tokend's `CALM`.
+const CALM: u8 = 4;
 
 /// Wakes the writer when dropped, however the caller's task ends.
 struct Wake<'a>(&'a Condvar);
@@ -50,6 +67,35 @@ struct Wake<'a>(&'a Condvar);
 impl Drop for Wake<'_> {
     fn drop(&mut self) {
         self.0.notify_one();
+    }
+}
+
+impl Queue {
+    /// As tokend's store: the first delete queued while the writer sleeps
+    /// lets the runtime run every other ready task once; if none joined
+    /// its batch and the load is calm, it commits the batch itself, else it
+    /// wakes the writer.
+    async fn commit_or_wake(&self) {
+        let wake = Wake(&self.ready);
+        tokio::task::yield_now().await;
+        {
+            let next = self.next.lock().expect("floor queue");
+            if next.calm < CALM || next.deletes.len() != 1 {
+                return;
+            }
+        }
+        let Ok(mut log) = self.log.try_lock() else {
+            return;
+        };
+        let batch = std::mem::take(&mut self.next.lock().expect("floor queue").deletes);
+        std::mem::forget(wake);
+        log.commit(batch);
+        let mut next = self.next.lock().expect("floor queue");
+        let queued = !next.deletes.is_empty();
+        next.writer_waiting = !queued;
+        if queued {
+            self.ready.notify_one();
+        }
     }
 }
 
@@ -70,17 +116,23 @@ struct Floor {
 pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
     telemetry::install_prometheus(metrics).expect("floor metrics");
     std::fs::create_dir_all(dir).expect("floor data dir");
-    let log = File::create(dir.join("floor.log")).expect("floor log");
+    let events = broadcast::channel(1024).0;
     let queue = std::sync::Arc::new(Queue {
         next: Mutex::default(),
         ready: Condvar::new(),
+        log: Mutex::new(Log {
+            file: File::create(dir.join("floor.log")).expect("floor log"),
+            revision: 0,
+            buf: Vec::new(),
+            // Registered once, as tokend's writer does.
+            fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
+            events: events.clone(),
+        }),
     });
     let deletes = queue.clone();
-    let events = broadcast::channel(1024).0;
-    let announce = events.clone();
     std::thread::Builder::new()
         .name("floor-writer".into())
-        .spawn(move || write_loop(log, deletes, announce))
+        .spawn(move || write_loop(&deletes))
         .expect("floor writer");
     let floor = Floor {
         tokens: Mutex::default(),
@@ -98,50 +150,66 @@ pub async fn serve(listen: SocketAddr, metrics: SocketAddr, dir: &Path) {
         .expect("floor server");
 }
 
-/// tokend's group commit, minus the state and the database: one append and
-/// one fdatasync for everything queued, then the answers, then the events.
-fn write_loop(
-    mut log: File,
-    deletes: std::sync::Arc<Queue>,
-    events: broadcast::Sender<pb::EncodedEvent>,
-) {
-    let mut revision = 0i64;
-    let mut buf = Vec::new();
-    // Registered once, as tokend's writer does.
-    let fsync_duration = metrics::histogram!(telemetry::FSYNC_DURATION);
+/// The writer thread: commits each batch a caller did not commit itself.
+fn write_loop(queue: &Queue) {
     loop {
-        let batch = {
-            let mut next = deletes.next.lock().expect("floor queue");
-            while next.0.is_empty() {
-                next.1 = true;
-                next = deletes.ready.wait(next).expect("floor queue");
-                next.1 = false;
+        {
+            let mut next = queue.next.lock().expect("floor queue");
+            if next.deletes.is_empty() {
+                next.writer_waiting = true;
+                next = queue.ready.wait(next).expect("floor queue");
+                next.writer_waiting = false;
             }
-            std::mem::take(&mut next.0)
-        };
-        buf.clear();
+        }
+        // The batch is taken under the log's lock, so batches reach the
+        // log in the order they were taken; a lone caller may have taken
+        // this one meanwhile.
+        let mut log = queue.log.lock().expect("floor log");
+        let batch = std::mem::take(&mut queue.next.lock().expect("floor queue").deletes);
+        log.commit(batch);
+    }
+}
+
+/// The log and what a commit needs.
+struct Log {
+    file: File,
+    revision: i64,
+    buf: Vec<u8>,
+    fsync_duration: metrics::Histogram,
+    events: broadcast::Sender<pb::EncodedEvent>,
+}
+
+impl Log {
+    /// tokend's group commit, minus the state and the database: one append
+    /// and one fdatasync for everything queued, then the answers, then the
+    /// events.
+    fn commit(&mut self, batch: Vec<Delete>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.buf.clear();
         let mut announced = Vec::with_capacity(batch.len());
         for d in &batch {
-            revision += 1;
+            self.revision += 1;
             let event = pb::TokenEvent {
-                revision,
+                revision: self.revision,
                 r#type: pb::EventType::Deleted as i32,
                 token: Some(d.token.clone()),
                 time: Some(SystemTime::now().into()),
                 actor: "floor".into(),
             };
             event
-                .encode_length_delimited(&mut buf)
+                .encode_length_delimited(&mut self.buf)
                 .expect("a Vec grows");
             // Encoded once for every stream, as tokend does.
-            announced.push((revision, pb::EncodedEvent::new(&event)));
+            announced.push((self.revision, pb::EncodedEvent::new(&event)));
         }
         let started = Instant::now();
-        append(&mut log, &buf);
-        fsync_duration.record(started.elapsed().as_secs_f64());
+        append(&mut self.file, &self.buf);
+        self.fsync_duration.record(started.elapsed().as_secs_f64());
         for (d, (revision, event)) in batch.into_iter().zip(announced) {
             let _ = d.reply.send(revision);
-            let _ = events.send(event);
+            let _ = self.events.send(event);
         }
     }
 }
@@ -207,14 +275,19 @@ impl TokenService for Floor {
             token: token.clone(),
             reply,
         };
-        let wake = {
+        let first = {
             let mut next = self.queue.next.lock().expect("floor queue");
-            next.0.push(delete);
-            std::mem::take(&mut next.1)
+            next.deletes.push(delete);
+            let first = std::mem::take(&mut next.writer_waiting);
+            next.calm = if first {
+                next.calm.saturating_add(1)
+            } else {
+                0
+            };
+            first
         };
-        if wake {
-            let _wake = Wake(&self.queue.ready);
-            tokio::task::yield_now().await;
+        if first {
+            self.queue.commit_or_wake().await;
         }
         let revision = revision
             .await

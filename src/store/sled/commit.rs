@@ -5,14 +5,16 @@
 //! will be once everything planned so far is durable, so that a command
 //! sees every one planned before it), under the one lock it shares with the
 //! writer thread, and encodes what the log and sled will hold into the
-//! [`Planned`] batch. The writer thread (`sled/durable.rs`) takes the whole
-//! batch when its last sync returned, makes it durable with one sync, and
-//! only then publishes and answers it. Whatever is planned meanwhile goes
-//! into the next batch: on two cores, the planning runs while the disk
-//! syncs, rather than between syncs. Planning where the request already
-//! runs is one thread hand-off fewer per commit than a planner thread of
-//! its own (whose sleeps and wake-ups took about a tenth of the server's
-//! CPU at one client, in a profile of `scripts/profile.sh 1`).
+//! [`Planned`] batch. The writer (`sled/durable.rs`) takes the whole batch
+//! when its last sync returned, makes it durable with one sync, and only
+//! then publishes and answers it. Whatever is planned meanwhile goes into
+//! the next batch: on two cores, the planning runs while the disk syncs,
+//! rather than between syncs. Planning where the request already runs is
+//! one thread hand-off fewer per commit than a planner thread of its own
+//! (whose sleeps and wake-ups took about a tenth of the server's CPU at one
+//! client, in a profile of `scripts/profile.sh 1`); for the same reason a
+//! lone request on a calm store commits its batch itself, on its own thread
+//! (`Handoff::commit_here`), rather than the writer's thread.
 //!
 //! The lock orders the commands: revisions come out gap-free in the order
 //! they were planned. Planning must never answer a command itself (its
@@ -25,7 +27,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, oneshot};
 
@@ -43,6 +45,10 @@ use crate::store::record::{self, EventRecord, TimeRecord};
 /// Most commands one batch takes: bounds the latency a batch adds, and how
 /// far planning runs ahead of the log.
 pub(super) const MAX_BATCH: usize = 1024;
+
+/// Commands planned in a row while no commit ran before a caller commits
+/// its own batch (`Handoff::commit_here`).
+const CALM: u8 = 4;
 
 /// A reply owed to a caller once its batch is durable.
 pub(super) type Owed = (
@@ -80,19 +86,6 @@ impl Planned {
     }
 }
 
-/// What the writer takes from the planning callers. Made and moved once
-/// per batch: its size is one move, a box would be an allocation.
-#[expect(clippy::large_enum_variant, reason = "moved once per batch")]
-pub(super) enum Next {
-    /// A batch, with the state it leaves when it changes anything.
-    Batch(Planned, Option<Arc<State>>),
-    /// Nothing came within the time the writer would wait.
-    Idle,
-    /// The store closed, or its handle is gone, and everything planned was
-    /// taken.
-    Done,
-}
-
 /// What the planning callers and the writer share: the store's front door.
 pub(super) struct Handoff {
     shared: Mutex<Shared>,
@@ -104,6 +97,11 @@ pub(super) struct Handoff {
     /// holds a full batch back. The writer gives the permits back as it
     /// takes a batch; closed once the writer is gone.
     room: Semaphore,
+    /// Held by whoever commits a batch: the writer thread, or a caller
+    /// committing its own (`commit_here`). Batches are taken under it, so
+    /// they reach the log one at a time, in the order they were planned.
+    /// Emptied as the writer thread ends.
+    writer: Mutex<Option<durable::Writer>>,
 }
 
 struct Shared {
@@ -121,6 +119,9 @@ struct Shared {
     /// it, and only that one (a wake is a system call). Cleared by that
     /// caller, under the lock.
     writer_waiting: bool,
+    /// Commands planned in a row while no commit ran: a caller commits its
+    /// own only after [`CALM`] of them (`commit_here`).
+    calm: u8,
 }
 
 impl Handoff {
@@ -136,27 +137,83 @@ impl Handoff {
     /// closed, or its writer is gone): the job is dropped, and with it its
     /// reply, which its caller reads as the store shutting down.
     pub(super) async fn submit(&self, inner: &Inner, job: Job) -> bool {
-        if let Job::Apply { .. } = job {
+        let apply = matches!(job, Job::Apply { .. });
+        if apply {
             match self.room.acquire().await {
                 // Given back by the writer, with the batch this job joins.
                 Ok(permit) => permit.forget(),
                 Err(_) => return false,
             }
         }
-        let Some(wake) = self.plan_now(inner, job) else {
+        let Some(first) = self.plan_now(inner, job) else {
             return false;
         };
-        if wake {
-            // The first command planned while the writer sleeps wakes it,
-            // but only after the runtime has run every other task ready
-            // (and polled the sockets once): the requests that arrived
-            // together join this batch, one sync for all, rather than
-            // waking the writer for a batch of one. Alone, it costs one
-            // turn of the scheduler. The wake is owed even if the caller
-            // goes meanwhile (a cancelled request): no other caller would
-            // wake the writer for what is planned.
-            let _wake = Wake(&self.ready);
+        if first {
+            // The first command planned while the writer sleeps lets the
+            // runtime run every other task ready (and poll the sockets
+            // once): the requests that arrived together join this batch,
+            // one sync for all. If none did, the caller commits the batch
+            // itself, without two thread hand-offs (waking the writer, and
+            // the writer waking the caller with its answer): at one client,
+            // a sixth of each delete's time and a quarter of its CPU in the
+            // floor's interleaved runs. Else it wakes the writer. The wake
+            // is owed even if the caller goes meanwhile (a cancelled
+            // request): no other caller would wake the writer for what is
+            // planned.
+            let wake = Wake(&self.ready);
             tokio::task::yield_now().await;
+            if apply && self.commit_here(inner) {
+                std::mem::forget(wake);
+            }
+        }
+        true
+    }
+
+    /// Commits the next batch on the caller's thread, and true, if it holds
+    /// one command (the caller's), no commit is running, and none ran while
+    /// the last [`CALM`] commands were planned. It blocks the caller's
+    /// runtime thread for one sync, as the writer thread would block. Under
+    /// concurrent load the writer thread commits instead: its wake-up lets
+    /// more commands join each batch (at 8 clients, committing every lone
+    /// batch here cost a tenth of the deletes per second).
+    fn commit_here(&self, inner: &Inner) -> bool {
+        {
+            let shared = self.lock();
+            if shared.calm < CALM || shared.next.owed.len() != 1 {
+                return false;
+            }
+        }
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return false;
+        };
+        let Some(writer) = writer.as_mut() else {
+            return false;
+        };
+        let Some((batch, after)) = self.take_batch(true) else {
+            return false;
+        };
+        let committed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let had_log = writer.log_holds_records();
+            let close = writer.commit(batch, after);
+            debug_assert!(close.is_none(), "a close is the writer's");
+            writer.maybe_checkpoint();
+            had_log
+        }));
+        let wake = {
+            let mut shared = self.lock();
+            // What was planned meanwhile went unannounced (the writer was
+            // not waiting for it): the writer commits it.
+            let planned = !shared.next.is_empty();
+            shared.writer_waiting = !planned;
+            // The writer sleeps without a deadline while the log is empty:
+            // now that it is not, it must wake to checkpoint it in time.
+            planned || matches!(committed, Ok(false))
+        };
+        if wake {
+            self.ready.notify_one();
+        }
+        if committed.is_err() {
+            apply::poison(inner, "a commit", &"it panicked");
         }
         true
     }
@@ -182,38 +239,55 @@ impl Handoff {
             }
         }
         shared.open &= !closing;
-        Some(std::mem::take(&mut shared.writer_waiting))
+        let first = std::mem::take(&mut shared.writer_waiting);
+        shared.calm = if first {
+            shared.calm.saturating_add(1)
+        } else {
+            0
+        };
+        Some(first)
     }
 
-    /// The next batch once there is one, with the state it leaves when it
-    /// changes anything (to publish); [`Next::Idle`] if none came within
-    /// `idle` (when given).
-    pub(super) fn take(&self, idle: Option<Duration>) -> Next {
-        let deadline = idle.map(|d| Instant::now() + d);
+    /// Waits until the next batch has something in it, `idle` at most
+    /// (when given), or until woken; false once the store closed, or its
+    /// handle is gone, and everything planned was taken.
+    pub(super) fn wait(&self, idle: Option<Duration>) -> bool {
         let mut shared = self.lock();
-        while shared.next.is_empty() {
+        if shared.next.is_empty() {
             if !shared.open {
-                return Next::Done;
+                return false;
             }
             shared.writer_waiting = true;
-            shared = match deadline {
+            shared = match idle {
                 None => self
                     .ready
                     .wait(shared)
                     .unwrap_or_else(PoisonError::into_inner),
-                Some(at) => {
-                    let Some(left) = at.checked_duration_since(Instant::now()) else {
-                        shared.writer_waiting = false;
-                        return Next::Idle;
-                    };
-                    let (shared, _) = self
-                        .ready
-                        .wait_timeout(shared, left)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    shared
+                Some(idle) => {
+                    self.ready
+                        .wait_timeout(shared, idle)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
                 }
             };
             shared.writer_waiting = false;
+        }
+        true
+    }
+
+    /// The writer's lock, for the writer thread: commits wait for it.
+    pub(super) fn writer(&self) -> MutexGuard<'_, Option<durable::Writer>> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next batch, if it has anything, with the state it leaves when it
+    /// changes anything (to publish). Called with the writer's lock held.
+    /// For a caller committing its own (`here`), none holding a close (the
+    /// writer thread's to end with).
+    pub(super) fn take_batch(&self, here: bool) -> Option<(Planned, Option<Arc<State>>)> {
+        let mut shared = self.lock();
+        if shared.next.is_empty() || (here && shared.next.close.is_some()) {
+            return None;
         }
         let batch = std::mem::take(&mut shared.next);
         // A cheap clone (shared index nodes): the next change planned
@@ -221,7 +295,7 @@ impl Handoff {
         let after = (!batch.events.is_empty()).then(|| Arc::new(shared.work.clone()));
         drop(shared);
         self.room.add_permits(batch.owed.len());
-        Next::Batch(batch, after)
+        Some((batch, after))
     }
 
     /// Called as the writer thread ends, however it ends: no caller may
@@ -229,6 +303,8 @@ impl Handoff {
     /// writer never took is refused (a writer that ends otherwise than by a
     /// close has poisoned the store).
     pub(super) fn writer_gone(&self, inner: &Inner) {
+        // Its `Inner` goes with it: a close waits for that.
+        self.writer().take();
         let stranded = {
             let mut shared = self.lock();
             shared.writer_gone = true;
@@ -257,13 +333,14 @@ impl Drop for Wake<'_> {
     }
 }
 
-/// Starts the writer thread (which starts the applier) on `wal`, and
-/// returns the door callers plan through, and the writer's handle.
+/// Starts the writer (which starts the applier) on `wal`, and its thread,
+/// and returns the door callers plan through, and the thread's handle.
 pub(super) fn start_writer(
     inner: Arc<Inner>,
     wal: Wal,
     events: EventLog,
 ) -> std::io::Result<(Arc<Handoff>, JoinHandle<()>)> {
+    let writer = durable::Writer::open(inner.clone(), wal, events)?;
     let handoff = Arc::new(Handoff {
         shared: Mutex::new(Shared {
             next: Planned::default(),
@@ -271,12 +348,14 @@ pub(super) fn start_writer(
             open: true,
             writer_gone: false,
             writer_waiting: false,
+            calm: 0,
         }),
         ready: Condvar::new(),
         room: Semaphore::new(MAX_BATCH),
+        writer: Mutex::new(Some(writer)),
     });
-    let writer = durable::start(inner, wal, events, handoff.clone())?;
-    Ok((handoff, writer))
+    let thread = durable::spawn(inner, handoff.clone())?;
+    Ok((handoff, thread))
 }
 
 /// Plans one job into the next batch, at the current time (a job may have

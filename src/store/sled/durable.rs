@@ -1,5 +1,10 @@
-//! The second half of the write path of the embedded store: the writer
-//! thread, the only code that writes to the log.
+//! The second half of the write path of the embedded store: the writer,
+//! the only code that writes to the log, and its thread.
+//!
+//! The writer sits behind one lock (in `commit::Handoff`): its thread
+//! commits with it, and so does a lone caller on a calm store, which
+//! commits its own batch rather than wake the thread (`commit.rs`). Either
+//! way, one at a time: a batch is taken from the callers under that lock.
 //!
 //! It takes the batch callers have planned (`sled/commit.rs`), appends it
 //! to the log as one record and `fdatasync`s it once: from then on it is
@@ -30,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::apply::{self, Applier, Work};
-use super::commit::{Handoff, Next, Planned};
+use super::commit::{Handoff, Planned};
 use super::layout::{self, EventLog};
 use super::wal::Wal;
 use super::{Inner, io_error};
@@ -46,28 +51,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// an open replays.
 const SEGMENT_BYTES: u64 = 16 << 20;
 
-/// Starts the writer thread, and the applier thread behind it, on `wal`.
-pub(super) fn start(
-    inner: Arc<Inner>,
-    wal: Wal,
-    events: EventLog,
-    handoff: Arc<Handoff>,
-) -> std::io::Result<JoinHandle<()>> {
-    let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
-    let head = inner.state.read().expect("state lock").revision();
-    let w = Writer {
-        applier,
-        inner,
-        wal,
-        events,
-        head,
-        last_checkpoint: Instant::now(),
-        fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
-        batch_size: metrics::histogram!(telemetry::COMMIT_BATCH_SIZE),
-    };
+/// Spawns the writer thread on `handoff`, whose writer it commits with.
+pub(super) fn spawn(inner: Arc<Inner>, handoff: Arc<Handoff>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("tokend-writer".into())
-        .spawn(move || writer_loop(w, &handoff))
+        .spawn(move || writer_loop(&inner, &handoff))
 }
 
 /// Tells the callers the writer is gone, however the writer ends; a panic
@@ -83,27 +71,34 @@ impl Drop for Gone<'_> {
     }
 }
 
-fn writer_loop(mut w: Writer, handoff: &Handoff) {
-    let inner = w.inner.clone();
-    let _gone = Gone(&inner, handoff);
+/// Commits every batch no caller committed itself, and checkpoints.
+fn writer_loop(inner: &Inner, handoff: &Handoff) {
+    let _gone = Gone(inner, handoff);
     loop {
-        match handoff.take(w.idle_wait()) {
-            Next::Batch(batch, after) => {
-                if let Some(done) = w.commit(batch, after) {
-                    w.close();
-                    tracing::info!("store closed");
-                    let _ = done.send(());
-                    return;
-                }
-            }
-            Next::Idle => {}
-            Next::Done => return,
+        let idle = match handoff.writer().as_ref() {
+            Some(w) => w.idle_wait(),
+            None => return,
+        };
+        if !handoff.wait(idle) {
+            return;
+        }
+        let mut writer = handoff.writer();
+        let Some(w) = writer.as_mut() else { return };
+        // None if a caller committed it meanwhile (`commit_here`).
+        if let Some((batch, after)) = handoff.take_batch(false)
+            && let Some(done) = w.commit(batch, after)
+        {
+            w.close();
+            tracing::info!("store closed");
+            let _ = done.send(());
+            return;
         }
         w.maybe_checkpoint();
     }
 }
 
-struct Writer {
+/// The log's one writer, behind the lock in [`Handoff`].
+pub(super) struct Writer {
     inner: Arc<Inner>,
     wal: Wal,
     /// The event keys sled will hold once the applier has caught up.
@@ -118,10 +113,26 @@ struct Writer {
 }
 
 impl Writer {
+    /// The writer on `wal`, with the applier thread behind it started.
+    pub(super) fn open(inner: Arc<Inner>, wal: Wal, events: EventLog) -> std::io::Result<Writer> {
+        let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
+        let head = inner.state.read().expect("state lock").revision();
+        Ok(Writer {
+            applier,
+            inner,
+            wal,
+            events,
+            head,
+            last_checkpoint: Instant::now(),
+            fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
+            batch_size: metrics::histogram!(telemetry::COMMIT_BATCH_SIZE),
+        })
+    }
+
     /// Logs, publishes and answers one batch; `after` is the state it
     /// leaves, when it changes any. Returns the close acknowledgement if
     /// the batch asked the writer to stop.
-    fn commit(
+    pub(super) fn commit(
         &mut self,
         mut batch: Planned,
         after: Option<Arc<State>>,
@@ -224,7 +235,7 @@ impl Writer {
     /// interval (a checkpoint still running defers the next). No limit
     /// while the log segment is empty, or once the store is poisoned (no
     /// checkpoint runs then: the log stays for the next open to replay).
-    fn idle_wait(&self) -> Option<Duration> {
+    pub(super) fn idle_wait(&self) -> Option<Duration> {
         let to_checkpoint = self.wal.len() > 0 && !self.inner.poisoned.load(Ordering::Acquire);
         to_checkpoint.then(|| {
             CHECKPOINT_EVERY
@@ -233,9 +244,14 @@ impl Writer {
         })
     }
 
+    /// True while the log segment holds a record: a checkpoint is due.
+    pub(super) fn log_holds_records(&self) -> bool {
+        self.wal.len() > 0
+    }
+
     /// Closes the log segment and has sled checkpointed, when one is due
     /// and none is running.
-    fn maybe_checkpoint(&mut self) {
+    pub(super) fn maybe_checkpoint(&mut self) {
         let due = self.wal.len() >= SEGMENT_BYTES
             || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY);
         if !due || self.applier.checkpoint_busy() || self.inner.poisoned.load(Ordering::Acquire) {
