@@ -328,10 +328,19 @@ impl Follower {
             tokio::pin!(idle);
             let mut last_sent = Instant::now();
             let mut page: VecDeque<Arc<Event>> = VecDeque::new();
+            // Whether the log may hold events this stream owes: until it
+            // first reads up to the head, and again after the hub lost
+            // some for it. Once caught up, everything later comes through
+            // the hub (it subscribed before reading the head), so the head
+            // is not read per event: a burst of commits is followed in the
+            // hub's ring rather than reread from the log, and ten thousand
+            // streams do not each take the state's lock for every event.
+            let mut behind = true;
             loop {
                 let event = if let Some(event) = page.pop_front() {
                     event
-                } else if let head = self.store.state().revision()
+                } else if behind
+                    && let head = self.store.state().revision()
                     && self.next <= head
                 {
                     // Behind the durable head: catch up from the log, a
@@ -353,19 +362,30 @@ impl Follower {
                     page.extend(read);
                     continue;
                 } else {
+                    behind = false;
                     // Caught up: the hub's next event, or progress when idle.
+                    // The hub first: an event due makes progress moot, and
+                    // the timer is not polled (a waker registered) for it.
                     let woken = tokio::select! {
+                        biased;
                         received = self.live.recv() => Woken::Live(received),
                         () = &mut idle => Woken::Idle,
                     };
                     match woken {
                         Woken::Live(Ok(p)) => match on_live(self.next, &p) {
                             Live::Deliver => p.event,
-                            Live::Skip | Live::Reread => continue,
+                            Live::Skip => continue,
+                            Live::Reread => {
+                                behind = true;
+                                continue;
+                            }
                         },
                         // Events dropped from this receiver's ring: the log
                         // has them, and the head is already past them.
-                        Woken::Live(Err(RecvError::Lagged(_))) => continue,
+                        Woken::Live(Err(RecvError::Lagged(_))) => {
+                            behind = true;
+                            continue;
+                        }
                         // The hub closed: the server is shutting down.
                         Woken::Live(Err(RecvError::Closed)) => {
                             Err(Error::shutting_down())?;
