@@ -415,8 +415,9 @@ fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<E
     // a batch planned before this one writes, is in the access log until
     // this deletion commits (`forget`), and none is written after it
     // (`record_access` writes live tokens only).
+    // Only a deletion's write reads it: other changes skip the lookup.
     let accessed = match &change.subject {
-        Subject::Token(t) if inner.access.get(&t.id).is_none() => Accessed::Never,
+        Subject::Token(t) if t.is_deleted() && inner.access.get(&t.id).is_none() => Accessed::Never,
         _ => Accessed::Maybe,
     };
     layout::write_change(&mut next.writes, &change, secret, event.revision, accessed);
