@@ -7,15 +7,15 @@
 //! tokend. It keeps tokend's group commit and nothing else (tokend plans on
 //! the caller's task; this has nothing to plan): each delete joins the next
 //! batch on the caller's task, and the first one while the writer thread
-//! sleeps waits one turn of the scheduler, then commits the batch itself if
-//! it is alone in it and the load is calm, else wakes the writer, as
-//! tokend's do; whoever commits takes the whole batch, appends it as one
-//! write, `fdatasync`s once for the batch, then answers and broadcasts the
-//! events, each encoded once as tokend's are, to every `WatchTokens`
-//! stream. No authentication, no planning
-//! against state, no database, no retained log, no per-call metrics or
-//! logging. What tokend spends beyond this is its own; what this spends, any
-//! tonic service that answers "deleted" only once it is on disk must spend.
+//! sleeps commits the batch itself at once if the load is calm, else waits
+//! one turn of the scheduler, then wakes the writer, as tokend's do; whoever
+//! commits takes the whole batch, appends it as one write, `fdatasync`s once
+//! for the batch, then answers and broadcasts the events, each encoded once
+//! as tokend's are, to every `WatchTokens` stream. No authentication, no
+//! planning against state, no database, no retained log, no per-call metrics
+//! or logging. What tokend spends beyond this is its own; what this spends,
+//! any tonic service that answers "deleted" only once it is on disk must
+//! spend.
 //!
 //! It is a measuring instrument, not a store: tokens live in memory (creating
 //! them is not durable; only deletes are measured), and a watch stream that
@@ -72,12 +72,14 @@ impl Drop for Wake<'_> {
 
 impl Queue {
     /// As tokend's store: the first delete queued while the writer sleeps
-    /// lets the runtime run every other ready task once; if none joined
-    /// its batch and the load is calm, it commits the batch itself, else it
-    /// wakes the writer.
-    async fn commit_or_wake(&self) {
+    /// lets the runtime run every other ready task once, unless the load is
+    /// `calm`; if none joined its batch and the load is calm, it commits the
+    /// batch itself, else it wakes the writer.
+    async fn commit_or_wake(&self, calm: bool) {
         let wake = Wake(&self.ready);
-        tokio::task::yield_now().await;
+        if !calm {
+            tokio::task::yield_now().await;
+        }
         {
             let next = self.next.lock().expect("floor queue");
             if next.calm < CALM || next.deletes.len() != 1 {
@@ -275,7 +277,7 @@ impl TokenService for Floor {
             token: token.clone(),
             reply,
         };
-        let first = {
+        let (first, calm) = {
             let mut next = self.queue.next.lock().expect("floor queue");
             next.deletes.push(delete);
             let first = std::mem::take(&mut next.writer_waiting);
@@ -284,10 +286,10 @@ impl TokenService for Floor {
             } else {
                 0
             };
-            first
+            (first, next.calm >= CALM)
         };
         if first {
-            self.queue.commit_or_wake().await;
+            self.queue.commit_or_wake(calm).await;
         }
         let revision = revision
             .await

@@ -505,10 +505,9 @@ impl Report {
              `TokenService` on the same tonic stack and is driven by the same client code. It \
              keeps tokend's group commit and nothing else (tokend plans on the caller's task; \
              this has nothing to plan): each delete joins the next batch on the caller's task, \
-             the first one while the writer thread sleeps waits one turn of the scheduler, \
-             then commits the batch itself if it is alone in it and the load is calm (no \
-             commit ran while the last four were queued), else wakes the writer, as tokend's \
-             do; whoever commits appends the batch in one write, `fdatasync`s once, then \
+             the first one while the writer thread sleeps commits the batch itself at once if \
+             the load is calm (no commit ran while the last four were queued), else waits one \
+             turn of the scheduler, then wakes the writer, as tokend's do; whoever commits appends the batch in one write, `fdatasync`s once, then \
              answers and \
              broadcasts the events to every watch stream. No authentication, no state, no \
              database, no retained log, no per-call metrics or logs. Its figures in sections \

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 
-use super::MAX_BATCH;
+use super::{CALM, MAX_BATCH};
 use crate::command::{Command, NewAccount, NewToken};
 use crate::domain::{AccountId, AccountType, Subject, TokenId};
 use crate::hub::Hub;
@@ -147,6 +147,30 @@ async fn more_commands_than_a_batch_holds_are_all_answered() {
     let first = applied.revision + 1;
     assert_eq!(revisions, (first..first + n as u64).collect::<Vec<_>>());
     assert_eq!(store.state().live_tokens(), n);
+    store.close().await;
+}
+
+/// On a calm store (no commit overlapped the last [`CALM`] commands), a
+/// lone command commits on its caller's thread at once, without a turn of
+/// the scheduler for others to join, which would wake the runtime's other
+/// threads for nothing: it is answered in the poll that planned it.
+#[tokio::test]
+async fn a_lone_command_on_a_calm_store_is_answered_in_the_poll_that_planned_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Each planned while the writer sleeps, none overlapping another.
+    for _ in 0..CALM {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.apply(create_account(), actor()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = store.state().revision();
+    let polled = Box::pin(store.apply(create_account(), actor())).now_or_never();
+    assert!(
+        matches!(polled, Some(Ok(ref a)) if a.revision == before + 1),
+        "not answered in one poll: {:?}",
+        polled.map(|a| a.map(|a| a.revision))
+    );
     store.close().await;
 }
 
