@@ -72,25 +72,32 @@ impl Drop for Wake<'_> {
 
 impl Queue {
     /// As tokend's store: the first delete queued while the writer sleeps
-    /// lets the runtime run every other ready task once, unless the load is
-    /// `calm`; if none joined its batch and the load is calm, it commits the
-    /// batch itself, else it wakes the writer.
+    /// commits the batch itself at once if the load is `calm`; else (or if
+    /// it cannot) it lets the runtime run every other ready task once, so
+    /// that the deletes that arrived with it join the batch, then wakes the
+    /// writer.
     async fn commit_or_wake(&self, calm: bool) {
         let wake = Wake(&self.ready);
         if !calm {
             tokio::task::yield_now().await;
+        } else if self.commit_here() {
+            std::mem::forget(wake);
         }
-        {
-            let next = self.next.lock().expect("floor queue");
-            if next.calm < CALM || next.deletes.len() != 1 {
-                return;
-            }
-        }
+    }
+
+    /// Commits the next batch on the caller's thread, and true, if it holds
+    /// one delete (the caller's) and no commit is running.
+    fn commit_here(&self) -> bool {
         let Ok(mut log) = self.log.try_lock() else {
-            return;
+            return false;
         };
-        let batch = std::mem::take(&mut self.next.lock().expect("floor queue").deletes);
-        std::mem::forget(wake);
+        let batch = {
+            let mut next = self.next.lock().expect("floor queue");
+            if next.calm < CALM || next.deletes.len() != 1 {
+                return false;
+            }
+            std::mem::take(&mut next.deletes)
+        };
         log.commit(batch);
         let mut next = self.next.lock().expect("floor queue");
         let queued = !next.deletes.is_empty();
@@ -98,6 +105,7 @@ impl Queue {
         if queued {
             self.ready.notify_one();
         }
+        true
     }
 }
 

@@ -148,32 +148,33 @@ impl Handoff {
         let Some(turn) = self.plan_now(inner, job) else {
             return false;
         };
-        if turn != Turn::Joined {
-            // The first command planned while the writer sleeps lets the
-            // runtime run every other task ready (and poll the sockets
-            // once): the requests that arrived together join this batch,
-            // one sync for all. If none did, the caller commits the batch
-            // itself, without two thread hand-offs (waking the writer, and
-            // the writer waking the caller with its answer): at one client,
-            // a sixth of each delete's time and a quarter of its CPU in the
-            // floor's interleaved runs. Else it wakes the writer. The wake
-            // is owed even if the caller goes meanwhile (a cancelled
-            // request): no other caller would wake the writer for what is
-            // planned.
-            let wake = Wake(&self.ready);
-            // On a calm store the last commands found no company: the
-            // caller commits at once. A yield would wake the runtime's
-            // other thread (tokio wakes a parked one to share the queue a
-            // yielded task joins), only for it to find nothing and sleep
-            // again: at one client, per delete, 1.9 futex calls and 2.3
-            // epoll waits with it against 0.05 and 1.25 without, and 7%
-            // less CPU without it.
-            if turn == Turn::First {
-                tokio::task::yield_now().await;
-            }
+        if turn == Turn::Joined {
+            return true;
+        }
+        // The first command planned while the writer sleeps owes it the
+        // wake, even if the caller goes meanwhile (a cancelled request): no
+        // other caller would wake the writer for what is planned.
+        let wake = Wake(&self.ready);
+        if turn == Turn::Calm {
+            // The last commands found no company: the caller commits its
+            // batch itself, at once, without two thread hand-offs (waking
+            // the writer, and the writer waking the caller with its
+            // answer): at one client, a sixth of each delete's time and a
+            // quarter of its CPU in the floor's interleaved runs.
             if apply && self.commit_here(inner) {
                 std::mem::forget(wake);
             }
+        } else {
+            // The caller lets the runtime run every other task ready (and
+            // poll the sockets once), so that the requests that arrived
+            // together join this batch, one sync for all, then wakes the
+            // writer. Not on a calm store: the yield wakes the runtime's
+            // other thread (tokio wakes a parked one to share the queue a
+            // yielded task joins), only for it to find nothing and sleep
+            // again (at one client, per delete, 1.9 futex calls and 2.3
+            // epoll waits with it against 0.05 and 1.25 without, and 7%
+            // more CPU).
+            tokio::task::yield_now().await;
         }
         true
     }
@@ -343,9 +344,10 @@ enum Turn {
     /// The writer is awake, or an earlier caller wakes it: nothing.
     Joined,
     /// The first since the writer slept: it lets others join, then wakes
-    /// the writer or commits the batch itself.
+    /// the writer.
     First,
-    /// The first, on a calm store (`commit_here`): it commits at once.
+    /// The first, on a calm store: it commits the batch itself at once
+    /// (`commit_here`), or wakes the writer if it cannot.
     Calm,
 }
 
