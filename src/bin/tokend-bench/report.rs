@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use crate::peers::THREAD_ROLES;
 use crate::scenarios::{FanOut, Latency, Throughput};
 
 /// One configuration's run in the tracing scenario.
@@ -234,6 +235,29 @@ impl Report {
         self.delete_runs.push((clients, *t, *e, *f));
     }
 
+    /// Section 2's CPU per delete by thread, from the delete runs.
+    fn thread_split(&self) -> String {
+        let mut table = String::from("| C |");
+        for role in THREAD_ROLES.iter().chain(&["other", "all"]) {
+            table += &format!(" {role} |");
+        }
+        table += &format!("\n|---|{}\n", "---|".repeat(THREAD_ROLES.len() + 2));
+        let split = |x: &Throughput| -> Vec<f64> {
+            let named: f64 = x.thread_cpu_us.iter().sum();
+            let mut parts = x.thread_cpu_us.to_vec();
+            parts.extend([(x.cpu_us - named).max(0.0), x.cpu_us]);
+            parts
+        };
+        for (clients, t, _, f) in &self.delete_runs {
+            table += &format!("| {clients} |");
+            for (a, b) in split(t).into_iter().zip(split(f)) {
+                table += &format!(" {a:.1} / {b:.1} |");
+            }
+            table += "\n";
+        }
+        table
+    }
+
     pub fn lookups(&mut self, clients: usize, t: &Throughput, e: &Throughput) {
         let r = ratio(t.per_second, e.per_second);
         self.lookups.push(format!(
@@ -455,8 +479,10 @@ impl Report {
             "\n## 2. Durable deletes\n\nC clients, each on its own connection, delete \
              pre-created items as fast as they are answered. Deletes per fsync: tokend's \
              commits (`tokend_fsync_duration_seconds_count`), etcd's WAL fsyncs \
-             (`etcd_disk_wal_fsync_duration_seconds_count`). CPU: user + system time per delete \
-             over the run, server / load tool (this process, which shares the cores). \
+             (`etcd_disk_wal_fsync_duration_seconds_count`). CPU: time on a CPU per delete over \
+             the run, server / load tool (this process, which shares the cores), summed over \
+             each process's threads from the scheduler's count in nanoseconds \
+             (`/proc/<pid>/task/*/schedstat`; a thread that ended during the run is missing). \
              The floor's fsyncs are its own batches, counted like tokend's. Time in fsync: \
              the share of the run's wall time those fsyncs took (the histograms' `_sum`; \
              tokend's and the floor's include the log's `write`); one sync runs at a time, \
@@ -467,6 +493,16 @@ impl Report {
         for row in &self.deletes {
             let _ = writeln!(w, "{row}");
         }
+        let _ = writeln!(
+            w,
+            "\nThe same server CPU per delete by thread, µs, tokend / the floor, grouped by \
+             the threads' names: the async runtime's workers (gRPC, and on tokend also \
+             authentication and planning), the writer thread (the log's write and sync, \
+             publishing, answering), tokend's applier (sled) and sled's own I/O pool; \
+             *other* is every other thread. The floor has no applier and no sled: what \
+             tokend spends there, and beyond the floor in the other columns, is its own.\n\n{}",
+            self.thread_split()
+        );
 
         let _ = writeln!(
             w,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
-use crate::peers::{Item, Peer, cpu_time};
+use crate::peers::{Item, Peer, THREAD_ROLES, thread_cpu_time};
 
 /// p50 / p99 / max, in milliseconds.
 #[derive(Clone, Copy, Debug, Default)]
@@ -176,6 +176,9 @@ pub struct Throughput {
     /// on a machine this small, where the cycles go decides the rate.
     pub cpu_us: f64,
     pub load_cpu_us: f64,
+    /// The server's CPU µs per operation by [`THREAD_ROLES`] (the rest of
+    /// `cpu_us` is other threads').
+    pub thread_cpu_us: [f64; THREAD_ROLES.len()],
 }
 
 /// One run of a scenario, against the peer [`rounds`]' closure was called
@@ -252,24 +255,57 @@ impl<T: Ranked> Runs<T> {
 /// CPU used by the server and by this process, per operation, since `start`.
 struct CpuMeter {
     server: u32,
-    start: (Duration, Duration),
+    /// Each thread's CPU at the start, by thread id: the server's, this
+    /// process's.
+    start: (HashMap<u32, Duration>, HashMap<u32, Duration>),
+}
+
+/// What [`CpuMeter::per_op`] measured, in µs per operation.
+struct CpuUse {
+    server: f64,
+    load: f64,
+    /// The server's, by [`THREAD_ROLES`].
+    threads: [f64; THREAD_ROLES.len()],
 }
 
 impl CpuMeter {
     fn start(server: u32) -> CpuMeter {
+        let by_thread = |pid| {
+            thread_cpu_time(pid)
+                .into_iter()
+                .map(|(tid, _, cpu)| (tid, cpu))
+                .collect()
+        };
         CpuMeter {
             server,
-            start: (cpu_time(server), cpu_time(std::process::id())),
+            start: (by_thread(server), by_thread(std::process::id())),
         }
     }
 
-    /// (server, load tool) µs per operation.
-    fn per_op(&self, ops: usize) -> (f64, f64) {
+    /// Each thread's CPU since the start, summed (a thread started during
+    /// the run counts from zero; one that ended is missing), and the
+    /// server's by role.
+    fn per_op(&self, ops: usize) -> CpuUse {
         let per = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
-        (
-            per(cpu_time(self.server) - self.start.0),
-            per(cpu_time(std::process::id()) - self.start.1),
-        )
+        let since = |pid, start: &HashMap<u32, Duration>| {
+            let mut all = Duration::ZERO;
+            let mut roles = [Duration::ZERO; THREAD_ROLES.len()];
+            for (tid, role, cpu) in thread_cpu_time(pid) {
+                let used = cpu.saturating_sub(start.get(&tid).copied().unwrap_or_default());
+                all += used;
+                if let Some(role) = role {
+                    roles[role] += used;
+                }
+            }
+            (all, roles)
+        };
+        let (server, roles) = since(self.server, &self.start.0);
+        let (load, _) = since(std::process::id(), &self.start.1);
+        CpuUse {
+            server: per(server),
+            load: per(load),
+            threads: roles.map(per),
+        }
     }
 }
 
@@ -313,7 +349,7 @@ pub async fn delete_all<P: Peer>(peer: &Arc<P>, clients: usize, items: Vec<Item>
         all.add(h.expect("deleter")).unwrap();
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_us, load_cpu_us) = cpu.per_op(n);
+    let cpu = cpu.per_op(n);
     let after = peer.fsyncs();
     let synced = after.count.saturating_sub(fsyncs.count).max(1);
     Throughput {
@@ -321,8 +357,9 @@ pub async fn delete_all<P: Peer>(peer: &Arc<P>, clients: usize, items: Vec<Item>
         latency: Latency::of(&all),
         per_fsync: Some(n as f64 / synced as f64),
         in_fsync: Some((after.seconds - fsyncs.seconds) / elapsed),
-        cpu_us,
-        load_cpu_us,
+        cpu_us: cpu.server,
+        load_cpu_us: cpu.load,
+        thread_cpu_us: cpu.threads,
     }
 }
 
@@ -385,14 +422,15 @@ pub async fn closed_loop<C: Call>(
     while let Some(h) = tasks.join_next().await {
         all.add(h.expect("caller")).unwrap();
     }
-    let (cpu_us, load_cpu_us) = cpu.per_op(all.len() as usize);
+    let cpu = cpu.per_op(all.len() as usize);
     Throughput {
         per_second: all.len() as f64 / started.elapsed().as_secs_f64(),
         latency: Latency::of(&all),
         per_fsync: None,
         in_fsync: None,
-        cpu_us,
-        load_cpu_us,
+        cpu_us: cpu.server,
+        load_cpu_us: cpu.load,
+        thread_cpu_us: cpu.threads,
     }
 }
 
