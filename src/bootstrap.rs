@@ -74,7 +74,7 @@ pub async fn operator(
     })?;
     let hash = secret::hash(text);
     let state = store.state();
-    if let Some(t) = state.token_by_secret(&hash)
+    if let Some(t) = state.token_with_secret(&id, &hash)
         && t.status == TokenStatus::Active
     {
         tracing::info!(path = %path.display(), token = %t.id, "operator credential in use");

@@ -113,8 +113,7 @@ fn live_token(store: &dyn Store, plain: &str) -> Result<Option<TokenId>, Error> 
     };
     let state = store.verifying_state()?;
     Ok(state
-        .token_by_secret(&secret::hash(plain))
-        .filter(|t| t.id == named)
+        .token_with_secret(&named, &secret::hash(plain))
         .map(|t| t.id.clone()))
 }
 

@@ -92,7 +92,8 @@ pub fn parse(s: &str) -> Result<TokenId, Malformed> {
     Ok(id)
 }
 
-/// SHA-256 of a presented secret, to look it up in the store's hash index.
+/// SHA-256 of a secret: what the stores keep, and what a presented secret's
+/// token must hold for it to verify.
 pub fn hash(s: &str) -> SecretHash {
     Sha256::digest(s.as_bytes()).into()
 }

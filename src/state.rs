@@ -1,7 +1,7 @@
 //! The read model: every account and token as of one durable revision.
 //!
 //! Owns the in-memory indexes that reads, verification, plans and watch
-//! snapshots consult (by id, by account, by secret hash). Built on persistent
+//! snapshots consult (by id, by account, by expiry). Built on persistent
 //! maps, so a clone is O(1): a reader holds a consistent snapshot for as long
 //! as it likes while the store prepares the next one.
 //!
@@ -31,16 +31,17 @@ use crate::secret::{self, SecretHash};
 mod ids;
 pub use self::ids::{IdSet, SPACE as TOKEN_ID_SPACE};
 
-/// What happens to the secret index with a change.
+/// What happens to a token's secret hash with a change.
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretOp {
     Keep,
     Set(SecretHash),
-    /// Deletion: the hash is erased from the index and from disk.
+    /// Deletion: the hash is erased from memory and from disk.
     Erase(SecretHash),
 }
 
-/// A planned change: the record after it, and what it does to the secret index.
+/// A planned change: the record after it, and what it does to the token's
+/// secret hash.
 #[derive(Clone)]
 pub struct Change {
     pub kind: EventKind,
@@ -88,18 +89,17 @@ pub struct Verification<'a> {
 pub struct State {
     revision: Revision,
     /// Live tokens only (disabled and expired ones included), each with
-    /// its secret's hash: one map, so a deletion copies one path for both.
+    /// its secret's hash. No index by hash: a secret names its token
+    /// (`idt:TKN-…:`, [`crate::secret`]), so verifying one looks its token
+    /// up by id and compares hashes. That index cost every live token a
+    /// B-tree entry of its own (about a third of its memory) and every
+    /// creation and deletion one more path copied.
     tokens: OrdMap<TokenId, Live>,
     accounts: OrdMap<AccountId, Arc<Account>>,
     /// The live tokens of each account.
     account_tokens: OrdMap<AccountId, OrdSet<TokenId>>,
     /// The number of every token ever issued, deleted ones included.
     issued: IdSet,
-    /// Live tokens only: deletion erases the hash here and in `tokens`. A
-    /// B-tree: a hash trie's nodes are mostly empty slots at a million
-    /// random keys (147 bytes a token against 84, measured), and a lookup
-    /// is well under a microsecond.
-    by_secret: OrdMap<SecretHash, TokenId>,
     /// Live tokens that expire, by expiry: what `crate::expiry` deletes next.
     expiring: OrdSet<(SystemTime, TokenId)>,
     /// How many tombstones each account has: a `show_deleted` list's
@@ -156,9 +156,11 @@ impl State {
         self.accounts.get(id)
     }
 
-    /// The live token a secret hash belongs to. A hash lookup: never a scan.
-    pub fn token_by_secret(&self, hash: &SecretHash) -> Option<&Arc<Token>> {
-        self.by_secret.get(hash).and_then(|id| self.token(id))
+    /// Live token `id`, if `hash` is its secret's hash: the token a secret
+    /// names ([`secret::parse`]) and the secret's [`secret::hash`].
+    pub fn token_with_secret(&self, id: &TokenId, hash: &SecretHash) -> Option<&Arc<Token>> {
+        let live = self.tokens.get(id)?;
+        (live.secret.as_ref() == Some(hash)).then_some(&live.token)
     }
 
     /// Verifies a plain secret against this state at `now`: every caller
@@ -176,9 +178,8 @@ impl State {
         let Ok(named) = secret::parse(plain) else {
             return unknown(Standing::Malformed);
         };
-        let token = match self.token_by_secret(&secret::hash(plain)) {
-            Some(t) if t.id == named => t,
-            _ => return unknown(Standing::NotFound),
+        let Some(token) = self.token_with_secret(&named, &secret::hash(plain)) else {
+            return unknown(Standing::NotFound);
         };
         let account = self.account(&token.account_id);
         let standing = if token.is_expired(now) {
@@ -323,15 +324,6 @@ impl State {
                 }
             }
         }
-        match (&change.secret, &change.subject) {
-            (SecretOp::Set(hash), Subject::Token(t)) => {
-                self.by_secret.insert(*hash, t.id.clone());
-            }
-            (SecretOp::Erase(hash), Subject::Token(_)) => {
-                self.by_secret.remove(hash);
-            }
-            _ => {}
-        }
     }
 
     /// Rebuilds the state from persisted records: [`Restore`], for records
@@ -411,9 +403,6 @@ impl Restore {
             .insert(t.id.clone());
         if let Some(k) = expiry_key(&t) {
             s.expiring.insert(k);
-        }
-        if let Some(hash) = secret {
-            s.by_secret.insert(hash, t.id.clone());
         }
         let token = Arc::new(t);
         s.tokens.insert(token.id.clone(), Live { token, secret });

@@ -875,7 +875,7 @@ fn check_change(
             } else {
                 SecretOp::Keep
             };
-            assert!(change.secret == op, "{name}: the secret index op");
+            assert!(change.secret == op, "{name}: the secret op");
         }
         (Subject::Account(old), Subject::Account(new)) => {
             assert_ne!(old.etag(), new.etag(), "{name}: the etag changes");
@@ -975,7 +975,7 @@ fn a_deleted_token_answers_not_found_to_every_mutation_and_loses_its_hash() {
     let hash = *f.w.state.secret_of(&id).unwrap();
     f.w.delete_token(&id);
     assert!(f.w.state.secret_of(&id).is_none());
-    assert!(f.w.state.token_by_secret(&hash).is_none());
+    assert!(f.w.state.token_with_secret(&id, &hash).is_none());
     let etag = etag_of(&f, &id);
     for cmd in [
         update_token(

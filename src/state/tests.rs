@@ -7,17 +7,18 @@ use crate::command::{Command, NewToken};
 use crate::domain::{AccountType, EventKind};
 use crate::secret::Secret;
 
-/// Every index agrees with the others: each hash names one live token and
-/// back, each token is listed under its own account and nowhere else.
+/// Every index agrees with the others: each live token has a hash, which
+/// finds it, each token is listed under its own account and nowhere else.
 fn assert_consistent(s: &State) {
-    assert_eq!(s.tokens.len(), s.by_secret.len(), "one hash per live token");
-    for (id, hash) in s.tokens.iter().filter_map(|(id, l)| Some((id, l.secret?))) {
-        assert_eq!(
-            s.by_secret.get(&hash),
-            Some(id),
-            "by_secret mirrors the tokens' hashes"
+    for (id, live) in s.tokens.iter() {
+        let hash = live
+            .secret
+            .expect("every live token a plan made has a hash");
+        assert_eq!(s.token_with_secret(id, &hash).map(|t| &t.id), Some(id));
+        assert!(
+            s.token_with_secret(id, &[0; 32]).is_none(),
+            "{id}: another hash"
         );
-        assert_eq!(s.token_by_secret(&hash).map(|t| &t.id), Some(id));
     }
     for (id, t) in s.tokens.iter().map(|(id, l)| (id, &l.token)) {
         assert_eq!(t.id, *id);
@@ -77,7 +78,10 @@ fn apply_keeps_the_indexes_consistent_through_every_kind_of_change() {
     }
     for (id, secret) in [(&a, &sa), (&b, &sb), (&c, &sc)] {
         assert_eq!(w.state.secret_of(id), Some(&secret.hash()));
-        assert_eq!(w.state.token_by_secret(&secret.hash()).unwrap().id, *id);
+        assert_eq!(
+            w.state.token_with_secret(id, &secret.hash()).unwrap().id,
+            *id
+        );
     }
     w.disable_token(&a);
     w.commit(Command::EnableToken {
@@ -86,24 +90,26 @@ fn apply_keeps_the_indexes_consistent_through_every_kind_of_change() {
     });
     w.set_account_status(&acme, AccountStatus::Disabled);
     assert_consistent(&w.state);
-    // Nothing but a deletion touches the secret index.
+    // Nothing but a deletion touches a token's hash.
     assert_eq!(w.state.secret_of(&a), Some(&sa.hash()));
 
     w.delete_token(&b);
     assert_consistent(&w.state);
     assert_eq!(w.state.secret_of(&b), None);
-    assert!(w.state.token_by_secret(&sb.hash()).is_none());
+    assert!(w.state.token_with_secret(&b, &sb.hash()).is_none());
     assert!(w.state.token_id_taken(&b), "a tombstone keeps its id");
     assert!(w.state.token(&b).is_none(), "the tombstone is the store's");
     assert_eq!(w.state.issued().len(), 3);
     // The others keep theirs.
-    assert_eq!(w.state.token_by_secret(&sa.hash()).unwrap().id, a);
-    assert_eq!(w.state.token_by_secret(&sc.hash()).unwrap().id, c);
+    assert_eq!(w.state.token_with_secret(&a, &sa.hash()).unwrap().id, a);
+    assert_eq!(w.state.token_with_secret(&c, &sc.hash()).unwrap().id, c);
+    // A secret verifies its own token only.
+    assert!(w.state.token_with_secret(&a, &sc.hash()).is_none());
 
     w.delete_token(&c);
     w.delete_token(&a);
     assert_consistent(&w.state);
-    assert!(w.state.by_secret.is_empty());
+    assert!(w.state.tokens.is_empty());
     assert_eq!(w.state.revision(), w.log.len() as Revision);
 }
 
@@ -166,7 +172,6 @@ fn restore_builds_what_apply_built() {
     assert!(restored.tokens == s.tokens);
     assert!(restored.accounts == s.accounts);
     assert!(restored.account_tokens == s.account_tokens);
-    assert!(restored.by_secret == s.by_secret);
     assert_consistent(&restored);
 }
 
@@ -380,7 +385,7 @@ fn verify_tells_every_standing_apart() {
             Standing::NotFound,
         ),
         nothing(
-            "an indexed hash whose secret names another id",
+            "a stored hash whose secret names another id",
             elsewhere.expose().to_string(),
             Standing::NotFound,
         ),
@@ -402,7 +407,7 @@ fn verify_tells_every_standing_apart() {
 fn verify_fails_closed_on_a_state_no_command_can_build() {
     // Restored from records that disagree (a tombstone whose hash was not
     // erased, a token whose account is missing): never VALID. The
-    // tombstone's hash does not even reach the index.
+    // tombstone's hash is not even kept.
     let mut w = World::default();
     let acme = w.account(AccountType::Client, &[]);
     let (gone, gone_secret) = w.token(&acme, &[]);
@@ -420,7 +425,8 @@ fn verify_fails_closed_on_a_state_no_command_can_build() {
         ],
         crate::state::IdSet::default(),
     );
-    assert!(s.secret_of(&gone).is_none() && s.token_by_secret(&gone_secret.hash()).is_none());
+    assert!(s.secret_of(&gone).is_none());
+    assert!(s.token_with_secret(&gone, &gone_secret.hash()).is_none());
     assert!(s.token_id_taken(&gone), "its number stays issued");
     let v = s.verify(gone_secret.expose(), SystemTime::now());
     assert_eq!(v.standing, Standing::NotFound);
