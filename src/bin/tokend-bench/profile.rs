@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::peers::{Peer, Tokend};
+use crate::peers::{Peer, THREAD_ROLES, Tokend};
 use crate::scenarios;
 
 /// Deletes in the recorded run: long enough for a few thousand samples.
@@ -39,8 +39,15 @@ pub async fn deletes(clients: usize, floor: bool, perf_data: &Path) {
     // SAFETY: a plain kill(2) of our own child.
     unsafe { libc::kill(pid, libc::SIGINT) };
     perf.wait().await.expect("perf exits");
+    // The server's CPU per delete by thread, then all of it last: the
+    // script reads the last field.
+    let threads: String = THREAD_ROLES
+        .iter()
+        .zip(t.thread_cpu_us)
+        .map(|(role, us)| format!(" {}_us={us:.1}", role.split(' ').next().unwrap_or(role)))
+        .collect();
     println!(
-        "clients={clients} deletes={DELETES} per_second={:.0} server_cpu_us={:.1}",
+        "clients={clients} deletes={DELETES} per_second={:.0}{threads} server_cpu_us={:.1}",
         t.per_second, t.cpu_us
     );
 }
