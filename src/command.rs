@@ -348,7 +348,7 @@ fn deletion(state: &State, current: &Token, ctx: &Ctx) -> Change {
     next.audit.deleted = ctx.stamp();
     // A live token always has a hash.
     let secret = match state.secret_of(&current.id) {
-        Some(hash) => SecretOp::Erase(*hash),
+        Some(_) => SecretOp::Erase,
         None => SecretOp::Keep,
     };
     Change {

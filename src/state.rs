@@ -36,8 +36,9 @@ pub use self::ids::{IdSet, SPACE as TOKEN_ID_SPACE};
 pub enum SecretOp {
     Keep,
     Set(SecretHash),
-    /// Deletion: the hash is erased from memory and from disk.
-    Erase(SecretHash),
+    /// Deletion: the hash is erased from memory and from disk. It carries
+    /// no hash, so nothing a deletion writes can hold one.
+    Erase,
 }
 
 /// A planned change: the record after it, and what it does to the token's
@@ -315,7 +316,7 @@ impl State {
                         SecretOp::Keep => self.secret_of(&t.id).copied(),
                         // A live record with its hash erased is not a
                         // change any plan makes; the hash goes all the same.
-                        SecretOp::Erase(_) => None,
+                        SecretOp::Erase => None,
                     };
                     let live = Live {
                         token: Arc::new(t.clone()),

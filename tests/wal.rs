@@ -268,6 +268,52 @@ async fn an_idle_store_checkpoints_the_erased_hash_out_of_its_log() {
     assert!(!verify(&mut p.tokens().await, &secret).await.valid);
 }
 
+/// A deletion writes no hash back to disk. The token is created, and its
+/// creation's record checkpointed out of the log; a restart with every
+/// checkpoint skipped then deletes it, and the log, which keeps the
+/// deletion's record, must not hold the hash.
+#[tokio::test]
+async fn a_deletion_writes_no_hash_to_the_log() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let mut p = spawn_tokend(tmp.path(), &[]).await;
+    let made = p
+        .tokens()
+        .await
+        .create_token(nth(&account, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let (id, hash) = (
+        made.token.unwrap().id,
+        tokend::secret::hash(&made.secret).to_vec(),
+    );
+    // An idle store checkpoints its log within ~100 ms.
+    let started = std::time::Instant::now();
+    while !log_files_holding(tmp.path(), &hash).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the creation's record never left the log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.kill();
+
+    let p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    let mut c = p.tokens().await;
+    delete(&mut c, &id).await.unwrap();
+    // The scan can see the deletion's record: it names the token.
+    assert!(
+        !log_files_holding(tmp.path(), id.as_bytes()).is_empty(),
+        "no segment holds the deletion's record"
+    );
+    let held = log_files_holding(tmp.path(), &hash);
+    assert!(held.is_empty(), "the deletion wrote the hash to {held:?}");
+    assert!(!verify(&mut c, &made.secret).await.valid);
+}
+
 /// Creates one token and deletes it; returns its secret and the secret's
 /// hash.
 async fn create_and_delete(p: &Process, account: &str) -> (String, Vec<u8>) {

@@ -264,7 +264,7 @@ fn a_change_becomes_the_event_its_watchers_see() {
     let change = Change {
         kind: EventKind::Deleted,
         subject: Subject::Token((*w.token_rec(&id)).clone()),
-        secret: SecretOp::Erase([1; 32]),
+        secret: SecretOp::Erase,
     };
     let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5);
     let e = change.event(42, at, actor());

@@ -235,7 +235,7 @@ fn change_of(
         Subject::Account(_) => SecretOp::Keep,
         Subject::Token(t) => match (state.secret_of(&t.id), secret) {
             (None, Some(h)) => SecretOp::Set(h),
-            (Some(old), None) => SecretOp::Erase(*old),
+            (Some(_), None) => SecretOp::Erase,
             (Some(old), Some(h)) if *old != h => SecretOp::Set(h),
             _ => SecretOp::Keep,
         },

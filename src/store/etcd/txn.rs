@@ -151,7 +151,7 @@ impl Inner {
                     let secret = match &change.secret {
                         SecretOp::Set(h) => Some(*h),
                         SecretOp::Keep => state.secret_of(&t.id).copied(),
-                        SecretOp::Erase(_) => None,
+                        SecretOp::Erase => None,
                     };
                     let value = record(secret);
                     then.push(TxnOp::put(key.clone(), value.clone(), None));

@@ -435,7 +435,7 @@ fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<E
     // After `with_kept_secret`, only Set leaves a token live.
     let secret = match &change.secret {
         SecretOp::Set(h) => Some(h),
-        SecretOp::Keep | SecretOp::Erase(_) => None,
+        SecretOp::Keep | SecretOp::Erase => None,
     };
     // Most tokens are deleted unused: their deletion skips a sled remove
     // (a third of a deletion's sled operations). Every time `l/` holds, or
@@ -448,7 +448,7 @@ fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<E
         _ => Accessed::Maybe,
     };
     layout::write_change(&mut next.writes, &change, secret, event.revision, accessed);
-    if let (SecretOp::Erase(_), Subject::Token(t)) = (&change.secret, &change.subject) {
+    if let (SecretOp::Erase, Subject::Token(t)) = (&change.secret, &change.subject) {
         next.erased.push(t.id.clone());
     }
     next.encoded.push(encoded);

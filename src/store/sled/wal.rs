@@ -19,8 +19,14 @@
 //!
 //! and a payload is the batch's entries, each
 //!
-//!   `[u8 secret op: 0 keep, 1 set, 2 erase][32-byte hash unless keep]`
+//!   `[u8 secret op: 0 keep, 1 set, 2 erase][32 bytes unless keep]`
 //!   `[u32 LE length][the event, an `EventRecord` of `record.rs`]`
+//!
+//! where the 32 bytes of a set are the secret's hash, and those of an
+//! erase are zeros: a deletion writes no hash back to disk (the token's
+//! creation, long checkpointed away, may have been the last record to hold
+//! it). tokend up to 5428c58 wrote the erased hash there; it is read and
+//! ignored, and those versions read the zeros as an erase as well.
 //!
 //! Owns segment files, framing, checksums and reading them back, including
 //! the repair of a torn tail (a batch whose write was cut short by a crash:
@@ -198,9 +204,9 @@ pub(super) fn push_entry(payload: &mut Vec<u8>, secret: &SecretOp, event: &[u8])
             payload.push(1);
             payload.extend_from_slice(h);
         }
-        SecretOp::Erase(h) => {
+        SecretOp::Erase => {
             payload.push(2);
-            payload.extend_from_slice(h);
+            payload.extend_from_slice(&[0; 32]);
         }
     }
     payload.extend_from_slice(&(event.len() as u32).to_le_bytes());
@@ -325,7 +331,10 @@ fn parse_payload(mut p: &[u8]) -> Result<Vec<Entry>, String> {
         let secret = match op {
             0 => SecretOp::Keep,
             1 => SecretOp::Set(hash()?),
-            2 => SecretOp::Erase(hash()?),
+            2 => {
+                hash()?;
+                SecretOp::Erase
+            }
             other => return Err(format!("unknown secret op {other}")),
         };
         let len = u32::from_le_bytes(take(&mut p, 4)?.try_into().expect("4 bytes")) as usize;
@@ -345,7 +354,7 @@ mod tests {
             secret: match n % 3 {
                 0 => SecretOp::Keep,
                 1 => SecretOp::Set([n; 32]),
-                _ => SecretOp::Erase([n; 32]),
+                _ => SecretOp::Erase,
             },
             event: vec![n; n as usize * 7 + 1],
         }
@@ -356,7 +365,7 @@ mod tests {
             let op = match &e.secret {
                 SecretOp::Keep => (0, [0; 32]),
                 SecretOp::Set(h) => (1, *h),
-                SecretOp::Erase(h) => (2, *h),
+                SecretOp::Erase => (2, [0; 32]),
             };
             (op, e.event.clone())
         };
