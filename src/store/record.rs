@@ -39,7 +39,7 @@ use crate::domain::{
 /// see; version 6 compresses those packs, which a version-5 tokend would
 /// not read; version 7 counts each account's tombstones (`c/`), which a
 /// version-6 tokend would not keep counting; version 8 compresses each
-/// commit's retained events (`sled/layout.rs`), which a version-7 tokend
+/// commit's retained events (`sled/events.rs`), which a version-7 tokend
 /// would not read. Every migration from before version 7 counts them.
 /// The etcd keyspace keeps no marker; its records are version 1.
 pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-8";

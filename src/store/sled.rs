@@ -15,7 +15,9 @@
 //! that state.
 //!
 //! The data dir: `db/` (sled; its layout and reading it back are in
-//! `sled/layout.rs`) and `wal/` (the log). It must never serve a revision
+//! `sled/layout.rs`, the retained event log in `sled/events.rs`, and
+//! older formats brought to it at open in `sled/format.rs`) and `wal/`
+//! (the log). It must never serve a revision
 //! that is not in the log, and never open a data dir of a format it does
 //! not know (an older tokend, which would not replay the log, refuses this
 //! one's by the same rule).
@@ -29,12 +31,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use self::layout::{K_FORMAT, K_PAGE_KEY, K_REVISION, event_key};
+use self::events::event_key;
+use self::layout::K_PAGE_KEY;
 use self::wal::Wal;
-use super::record::{
-    SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
-    SLED_FORMAT_V6, SLED_FORMAT_V7,
-};
 use super::{AccessLog, Applied, Store};
 use crate::command::Command;
 use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
@@ -46,6 +45,8 @@ mod apply;
 mod commit;
 mod compact;
 mod durable;
+mod events;
+mod format;
 mod layout;
 mod restore;
 mod shrink;
@@ -178,63 +179,7 @@ impl SledStore {
         // Holding sled's lock on `db/`: no compaction is running.
         compact::discard_unfinished(&config.data_dir)?;
 
-        // The format this data dir is migrated from, if it is older.
-        let mut migrating = None;
-        match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
-            Some(f) if f.as_ref() == SLED_FORMAT => {}
-            // Version 1 had no log: sled holds everything. Version 2 kept
-            // one key per event (this one reads those and writes one per
-            // commit) and a separate secret index (folded into the token
-            // records here). Version 3 kept tombstones among the live
-            // tokens (moved apart here, and every issued number marked).
-            // Version 4 shrank old tombstones in place (read as they are,
-            // and packed by the shrinker's next pass). Version 5 did not
-            // compress its packs (read as they are, and compressed when
-            // next rewritten). Before version 7, tombstones were not
-            // counted by account: counted once the log is replayed (below),
-            // since a killed tokend can leave sled holding tombstones past
-            // its revision counter, which the replay would count again.
-            // Before version 8, a commit's events were not compressed (read
-            // as they are). Each step can run again after a crash; the new marker, last,
-            // keeps an older tokend from opening it.
-            Some(f)
-                if [
-                    SLED_FORMAT_V1,
-                    SLED_FORMAT_V2,
-                    SLED_FORMAT_V3,
-                    SLED_FORMAT_V4,
-                    SLED_FORMAT_V5,
-                    SLED_FORMAT_V6,
-                    SLED_FORMAT_V7,
-                ]
-                .contains(&f.as_ref()) =>
-            {
-                if [SLED_FORMAT_V1, SLED_FORMAT_V2].contains(&f.as_ref()) {
-                    let folded = layout::fold_secrets(&tree)?;
-                    tracing::info!(folded, "secret index folded into the token records");
-                }
-                if [SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3].contains(&f.as_ref()) {
-                    let moved = layout::split_tombstones(&tree)?;
-                    tracing::info!(moved, "tombstones moved apart from the live tokens");
-                }
-                migrating = Some(f);
-            }
-            Some(f) => {
-                return Err(corrupt("format marker", String::from_utf8_lossy(&f)));
-            }
-            None if tree.is_empty() => {
-                let mut page_key = [0u8; 32];
-                getrandom::fill(&mut page_key).map_err(|e| Error::Internal(e.to_string()))?;
-                let mut b = sled::Batch::default();
-                b.insert(K_FORMAT, SLED_FORMAT);
-                b.insert(K_PAGE_KEY, &page_key[..]);
-                b.insert(K_REVISION, &0u64.to_be_bytes()[..]);
-                tree.apply_batch(b)
-                    .map_err(|e| io_error("initialising", e))?;
-                db.flush().map_err(|e| io_error("initialising", e))?;
-            }
-            None => return Err(corrupt("store", "records without a format marker")),
-        }
+        let migrating = format::check(&db, &tree)?;
 
         // Before the first checkpoint deletes a log segment.
         sync_names(&config.data_dir, created)
@@ -251,22 +196,7 @@ impl SledStore {
         let retention = config.retention.max(1);
         let (replayed, events) = apply::replay(&tree, logged, retention)?;
         if let Some(from) = migrating {
-            // Version 7 counted them already: no need to read every
-            // tombstone again.
-            let counted = if from.as_ref() == SLED_FORMAT_V7 {
-                0
-            } else {
-                tombstones::count_all(&tree, layout::revision(&tree)?)?
-            };
-            tree.insert(K_FORMAT, SLED_FORMAT)
-                .map_err(|e| io_error("migrating the format marker", e))?;
-            db.flush()
-                .map_err(|e| io_error("migrating the format marker", e))?;
-            tracing::info!(
-                from = %String::from_utf8_lossy(&from),
-                counted,
-                "data dir migrated to format 8 (tombstones counted by account; old ones' packs compressed as the shrinker rewrites them; new commits' events compressed)"
-            );
+            format::finish(&db, &tree, &from)?;
         }
 
         let (state, access, read) = layout::restore(&tree)?;
@@ -519,7 +449,7 @@ impl Store for SledStore {
         };
         'read: for item in tree.range(start..=event_key(head)) {
             let (_, v) = item.map_err(|e| io_error("reading the event log", e))?;
-            for e in layout::decode_events(&v)? {
+            for e in events::decode_events(&v)? {
                 let expected = from + out.len() as u64;
                 // Below `from`, or already read (a format-2 key beside the
                 // commit replayed over it).
@@ -658,11 +588,11 @@ fn token_events(
     'read: for item in inner.tree.range(event_key(0)..=event_key(end)).rev() {
         let (_, v) = item.map_err(|e| io_error("reading the event log", e))?;
         // Searched inflated: compression may split the id.
-        let v = layout::inflate_events(&v)?;
+        let v = events::inflate_events(&v)?;
         if names_it.find(&v).is_none() {
             continue;
         }
-        for event in layout::decode_events(&v)?.into_iter().rev() {
+        for event in events::decode_events(&v)?.into_iter().rev() {
             // Newest first, each once, none past `end`.
             let below = out.last().map_or(end + 1, |e: &Arc<Event>| e.revision);
             if event.revision >= below {

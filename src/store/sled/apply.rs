@@ -37,7 +37,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::layout::{self, EventLog, Writes};
+use super::events::{self, EventLog};
+use super::format;
+use super::layout::{self, Writes};
 use super::wal::{Entry, Wal};
 use super::{Inner, corrupt, io_error};
 use crate::domain::Revision;
@@ -349,7 +351,7 @@ pub(super) fn replay(
     let mut applied = 0;
     for entries in batches {
         let mut first = None;
-        let retained = layout::encode_events(entries.iter().map(|e| &e.event[..]));
+        let retained = events::encode_events(entries.iter().map(|e| &e.event[..]));
         for Entry { secret, event } in entries {
             let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
             // Increasing; consecutive past sled's revision, and the first
@@ -381,7 +383,7 @@ pub(super) fn replay(
             // that the next entry reads what this one wrote.
             let kept = match (&change.secret, &change.subject) {
                 (SecretOp::Set(h), _) => Some(*h),
-                (SecretOp::Keep, Subject::Token(t)) => layout::stored_secret(tree, &t.id)?,
+                (SecretOp::Keep, Subject::Token(t)) => format::stored_secret(tree, &t.id)?,
                 _ => None,
             };
             let mut record = Writes::default();

@@ -32,7 +32,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::durable;
-use super::layout::{self, Accessed, EventLog, Writes};
+use super::events::EventLog;
+use super::layout::{self, Accessed, Writes};
 use super::wal::{self, Wal};
 use super::{Inner, Job, apply};
 use crate::command::{self, Ctx, Plan};

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use super::apply::{self, Applier, Work};
 use super::commit::{Handoff, Planned};
-use super::layout::{self, EventLog};
+use super::events::{self, EventLog};
 use super::wal::Wal;
 use super::{Inner, io_error};
 use crate::domain::Revision;
@@ -218,7 +218,7 @@ impl Writer {
         self.head = last;
         // `oldest` moves before the keys go, so a reader sees OUT_OF_RANGE
         // rather than a gap.
-        let retained = layout::encode_events(batch.encoded.iter().map(|e| &e[..]));
+        let retained = events::encode_events(batch.encoded.iter().map(|e| &e[..]));
         let kept = self.events.append(
             &mut batch.writes,
             first,

@@ -7,7 +7,7 @@
 //!   `a/<ACC-id>`         → AccountRecord
 //!   `t/<TKN-id>`         → a live token: `L` + its secret's 32-byte SHA-256
 //!                          + its TokenRecord (format 3 kept tombstones here
-//!                          too: [`split_tombstones`] moves them)
+//!                          too: `sled/format.rs` moves them)
 //!   `d/<TKN-id>`         → a recent tombstone: its TokenRecord (format 4
 //!                          shrank old ones in place, `S` + a ShrunkRecord).
 //!                          Apart from the live tokens, so that opening reads
@@ -20,14 +20,9 @@
 //!                          reused: this is what says which were, read at
 //!                          open instead of every tombstone
 //!   `s/<sha256>`         → TKN-id: formats 1 and 2 only, folded into `t/`
-//!                          when such a data dir is opened ([`fold_secrets`])
+//!                          when such a data dir is opened (`sled/format.rs`)
 //!   `e/<u64 BE rev>`     → the retained log: the events of one commit, from
-//!                          revision `rev` on: `Z`, the length, then LZ4 of
-//!                          what formats 3 to 7 kept uncompressed: `E`, then
-//!                          each event as `[u32 LE length]` + EventRecord;
-//!                          format 2 kept one bare EventRecord per key. All
-//!                          three read as one log. No secret hash: a deleted
-//!                          token's is nowhere in sled
+//!                          revision `rev` on (`sled/events.rs`)
 //!   `l/<TKN-id>`         → TimeRecord, the last access (not part of the token's revision)
 //!   `c/<ACC-id>`         → the account's tombstones: `[u64 BE count][u64 BE
 //!                          revision of the last deletion counted]`, so that
@@ -35,41 +30,33 @@
 //!                          tombstone, and a replayed deletion is not
 //!                          counted twice
 //!
-//! One key per commit, not per event: a sled insert or remove costs ~10 µs
-//! whatever its size, and a commit of 30 deletes then writes one event key
-//! and removes at most a few old ones instead of 30 of each.
-//!
-//! Owns building and parsing these keys, the sled batch a committed change
-//! becomes (the same on the commit path and when the write-ahead log is
-//! replayed at open), which event keys exist ([`EventLog`]) and reading the
-//! whole layout back into a [`State`] at open. It must never apply a
-//! commit's batch itself: only the applier thread and the replay at open do
-//! (`sled/apply.rs`); it writes to sled only to fold an old secret index
-//! at open, before either runs, and to set the tombstone counts a
-//! migration or a restore found.
+//! Owns building and parsing these keys (but `e/`: `sled/events.rs`), the
+//! sled batch a committed change becomes (the same on the commit path and
+//! when the write-ahead log is replayed at open) and reading the whole
+//! layout back into a [`State`] at open. It must never
+//! apply a commit's batch itself: only the applier thread and the replay at
+//! open do (`sled/apply.rs`); it writes to sled only to set the tombstone
+//! counts and issued numbers a migration or a restore found.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use super::{corrupt, io_error};
-use crate::domain::{AccountId, Event, EventKind, Revision, Subject, Token, TokenId};
+use crate::domain::{AccountId, EventKind, Revision, Subject, Token, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
 use crate::state::{Change, IdSet, Restore, State, TOKEN_ID_SPACE};
-use crate::store::record::{self, AccountRecord, EventRecord, Record, TimeRecord, TokenRecord};
+use crate::store::record::{self, AccountRecord, Record, TimeRecord, TokenRecord};
 
 pub(super) const K_FORMAT: &[u8] = b"m/format";
 pub(super) const K_REVISION: &[u8] = b"m/revision";
 pub(super) const K_PAGE_KEY: &[u8] = b"m/page_key";
 const P_ACCOUNT: &[u8] = b"a/";
-const P_TOKEN: &[u8] = b"t/";
-const P_SECRET: &[u8] = b"s/";
-pub(super) const P_EVENT: &[u8] = b"e/";
+pub(super) const P_TOKEN: &[u8] = b"t/";
 const P_ACCESS: &[u8] = b"l/";
-const P_TOMBSTONE: &[u8] = b"d/";
+pub(super) const P_TOMBSTONE: &[u8] = b"d/";
 const P_ISSUED: &[u8] = b"u/";
-const P_COUNT: &[u8] = b"c/";
+pub(super) const P_COUNT: &[u8] = b"c/";
 /// Token numbers per `u/` key.
 pub(super) const ISSUED_CHUNK: u32 = 4096;
 
@@ -119,18 +106,6 @@ pub(super) fn access_key(id: &TokenId) -> Vec<u8> {
     key(P_ACCESS, id.as_str().as_bytes())
 }
 
-/// Big-endian, so that sled's key order is revision order.
-pub(super) fn event_key(rev: Revision) -> Vec<u8> {
-    key(P_EVENT, &rev.to_be_bytes())
-}
-
-pub(super) fn decode_event_key(k: &[u8]) -> Result<Revision, Error> {
-    k.get(P_EVENT.len()..)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| corrupt("event key", format!("{k:?}")))
-}
-
 /// The writes of one commit (or of a run of them, [`Writes::append`]),
 /// applied to sled one by one, in order, tombstone counts first. Not a
 /// `sled::Batch`: sled 0.34 writes out its log buffer twice for every batch
@@ -151,9 +126,9 @@ pub(super) struct Writes {
 
 enum Write {
     Put(sled::IVec),
-    /// A commit's events ([`encode_events`]), compressed as they are
-    /// applied: on the applier's thread, off the answers' path.
-    Events(Vec<u8>),
+    /// A value encoded as it is applied: on the applier's thread, off the
+    /// answers' path (a commit's events, compressed: `sled/events.rs`).
+    Encoded(fn(&[u8]) -> Vec<u8>, Vec<u8>),
     Remove,
     /// Sets one bit of a `u/` value (created as zeros when missing).
     SetBit(u32),
@@ -167,6 +142,16 @@ enum Write {
 impl Writes {
     pub(super) fn insert(&mut self, key: Vec<u8>, value: impl Into<sled::IVec>) {
         self.writes.push((key, Write::Put(value.into())));
+    }
+
+    /// Sets `key` to `encode(value)`, encoded when the batch is applied.
+    pub(super) fn insert_encoded(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        encode: fn(&[u8]) -> Vec<u8>,
+    ) {
+        self.writes.push((key, Write::Encoded(encode, value)));
     }
 
     pub(super) fn remove(&mut self, key: Vec<u8>) {
@@ -215,8 +200,8 @@ impl Writes {
                 Write::Put(v) => {
                     tree.insert(key, v)?;
                 }
-                Write::Events(v) => {
-                    tree.insert(key, compress_events(&v))?;
+                Write::Encoded(encode, v) => {
+                    tree.insert(key, encode(&v))?;
                 }
                 Write::Remove => {
                     tree.remove(key)?;
@@ -282,7 +267,7 @@ pub(super) fn decode_token_value(v: &[u8]) -> Result<(Token, Option<SecretHash>)
 /// Adds what `change`, committed at `revision`, writes: its record,
 /// holding the token's secret hash after the change (`secret`), and for a
 /// deletion, its account's tombstone count. Its event goes with the
-/// commit's others ([`EventLog::append`]). `accessed`: as for
+/// commit's others (`EventLog::append`, `sled/events.rs`). `accessed`: as for
 /// [`write_token`].
 pub(super) fn write_change(
     batch: &mut Writes,
@@ -384,32 +369,6 @@ pub(super) fn tombstone_id(k: &[u8]) -> Result<TokenId, Error> {
         .map_err(|e| corrupt("tombstone key", e))
 }
 
-/// Moves format 3's tombstones from `t/` to `d/` and marks every token
-/// number in `u/`: what format 4 keeps apart. Run at open, before anything
-/// else reads; each step can run again after a crash half-way.
-pub(super) fn split_tombstones(tree: &sled::Tree) -> Result<usize, Error> {
-    let failed = |e: sled::Error| io_error("moving tombstones out of the live records", e);
-    let mut moved = 0;
-    let mut issued = Vec::new();
-    for item in tree.scan_prefix(P_TOKEN) {
-        let (k, v) = item.map_err(failed)?;
-        // By the record's status, not the hash's tag: a live record whose
-        // hash a format-2 log left out of it is still live.
-        let (t, _) = decode_token_value(&v)?;
-        issued.push(t.id.number());
-        if t.is_deleted() {
-            tree.insert(tombstone_key(&t.id), v).map_err(failed)?;
-            tree.remove(&k).map_err(failed)?;
-            moved += 1;
-        }
-    }
-    for item in tree.scan_prefix(P_TOMBSTONE).keys() {
-        issued.push(tombstone_id(&item.map_err(failed)?)?.number());
-    }
-    write_issued(tree, issued).map_err(failed)?;
-    Ok(moved)
-}
-
 /// The numbers chunk `chunk`'s `u/` value `bits` marks issued.
 fn chunk_numbers(chunk: u32, bits: &[u8]) -> impl Iterator<Item = u32> + '_ {
     bits.iter()
@@ -494,188 +453,6 @@ pub(super) fn write_issued(
         tree.insert(key, bits)?;
     }
     Ok(())
-}
-
-/// The secret hash token `id` holds in sled now, for a logged change that
-/// kept it (only a log written by format 2 has such a change of a live
-/// token; format 3 logs its hash).
-pub(super) fn stored_secret(tree: &sled::Tree, id: &TokenId) -> Result<Option<SecretHash>, Error> {
-    match tree
-        .get(token_key(id))
-        .map_err(|e| io_error("reading", e))?
-    {
-        Some(v) => Ok(decode_token_value(&v)?.1),
-        None => Ok(None),
-    }
-}
-
-/// Folds a format-1 or -2 secret index into the token records: each
-/// `s/<hash>` goes into its token's `t/` value, then is removed. Run at
-/// open, before anything else reads; a crash half-way leaves some keys to
-/// fold again next time, and folding one twice changes nothing.
-pub(super) fn fold_secrets(tree: &sled::Tree) -> Result<usize, Error> {
-    let failed = |e: sled::Error| io_error("folding the secret index", e);
-    let mut folded = 0;
-    for item in tree.scan_prefix(P_SECRET) {
-        let (k, v) = item.map_err(failed)?;
-        let hash: SecretHash = k[P_SECRET.len()..]
-            .try_into()
-            .map_err(|_| corrupt("secret index", "bad hash length"))?;
-        let id =
-            TokenId::parse(&String::from_utf8_lossy(&v)).map_err(|e| corrupt("secret index", e))?;
-        let stored = tree
-            .get(token_key(&id))
-            .map_err(failed)?
-            .ok_or_else(|| corrupt("secret index", format!("{id} has no record")))?;
-        let (token, _) = decode_token_value(&stored)?;
-        tree.insert(token_key(&id), token_value(&token, Some(&hash)))
-            .map_err(failed)?;
-        tree.remove(&k).map_err(failed)?;
-        folded += 1;
-    }
-    Ok(folded)
-}
-
-/// Tags an event key's value of format 3: JSON (format 2's bare record)
-/// never starts with it, while a length could.
-const EVENTS: u8 = b'E';
-/// Tags an event key's value of format 8: the [`EVENTS`] value of formats
-/// 3 to 7, LZ4-compressed, after its length (`u32` LE). A commit's events
-/// repeat their field names, accounts and actors: a fifth of the bytes,
-/// and of what sled copies each time it rewrites their leaf.
-const COMPRESSED_EVENTS: u8 = b'Z';
-/// The longest commit a compressed value may claim to hold: a damaged
-/// length must not allocate gigabytes. Twice the most a commit can hold:
-/// 1,024 commands (`commit::MAX_BATCH`) of at most two changes, each event
-/// under 16 KB (a description of 2,000 control characters, each escaped to
-/// six bytes, is the largest field).
-const MAX_EVENTS_BYTES: usize = 64 << 20;
-
-/// An [`encode_events`] value as sled keeps it.
-fn compress_events(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + lz4_flex::block::get_maximum_output_size(value.len()));
-    out.push(COMPRESSED_EVENTS);
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    let at = out.len();
-    out.resize(out.capacity(), 0);
-    let n = lz4_flex::block::compress_into(value, &mut out[at..])
-        .expect("the buffer holds the largest output");
-    out.truncate(at + n);
-    out
-}
-
-/// One event key's value: a commit's events, already encoded.
-pub(super) fn encode_events<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    out.push(EVENTS);
-    for e in events {
-        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
-        out.extend_from_slice(e);
-    }
-    out
-}
-
-/// An event key's value as [`encode_events`] made it (or format 2's bare
-/// record): a compressed one inflated, any other as it is. What to search
-/// for an id in: a compressed value may split it.
-pub(super) fn inflate_events(value: &[u8]) -> Result<Cow<'_, [u8]>, Error> {
-    let Some((&COMPRESSED_EVENTS, value)) = value.split_first() else {
-        return Ok(Cow::Borrowed(value));
-    };
-    let damaged = |why: String| corrupt("event log", format!("a compressed commit: {why}"));
-    let (len, block) = value
-        .split_first_chunk::<4>()
-        .ok_or_else(|| damaged("cut short".into()))?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > MAX_EVENTS_BYTES {
-        return Err(damaged(format!("claims {len} bytes")));
-    }
-    let mut out = vec![0; len];
-    match lz4_flex::block::decompress_into(block, &mut out) {
-        Ok(n) if n == len => Ok(Cow::Owned(out)),
-        Ok(n) => Err(damaged(format!("{n} bytes, not {len}"))),
-        Err(e) => Err(damaged(e.to_string())),
-    }
-}
-
-/// The events of one event key's value, in revision order.
-pub(super) fn decode_events(value: &[u8]) -> Result<Vec<Event>, Error> {
-    let value = inflate_events(value)?;
-    let Some((&EVENTS, mut value)) = value.split_first() else {
-        // Format 2: one EventRecord, a JSON object.
-        return Ok(vec![decode::<EventRecord>("event", &value)?]);
-    };
-    let mut out = Vec::new();
-    while !value.is_empty() {
-        let len = value
-            .get(..4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-            .filter(|&len| value.len() >= 4 + len)
-            .ok_or_else(|| corrupt("event log", "an event cut short"))?;
-        out.push(decode::<EventRecord>("event", &value[4..4 + len])?);
-        value = &value[4 + len..];
-    }
-    Ok(out)
-}
-
-/// Which event keys sled holds: the first revision of each commit's events,
-/// oldest first. The writer alone adds and removes them (and the replay at
-/// open, before it), so it knows which keys a trim removes without reading
-/// sled, which the applier may not have brought up to date yet.
-pub(super) struct EventLog {
-    starts: VecDeque<Revision>,
-    head: Revision,
-}
-
-impl EventLog {
-    /// The event keys in `tree`, whose last committed revision is `head`.
-    pub(super) fn load(tree: &sled::Tree, head: Revision) -> Result<EventLog, Error> {
-        let starts = tree
-            .scan_prefix(P_EVENT)
-            .keys()
-            .map(|k| decode_event_key(&k.map_err(|e| io_error("reading the event log", e))?))
-            .collect::<Result<_, _>>()?;
-        Ok(EventLog { starts, head })
-    }
-
-    /// The oldest revision kept (`head + 1` when none is).
-    pub(super) fn oldest(&self) -> Revision {
-        self.starts.front().copied().unwrap_or(self.head + 1)
-    }
-
-    /// Ends the writes of a commit of revisions `first..=last`, whose
-    /// events are `payload`: its event key, the removal of every commit
-    /// that lies wholly before the newest `retention` events (a commit that
-    /// straddles the line stays whole), then the revision counter, last.
-    /// Returns the oldest revision kept after it. A commit applied again
-    /// (the replay at open) is written again only if its key is still kept.
-    pub(super) fn append(
-        &mut self,
-        batch: &mut Writes,
-        first: Revision,
-        last: Revision,
-        payload: Vec<u8>,
-        retention: u64,
-    ) -> Revision {
-        // Older than every kept key (or none is kept): trimmed already.
-        let trimmed = first <= self.head && self.starts.front().is_none_or(|&f| first < f);
-        if !trimmed {
-            if let Err(at) = self.starts.binary_search(&first) {
-                self.starts.insert(at, first);
-            }
-            batch
-                .writes
-                .push((event_key(first), Write::Events(payload)));
-        }
-        self.head = self.head.max(last);
-        let keep_from = (self.head + 1).saturating_sub(retention).max(1);
-        while self.starts.len() >= 2 && self.starts[1] <= keep_from {
-            let gone = self.starts.pop_front().expect("two or more");
-            batch.remove(event_key(gone));
-        }
-        batch.insert(K_REVISION.to_vec(), &self.head.to_be_bytes()[..]);
-        self.oldest()
-    }
 }
 
 /// The last committed revision, as sled holds it.
@@ -793,19 +570,6 @@ mod tests {
         db.open_tree("t").unwrap()
     }
 
-    fn keys(tree: &sled::Tree) -> Vec<Revision> {
-        let log = EventLog::load(tree, 0).unwrap();
-        log.starts.into_iter().collect()
-    }
-
-    /// Commits `first..=last` and applies their writes.
-    fn commit(log: &mut EventLog, tree: &sled::Tree, first: Revision, last: Revision) -> Revision {
-        let mut writes = Writes::default();
-        let oldest = log.append(&mut writes, first, last, vec![first as u8], 4);
-        writes.apply(tree).unwrap();
-        oldest
-    }
-
     #[test]
     fn a_tombstone_is_counted_once_however_often_its_deletion_is_replayed() {
         let tree = tree();
@@ -862,172 +626,5 @@ mod tests {
         }
         assert_eq!(count(&a), (4, 7));
         assert_eq!(count(&b), (1, 5));
-    }
-
-    #[test]
-    fn a_run_of_batches_sets_the_revision_counter_once_and_last() {
-        let tree = tree();
-        let mut log = EventLog::load(&tree, 0).unwrap();
-        let mut run = Writes::default();
-        log.append(&mut run, 1, 2, vec![1], 100);
-        let mut later = Writes::default();
-        log.append(&mut later, 3, 3, vec![3], 100);
-        later.count_tombstone(&AccountId::from_number(1), 3);
-        run.append(later);
-        // sled's own subscriber sees the writes in the order they happen.
-        let mut seen = tree.watch_prefix(b"");
-        run.apply(&tree).unwrap();
-        let mut order = Vec::new();
-        while let Ok(event) = seen.next_timeout(std::time::Duration::from_millis(100)) {
-            order.push(event.key().to_vec());
-        }
-        let counts = order.iter().filter(|k| k.starts_with(P_COUNT)).count();
-        let revisions = order.iter().filter(|k| &k[..] == K_REVISION).count();
-        assert_eq!((counts, revisions), (1, 1), "{order:?}");
-        assert!(order[0].starts_with(P_COUNT), "{order:?}");
-        assert_eq!(order.last().map(|k| &k[..]), Some(K_REVISION));
-        assert_eq!(revision(&tree).unwrap(), 3);
-        assert_eq!(keys(&tree), vec![1, 3]);
-        let count = tree.get(count_key(&AccountId::from_number(1))).unwrap();
-        assert_eq!(decode_count(&count.unwrap()).unwrap(), (1, 3));
-    }
-
-    #[test]
-    fn whole_commits_go_once_all_their_events_are_past_retention() {
-        let tree = tree();
-        let mut log = EventLog::load(&tree, 0).unwrap();
-        assert_eq!(log.oldest(), 1);
-        assert_eq!(commit(&mut log, &tree, 1, 3), 1);
-        assert_eq!(commit(&mut log, &tree, 4, 5), 1);
-        // Keep from 3 on: the first commit holds 3, so it stays whole.
-        assert_eq!(commit(&mut log, &tree, 6, 6), 1);
-        assert_eq!(keys(&tree), [1, 4, 6]);
-        // Keep from 5 on: the first commit goes, the second holds 5.
-        assert_eq!(commit(&mut log, &tree, 7, 8), 4);
-        assert_eq!(keys(&tree), [4, 6, 7]);
-        assert_eq!(layout_revision(&tree), 8);
-    }
-
-    #[test]
-    fn a_replayed_commit_is_written_again_only_while_kept() {
-        let tree = tree();
-        let mut log = EventLog::load(&tree, 0).unwrap();
-        for (first, last) in [(1, 3), (4, 5), (6, 6), (7, 8)] {
-            commit(&mut log, &tree, first, last);
-        }
-        // The replay at open: sled is at 8 and holds 4, 6 and 7.
-        let mut log = EventLog::load(&tree, 8).unwrap();
-        let mut writes = Writes::default();
-        log.append(&mut writes, 1, 3, vec![9], 4);
-        log.append(&mut writes, 4, 5, vec![9], 4);
-        writes.apply(&tree).unwrap();
-        assert_eq!(keys(&tree), [4, 6, 7], "the trimmed commit stays gone");
-        let kept = tree.get(event_key(4)).unwrap().unwrap();
-        assert_eq!(&*inflate_events(&kept).unwrap(), [9]);
-        assert_eq!(log.oldest(), 4);
-    }
-
-    /// The events of an account and `n` tokens made in it, each encoded,
-    /// and all of them as one commit's value.
-    fn events_of_tokens(n: usize) -> (crate::state::testkit::World, Vec<Vec<u8>>, Vec<u8>) {
-        use crate::domain::AccountType;
-        let mut w = crate::state::testkit::World::default();
-        let acc = w.account(AccountType::Client, &["commerce"]);
-        for _ in 0..n {
-            w.token(&acc, &["commerce"]);
-        }
-        let encoded: Vec<Vec<u8>> = w
-            .log
-            .iter()
-            .map(|e| record::encode::<EventRecord>(e))
-            .collect();
-        let value = encode_events(encoded.iter().map(|e| &e[..]));
-        (w, encoded, value)
-    }
-
-    /// A commit's events read back, whatever bytes their lengths make:
-    /// one of 123 bytes starts with `{`, as format 2's bare record does.
-    #[test]
-    fn events_read_back_whatever_their_lengths() {
-        let (w, encoded, value) = events_of_tokens(3);
-        let back = decode_events(&value).unwrap();
-        assert_eq!(back.len(), w.log.len());
-        for (b, e) in back.iter().zip(&w.log) {
-            assert_eq!(b, &**e);
-        }
-        // Format 2: one bare record.
-        assert_eq!(decode_events(&encoded[1]).unwrap(), [(*w.log[1]).clone()]);
-        // A length whose first byte is `{` (JSON may start with spaces).
-        let len = (encoded[0].len() / 256) * 256 + b'{' as usize;
-        let len = if len < encoded[0].len() {
-            len + 256
-        } else {
-            len
-        };
-        let mut padded = vec![b' '; len - encoded[0].len()];
-        padded.extend_from_slice(&encoded[0]);
-        let value = encode_events([&padded[..]]);
-        assert_eq!(value[1], b'{');
-        assert_eq!(decode_events(&value).unwrap(), [(*w.log[0]).clone()]);
-        // Cut short: refused, not misread.
-        assert!(decode_events(&value[..value.len() - 1]).is_err());
-    }
-
-    /// What sled keeps of a commit is compressed, reads back as the same
-    /// events, and inflated holds every id whole (the audit trail searches
-    /// it for one): ids that differ in their last digit are what LZ4 would
-    /// split. Damage is an error, never a panic or a huge allocation.
-    #[test]
-    fn a_commit_is_compressed_in_sled_and_damage_is_refused() {
-        let (w, _, value) = events_of_tokens(20);
-        let tree = tree();
-        let mut log = EventLog::load(&tree, 0).unwrap();
-        let mut writes = Writes::default();
-        let last = w.log.last().unwrap().revision;
-        log.append(&mut writes, 1, last, value.clone(), 1000);
-        writes.apply(&tree).unwrap();
-        let kept = tree.get(event_key(1)).unwrap().unwrap();
-        assert_eq!(kept[0], COMPRESSED_EVENTS);
-        assert!(
-            kept.len() * 3 < value.len(),
-            "{} bytes of {}",
-            kept.len(),
-            value.len()
-        );
-        let back = decode_events(&kept).unwrap();
-        assert_eq!(back.len(), w.log.len());
-        for (b, e) in back.iter().zip(&w.log) {
-            assert_eq!(b, &**e);
-        }
-        let inflated = inflate_events(&kept).unwrap();
-        assert_eq!(&*inflated, &value[..]);
-        for e in &w.log {
-            let Subject::Token(t) = &e.subject else {
-                continue;
-            };
-            let id = t.id.as_str().as_bytes();
-            assert!(inflated.windows(id.len()).any(|at| at == id), "{}", t.id);
-        }
-
-        // A changed byte inside the block may still inflate to events that
-        // read (a digit of a time): it only must not panic.
-        for at in 5..kept.len() {
-            let mut changed = kept.to_vec();
-            changed[at] ^= 0xff;
-            let _ = decode_events(&changed);
-        }
-        let mut damaged = vec![kept[..kept.len() - 1].to_vec(), kept[..3].to_vec()];
-        for claim in [u32::MAX, value.len() as u32 + 1, value.len() as u32 - 1] {
-            let mut v = kept.to_vec();
-            v[1..5].copy_from_slice(&claim.to_le_bytes());
-            damaged.push(v);
-        }
-        for (i, v) in damaged.iter().enumerate() {
-            assert!(decode_events(v).is_err(), "damage {i} read as events");
-        }
-    }
-
-    fn layout_revision(tree: &sled::Tree) -> Revision {
-        revision(tree).unwrap()
     }
 }
