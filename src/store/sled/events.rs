@@ -184,9 +184,9 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, Subject};
+    use crate::domain::Subject;
     use crate::store::record;
-    use crate::store::sled::layout::{P_COUNT, count_key, decode_count, revision};
+    use crate::store::sled::layout::revision;
 
     fn tree() -> sled::Tree {
         let db = sled::Config::new().temporary(true).open().unwrap();
@@ -204,34 +204,6 @@ mod tests {
         let oldest = log.append(&mut writes, first, last, vec![first as u8], 4);
         writes.apply(tree).unwrap();
         oldest
-    }
-
-    #[test]
-    fn a_run_of_batches_sets_the_revision_counter_once_and_last() {
-        let tree = tree();
-        let mut log = EventLog::load(&tree, 0).unwrap();
-        let mut run = Writes::default();
-        log.append(&mut run, 1, 2, vec![1], 100);
-        let mut later = Writes::default();
-        log.append(&mut later, 3, 3, vec![3], 100);
-        later.count_tombstone(&AccountId::from_number(1), 3);
-        run.append(later);
-        // sled's own subscriber sees the writes in the order they happen.
-        let mut seen = tree.watch_prefix(b"");
-        run.apply(&tree).unwrap();
-        let mut order = Vec::new();
-        while let Ok(event) = seen.next_timeout(std::time::Duration::from_millis(100)) {
-            order.push(event.key().to_vec());
-        }
-        let counts = order.iter().filter(|k| k.starts_with(P_COUNT)).count();
-        let revisions = order.iter().filter(|k| &k[..] == K_REVISION).count();
-        assert_eq!((counts, revisions), (1, 1), "{order:?}");
-        assert!(order[0].starts_with(P_COUNT), "{order:?}");
-        assert_eq!(order.last().map(|k| &k[..]), Some(K_REVISION));
-        assert_eq!(revision(&tree).unwrap(), 3);
-        assert_eq!(keys(&tree), vec![1, 3]);
-        let count = tree.get(count_key(&AccountId::from_number(1))).unwrap();
-        assert_eq!(decode_count(&count.unwrap()).unwrap(), (1, 3));
     }
 
     #[test]

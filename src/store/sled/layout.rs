@@ -56,7 +56,7 @@ pub(super) const P_TOKEN: &[u8] = b"t/";
 const P_ACCESS: &[u8] = b"l/";
 pub(super) const P_TOMBSTONE: &[u8] = b"d/";
 const P_ISSUED: &[u8] = b"u/";
-pub(super) const P_COUNT: &[u8] = b"c/";
+const P_COUNT: &[u8] = b"c/";
 /// Token numbers per `u/` key.
 pub(super) const ISSUED_CHUNK: u32 = 4096;
 
@@ -564,6 +564,7 @@ pub(super) fn restore(tree: &sled::Tree) -> Result<Restored, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sled::events::{EventLog, event_key};
 
     fn tree() -> sled::Tree {
         let db = sled::Config::new().temporary(true).open().unwrap();
@@ -599,6 +600,39 @@ mod tests {
         delete(&b, 11);
         assert_eq!(&*tree.get(count_key(&b)).unwrap().unwrap(), b"short");
         assert!(decode_count(b"short").is_err());
+    }
+
+    #[test]
+    fn a_run_of_batches_sets_the_revision_counter_once_and_last() {
+        let tree = tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        let mut run = Writes::default();
+        log.append(&mut run, 1, 2, vec![1], 100);
+        let mut later = Writes::default();
+        log.append(&mut later, 3, 3, vec![3], 100);
+        later.count_tombstone(&AccountId::from_number(1), 3);
+        run.append(later);
+        // sled's own subscriber sees the writes in the order they happen.
+        let mut seen = tree.watch_prefix(b"");
+        run.apply(&tree).unwrap();
+        let mut order = Vec::new();
+        while let Ok(event) = seen.next_timeout(std::time::Duration::from_millis(100)) {
+            order.push(event.key().to_vec());
+        }
+        let counts = order.iter().filter(|k| k.starts_with(P_COUNT)).count();
+        let revisions = order.iter().filter(|k| &k[..] == K_REVISION).count();
+        assert_eq!((counts, revisions), (1, 1), "{order:?}");
+        assert!(order[0].starts_with(P_COUNT), "{order:?}");
+        assert_eq!(order.last().map(|k| &k[..]), Some(K_REVISION));
+        assert_eq!(revision(&tree).unwrap(), 3);
+        for first in [1, 3] {
+            assert!(
+                tree.contains_key(event_key(first)).unwrap(),
+                "commit {first}"
+            );
+        }
+        let count = tree.get(count_key(&AccountId::from_number(1))).unwrap();
+        assert_eq!(decode_count(&count.unwrap()).unwrap(), (1, 3));
     }
 
     #[test]
