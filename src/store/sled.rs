@@ -17,10 +17,9 @@
 //! The data dir: `db/` (sled; its layout and reading it back are in
 //! `sled/layout.rs`, the retained event log in `sled/events.rs`, and
 //! older formats brought to it at open in `sled/format.rs`) and `wal/`
-//! (the log). It must never serve a revision
-//! that is not in the log, and never open a data dir of a format it does
-//! not know (an older tokend, which would not replay the log, refuses this
-//! one's by the same rule).
+//! (the log). It must never serve a revision that is not in the log, and
+//! never open a data dir of a format it does not know (an older tokend,
+//! which would not replay the log, refuses this one's by the same rule).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -179,6 +178,8 @@ impl SledStore {
         // Holding sled's lock on `db/`: no compaction is running.
         compact::discard_unfinished(&config.data_dir)?;
 
+        // A new data dir is marked; an older format's layout is brought to
+        // this one's, its migration ended once the log is replayed (below).
         let migrating = format::check(&db, &tree)?;
 
         // Before the first checkpoint deletes a log segment.
