@@ -20,6 +20,7 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::domain::{
     Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, Event, EventKind,
@@ -441,6 +442,12 @@ pub(super) enum SubjectRecord<'a> {
     Token(TokenRecord<'a>),
     #[serde(rename = "Account", borrow)]
     Account(AccountRecord<'a>),
+    /// Either, its record already encoded ([`encode_event`]): written
+    /// verbatim under the same tag, and read back as the one it is.
+    #[serde(rename = "Token", skip_deserializing)]
+    EncodedToken(&'a RawValue),
+    #[serde(rename = "Account", skip_deserializing)]
+    EncodedAccount(&'a RawValue),
 }
 
 impl<'a> Record<'a> for SubjectRecord<'a> {
@@ -457,8 +464,40 @@ impl<'a> Record<'a> for SubjectRecord<'a> {
         Ok(match self {
             SubjectRecord::Token(t) => Subject::Token(t.into_domain()?),
             SubjectRecord::Account(a) => Subject::Account(a.into_domain()?),
+            SubjectRecord::EncodedToken(_) | SubjectRecord::EncodedAccount(_) => {
+                return Err("a record encoded for writing, not read back".into());
+            }
         })
     }
+}
+
+/// The record a store keeps of `s`: a [`TokenRecord`] or an
+/// [`AccountRecord`], untagged.
+pub(super) fn encode_subject(s: &Subject) -> Vec<u8> {
+    match s {
+        Subject::Token(t) => encode::<TokenRecord>(t),
+        Subject::Account(a) => encode::<AccountRecord>(a),
+    }
+}
+
+/// Event `e` as [`EventRecord`], and its subject's record as
+/// [`encode_subject`] makes it: the event holds those very bytes, so a
+/// change's record, the bulk of its event, is encoded once for both the
+/// log and the store.
+pub(super) fn encode_event(e: &Event) -> (Vec<u8>, Vec<u8>) {
+    let record = match &e.subject {
+        Subject::Token(t) => serde_json::value::to_raw_value(&TokenRecord::of(t)),
+        Subject::Account(a) => serde_json::value::to_raw_value(&AccountRecord::of(a)),
+    }
+    .expect("records serialise");
+    let mut event = EventRecord::of(e);
+    event.subject = match &e.subject {
+        Subject::Token(_) => SubjectRecord::EncodedToken(&record),
+        Subject::Account(_) => SubjectRecord::EncodedAccount(&record),
+    };
+    let mut bytes = Vec::with_capacity(record.get().len() + 160);
+    serde_json::to_writer(&mut bytes, &event).expect("records serialise");
+    (bytes, Box::<str>::from(record).into_string().into_bytes())
 }
 
 /// An event of sled's retained log, `e/<revision>`. (etcd keeps no event
@@ -635,6 +674,33 @@ mod tests {
         assert!(encode_shrunk(&w.token_rec(&live)).is_none());
     }
 
+    /// An event encoded with its record ([`encode_event`]) is the event
+    /// as [`EventRecord`] writes it, holding the record as
+    /// [`encode_subject`] writes it: the log and the store read the same
+    /// bytes as if each had been encoded on its own.
+    #[test]
+    fn an_event_encoded_with_its_record_is_both_as_each_encodes_alone() {
+        use crate::domain::AccountType;
+        use crate::state::testkit::World;
+        let mut w = World::default();
+        let acc = w.account(AccountType::Client, &["commerce"]);
+        let (id, _) = w.token(&acc, &["commerce"]);
+        w.disable_token(&id);
+        w.delete_token(&id);
+        let kinds: std::collections::HashSet<_> = w.log.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds.len(), 3, "made, changed and deleted");
+        assert!(w.log.iter().any(|e| matches!(e.subject, Subject::Account(_))));
+        for e in &w.log {
+            let (event, record) = encode_event(e);
+            assert_eq!(
+                String::from_utf8_lossy(&event),
+                String::from_utf8_lossy(&encode::<EventRecord>(e))
+            );
+            assert_eq!(record, encode_subject(&e.subject));
+            assert_eq!(decode::<EventRecord>(&event).unwrap(), **e);
+        }
+    }
+
     /// Every record of the version-1 sled fixture decodes, and encodes back
     /// to the very same bytes: an older tokend reads what this one writes.
     #[test]
@@ -675,7 +741,11 @@ mod tests {
             match kind {
                 0 => same!(AccountRecord, &v),
                 1 => same!(TokenRecord, &v),
-                2 => same!(EventRecord, &v),
+                2 => {
+                    same!(EventRecord, &v);
+                    let event = decode::<EventRecord>(&v).unwrap();
+                    assert_eq!(encode_event(&event).0, &v[..], "encoded with its record");
+                }
                 _ => same!(TimeRecord, &v),
             }
             seen[kind] += 1;

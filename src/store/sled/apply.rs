@@ -46,7 +46,7 @@ use crate::domain::Revision;
 use crate::domain::Subject;
 use crate::error::Error;
 use crate::state::{Change, SecretOp};
-use crate::store::record::EventRecord;
+use crate::store::record::{self, EventRecord};
 use crate::telemetry;
 
 /// Batches the writer may run ahead of sled before it waits: room for a
@@ -386,10 +386,11 @@ pub(super) fn replay(
                 (SecretOp::Keep, Subject::Token(t)) => format::stored_secret(tree, &t.id)?,
                 _ => None,
             };
-            let mut record = Writes::default();
+            let mut writes = Writes::default();
             let accessed = layout::Accessed::Maybe;
-            layout::write_change(&mut record, &change, kept.as_ref(), e.revision, accessed);
-            record
+            let encoded = record::encode_subject(&change.subject);
+            layout::write_change(&mut writes, &change, encoded, kept.as_ref(), e.revision, accessed);
+            writes
                 .apply(tree)
                 .map_err(|e| io_error("replaying the write-ahead log", e))?;
             first.get_or_insert(e.revision);

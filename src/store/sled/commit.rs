@@ -41,7 +41,7 @@ use crate::domain::{Event, Subject, TokenId};
 use crate::error::Error;
 use crate::state::{Change, SecretOp, State};
 use crate::store::Applied;
-use crate::store::record::{self, EventRecord, TimeRecord};
+use crate::store::record::{self, TimeRecord};
 
 /// Most commands one batch takes: bounds the latency a batch adds, and how
 /// far planning runs ahead of the log.
@@ -431,7 +431,7 @@ fn plan(inner: &Inner, shared: &mut Shared, job: Job) {
 
 /// Adds one planned change and its event to what the log and sled get.
 fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<Event>) {
-    let encoded = record::encode::<EventRecord>(&event);
+    let (encoded, record) = record::encode_event(&event);
     wal::push_entry(&mut next.payload, &change.secret, &encoded);
     // After `with_kept_secret`, only Set leaves a token live.
     let secret = match &change.secret {
@@ -448,7 +448,8 @@ fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<E
         Subject::Token(t) if t.is_deleted() && inner.access.get(&t.id).is_none() => Accessed::Never,
         _ => Accessed::Maybe,
     };
-    layout::write_change(&mut next.writes, &change, secret, event.revision, accessed);
+    let revision = event.revision;
+    layout::write_change(&mut next.writes, &change, record, secret, revision, accessed);
     if let (SecretOp::Erase, Subject::Token(t)) = (&change.secret, &change.subject) {
         next.erased.push(t.id.clone());
     }

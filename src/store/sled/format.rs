@@ -31,8 +31,8 @@ use crate::domain::TokenId;
 use crate::error::Error;
 use crate::secret::SecretHash;
 use crate::store::record::{
-    SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
-    SLED_FORMAT_V6, SLED_FORMAT_V7,
+    self, SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
+    SLED_FORMAT_V6, SLED_FORMAT_V7, TokenRecord,
 };
 
 /// Formats 1 and 2's secret index.
@@ -163,7 +163,10 @@ fn fold_secrets(tree: &sled::Tree) -> Result<usize, Error> {
             .map_err(failed)?
             .ok_or_else(|| corrupt("secret index", format!("{id} has no record")))?;
         let (token, _) = decode_token_value(&stored)?;
-        tree.insert(token_key(&id), token_value(&token, Some(&hash)))
+        tree.insert(
+            token_key(&id),
+            token_value(record::encode::<TokenRecord>(&token), Some(&hash)),
+        )
             .map_err(failed)?;
         tree.remove(&k).map_err(failed)?;
         folded += 1;

@@ -242,10 +242,10 @@ impl Writes {
 /// Tags a live token's value: JSON never starts with it.
 const LIVE: u8 = b'L';
 
-/// What `t/<id>` holds for token `t`, whose secret's hash is `secret`
-/// while it is live.
-pub(super) fn token_value(t: &Token, secret: Option<&SecretHash>) -> Vec<u8> {
-    let record = record::encode::<TokenRecord>(t);
+/// What `t/<id>` holds for a token whose record is `record` (encoded,
+/// [`record::encode_subject`]) and whose secret's hash is `secret` while
+/// it is live.
+pub(super) fn token_value(record: Vec<u8>, secret: Option<&SecretHash>) -> Vec<u8> {
     match secret {
         None => record,
         Some(h) => [&[LIVE][..], &h[..], &record].concat(),
@@ -264,14 +264,16 @@ pub(super) fn decode_token_value(v: &[u8]) -> Result<(Token, Option<SecretHash>)
     Ok((decode::<TokenRecord>("token", record)?, secret))
 }
 
-/// Adds what `change`, committed at `revision`, writes: its record,
-/// holding the token's secret hash after the change (`secret`), and for a
-/// deletion, its account's tombstone count. Its event goes with the
-/// commit's others (`EventLog::append`, `sled/events.rs`). `accessed`: as for
+/// Adds what `change`, committed at `revision`, writes: its `record`
+/// (encoded, [`record::encode_subject`]), holding the token's secret hash
+/// after the change (`secret`), and for a deletion, its account's
+/// tombstone count. Its event goes with the commit's others
+/// (`EventLog::append`, `sled/events.rs`). `accessed`: as for
 /// [`write_token`].
 pub(super) fn write_change(
     batch: &mut Writes,
     change: &Change,
+    record: Vec<u8>,
     secret: Option<&SecretHash>,
     revision: Revision,
     accessed: Accessed,
@@ -280,11 +282,11 @@ pub(super) fn write_change(
     match &change.subject {
         // A tombstone never changes: a change that writes one deletes.
         Subject::Token(t) if t.is_deleted() => {
-            write_token(batch, t, secret, new, accessed);
+            write_token(batch, t, record, secret, new, accessed);
             batch.count_tombstone(&t.account_id, revision);
         }
-        Subject::Token(t) => write_token(batch, t, secret, new, accessed),
-        Subject::Account(a) => batch.insert(account_key(&a.id), record::encode::<AccountRecord>(a)),
+        Subject::Token(t) => write_token(batch, t, record, secret, new, accessed),
+        Subject::Account(a) => batch.insert(account_key(&a.id), record),
     }
 }
 
@@ -300,12 +302,15 @@ pub(super) enum Accessed {
     Maybe,
 }
 
-/// Adds what token `t` is stored as: live under `t/` with its secret's
-/// hash, or deleted under `d/` (its live record and, where it may have one,
-/// its last access go), and its number marked issued when it is `new`.
+/// Adds what token `t`, whose record is `record` (encoded,
+/// [`record::encode_subject`]), is stored as: live under `t/` with its
+/// secret's hash, or deleted under `d/` (its live record and, where it may
+/// have one, its last access go), and its number marked issued when it is
+/// `new`.
 pub(super) fn write_token(
     batch: &mut Writes,
     t: &Token,
+    record: Vec<u8>,
     secret: Option<&SecretHash>,
     new: bool,
     accessed: Accessed,
@@ -318,9 +323,9 @@ pub(super) fn write_token(
         if accessed == Accessed::Maybe {
             batch.remove(access_key(&t.id));
         }
-        batch.insert(tombstone_key(&t.id), record::encode::<TokenRecord>(t));
+        batch.insert(tombstone_key(&t.id), record);
     } else {
-        batch.insert(token_key(&t.id), token_value(t, secret));
+        batch.insert(token_key(&t.id), token_value(record, secret));
     }
 }
 

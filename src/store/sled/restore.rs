@@ -18,7 +18,7 @@ use super::layout::{
 };
 use super::{SledStore, io_error, sync_names};
 use crate::error::Error;
-use crate::store::record::{self, AccountRecord, SLED_FORMAT};
+use crate::store::record::{self, AccountRecord, SLED_FORMAT, TokenRecord};
 use crate::store::snapshot::Snapshot;
 
 impl SledStore {
@@ -87,7 +87,8 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
         let mut writes = Writes::default();
         // A new tree: no token has a last access in it.
         let secret = secrets.get(&t.id).copied();
-        write_token(&mut writes, t, secret, false, Accessed::Never);
+        let encoded = record::encode::<TokenRecord>(t);
+        write_token(&mut writes, t, encoded, secret, false, Accessed::Never);
         writes.apply(&tree).map_err(failed)?;
     }
     write_issued(&tree, s.tokens.iter().map(|t| t.id.number())).map_err(failed)?;
