@@ -10,10 +10,13 @@
 //! disk. The shapes are exactly those that format version 1 (tokend up to
 //! 952fdb9) wrote by deriving serde on the domain types; data written
 //! then reads back without migration (`tests/format.rs`), and what is
-//! written now reads back with that code too.
+//! written now reads back with that code too. The shrunk record of an old
+//! tombstone, sled's own shape, is in `record/shrunk.rs`. A change's
+//! record is encoded once: the event the log keeps holds it verbatim
+//! ([`encode_event`]).
 //!
-//! It must never change a shape without a new version (a new
-//! [`SLED_FORMAT`], a migration, a new fixture in `tests/fixtures/`), and
+//! It must never change a shape without a new version (a new marker in
+//! `sled/format.rs`, a migration, a new fixture in `tests/fixtures/`), and
 //! never hold a plain secret.
 
 use std::borrow::Cow;
@@ -24,42 +27,8 @@ use serde_json::value::RawValue;
 
 use crate::domain::{
     Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, Event, EventKind,
-    Modules, Subject, Token, TokenId, TokenStatus, parse_modules,
+    Subject, Token, TokenId, TokenStatus, parse_modules,
 };
-
-/// The storage format's version, as the sled store records it in
-/// `m/format`: version 1 is every shape in this file; version 2 keeps them
-/// and adds the write-ahead log beside sled (`sled/wal.rs`), which a
-/// version-1 tokend would not replay, so it must refuse such a data dir;
-/// version 3 keeps a commit's events under one key and a live token's
-/// secret hash in its record (`sled/layout.rs`), which a version-2 tokend
-/// would misread; version 4 keeps tombstones apart from live tokens, old
-/// ones shrunk ([`ShrunkRecord`]), and the issued token numbers as bits,
-/// which a version-3 tokend would not read; version 5 moves old tombstones
-/// into packs (`sled/tombstones.rs`), which a version-4 tokend would not
-/// see; version 6 compresses those packs, which a version-5 tokend would
-/// not read; version 7 counts each account's tombstones (`c/`), which a
-/// version-6 tokend would not keep counting; version 8 compresses each
-/// commit's retained events (`sled/events.rs`), which a version-7 tokend
-/// would not read. Every migration from before version 7 counts them.
-/// The etcd keyspace keeps no marker; its records are version 1.
-pub(super) const SLED_FORMAT: &[u8] = b"tokend-sled-8";
-/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker (its
-/// uncompressed event keys read as they are, until retention drops them).
-pub(super) const SLED_FORMAT_V7: &[u8] = b"tokend-sled-7";
-/// Opened and migrated to [`SLED_FORMAT`] by counting its tombstones.
-pub(super) const SLED_FORMAT_V6: &[u8] = b"tokend-sled-6";
-/// Likewise (its packs are compressed as the shrinker next rewrites them).
-pub(super) const SLED_FORMAT_V5: &[u8] = b"tokend-sled-5";
-/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker (its
-/// old tombstones are packed by the next pass of the shrinker).
-pub(super) const SLED_FORMAT_V4: &[u8] = b"tokend-sled-4";
-/// Opened and migrated to [`SLED_FORMAT`] by moving its tombstones.
-pub(super) const SLED_FORMAT_V3: &[u8] = b"tokend-sled-3";
-/// Opened and migrated to [`SLED_FORMAT`] by writing the new marker.
-pub(super) const SLED_FORMAT_V1: &[u8] = b"tokend-sled-1";
-/// Likewise: its one-event keys read as commits of one event.
-pub(super) const SLED_FORMAT_V2: &[u8] = b"tokend-sled-2";
 
 /// A domain value's on-disk shape. Encoding borrows from the domain value
 /// (`'a`), so writing a record copies nothing before serde does.
@@ -540,139 +509,12 @@ impl<'a> Record<'a> for EventRecord<'a> {
     }
 }
 
-/// An old tombstone, shrunk to what the contract keeps of a deleted
-/// token once `--tombstone-shrink-after` has passed: its account, name and
-/// revision, when it was created, and when and by whom it was deleted. Not
-/// its description, icon, modules, expiry or the rest of its audit trail.
-/// Stored by sled only (`d/<id>`, after a tag byte; the id is the key), so
-/// the short field names are this format's own.
-#[derive(Serialize, Deserialize)]
-pub(super) struct ShrunkRecord<'a> {
-    #[serde(rename = "a", borrow)]
-    account_id: Cow<'a, str>,
-    #[serde(rename = "n", borrow)]
-    name: Cow<'a, str>,
-    #[serde(rename = "r")]
-    revision: u64,
-    /// When it was created, in seconds since the epoch.
-    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
-    created: Option<u64>,
-    /// When it was deleted: seconds since the epoch, and nanoseconds.
-    #[serde(rename = "d")]
-    deleted_secs: u64,
-    #[serde(rename = "dn")]
-    deleted_nanos: u32,
-    /// Who deleted it.
-    #[serde(rename = "by", borrow)]
-    deleted_by: Cow<'a, str>,
-}
-
-/// The shrunk record of tombstone `t`; `None` if `t` is not deleted.
-pub(super) fn encode_shrunk(t: &Token) -> Option<Vec<u8>> {
-    let deleted = t.audit.deleted.as_ref()?;
-    let at = TimeRecord::of(&deleted.at);
-    let record = ShrunkRecord {
-        account_id: Cow::Borrowed(t.account_id.as_str()),
-        name: Cow::Borrowed(&t.name),
-        revision: t.revision,
-        created: t.audit.created.as_ref().map(|c| TimeRecord::of(&c.at).secs),
-        deleted_secs: at.secs,
-        deleted_nanos: at.nanos,
-        deleted_by: Cow::Borrowed(&deleted.by.0),
-    };
-    Some(serde_json::to_vec(&record).expect("records serialise"))
-}
-
-/// Tombstone `id` as its shrunk record `bytes` keeps it.
-pub(super) fn decode_shrunk(id: &TokenId, bytes: &[u8]) -> Result<Token, String> {
-    let r: ShrunkRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let created = r
-        .created
-        .map(|secs| {
-            let at = UNIX_EPOCH
-                .checked_add(Duration::from_secs(secs))
-                .ok_or_else(|| format!("created at {secs} s: out of range"))?;
-            Ok::<_, String>(AuditEntry {
-                at,
-                by: Actor("".into()),
-            })
-        })
-        .transpose()?;
-    Ok(Token {
-        id: id.clone(),
-        account_id: AccountId::parse(&r.account_id).map_err(|e| e.to_string())?,
-        name: r.name.into_owned(),
-        description: String::new(),
-        icon: None,
-        status: TokenStatus::Deleted,
-        modules: Modules::new(),
-        revision: r.revision,
-        audit: Audit {
-            created,
-            deleted: Some(AuditEntry {
-                at: TimeRecord {
-                    secs: r.deleted_secs,
-                    nanos: r.deleted_nanos,
-                }
-                .into_domain()?,
-                by: Actor(r.deleted_by.into()),
-            }),
-            ..Audit::default()
-        },
-        last_access_time: None,
-        expire_time: None,
-        replaces: None,
-        replaced_by: None,
-    })
-}
+mod shrunk;
+pub(super) use self::shrunk::{decode_shrunk, encode_shrunk};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A shrunk tombstone keeps what the contract promises (id, account,
-    /// name, revision, created, deleted when and by whom), drops the rest,
-    /// and is small: the 200-byte budget per old tombstone includes sled's
-    /// key and overhead.
-    #[test]
-    fn a_shrunk_tombstone_keeps_the_contracts_fields_in_a_hundred_bytes() {
-        use crate::domain::AccountType;
-        use crate::state::testkit::World;
-        let mut w = World::default();
-        let acc = w.account(AccountType::Client, &["commerce"]);
-        let (id, _) = w.token(&acc, &["commerce"]);
-        w.delete_token(&id);
-        let mut whole = (*w.token_rec(&id)).clone();
-        whole.description = "d".repeat(200);
-        let bytes = encode_shrunk(&whole).expect("a tombstone shrinks");
-        assert!(
-            bytes.len() <= 130,
-            "{} bytes: {}",
-            bytes.len(),
-            String::from_utf8_lossy(&bytes)
-        );
-        let back = decode_shrunk(&id, &bytes).unwrap();
-        assert_eq!(
-            (&back.id, &back.account_id, &back.name),
-            (&id, &acc, &whole.name)
-        );
-        assert_eq!(
-            (back.status, back.revision),
-            (TokenStatus::Deleted, whole.revision)
-        );
-        assert_eq!(back.audit.deleted, whole.audit.deleted);
-        let created = |t: &Token| {
-            t.audit
-                .created
-                .as_ref()
-                .map(|c| c.at.duration_since(UNIX_EPOCH).unwrap().as_secs())
-        };
-        assert_eq!(created(&back), created(&whole));
-        assert!(back.description.is_empty() && back.modules.is_empty() && back.icon.is_none());
-        // A live token has no shrunk form.
-        let (live, _) = w.token(&acc, &[]);
-        assert!(encode_shrunk(&w.token_rec(&live)).is_none());
-    }
 
     /// An event encoded with its record ([`encode_event`]) is the event
     /// as [`EventRecord`] writes it, holding the record as
@@ -689,7 +531,11 @@ mod tests {
         w.delete_token(&id);
         let kinds: std::collections::HashSet<_> = w.log.iter().map(|e| e.kind).collect();
         assert_eq!(kinds.len(), 3, "made, changed and deleted");
-        assert!(w.log.iter().any(|e| matches!(e.subject, Subject::Account(_))));
+        assert!(
+            w.log
+                .iter()
+                .any(|e| matches!(e.subject, Subject::Account(_)))
+        );
         for e in &w.log {
             let (event, record) = encode_event(e);
             assert_eq!(
@@ -716,7 +562,7 @@ mod tests {
         }
         let db = sled::open(tmp.path()).unwrap();
         let tree = db.open_tree("tokend").unwrap();
-        assert_eq!(&*tree.get("m/format").unwrap().unwrap(), SLED_FORMAT_V1);
+        assert_eq!(&*tree.get("m/format").unwrap().unwrap(), b"tokend-sled-1");
         // Decoded into the domain type, then encoded from it again.
         macro_rules! same {
             ($record:ident, $bytes:expr) => {{

@@ -389,7 +389,14 @@ pub(super) fn replay(
             let mut writes = Writes::default();
             let accessed = layout::Accessed::Maybe;
             let encoded = record::encode_subject(&change.subject);
-            layout::write_change(&mut writes, &change, encoded, kept.as_ref(), e.revision, accessed);
+            layout::write_change(
+                &mut writes,
+                &change,
+                encoded,
+                kept.as_ref(),
+                e.revision,
+                accessed,
+            );
             writes
                 .apply(tree)
                 .map_err(|e| io_error("replaying the write-ahead log", e))?;

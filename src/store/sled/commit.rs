@@ -449,7 +449,14 @@ fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<E
         _ => Accessed::Maybe,
     };
     let revision = event.revision;
-    layout::write_change(&mut next.writes, &change, record, secret, revision, accessed);
+    layout::write_change(
+        &mut next.writes,
+        &change,
+        record,
+        secret,
+        revision,
+        accessed,
+    );
     if let (SecretOp::Erase, Subject::Token(t)) = (&change.secret, &change.subject) {
         next.erased.push(t.id.clone());
     }

@@ -30,9 +30,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::layout::K_FORMAT;
-use super::{SledStore, corrupt, io_error};
+use super::{SledStore, corrupt, format, io_error};
 use crate::error::Error;
-use crate::store::record::SLED_FORMAT;
 
 /// The copy's directory, beside `db/`.
 const COMPACTING: &str = "db.compacting";
@@ -78,7 +77,7 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
         .open_tree("tokend")
         .map_err(|e| io_error("opening the tree", e))?;
     match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
-        Some(f) if f.as_ref() == SLED_FORMAT => {}
+        Some(f) if f.as_ref() == format::CURRENT => {}
         Some(f) => {
             return Err(Error::invalid(
                 "data-dir",

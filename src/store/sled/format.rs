@@ -30,10 +30,41 @@ use super::{corrupt, io_error, tombstones};
 use crate::domain::TokenId;
 use crate::error::Error;
 use crate::secret::SecretHash;
-use crate::store::record::{
-    self, SLED_FORMAT, SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3, SLED_FORMAT_V4, SLED_FORMAT_V5,
-    SLED_FORMAT_V6, SLED_FORMAT_V7, TokenRecord,
-};
+use crate::store::record::{self, TokenRecord};
+
+/// The storage format's version, as the sled store records it in
+/// `m/format`: version 1 is every shape in `store/record.rs`; version 2
+/// keeps them and adds the write-ahead log beside sled (`sled/wal.rs`), which a
+/// version-1 tokend would not replay, so it must refuse such a data dir;
+/// version 3 keeps a commit's events under one key and a live token's
+/// secret hash in its record (`sled/layout.rs`), which a version-2 tokend
+/// would misread; version 4 keeps tombstones apart from live tokens, old
+/// ones shrunk (`store/record/shrunk.rs`), and the issued token
+/// numbers as bits, which a version-3 tokend would not read; version 5 moves old tombstones
+/// into packs (`sled/tombstones.rs`), which a version-4 tokend would not
+/// see; version 6 compresses those packs, which a version-5 tokend would
+/// not read; version 7 counts each account's tombstones (`c/`), which a
+/// version-6 tokend would not keep counting; version 8 compresses each
+/// commit's retained events (`sled/events.rs`), which a version-7 tokend
+/// would not read. Every migration from before version 7 counts them.
+/// The etcd keyspace keeps no marker; its records are version 1.
+pub(super) const CURRENT: &[u8] = b"tokend-sled-8";
+/// Opened and migrated to [`CURRENT`] by writing the new marker (its
+/// uncompressed event keys read as they are, until retention drops them).
+const V7: &[u8] = b"tokend-sled-7";
+/// Opened and migrated to [`CURRENT`] by counting its tombstones.
+const V6: &[u8] = b"tokend-sled-6";
+/// Likewise (its packs are compressed as the shrinker next rewrites them).
+const V5: &[u8] = b"tokend-sled-5";
+/// Opened and migrated to [`CURRENT`] by writing the new marker (its
+/// old tombstones are packed by the next pass of the shrinker).
+const V4: &[u8] = b"tokend-sled-4";
+/// Opened and migrated to [`CURRENT`] by moving its tombstones.
+const V3: &[u8] = b"tokend-sled-3";
+/// Opened and migrated to [`CURRENT`] by writing the new marker.
+const V1: &[u8] = b"tokend-sled-1";
+/// Likewise: its one-event keys read as commits of one event.
+const V2: &[u8] = b"tokend-sled-2";
 
 /// Formats 1 and 2's secret index.
 const P_SECRET: &[u8] = b"s/";
@@ -44,24 +75,13 @@ const P_SECRET: &[u8] = b"s/";
 /// the log is replayed.
 pub(super) fn check(db: &sled::Db, tree: &sled::Tree) -> Result<Option<sled::IVec>, Error> {
     match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
-        Some(f) if f.as_ref() == SLED_FORMAT => Ok(None),
-        Some(f)
-            if [
-                SLED_FORMAT_V1,
-                SLED_FORMAT_V2,
-                SLED_FORMAT_V3,
-                SLED_FORMAT_V4,
-                SLED_FORMAT_V5,
-                SLED_FORMAT_V6,
-                SLED_FORMAT_V7,
-            ]
-            .contains(&f.as_ref()) =>
-        {
-            if [SLED_FORMAT_V1, SLED_FORMAT_V2].contains(&f.as_ref()) {
+        Some(f) if f.as_ref() == CURRENT => Ok(None),
+        Some(f) if [V1, V2, V3, V4, V5, V6, V7].contains(&f.as_ref()) => {
+            if [V1, V2].contains(&f.as_ref()) {
                 let folded = fold_secrets(tree)?;
                 tracing::info!(folded, "secret index folded into the token records");
             }
-            if [SLED_FORMAT_V1, SLED_FORMAT_V2, SLED_FORMAT_V3].contains(&f.as_ref()) {
+            if [V1, V2, V3].contains(&f.as_ref()) {
                 let moved = split_tombstones(tree)?;
                 tracing::info!(moved, "tombstones moved apart from the live tokens");
             }
@@ -72,7 +92,7 @@ pub(super) fn check(db: &sled::Db, tree: &sled::Tree) -> Result<Option<sled::IVe
             let mut page_key = [0u8; 32];
             getrandom::fill(&mut page_key).map_err(|e| Error::Internal(e.to_string()))?;
             let mut b = sled::Batch::default();
-            b.insert(K_FORMAT, SLED_FORMAT);
+            b.insert(K_FORMAT, CURRENT);
             b.insert(K_PAGE_KEY, &page_key[..]);
             b.insert(K_REVISION, &0u64.to_be_bytes()[..]);
             tree.apply_batch(b)
@@ -88,12 +108,12 @@ pub(super) fn check(db: &sled::Db, tree: &sled::Tree) -> Result<Option<sled::IVe
 /// the tombstones (unless `from` counted them already), then writes the new
 /// marker and flushes.
 pub(super) fn finish(db: &sled::Db, tree: &sled::Tree, from: &[u8]) -> Result<(), Error> {
-    let counted = if from == SLED_FORMAT_V7 {
+    let counted = if from == V7 {
         0
     } else {
         tombstones::count_all(tree, layout::revision(tree)?)?
     };
-    tree.insert(K_FORMAT, SLED_FORMAT)
+    tree.insert(K_FORMAT, CURRENT)
         .map_err(|e| io_error("migrating the format marker", e))?;
     db.flush()
         .map_err(|e| io_error("migrating the format marker", e))?;
@@ -167,7 +187,7 @@ fn fold_secrets(tree: &sled::Tree) -> Result<usize, Error> {
             token_key(&id),
             token_value(record::encode::<TokenRecord>(&token), Some(&hash)),
         )
-            .map_err(failed)?;
+        .map_err(failed)?;
         tree.remove(&k).map_err(failed)?;
         folded += 1;
     }

@@ -1,7 +1,7 @@
 //! The sled store's on-disk layout: one tree, keys by prefix, values the
 //! JSON records of `record.rs` (whose shapes are the storage format).
 //!
-//!   `m/format`           → format marker, [`SLED_FORMAT`](crate::store::record::SLED_FORMAT)
+//!   `m/format`           → format marker, `format::CURRENT` (`sled/format.rs`)
 //!   `m/revision`         → u64 BE, the last committed revision
 //!   `m/page_key`         → 32 random bytes for signing page tokens
 //!   `a/<ACC-id>`         → AccountRecord

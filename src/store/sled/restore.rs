@@ -16,9 +16,9 @@ use super::layout::{
     Accessed, K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts,
     write_issued, write_token,
 };
-use super::{SledStore, io_error, sync_names};
+use super::{SledStore, format, io_error, sync_names};
 use crate::error::Error;
-use crate::store::record::{self, AccountRecord, SLED_FORMAT, TokenRecord};
+use crate::store::record::{self, AccountRecord, TokenRecord};
 use crate::store::snapshot::Snapshot;
 
 impl SledStore {
@@ -101,7 +101,7 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
     tree.insert(K_REVISION, &s.revision.to_be_bytes()[..])
         .map_err(failed)?;
     // Last: a dir without the marker is refused at open, never taken as new.
-    tree.insert(K_FORMAT, SLED_FORMAT).map_err(failed)?;
+    tree.insert(K_FORMAT, format::CURRENT).map_err(failed)?;
     db.flush().map_err(failed)?;
     drop(tree);
     drop(db);

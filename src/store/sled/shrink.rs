@@ -3,9 +3,9 @@
 //! A deleted token's tombstone (`d/<id>`) is written whole with the
 //! deletion, so that `show_deleted` shows all of it while it is recent.
 //! Once it was deleted `--tombstone-shrink-after` ago, this task shrinks it
-//! to a [`ShrunkRecord`](crate::store::record::ShrunkRecord) (id, account,
-//! name, revision, created, and when and by whom deleted: about a hundred
-//! bytes instead of the whole record) and moves it into its pack
+//! to its shrunk record (`store/record/shrunk.rs`: id, account, name,
+//! revision, created, and when and by whom deleted; about a hundred bytes
+//! instead of the whole record) and moves it into its pack
 //! (`sled/tombstones.rs`), out of `d/`. So `d/` holds the recent
 //! tombstones only, and a pass walks those, not every tombstone ever made.
 //!

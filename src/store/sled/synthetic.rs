@@ -22,11 +22,11 @@ use std::time::{Duration, SystemTime};
 
 use super::layout::{self, K_FORMAT};
 use super::tombstones::{self, Old};
-use super::{corrupt, io_error, open_sled};
+use super::{corrupt, format, io_error, open_sled};
 use crate::domain::{AccountId, Actor, Audit, AuditEntry, Token, TokenId, TokenStatus};
 use crate::error::Error;
 use crate::state::TOKEN_ID_SPACE;
-use crate::store::record::{self, SLED_FORMAT};
+use crate::store::record;
 
 /// `u/` chunks (4,096 numbers each) packed per call: ~100,000 tombstones.
 const CHUNKS_PER_PACK: u32 = 25;
@@ -46,7 +46,7 @@ pub fn add_old_tombstones(
     let mut sampled = Vec::new();
     let (db, tree) = open_sled(data_dir)?;
     match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
-        Some(f) if f.as_ref() == SLED_FORMAT => {}
+        Some(f) if f.as_ref() == format::CURRENT => {}
         other => {
             let found = other.map(|f| String::from_utf8_lossy(&f).into_owned());
             return Err(corrupt("format marker", format!("{found:?}")));

@@ -15,9 +15,8 @@
 //! recent `d/` keys only, not every tombstone ever made.
 //!
 //! A pack's entries: for each tombstone, in increasing number order,
-//! `[u32 BE number][u16 BE length]` and its
-//! [`ShrunkRecord`](crate::store::record::ShrunkRecord) (the number is the
-//! id; the record is the rest). Packs never overlap: each number is in the
+//! `[u32 BE number][u16 BE length]` and its shrunk record
+//! (`store/record/shrunk.rs`; the number is the id, the record the rest). Packs never overlap: each number is in the
 //! pack with the greatest first number not above it. A pack's value is
 //! `Z` and its entries zlib-compressed (RFC 1950: DEFLATE and a checksum,
 //! so that a damaged pack is an error, not other tombstones). A shrunk
@@ -298,7 +297,7 @@ fn pack_range_end() -> Vec<u8> {
 /// An old tombstone on its way into its pack.
 pub(super) struct Old {
     pub id: TokenId,
-    /// Its [`ShrunkRecord`](crate::store::record::ShrunkRecord).
+    /// Its shrunk record (`store/record/shrunk.rs`).
     pub shrunk: Vec<u8>,
     /// Whether `d/` holds it shrunk in place already (format 4, or one a
     /// pack could not take): then it is not written again unless packed.
