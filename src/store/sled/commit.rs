@@ -448,13 +448,12 @@ fn record_change(inner: &Inner, next: &mut Planned, change: Change, event: Arc<E
         Subject::Token(t) if t.is_deleted() && inner.access.get(&t.id).is_none() => Accessed::Never,
         _ => Accessed::Maybe,
     };
-    let revision = event.revision;
     layout::write_change(
         &mut next.writes,
         &change,
         record,
         secret,
-        revision,
+        event.revision,
         accessed,
     );
     if let (SecretOp::Erase, Subject::Token(t)) = (&change.secret, &change.subject) {
