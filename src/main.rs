@@ -101,7 +101,7 @@ async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error>
 
 /// Gives the system back the memory start-up used and freed. Opening a
 /// store reads every record through sled, whose pages are let go once the
-/// state is built (`store/sled.rs`); mimalloc returns freed pages only as
+/// state is built (`store/sled/open.rs`); mimalloc returns freed pages only as
 /// later allocations pass by them, which an idle server may not do for
 /// hours. Measured on 200,000 live tokens: 270 MB resident after this,
 /// 400 MB in some starts without it.

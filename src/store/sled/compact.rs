@@ -66,7 +66,7 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
         ));
     }
     let old = open(&db_dir).map_err(|e| {
-        let hint = if super::is_locked(&e) {
+        let hint = if super::open::is_locked(&e) {
             " (is a tokend serving it? compact a stopped server's data dir)"
         } else {
             ""
@@ -151,7 +151,7 @@ fn open(dir: &Path) -> sled::Result<sled::Db> {
     sled::Config::new()
         .path(dir)
         // As the server's: sled's default cache is 1 GiB, and two are open.
-        .cache_capacity(super::CACHE_BYTES)
+        .cache_capacity(super::open::CACHE_BYTES)
         .flush_every_ms(None)
         .open()
 }

@@ -16,7 +16,8 @@ use super::layout::{
     Accessed, K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts,
     write_issued, write_token,
 };
-use super::{SledStore, format, io_error, sync_names};
+use super::open::sync_names;
+use super::{SledStore, format, io_error};
 use crate::error::Error;
 use crate::store::record::{self, AccountRecord, TokenRecord};
 use crate::store::snapshot::Snapshot;

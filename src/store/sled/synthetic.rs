@@ -21,8 +21,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::layout::{self, K_FORMAT};
+use super::open::open_sled;
 use super::tombstones::{self, Old};
-use super::{corrupt, format, io_error, open_sled};
+use super::{corrupt, format, io_error};
 use crate::domain::{AccountId, Actor, Audit, AuditEntry, Token, TokenId, TokenStatus};
 use crate::error::Error;
 use crate::state::TOKEN_ID_SPACE;

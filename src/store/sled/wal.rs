@@ -3,7 +3,7 @@
 //! A committed batch is one record appended to the current segment and made
 //! durable with one `fdatasync`; only then is it answered. sled gets the
 //! same batch afterwards, in memory, and is flushed to disk in the
-//! background now and then (a checkpoint, `sled.rs`), after which the
+//! background now and then (a checkpoint, `sled/apply.rs`), after which the
 //! segments it covers are deleted. At open, every record past sled's last
 //! revision is applied again. This is etcd's shape: its WAL makes a request
 //! durable, its bbolt backend commits in the background.
