@@ -352,8 +352,9 @@ impl EventTypeArg {
     }
 }
 
-/// A duration above zero (a zero deadline would close every connection at
-/// once, or wake every stream's connection without end).
+/// A duration above zero: a zero deadline would close every connection at
+/// once or fail every call, and a zero interval would wake a stream (or its
+/// connection) without end.
 fn positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be above zero".into()),

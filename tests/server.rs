@@ -262,3 +262,40 @@ async fn a_second_tokend_on_the_same_data_dir_is_refused_clearly() {
     assert!(last.starts_with("tokend: "), "{stderr}");
     assert!(last.contains(&dir.path().display().to_string()), "{last}");
 }
+
+#[test]
+fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
+    // Each of these at zero leaves a server that cannot serve: every unary
+    // call timed out at once, every watcher sent PROGRESS without end, no
+    // call allowed on a connection, or every request too large.
+    for (flag, zero) in [
+        ("--request-timeout", "0s"),
+        ("--progress-interval", "0ms"),
+        ("--max-streams-per-connection", "0"),
+        ("--max-request-bytes", "0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["serve", "--listen", "127.0.0.1:0", flag, zero, "--data-dir"])
+            .arg(&data)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that took the flag would serve on: stopped, it fails below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {zero}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+        assert!(
+            stderr.contains("above zero") || stderr.contains("not in 1.."),
+            "{flag}: {stderr}"
+        );
+        assert!(!data.exists(), "{flag}: nothing is opened");
+    }
+}

@@ -46,7 +46,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_MAX_WATCHERS", default_value_t = 10_000)]
     pub max_watchers: usize,
     /// Idle watch streams get a PROGRESS event this often (e.g. 15s, 500ms).
-    #[arg(long, env = "TOKEND_PROGRESS_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TOKEND_PROGRESS_INTERVAL", default_value = "15s", value_parser = positive_duration)]
     pub progress_interval: Duration,
     /// Expired tokens are deleted (actor `expiry`) within this long of their
     /// expiry; every verification refuses them from the instant itself.
@@ -70,17 +70,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Largest request message accepted, in bytes.
-    #[arg(long, env = "TOKEND_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "TOKEND_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_request_bytes: usize,
     /// Concurrent calls per HTTP/2 connection.
     #[arg(
         long,
         env = "TOKEND_MAX_STREAMS_PER_CONNECTION",
-        default_value_t = 1024
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_streams_per_connection: u32,
     /// Deadline for unary calls (e.g. 30s).
-    #[arg(long, env = "TOKEND_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TOKEND_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, env = "TOKEND_METRICS_ADDR")]
