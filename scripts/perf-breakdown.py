@@ -13,7 +13,7 @@ from collections import Counter
 # (part, patterns): a sample belongs to the first part any frame matches.
 PARTS = [
     # The floor server's log is its `append`: one write and fdatasync.
-    ("log append + fdatasync (writer)", [r"wal::Wal::append", r"floor::append"]),
+    ("log append + fdatasync (writer)", [r"wal::Wal::append", r"floor::Log::append"]),
     ("sled checkpoint: flush + fdatasync", [r"apply::checkpoint"]),
     ("sled apply (inserts, splits, GC)", [r"layout::Writes::apply", r"^sled::"]),
     ("encoding records and events (JSON)", [r"record::encode", r"^serde_json::"]),

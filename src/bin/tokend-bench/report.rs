@@ -544,7 +544,8 @@ impl Report {
              the first one while the writer thread sleeps commits the batch itself at once if \
              the load is calm (no commit ran while the last four were queued), else waits one \
              turn of the scheduler, then wakes the writer, as tokend's do; whoever commits \
-             appends the batch in one write, `fdatasync`s once, then answers and broadcasts \
+             appends the batch in one write to a log allocated ahead in 4 MiB steps (as \
+             tokend's log segments are), `fdatasync`s once, then answers and broadcasts \
              the events to every watch stream. No authentication, no state, no database, no \
              retained log, no per-call metrics or logs. Its figures in sections 1 and 2 are \
              what a durable, watched delete costs on this stack and machine before tokend does \
