@@ -12,11 +12,10 @@
 //! commits takes the whole batch, appends it as one write to a log allocated
 //! ahead as tokend's is, `fdatasync`s once for the batch, then answers and
 //! broadcasts the events, each encoded once as tokend's are, to every
-//! `WatchTokens` stream. No authentication, no
-//! planning against state, no database, no retained log, no per-call metrics
-//! or logging. What tokend spends beyond this is its own; what this spends,
-//! any tonic service that answers "deleted" only once it is on disk must
-//! spend.
+//! `WatchTokens` stream. No authentication, no planning against state, no
+//! database, no retained log, no per-call metrics or logging. What tokend
+//! spends beyond this is its own; what this spends, any tonic service that
+//! answers "deleted" only once it is on disk must spend.
 //!
 //! It is a measuring instrument, not a store: tokens live in memory (creating
 //! them is not durable; only deletes are measured), and a watch stream that
@@ -228,9 +227,7 @@ impl Log {
             let _ = self.events.send(event);
         }
     }
-}
 
-impl Log {
     /// One write and one fdatasync, into space allocated ahead as tokend's
     /// log segments are (`sled/wal.rs`): an `fdatasync` that must also
     /// record a larger file size costs about half as much again (185
