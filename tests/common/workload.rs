@@ -290,6 +290,14 @@ pub async fn worker(
             Some(t) => change(&mut c, &mut rng, t, &ledger).await,
         };
         if let Err(status) = outcome {
+            // Everything a worker names was acknowledged: its accounts
+            // before the workload began, its tokens when they were created
+            // (pending ones are not picked). A restart that forgot one has
+            // lost an acknowledged write, whichever call finds it first.
+            assert!(
+                status.code() != tonic::Code::NotFound,
+                "worker {me}: an acknowledged write was lost: {status:?}"
+            );
             assert!(
                 stopping.load(Ordering::SeqCst),
                 "worker {me}: unexpected error while the server ran: {status:?}"
