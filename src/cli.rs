@@ -363,6 +363,12 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A count above zero: a zero cap or size would refuse every call, watch
+/// or request it bounds.
+fn positive_count() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 /// An RFC 3339 instant, e.g. 2027-01-31T00:00:00Z.
 fn instant(s: &str) -> Result<prost_types::Timestamp, String> {
     s.parse()

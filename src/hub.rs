@@ -47,9 +47,11 @@ pub struct Published {
 impl Hub {
     /// `capacity` events are kept for receivers that fall behind; a receiver
     /// further behind than that is told it lagged and re-reads the log.
+    /// At least one (`tokend serve` refuses `--hub-capacity 0`): tokio's
+    /// ring cannot be empty.
     pub fn new(capacity: usize) -> Hub {
         Hub {
-            tx: broadcast::channel(capacity.max(16)).0,
+            tx: broadcast::channel(capacity.max(1)).0,
             closing: CancellationToken::new(),
             published: metrics::counter!(telemetry::EVENTS_PUBLISHED),
         }

@@ -267,12 +267,15 @@ async fn a_second_tokend_on_the_same_data_dir_is_refused_clearly() {
 fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
     // Each of these at zero leaves a server that cannot serve: every unary
     // call timed out at once, every watcher sent PROGRESS without end, no
-    // call allowed on a connection, or every request too large.
+    // call allowed on a connection, every request too large, every watch
+    // refused as one too many, or a live fan-out that keeps nothing.
     for (flag, zero) in [
         ("--request-timeout", "0s"),
         ("--progress-interval", "0ms"),
         ("--max-streams-per-connection", "0"),
         ("--max-request-bytes", "0"),
+        ("--max-watchers", "0"),
+        ("--hub-capacity", "0"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::{Cli, Command, positive_duration};
+use super::{Cli, Command, positive_count, positive_duration};
 use crate::listener::Limits;
 use crate::server::{Config, TlsFiles};
 use crate::service::AuthzConfig;
@@ -43,7 +43,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_TOMBSTONE_SHRINK_AFTER", default_value = "30d", value_parser = humantime::parse_duration)]
     pub tombstone_shrink_after: Duration,
     /// Open WatchTokens streams allowed at once.
-    #[arg(long, env = "TOKEND_MAX_WATCHERS", default_value_t = 10_000)]
+    #[arg(long, env = "TOKEND_MAX_WATCHERS", default_value_t = 10_000, value_parser = positive_count())]
     pub max_watchers: usize,
     /// Idle watch streams get a PROGRESS event this often (e.g. 15s, 500ms).
     #[arg(long, env = "TOKEND_PROGRESS_INTERVAL", default_value = "15s", value_parser = positive_duration)]
@@ -54,7 +54,7 @@ pub struct ServeArgs {
     pub expiry_check: Duration,
     /// Events the live fan-out keeps for watchers that fall briefly behind;
     /// one further behind catches up from the event log.
-    #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096)]
+    #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096, value_parser = positive_count())]
     pub hub_capacity: usize,
     /// A file holding the operator secret to use, instead of the one tokend
     /// generates into <data-dir>/operator.token on first start.
@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Largest request message accepted, in bytes.
-    #[arg(long, env = "TOKEND_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "TOKEND_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = positive_count())]
     pub max_request_bytes: usize,
     /// Concurrent calls per HTTP/2 connection.
     #[arg(
