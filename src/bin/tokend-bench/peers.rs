@@ -120,10 +120,12 @@ fn thread_role(name: &str) -> Option<usize> {
 
 /// The CPU time so far of each live thread of process `pid`: (thread id,
 /// its place in [`THREAD_ROLES`] if it has one, time on a CPU). From the
-/// scheduler's own count (`schedstat`, in nanoseconds): `stat`'s user and
-/// system ticks are sampled at 100 Hz, coarser than a whole run of the
-/// floor at 32 clients is long. A thread that ends between listing and
-/// reading is skipped.
+/// scheduler's own count (`schedstat`, in nanoseconds) where the kernel
+/// keeps one: `stat`'s user and system ticks are sampled at 100 Hz, coarser
+/// than a whole run of the floor at 32 clients is long. A kernel built
+/// without it (no `CONFIG_SCHED_INFO`) still has the ticks, so a run there
+/// measures coarsely rather than reading zero. A thread that ends between
+/// listing and reading is skipped.
 pub fn thread_cpu_time(pid: u32) -> Vec<(u32, Option<usize>, Duration)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
@@ -133,11 +135,32 @@ pub fn thread_cpu_time(pid: u32) -> Vec<(u32, Option<usize>, Duration)> {
         .filter_map(|task| {
             let tid = task.file_name().to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            let ns = schedstat.split(' ').next()?.parse().ok()?;
-            Some((tid, thread_role(comm.trim_end()), Duration::from_nanos(ns)))
+            let cpu = scheduled(&task.path()).or_else(|| ticked(&task.path()))?;
+            Some((tid, thread_role(comm.trim_end()), cpu))
         })
         .collect()
+}
+
+/// A thread's time on a CPU by the scheduler's count.
+fn scheduled(task: &std::path::Path) -> Option<Duration> {
+    let schedstat = std::fs::read_to_string(task.join("schedstat")).ok()?;
+    Some(Duration::from_nanos(
+        schedstat.split(' ').next()?.parse().ok()?,
+    ))
+}
+
+/// A thread's user and system time, in the kernel's clock ticks.
+fn ticked(task: &std::path::Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+    // Fields 14 and 15, counted after the command's closing parenthesis
+    // (a command may hold spaces and parentheses of its own).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_nanos(
+        ticks * 1_000_000_000 / per_second.max(1),
+    ))
 }
 
 /// A server process, killed when dropped.

@@ -482,7 +482,8 @@ impl Report {
              (`etcd_disk_wal_fsync_duration_seconds_count`). CPU: time on a CPU per delete over \
              the run, server / load tool (this process, which shares the cores), summed over \
              each process's threads from the scheduler's count in nanoseconds \
-             (`/proc/<pid>/task/*/schedstat`; a thread that ended during the run is missing). \
+             (`/proc/<pid>/task/*/schedstat`; on a kernel without it, `stat`'s user and system \
+             ticks, at 100 Hz; a thread that ended during the run is missing). \
              The floor's fsyncs are its own batches, counted like tokend's. Time in fsync: \
              the share of the run's wall time those fsyncs took (the histograms' `_sum`; \
              tokend's and the floor's include the log's `write`); one sync runs at a time, \
