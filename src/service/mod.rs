@@ -14,6 +14,7 @@ mod accounts;
 pub mod authz;
 pub mod convert;
 mod encoded;
+mod events;
 mod roll;
 mod snapshot;
 mod tokens;

@@ -7,11 +7,9 @@
 //! except the one `CreateToken` answers with.
 
 use std::ops::ControlFlow;
-use std::pin::Pin;
 use std::time::SystemTime;
 
 use itertools::Itertools;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{Service, convert, etag, mask_paths};
@@ -27,9 +25,6 @@ use crate::proto::create_token_request::Expiration;
 use crate::proto::{self as pb, token_service_server::TokenService};
 use crate::query::{Fields, FilterExpr, Pager, page_size};
 use crate::state::Standing;
-use crate::watch::{Filter, Notice, Start};
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::EncodedEvent, Status>> + Send>>;
 
 const UPDATABLE: &[&str] = &["name", "description", "icon", "modules", "expire_time"];
 
@@ -71,7 +66,11 @@ impl Service {
 
     /// The account a list or watch covers: the one asked for, if the caller
     /// may see it and it exists; else the caller's default scope.
-    fn scope(&self, caller: &Caller, account_id: &str) -> Result<Option<AccountId>, Error> {
+    pub(super) fn scope(
+        &self,
+        caller: &Caller,
+        account_id: &str,
+    ) -> Result<Option<AccountId>, Error> {
         caller.require_manager()?;
         if account_id.is_empty() {
             return Ok(caller.default_scope());
@@ -88,7 +87,7 @@ pub(super) fn token_id(s: &str) -> Result<TokenId, Error> {
     token_id_in("id", s)
 }
 
-fn token_id_in(field: &'static str, s: &str) -> Result<TokenId, Error> {
+pub(super) fn token_id_in(field: &'static str, s: &str) -> Result<TokenId, Error> {
     if s.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
@@ -476,89 +475,19 @@ impl TokenService for Service {
         Ok(Response::new(pb::ReportLeakedSecretsResponse { verdicts }))
     }
 
-    type WatchTokensStream = EventStream;
+    type WatchTokensStream = super::events::EventStream;
 
     async fn watch_tokens(
         &self,
         request: Request<pb::WatchTokensRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
-        let start_revision = convert::revision_from("start_revision", r.start_revision)?;
-        let start = match (r.send_initial, start_revision) {
-            (true, 0) => Start::Snapshot,
-            (true, _) => {
-                return Err(Error::invalid(
-                    "start_revision",
-                    "cannot be combined with send_initial: a snapshot starts at the current revision",
-                )
-                .into());
-            }
-            (false, 0) => Start::Now,
-            (false, n) => Start::At(n),
-        };
-        let account = self.scope(&caller, &r.account_id)?;
-        let kinds = r
-            .types
-            .iter()
-            .map(|&t| convert::event_kind_from(t))
-            .collect::<Result<_, _>>()?;
-        let filter = Filter {
-            account,
-            kinds,
-            credential: Some(caller),
-        };
-        let stream = self.watchers.open(filter, start)?;
-        let encoded = self.encoded.clone();
-        let stream = stream.map(move |item| match item {
-            Ok(Notice::Change(event)) => Ok(encoded.get(&event)),
-            Ok(other) => Ok(pb::EncodedEvent::new(&convert::notice(&other))),
-            Err(e) => Err(Status::from(e)),
-        });
-        Ok(Response::new(Box::pin(stream)))
+    ) -> Result<Response<Self::WatchTokensStream>, Status> {
+        Ok(Response::new(self.watch(request)?))
     }
 
     async fn list_token_events(
         &self,
         request: Request<pb::ListTokenEventsRequest>,
     ) -> Result<Response<pb::ListTokenEventsResponse>, Status> {
-        let id = token_id_in("token_id", &request.get_ref().token_id)?;
-        let caller = self.authorize_token(&request, &id)?;
-        let r = request.into_inner();
-        let size = page_size(r.page_size)?;
-        // A tombstone's trail ends in the tombstone: operators only, as with
-        // show_deleted.
-        let found = match self.store.state().token(&id) {
-            Some(_) => true,
-            None => caller.is_operator() && self.store.tombstone(&id).await?.is_some(),
-        };
-        if !found {
-            return Err(Error::token_not_found(&id).into());
-        }
-        // Pages go back in time: a page token is the last revision shown.
-        let pager = Pager::new(self.store.page_key(), &["token_events", id.as_str()]);
-        let before = match pager.decode(&r.page_token)? {
-            None => 0,
-            Some(rev) => rev
-                .parse()
-                .map_err(|_| Error::Internal("a signed page token without a revision".into()))?,
-        };
-        let mut events = self.store.token_events(&id, before, size + 1).await?;
-        // After the read, which may have learnt of a compaction.
-        let oldest_revision = self.store.oldest_revision() as i64;
-        let next_page_token = if events.len() > size {
-            events.truncate(size);
-            events
-                .last()
-                .map(|e| pager.encode(&e.revision.to_string()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListTokenEventsResponse {
-            events: events.iter().map(|e| convert::change_event(e)).collect(),
-            next_page_token,
-            oldest_revision,
-        }))
+        Ok(Response::new(self.token_events(request).await?))
     }
 }
