@@ -61,17 +61,16 @@ macro_rules! numbered_id {
 
             /// Parses `PREFIX-NNNN-NNNN` (N a digit).
             pub fn parse(s: &str) -> Result<Self, Error> {
+                Self::parse_field("id", s)
+            }
+
+            /// [`Self::parse`], for a request's `field`: its refusal names it.
+            pub fn parse_field(field: &'static str, s: &str) -> Result<Self, Error> {
                 match s.as_bytes().try_into() {
                     Ok(bytes) if is_numbered_id(s, $prefix) => Ok(Self(bytes)),
                     _ => Err(Error::invalid(
-                        "id",
-                        format!(concat!(
-                            "not a ",
-                            $what,
-                            " id: expected ",
-                            $prefix,
-                            "-NNNN-NNNN"
-                        )),
+                        field,
+                        concat!("not ", $what, " id: expected ", $prefix, "-NNNN-NNNN"),
                     )),
                 }
             }
@@ -120,8 +119,8 @@ macro_rules! numbered_id {
     };
 }
 
-numbered_id!(TokenId, "TKN", "token");
-numbered_id!(AccountId, "ACC", "account");
+numbered_id!(TokenId, "TKN", "a token");
+numbered_id!(AccountId, "ACC", "an account");
 
 fn is_numbered_id(s: &str, prefix: &str) -> bool {
     let Some(rest) = s.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
@@ -243,7 +242,7 @@ pub fn parse_modules<S: AsRef<str>>(field: &'static str, list: &[S]) -> Result<M
                 field,
                 format!(
                     "unknown module {:?}; known modules: {}",
-                    truncate_for_message(m),
+                    quote_input(m),
                     MODULE_CATALOGUE.join(", ")
                 ),
             ));
@@ -296,39 +295,78 @@ pub fn parse_description(s: &str) -> Result<String, Error> {
     Ok(s.to_string())
 }
 
-/// An optional icon URL: empty for none, else an absolute http(s) URL.
+/// An optional icon URL: empty for none, else an absolute http(s) URL with
+/// a host, parsed as a URI (RFC 3986: no quotes, angle brackets or spaces,
+/// so it is safe wherever a client puts it) and kept as written.
 pub fn parse_icon(s: &str) -> Result<Option<String>, Error> {
     if s.is_empty() {
         return Ok(None);
     }
-    let ok_scheme = s.starts_with("https://") || s.starts_with("http://");
-    if !ok_scheme || s.chars().count() > ICON_MAX_CHARS || s.chars().any(char::is_whitespace) {
+    let web = |uri: http::Uri| {
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        uri.host().filter(|h| !h.is_empty())?;
+        (scheme == "https" || scheme == "http").then_some(())
+    };
+    let parsed = s.parse::<http::Uri>().ok().and_then(web);
+    if parsed.is_none() || s.chars().count() > ICON_MAX_CHARS {
         return Err(Error::invalid(
             "icon",
             format!(
-                "must be an http or https URL of at most {ICON_MAX_CHARS} characters without spaces"
+                "must be an http or https URL with a host, of at most {ICON_MAX_CHARS} characters (no spaces, quotes or angle brackets)"
             ),
         ));
     }
     Ok(Some(s.to_string()))
 }
 
-/// Shortens user input quoted back in an error, so a 5 MB field does not come
-/// back as a 5 MB message.
-pub fn truncate_for_message(s: &str) -> String {
+/// User input as an error (or a log line) quotes it back: shortened, so
+/// that a 5 MB field does not come back as a 5 MB message, and with every
+/// run of [`HIDDEN_RUN`] or more letters and digits hidden, since that may
+/// be a secret pasted into the wrong field (a secret's random part is 46 of
+/// them: `crate::secret`). Messages reach clients, proxies and their logs:
+/// they must never carry a secret (docs/contract.md §9).
+pub fn quote_input(s: &str) -> String {
     const MAX: usize = 64;
-    if s.chars().count() <= MAX {
-        s.to_string()
+    let mut out = String::new();
+    // Each piece: a run of letters and digits, then the one character that
+    // ended it (if any).
+    for piece in s.split_inclusive(|c: char| !c.is_ascii_alphanumeric()) {
+        let run = piece.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+        out.push_str(if run.len() >= HIDDEN_RUN {
+            "[hidden]"
+        } else {
+            run
+        });
+        out.push_str(&piece[run.len()..]);
+        if out.chars().count() > MAX {
+            break;
+        }
+    }
+    if out.chars().count() <= MAX {
+        out
     } else {
-        format!("{}…", s.chars().take(MAX).collect::<String>())
+        format!("{}…", out.chars().take(MAX).collect::<String>())
     }
 }
+
+/// The shortest run of letters and digits [`quote_input`] hides. Far below
+/// a secret's random part, and far above a module name, a filter's field or
+/// an update mask's path.
+pub const HIDDEN_RUN: usize = 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenStatus {
     Active,
     Disabled,
     Deleted,
+}
+
+impl TokenStatus {
+    pub const ALL: [TokenStatus; 3] = [
+        TokenStatus::Active,
+        TokenStatus::Disabled,
+        TokenStatus::Deleted,
+    ];
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,10 +376,22 @@ pub enum AccountType {
     Operations,
 }
 
+impl AccountType {
+    pub const ALL: [AccountType; 3] = [
+        AccountType::Client,
+        AccountType::Vendor,
+        AccountType::Operations,
+    ];
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AccountStatus {
     Active,
     Disabled,
+}
+
+impl AccountStatus {
+    pub const ALL: [AccountStatus; 2] = [AccountStatus::Active, AccountStatus::Disabled];
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -495,6 +545,30 @@ mod tests {
     }
 
     #[test]
+    fn input_quoted_back_is_short_and_hides_what_may_be_a_secret() {
+        assert_eq!(quote_input("billingx"), "billingx");
+        assert_eq!(quote_input("name = \"a b\""), "name = \"a b\"");
+        let run = "a".repeat(HIDDEN_RUN);
+        assert_eq!(quote_input(&run[1..]), run[1..]);
+        assert_eq!(quote_input(&run), "[hidden]");
+        let secret = crate::secret::Secret::generate(&TokenId::from_number(7));
+        let random = secret.expose().rsplit(':').next().unwrap();
+        assert_eq!(
+            quote_input(&format!("x {} y", secret.expose())),
+            "x idt:TKN-0000-0007:[hidden] y"
+        );
+        assert!(!quote_input(random).contains(&random[..HIDDEN_RUN / 2]));
+        // Long input is cut at 64 characters, a hidden run counted as shown.
+        let long = "ab-".repeat(40);
+        assert_eq!(quote_input(&long), format!("{}…", &long[..64]));
+        let hidden = format!("{} {}", "z".repeat(5 << 20), "ab-".repeat(40));
+        assert_eq!(
+            quote_input(&hidden),
+            format!("[hidden] {}…", &"ab-".repeat(40)[..55])
+        );
+    }
+
+    #[test]
     fn ids_parse_exactly_the_documented_shape() {
         assert!(TokenId::parse("TKN-1234-5678").is_ok());
         assert!(AccountId::parse("ACC-0000-0001").is_ok());
@@ -512,6 +586,32 @@ mod tests {
         }
         assert!(TokenId::parse("ACC-1234-5678").is_err());
         assert_eq!(TokenId::from_number(12_345).as_str(), "TKN-0001-2345");
+    }
+
+    #[test]
+    fn an_icon_is_an_http_url_with_a_host() {
+        for good in [
+            "https://cdn.example.com/a.png",
+            "HTTP://x.y/a.png",
+            "https://x.y:8443/i/a.png?v=2",
+        ] {
+            assert_eq!(parse_icon(good).unwrap().as_deref(), Some(good), "{good}");
+        }
+        assert_eq!(parse_icon("").unwrap(), None);
+        let too_long = format!("https://x.y/{}", "a".repeat(ICON_MAX_CHARS));
+        for bad in [
+            "http://",
+            "https://",
+            "https://\"><script>",
+            "https://x.y/a b.png",
+            "javascript:alert(1)",
+            "ftp://x.y/a.png",
+            "//x.y/a.png",
+            "/a.png",
+            too_long.as_str(),
+        ] {
+            assert!(parse_icon(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

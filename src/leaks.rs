@@ -17,7 +17,7 @@
 use std::fmt;
 
 use crate::command::Command;
-use crate::domain::{Actor, Revision, TokenId, truncate_for_message};
+use crate::domain::{Actor, Revision, TokenId, quote_input};
 use crate::error::Error;
 use crate::secret;
 use crate::store::Store;
@@ -123,7 +123,7 @@ async fn revoke_one(
     found: &Found,
     action: LeakAction,
 ) -> Result<(TokenId, Revision), Error> {
-    let actor = Actor(format!("leak-report {}", truncate_for_message(&found.url)).into());
+    let actor = Actor(format!("leak-report {}", quote_input(&found.url)).into());
     let cmd = match action {
         LeakAction::Delete => Command::DeleteToken {
             id: id.clone(),
@@ -141,6 +141,6 @@ async fn revoke_one(
         Err(Error::FailedPrecondition { .. } | Error::NotFound { .. }) => 0,
         Err(e) => return Err(e),
     };
-    tracing::warn!(token = %id, url = %truncate_for_message(&found.url), source = %found.source, ?action, revision, "leaked secret reported: token revoked");
+    tracing::warn!(token = %id, url = %quote_input(&found.url), source = %found.source, ?action, revision, "leaked secret reported: token revoked");
     Ok((id.clone(), revision))
 }

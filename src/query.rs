@@ -14,7 +14,7 @@ use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::time::SystemTime;
 
-use crate::domain::truncate_for_message;
+use crate::domain::quote_input;
 use crate::error::Error;
 
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -144,6 +144,37 @@ pub struct Fields<'a> {
     pub has: &'a [&'a str],
     /// Instants, compared with `<` and `>`.
     pub time: &'a [&'a str],
+    /// Fields whose values are one of a set (an enum's names, the module
+    /// catalogue): any other value is refused rather than matching nothing.
+    pub one_of: &'a [(&'a str, &'a [&'a str])],
+}
+
+impl Fields<'_> {
+    /// `value` checked against `field`'s set, if it has one; `=` ignores
+    /// ASCII case, as it does when matching.
+    fn check(&self, field: &str, value: &str, ignore_case: bool) -> Result<(), Error> {
+        let Some((_, set)) = self.one_of.iter().find(|(f, _)| *f == field) else {
+            return Ok(());
+        };
+        let known = set.iter().any(|v| {
+            if ignore_case {
+                v.eq_ignore_ascii_case(value)
+            } else {
+                *v == value
+            }
+        });
+        if known {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "filter",
+            format!(
+                "{field} is one of {}, not {:?}",
+                set.join(", "),
+                quote_input(value)
+            ),
+        ))
+    }
 }
 
 impl FilterExpr {
@@ -152,7 +183,8 @@ impl FilterExpr {
         self.terms.is_empty()
     }
 
-    /// Parses `a = b AND c:d AND name = "quoted value" AND t < "2027-01-01T00:00:00Z"`.
+    /// Parses `a = b AND c:d AND name = "quoted value" AND t < "2027-01-01T00:00:00Z"`;
+    /// in a quoted value, `\"` is a quote and `\\` a backslash.
     pub fn parse(input: &str, fields: &Fields) -> Result<FilterExpr, Error> {
         let words = split_words(input)?;
         let mut terms = Vec::new();
@@ -166,7 +198,7 @@ impl FilterExpr {
                 [other, ..] => {
                     return Err(Error::invalid(
                         "filter",
-                        format!("expected AND, found {:?}", truncate_for_message(other)),
+                        format!("expected AND, found {:?}", quote_input(other)),
                     ));
                 }
             };
@@ -201,7 +233,7 @@ fn parse_term<'a>(words: &'a [String], fields: &Fields) -> Result<(Term, &'a [St
         if !fields.has.contains(&field) {
             return Err(bad(format!(
                 "`:` is not supported on {:?}",
-                truncate_for_message(field)
+                quote_input(field)
             )));
         }
         let (value, rest) = if value.is_empty() {
@@ -212,9 +244,11 @@ fn parse_term<'a>(words: &'a [String], fields: &Fields) -> Result<(Term, &'a [St
         } else {
             (value.to_string(), &words[1..])
         };
+        let value = unquote(&value);
+        fields.check(field, &value, false)?;
         let term = Term {
             field: field.to_string(),
-            op: Op::Has(unquote(&value)),
+            op: Op::Has(value),
         };
         return Ok((term, rest));
     }
@@ -222,11 +256,22 @@ fn parse_term<'a>(words: &'a [String], fields: &Fields) -> Result<(Term, &'a [St
         [f, op, v, ..] => (f.as_str(), op.as_str(), unquote(v)),
         _ => return Err(bad("expected `field = value`".into())),
     };
+    if fields.has.contains(&field) {
+        return Err(bad(format!(
+            "{field} is compared with `:`, as in {field}:{}",
+            fields
+                .one_of
+                .iter()
+                .find(|(f, _)| *f == field)
+                .and_then(|(_, set)| set.first())
+                .unwrap_or(&"value")
+        )));
+    }
     let known: Vec<&str> = [fields.eq, fields.time].concat();
     if !known.contains(&field) {
         return Err(bad(format!(
             "unknown field {:?}; supported: {}",
-            truncate_for_message(field),
+            quote_input(field),
             [fields.eq, fields.has, fields.time].concat().join(", ")
         )));
     }
@@ -239,19 +284,22 @@ fn parse_term<'a>(words: &'a [String], fields: &Fields) -> Result<(Term, &'a [St
             .ok_or_else(|| {
                 bad(format!(
                     "{field} compares with an RFC 3339 instant such as \"2027-01-01T00:00:00Z\", not {:?}",
-                    truncate_for_message(&value)
+                    quote_input(&value)
                 ))
             })
     };
     let op = match op {
-        "=" if !is_time => Op::Eq(value.clone()),
+        "=" if !is_time => {
+            fields.check(field, &value, true)?;
+            Op::Eq(value.clone())
+        }
         "<" if is_time => Op::Before(instant()?),
         ">" if is_time => Op::After(instant()?),
         _ => {
             let supported = if is_time { "< and >" } else { "= and :" };
             return Err(bad(format!(
                 "unsupported operator {:?} on {field}; supported: {supported}",
-                truncate_for_message(op)
+                quote_input(op)
             )));
         }
     };
@@ -278,9 +326,15 @@ fn split_words(input: &str) -> Result<Vec<String>, Error> {
         match c {
             '"' => {
                 cur.push('"');
+                // A backslash takes the next character as it is: a name
+                // may hold `"` (and `\`), and a filter must reach it.
                 loop {
                     match chars.next() {
                         Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c) => cur.push(c),
+                            None => return Err(Error::invalid("filter", "unterminated quote")),
+                        },
                         Some(c) => cur.push(c),
                         None => return Err(Error::invalid("filter", "unterminated quote")),
                     }
@@ -371,6 +425,10 @@ mod tests {
             eq: &["status", "name"],
             has: &["modules"],
             time: &["expire_time"],
+            one_of: &[
+                ("status", &["ACTIVE", "DISABLED"]),
+                ("modules", &["commerce", "helpdesk"]),
+            ],
         };
         let f = FilterExpr::parse(
             r#"status = active AND name="ci deploy" AND modules:commerce"#,
@@ -391,6 +449,9 @@ mod tests {
             _ => None,
         };
         assert!(f.matches(values, expires));
+        let quoted = FilterExpr::parse(r#"name = "say \"hi\" \\o/""#, &FIELDS).unwrap();
+        assert!(quoted.matches(|_| vec![r#"say "hi" \o/"#], expires));
+        assert!(FilterExpr::parse(r#"name = "open \""#, &FIELDS).is_err());
         let g = FilterExpr::parse("modules:helpdesk", &FIELDS).unwrap();
         assert!(!g.matches(values, expires));
         // `=` ignores ASCII case and nothing else; `:` is exact.
@@ -399,7 +460,6 @@ mod tests {
             ("status = disabled", false),
             ("status = ACTIVE AND name = \"CI DEPLOY\"", true),
             ("name = ci", false),
-            ("modules:Commerce", false),
             ("expire_time < \"2027-01-01T00:00:01Z\"", true),
             ("expire_time<2027-01-01T00:00:00Z", false),
             ("expire_time > \"2026-12-31T23:59:59.5+01:00\"", true),
@@ -426,6 +486,29 @@ mod tests {
             "name < b",
         ] {
             assert!(FilterExpr::parse(bad, &FIELDS).is_err(), "{bad}");
+        }
+        // A value outside its field's set is refused, saying which it takes,
+        // rather than matching nothing; so is `=` on a field compared with `:`.
+        for (bad, says) in [
+            (
+                "status = TOKEN_STATUS_ACTIVE",
+                "status is one of ACTIVE, DISABLED, not \"TOKEN_STATUS_ACTIVE\"",
+            ),
+            (
+                "status = \"\"",
+                "status is one of ACTIVE, DISABLED, not \"\"",
+            ),
+            (
+                "modules:Commerce",
+                "modules is one of commerce, helpdesk, not \"Commerce\"",
+            ),
+            (
+                "modules = commerce",
+                "modules is compared with `:`, as in modules:commerce",
+            ),
+        ] {
+            let e = FilterExpr::parse(bad, &FIELDS).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 }

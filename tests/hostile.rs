@@ -280,3 +280,83 @@ async fn malformed_and_oversize_requests_get_exact_statuses_and_change_nothing()
     let d = s.stop().await;
     assert_eq!(dump(d.path()), before, "the store changed");
 }
+
+/// A secret pasted into the wrong field is refused, and the refusal (its
+/// message and its details, which reach clients, proxies and their logs)
+/// never carries it back: docs/contract.md §9. Quoting input back in errors
+/// is the one place it could leak: every field below is quoted when wrong.
+#[tokio::test]
+async fn a_secret_pasted_into_the_wrong_field_never_comes_back_in_the_refusal() {
+    let s = TestServer::start().await;
+    let acc = create_account(&s, &["commerce"]).await;
+    let mut c = s.tokens().await;
+    let (t, secret) = create_token(&mut c, &acc.id, "victim").await;
+    // The secret's random part; any 20 characters of it in a refusal would
+    // be a piece of the credential.
+    let random = secret.rsplit(':').next().unwrap().to_string();
+    assert_eq!(random.len(), 46, "{}", secret.len());
+    let pieces: Vec<&str> = (0..=random.len() - 20)
+        .map(|i| &random[i..i + 20])
+        .collect();
+
+    let mut refusals = Vec::new();
+    let create = |modules: Vec<String>, account_id: String| pb::CreateTokenRequest {
+        account_id,
+        name: "x".into(),
+        modules,
+        ..Default::default()
+    };
+    refusals.push(
+        c.create_token(create(vec![secret.clone()], acc.id.clone()))
+            .await
+            .unwrap_err(),
+    );
+    refusals.push(
+        c.create_token(create(vec![], secret.clone()))
+            .await
+            .unwrap_err(),
+    );
+    for filter in [
+        format!("name = x {secret}"),
+        format!("{secret} = x"),
+        format!("name {secret} x"),
+        format!("status = {secret}"),
+        format!("modules:{secret}"),
+    ] {
+        refusals.push(
+            c.list_tokens(pb::ListTokensRequest {
+                filter,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        );
+    }
+    refusals.push(
+        c.update_token(pb::UpdateTokenRequest {
+            token: Some(pb::Token {
+                id: t.id.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec![secret.clone()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    refusals.push(get(&mut c, &secret, false).await.unwrap_err());
+
+    for status in &refusals {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let said = [status.message().as_bytes(), status.details()].concat();
+        let said = String::from_utf8_lossy(&said);
+        for piece in &pieces {
+            assert!(
+                !said.contains(piece),
+                "a refusal carried the secret: {said}"
+            );
+        }
+    }
+}

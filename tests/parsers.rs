@@ -6,7 +6,7 @@
 //! `PROPTEST_CASES=1000000 cargo test --test parsers` runs a long campaign.
 
 use proptest::prelude::*;
-use tokend::domain::{AccountId, TokenId, parse_name};
+use tokend::domain::{AccountId, TokenId, parse_icon, parse_name, quote_input};
 use tokend::query::{Fields, FilterExpr, Pager};
 use tokend::secret::{self, Secret};
 
@@ -58,9 +58,17 @@ proptest! {
 
     #[test]
     fn filters_and_names_never_panic(s in ".{0,120}") {
-        let fields = Fields { eq: &["status", "name"], has: &["modules"], time: &["expire_time"] };
+        let fields = Fields {
+            eq: &["status", "name"],
+            has: &["modules"],
+            time: &["expire_time"],
+            one_of: &[("status", &["ACTIVE"]), ("modules", &["billing"])],
+        };
         let _ = FilterExpr::parse(&s, &fields);
         let _ = FilterExpr::parse(&format!("expire_time < {s}"), &fields);
+        let _ = FilterExpr::parse(&format!("name = \"{s}"), &fields);
         let _ = parse_name("name", &s);
+        let _ = quote_input(&s);
+        let _ = parse_icon(&s);
     }
 }

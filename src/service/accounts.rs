@@ -10,7 +10,10 @@ use super::{Service, convert, etag, mask_paths};
 use crate::auth::caller;
 use crate::caller::Caller;
 use crate::command::{AccountPatch, Command, NewAccount};
-use crate::domain::{Account, AccountId, Subject, parse_modules, parse_name};
+use crate::domain::{
+    Account, AccountId, AccountStatus, AccountType, MODULE_CATALOGUE, Subject, parse_modules,
+    parse_name,
+};
 use crate::error::Error;
 use crate::proto::{self as pb, account_service_server::AccountService};
 use crate::query::{Fields, FilterExpr, page_size};
@@ -24,11 +27,11 @@ fn operator<T>(request: &Request<T>) -> Result<Caller, Error> {
     Ok(caller)
 }
 
-fn account_id(s: &str) -> Result<AccountId, Error> {
+fn account_id(field: &'static str, s: &str) -> Result<AccountId, Error> {
     if s.is_empty() {
-        return Err(Error::invalid("id", "is required"));
+        return Err(Error::invalid(field, "is required"));
     }
-    AccountId::parse(s)
+    AccountId::parse_field(field, s)
 }
 
 fn expect_account(subject: Option<Subject>) -> Result<pb::Account, Error> {
@@ -118,7 +121,7 @@ impl AccountService for Service {
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
         operator(&request)?;
-        let id = account_id(&request.into_inner().id)?;
+        let id = account_id("id", &request.into_inner().id)?;
         let state = self.store.state();
         let account = state
             .account(&id)
@@ -139,6 +142,14 @@ impl AccountService for Service {
                 eq: &["status", "type", "name"],
                 has: &["modules"],
                 time: &[],
+                one_of: &[
+                    (
+                        "status",
+                        &AccountStatus::ALL.map(convert::account_status_name),
+                    ),
+                    ("type", &AccountType::ALL.map(convert::account_type_name)),
+                    ("modules", MODULE_CATALOGUE),
+                ],
             },
         )?;
         let state = self.store.state();
@@ -171,7 +182,7 @@ impl AccountService for Service {
             .account
             .ok_or_else(|| Error::invalid("account", "is required"))?;
         let cmd = Command::UpdateAccount {
-            id: account_id(&account.id)?,
+            id: account_id("account.id", &account.id)?,
             etag: etag(&r.etag).or_else(|| etag(&account.etag)),
             patch: account_patch(&account, r.update_mask.as_ref())?,
         };

@@ -125,7 +125,7 @@ fn mask_paths(
                 "update_mask",
                 format!(
                     "{:?} cannot be updated; updatable fields: {}",
-                    crate::domain::truncate_for_message(path),
+                    crate::domain::quote_input(path),
                     updatable.join(", ")
                 ),
             )

@@ -17,7 +17,8 @@ use crate::auth::caller;
 use crate::caller::Caller;
 use crate::command::{Command, NewToken, Plan, TokenPatch};
 use crate::domain::{
-    AccountId, Subject, Token, TokenId, parse_description, parse_icon, parse_modules, parse_name,
+    AccountId, MODULE_CATALOGUE, Subject, Token, TokenId, TokenStatus, parse_description,
+    parse_icon, parse_modules, parse_name,
 };
 use crate::error::Error;
 use crate::leaks;
@@ -75,7 +76,7 @@ impl Service {
         if account_id.is_empty() {
             return Ok(caller.default_scope());
         }
-        let id = AccountId::parse(account_id)?;
+        let id = AccountId::parse_field("account_id", account_id)?;
         if !caller.sees(&id) || self.store.state().account(&id).is_none() {
             return Err(Error::account_not_found(&id));
         }
@@ -91,7 +92,7 @@ pub(super) fn token_id_in(field: &'static str, s: &str) -> Result<TokenId, Error
     if s.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    TokenId::parse(s)
+    TokenId::parse_field(field, s)
 }
 
 /// Builds the patch of an UpdateToken from its mask (AIP-134): an empty mask
@@ -135,6 +136,10 @@ fn token_filter(input: &str) -> Result<FilterExpr, Error> {
             eq: &["status", "name", "account_id"],
             has: &["modules"],
             time: &["expire_time"],
+            one_of: &[
+                ("status", &TokenStatus::ALL.map(convert::token_status_name)),
+                ("modules", MODULE_CATALOGUE),
+            ],
         },
     )
 }
@@ -151,7 +156,7 @@ impl TokenService for Service {
         if r.account_id.is_empty() {
             return Err(Error::invalid("account_id", "is required").into());
         }
-        let account_id = AccountId::parse(&r.account_id)?;
+        let account_id = AccountId::parse_field("account_id", &r.account_id)?;
         if !caller.sees(&account_id) {
             return Err(Error::account_not_found(&account_id).into());
         }
@@ -318,7 +323,7 @@ impl TokenService for Service {
         let Some(token) = &request.get_ref().token else {
             return Err(Error::invalid("token", "is required").into());
         };
-        let id = token_id(&token.id)?;
+        let id = token_id_in("token.id", &token.id)?;
         let caller = self.authorize_token(&request, &id)?;
         let r = request.into_inner();
         let token = r.token.unwrap_or_default();
