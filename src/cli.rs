@@ -113,6 +113,7 @@ pub struct ClientArgs {
         long,
         env = "TOKEND_SERVER",
         default_value = "http://127.0.0.1:50051",
+        value_parser = server_url,
         global = true
     )]
     pub server: String,
@@ -360,6 +361,17 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         Ok(d) if d.is_zero() => Err("must be above zero".into()),
         Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A server's URL: `http://` or `https://` and a host, checked before any
+/// connection is tried (a bare `host:port` would otherwise fail as an
+/// unreachable server).
+fn server_url(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
+        _ => Err("must be a URL such as http://127.0.0.1:50051 (https:// for TLS)".into()),
     }
 }
 

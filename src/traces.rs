@@ -92,7 +92,11 @@ impl Drop for Tracing {
 /// exporter's channel lives on it).
 pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours for a terminal only: a file or a log collector gets the
+    // escape codes as text.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
         logs.json().with_filter(filter).boxed()
     } else {

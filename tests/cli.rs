@@ -361,6 +361,12 @@ async fn history_prints_a_tokens_changes_newest_first() {
             .iter()
             .all(|e| e["actor"].as_str().unwrap().starts_with("TKN-"))
     );
+    // The whole trail: no note.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A token that does not exist: NOT_FOUND's exit code, and a plain message.
     let missing = Command::new(BIN)
@@ -370,6 +376,92 @@ async fn history_prints_a_tokens_changes_newest_first() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("TKN-9999-9999"));
+}
+
+#[tokio::test]
+async fn history_says_when_a_trails_start_was_compacted() {
+    // --retention is the embedded store's; etcd compacts on its own terms.
+    if sled_only("--retention compacts the event log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_tokend(dir.path(), &["--retention", "2"]).await;
+    let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
+    let (t, _) = create_token(&mut p.tokens().await, &acc.id, "ci-deploy").await;
+    for name in ["two", "three", "four"] {
+        let rename = Command::new(BIN)
+            .args(["tokens", "update", &t.id, "--name", name])
+            .args(client_args(&p))
+            .output()
+            .unwrap();
+        assert!(rename.status.success(), "{rename:?}");
+    }
+    let out = Command::new(BIN)
+        .args(["tokens", "history", &t.id, "--output", "json"])
+        .args(client_args(&p))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("CREATED"), "{stdout}");
+    assert!(stdout.lines().count() <= 2, "{stdout}");
+    // Each line is still an event for scripts; the note is on stderr.
+    for line in stdout.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("were compacted and are not shown"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("tokend tokens get {}", t.id)),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn verify_without_a_secret_is_a_usage_error() {
+    let (p, _dir, _) = setup().await;
+    for args in [
+        &["tokens", "verify"][..],
+        &["tokens", "verify", "-"],
+        &["tokens", "verify", ""],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(client_args(&p))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no secret to verify"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    for (server, code, says) in [
+        (
+            format!("127.0.0.1:{port}"),
+            2,
+            "must be a URL such as http://127.0.0.1:50051",
+        ),
+        ("notaurl".to_string(), 2, "must be a URL"),
+        (format!("http://127.0.0.1:{port}"), 6, "Connection refused"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["tokens", "list", "--token", "x", "--server", &server])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{server}: {stderr}");
+        assert!(stderr.contains(says), "{server}: {stderr}");
+    }
 }
 
 /// `tokend …` with the server's operator credential; stdout as JSON.

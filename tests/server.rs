@@ -277,28 +277,64 @@ fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
         ("--max-watchers", "0"),
         ("--hub-capacity", "0"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-            .args(["serve", "--listen", "127.0.0.1:0", flag, zero, "--data-dir"])
-            .arg(&data)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A server that took the flag would serve on: stopped, it fails below.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flag} {zero}: {stderr}");
+        let (code, stderr, opened) = serve_refused(&[flag, zero], &[]);
+        assert_eq!(code, Some(2), "{flag} {zero}: {stderr}");
         assert!(stderr.contains(flag), "{flag}: {stderr}");
         assert!(
             stderr.contains("above zero") || stderr.contains("not in 1.."),
             "{flag}: {stderr}"
         );
-        assert!(!data.exists(), "{flag}: nothing is opened");
+        assert!(!opened, "{flag}: nothing is opened");
     }
+}
+
+/// Runs `tokend serve` with `args` and `env` on a fresh data dir, expecting
+/// it to refuse them: one that serves anyway is stopped after 10 s, and
+/// the caller's checks fail on it. Its exit code, its stderr, and whether
+/// it made the data dir.
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(&data)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr, data.exists())
+}
+
+/// A switch's environment twin takes the usual spellings of yes and no, as
+/// operators write them in unit files and manifests; anything else is
+/// refused rather than read as either.
+#[tokio::test]
+async fn a_switchs_environment_twin_takes_one_and_yes() {
+    use std::io::{Read, Write};
+    for on in ["1", "yes", "on", "true"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = spawn_tokend_with(dir.path(), &[], |c| {
+            c.env("TOKEND_NO_CONSOLE", on);
+        })
+        .await;
+        let mut http = std::net::TcpStream::connect(p.addr).unwrap();
+        http.write_all(b"GET / HTTP/1.1\r\nHost: tokend\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        http.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{on}: {answer}");
+    }
+    let (code, stderr, opened) = serve_refused(&[], &[("TOKEND_NO_CONSOLE", "maybe")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--no-console"), "{stderr}");
+    assert!(!opened);
 }

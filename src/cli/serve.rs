@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::builder::BoolishValueParser;
 
 use super::{Cli, Command, positive_count, positive_duration};
 use crate::listener::Limits;
@@ -106,7 +107,7 @@ pub struct ServeArgs {
     pub authz_header: String,
     /// After an allowed Check, let the credential header through to the
     /// upstream; by default it is removed so that services never see secrets.
-    #[arg(long, env = "TOKEND_AUTHZ_KEEP_CREDENTIAL")]
+    #[arg(long, env = "TOKEND_AUTHZ_KEEP_CREDENTIAL", value_parser = BoolishValueParser::new())]
     pub authz_keep_credential: bool,
     /// An origin (`https://app.example.com`) whose pages may call the API
     /// with gRPC-Web across origins; repeat, or comma-separate in the
@@ -114,7 +115,7 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", env = "TOKEND_CORS_ORIGINS", value_delimiter = ',', value_parser = origin)]
     pub cors_origins: Vec<http::HeaderValue>,
     /// Do not serve the web console at `/` (gRPC-Web stays on).
-    #[arg(long, env = "TOKEND_NO_CONSOLE")]
+    #[arg(long, env = "TOKEND_NO_CONSOLE", value_parser = BoolishValueParser::new())]
     pub no_console: bool,
     /// TCP connections open at once; one more is closed as soon as it is
     /// accepted (counted in tokend_connections_closed_total{reason="cap"}).

@@ -126,9 +126,22 @@ impl Conn {
             .connect()
             .await
             .map_err(|e| {
+                // tonic's own words are only "transport error": the cause
+                // (refused, no such host, TLS) is in its sources.
+                // (hyper's repeat their own words: said once).
+                let mut why = vec![e.to_string()];
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    let said = s.to_string();
+                    if why.last() != Some(&said) {
+                        why.push(said);
+                    }
+                    source = s.source();
+                }
+                let why = why.join(": ");
                 fail(
                     exit::UNAVAILABLE,
-                    format!("cannot reach {}: {e}", args.server),
+                    format!("cannot reach {}: {why}", args.server),
                 )
             })?;
         Ok(Conn { channel, bearer })

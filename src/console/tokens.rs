@@ -136,6 +136,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             print_tokens(out, &all);
         }
         TokensCommand::History { id } => {
+            let oldest = std::cell::Cell::new(0);
             let events = all_pages(async |page_token| {
                 let r = c
                     .list_token_events(pb::ListTokenEventsRequest {
@@ -145,11 +146,23 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                     })
                     .await?
                     .into_inner();
+                oldest.set(r.oldest_revision);
                 Ok((r.events, r.next_page_token))
             })
             .await?;
             for e in &events {
                 output::print_event(out, e);
+            }
+            // A trail that does not reach the token's creation lost its
+            // start to compaction: said, as the web console says it, on
+            // stderr so that the printed events stay what a script reads.
+            let created = pb::EventType::Created as i32;
+            if events.last().is_none_or(|e| e.r#type != created) {
+                eprintln!(
+                    "note: the changes before revision {} were compacted and are not shown; \
+                     `tokend tokens get {id}` still says who created the token and when",
+                    oldest.get()
+                );
             }
         }
         TokensCommand::Update {
@@ -233,6 +246,12 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 }
                 Some(s) => s.to_string(),
             };
+            if secret.is_empty() {
+                return Err(fail(
+                    exit::USAGE,
+                    "no secret to verify: give it as the argument, or `-` and the secret on stdin",
+                ));
+            }
             let r = c
                 .verify_token(pb::VerifyTokenRequest { secret })
                 .await?

@@ -163,8 +163,14 @@ impl SledStore {
 
 /// Opens sled's database in `data_dir` and tokend's tree in it.
 pub(super) fn open_sled(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), Error> {
-    let db = try_open_sled(data_dir)
-        .map_err(|e| io_error(&format!("opening {}", data_dir.display()), e))?;
+    let db = try_open_sled(data_dir).map_err(|e| {
+        let hint = if is_locked(&e) {
+            " (another process holds it: a `tokend serve` or `tokend compact` on the same data dir?)"
+        } else {
+            ""
+        };
+        io_error(&format!("opening {}{hint}", data_dir.display()), e)
+    })?;
     with_tree(db)
 }
 
