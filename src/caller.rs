@@ -53,13 +53,15 @@ impl Caller {
         }
     }
 
-    pub fn require_operator(&self) -> Result<(), Error> {
+    /// Refused unless an operator calls: `what` ("managing accounts")
+    /// says what was refused.
+    pub fn require_operator(&self, what: &str) -> Result<(), Error> {
         if self.is_operator() {
             Ok(())
         } else {
-            Err(Error::PermissionDenied(
-                "accounts are managed by operators only".into(),
-            ))
+            Err(Error::PermissionDenied(format!(
+                "{what} is for operators only"
+            )))
         }
     }
 

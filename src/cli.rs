@@ -168,19 +168,21 @@ pub enum AccountsCommand {
         #[arg(long, value_parser = positive_duration)]
         max_token_lifetime: Option<Duration>,
     },
-    Get {
-        id: String,
-    },
+    /// Show one account.
+    Get { id: String },
+    /// Every account (all pages).
     List {
         /// AIP-160 filter, e.g. 'type = VENDOR'.
         #[arg(long, default_value = "")]
         filter: String,
     },
-    /// Change name, status or modules.
+    /// Change name, status, modules or the tokens' lifetime limit.
     Update {
         id: String,
+        /// The new name.
         #[arg(long)]
         name: Option<String>,
+        /// Disabled: its tokens stop verifying, and it gets no new ones.
         #[arg(long, value_enum)]
         status: Option<AccountStatusArg>,
         /// The account's modules, replacing the current ones (repeat for more).
@@ -199,12 +201,16 @@ pub enum AccountsCommand {
 pub enum TokensCommand {
     /// Create a token; its secret is shown once.
     Create {
+        /// The account it belongs to (ACC-NNNN-NNNN).
         #[arg(long)]
         account: String,
+        /// Its name: letters, digits, spaces and - . ' " (at most 200).
         #[arg(long)]
         name: String,
+        /// What it is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// An http(s) URL of its logo.
         #[arg(long, default_value = "")]
         icon: String,
         /// A module the token gets (repeat for more).
@@ -217,26 +223,36 @@ pub enum TokensCommand {
         #[arg(long, value_parser = instant)]
         expires_at: Option<prost_types::Timestamp>,
     },
+    /// Show one token.
     Get {
         id: String,
+        /// Show it even if deleted (operators only).
         #[arg(long)]
         show_deleted: bool,
     },
     /// Every token you may see (all pages).
     List {
+        /// Only this account's (ACC-NNNN-NNNN).
         #[arg(long)]
         account: Option<String>,
+        /// AIP-160 filter, e.g. 'status = ACTIVE AND modules:billing' or
+        /// 'name = "ci deploy"'.
         #[arg(long, default_value = "")]
         filter: String,
+        /// Deleted tokens too (operators only).
         #[arg(long)]
         show_deleted: bool,
     },
+    /// Change a token's name, description, logo, modules or expiry.
     Update {
         id: String,
+        /// The new name.
         #[arg(long)]
         name: Option<String>,
+        /// The new description.
         #[arg(long)]
         description: Option<String>,
+        /// The new logo URL (empty for none).
         #[arg(long)]
         icon: Option<String>,
         /// The token's modules, replacing the current ones (repeat for more).
@@ -249,12 +265,10 @@ pub enum TokensCommand {
         #[arg(long)]
         no_expiry: bool,
     },
-    Enable {
-        id: String,
-    },
-    Disable {
-        id: String,
-    },
+    /// Let a disabled token's secret verify again.
+    Enable { id: String },
+    /// Stop a token's secret verifying, until enabled again.
+    Disable { id: String },
     /// Delete a token for good, after showing it and asking.
     Delete {
         id: String,
@@ -280,15 +294,12 @@ pub enum TokensCommand {
     },
     /// A token's audit trail: its changes, newest first, as far back as the
     /// server keeps history.
-    History {
-        id: String,
-    },
+    History { id: String },
     /// Check a secret (from the argument, or stdin with `-`).
-    Verify {
-        secret: Option<String>,
-    },
+    Verify { secret: Option<String> },
     /// Print changes live; resumes after a dropped connection.
     Watch {
+        /// Only this account's tokens (ACC-NNNN-NNNN).
         #[arg(long)]
         account: Option<String>,
         /// Start at this revision (replaying history) instead of now.

@@ -85,7 +85,7 @@ fn each_kind_of_caller_may_do_what_section_4_says() {
         };
         assert_eq!(caller.is_operator(), operator, "{name}: is_operator");
         assert_eq!(
-            !denied(caller.require_operator()),
+            !denied(caller.require_operator("this")),
             operator,
             "{name}: require_operator"
         );

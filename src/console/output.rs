@@ -152,20 +152,41 @@ pub(super) fn print_accounts(out: Output, accounts: &[pb::Account]) {
             Value::Array(accounts.iter().map(account_json).collect())
         ),
         Output::Table => table(
-            &["ID", "NAME", "TYPE", "STATUS", "MODULES"],
+            &[
+                "ID",
+                "NAME",
+                "TYPE",
+                "STATUS",
+                "MODULES",
+                "MAX TOKEN LIFETIME",
+            ],
             accounts
                 .iter()
                 .map(|a| {
+                    let lifetime = a
+                        .max_token_lifetime
+                        .and_then(|d| std::time::Duration::try_from(d).ok())
+                        .map_or("-".to_string(), lifetime);
                     vec![
                         a.id.clone(),
                         a.name.clone(),
                         name::<pb::AccountType>(a.r#type).to_string(),
                         name::<pb::AccountStatus>(a.status).to_string(),
                         a.modules.join(","),
+                        lifetime,
                     ]
                 })
                 .collect(),
         ),
+    }
+}
+
+/// A lifetime as it was likely given: whole days as `90d` (humantime
+/// would say `2months 29days 2h 52m 48s`, its months being 30.44 days).
+fn lifetime(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ => humantime::format_duration(d).to_string(),
     }
 }
 

@@ -21,9 +21,9 @@ use crate::query::{Fields, FilterExpr, page_size};
 const UPDATABLE: &[&str] = &["name", "status", "modules", "max_token_lifetime"];
 
 /// AccountService is for operators only (docs/contract.md §4).
-fn operator<T>(request: &Request<T>) -> Result<Caller, Error> {
+fn operator<T>(request: &Request<T>, what: &str) -> Result<Caller, Error> {
     let caller = caller(request)?;
-    caller.require_operator()?;
+    caller.require_operator(what)?;
     Ok(caller)
 }
 
@@ -101,7 +101,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        let caller = operator(&request)?;
+        let caller = operator(&request, "managing accounts")?;
         let r = request.into_inner();
         let new = NewAccount {
             name: parse_name("name", &r.name)?,
@@ -120,7 +120,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        operator(&request)?;
+        operator(&request, "managing accounts")?;
         let id = account_id("id", &request.into_inner().id)?;
         let state = self.store.state();
         let account = state
@@ -133,7 +133,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
-        operator(&request)?;
+        operator(&request, "managing accounts")?;
         let r = request.into_inner();
         let size = page_size(r.page_size)?;
         let filter = FilterExpr::parse(
@@ -176,7 +176,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::UpdateAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        let caller = operator(&request)?;
+        let caller = operator(&request, "managing accounts")?;
         let r = request.into_inner();
         let account = r
             .account
@@ -196,7 +196,7 @@ impl AccountService for Service {
         &self,
         request: Request<pb::SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
-        operator(&request)?;
+        operator(&request, "saving a snapshot")?;
         Ok(Response::new(
             super::snapshot::save(self.store.as_ref()).await?,
         ))

@@ -452,7 +452,7 @@ impl TokenService for Service {
         &self,
         request: Request<pb::ReportLeakedSecretsRequest>,
     ) -> Result<Response<pb::ReportLeakedSecretsResponse>, Status> {
-        caller(&request)?.require_operator()?;
+        caller(&request)?.require_operator("reporting leaked secrets")?;
         let found: Vec<leaks::Found> = request
             .into_inner()
             .secrets
