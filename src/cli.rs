@@ -375,14 +375,18 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A server's URL: `http://` or `https://` and a host, checked before any
-/// connection is tried (a bare `host:port` would otherwise fail as an
-/// unreachable server).
+/// A server's URL: `http://` and a host, checked before any connection is
+/// tried (a bare `host:port` would otherwise fail as an unreachable
+/// server). The client has no TLS: an `https://` server is refused here,
+/// saying so, rather than failing to connect.
 fn server_url(s: &str) -> Result<String, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
-        _ => Err("must be a URL such as http://127.0.0.1:50051 (https:// for TLS)".into()),
+        (Some("http"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
+        (Some("https"), _) => {
+            Err("this client speaks plaintext gRPC only (http://), not TLS".into())
+        }
+        _ => Err("must be a URL such as http://127.0.0.1:50051".into()),
     }
 }
 

@@ -426,20 +426,9 @@ fn lifetime_exceeded(account: &Account, max: Duration) -> Error {
         format!(
             "account {} lets its tokens live at most {} from now: give an expire_time no later than that",
             account.id,
-            in_words(max)
+            crate::domain::in_words(max)
         ),
     )
-}
-
-/// A lifetime in the largest whole unit it is a multiple of: "90 days",
-/// not humantime's "2months 29days 2h 52m 48s" (its month is 30.44 days).
-fn in_words(d: Duration) -> String {
-    let s = d.as_secs();
-    let (n, unit) = [(86_400, "day"), (3600, "hour"), (60, "minute")]
-        .into_iter()
-        .find(|(size, _)| s.is_multiple_of(*size))
-        .map_or((s, "second"), |(size, unit)| (s / size, unit));
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `current` is computed only when an etag was given: it is a hash, and

@@ -17,7 +17,7 @@
 use std::fmt;
 
 use crate::command::Command;
-use crate::domain::{Actor, Revision, TokenId, quote_input};
+use crate::domain::{Actor, Revision, TokenId, quote_input, shorten};
 use crate::error::Error;
 use crate::secret;
 use crate::store::Store;
@@ -123,7 +123,9 @@ async fn revoke_one(
     found: &Found,
     action: LeakAction,
 ) -> Result<(TokenId, Revision), Error> {
-    let actor = Actor(format!("leak-report {}", quote_input(&found.url)).into());
+    // The URL says where it was found (a commit's hash, often): shortened,
+    // not hidden like a caller's input, and the secret is not in it.
+    let actor = Actor(format!("leak-report {}", shorten(&found.url, 64)).into());
     let cmd = match action {
         LeakAction::Delete => Command::DeleteToken {
             id: id.clone(),
@@ -141,6 +143,6 @@ async fn revoke_one(
         Err(Error::FailedPrecondition { .. } | Error::NotFound { .. }) => 0,
         Err(e) => return Err(e),
     };
-    tracing::warn!(token = %id, url = %quote_input(&found.url), source = %found.source, ?action, revision, "leaked secret reported: token revoked");
+    tracing::warn!(token = %id, url = %shorten(&found.url, 64), source = %quote_input(&found.source), ?action, revision, "leaked secret reported: token revoked");
     Ok((id.clone(), revision))
 }

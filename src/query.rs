@@ -184,7 +184,8 @@ impl FilterExpr {
     }
 
     /// Parses `a = b AND c:d AND name = "quoted value" AND t < "2027-01-01T00:00:00Z"`;
-    /// in a quoted value, `\"` is a quote and `\\` a backslash.
+    /// in a quoted value, a backslash takes the next character as it is
+    /// (`\"` a quote, `\\` a backslash).
     pub fn parse(input: &str, fields: &Fields) -> Result<FilterExpr, Error> {
         let words = split_words(input)?;
         let mut terms = Vec::new();

@@ -314,6 +314,12 @@ where
             crate::traces::record_status(code);
             let by = caller.0.get().map(TokenId::as_str).unwrap_or("-");
             let micros = elapsed.as_micros() as u64;
+            // A path that is no method is the caller's text: quoted as
+            // input (a secret sent as a path is not logged).
+            let method = match series.0.contains_key(&method) {
+                true => method,
+                false => crate::domain::quote_input(&method),
+            };
             if method.starts_with("/grpc.") {
                 tracing::debug!(%method, ?code, micros, "rpc");
             } else {

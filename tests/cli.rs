@@ -442,9 +442,8 @@ async fn verify_without_a_secret_is_a_usage_error() {
 
 #[test]
 fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // Port 1 (tcpmux): privileged, and no test server takes it.
+    let port = 1;
     for (server, code, says) in [
         (
             format!("127.0.0.1:{port}"),
@@ -452,6 +451,11 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
             "must be a URL such as http://127.0.0.1:50051",
         ),
         ("notaurl".to_string(), 2, "must be a URL"),
+        (
+            format!("https://127.0.0.1:{port}"),
+            2,
+            "plaintext gRPC only",
+        ),
         (format!("http://127.0.0.1:{port}"), 6, "Connection refused"),
     ] {
         let out = Command::new(BIN)

@@ -320,10 +320,21 @@ fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, b
 #[tokio::test]
 async fn a_switchs_environment_twin_takes_one_and_yes() {
     use std::io::{Read, Write};
-    for on in ["1", "yes", "on", "true"] {
+    // The console's page: 200 without the switch (the control), 404 with it.
+    for (switch, status) in [
+        (None, "200"),
+        (Some("1"), "404"),
+        (Some("yes"), "404"),
+        (Some("on"), "404"),
+        (Some("true"), "404"),
+        (Some("0"), "200"),
+        (Some("off"), "200"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let p = spawn_tokend_with(dir.path(), &[], |c| {
-            c.env("TOKEND_NO_CONSOLE", on);
+            if let Some(v) = switch {
+                c.env("TOKEND_NO_CONSOLE", v);
+            }
         })
         .await;
         let mut http = std::net::TcpStream::connect(p.addr).unwrap();
@@ -331,10 +342,43 @@ async fn a_switchs_environment_twin_takes_one_and_yes() {
             .unwrap();
         let mut answer = String::new();
         http.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 404"), "{on}: {answer}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{switch:?}: {answer}"
+        );
     }
     let (code, stderr, opened) = serve_refused(&[], &[("TOKEND_NO_CONSOLE", "maybe")]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--no-console"), "{stderr}");
     assert!(!opened);
+}
+
+/// A second server on a data dir one is serving from is refused, naming who
+/// may hold it, not only sled's lock error.
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_naming_who_may_hold_it() {
+    // On etcd the data dir holds only the operator's secret: replicas share it.
+    if sled_only("the embedded store's lock") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _serving = spawn_tokend(dir.path(), &[]).await;
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another process holds it: a `tokend serve` or `tokend compact`"),
+        "{stderr}"
+    );
 }

@@ -166,7 +166,7 @@ pub(super) fn print_accounts(out: Output, accounts: &[pb::Account]) {
                     let lifetime = a
                         .max_token_lifetime
                         .and_then(|d| std::time::Duration::try_from(d).ok())
-                        .map_or("-".to_string(), lifetime);
+                        .map_or("-".to_string(), crate::domain::in_words);
                     vec![
                         a.id.clone(),
                         a.name.clone(),
@@ -178,15 +178,6 @@ pub(super) fn print_accounts(out: Output, accounts: &[pb::Account]) {
                 })
                 .collect(),
         ),
-    }
-}
-
-/// A lifetime as it was likely given: whole days as `90d` (humantime
-/// would say `2months 29days 2h 52m 48s`, its months being 30.44 days).
-fn lifetime(d: std::time::Duration) -> String {
-    match d.as_secs() {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ => humantime::format_duration(d).to_string(),
     }
 }
 

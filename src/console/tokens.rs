@@ -19,6 +19,14 @@ use super::output::{self, print_tokens, token_json};
 use super::{Conn, Failure, all_pages, delete, exit, fail, watch};
 
 pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Failure> {
+    // A secret to verify is read first: a missing one is a usage error
+    // whether or not a server answers.
+    let cmd = match cmd {
+        TokensCommand::Verify { secret } => TokensCommand::Verify {
+            secret: Some(secret_to_verify(secret)?),
+        },
+        other => other,
+    };
     let conn = Conn::open(args).await?;
     let mut c = conn.tokens();
     let out = args.output;
@@ -160,7 +168,8 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
             if events.last().is_none_or(|e| e.r#type != created) {
                 eprintln!(
                     "note: the changes before revision {} were compacted and are not shown; \
-                     `tokend tokens get {id}` still says who created the token and when",
+                     `tokend tokens get {id}` (--show-deleted once deleted) still says who \
+                     created the token and when",
                     oldest.get()
                 );
             }
@@ -235,23 +244,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
         }
         TokensCommand::Delete { id, yes } => delete::run(&mut c, out, id, yes).await?,
         TokensCommand::Verify { secret } => {
-            let secret = match secret.as_deref() {
-                None | Some("-") => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .lock()
-                        .read_line(&mut line)
-                        .map_err(|e| fail(exit::USAGE, format!("reading the secret: {e}")))?;
-                    line.trim().to_string()
-                }
-                Some(s) => s.to_string(),
-            };
-            if secret.is_empty() {
-                return Err(fail(
-                    exit::USAGE,
-                    "no secret to verify: give it as the argument, or `-` and the secret on stdin",
-                ));
-            }
+            let secret = secret.unwrap_or_default();
             let r = c
                 .verify_token(pb::VerifyTokenRequest { secret })
                 .await?
@@ -298,5 +291,28 @@ fn expiration<E>(
         (Some(d), _) => Some(ttl(duration(d))),
         (None, Some(t)) => Some(at(t)),
         (None, None) => None,
+    }
+}
+
+/// The secret `tokens verify` checks: the argument, or a line of stdin for
+/// none or `-`; trimmed, and refused when empty.
+fn secret_to_verify(arg: Option<String>) -> Result<String, Failure> {
+    let secret = match arg.as_deref() {
+        None | Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| fail(exit::USAGE, format!("reading the secret: {e}")))?;
+            line
+        }
+        Some(s) => s.to_string(),
+    };
+    match secret.trim() {
+        "" => Err(fail(
+            exit::USAGE,
+            "no secret to verify: give it as the argument, or `-` and the secret on stdin",
+        )),
+        s => Ok(s.to_string()),
     }
 }

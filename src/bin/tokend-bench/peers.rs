@@ -156,11 +156,8 @@ fn ticked(task: &std::path::Path) -> Option<Duration> {
     // (a command may hold spaces and parentheses of its own).
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf reads a constant of the system; no memory is passed.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    Some(Duration::from_nanos(
-        ticks * 1_000_000_000 / per_second.max(1),
-    ))
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
 }
 
 /// A server process, killed when dropped.
