@@ -329,18 +329,8 @@ async fn a_watch_whose_credential_is_deleted_prints_the_delete_then_exits_5() {
 #[tokio::test]
 async fn history_prints_a_tokens_changes_newest_first() {
     let (p, _dir, t) = setup().await;
-    let rename = Command::new(BIN)
-        .args(["tokens", "update", &t.id, "--name", "ci deploy 2"])
-        .args(client_args(&p))
-        .output()
-        .unwrap();
-    assert!(rename.status.success(), "{rename:?}");
-    let out = Command::new(BIN)
-        .args(["tokens", "history", &t.id, "--output", "json"])
-        .args(client_args(&p))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    cli(&p, &["tokens", "update", &t.id, "--name", "ci deploy 2"]);
+    let out = cli(&p, &["tokens", "history", &t.id, "--output", "json"]);
     let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -389,19 +379,9 @@ async fn history_says_when_a_trails_start_was_compacted() {
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let (t, _) = create_token(&mut p.tokens().await, &acc.id, "ci-deploy").await;
     for name in ["two", "three", "four"] {
-        let rename = Command::new(BIN)
-            .args(["tokens", "update", &t.id, "--name", name])
-            .args(client_args(&p))
-            .output()
-            .unwrap();
-        assert!(rename.status.success(), "{rename:?}");
+        cli(&p, &["tokens", "update", &t.id, "--name", name]);
     }
-    let out = Command::new(BIN)
-        .args(["tokens", "history", &t.id, "--output", "json"])
-        .args(client_args(&p))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let out = cli(&p, &["tokens", "history", &t.id, "--output", "json"]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains("CREATED"), "{stdout}");
     assert!(stdout.lines().count() <= 2, "{stdout}");
@@ -466,6 +446,17 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
         assert_eq!(out.status.code(), Some(code), "{server}: {stderr}");
         assert!(stderr.contains(says), "{server}: {stderr}");
     }
+}
+
+/// `tokend …` with the server's operator credential, which must succeed.
+fn cli(p: &Process, args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(client_args(p))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    out
 }
 
 /// `tokend …` with the server's operator credential; stdout as JSON.

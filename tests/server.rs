@@ -289,17 +289,24 @@ fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
 }
 
 /// Runs `tokend serve` with `args` and `env` on a fresh data dir, expecting
-/// it to refuse them: one that serves anyway is stopped after 10 s, and
-/// the caller's checks fail on it. Its exit code, its stderr, and whether
-/// it made the data dir.
+/// it to refuse them: its exit code, its stderr, and whether it made the
+/// data dir.
 fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let (code, stderr) = serve_in(&data, args, env);
+    (code, stderr, data.exists())
+}
+
+/// Runs `tokend serve` on data dir `data`, expecting it to exit: one that
+/// serves anyway is stopped after 10 s, and the caller's checks fail on it.
+/// Its exit code and its stderr.
+fn serve_in(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .envs(env.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -311,7 +318,7 @@ fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, b
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code(), stderr, data.exists())
+    (out.status.code(), stderr)
 }
 
 /// A switch's environment twin takes the usual spellings of yes and no, as
@@ -363,20 +370,8 @@ async fn a_data_dir_in_use_is_refused_naming_who_may_hold_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let _serving = spawn_tokend(dir.path(), &[]).await;
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = second.kill();
-    let out = second.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = serve_in(dir.path(), &[], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("another process holds it: a `tokend serve` or `tokend compact`"),
         "{stderr}"
