@@ -1,11 +1,12 @@
 //! The domain: tokens, accounts, revisions and events as plain Rust values.
 //!
 //! Owns the shapes of the product and the rules that a single value must obey
-//! (id formats, name characters, lengths, the module catalogue). It must never
-//! know about protobuf, gRPC or sled: the service layer translates to and from
-//! the wire, and the store layer to and from its own on-disk records
-//! (`store/record.rs`), so that no change here silently changes the storage
-//! format. (A [`Token`] still deserialises from such a record, for a test that
+//! (id formats, name characters, lengths, the module catalogue), and how
+//! input is quoted back in a message ([`quote_input`]: never a secret). It
+//! must never know about protobuf, gRPC or sled: the service layer
+//! translates to and from the wire, and the store layer to and from its own
+//! on-disk records (`store/record.rs`), so that no change here silently
+//! changes the storage format. (A [`Token`] still deserialises from such a record, for a test that
 //! reads one straight from sled.)
 
 use sha2::{Digest, Sha256};
@@ -363,7 +364,7 @@ pub fn shorten(s: &str, max: usize) -> String {
 
 /// A duration in the largest whole unit it is a multiple of: "90 days",
 /// not humantime's "2months 29days 2h 52m 48s" (its month is 30.44 days).
-pub fn in_words(d: std::time::Duration) -> String {
+pub fn in_words(d: Duration) -> String {
     let s = d.as_secs();
     let (n, unit) = [(86_400, "day"), (3600, "hour"), (60, "minute")]
         .into_iter()
