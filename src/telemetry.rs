@@ -241,12 +241,15 @@ struct MethodSeries {
 const CODES: usize = tonic::Code::Unauthenticated as usize + 1;
 
 impl RpcSeries {
-    fn record(&self, path: &str, code: tonic::Code, elapsed: Duration) {
-        let series = match self.0.get(path) {
-            Some(s) => s,
-            None => &self.0[UNKNOWN_METHOD],
+    /// Records one call under its method's series, or the unknown one's;
+    /// whether `path` is a method.
+    fn record(&self, path: &str, code: tonic::Code, elapsed: Duration) -> bool {
+        let (series, known) = match self.0.get(path) {
+            Some(s) => (s, true),
+            None => (&self.0[UNKNOWN_METHOD], false),
         };
         series.record(code, elapsed);
+        known
     }
 }
 
@@ -316,7 +319,7 @@ where
             let micros = elapsed.as_micros() as u64;
             // A path that is no method is the caller's text: quoted as
             // input (a secret sent as a path is not logged).
-            let method = match series.0.contains_key(&method) {
+            let method = match series.record(&method, code, elapsed) {
                 true => method,
                 false => crate::domain::quote_input(&method),
             };
@@ -325,7 +328,6 @@ where
             } else {
                 tracing::info!(%method, ?code, micros, caller = by, "rpc");
             }
-            series.record(&method, code, elapsed);
             Ok(response)
         })
     }

@@ -461,13 +461,7 @@ fn cli(p: &Process, args: &[&str]) -> std::process::Output {
 
 /// `tokend …` with the server's operator credential; stdout as JSON.
 fn cli_json(p: &Process, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--output", "json"])
-        .args(client_args(p))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
+    let out = cli(p, &[args, &["--output", "json"]].concat());
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -244,6 +244,8 @@ async fn health_and_reflection_need_no_credentials_and_describe_everything() {
     }
 }
 
+/// A second server on a data dir one is serving from is refused, naming the
+/// data dir and who may hold it, not only sled's lock error.
 #[tokio::test]
 async fn a_second_tokend_on_the_same_data_dir_is_refused_clearly() {
     if sled_only("the data dir lock; etcd replicas share a cluster by design") {
@@ -251,16 +253,15 @@ async fn a_second_tokend_on_the_same_data_dir_is_refused_clearly() {
     }
     let dir = tempfile::tempdir().unwrap();
     let _first = spawn_tokend(dir.path(), &[]).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = serve_in(dir.path(), &[], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("tokend: "), "{stderr}");
     assert!(last.contains(&dir.path().display().to_string()), "{last}");
+    assert!(
+        stderr.contains("another process holds it: a `tokend serve` or `tokend compact`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -358,22 +359,4 @@ async fn a_switchs_environment_twin_takes_one_and_yes() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--no-console"), "{stderr}");
     assert!(!opened);
-}
-
-/// A second server on a data dir one is serving from is refused, naming who
-/// may hold it, not only sled's lock error.
-#[tokio::test]
-async fn a_data_dir_in_use_is_refused_naming_who_may_hold_it() {
-    // On etcd the data dir holds only the operator's secret: replicas share it.
-    if sled_only("the embedded store's lock") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let _serving = spawn_tokend(dir.path(), &[]).await;
-    let (code, stderr) = serve_in(dir.path(), &[], &[]);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("another process holds it: a `tokend serve` or `tokend compact`"),
-        "{stderr}"
-    );
 }
