@@ -177,12 +177,14 @@ async fn a_cache_cut_off_longer_than_its_bound_fails_closed_then_recovers() {
     let acc = create_account(&s, ALL_MODULES).await;
     let mut c = s.tokens().await;
     let (t, secret) = create_token(&mut c, &acc.id, "svc").await;
-    let bound = Duration::from_millis(400);
+    let bound = Duration::from_millis(1500);
+    let revalidate = Duration::from_millis(100);
     let cache = cache(
         &s,
         CacheConfig {
             max_staleness: bound,
             retry: Duration::from_millis(100),
+            revalidate_after: revalidate,
             ..Default::default()
         },
     )
@@ -191,9 +193,20 @@ async fn a_cache_cut_off_longer_than_its_bound_fails_closed_then_recovers() {
 
     let addr = s.url();
     let dir = s.stop().await;
-    // Within the bound it still answers what it knows.
+    // Within the bound it still answers what it knows, a secret due for
+    // re-confirmation too: the server's absence is no reason to refuse it.
+    let stopped = std::time::Instant::now();
     valid(&cache.verify(&secret).await.unwrap(), &t.id);
-    tokio::time::sleep(bound + Duration::from_millis(200)).await;
+    tokio::time::sleep(revalidate * 2).await;
+    let asked = cache.stats().server_verifications;
+    valid(&cache.verify(&secret).await.unwrap(), &t.id);
+    assert_eq!(
+        cache.stats().server_verifications,
+        asked + 1,
+        "it was due, and tried the server first"
+    );
+    assert!(stopped.elapsed() < bound, "the test itself ran too slowly");
+    tokio::time::sleep(bound.saturating_sub(stopped.elapsed()) + Duration::from_millis(200)).await;
     match cache.verify(&secret).await {
         Err(CacheError::Stale(down)) => assert!(down > bound, "{down:?}"),
         other => panic!("expected a stale refusal, got {other:?}"),

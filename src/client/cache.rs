@@ -45,6 +45,8 @@ pub struct CacheConfig {
     /// A confirmed secret is confirmed with the server again after this
     /// long. Deletions and token disables reach the cache on the stream at
     /// once; an account's disable has no token event, and takes this long.
+    /// While the server cannot be reached, the cache answers from memory
+    /// instead, within `max_staleness`.
     pub revalidate_after: Duration,
 }
 
@@ -100,6 +102,24 @@ pub struct CacheStats {
     pub resumes: u64,
     /// Full listings after the first (the resume point was compacted).
     pub resyncs: u64,
+}
+
+/// What the cache knows of a secret it met before.
+struct Local {
+    verdict: Verdict,
+    /// Confirmed longer than `revalidate_after` ago: the server is asked
+    /// again (an account's disable has no token event), and this stands
+    /// only while the server cannot be reached.
+    due: bool,
+}
+
+/// The server could not be asked (down, restarting, or too slow), as
+/// opposed to having answered a refusal.
+fn unreachable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// A token as the cache needs it.
@@ -195,21 +215,35 @@ impl TokenCache {
             return Ok(Verdict::Malformed);
         }
         let hash = secret::hash(plain);
-        if let Some(verdict) = self.local(&hash) {
+        let known = self.local(&hash);
+        if let Some(Local {
+            verdict,
+            due: false,
+        }) = known
+        {
             return Ok(verdict);
         }
         self.shared
             .server_verifications
             .fetch_add(1, Ordering::Relaxed);
-        let r = self
+        let asked = self
             .client
             .clone()
             .verify_token(pb::VerifyTokenRequest {
                 secret: plain.to_string(),
             })
-            .await
-            .map_err(CacheError::Server)?
-            .into_inner();
+            .await;
+        let r = match (asked, known) {
+            (Ok(r), _) => r.into_inner(),
+            // Due for revalidation, and the server out of reach: what the
+            // cache knows still stands until `max_staleness` (checked
+            // above, and by the stream once it notices). A gateway must
+            // not refuse every known secret through a short restart.
+            (Err(status), Some(Local { verdict, .. })) if unreachable(&status) => {
+                return Ok(verdict);
+            }
+            (Err(status), _) => return Err(CacheError::Server(status)),
+        };
         let result = pb::VerifyResult::try_from(r.result).unwrap_or_default();
         // Remember the secret when the decision rests on the token alone,
         // which the stream keeps current; an account's status it does not.
@@ -237,12 +271,10 @@ impl TokenCache {
     }
 
     /// The answer from memory, if the cache knows this secret's token.
-    fn local(&self, hash: &SecretHash) -> Option<Verdict> {
+    fn local(&self, hash: &SecretHash) -> Option<Local> {
         let known = self.shared.known.read().expect("cache lock");
         let (id, confirmed) = known.secrets.get(hash)?;
-        if confirmed.elapsed() > self.config.revalidate_after {
-            return None;
-        }
+        let due = confirmed.elapsed() > self.config.revalidate_after;
         // Confirmed by the server but not yet heard on the stream (a token
         // created a moment ago): ask again rather than guess.
         let entry = known.tokens.get(id)?;
@@ -251,19 +283,21 @@ impl TokenCache {
             status,
             Ok(pb::TokenStatus::Active | pb::TokenStatus::Disabled)
         );
-        if live && entry.expire_time.is_some_and(|at| at <= SystemTime::now()) {
-            return Some(Verdict::Expired);
-        }
-        Some(match status {
-            Ok(pb::TokenStatus::Active) => Verdict::Valid {
-                token_id: id.clone(),
-                account_id: entry.account_id.clone(),
-                modules: entry.modules.clone(),
-                expire_time: entry.expire_time,
-            },
-            Ok(pb::TokenStatus::Disabled) => Verdict::Disabled,
-            _ => Verdict::NotFound,
-        })
+        let verdict = if live && entry.expire_time.is_some_and(|at| at <= SystemTime::now()) {
+            Verdict::Expired
+        } else {
+            match status {
+                Ok(pb::TokenStatus::Active) => Verdict::Valid {
+                    token_id: id.clone(),
+                    account_id: entry.account_id.clone(),
+                    modules: entry.modules.clone(),
+                    expire_time: entry.expire_time,
+                },
+                Ok(pb::TokenStatus::Disabled) => Verdict::Disabled,
+                _ => Verdict::NotFound,
+            }
+        };
+        Some(Local { verdict, due })
     }
 
     /// The last revision the cache has applied.
