@@ -7,7 +7,7 @@
 //! `Watch` stream, give in-flight unary calls a grace period, then close the
 //! store (which persists what is pending and flushes). tonic's graceful
 //! shutdown alone would wait forever for open streams, so the grace period is
-//! a hard deadline. This module must never contain request logic.
+//! a hard deadline, counted once from the signal. This module must never contain request logic.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -152,6 +152,10 @@ impl Running {
         self.wait().await
     }
 }
+
+/// How long a stop waits at least for connections to let go of the store
+/// once the calls ended, even at the grace period's end.
+const RELEASE_AT_LEAST: Duration = Duration::from_millis(200);
 
 /// Every protobuf file this server's services and errors are made of:
 /// reflection describes them, the RPC log counts their methods.
@@ -416,9 +420,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop)),
             };
         tokio::pin!(serve);
+        // One deadline for the whole stop, whatever holds it up: open calls
+        // first, then the connections winding down (a client that stopped
+        // reading holds both). An orchestrator's kill timer counts from the
+        // signal too.
+        let mut deadline = None;
         let served = tokio::select! {
             result = &mut serve => result,
             _ = signal.cancelled() => {
+                let deadline = *deadline.insert(tokio::time::Instant::now() + grace);
                 tracing::info!("shutting down");
                 // Every watch stream ends with UNAVAILABLE, woken by the hub.
                 hub.close();
@@ -428,7 +438,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                     health.set_service_status(name, ServingStatus::NotServing).await;
                     health.clear_service_status(name).await;
                 }
-                match tokio::time::timeout(grace, &mut serve).await {
+                match tokio::time::timeout_at(deadline, &mut serve).await {
                     Ok(result) => result,
                     Err(_) => {
                         tracing::warn!(?grace, "calls still open after the grace period; closing them");
@@ -440,8 +450,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store.close().await;
         // Connection tasks that are still winding down hold handles on the
         // store, and with them sled's lock on the data dir. Wait (briefly)
-        // for them so that whoever stopped this server can reopen the dir.
-        let released = tokio::time::timeout(grace, async {
+        // for them so that whoever stopped this server can reopen the dir:
+        // until the deadline, and a moment at least (the calls may have
+        // ended just in time).
+        let until = deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + grace)
+            .max(tokio::time::Instant::now() + RELEASE_AT_LEAST);
+        let released = tokio::time::timeout_at(until, async {
             while Arc::strong_count(&store) > 1 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

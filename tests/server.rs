@@ -155,8 +155,25 @@ async fn sigterm_stops_the_binary_within_five_seconds_even_with_open_streams() {
     let mut c = p.tokens().await;
     let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
     // A stalled client too: it never reads, and must not hold shutdown up.
-    let mut stalled = p.tokens().await;
-    let _stalled = watch(&mut stalled, pb::WatchTokensRequest::default()).await;
+    // Its window is 0 bytes, so not even its stream's first message (the
+    // snapshot's end) reaches it, and its stream's end cannot be sent.
+    let stalled = tonic::transport::Endpoint::from_shared(p.url())
+        .unwrap()
+        .initial_stream_window_size(0)
+        .connect()
+        .await
+        .unwrap();
+    let bearer = bearer(&operator_secret(&p.dir));
+    let mut stalled =
+        pb::token_service_client::TokenServiceClient::with_interceptor(stalled, bearer);
+    let _stalled = watch(
+        &mut stalled,
+        pb::WatchTokensRequest {
+            send_initial: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let channel = tonic::transport::Channel::from_shared(p.url())
         .unwrap()
         .connect()
