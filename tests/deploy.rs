@@ -157,6 +157,107 @@ fn the_dockerfile_matches_the_manifest() {
     assert_eq!(docker.matches("FROM ").count(), 2, "multi-stage");
 }
 
+/// What the build stage copies into the image's build context.
+fn copied_for_the_build(docker: &str) -> Vec<String> {
+    // Between the first `FROM` and the second.
+    let build_stage = docker.split("\nFROM ").nth(1).expect("a build stage");
+    build_stage
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            // Every word but the last (the destination).
+            words[..words.len() - 1]
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            // Installed packages are not part of the repository.
+            if e.file_name() != "node_modules" {
+                copy_tree(&e.path(), &to.join(e.file_name()));
+            }
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// Files `include_bytes!` / `include_str!` name by a literal path in `file`
+/// (under `dir`, a copy of the repository), resolved from the file's folder.
+fn included(file: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = Vec::new();
+    for mac in ["include_bytes!(\"", "include_str!(\""] {
+        for (at, _) in text.match_indices(mac) {
+            let rest = &text[at + mac.len()..];
+            let path = &rest[..rest.find('"').unwrap()];
+            out.push(file.parent().unwrap().join(path));
+        }
+    }
+    out
+}
+
+/// `docker build` copies only what the Dockerfile names: the manifest must
+/// parse with just that (its `[[test]]` targets need their files), and every
+/// file the sources include must be there. A Dockerfile that missed `tests/`
+/// and `web/dist/` failed both checks.
+#[test]
+fn the_image_build_copies_everything_the_build_reads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let context = tempfile::tempdir().unwrap();
+    for path in copied_for_the_build(&read("Dockerfile")) {
+        let path = path.trim_end_matches('/');
+        copy_tree(&root.join(path), &context.path().join(path));
+    }
+    // Asked for a target that does not exist, cargo reads the manifest and
+    // finds every target's file, then stops before compiling anything.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let check = std::process::Command::new(cargo)
+        .args([
+            "check",
+            "--offline",
+            "--bin",
+            "no-such-target",
+            "--target-dir",
+        ])
+        .arg(context.path().join("target"))
+        .current_dir(context.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        said.contains("no bin target named `no-such-target`"),
+        "the manifest does not read in the image's build context: {said}"
+    );
+    let mut sources = vec![context.path().join("src")];
+    let mut checked = 0;
+    while let Some(p) = sources.pop() {
+        if p.is_dir() {
+            sources.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            for file in included(&p) {
+                assert!(
+                    file.exists(),
+                    "{} includes {}, which the image's build context lacks",
+                    p.display(),
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3, "the console's files are included: {checked}");
+}
+
 #[test]
 fn the_mesh_client_names_the_service_and_port() {
     let tokend = docs("kubernetes/tokend.yaml");
