@@ -1,7 +1,8 @@
 //! Letting connections in: the one place a TCP connection is accepted,
 //! counted, and closed before it costs more than a socket.
 //!
-//! Owns four defences of the port, each measured against a client that
+//! Owns binding the port, with a backlog that holds a reconnect storm
+//! ([`bind`]), and four defences of it, each measured against a client that
 //! opens connections in a loop (RELIABILITY.md, `tests/flood.rs`):
 //! - **a cap** on open connections (`--max-connections`): one more is
 //!   closed as soon as it is accepted, counted, and a warning is logged
@@ -65,6 +66,27 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
         }
     }
+}
+
+/// Connections the kernel may hold, handshake done, before they are
+/// accepted. tokio's `TcpListener::bind` asks for 128 (mio's fixed
+/// value): a reconnect storm (every watcher after a restart) overflows it,
+/// and each connection over is a dropped SYN its client retries after 1 s,
+/// then 3 s, then 7 s. The kernel caps this at `net.core.somaxconn` (4,096
+/// by default since Linux 5.4).
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with a backlog of [`BACKLOG`] (and
+/// `SO_REUSEADDR`, as `TcpListener::bind` sets: a restart binds at once
+/// while the old process's connections linger in `TIME_WAIT`).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Raises the soft limit on open files to the hard limit (Go's runtime does

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -277,12 +276,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     ));
     if let Some(leak) = &config.leak_report {
         let keys = crate::leaks::github::Keys::load(&leak.keys)?;
-        let listener = TcpListener::bind(leak.listen)
-            .await
-            .map_err(|e| Error::Unavailable {
-                reason: crate::error::reason::LISTEN_FAILED,
-                message: format!("cannot listen for leak reports on {}: {e}", leak.listen),
-            })?;
+        let listener = listener::bind(leak.listen).map_err(|e| Error::Unavailable {
+            reason: crate::error::reason::LISTEN_FAILED,
+            message: format!("cannot listen for leak reports on {}: {e}", leak.listen),
+        })?;
         tracing::info!(addr = %leak.listen, path = crate::leaks::github::PATH, "serving leak reports");
         tokio::spawn(crate::leaks::github::serve(
             listener,
@@ -294,12 +291,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     // Bound only once the store is open and the operator credential exists:
     // whoever sees the port open can read operator.token.
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Unavailable {
-            reason: crate::error::reason::LISTEN_FAILED,
-            message: format!("cannot listen on {}: {e}", config.listen),
-        })?;
+    let listener = listener::bind(config.listen).map_err(|e| Error::Unavailable {
+        reason: crate::error::reason::LISTEN_FAILED,
+        message: format!("cannot listen on {}: {e}", config.listen),
+    })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;

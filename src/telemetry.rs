@@ -61,7 +61,12 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WATCH_DELIVERY.into()), seconds))
         .map_err(|e| Error::Internal(format!("metrics: {e}")))?
         .install()
-        .map_err(|e| Error::Internal(format!("metrics on {addr}: {e}")))?;
+        // Binding is most of what can fail here (a port taken, an address
+        // not this machine's): said as the API port's failure is.
+        .map_err(|e| Error::Unavailable {
+            reason: crate::error::reason::LISTEN_FAILED,
+            message: format!("cannot serve metrics on {addr}: {e}"),
+        })?;
     describe();
     tracing::info!(%addr, "metrics on /metrics");
     Ok(())

@@ -163,6 +163,40 @@ async fn idle_connections_past_the_cap_are_closed_and_clients_still_served() {
     );
 }
 
+/// A burst of connections the server has not accepted yet waits in the
+/// kernel's queue rather than being dropped: with tokio's own `bind` (a
+/// backlog of 128), the 130th SYN on is dropped and its client retries
+/// after 1 s, 3 s, 7 s (a reconnect storm after a restart).
+#[tokio::test]
+async fn a_burst_of_connections_waits_in_the_backlog_instead_of_being_dropped() {
+    const BURST: usize = 600;
+    let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap_or(usize::MAX);
+    assert!(
+        cap > BURST,
+        "this machine caps every backlog at {cap} (net.core.somaxconn)"
+    );
+    let listener = tokend::listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // All at once, and none accepted meanwhile: what a restart's clients do.
+    let connects = (0..BURST).map(|_| async move {
+        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+    });
+    let clients = futures_util::future::join_all(connects).await;
+    let mut accepted = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await
+    {
+        accepted += 1;
+    }
+    let connected = clients.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+    assert_eq!(
+        (accepted, connected),
+        (BURST, BURST),
+        "accepted, connected within 500 ms"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_preface_is_closed() {
     let s = start(&["--first-request-timeout", "1s"]).await;
