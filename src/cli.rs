@@ -396,6 +396,11 @@ fn positive_count() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
+/// A count from one to `max`.
+fn count_up_to(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=max as u64)
+}
+
 /// An RFC 3339 instant, e.g. 2027-01-31T00:00:00Z.
 fn instant(s: &str) -> Result<prost_types::Timestamp, String> {
     s.parse()

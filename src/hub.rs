@@ -44,14 +44,20 @@ pub struct Published {
     pub event: Arc<Event>,
 }
 
+/// The most events the hub keeps. tokio allocates its ring whole, at the
+/// next power of two, and every slot keeps the last event it held alive
+/// (about a kilobyte with its token): a million is a gigabyte already, and
+/// a watcher that far behind is better served by the log.
+pub const MAX_CAPACITY: usize = 1 << 20;
+
 impl Hub {
     /// `capacity` events are kept for receivers that fall behind; a receiver
     /// further behind than that is told it lagged and re-reads the log.
-    /// At least one (`tokend serve` refuses `--hub-capacity 0`): tokio's
-    /// ring cannot be empty.
+    /// From one to [`MAX_CAPACITY`] (`tokend serve` refuses others): tokio's
+    /// ring cannot be empty, and a huge one would take the machine's memory.
     pub fn new(capacity: usize) -> Hub {
         Hub {
-            tx: broadcast::channel(capacity.max(1)).0,
+            tx: broadcast::channel(capacity.clamp(1, MAX_CAPACITY)).0,
             closing: CancellationToken::new(),
             published: metrics::counter!(telemetry::EVENTS_PUBLISHED),
         }

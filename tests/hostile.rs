@@ -118,6 +118,38 @@ async fn malformed_and_oversize_requests_get_exact_statuses_and_change_nothing()
                 Box::pin(async move { code(c.create_token(r).await) })
             })
         }),
+        // Durations protobuf forbids, which prost's conversion would
+        // normalise into 4.999999999 s and 11.5 s.
+        (
+            "ttl: nanos against the sign of seconds",
+            Code::InvalidArgument,
+            {
+                let create = create.clone();
+                Box::new(move |mut c| {
+                    let mut r = create("ok".into(), vec![], String::new());
+                    r.expiration = Some(pb::create_token_request::Expiration::Ttl(
+                        prost_types::Duration {
+                            seconds: 5,
+                            nanos: -1,
+                        },
+                    ));
+                    Box::pin(async move { code(c.create_token(r).await) })
+                })
+            },
+        ),
+        ("ttl: nanos past a second", Code::InvalidArgument, {
+            let create = create.clone();
+            Box::new(move |mut c| {
+                let mut r = create("ok".into(), vec![], String::new());
+                r.expiration = Some(pb::create_token_request::Expiration::Ttl(
+                    prost_types::Duration {
+                        seconds: 10,
+                        nanos: 1_500_000_000,
+                    },
+                ));
+                Box::pin(async move { code(c.create_token(r).await) })
+            })
+        }),
         ("description: 5 MB", Code::OutOfRange, {
             let create = create.clone();
             Box::new(move |mut c| {

@@ -304,6 +304,12 @@ fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
         );
         assert!(!opened, "{flag}: nothing is opened");
     }
+    // Too many is as bad: tokio allocates the hub's ring whole (this one
+    // panicked, a billion was killed for its memory).
+    let (code, stderr, opened) = serve_refused(&["--hub-capacity", "18446744073709551615"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not in 1..=1048576"), "{stderr}");
+    assert!(!opened);
 }
 
 /// Runs `tokend serve` with `args` and `env` on a fresh data dir, expecting

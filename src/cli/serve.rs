@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::BoolishValueParser;
 
-use super::{Cli, Command, positive_count, positive_duration};
+use super::{Cli, Command, count_up_to, positive_count, positive_duration};
 use crate::listener::Limits;
 use crate::server::{Config, TlsFiles};
 use crate::service::AuthzConfig;
@@ -54,8 +54,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_EXPIRY_CHECK", default_value = "1s", value_parser = positive_duration)]
     pub expiry_check: Duration,
     /// Events the live fan-out keeps for watchers that fall briefly behind;
-    /// one further behind catches up from the event log.
-    #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096, value_parser = positive_count())]
+    /// one further behind catches up from the event log. At most 1048576.
+    #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096, value_parser = count_up_to(crate::hub::MAX_CAPACITY))]
     pub hub_capacity: usize,
     /// A file holding the operator secret to use, instead of the one tokend
     /// generates into <data-dir>/operator.token on first start.
