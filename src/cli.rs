@@ -93,7 +93,7 @@ pub enum SnapshotCommand {
         file: PathBuf,
         /// With `--store sled`: the data dir to create; missing or empty,
         /// never one in use.
-        #[arg(long)]
+        #[arg(long, env = "TOKEND_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// Where to restore: `sled` (into --data-dir), or
         /// `etcd://host:port[,…][/prefix]` / `etcds://…`, whose prefix must

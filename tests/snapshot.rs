@@ -273,6 +273,26 @@ async fn a_restored_store_answers_as_the_original_did() {
     let r = Snapshot::decode(&std::fs::read(&file).unwrap())
         .unwrap()
         .revision as i64;
+    // For scripts, the same as JSON.
+    let json_file = dir.path().join("again.snap");
+    let args = [
+        "snapshot",
+        "save",
+        &json_file.display().to_string(),
+        "--server",
+        &p.url(),
+        "--token-file",
+        &p.dir.join("operator.token").display().to_string(),
+        "-o",
+        "json",
+    ];
+    let ran = tokend(args.iter().map(|s| s.to_string()).collect()).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let said: serde_json::Value = serde_json::from_str(&ran.stdout).expect(&ran.stdout);
+    assert_eq!(said["revision"], r, "{said}");
+    assert_eq!(said["file"], json_file.display().to_string());
+    assert_eq!(said["accounts"], accounts.len());
+    assert_eq!(said["bytes"], std::fs::metadata(&json_file).unwrap().len());
     drop(p);
 
     let restored = dir.path().join("restored");

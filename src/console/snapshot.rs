@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{Conn, Failure, exit, fail};
-use crate::cli::SnapshotCommand;
+use crate::cli::{Output, SnapshotCommand};
 use crate::proto as pb;
 use crate::store::snapshot::{Snapshot, Summary};
 use crate::store::{Backend, SledStore};
@@ -43,13 +43,26 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
                     format!("cannot write {}: {e}", file.display()),
                 )
             })?;
-            println!(
-                "saved {}: {}, {} bytes in {:.2?}",
-                file.display(),
-                describe(&summary),
-                bytes.len(),
-                started.elapsed()
-            );
+            match client.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        "revision": summary.revision,
+                        "accounts": summary.accounts,
+                        "tokens": summary.tokens,
+                        "live_tokens": summary.live_secrets,
+                        "bytes": bytes.len(),
+                    })
+                ),
+                Output::Table => println!(
+                    "saved {}: {}, {} bytes in {:.2?}",
+                    file.display(),
+                    describe(&summary),
+                    bytes.len(),
+                    started.elapsed()
+                ),
+            }
             Ok(())
         }
         SnapshotCommand::Restore {
