@@ -54,7 +54,15 @@ pub async fn operator(
             tracing::info!(path = %default_path.display(), "operator credential written");
             default_path
         }
-        None => return Ok(None),
+        None => {
+            // Normal once an operator moved the file somewhere safer; after
+            // a restore without it, the reason no one can call.
+            tracing::info!(
+                path = %default_path.display(),
+                "no operator credential file (nor --operator-token-file): callers use secrets they already hold"
+            );
+            return Ok(None);
+        }
     };
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::invalid(

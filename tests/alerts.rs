@@ -1,9 +1,10 @@
 //! deploy/prometheus/ and deploy/grafana/: the alerting and recording rules
 //! pass `promtool check rules` and their own unit tests (`promtool test
 //! rules`, which feed series and expect each alert); the dashboard is
-//! importable JSON whose every query parses; and every tokend metric either
+//! importable JSON whose every query parses; every tokend metric either
 //! names is one a running tokend exports, so no alert or panel waits on a
-//! series that never comes.
+//! series that never comes; and the scrape configuration puts the
+//! manifests' pods under the job the alerts watch.
 
 mod common;
 
@@ -37,10 +38,67 @@ fn promtool(args: &[&str]) -> String {
     text
 }
 
+const CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/prometheus.yml"
+);
+
 #[test]
 fn the_rules_are_valid_and_their_unit_tests_pass() {
     assert!(promtool(&["check", "rules", RULES]).contains("SUCCESS"));
     assert!(promtool(&["test", "rules", RULE_TESTS]).contains("SUCCESS"));
+}
+
+fn yaml(path: &str) -> Vec<yaml_rust2::Yaml> {
+    yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The scrape job the manifests need: valid, named as the rules' `up`
+/// alert expects, and keeping the pods and the port the manifests declare.
+/// With the pods' `prometheus.io/scrape` annotations alone, the usual
+/// annotation-driven job has another name, and `TokendDown` never fires.
+///
+/// Not `promtool check config`: Debian builds Prometheus without Kubernetes
+/// discovery, and its promtool refuses `kubernetes_sd_configs` as unknown.
+#[test]
+fn the_scrape_config_finds_the_manifests_pods_under_the_job_the_alerts_watch() {
+    let config = &yaml(CONFIG)[0];
+    let job = &config["scrape_configs"][0];
+    let name = job["job_name"].as_str().unwrap();
+    assert_eq!(config["rule_files"][0].as_str(), Some("tokend-rules.yaml"));
+    let rules = std::fs::read_to_string(RULES).unwrap();
+    assert!(rules.contains(&format!("up{{job=\"{name}\"}}")), "{name}");
+    let keep = |label: &str| {
+        job["relabel_configs"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|r| r["source_labels"][0].as_str() == Some(label))
+            .and_then(|r| r["regex"].as_str())
+            .unwrap_or_else(|| panic!("no keep on {label}"))
+            .to_string()
+    };
+    let app = keep("__meta_kubernetes_pod_label_app_kubernetes_io_name");
+    let port = keep("__meta_kubernetes_pod_container_port_name");
+    for manifest in ["tokend.yaml", "tokend-replicas.yaml"] {
+        let path = format!("{}/deploy/kubernetes/{manifest}", env!("CARGO_MANIFEST_DIR"));
+        let docs = yaml(&path);
+        let set = docs
+            .iter()
+            .find(|d| matches!(d["kind"].as_str(), Some("StatefulSet" | "Deployment")))
+            .unwrap_or_else(|| panic!("{manifest}: no workload"));
+        let pod = &set["spec"]["template"];
+        assert_eq!(
+            pod["metadata"]["labels"]["app.kubernetes.io/name"].as_str(),
+            Some(app.as_str()),
+            "{manifest}"
+        );
+        let ports = pod["spec"]["containers"][0]["ports"].as_vec().unwrap();
+        assert!(
+            ports.iter().any(|p| p["name"].as_str() == Some(port.as_str())),
+            "{manifest}: no port named {port}"
+        );
+    }
 }
 
 /// The `tokend_*` series names a text names (a histogram's `_bucket`,
