@@ -81,7 +81,10 @@ fn the_scrape_config_finds_the_manifests_pods_under_the_job_the_alerts_watch() {
     let app = keep("__meta_kubernetes_pod_label_app_kubernetes_io_name");
     let port = keep("__meta_kubernetes_pod_container_port_name");
     for manifest in ["tokend.yaml", "tokend-replicas.yaml"] {
-        let path = format!("{}/deploy/kubernetes/{manifest}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/deploy/kubernetes/{manifest}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let docs = yaml(&path);
         let set = docs
             .iter()
@@ -95,7 +98,9 @@ fn the_scrape_config_finds_the_manifests_pods_under_the_job_the_alerts_watch() {
         );
         let ports = pod["spec"]["containers"][0]["ports"].as_vec().unwrap();
         assert!(
-            ports.iter().any(|p| p["name"].as_str() == Some(port.as_str())),
+            ports
+                .iter()
+                .any(|p| p["name"].as_str() == Some(port.as_str())),
             "{manifest}: no port named {port}"
         );
     }
