@@ -15,8 +15,10 @@ async fn the_python_grpcio_client_sees_its_own_deletion_on_the_stream() {
             env!("CARGO_MANIFEST_DIR"),
             "/examples/python/tokend_demo.py"
         ))
-        .args(["--server", &p.addr.to_string(), "--token-file"])
-        .arg(dir.path().join("operator.token"))
+        // Where and as whom, from the environment the CLI reads too (the
+        // Node test below passes them as flags).
+        .env("TOKEND_SERVER", p.url())
+        .env("TOKEND_TOKEN_FILE", dir.path().join("operator.token"))
         .output()
         .await
         .unwrap();

@@ -21,12 +21,15 @@ import protobuf from "protobufjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
+// The same environment as the `tokend` CLI's; the server as host:port or as
+// the CLI's URL.
 const { values: args } = parseArgs({
   options: {
-    server: { type: "string", default: process.env.TOKEND_ADDR ?? "localhost:50051" },
-    "token-file": { type: "string", default: "tokend-data/operator.token" },
+    server: { type: "string", default: process.env.TOKEND_SERVER ?? "localhost:50051" },
+    "token-file": { type: "string", default: process.env.TOKEND_TOKEN_FILE ?? "tokend-data/operator.token" },
   },
 });
+args.server = args.server.replace(/^http:\/\//, "").replace(/\/$/, "");
 
 const definition = protoLoader.loadSync(
   ["apitokens/v1/tokens.proto", "apitokens/v1/accounts.proto"],

@@ -43,9 +43,13 @@ def generate_stubs():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default=os.environ.get("TOKEND_ADDR", "localhost:50051"))
-    parser.add_argument("--token-file", default="tokend-data/operator.token")
+    # The same environment as the `tokend` CLI's; the server as host:port or
+    # as the CLI's URL.
+    parser.add_argument("--server", default=os.environ.get("TOKEND_SERVER", "localhost:50051"))
+    parser.add_argument("--token-file",
+                        default=os.environ.get("TOKEND_TOKEN_FILE", "tokend-data/operator.token"))
     args = parser.parse_args()
+    args.server = args.server.removeprefix("http://").rstrip("/")
 
     tokens_pb2, tokens_grpc, accounts_pb2, accounts_grpc = generate_stubs()
     secret = pathlib.Path(args.token_file).read_text().strip()
