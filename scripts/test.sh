@@ -35,6 +35,11 @@ if ! have promtool; then
   echo "installing prometheus for promtool (Debian)"
   apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
 fi
+# The listen backlog test (tests/flood.rs) reads a port's backlog with ss.
+if ! have ss; then
+  echo "installing iproute2 for ss (Debian)"
+  apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
+fi
 # The console's browser tests (tests/console.rs) drive Debian's chromium
 # with puppeteer-core, and check each screen with axe-core: both come from
 # web/node_modules (scripts/web.sh deps: npm ci, which needs node).

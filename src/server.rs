@@ -7,7 +7,8 @@
 //! `Watch` stream, give in-flight unary calls a grace period, then close the
 //! store (which persists what is pending and flushes). tonic's graceful
 //! shutdown alone would wait forever for open streams, so the grace period is
-//! a hard deadline, counted once from the signal. This module must never contain request logic.
+//! a hard deadline, counted once from the signal. This module must never
+//! contain request logic.
 
 use std::future::Future;
 use std::net::SocketAddr;

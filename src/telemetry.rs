@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 use crate::domain::TokenId;
 use crate::error::Error;
@@ -61,11 +61,14 @@ pub fn install_prometheus(addr: SocketAddr) -> Result<(), Error> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WATCH_DELIVERY.into()), seconds))
         .map_err(|e| Error::Internal(format!("metrics: {e}")))?
         .install()
-        // Binding is most of what can fail here (a port taken, an address
-        // not this machine's): said as the API port's failure is.
-        .map_err(|e| Error::Unavailable {
-            reason: crate::error::reason::LISTEN_FAILED,
-            message: format!("cannot serve metrics on {addr}: {e}"),
+        .map_err(|e| match e {
+            // A port taken, an address not this machine's: said as the API
+            // port's failure is.
+            BuildError::FailedToCreateHTTPListener(why) => Error::Unavailable {
+                reason: crate::error::reason::LISTEN_FAILED,
+                message: format!("cannot serve metrics on {addr}: {why}"),
+            },
+            e => Error::Internal(format!("metrics on {addr}: {e}")),
         })?;
     describe();
     tracing::info!(%addr, "metrics on /metrics");

@@ -160,6 +160,7 @@ fn the_dockerfile_matches_the_manifest() {
 /// What the build stage copies into the image's build context.
 fn copied_for_the_build(docker: &str) -> Vec<String> {
     // Between the first `FROM` and the second.
+    let docker = format!("\n{docker}");
     let build_stage = docker.split("\nFROM ").nth(1).expect("a build stage");
     build_stage
         .lines()
@@ -256,6 +257,15 @@ fn the_image_build_copies_everything_the_build_reads() {
         }
     }
     assert!(checked >= 3, "the console's files are included: {checked}");
+    // What must never be sent to the daemon: a data dir's secret, and
+    // gigabytes of build output.
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for never in ["target", "tokend-data", "**/node_modules"] {
+        assert!(
+            ignored.lines().any(|l| l == never),
+            ".dockerignore lacks {never}"
+        );
+    }
 }
 
 #[test]

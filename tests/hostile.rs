@@ -150,6 +150,24 @@ async fn malformed_and_oversize_requests_get_exact_statuses_and_change_nothing()
                 Box::pin(async move { code(c.create_token(r).await) })
             })
         }),
+        (
+            "roll grace: nanos against the sign of seconds",
+            Code::InvalidArgument,
+            {
+                let id = id.clone();
+                Box::new(move |mut c| {
+                    let r = pb::RollTokenRequest {
+                        id: id.clone(),
+                        grace: Some(prost_types::Duration {
+                            seconds: 5,
+                            nanos: -1,
+                        }),
+                        ..Default::default()
+                    };
+                    Box::pin(async move { code(c.roll_token(r).await) })
+                })
+            },
+        ),
         ("description: 5 MB", Code::OutOfRange, {
             let create = create.clone();
             Box::new(move |mut c| {

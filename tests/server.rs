@@ -312,6 +312,46 @@ fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
     assert!(!opened);
 }
 
+/// A port another process holds is said so, in one line, exit 1: the API
+/// port, and the metrics port (which read "internal error" before).
+#[test]
+fn a_taken_port_is_said_so() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (args, said) in [
+        (vec!["--listen", &addr], format!("cannot listen on {addr}")),
+        (
+            vec!["--listen", "127.0.0.1:0", "--metrics-addr", &addr],
+            format!("cannot serve metrics on {addr}"),
+        ),
+    ] {
+        let flag = args[args.len() - 2];
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .arg("serve")
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&said) && last.contains("in use"),
+            "{flag}: {stderr}"
+        );
+        assert!(!stderr.contains("internal error"), "{flag}: {stderr}");
+    }
+}
+
 /// Runs `tokend serve` with `args` and `env` on a fresh data dir, expecting
 /// it to refuse them: its exit code, its stderr, and whether it made the
 /// data dir.

@@ -29,6 +29,10 @@ const { values: args } = parseArgs({
     "token-file": { type: "string", default: process.env.TOKEND_TOKEN_FILE ?? "tokend-data/operator.token" },
   },
 });
+if (args.server.startsWith("https://")) {
+  console.error("this example speaks plaintext gRPC: give http://host:port or host:port");
+  process.exit(2);
+}
 args.server = args.server.replace(/^http:\/\//, "").replace(/\/$/, "");
 
 const definition = protoLoader.loadSync(

@@ -49,6 +49,8 @@ def main():
     parser.add_argument("--token-file",
                         default=os.environ.get("TOKEND_TOKEN_FILE", "tokend-data/operator.token"))
     args = parser.parse_args()
+    if args.server.startswith("https://"):
+        parser.error("this example speaks plaintext gRPC: give http://host:port or host:port")
     args.server = args.server.removeprefix("http://").rstrip("/")
 
     tokens_pb2, tokens_grpc, accounts_pb2, accounts_grpc = generate_stubs()

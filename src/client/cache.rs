@@ -45,8 +45,8 @@ pub struct CacheConfig {
     /// A confirmed secret is confirmed with the server again after this
     /// long. Deletions and token disables reach the cache on the stream at
     /// once; an account's disable has no token event, and takes this long.
-    /// While the server cannot be reached, the cache answers from memory
-    /// instead, within `max_staleness`.
+    /// While disconnected (its stream down, and the server not answering),
+    /// the cache answers from memory instead, within `max_staleness`.
     pub revalidate_after: Duration,
 }
 
@@ -95,8 +95,8 @@ pub enum CacheError {
 /// How the cache has been kept current, for operators and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Verifications the server answered (secrets met for the first time,
-    /// or due for revalidation).
+    /// Verifications the server was asked for (secrets met for the first
+    /// time, or due for revalidation), answered or not.
     pub server_verifications: u64,
     /// Reconnections that resumed from the last revision heard.
     pub resumes: u64,
@@ -109,17 +109,9 @@ struct Local {
     verdict: Verdict,
     /// Confirmed longer than `revalidate_after` ago: the server is asked
     /// again (an account's disable has no token event), and this stands
-    /// only while the server cannot be reached.
+    /// only while the cache is disconnected (its stream down, and the
+    /// server not answering), within `max_staleness`.
     due: bool,
-}
-
-/// The server could not be asked (down, restarting, or too slow), as
-/// opposed to having answered a refusal.
-fn unreachable(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-    )
 }
 
 /// A token as the cache needs it.
@@ -205,44 +197,52 @@ impl TokenCache {
     /// Verifies a secret: in memory for secrets met before, by the server
     /// for new ones. Fails closed once disconnected past `max_staleness`.
     pub async fn verify(&self, plain: &str) -> Result<Verdict, CacheError> {
-        if let Some(since) = *self.shared.down_since.lock().expect("cache lock") {
-            let down = since.elapsed();
-            if down > self.config.max_staleness {
-                return Err(CacheError::Stale(down));
-            }
-        }
+        self.disconnected()?;
         if secret::parse(plain).is_err() {
             return Ok(Verdict::Malformed);
         }
         let hash = secret::hash(plain);
-        let known = self.local(&hash);
         if let Some(Local {
             verdict,
             due: false,
-        }) = known
+        }) = self.local(&hash)
         {
             return Ok(verdict);
         }
         self.shared
             .server_verifications
             .fetch_add(1, Ordering::Relaxed);
-        let asked = self
-            .client
-            .clone()
-            .verify_token(pb::VerifyTokenRequest {
-                secret: plain.to_string(),
-            })
-            .await;
-        let r = match (asked, known) {
-            (Ok(r), _) => r.into_inner(),
-            // Due for revalidation, and the server out of reach: what the
-            // cache knows still stands until `max_staleness` (checked
-            // above, and by the stream once it notices). A gateway must
-            // not refuse every known secret through a short restart.
-            (Err(status), Some(Local { verdict, .. })) if unreachable(&status) => {
-                return Ok(verdict);
+        let mut client = self.client.clone();
+        let call = client.verify_token(pb::VerifyTokenRequest {
+            secret: plain.to_string(),
+        });
+        // Bounded: past `max_staleness` nothing the cache knows still
+        // stands, and a gateway must not wait on a connection that died
+        // silently for as long as TCP takes to notice.
+        let asked = tokio::time::timeout(self.config.max_staleness, call).await;
+        let r = match asked {
+            Ok(Ok(r)) => r.into_inner(),
+            failed => {
+                // With its stream down too, the cache is disconnected: it
+                // answers what it knows, within `max_staleness`, as it does
+                // for secrets not yet due (a gateway must not refuse every
+                // known secret through a short tokend restart). Read again
+                // after the call: the stream may have applied a delete, or
+                // the bound passed, meanwhile. With the stream up, the
+                // server's refusal stands (a fenced replica refuses because
+                // it may be missing a delete).
+                if self.disconnected()?
+                    && let Some(Local { verdict, .. }) = self.local(&hash)
+                {
+                    return Ok(verdict);
+                }
+                return Err(CacheError::Server(match failed {
+                    Ok(Err(status)) => status,
+                    _ => {
+                        Status::deadline_exceeded("the server did not answer within max_staleness")
+                    }
+                }));
             }
-            (Err(status), _) => return Err(CacheError::Server(status)),
         };
         let result = pb::VerifyResult::try_from(r.result).unwrap_or_default();
         // Remember the secret when the decision rests on the token alone,
@@ -268,6 +268,17 @@ impl TokenCache {
             (pb::VerifyResult::Malformed, _) => Verdict::Malformed,
             _ => Verdict::NotFound,
         })
+    }
+
+    /// Whether the stream is down; refused (fail closed) once it has been
+    /// for longer than `max_staleness`.
+    fn disconnected(&self) -> Result<bool, CacheError> {
+        match *self.shared.down_since.lock().expect("cache lock") {
+            Some(since) if since.elapsed() > self.config.max_staleness => {
+                Err(CacheError::Stale(since.elapsed()))
+            }
+            since => Ok(since.is_some()),
+        }
     }
 
     /// The answer from memory, if the cache knows this secret's token.

@@ -45,9 +45,21 @@ pub fn time_from(field: &'static str, t: &prost_types::Timestamp) -> Result<Syst
 
 /// A request's lifetime, checked: more than zero, at most a hundred years.
 pub fn duration_from(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
-    // prost's conversion normalises first, so it would read {5 s, -1 ns}
-    // or {10 s, 1.5e9 ns}, which protobuf's Duration forbids, as 4.999999999
-    // s and 11.5 s: refused, as `time_from` refuses such nanos.
+    let out = well_formed(field, d)?
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_LIFETIME);
+    out.ok_or_else(|| Error::invalid(field, "must be more than zero and at most 100 years"))
+}
+
+/// A protobuf Duration read as a `std` one: an error when it is not one
+/// protobuf allows; inside, `Err` for a negative one. prost's conversion
+/// normalises first, so it would read {5 s, -1 ns} or {10 s, 1.5e9 ns},
+/// which protobuf forbids, as 4.999999999 s and 11.5 s: refused, as
+/// [`time_from`] refuses such nanos.
+pub fn well_formed(
+    field: &'static str,
+    d: &prost_types::Duration,
+) -> Result<Result<Duration, prost_types::DurationError>, Error> {
     let signs_agree = (d.seconds >= 0 && d.nanos >= 0) || (d.seconds <= 0 && d.nanos <= 0);
     if !(-999_999_999..=999_999_999).contains(&d.nanos) || !signs_agree {
         return Err(Error::invalid(
@@ -55,10 +67,7 @@ pub fn duration_from(field: &'static str, d: &prost_types::Duration) -> Result<D
             "must be a valid duration: nanos within ±999,999,999, with the sign of seconds",
         ));
     }
-    let out = Duration::try_from(*d)
-        .ok()
-        .filter(|d| !d.is_zero() && *d <= MAX_LIFETIME);
-    out.ok_or_else(|| Error::invalid(field, "must be more than zero and at most 100 years"))
+    Ok(Duration::try_from(*d))
 }
 
 /// A new token's expiry from the `expire_time` arm of a request's

@@ -31,7 +31,7 @@ impl Service {
         let r = request.into_inner();
         let grace = match &r.grace {
             None => Default::default(),
-            Some(d) => std::time::Duration::try_from(*d)
+            Some(d) => convert::well_formed("grace", d)?
                 .ok()
                 .filter(|g| *g <= MAX_GRACE)
                 .ok_or_else(|| Error::invalid("grace", "must be from 0 to 7 days"))?,

@@ -1,7 +1,7 @@
 //! The shrunk record of an old tombstone: the sled store's own shape for
 //! what the contract keeps of a deleted token once
 //! `--tombstone-shrink-after` has passed (`sled/shrink.rs` shrinks,
-//! `sled/tombstones.rs` packs).
+//! `sled/tombstones.rs` packs, in `tombstones/pack_format.rs`'s format).
 //!
 //! Owns that shape and its conversions. Like every shape in
 //! `store/record.rs`, it must never change without a new format version,

@@ -13,7 +13,8 @@
 //!                          Apart from the live tokens, so that opening reads
 //!                          live tokens only
 //!   `p/<u32 BE pack>`    → old tombstones, shrunk, packed by number range
-//!                          and compressed (`sled/tombstones.rs`;
+//!                          and compressed (`sled/tombstones.rs`, the
+//!                          format `tombstones/pack_format.rs`;
 //!                          `sled/shrink.rs` packs)
 //!   `u/<u32 BE chunk>`   → 512 bytes: bit `i` set when token number
 //!                          `chunk * 4096 + i` was issued. Ids are never
