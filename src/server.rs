@@ -250,6 +250,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     if let Some(addr) = config.metrics_addr {
         crate::telemetry::install_prometheus(addr)?;
     }
+    // Handshakes happen in crate::tls, where a failed one is logged and
+    // counted; tonic sees finished TLS streams. Read before the store is
+    // opened: a bad file must not leave a new data dir (or a cluster's
+    // operator credential) behind.
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     let hub = Hub::new(config.hub_capacity);
     let store = open_store(&config, &hub).await?;
     let shutdown = CancellationToken::new();
@@ -300,9 +305,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let incoming = listener::incoming(listener, config.limits, shutdown.clone());
-    // Handshakes happen in crate::tls, where a failed one is logged and
-    // counted; tonic sees finished TLS streams.
-    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
 
     let auth = Authenticator::new(store.clone());
     let limit = config.max_request_bytes;

@@ -67,7 +67,17 @@ impl Tls {
             return Err(bad("no certificate in", &files.cert, &"empty"));
         }
         match not_after(&pem) {
-            Some(at) => metrics::gauge!(telemetry::TLS_CERT_EXPIRY).set(at),
+            Some(at) => {
+                metrics::gauge!(telemetry::TLS_CERT_EXPIRY).set(at);
+                let now = std::time::UNIX_EPOCH.elapsed().unwrap_or_default();
+                if at < now.as_secs_f64() {
+                    // Served all the same (a renewal may be on its way, and
+                    // refusing to start would take verification down too),
+                    // but every client will refuse it.
+                    tracing::warn!(cert = %files.cert.display(),
+                        "the serving certificate has expired: clients will refuse it");
+                }
+            }
             None => {
                 tracing::warn!(cert = %files.cert.display(), "cannot read the certificate's expiry")
             }
@@ -97,8 +107,10 @@ impl Tls {
         let mut config = builder
             .with_single_cert(chain, key)
             .map_err(|e| bad("certificate and key do not match:", &files.cert, &e))?;
-        // gRPC is HTTP/2: browsers negotiate it over TLS too.
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // gRPC is HTTP/2, which browsers negotiate over TLS too; gRPC-Web
+        // and the console also serve HTTP/1.1 clients, which announce it
+        // (a client naming only protocols the server lacks is refused).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })

@@ -352,6 +352,20 @@ fn a_taken_port_is_said_so() {
     }
 }
 
+/// TLS files that do not read stop `tokend serve` before it opens anything:
+/// no data dir left behind, no operator credential written (on etcd, the
+/// cluster's would be).
+#[test]
+fn unreadable_tls_files_are_refused_before_the_store_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_file = dir.path().display().to_string();
+    let (code, stderr, opened) =
+        serve_refused(&["--tls-cert", &not_a_file, "--tls-key", &not_a_file], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("invalid tls: cannot read"), "{stderr}");
+    assert!(!opened, "the data dir was made: {stderr}");
+}
+
 /// Runs `tokend serve` with `args` and `env` on a fresh data dir, expecting
 /// it to refuse them: its exit code, its stderr, and whether it made the
 /// data dir.

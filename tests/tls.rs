@@ -129,3 +129,91 @@ async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_p
         "{text}"
     );
 }
+
+/// An HTTP/1.1 client over TLS (a load balancer's HTTPS health check, a
+/// gRPC-Web client on HTTP/1.1) announces `http/1.1` in ALPN: it gets the
+/// console, not a `no_application_protocol` alert, which it got while ALPN
+/// offered `h2` alone. And a server started on an expired certificate says
+/// so (it still serves: clients refuse it, the metric shows it).
+#[tokio::test]
+async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key) = (
+        write("server.pem", &p.server.0),
+        write("server.key", &p.server.1),
+    );
+    let s = spawn_tokend(
+        &dir.path().join("data"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+    )
+    .await;
+
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(p.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake with ALPN http/1.1");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    // The CLI (plaintext only) against it is told why it cannot talk, as a
+    // server it cannot reach (exit 6), not "Internal: h2 protocol error".
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["accounts", "list", "--token", "x", "--server"])
+        .arg(s.url())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(6), "{said}");
+    assert!(said.contains("is it serving TLS (--tls-cert)?"), "{said}");
+    drop(s);
+
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let expired = params.self_signed(&key_pair).unwrap();
+    let (cert, key) = (
+        write("expired.pem", &expired.pem()),
+        write("expired.key", &key_pair.serialize_pem()),
+    );
+    let log = dir.path().join("stderr.log");
+    let s = spawn_tokend_with(
+        &dir.path().join("data2"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+        |cmd| {
+            cmd.stderr(std::fs::File::create(&log).unwrap());
+        },
+    )
+    .await;
+    drop(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the serving certificate has expired"),
+        "{text}"
+    );
+}

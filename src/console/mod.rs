@@ -51,6 +51,19 @@ pub struct Failure {
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Failure {
+        // What a TLS port answers a plaintext HTTP/2 client: it closes the
+        // connection, which the client reads as a broken protocol.
+        if matches!(s.code(), Code::Internal | Code::Unknown)
+            && s.message().starts_with("h2 protocol error")
+        {
+            return fail(
+                exit::UNAVAILABLE,
+                format!(
+                    "the server does not speak plaintext gRPC ({}): is it serving TLS (--tls-cert)? This CLI speaks plaintext only",
+                    s.message()
+                ),
+            );
+        }
         let code = match s.code() {
             Code::NotFound => exit::NOT_FOUND,
             Code::Aborted | Code::FailedPrecondition | Code::AlreadyExists => exit::CONFLICT,
