@@ -282,6 +282,138 @@ async fn a_replica_cut_off_from_etcd_stops_verifying_before_a_delete_it_missed_i
     );
 }
 
+/// A replica whose watch stalls while its other calls still reach etcd (its
+/// watch on a member that hangs, the others answering: the fail point
+/// `etcd-watch-stall` stops the watch at its first answer) stops verifying
+/// before a delete it never heard of is answered elsewhere. Before, its
+/// lease alone kept it verifying: renewals went on through the other
+/// members, and the writer gave up waiting for it after 6 s.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_replica_whose_watch_stalls_stops_verifying_before_a_delete_it_missed_is_answered() {
+    let cluster = EtcdCluster::start(3).await;
+    let (_keys, file, operator) = operator_file();
+    let (a, _da) = replica(&cluster, "stall", &file).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
+    let account = account_on(&a, &operator).await;
+    let (token, secret) = create_token(&mut on_a, &account.id, "stalled").await;
+    // B loads the token as it opens; its watch then hears nothing more.
+    let dir = tempfile::tempdir().unwrap();
+    let b = spawn_tokend_with(
+        dir.path(),
+        &[
+            "--store",
+            &cluster.store("stall"),
+            "--operator-token-file",
+            file.to_str().unwrap(),
+        ],
+        |cmd| {
+            cmd.env("FAILPOINTS", "etcd-watch-stall=return");
+        },
+    )
+    .await;
+    let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
+    assert_eq!(
+        verify(&mut on_b, &secret).await.result,
+        pb::VerifyResult::Valid as i32
+    );
+
+    tokio::time::timeout(Duration::from_secs(20), delete(&mut on_a, &token.id))
+        .await
+        .expect("A answers once B's lease has lapsed")
+        .expect("deleted through A");
+    // From the answer on, B never says the deleted secret is good.
+    for _ in 0..10 {
+        match on_b
+            .verify_token(pb::VerifyTokenRequest {
+                secret: secret.clone(),
+            })
+            .await
+        {
+            Ok(r) => assert_ne!(
+                r.into_inner().result,
+                pb::VerifyResult::Valid as i32,
+                "B verified a secret whose deletion was answered"
+            ),
+            Err(refused) => assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A member that hangs (SIGSTOP) rather than dies: calls it holds would
+/// wait for the request's deadline (30 s) and watches and lease renewals on
+/// it never end on their own. Each call to etcd is bounded and tried again,
+/// a renewal that goes unanswered is taken elsewhere, and a watch found
+/// behind is made again: while the member still hangs, both replicas
+/// verify and write again, and no write waits for the request's deadline.
+#[tokio::test]
+async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
+    let cluster = EtcdCluster::start(3).await;
+    let (_keys, file, operator) = operator_file();
+    let (a, _da) = replica(&cluster, "hang", &file).await;
+    let (b, _db) = replica(&cluster, "hang", &file).await;
+    let mut on_a = tokens_at(&a.url(), bearer(&operator)).await;
+    let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
+    let account = account_on(&a, &operator).await;
+    let (_, secret) = create_token(&mut on_a, &account.id, "before").await;
+
+    cluster.pause(1);
+    let hung = std::time::Instant::now();
+    // Within 25 s of the hang, and while it lasts: every replica verifies,
+    // and a write through each is answered (not cut at 30 s).
+    let deadline = hung + Duration::from_secs(25);
+    for (name, c) in [("A", &mut on_a), ("B", &mut on_b)] {
+        loop {
+            let verified = tokio::time::timeout(
+                Duration::from_secs(3),
+                c.verify_token(pb::VerifyTokenRequest {
+                    secret: secret.clone(),
+                }),
+            )
+            .await;
+            let created = match verified {
+                Ok(Ok(r)) if r.get_ref().result == pb::VerifyResult::Valid as i32 => {
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        c.create_token(pb::CreateTokenRequest {
+                            account_id: account.id.clone(),
+                            name: format!("during the hang through {name}"),
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                }
+                _ => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{name} does not verify 25 s into the hang: {verified:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            match created {
+                Ok(Ok(_)) => {
+                    eprintln!(
+                        "{name} verified and wrote {:?} into the hang",
+                        hung.elapsed()
+                    );
+                    break;
+                }
+                Ok(Err(e)) if e.code() != tonic::Code::Unavailable => {
+                    panic!("{name}: a write refused: {e:?}")
+                }
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} does not write 25 s into the hang: {other:?}"
+                ),
+            }
+        }
+    }
+    cluster.resume(1);
+}
+
 #[tokio::test]
 async fn a_resume_point_etcd_has_compacted_is_out_of_range_with_the_oldest_revision() {
     let cluster = EtcdCluster::start(3).await;

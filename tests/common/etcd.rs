@@ -192,6 +192,25 @@ impl EtcdCluster {
         String::from_utf8(out.stdout).expect("etcdctl prints UTF-8")
     }
 
+    /// Pauses member `i` (SIGSTOP): it hangs, as a partitioned member or a
+    /// stalled disk does. Its connections stay open and its calls go
+    /// unanswered, unlike a member that is gone. [`EtcdCluster::resume`]
+    /// undoes it; dropping the cluster kills it all the same.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: i32) {
+        let child = self.members[i].as_ref().expect("a live member");
+        // SAFETY: a signal to our own child's pid.
+        let sent = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to etcd member {i}");
+    }
+
     /// Kills member `i` (SIGKILL): the rest keep a quorum when n ≥ 3.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].take() {

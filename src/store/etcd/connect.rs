@@ -20,6 +20,14 @@ use crate::store::Endpoints;
 
 /// How long one member gets to accept a connection (TCP and TLS).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on each member's connection, and how long an answer may
+/// take: a member that hangs keeps its connection open, and the client
+/// keeps sending it calls (each bounded, `etcd/mod.rs`'s `ATTEMPT`) until
+/// the ping gives it up. Not more often than etcd's
+/// `--grpc-keepalive-min-time` (5 s by default), past which it closes the
+/// connection as abusive.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(6);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to the cluster and logs in as `--etcd-user`, if given. Fails
 /// with one line naming the cause: an unreadable file, a TLS handshake
@@ -27,7 +35,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        .with_keep_alive(KEEP_ALIVE_EVERY, KEEP_ALIVE_TIMEOUT);
     let security = &endpoints.security;
     if endpoints.tls {
         let mut tls = TlsOptions::new();

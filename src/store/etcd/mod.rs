@@ -150,6 +150,29 @@ struct Inner {
     alive_until: Mutex<Option<Instant>>,
     /// The lease this replica is registered under (0: none yet).
     lease: AtomicI64,
+    /// Told when the watch was found behind the cluster: the pump drops
+    /// it and watches again (a watch held by a member that hangs never
+    /// ends on its own until HTTP/2's keep-alive gives up, 15 s on).
+    rewatch: tokio::sync::Notify,
+}
+
+/// The longest one small call to etcd (a get, a put, a transaction, a
+/// lease grant) may take before it counts as failed and is tried again,
+/// which the client may send to another member. A member that hangs (a
+/// partition, a stalled disk, a paused process), unlike one that is gone,
+/// accepts a call and never answers it: without a bound, the call would
+/// wait for the request's own deadline (30 s) and end CANCELLED.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// One attempt at an etcd call, bounded by [`ATTEMPT`]: its error, or that
+/// it got no answer, as text for [`unavailable`].
+async fn attempt<T>(
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(ATTEMPT, call).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {ATTEMPT:?}")),
+    }
 }
 
 fn unavailable(context: &str, e: impl std::fmt::Display) -> Error {
@@ -234,13 +257,17 @@ impl EtcdStore {
             replicas: watch::channel(HashMap::new()).0,
             alive_until: Mutex::new(None),
             lease: AtomicI64::new(0),
+            rewatch: tokio::sync::Notify::new(),
         });
+        let spawn = |f| AbortOnDropHandle::new(tokio::spawn(f));
+        // The watch first: registering checks that it is current (what
+        // was committed since the load is applied), as every renewal does.
+        let pump = spawn(Box::pin(pump::pump(inner.clone(), head)) as Task);
         // Registered and known to the others before serving anything.
         let lease = replicas::register(&inner).await?;
         let others = replicas::load_replicas(&inner).await?;
-        let spawn = |f| AbortOnDropHandle::new(tokio::spawn(f));
         let tasks = vec![
-            spawn(Box::pin(pump::pump(inner.clone(), head)) as Task),
+            pump,
             spawn(Box::pin(persist_access(
                 inner.clone(),
                 config.access_interval,

@@ -19,7 +19,7 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 
 use super::keyspace::{Committed, Keyspace, decode_access, decode_record};
 use super::restore::Origin;
-use super::{Inner, RETRY_PAUSES, unavailable};
+use super::{Inner, RETRY_PAUSES, attempt, unavailable};
 use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
@@ -163,20 +163,24 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(inner.origin.etcd(*after) + 1);
-    let mut stream = inner
-        .client
-        .clone()
-        .watch(inner.keys.records(), Some(options))
+    let mut client = inner.client.clone();
+    let mut stream = attempt(client.watch(inner.keys.records(), Some(options)))
         .await
         .map_err(|e| unavailable("watching", e))?;
     loop {
-        let message = stream
-            .message()
-            .await
-            .map_err(|e| unavailable("watching", e))?;
+        let message = tokio::select! {
+            m = stream.message() => m.map_err(|e| unavailable("watching", e))?,
+            () = inner.rewatch.notified() => {
+                return Err(unavailable("watching", "it fell behind the cluster; watching again"));
+            }
+        };
         let Some(r) = message else {
             return Err(unavailable("watching", "the stream ended"));
         };
+        if stalled() {
+            // What a watch on a member that hangs does: nothing, for ever.
+            std::future::pending::<()>().await;
+        }
         if r.canceled() {
             if r.compact_revision() > 0 {
                 // Fell behind etcd's compaction while away: only a reload
@@ -221,6 +225,15 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
         }
         publish(inner, state, events, after);
     }
+}
+
+/// Whether the `etcd-watch-stall` fail point is on (tests, built with
+/// `--features failpoints`): the watch then stops at its next answer, as
+/// one on a member that hangs does, while this replica's other calls still
+/// reach the others.
+fn stalled() -> bool {
+    fail::fail_point!("etcd-watch-stall", |_| true);
+    false
 }
 
 /// The change a stored record represents, against the state before it: the
@@ -302,7 +315,7 @@ impl Inner {
         let key = self.keys.head();
         let mut failure = None;
         for pause in RETRY_PAUSES {
-            match self.client.clone().get(key.as_str(), None).await {
+            match attempt(self.client.clone().get(key.as_str(), None)).await {
                 Ok(r) => {
                     let head = r
                         .kvs()
@@ -316,7 +329,7 @@ impl Inner {
         }
         Err(unavailable(
             "reading the cluster revision",
-            failure.map_or_else(String::new, |e| e.to_string()),
+            failure.unwrap_or_default(),
         ))
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::time::Instant;
 
-use super::{Inner, etcd_revision, unavailable};
+use super::{Inner, attempt, etcd_revision, unavailable};
 use crate::domain::Revision;
 use crate::error::{Error, reason};
 
@@ -24,6 +24,11 @@ use crate::error::{Error, reason};
 /// writer waits at most about this long for a replica that stopped
 /// reporting.
 const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// How long a check that this replica's watch is current may take: a
+/// renewal waits for it, and the lease (with verification) lapses after
+/// four fifths of [`LEASE_TTL`] without one.
+const WATCH_CHECK: Duration = Duration::from_millis(2500);
 
 /// This replica's name: kept in the data dir, made on first start.
 pub(super) fn replica_name(dir: &std::path::Path) -> Result<String, Error> {
@@ -96,6 +101,28 @@ impl Inner {
         }
     }
 
+    /// Checks that this replica's watch has applied everything etcd had
+    /// committed when the check began ([`Inner::sync`]), within
+    /// [`WATCH_CHECK`]; returns when it began. A write committed after that
+    /// instant may be missing here: this replica's clock ([`Inner::renewed`])
+    /// counts from it, so it stops verifying at most four fifths of the
+    /// lease later, before a writer waiting for it gives up (the lease and a
+    /// second).
+    /// A watch found behind is dropped and made again (`rewatch`).
+    async fn watch_current(&self) -> Result<Instant, Error> {
+        let began = Instant::now();
+        match tokio::time::timeout(WATCH_CHECK, self.sync()).await {
+            Ok(done) => done.map(|()| began),
+            Err(_) => {
+                self.rewatch.notify_one();
+                Err(unavailable(
+                    "checking the watch",
+                    "it is behind the cluster",
+                ))
+            }
+        }
+    }
+
     fn renewed(&self, at: Instant, ttl: Duration) {
         // A margin under the TTL: etcd counts from when it renewed, which is
         // before we heard of it, and clocks drift.
@@ -105,24 +132,22 @@ impl Inner {
 }
 
 /// Takes a lease and registers this replica under it with its applied
-/// revision. Returns the lease.
+/// revision, once its watch is current. Returns the lease.
 pub(super) async fn register(inner: &Inner) -> Result<i64, Error> {
     let mut client = inner.client.clone();
-    let asked = Instant::now();
-    let granted = client
-        .lease_grant(LEASE_TTL.as_secs() as i64, None)
+    let asked = inner.watch_current().await?;
+    let granted = attempt(client.lease_grant(LEASE_TTL.as_secs() as i64, None))
         .await
         .map_err(|e| unavailable("taking a lease", e))?;
     let lease = granted.id();
     let applied = *inner.applied.borrow();
-    client
-        .put(
-            inner.replica_key(),
-            applied.to_string(),
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .map_err(|e| unavailable("registering", e))?;
+    attempt(client.put(
+        inner.replica_key(),
+        applied.to_string(),
+        Some(PutOptions::new().with_lease(lease)),
+    ))
+    .await
+    .map_err(|e| unavailable("registering", e))?;
     inner.renewed(asked, Duration::from_secs(granted.ttl().max(0) as u64));
     inner.lease.store(lease, Ordering::Release);
     Ok(lease)
@@ -145,20 +170,44 @@ pub(super) async fn keep_registered(inner: Arc<Inner>, mut lease: i64) {
 
 async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
     let mut client = inner.client.clone();
-    let (mut keeper, mut answers) = client
-        .lease_keep_alive(lease)
+    let (mut keeper, mut answers) = attempt(client.lease_keep_alive(lease))
         .await
         .map_err(|e| unavailable("renewing the lease", e))?;
     let mut applied = inner.applied.subscribe();
     let mut members = inner.replicas.subscribe();
     let mut renew = tokio::time::interval(LEASE_TTL / 4);
     let mut asked = Instant::now();
+    // Since when a renewal has gone unanswered: a member that hangs holds
+    // the stream, and a new one (through another member, as likely as not)
+    // is taken well before the lease runs out.
+    let mut unanswered: Option<Instant> = None;
+    // Said once per spell, not every tick.
+    let mut behind = false;
     let mut reported = None;
     loop {
         tokio::select! {
             _ = renew.tick() => {
-                asked = Instant::now();
-                keeper.keep_alive().await.map_err(|e| unavailable("renewing the lease", e))?;
+                if unanswered.is_some_and(|since| since.elapsed() > LEASE_TTL / 2) {
+                    return Err(unavailable("renewing the lease", "etcd did not answer"));
+                }
+                // Renewed only while the watch keeps up: a replica whose
+                // watch stalled lets its lease go, and stops verifying (its
+                // clock counts from the last check), before writers
+                // elsewhere stop waiting for it.
+                match inner.watch_current().await {
+                    Ok(at) => {
+                        behind = false;
+                        asked = at;
+                        keeper.keep_alive().await.map_err(|e| unavailable("renewing the lease", e))?;
+                        unanswered.get_or_insert(at);
+                    }
+                    Err(e) => {
+                        if !behind {
+                            behind = true;
+                            tracing::warn!(error = %e, "not renewing the lease while this replica's watch is not current");
+                        }
+                    }
+                }
             }
             answer = answers.message() => {
                 let answer = answer
@@ -168,6 +217,7 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
                     return Err(unavailable("renewing the lease", "it expired"));
                 }
                 inner.renewed(asked, Duration::from_secs(answer.ttl() as u64));
+                unanswered = None;
             }
             changed = applied.changed() => {
                 changed.map_err(|_| Error::shutting_down())?;
@@ -183,14 +233,13 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
         let watched = members.borrow_and_update().keys().any(|k| *k != me);
         let rev = *applied.borrow_and_update();
         if watched && reported != Some(rev) {
-            client
-                .put(
-                    me,
-                    rev.to_string(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-                .await
-                .map_err(|e| unavailable("reporting progress", e))?;
+            attempt(client.put(
+                me,
+                rev.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            ))
+            .await
+            .map_err(|e| unavailable("reporting progress", e))?;
             reported = Some(rev);
         }
     }

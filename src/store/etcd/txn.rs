@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::keyspace::encode_record;
-use super::{Inner, RETRY_PAUSES, unavailable};
+use super::{Inner, RETRY_PAUSES, attempt, unavailable};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::{Error, reason};
@@ -92,7 +92,7 @@ impl Inner {
     async fn reserve(&self) -> Result<Revision, Error> {
         let mut failure = None;
         for pause in RETRY_PAUSES {
-            match self.client.clone().put(self.keys.reserve(), "", None).await {
+            match attempt(self.client.clone().put(self.keys.reserve(), "", None)).await {
                 Ok(r) => return Ok(self.origin.revision(r.header().map_or(0, |h| h.revision()))),
                 Err(e) => failure = Some(e),
             }
@@ -100,7 +100,7 @@ impl Inner {
         }
         Err(unavailable(
             "reserving a revision",
-            failure.map_or_else(String::new, |e| e.to_string()),
+            failure.unwrap_or_default(),
         ))
     }
 
@@ -206,14 +206,14 @@ impl Inner {
     /// Retried while members are unreachable, as the client fails over.
     async fn commit(&self, txn: Txn, key: &str, value: &[u8]) -> Result<(bool, Revision), Error> {
         let landed = || async {
-            let got = self.client.clone().get(key, None).await.ok()?;
+            let got = attempt(self.client.clone().get(key, None)).await.ok()?;
             let kv = got.kvs().first()?;
             (kv.value() == value).then(|| self.origin.revision(kv.mod_revision()))
         };
         let mut unknown = false;
         let mut failure = None;
         for pause in RETRY_PAUSES {
-            match self.client.clone().txn(txn.clone()).await {
+            match attempt(self.client.clone().txn(txn.clone())).await {
                 Ok(r) => {
                     let rev = r.header().map_or(0, |h| self.origin.revision(h.revision()));
                     if !r.succeeded()
@@ -234,9 +234,6 @@ impl Inner {
                 }
             }
         }
-        Err(unavailable(
-            "committing",
-            failure.map_or_else(String::new, |e| e.to_string()),
-        ))
+        Err(unavailable("committing", failure.unwrap_or_default()))
     }
 }
