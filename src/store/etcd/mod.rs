@@ -152,7 +152,7 @@ struct Inner {
     lease: AtomicI64,
     /// Told when the watch was found behind the cluster: the pump drops
     /// it and watches again (a watch held by a member that hangs never
-    /// ends on its own until HTTP/2's keep-alive gives up, 15 s on).
+    /// ends on its own until HTTP/2's keep-alive gives up, 9 s on).
     rewatch: tokio::sync::Notify,
 }
 
@@ -263,8 +263,9 @@ impl EtcdStore {
         // The watch first: registering checks that it is current (what
         // was committed since the load is applied), as every renewal does.
         let pump = spawn(Box::pin(pump::pump(inner.clone(), head)) as Task);
-        // Registered and known to the others before serving anything.
-        let lease = replicas::register(&inner).await?;
+        // Registered and known to the others before serving anything; on
+        // a busy cluster the watch may take a few tries to be current.
+        let lease = replicas::register_at_open(&inner).await?;
         let others = replicas::load_replicas(&inner).await?;
         let tasks = vec![
             pump,

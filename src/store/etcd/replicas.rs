@@ -8,7 +8,7 @@
 //! It must never let a replica verify past the time writers elsewhere may
 //! stop waiting for it, and never wait for a replica beyond its lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -108,13 +108,18 @@ impl Inner {
     /// counts from it, so it stops verifying at most four fifths of the
     /// lease later, before a writer waiting for it gives up (the lease and a
     /// second).
-    /// A watch found behind is dropped and made again (`rewatch`).
+    /// A watch found stuck (behind, and applying nothing) is dropped and
+    /// made again (`rewatch`).
     async fn watch_current(&self) -> Result<Instant, Error> {
         let began = Instant::now();
+        let applied = *self.applied.borrow();
         match tokio::time::timeout(WATCH_CHECK, self.sync()).await {
             Ok(done) => done.map(|()| began),
             Err(_) => {
-                self.rewatch.notify_one();
+                // Stuck, not slow: a watch that applied nothing meanwhile.
+                if *self.applied.borrow() == applied {
+                    self.rewatch.notify_one();
+                }
                 Err(unavailable(
                     "checking the watch",
                     "it is behind the cluster",
@@ -132,25 +137,55 @@ impl Inner {
 }
 
 /// Takes a lease and registers this replica under it with its applied
-/// revision, once its watch is current. Returns the lease.
+/// revision, then checks its watch is current. Returns the lease.
+///
+/// The key first, the check after: a writer that does not see the key yet
+/// does not wait for this replica, so this replica counts its clock from a
+/// check that began once the key existed. A lease whose key may land late
+/// (its put got no answer) is revoked, so that it cannot take the key over
+/// from a later registration and let it expire under writers' eyes.
 pub(super) async fn register(inner: &Inner) -> Result<i64, Error> {
     let mut client = inner.client.clone();
-    let asked = inner.watch_current().await?;
     let granted = attempt(client.lease_grant(LEASE_TTL.as_secs() as i64, None))
         .await
         .map_err(|e| unavailable("taking a lease", e))?;
     let lease = granted.id();
     let applied = *inner.applied.borrow();
-    attempt(client.put(
+    let put = attempt(client.put(
         inner.replica_key(),
         applied.to_string(),
         Some(PutOptions::new().with_lease(lease)),
     ))
-    .await
-    .map_err(|e| unavailable("registering", e))?;
-    inner.renewed(asked, Duration::from_secs(granted.ttl().max(0) as u64));
-    inner.lease.store(lease, Ordering::Release);
-    Ok(lease)
+    .await;
+    let checked = match put {
+        Ok(_) => inner.watch_current().await,
+        Err(e) => Err(unavailable("registering", e)),
+    };
+    match checked {
+        Ok(began) => {
+            inner.renewed(began, Duration::from_secs(granted.ttl().max(0) as u64));
+            inner.lease.store(lease, Ordering::Release);
+            Ok(lease)
+        }
+        Err(e) => {
+            // Best effort: it expires by itself within its TTL otherwise.
+            let _ = attempt(client.lease_revoke(lease)).await;
+            Err(e)
+        }
+    }
+}
+
+/// [`register`], tried for up to 10 s: at open, the watch starts from the
+/// load and may need a few seconds to catch up on a busy cluster.
+pub(super) async fn register_at_open(inner: &Inner) -> Result<i64, Error> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match register(inner).await {
+            Ok(lease) => return Ok(lease),
+            Err(e) if Instant::now() >= until => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Renews the lease and reports the applied revision whenever it moves;
@@ -176,18 +211,20 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
     let mut applied = inner.applied.subscribe();
     let mut members = inner.replicas.subscribe();
     let mut renew = tokio::time::interval(LEASE_TTL / 4);
-    let mut asked = Instant::now();
-    // Since when a renewal has gone unanswered: a member that hangs holds
-    // the stream, and a new one (through another member, as likely as not)
-    // is taken well before the lease runs out.
-    let mut unanswered: Option<Instant> = None;
+    // When the check before each renewal still unanswered began, oldest
+    // first: etcd answers renewals in order, and each answer extends this
+    // replica's clock from its own renewal's check, never a later one's.
+    let mut sent: VecDeque<Instant> = VecDeque::new();
     // Said once per spell, not every tick.
     let mut behind = false;
     let mut reported = None;
     loop {
         tokio::select! {
             _ = renew.tick() => {
-                if unanswered.is_some_and(|since| since.elapsed() > LEASE_TTL / 2) {
+                // A member that hangs holds the stream: a new one (through
+                // another member, as likely as not) is taken well before
+                // the lease runs out.
+                if sent.front().is_some_and(|at| at.elapsed() > LEASE_TTL / 2) {
                     return Err(unavailable("renewing the lease", "etcd did not answer"));
                 }
                 // Renewed only while the watch keeps up: a replica whose
@@ -195,11 +232,10 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
                 // clock counts from the last check), before writers
                 // elsewhere stop waiting for it.
                 match inner.watch_current().await {
-                    Ok(at) => {
+                    Ok(began) => {
                         behind = false;
-                        asked = at;
                         keeper.keep_alive().await.map_err(|e| unavailable("renewing the lease", e))?;
-                        unanswered.get_or_insert(at);
+                        sent.push_back(began);
                     }
                     Err(e) => {
                         if !behind {
@@ -216,8 +252,9 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
                 if answer.ttl() <= 0 {
                     return Err(unavailable("renewing the lease", "it expired"));
                 }
-                inner.renewed(asked, Duration::from_secs(answer.ttl() as u64));
-                unanswered = None;
+                if let Some(began) = sent.pop_front() {
+                    inner.renewed(began, Duration::from_secs(answer.ttl() as u64));
+                }
             }
             changed = applied.changed() => {
                 changed.map_err(|_| Error::shutting_down())?;
@@ -233,10 +270,14 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
         let watched = members.borrow_and_update().keys().any(|k| *k != me);
         let rev = *applied.borrow_and_update();
         if watched && reported != Some(rev) {
+            // The key keeps its lease (`ignore_lease`): a report that lands
+            // late, after a registration under a new lease, cannot move
+            // the key back to this one. A key gone (its lease expired)
+            // fails the put, and this replica registers again.
             attempt(client.put(
                 me,
                 rev.to_string(),
-                Some(PutOptions::new().with_lease(lease)),
+                Some(PutOptions::new().with_ignore_lease()),
             ))
             .await
             .map_err(|e| unavailable("reporting progress", e))?;

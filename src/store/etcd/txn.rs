@@ -21,6 +21,9 @@ use crate::error::{Error, reason};
 use crate::state::{Change, SecretOp, State};
 use crate::store::Applied;
 
+/// How long a commit is tried again while etcd does not answer.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How many times a write is planned again after another replica changed
 /// what it read, before the caller is told to retry.
 const MAX_ATTEMPTS: usize = 16;
@@ -205,35 +208,55 @@ impl Inner {
     /// the record is read back: if it holds our value, we committed.
     /// Retried while members are unreachable, as the client fails over.
     async fn commit(&self, txn: Txn, key: &str, value: &[u8]) -> Result<(bool, Revision), Error> {
+        // Whether the record holds our value (and since when); an error
+        // when it could not be read, which is not a no.
         let landed = || async {
-            let got = attempt(self.client.clone().get(key, None)).await.ok()?;
-            let kv = got.kvs().first()?;
-            (kv.value() == value).then(|| self.origin.revision(kv.mod_revision()))
+            let got = attempt(self.client.clone().get(key, None)).await?;
+            Ok::<_, String>(
+                got.kvs()
+                    .first()
+                    .filter(|kv| kv.value() == value)
+                    .map(|kv| self.origin.revision(kv.mod_revision())),
+            )
         };
         let mut unknown = false;
         let mut failure = None;
+        let started = std::time::Instant::now();
         for pause in RETRY_PAUSES {
             match attempt(self.client.clone().txn(txn.clone())).await {
                 Ok(r) => {
                     let rev = r.header().map_or(0, |h| self.origin.revision(h.revision()));
-                    if !r.succeeded()
-                        && unknown
-                        && let Some(rev) = landed().await
-                    {
-                        return Ok((true, rev));
+                    if r.succeeded() || !unknown {
+                        return Ok((r.succeeded(), rev));
                     }
-                    return Ok((r.succeeded(), rev));
+                    // Lost its guard after an attempt whose outcome is
+                    // unknown: that attempt may be what changed the record.
+                    return match landed().await {
+                        Ok(Some(rev)) => Ok((true, rev)),
+                        Ok(None) => Ok((false, rev)),
+                        // Planning again on a state that may hold our own
+                        // write would make it twice (a second token).
+                        Err(e) => Err(unavailable("committing (it may have happened)", e)),
+                    };
                 }
                 Err(e) => {
                     unknown = true;
                     failure = Some(e);
                     tokio::time::sleep(*pause).await;
-                    if let Some(rev) = landed().await {
+                    if let Ok(Some(rev)) = landed().await {
                         return Ok((true, rev));
+                    }
+                    // Members that hang take a whole attempt each: the
+                    // caller hears well before its request's deadline.
+                    if started.elapsed() >= RETRY_FOR {
+                        break;
                     }
                 }
             }
         }
-        Err(unavailable("committing", failure.unwrap_or_default()))
+        Err(unavailable(
+            "committing (it may have happened)",
+            failure.unwrap_or_default(),
+        ))
     }
 }
