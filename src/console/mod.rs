@@ -52,14 +52,17 @@ pub struct Failure {
 impl From<Status> for Failure {
     fn from(s: Status) -> Failure {
         // What a TLS port answers a plaintext HTTP/2 client: it closes the
-        // connection, which the client reads as a broken protocol.
-        if matches!(s.code(), Code::Internal | Code::Unknown)
-            && s.message().starts_with("h2 protocol error")
-        {
+        // connection. The client reads that as a broken protocol, a
+        // transport error or its call cancelled, depending on when the
+        // close arrives; what these share is that the status is the
+        // client's own (it has a source), not an answer from a server.
+        let closed = std::error::Error::source(&s).is_some()
+            && matches!(s.code(), Code::Internal | Code::Unknown | Code::Cancelled);
+        if closed {
             return fail(
                 exit::UNAVAILABLE,
                 format!(
-                    "the server does not speak plaintext gRPC ({}): is it serving TLS (--tls-cert)? This CLI speaks plaintext only",
+                    "the server closed the connection without an answer ({}): is it serving TLS (--tls-cert)? This CLI speaks plaintext only",
                     s.message()
                 ),
             );
