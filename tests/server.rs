@@ -326,23 +326,8 @@ fn a_taken_port_is_said_so() {
         ),
     ] {
         let flag = args[args.len() - 2];
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-            .arg("serve")
-            .args(&args)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        let (code, stderr, _) = serve_refused(&args, &[]);
+        assert_eq!(code, Some(1), "{flag}: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
         assert!(
             last.contains(&said) && last.contains("in use"),
@@ -380,8 +365,15 @@ fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, b
 /// serves anyway is stopped after 10 s, and the caller's checks fail on it.
 /// Its exit code and its stderr.
 fn serve_in(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    // A free port unless `args` name one.
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("serve")
+        .args(listen)
         .args(args)
         .arg("--data-dir")
         .arg(data)

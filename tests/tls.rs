@@ -14,15 +14,20 @@ use common::pki::{list_over_tls, pki, stranger};
 use common::*;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
+/// Writes a PEM file into `dir`, returning its path.
+fn writer(dir: &std::path::Path) -> impl Fn(&str, &str) -> String + '_ {
+    move |name, pem| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    }
+}
+
 #[tokio::test]
 async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_per_burst() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
+    let write = writer(dir.path());
     let (cert, key, ca) = (
         write("server.pem", &p.server.0),
         write("server.key", &p.server.1),
@@ -139,11 +144,7 @@ async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_p
 async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
+    let write = writer(dir.path());
     let (cert, key) = (
         write("server.pem", &p.server.0),
         write("server.key", &p.server.1),
