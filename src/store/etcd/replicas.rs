@@ -4,9 +4,11 @@
 //! key under a lease, renewed), its progress reports (the revision its pump
 //! has applied), the live map of every replica's report, the writer's wait
 //! for all of them ([`Inner::everyone_applied`]), and fencing: this replica
-//! refuses to verify once its lease may have expired ([`Inner::fenced`]).
-//! It must never let a replica verify past the time writers elsewhere may
-//! stop waiting for it, and never wait for a replica beyond its lease.
+//! refuses to verify once its lease may have expired ([`Inner::fenced`]),
+//! and renews it only after finding its watch current. It must never let a
+//! replica verify past the time writers elsewhere may stop waiting for it,
+//! never renew on a watch it has not checked, and never wait for a replica
+//! beyond its lease.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
