@@ -43,6 +43,11 @@ async fn tokend(args: Vec<String>) -> Ran {
 }
 
 async fn save(p: &Process, file: &Path) -> Ran {
+    save_with(p, file, &[]).await
+}
+
+/// `tokend snapshot save` with `extra` arguments (e.g. `-o json`).
+async fn save_with(p: &Process, file: &Path, extra: &[&str]) -> Ran {
     let args = [
         "snapshot",
         "save",
@@ -52,7 +57,7 @@ async fn save(p: &Process, file: &Path) -> Ran {
         "--token-file",
         &p.dir.join("operator.token").display().to_string(),
     ];
-    tokend(args.iter().map(|s| s.to_string()).collect()).await
+    tokend(args.iter().chain(extra).map(|s| s.to_string()).collect()).await
 }
 
 /// Restores `file` for a server on data dir `dir`: into `dir` itself on
@@ -275,18 +280,7 @@ async fn a_restored_store_answers_as_the_original_did() {
         .revision as i64;
     // For scripts, the same as JSON.
     let json_file = dir.path().join("again.snap");
-    let args = [
-        "snapshot",
-        "save",
-        &json_file.display().to_string(),
-        "--server",
-        &p.url(),
-        "--token-file",
-        &p.dir.join("operator.token").display().to_string(),
-        "-o",
-        "json",
-    ];
-    let ran = tokend(args.iter().map(|s| s.to_string()).collect()).await;
+    let ran = save_with(&p, &json_file, &["-o", "json"]).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let said: serde_json::Value = serde_json::from_str(&ran.stdout).expect(&ran.stdout);
     assert_eq!(said["revision"], r, "{said}");
