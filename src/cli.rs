@@ -121,13 +121,11 @@ pub struct ClientArgs {
     /// command lines are visible to other users).
     #[arg(long, env = "TOKEND_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// A file holding the bearer secret.
-    #[arg(
-        long,
-        env = "TOKEND_TOKEN_FILE",
-        default_value = "./tokend-data/operator.token",
-        global = true
-    )]
+    /// A file holding the bearer secret. Without this or --token, a server
+    /// on this machine is called with ./tokend-data/operator.token (when
+    /// there is one), and any other server with no credential: the local
+    /// operator's secret never goes to another host unasked.
+    #[arg(long, env = "TOKEND_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
     /// Human tables, or JSON for scripts.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]

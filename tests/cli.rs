@@ -448,6 +448,43 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
     }
 }
 
+/// With no --token or --token-file, a server on this machine is called
+/// with `./tokend-data/operator.token`, and any other with no credential.
+/// `0.0.0.0` stands for another host here: the CLI cannot tell it is this
+/// one (it is not a loopback address), and Linux still connects it to the
+/// server on 127.0.0.1, which then sees what credential arrived. A default
+/// `--token-file` once sent the local operator's secret to every server.
+#[tokio::test]
+async fn the_local_operator_secret_goes_to_a_local_server_only() {
+    let (p, _dir, _) = setup().await;
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("tokend-data")).unwrap();
+    std::fs::copy(
+        p.dir.join("operator.token"),
+        cwd.path().join("tokend-data/operator.token"),
+    )
+    .unwrap();
+    let list = |host: &str| {
+        Command::new(BIN)
+            .args(["tokens", "list", "--server"])
+            .arg(format!("http://{host}:{}", p.addr.port()))
+            .current_dir(cwd.path())
+            .env_remove("TOKEND_TOKEN")
+            .env_remove("TOKEND_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let local = list("127.0.0.1");
+    assert!(local.status.success(), "{local:?}");
+    let other = list("0.0.0.0");
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("Unauthenticated: missing or invalid credentials"),
+        "{stderr}"
+    );
+}
+
 /// `tokend …` with the server's operator credential, which must succeed.
 fn cli(p: &Process, args: &[&str]) -> std::process::Output {
     let out = Command::new(BIN)
