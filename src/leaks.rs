@@ -45,11 +45,24 @@ pub struct Found {
     pub source: String,
 }
 
+impl Found {
+    /// Where it was found, as tokend records and logs it: the URL (a
+    /// commit's hash, often, which stays readable), shortened, with the
+    /// secret itself taken out should the URL carry it (a query string).
+    fn place(&self) -> String {
+        let url = match self.secret.trim() {
+            "" => self.url.clone(),
+            secret => self.url.replace(secret, "[the secret]"),
+        };
+        shorten(&url, 64)
+    }
+}
+
 impl fmt::Debug for Found {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Found")
             .field("secret", &"<redacted>")
-            .field("url", &self.url)
+            .field("url", &self.place())
             .field("source", &self.source)
             .finish()
     }
@@ -123,9 +136,7 @@ async fn revoke_one(
     found: &Found,
     action: LeakAction,
 ) -> Result<(TokenId, Revision), Error> {
-    // The URL says where it was found (a commit's hash, often): shortened,
-    // not hidden like a caller's input, and the secret is not in it.
-    let actor = Actor(format!("leak-report {}", shorten(&found.url, 64)).into());
+    let actor = Actor(format!("leak-report {}", found.place()).into());
     let cmd = match action {
         LeakAction::Delete => Command::DeleteToken {
             id: id.clone(),
@@ -143,6 +154,31 @@ async fn revoke_one(
         Err(Error::FailedPrecondition { .. } | Error::NotFound { .. }) => 0,
         Err(e) => return Err(e),
     };
-    tracing::warn!(token = %id, url = %shorten(&found.url, 64), source = %quote_input(&found.source), ?action, revision, "leaked secret reported: token revoked");
+    tracing::warn!(token = %id, url = %found.place(), source = %quote_input(&found.source), ?action, revision, "leaked secret reported: token revoked");
     Ok((id.clone(), revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL that carries the secret (in its query, say) is recorded and
+    /// logged without it; a commit's hash in it stays readable.
+    #[test]
+    fn the_place_a_secret_was_found_never_holds_the_secret() {
+        let secret = crate::secret::Secret::generate(&TokenId::parse("TKN-0000-0001").unwrap());
+        let commit = "0123456789abcdef0123";
+        let found = Found {
+            secret: secret.expose().to_string(),
+            url: format!("https://gist.example/{commit}?k={}", secret.expose()),
+            source: "content".into(),
+        };
+        let place = found.place();
+        assert!(!place.contains(secret.expose()), "{place}");
+        assert!(
+            place.starts_with(&format!("https://gist.example/{commit}?k=[the secret]")),
+            "{place}"
+        );
+        assert!(!format!("{found:?}").contains(secret.expose()));
+    }
 }
