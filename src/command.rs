@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::domain::{
     Account, AccountId, AccountStatus, AccountType, Actor, Audit, AuditEntry, EventKind, Modules,
-    Subject, Token, TokenId, TokenStatus,
+    Subject, Token, TokenId, TokenStatus, at_most_latest,
 };
 use crate::error::{Error, reason};
 use crate::secret::{Secret, SecretHash};
@@ -221,7 +221,7 @@ pub fn plan(state: &State, cmd: &Command, ctx: &Ctx) -> Result<Plan, Error> {
                 {
                     return Err(lifetime_exceeded(account, max));
                 }
-                next.expire_time = expiry_allowed(account, asked, ctx.now)?;
+                next.expire_time = expiry_allowed("token.expire_time", account, asked, ctx.now)?;
             }
             if next == **current {
                 return Ok(Plan::Unchanged(Some(Subject::Token(next))));
@@ -300,9 +300,9 @@ fn new_token(
     check_modules_granted(account, &new.modules)?;
     let asked = new.expiry.map(|e| match e {
         Expiry::At(at) => at,
-        Expiry::After(lifetime) => ctx.now + lifetime,
+        Expiry::After(lifetime) => at_most_latest(ctx.now, lifetime),
     });
-    let expire_time = expiry_allowed(account, asked, ctx.now)?;
+    let expire_time = expiry_allowed("expire_time", account, asked, ctx.now)?;
     let (id, hash, secret) = match &new.preset {
         Some((id, _)) if state.token_id_taken(id) => {
             return Err(Error::precondition(
@@ -395,8 +395,9 @@ fn unexpired_token<'a>(
 
 /// The expiry a token gets when `asked` for at `now`: not in the past, and
 /// within its account's `max_token_lifetime`, which also gives a token that
-/// asked for none its expiry.
+/// asked for none its expiry. `field` is the request's, for its error.
 fn expiry_allowed(
+    field: &'static str,
     account: &Account,
     asked: Option<SystemTime>,
     now: SystemTime,
@@ -405,14 +406,14 @@ fn expiry_allowed(
         && at <= now
     {
         return Err(Error::invalid(
-            "expire_time",
+            field,
             "is not in the future: a token must be usable when it is created or changed",
         ));
     }
     let Some(max) = account.max_token_lifetime else {
         return Ok(asked);
     };
-    let limit = now + max;
+    let limit = at_most_latest(now, max);
     match asked {
         None => Ok(Some(limit)),
         Some(at) if at <= limit => Ok(Some(at)),

@@ -285,11 +285,11 @@ pub fn parse_name(field: &'static str, s: &str) -> Result<String, Error> {
     Ok(s.to_string())
 }
 
-pub fn parse_description(s: &str) -> Result<String, Error> {
+pub fn parse_description(field: &'static str, s: &str) -> Result<String, Error> {
     let n = s.chars().count();
     if n > DESCRIPTION_MAX_CHARS {
         return Err(Error::invalid(
-            "description",
+            field,
             format!("is {n} characters long; at most {DESCRIPTION_MAX_CHARS} are allowed"),
         ));
     }
@@ -303,7 +303,7 @@ pub fn parse_description(s: &str) -> Result<String, Error> {
 /// included: so it is safe wherever a client puts it, an HTML attribute
 /// included. Other characters are the client's to encode (an IDN host, a
 /// path in any script), as a browser's `URL` does.
-pub fn parse_icon(s: &str) -> Result<Option<String>, Error> {
+pub fn parse_icon(field: &'static str, s: &str) -> Result<Option<String>, Error> {
     if s.is_empty() {
         return Ok(None);
     }
@@ -318,7 +318,7 @@ pub fn parse_icon(s: &str) -> Result<Option<String>, Error> {
     let never = |c: char| c.is_whitespace() || c.is_control() || "\"<>\\^`{|}".contains(c);
     if !has_host || s.chars().any(never) || s.chars().count() > ICON_MAX_CHARS {
         return Err(Error::invalid(
-            "icon",
+            field,
             format!(
                 "must be an http or https URL with a host, of at most {ICON_MAX_CHARS} characters, without spaces, quotes or < > \\ ^ ` {{ | }}"
             ),
@@ -360,6 +360,17 @@ pub fn shorten(s: &str, max: usize) -> String {
         None => s.to_string(),
         Some((end, _)) => format!("{}…", &s[..end]),
     }
+}
+
+/// Seconds from 1970 to the last second of year 9999: the latest instant
+/// tokend carries, as RFC 3339 and protobuf's `Timestamp` allow.
+pub const LATEST_SECONDS: u64 = 253_402_300_799;
+
+/// `at + d`, or the latest instant tokend carries if that is later (a
+/// lifetime that runs past the year 9999 ends there).
+pub fn at_most_latest(at: SystemTime, d: Duration) -> SystemTime {
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_SECONDS);
+    at.checked_add(d).map_or(latest, |t| t.min(latest))
 }
 
 /// A duration in the largest whole unit it is a multiple of: "90 days",
@@ -621,9 +632,13 @@ mod tests {
             "https://bücher.example/logo.png",
             "http://[::1]:8080/a%20b.png",
         ] {
-            assert_eq!(parse_icon(good).unwrap().as_deref(), Some(good), "{good}");
+            assert_eq!(
+                parse_icon("icon", good).unwrap().as_deref(),
+                Some(good),
+                "{good}"
+            );
         }
-        assert_eq!(parse_icon("").unwrap(), None);
+        assert_eq!(parse_icon("icon", "").unwrap(), None);
         let too_long = format!("https://x.y/{}", "a".repeat(ICON_MAX_CHARS));
         for bad in [
             "http://",
@@ -642,7 +657,7 @@ mod tests {
             "/a.png",
             too_long.as_str(),
         ] {
-            assert!(parse_icon(bad).is_err(), "{bad}");
+            assert!(parse_icon("icon", bad).is_err(), "{bad}");
         }
     }
 

@@ -69,6 +69,6 @@ proptest! {
         let _ = FilterExpr::parse(&format!("name = \"{s}"), &fields);
         let _ = parse_name("name", &s);
         let _ = quote_input(&s);
-        let _ = parse_icon(&s);
+        let _ = parse_icon("icon", &s);
     }
 }

@@ -179,6 +179,23 @@ async fn verify_tells_malformed_unknown_disabled_and_account_disabled_apart() {
     let v = verify(&mut c, &secret).await;
     assert_eq!(v.result, pb::VerifyResult::AccountDisabled as i32);
     assert!(!v.valid);
+    // A status that is none of them is named by its path, and changes nothing.
+    let e = a
+        .update_account(pb::UpdateAccountRequest {
+            account: Some(pb::Account {
+                id: acc.id.clone(),
+                status: 99,
+                ..Default::default()
+            }),
+            update_mask: mask(&["status"]),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), field(&e).as_str()),
+        (Code::InvalidArgument, "account.status")
+    );
     // A disabled account gets no new tokens.
     let e = c
         .create_token(pb::CreateTokenRequest {
@@ -314,6 +331,65 @@ async fn invalid_requests_are_refused_precisely_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+
+    // A bad value is named by its path in the request, as the mask names it.
+    let past = prost_types::Timestamp {
+        seconds: 1,
+        nanos: 0,
+    };
+    for (path, token) in [
+        (
+            "token.name",
+            pb::Token {
+                name: "semi;colon".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "token.description",
+            pb::Token {
+                description: "x".repeat(2001),
+                ..Default::default()
+            },
+        ),
+        (
+            "token.icon",
+            pb::Token {
+                icon: "ftp://example.com/x.png".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "token.modules",
+            pb::Token {
+                modules: vec!["no-such-module".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "token.expire_time",
+            pb::Token {
+                expire_time: Some(past),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let e = c
+            .update_token(pb::UpdateTokenRequest {
+                token: Some(pb::Token {
+                    id: t.id.clone(),
+                    ..token
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), field(&e).as_str()),
+            (Code::InvalidArgument, path),
+            "{e:?}"
+        );
+    }
 
     for id in ["", "TKN-1", "tkn-0000-0000", "ACC-0000-0000"] {
         let e = get(&mut c, id, false).await.unwrap_err();

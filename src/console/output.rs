@@ -68,9 +68,17 @@ proto_enums!(
     pb::VerifyResult
 );
 
+/// An instant as RFC 3339; one RFC 3339 cannot write (past the year 9999,
+/// from a server that sent one) as seconds, rather than a panic that would
+/// lose the output, and with it a new token's one-time secret.
 pub(super) fn rfc3339(t: &prost_types::Timestamp) -> String {
     let at = UNIX_EPOCH + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
-    humantime::format_rfc3339_seconds(at).to_string()
+    use std::fmt::Write;
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_seconds(at)) {
+        Ok(()) => out,
+        Err(_) => format!("{} seconds after 1970-01-01T00:00:00Z", t.seconds),
+    }
 }
 
 fn audit_json(a: &Option<pb::Audit>) -> Value {
@@ -221,5 +229,17 @@ mod tests {
         for (got, want) in cases {
             assert_eq!(got, want);
         }
+    }
+
+    /// humantime cannot write a year past 9999 (its `Display` fails, and
+    /// `to_string` would panic): such an instant is printed as seconds.
+    #[test]
+    fn an_instant_past_the_year_9999_is_printed_as_seconds() {
+        let at = |seconds| rfc3339(&prost_types::Timestamp { seconds, nanos: 0 });
+        assert_eq!(at(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            at(253_402_300_800),
+            "253402300800 seconds after 1970-01-01T00:00:00Z"
+        );
     }
 }

@@ -58,7 +58,9 @@ fn account_patch(
     for path in paths {
         match path {
             "name" => patch.name = Some(parse_name("account.name", &a.name)?),
-            "status" => patch.status = Some(convert::account_status_from(a.status)?),
+            "status" => {
+                patch.status = Some(convert::account_status_from("account.status", a.status)?)
+            }
             "modules" => patch.modules = Some(parse_modules("account.modules", &a.modules)?),
             "max_token_lifetime" => {
                 patch.max_token_lifetime = Some(max_lifetime(

@@ -11,7 +11,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::command::Expiry;
 use crate::domain::{
-    Account, AccountStatus, AccountType, Audit, AuditEntry, Event, EventKind, Token, TokenStatus,
+    Account, AccountStatus, AccountType, Audit, AuditEntry, Event, EventKind, LATEST_SECONDS,
+    Token, TokenStatus,
 };
 use crate::error::{DOMAIN, Error, reason};
 use crate::proto as pb;
@@ -26,15 +27,12 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-/// The latest instant a request may name: the end of year 9999, as in
-/// RFC 3339 and protobuf's own `Timestamp`.
-const MAX_SECONDS: i64 = 253_402_300_799;
 /// The longest lifetime a request may name: a hundred years.
 const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A request's instant, checked: after 1970, before year 10000.
 pub fn time_from(field: &'static str, t: &prost_types::Timestamp) -> Result<SystemTime, Error> {
-    if !(0..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+    if !(0..=LATEST_SECONDS as i64).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
         return Err(Error::invalid(
             field,
             "must be a valid instant between 1970 and 9999",
@@ -212,12 +210,12 @@ pub fn account_status(s: AccountStatus) -> pb::AccountStatus {
     }
 }
 
-pub fn account_status_from(v: i32) -> Result<AccountStatus, Error> {
+pub fn account_status_from(field: &'static str, v: i32) -> Result<AccountStatus, Error> {
     match pb::AccountStatus::try_from(v) {
         Ok(pb::AccountStatus::Active) => Ok(AccountStatus::Active),
         Ok(pb::AccountStatus::Disabled) => Ok(AccountStatus::Disabled),
         _ => Err(Error::invalid(
-            "status",
+            field,
             "must be ACCOUNT_STATUS_ACTIVE or ACCOUNT_STATUS_DISABLED",
         )),
     }

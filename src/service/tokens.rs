@@ -113,8 +113,11 @@ fn token_patch(
     for path in paths {
         match path {
             "name" => patch.name = Some(parse_name("token.name", &token.name)?),
-            "description" => patch.description = Some(parse_description(&token.description)?),
-            "icon" => patch.icon = Some(parse_icon(&token.icon)?),
+            "description" => {
+                patch.description =
+                    Some(parse_description("token.description", &token.description)?)
+            }
+            "icon" => patch.icon = Some(parse_icon("token.icon", &token.icon)?),
             "modules" => patch.modules = Some(parse_modules("token.modules", &token.modules)?),
             "expire_time" => {
                 let at = token.expire_time.as_ref();
@@ -165,8 +168,8 @@ impl TokenService for Service {
         let new = NewToken {
             account_id,
             name: parse_name("name", &r.name)?,
-            description: parse_description(&r.description)?,
-            icon: parse_icon(&r.icon)?,
+            description: parse_description("description", &r.description)?,
+            icon: parse_icon("icon", &r.icon)?,
             modules,
             expiry: match &r.expiration {
                 None => None,

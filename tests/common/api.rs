@@ -188,6 +188,15 @@ pub fn reason(s: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// The request field a refusal names (its `BadRequest` detail).
+pub fn field(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_bad_request()
+        .and_then(|b| b.field_violations.into_iter().next())
+        .map(|v| v.field)
+        .unwrap_or_default()
+}
+
 /// The id of the operator token (what audit entries and events name).
 pub async fn operator_id(c: &mut Tokens) -> String {
     let list = c

@@ -83,6 +83,9 @@ const FIELDS: Record<string, string> = {
   "token.description": "Description",
   "token.icon": "Logo URL",
   "token.modules": "Modules",
+  expire_time: "Expires",
+  ttl: "Expires",
+  "token.expire_time": "Expires",
   grace: "The old secret keeps working for",
 };
 

@@ -163,6 +163,27 @@ fn a_grace_never_extends_the_old_token_and_the_successor_gets_its_lifetime_again
     assert_eq!(successor.expire_time, Some(rolled_at + 30 * DAY));
 }
 
+/// A token that lives to the last second tokend carries (the end of the
+/// year 9999, as protobuf's `Timestamp` allows), rolled later: the
+/// successor's default lifetime would run past it, and ends there instead
+/// (past it, the answer would carry an instant no client can read). An
+/// account limit too long to add to now (from a damaged or hand-made
+/// record) gives the same, rather than a panic while planning.
+#[test]
+fn a_lifetime_that_runs_past_the_year_9999_ends_there() {
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(crate::domain::LATEST_SECONDS);
+    let mut w = World::default();
+    let acc = account(&mut w, None);
+    let (old, _) = token(&mut w, &acc, Some(Expiry::At(latest)));
+    w.now += DAY;
+    let (successor, _, _) = rolled(&mut w, roll(&old.id, HOUR));
+    assert_eq!(successor.expire_time, Some(latest));
+
+    let unbounded = account(&mut w, Some(Duration::MAX));
+    let (forever, _) = token(&mut w, &unbounded, None);
+    assert_eq!(forever.expire_time, Some(latest));
+}
+
 #[test]
 fn the_successors_default_lifetime_stays_within_the_accounts_limit_and_an_asked_one_is_checked() {
     let mut w = World::default();
