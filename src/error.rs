@@ -88,7 +88,7 @@ pub enum Error {
     #[error(
         "no new token: {issued} of the 100,000,000 token ids have been issued (deleted tokens' \
          included; an id is never reused), and tokend stops at {limit} so that a new id is \
-         always found quickly; see the README's sizing section"
+         always found quickly; see the README's Known limits"
     )]
     TokenIdsExhausted { issued: u64, limit: u64 },
     /// The store cannot take writes now (I/O failure, or shutting down).

@@ -182,11 +182,11 @@ impl Edge {
         if self.admits(req) {
             return None;
         }
-        // A gRPC status, so a gRPC-Web client reads a reason, not a
-        // transport failure.
-        let status = tonic::Status::permission_denied(
-            "calls from this page's origin are not allowed (tokend serve --cors-origin)",
-        );
+        // A gRPC status with its reason, as every refusal carries, so a
+        // gRPC-Web client reads why, not a transport failure.
+        let status = tonic::Status::from(crate::error::Error::PermissionDenied(
+            "calls from this page's origin are not allowed (tokend serve --cors-origin)".into(),
+        ));
         Some(status.into_http())
     }
 

@@ -190,7 +190,12 @@ async fn cors_grants_listed_origins_only_and_other_pages_change_nothing() {
         .delete_token(call)
         .await
         .expect_err("another origin is refused");
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::PermissionDenied, "PERMISSION_DENIED"),
+        "{err:?}"
+    );
+    assert!(err.message().contains("--cors-origin"), "{err:?}");
     assert!(
         get(&mut native, &token.id, false).await.is_ok(),
         "the token is still there"

@@ -91,8 +91,8 @@ pub async fn save(store: &dyn Store) -> Result<ChunkStream, Error> {
                 tracing::info!("snapshot abandoned by the caller")
             }
             Err(e) => {
-                let _ =
-                    tx.blocking_send(Err(Status::internal(format!("writing the snapshot: {e}"))));
+                let failed = Error::Internal(format!("writing the snapshot: {e}"));
+                let _ = tx.blocking_send(Err(failed.into()));
             }
         }
     });
