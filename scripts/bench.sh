@@ -14,8 +14,8 @@
 #   scripts/bench.sh --scale [N]  the scale scenario alone (N tokens, default
 #                                 1,000,000, and ten times as many old tombstones:
 #                                 memory, disk and start-up per token, tokend and
-#                                 etcd; about 3 minutes at 100,000, 20 or more at a
-#                                 million on 2 cores); its
+#                                 etcd; about 3 minutes at 100,000, 7 at a million
+#                                 on 2 cores in the last run); its
 #                                 section replaces the one in BENCHMARKS.md, and
 #                                 full runs carry it over
 #   scripts/bench.sh --smoke      about a minute: every scenario with tiny sizes (CI)

@@ -27,8 +27,8 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// Where records live: `sled` (embedded, in --data-dir; one replica) or
     /// `etcd://host:port[,host:port…][/prefix]` (shared by any number of
-    /// replicas; --data-dir then only holds operator.token); `etcds://…`
-    /// for TLS to the members (with --etcd-ca).
+    /// replicas; --data-dir then only holds operator.token and replica-id);
+    /// `etcds://…` for TLS to the members (with --etcd-ca).
     #[arg(long, env = "TOKEND_STORE", default_value = "sled")]
     pub store: crate::store::Backend,
     #[command(flatten)]
