@@ -429,8 +429,7 @@ async fn bootstrap_writes_a_private_operator_secret_and_never_logs_it() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    p.signal(15);
-    let _ = p.child.wait();
+    p.terminate();
     let secret = operator_secret(&data);
     assert!(tokend::secret::parse(&secret).is_ok());
     let mode = std::fs::metadata(data.join("operator.token"))

@@ -103,9 +103,8 @@ async fn a_deleted_tokens_id_is_never_issued_again_after_shrinking_and_restarts(
     // After a restart (SIGTERM: a clean one) and after a crash (SIGKILL:
     // the log replayed), the numbers are still taken.
     drop(c);
-    server.signal(libc::SIGTERM);
     let mut server = server;
-    let _ = server.child.wait();
+    server.terminate();
     let mut server = start(dir.path(), &shrink).await;
     let mut c = server.tokens().await;
     let fourth = create(&mut c, &acc.id, "fourth").await;

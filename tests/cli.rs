@@ -148,7 +148,10 @@ fn read_events(
 ) -> Vec<serde_json::Value> {
     let mut events = Vec::new();
     while !done(&events) {
-        let line = lines.next().expect("watcher output").unwrap();
+        let line = lines
+            .next()
+            .expect("the watcher ended before printing what was awaited")
+            .unwrap();
         events.push(serde_json::from_str(&line).unwrap());
     }
     events
@@ -160,11 +163,16 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
+    let (addr, metrics) = (free_addr(), free_addr().to_string());
+    let p = spawn_tokend_at(
+        dir.path(),
+        addr,
+        &["--retention", "3", "--metrics-addr", &metrics],
+    )
+    .await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let (mut watcher, mut lines) = spawn_watcher(&client_args(&p));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_watching(&metrics);
 
     let mut c = p.tokens().await;
     let (a, _) = create_token(&mut c, &acc.id, "a").await;
@@ -176,8 +184,7 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     // continues with the next revision: nothing lost, nothing repeated.
     drop(c);
     let mut p = p;
-    p.signal(15);
-    let _ = p.child.wait();
+    p.terminate();
     let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
     let mut c = p.tokens().await;
     let (b, _) = create_token(&mut c, &acc.id, "b").await;
@@ -189,8 +196,7 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     // with a snapshot (SNAPSHOT…, SYNCED) and carries on live.
     drop(c);
     let mut p = p;
-    p.signal(15);
-    let _ = p.child.wait();
+    p.terminate();
     let elsewhere = spawn_tokend(dir.path(), &["--retention", "3"]).await;
     let mut c = elsewhere.tokens().await;
     for i in 0..5 {
@@ -198,8 +204,7 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     }
     drop(c);
     let mut elsewhere = elsewhere;
-    elsewhere.signal(15);
-    let _ = elsewhere.child.wait();
+    elsewhere.terminate();
     let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
     let resync = read_events(&mut lines, |e| {
         e.last().is_some_and(|e| e["type"] == "SYNCED")
@@ -215,6 +220,23 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     assert_eq!(live[0]["token"]["id"], c2.id.as_str());
     let _ = watcher.kill();
     let _ = watcher.wait();
+}
+
+/// Waits until the server whose metrics are at `metrics` has a watch stream
+/// open: a watcher started "from now" hears only what comes after that.
+fn until_watching(metrics: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sample(
+        &scrape(metrics.parse().unwrap()),
+        "tokend_watch_streams_open",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Starts `tokend tokens watch --output json <args…>`; its stdout lines
@@ -248,22 +270,20 @@ fn spawn_watcher(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_heard_nothing_before_a_restart_lists_instead_of_skipping_the_outage() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let p = spawn_tokend_at(dir.path(), addr, &[]).await;
+    let (addr, metrics) = (free_addr(), free_addr().to_string());
+    let p = spawn_tokend_at(dir.path(), addr, &["--metrics-addr", &metrics]).await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
     let (mut watcher, mut lines) = spawn_watcher(&client_args(&p));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_watching(&metrics);
 
     // The server stops before the watcher heard any revision; a token is
     // created while it is away. Resuming "from now" would never show it.
     let mut p = p;
-    p.signal(15);
-    let _ = p.child.wait();
+    p.terminate();
     let elsewhere = spawn_tokend(dir.path(), &[]).await;
     let (away, _) = create_token(&mut elsewhere.tokens().await, &acc.id, "while away").await;
     let mut elsewhere = elsewhere;
-    elsewhere.signal(15);
-    let _ = elsewhere.child.wait();
+    elsewhere.terminate();
     let p = spawn_tokend_at(dir.path(), addr, &[]).await;
 
     let listing = read_events(&mut lines, |e| {

@@ -171,8 +171,7 @@ async fn json_logs_name_each_rpc_once_and_never_a_secret() {
     assert!(verify(&mut c, &secret).await.valid);
     delete(&mut c, &t.id).await.unwrap();
     let operator = operator_secret(&data);
-    p.signal(15);
-    let _ = p.child.wait();
+    p.terminate();
 
     let text = std::fs::read_to_string(&log).unwrap();
     for s in [&secret, &operator] {

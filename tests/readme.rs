@@ -71,14 +71,18 @@ async fn the_readme_grpcurl_walkthrough_works_as_written() {
             .replace("tokend-data/", &format!("{}/", data.path().display()));
         if b.background {
             let out = format!("background-{i}.out");
-            writeln!(script, "( {text} ) > {out} 2>&1 &\nBG_{i}=$!\nsleep 1").unwrap();
+            // The next block runs once the stream is live (it printed
+            // SYNCED, 30 s at most), not after a pause a loaded machine
+            // can outlast.
+            writeln!(script, "( {text} ) > {out} 2>&1 &\nBG_{i}=$!").unwrap();
+            writeln!(script, "{}", wait_for("EVENT_TYPE_SYNCED", &out)).unwrap();
             background.push((i, out));
         } else {
             script.push_str(&text);
         }
     }
-    script.push_str("sleep 1\n");
-    for (i, _) in &background {
+    for (i, out) in &background {
+        writeln!(script, "{}", wait_for("EVENT_TYPE_DELETED", out)).unwrap();
         writeln!(script, "kill $BG_{i} 2>/dev/null || true").unwrap();
     }
 
@@ -117,4 +121,10 @@ async fn the_readme_grpcurl_walkthrough_works_as_written() {
             );
         }
     }
+}
+
+/// A shell loop that waits until `file` holds `text`, 30 s at most (the
+/// test's own checks then say what is missing).
+fn wait_for(text: &str, file: &str) -> String {
+    format!("for _ in $(seq 300); do grep -q {text} {file} && break; sleep 0.1; done")
 }

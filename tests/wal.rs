@@ -501,9 +501,8 @@ async fn a_format_7_data_dir_reads_its_old_events_beside_new_ones() {
     }
     // A clean stop: sled holds every commit, the log none to replay.
     drop(c);
-    p.signal(libc::SIGTERM);
     let mut p = p;
-    let _ = p.child.wait();
+    p.terminate();
     {
         let db = sled::open(tmp.path().join("db")).unwrap();
         let tree = db.open_tree("tokend").unwrap();

@@ -149,6 +149,14 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, and waits: the stop must be a clean one (exit 0), which a
+    /// test that restarts on the same data relies on.
+    pub fn terminate(&mut self) {
+        self.signal(15);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "tokend did not stop cleanly: {status}");
+    }
+
     /// Sends a signal by number (15 = SIGTERM, 2 = SIGINT).
     pub fn signal(&self, sig: i32) {
         let status = std::process::Command::new("kill")

@@ -290,6 +290,19 @@ impl Handoff {
         true
     }
 
+    /// Whether the writer sleeps with nothing to commit and nothing to
+    /// checkpoint, so that a command planned now is planned while it sleeps
+    /// (for tests, which must not guess it from a pause).
+    #[cfg(test)]
+    pub(super) fn settled(&self) -> bool {
+        let waiting = self.lock().writer_waiting;
+        waiting
+            && self
+                .writer
+                .try_lock()
+                .is_ok_and(|w| w.as_ref().is_some_and(|w| !w.log_holds_records()))
+    }
+
     /// The writer's lock, for the writer thread: commits wait for it.
     pub(super) fn writer(&self) -> MutexGuard<'_, Option<durable::Writer>> {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)

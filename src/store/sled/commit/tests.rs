@@ -31,6 +31,18 @@ fn open_writing_access_every(dir: &std::path::Path, access_interval: Duration) -
     .unwrap()
 }
 
+/// Waits until the writer sleeps with nothing to do (`Handoff::settled`).
+async fn until_settled(store: &SledStore) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !store.handoff.settled() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn create_account() -> Command {
     Command::CreateAccount(NewAccount {
         name: "Acme".into(),
@@ -99,8 +111,14 @@ async fn a_deleted_token_leaves_no_last_access_behind() {
     let store = open_writing_access_every(dir.path(), every);
     assert!(store.last_access(&reopened).is_some(), "read back at open");
     store.record_access(&written, SystemTime::now());
-    // The ticker writes it to sled within a few intervals.
-    tokio::time::sleep(every * 10).await;
+    // The ticker writes it to sled within a few intervals: wait until it has,
+    // or the "written since" case would test nothing.
+    let key = crate::store::sled::layout::access_key(&written);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.inner.tree.get(&key).unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never written");
+        tokio::time::sleep(every).await;
+    }
     for id in [&reopened, &written, &unused] {
         delete(&store, id).await;
     }
@@ -155,23 +173,22 @@ async fn more_commands_than_a_batch_holds_are_all_answered() {
 /// the scheduler for others to join, which would wake the runtime's other
 /// threads for nothing: it is answered in the poll that planned it.
 ///
-/// Each command is planned once the writer sleeps with nothing to do: after
-/// a commit it checkpoints the log (`CHECKPOINT_EVERY`, 100 ms, later), and
-/// a command planned during that checkpoint is not calm. A loaded machine
-/// can still stretch one checkpoint past the pause, so the test tries a few
-/// times; without `commit_here` no attempt is answered in one poll.
+/// Each command is planned once the writer sleeps with nothing to do (after
+/// a commit it checkpoints the log, and a command planned meanwhile is not
+/// calm). The writer can still wake in the instant between that check and
+/// the plan (a timed wait ending), so the test tries a few times; without
+/// `commit_here` no attempt is answered in one poll.
 #[tokio::test]
 async fn a_lone_command_on_a_calm_store_is_answered_in_the_poll_that_planned_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let pause = Duration::from_millis(300);
     let (mut attempts, mut answered) = (Vec::new(), false);
     while !answered && attempts.len() < 5 {
         for _ in 0..CALM {
-            tokio::time::sleep(pause).await;
+            until_settled(&store).await;
             store.apply(create_account(), actor()).await.unwrap();
         }
-        tokio::time::sleep(pause).await;
+        until_settled(&store).await;
         let before = store.state().revision();
         let polled = Box::pin(store.apply(create_account(), actor())).now_or_never();
         answered = matches!(polled, Some(Ok(ref a)) if a.revision == before + 1);
@@ -197,8 +214,8 @@ async fn a_lone_command_on_a_calm_store_is_answered_in_the_poll_that_planned_it(
 async fn a_cancelled_caller_still_wakes_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    // Long enough for the writer to be asleep, waiting for a batch.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The writer asleep, waiting for a batch.
+    until_settled(&store).await;
     let before = store.state().revision();
     // One poll: planned, then pending at the turn before the wake; then
     // dropped.
