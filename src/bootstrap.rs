@@ -3,18 +3,24 @@
 //! Owns making sure some operator can call tokend on a new store: the secret
 //! file (written before its token exists, mode 0600, atomically), the
 //! Operations account, and the operator token, created once even when
-//! several replicas start at once (under [`Store::bootstrap_lock`]). It must
-//! never log the secret (only the file's path), and never refuse to start
-//! because an operator deleted a leaked operator token.
+//! several replicas start at once (under [`Store::bootstrap_lock`]); and the
+//! way back in when no operator token is left (every one deleted, disabled
+//! or expired): a start without the credential file makes a new one, as the
+//! first start did. Whoever can start tokend on its data holds that data
+//! already, so this gives no one more than they have. It must never log the
+//! secret (only the file's path), never make a credential while an operator
+//! can still call, and never refuse to start because an operator deleted a
+//! leaked operator token.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::command::{Command, NewAccount, NewToken};
 use crate::domain::{
-    AccountId, AccountType, Actor, MODULE_ACCESS_MANAGEMENT, MODULE_PLATFORM_ACCOUNT_MANAGEMENT,
-    Modules, Subject, TokenStatus, parse_modules,
+    AccountId, AccountStatus, AccountType, Actor, MODULE_ACCESS_MANAGEMENT,
+    MODULE_PLATFORM_ACCOUNT_MANAGEMENT, Modules, Subject, TokenStatus, parse_modules,
 };
 use crate::error::Error;
 use crate::secret::{self, Secret};
@@ -25,15 +31,20 @@ use crate::store::Store;
 const BOOTSTRAP: &str = "bootstrap";
 pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
 
-/// Makes sure an operator credential exists, on first start.
+/// Makes sure an operator credential exists.
 ///
-/// - With `supplied` (`--operator-token-file`): that file's secret must name a
-///   live token, or one is created for it.
-/// - Otherwise, on a store with no accounts: a secret is generated and written
-///   to `<data-dir>/operator.token` (mode 0600) *before* its token is created,
-///   so a crash in between is finished by the next start and never leaves an
-///   operator token whose secret nobody has.
-/// - Otherwise, if that file exists, the same as `supplied`.
+/// The file is `supplied` (`--operator-token-file`) or
+/// `<data-dir>/operator.token`.
+/// - If it exists, its secret must name a live token, or one is created for
+///   it (unless that token was deleted or disabled: a warning, and tokend
+///   starts all the same).
+/// - If it does not, and no operator can call (a new store, or every
+///   operator token gone): a secret is generated and written to it (mode
+///   0600) *before* its token is created, so a crash in between is finished
+///   by the next start and never leaves an operator token whose secret
+///   nobody has.
+/// - If it does not, while an operator can call: nothing is made; a
+///   `supplied` file is then an error (a wrong path, most likely).
 ///
 /// Logs only the path, never the secret. Returns the path in use, if any.
 pub async fn operator(
@@ -43,27 +54,27 @@ pub async fn operator(
 ) -> Result<Option<PathBuf>, Error> {
     // Replicas sharing a database take turns, each seeing the others' work.
     let _turn = store.bootstrap_lock().await?;
-    let default_path = data_dir.join(OPERATOR_TOKEN_FILE);
-    let path = match supplied {
-        Some(p) => p.to_path_buf(),
-        None if default_path.exists() => default_path,
-        None if store.state().accounts_after(None).next().is_none() => {
-            let id = crate::command::fresh_token_id(&store.state())?;
-            let secret = Secret::generate(&id);
-            write_secret_file(&default_path, &secret)?;
-            tracing::info!(path = %default_path.display(), "operator credential written");
-            default_path
-        }
-        None => {
-            // Normal once an operator moved the file somewhere safer; after
-            // a restore without it, the reason no one can call.
-            tracing::info!(
-                path = %default_path.display(),
-                "no operator credential file (nor --operator-token-file): callers use secrets they already hold"
+    let path = supplied.map_or_else(|| data_dir.join(OPERATOR_TOKEN_FILE), Path::to_path_buf);
+    let state = store.state();
+    if !path.exists() && !an_operator_remains(&state, SystemTime::now()) {
+        let id = crate::command::fresh_token_id(&state)?;
+        write_secret_file(&path, &Secret::generate(&id))?;
+        if state.accounts_after(None).next().is_none() {
+            tracing::info!(path = %path.display(), "operator credential written");
+        } else {
+            tracing::warn!(
+                path = %path.display(),
+                "no operator token could call tokend (each was deleted, disabled or expired): a new operator credential was written"
             );
-            return Ok(None);
         }
-    };
+    } else if !path.exists() && supplied.is_none() {
+        // Normal once an operator moved the file somewhere safer.
+        tracing::info!(
+            path = %path.display(),
+            "no operator credential file (nor --operator-token-file): callers use secrets they already hold"
+        );
+        return Ok(None);
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::invalid(
             "operator-token-file",
@@ -81,7 +92,6 @@ pub async fn operator(
         )
     })?;
     let hash = secret::hash(text);
-    let state = store.state();
     if let Some(t) = state.token_with_secret(&id, &hash)
         && t.status == TokenStatus::Active
     {
@@ -91,11 +101,19 @@ pub async fn operator(
     if state.token_id_taken(&id) {
         // Deleting a leaked operator token is what operators should do; it
         // must not stop tokend from starting. Other operator tokens work.
-        tracing::warn!(
-            path = %path.display(),
-            token = %id,
-            "the operator token in this file was disabled or deleted; it no longer authenticates"
-        );
+        if an_operator_remains(&state, SystemTime::now()) {
+            tracing::warn!(
+                path = %path.display(),
+                token = %id,
+                "the operator token in this file was disabled or deleted; it no longer authenticates"
+            );
+        } else {
+            tracing::warn!(
+                path = %path.display(),
+                token = %id,
+                "the operator token in this file was disabled or deleted, and no other operator token is left: move the file away and restart, and tokend writes a new one"
+            );
+        }
         return Ok(None);
     }
     let actor = Actor(BOOTSTRAP.into());
@@ -141,12 +159,29 @@ pub async fn operator(
     Ok(Some(path))
 }
 
-/// The Operations account an interrupted bootstrap may have left.
+/// Whether some token can still act as operator: active and unexpired, with
+/// `platform-account-management`, in an active Operations account.
+fn an_operator_remains(state: &State, now: SystemTime) -> bool {
+    state
+        .accounts_after(None)
+        .filter(|a| a.kind == AccountType::Operations && a.status == AccountStatus::Active)
+        .any(|a| {
+            state.tokens_after(Some(&a.id), None).any(|t| {
+                t.status == TokenStatus::Active
+                    && t.modules.contains(MODULE_PLATFORM_ACCOUNT_MANAGEMENT)
+                    && t.expire_time.is_none_or(|at| at > now)
+            })
+        })
+}
+
+/// The Operations account an interrupted (or earlier) bootstrap made, if it
+/// is active: a disabled one cannot get the new token.
 fn operations_account(state: &State) -> Option<AccountId> {
     state
         .accounts_after(None)
         .find(|a| {
             a.kind == AccountType::Operations
+                && a.status == AccountStatus::Active
                 && a.audit
                     .created
                     .as_ref()

@@ -720,3 +720,99 @@ async fn tokend_still_starts_after_its_bootstrap_operator_token_was_deleted() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+
+/// The way back in when the last operator token is gone (an operator who
+/// deleted the token they were signed in with): moved away, its file is
+/// written anew at the next start, with a working token. While an operator
+/// can call, a missing file makes nothing, and a missing
+/// `--operator-token-file` (a wrong path) is refused.
+#[tokio::test]
+async fn a_new_operator_credential_is_made_only_when_no_operator_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let mut op = p.tokens().await;
+    let bootstrap = operator_id(&mut op).await;
+    let first = operator_secret(dir.path());
+
+    // With the operator alive, a wrong --operator-token-file path is refused
+    // and left unwritten.
+    drop((op, p));
+    let wrong = dir.path().join("no-such.token");
+    let refused = launch(
+        serve_command(
+            dir.path(),
+            free_addr(),
+            &["--operator-token-file", wrong.to_str().unwrap()],
+        ),
+        dir.path(),
+        free_addr(),
+    )
+    .await;
+    assert!(refused.is_none(), "served with a missing credential file");
+    assert!(!wrong.exists());
+
+    // The operator deletes its own token: nobody can call, even after a
+    // restart with the file (which still names the deleted token).
+    let p = spawn_tokend(dir.path(), &[]).await;
+    delete(&mut p.tokens().await, &bootstrap).await.unwrap();
+    drop(p);
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let e = p
+        .tokens()
+        .await
+        .list_tokens(pb::ListTokensRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    drop(p);
+
+    // The file moved away: the next start writes a new one, which works.
+    std::fs::rename(
+        dir.path().join("operator.token"),
+        dir.path().join("deleted.token"),
+    )
+    .unwrap();
+    let p = spawn_tokend(dir.path(), &[]).await;
+    let second = operator_secret(dir.path());
+    assert_ne!(second, first);
+    let mut op = p.tokens().await;
+    let ops = operations_account(&mut op).await;
+    assert!(!ops.is_empty());
+    assert_ne!(operator_id(&mut op).await, bootstrap);
+
+    // And now that an operator can call again, a start without the file
+    // makes none.
+    drop((op, p));
+    std::fs::remove_file(dir.path().join("operator.token")).unwrap();
+    let addr = free_addr();
+    let _p = Process {
+        child: serve_command(dir.path(), addr, &[]).spawn().unwrap(),
+        addr,
+        dir: dir.path().to_path_buf(),
+    };
+    // (`launch` would wait for the file.) Serving once the new operator's
+    // call is answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let served = match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => pb::token_service_client::TokenServiceClient::with_interceptor(
+                channel,
+                bearer(&second),
+            )
+            .list_tokens(pb::ListTokensRequest::default())
+            .await
+            .is_ok(),
+            Err(_) => false,
+        };
+        if served {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!dir.path().join("operator.token").exists());
+}

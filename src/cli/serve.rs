@@ -58,7 +58,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEND_HUB_CAPACITY", default_value_t = 4096, value_parser = count_up_to(crate::hub::MAX_CAPACITY))]
     pub hub_capacity: usize,
     /// A file holding the operator secret to use, instead of the one tokend
-    /// generates into <data-dir>/operator.token on first start.
+    /// generates into <data-dir>/operator.token on first start. Missing, it
+    /// is written when no operator can call (first start, or every operator
+    /// token gone: the way back in), and refused otherwise.
     #[arg(long, env = "TOKEND_OPERATOR_TOKEN_FILE")]
     pub operator_token_file: Option<PathBuf>,
     /// PEM certificate chain; with --tls-key, serve TLS instead of plaintext.

@@ -73,6 +73,14 @@ const scenarios = {
     const page = await L.session(browser, "admin");
     await L.signIn(page, F.admin);
     const t = F.target;
+    // Deleting the token one is signed in with is said before it happens.
+    await L.listReady(page);
+    await L.rowAction(page, F.admin_id, "Delete");
+    await page.waitForSelector("#delete-confirm:not([disabled])");
+    const own = await L.text(page, "#delete-dialog");
+    check(own.includes("This is the token you signed in with.") && own.includes("signed out at once"), "deleting one's own token is warned of");
+    await page.click("#delete-cancel");
+    await page.waitForFunction(() => !document.querySelector("#delete-dialog"));
     await page.click(`${L.rowSel(t.id)} a.token-name`);
     await page.waitForFunction((id) => location.hash.endsWith(`/tokens/${id}`), {}, t.id);
     await page.waitForSelector("#endpoint");
@@ -92,6 +100,7 @@ const scenarios = {
     await L.chooseMenuItem(page, "Disable");
     await page.waitForSelector("dialog");
     check((await L.text(page, "dialog")).includes(t.id), "the disable dialog names the token");
+    check(!(await page.$("#own-token-warning")), "another token's dialog has no own-token warning");
     await L.axe(page, "disable dialog");
     await page.click("dialog .btn-danger");
     await L.toastSaying(page, `API token '${t.name}' (${t.id}) was disabled successfully.`);

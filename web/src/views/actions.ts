@@ -39,6 +39,25 @@ function report(app: App, f: Failure, where: HTMLElement): void {
   where.hidden = false;
 }
 
+/**
+ * A warning for a dialog about to end the session's own credential: the
+ * page signs out at once, and with the last operator token gone no one can
+ * sign in as operator until tokend is restarted without its credential file
+ * (README, "Locked out?").
+ */
+function ownTokenWarning(app: App, t: Token): HTMLElement | null {
+  const s = app.session;
+  if (!s || s.self.id !== t.id) return null;
+  return h(
+    "p",
+    { class: "notice notice-warning", id: "own-token-warning" },
+    h("strong", {}, "This is the token you signed in with."),
+    s.operator
+      ? " You will be signed out at once. If it is the last operator token, no one can sign in as operator until tokend is restarted without its credential file."
+      : " You will be signed out at once.",
+  );
+}
+
 /** A paragraph for errors inside a dialog, read out when it appears. */
 function dialogError(): HTMLElement {
   return h("p", { class: "notice notice-error", role: "alert", hidden: true });
@@ -66,6 +85,7 @@ export function statusDialog(app: App, t: Token, what: "disable" | "enable"): vo
         ? "A disabled token stops working at once: calls made with it are refused until it is enabled again."
         : "The token works again at once for calls to the modules it holds.",
     ),
+    what === "disable" ? ownTokenWarning(app, t) : null,
     error,
   );
   const cancel = button("Cancel", () => m.close());
@@ -163,7 +183,7 @@ export function deleteDialog(app: App, t: Token, hooks: ActionHooks): void {
     h("li", {}, "A deleted token can't be restored or reused."),
     h("li", {}, "Deleting a token removes it from the account, and it no longer appears on the API tokens page. Applications that use it stop working at once."),
   );
-  fill(m.body, question, warnings, status, error);
+  fill(m.body, question, warnings, ownTokenWarning(app, t), status, error);
   const cancel = button("Cancel", () => m.close(), "secondary", { id: "delete-cancel" });
   const confirm = button("Delete", () => void doDelete(), "danger", { id: "delete-confirm", disabled: "" });
   m.footer.append(cancel, confirm);
