@@ -57,6 +57,23 @@ async fn full_lifecycle_create_verify_update_disable_enable_delete() {
     let after = get(&mut c, &t.id, false).await.unwrap();
     assert!(after.last_access_time.is_some());
     assert_eq!((after.revision, &after.etag), (t.revision, &t.etag));
+    // A watch's snapshot shows the token as it is now, its last access
+    // included, as a read does.
+    let mut snap = c
+        .watch_tokens(pb::WatchTokensRequest {
+            account_id: acc.id.clone(),
+            send_initial: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = snap.message().await.unwrap().unwrap();
+    assert_eq!(first.r#type, pb::EventType::Snapshot as i32);
+    assert_eq!(
+        first.token.unwrap().last_access_time,
+        after.last_access_time
+    );
 
     let updated = c
         .update_token(pb::UpdateTokenRequest {

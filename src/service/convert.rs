@@ -12,7 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::command::Expiry;
 use crate::domain::{
     Account, AccountStatus, AccountType, Audit, AuditEntry, Event, EventKind, LATEST_SECONDS,
-    Token, TokenStatus,
+    Token, TokenId, TokenStatus,
 };
 use crate::error::{DOMAIN, Error, reason};
 use crate::proto as pb;
@@ -270,7 +270,9 @@ pub fn change_event(e: &Event) -> pb::TokenEvent {
     }
 }
 
-pub fn notice(n: &Notice) -> pb::TokenEvent {
+/// A watch's notice on the wire. A snapshot is the token as it is now, its
+/// `last_access` included (not history: no change event carries it).
+pub fn notice(n: &Notice, last_access: impl Fn(&TokenId) -> Option<SystemTime>) -> pb::TokenEvent {
     let bare = |revision: u64, kind: pb::EventType| pb::TokenEvent {
         revision: revision as i64,
         r#type: kind as i32,
@@ -281,7 +283,7 @@ pub fn notice(n: &Notice) -> pb::TokenEvent {
     match n {
         Notice::Change(e) => change_event(e),
         Notice::Snapshot { revision, token: t } => pb::TokenEvent {
-            token: Some(token(t, None)),
+            token: Some(token(t, last_access(&t.id))),
             ..bare(*revision, pb::EventType::Snapshot)
         },
         Notice::Synced(r) => bare(*r, pb::EventType::Synced),

@@ -53,10 +53,12 @@ impl Service {
             credential: Some(caller),
         };
         let stream = self.watchers.open(filter, start)?;
-        let encoded = self.encoded.clone();
+        let (encoded, store) = (self.encoded.clone(), self.store.clone());
         let stream = stream.map(move |item| match item {
             Ok(Notice::Change(event)) => Ok(encoded.get(&event)),
-            Ok(other) => Ok(pb::EncodedEvent::new(&convert::notice(&other))),
+            Ok(other) => Ok(pb::EncodedEvent::new(&convert::notice(&other, |id| {
+                store.last_access(id)
+            }))),
             Err(e) => Err(Status::from(e)),
         });
         Ok(Box::pin(stream))

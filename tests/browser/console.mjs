@@ -73,8 +73,12 @@ const scenarios = {
     const page = await L.session(browser, "admin");
     await L.signIn(page, F.admin);
     const t = F.target;
-    // Deleting the token one is signed in with is said before it happens.
     await L.listReady(page);
+    // Signing in verified the admin's secret: the list (from the watch's
+    // snapshot) shows when, not "Never".
+    const lastAccess = await page.$eval(`${L.rowSel(F.admin_id)}`, (tr) => tr.children[5].textContent);
+    check(lastAccess !== "Never" && lastAccess.trim() !== "", `the signed-in token's last access is shown: ${lastAccess}`);
+    // Deleting the token one is signed in with is said before it happens.
     await L.rowAction(page, F.admin_id, "Delete");
     await page.waitForSelector("#delete-confirm:not([disabled])");
     const own = await L.text(page, "#delete-dialog");

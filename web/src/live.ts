@@ -104,6 +104,9 @@ export class LiveTokens {
     if (this.deleted.has(t.id)) return; // deleted is final: a late event changes nothing
     const known = this.tokens.get(t.id);
     if (known && known.revision > t.revision) return;
+    // Last access is not history: a change event does not carry it, and the
+    // last one known (from the snapshot or a read) stays.
+    if (!t.lastAccessTime && known?.lastAccessTime) t.lastAccessTime = known.lastAccessTime;
     this.tokens.set(t.id, t);
     this.emit({ kind: "token", id: t.id, token: t });
   }
