@@ -19,10 +19,23 @@ const scenarios = {
   async "delete-from-list"(browser) {
     const page = await L.session(browser, "operator");
     await L.signIn(page, F.operator);
+    check(await page.evaluate(() => document.activeElement?.id === "main-heading"), "signing in leaves focus on the page's heading");
     check(await page.$("#account-picker"), "the operator gets an account picker");
+    // An account made elsewhere after sign-in, opened by its URL: the
+    // picker learns of it and shows it, not another account.
+    const made = await L.cli("accounts", "create", "--name", "Globex", "--type", "client", "--module", "commerce");
+    await page.goto(`${L.URL_}/#/${made.id}/tokens`, { waitUntil: "domcontentloaded" });
+    await page.waitForFunction(
+      (id) => document.querySelector("#account-picker")?.selectedOptions[0]?.textContent === `Globex (${id})`,
+      {},
+      made.id,
+    );
+    check(true, "the picker shows an account made after sign-in");
+    await page.focus("#account-picker");
     await page.select("#account-picker", F.account.id);
     await page.waitForFunction((h) => location.hash === h, {}, `#/${F.account.id}/tokens`);
     await L.listReady(page);
+    check(await page.evaluate(() => document.activeElement?.id === "account-picker"), "the picker keeps focus after a choice");
     await L.waitRow(page, F.target.id);
     await L.shot(page, "delete-1-list");
     await L.axe(page, "token list");
@@ -123,6 +136,17 @@ const scenarios = {
     await L.chooseMenuItem(page, "Edit");
     await page.waitForSelector("dialog textarea");
     await L.axe(page, "edit dialog");
+    // A value only tokend refuses (the page's own check lets it through) is
+    // said beside its field, which gets focus; nothing at the dialog's foot.
+    const logo = "dialog input[type=url]";
+    await page.$eval(logo, (e) => (e.value = 'https://example.com/"quoted".png'));
+    await page.click("dialog .btn-primary");
+    await page.waitForSelector(`${logo}[aria-invalid=true]`);
+    const logoError = await page.$eval(logo, (e) => document.getElementById(`${e.id}-error`).textContent);
+    check(logoError.startsWith("Must be an http or https URL"), `tokend's refusal is beside the logo field: ${logoError}`);
+    check(await page.$eval(logo, (e) => document.activeElement === e), "the refused field has focus");
+    check(await page.$eval("dialog .notice-error", (e) => e.hidden), "no dialog-level error for a field's refusal");
+    await page.$eval(logo, (e) => (e.value = ""));
     await page.$eval("dialog textarea", (e) => (e.value = ""));
     await page.type("dialog textarea", "Edited in the console");
     await page.click("dialog .btn-primary");

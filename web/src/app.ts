@@ -78,6 +78,9 @@ export class App {
       if (operator) await this.loadAccounts();
       performance.mark("signed-in");
       this.route();
+      // Keyboard and screen-reader users start at the page's heading, not
+      // at the top of the document (the sign-in form they were in is gone).
+      this.main.querySelector<HTMLElement>("#main-heading")?.focus();
       return null;
     } catch (err) {
       forgetSecret();
@@ -115,6 +118,21 @@ export class App {
     } while (pageToken !== "");
     all.sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id));
     this.accountList = all;
+  }
+
+  /**
+   * An account the picker does not know (made elsewhere since sign-in, or
+   * named in the URL): the list is read again, and the header follows.
+   */
+  private async refreshAccounts(wanted: string): Promise<void> {
+    try {
+      await this.loadAccounts();
+    } catch {
+      return; // the list's own stream says what is wrong
+    }
+    if (this.live?.accountId !== wanted) return;
+    this.account = this.accountList.find((a) => a.id === wanted) ?? null;
+    this.renderHeader();
   }
 
   // -------------------------------------------------------------- routes
@@ -157,6 +175,7 @@ export class App {
     }
     this.account =
       this.accountList.find((a) => a.id === r.account) ?? (s.account.id === r.account ? s.account : null);
+    if (s.operator && !this.account) void this.refreshAccounts(r.account);
     this.ensureLive(r.account);
     this.renderHeader();
     this.screen = r.kind === "list" ? listView(this, r.account) : detailsView(this, r.account, r.token);
@@ -179,15 +198,21 @@ export class App {
   renderHeader(): void {
     const s = this.session;
     const right: HTMLElement[] = [];
+    // The header is made anew: whoever was using the picker keeps it.
+    const pickerHadFocus = document.activeElement?.id === "account-picker";
     if (s) {
       if (s.operator && this.accountList.length > 0) {
         const current = this.live?.accountId ?? s.account.id;
+        // One the list does not hold (yet) is shown as itself, never as
+        // another account.
+        const known = this.accountList.some((a) => a.id === current);
         const select = h(
           "select",
           {
             id: "account-picker",
             onchange: ((e: Event) => this.navigate(this.listHash((e.target as HTMLSelectElement).value))) as EventListener,
           },
+          known ? null : h("option", { value: current, selected: true }, current),
           this.accountList.map((a) =>
             h("option", { value: a.id, selected: a.id === current }, `${a.name} (${a.id})`),
           ),
@@ -216,6 +241,7 @@ export class App {
         s ? h("div", { class: "topbar-right" }, right) : null,
       ),
     );
+    if (pickerHadFocus) document.getElementById("account-picker")?.focus();
   }
 
   /** How the page names an actor (a token id, or "bootstrap"). */

@@ -56,6 +56,10 @@ export interface Failure {
   metadata: Record<string, string>;
   /** What to tell the person. */
   sentence: string;
+  /** The request field a bad value was in (BadRequest), or "". */
+  field: string;
+  /** What is wrong with it, without the field's name (for beside the field). */
+  problem: string;
 }
 
 /** Reads the code, reason and metadata of any thrown value. */
@@ -65,12 +69,17 @@ export function failure(err: unknown): Failure {
   const reason = info?.domain === "apitokens" ? info.reason : "";
   const metadata = info?.metadata ?? {};
   let sentence = REASONS[reason] ?? CODES[e.code] ?? "Something went wrong. Try again.";
+  let field = "";
+  let problem = "";
   if (reason === "INVALID_ARGUMENT") {
     const v = e.findDetails(BadRequestSchema)[0]?.fieldViolations[0];
-    if (v) sentence = `${FIELDS[v.field] ?? v.field}: ${v.description}`;
-    else if (e.rawMessage) sentence = `${sentence} ${e.rawMessage}`;
+    if (v) {
+      sentence = `${FIELDS[v.field] ?? v.field}: ${v.description}`;
+      field = v.field;
+      problem = v.description;
+    } else if (e.rawMessage) sentence = `${sentence} ${e.rawMessage}`;
   }
-  return { code: e.code, reason, metadata, sentence };
+  return { code: e.code, reason, metadata, sentence, field, problem };
 }
 
 /** Request fields as the page's labels name them. */

@@ -118,10 +118,11 @@ export function editDialog(app: App, t: Token): void {
   fill(m.body, h("p", { class: "muted" }, `${t.id}`), fields.general, fields.modules, error);
   const cancel = button("Cancel", () => m.close());
   const save = button("Save", async () => {
+    // A refusal shown for an earlier try no longer applies.
+    error.hidden = true;
     const v = fields.read();
     if (!v) return;
     save.disabled = true;
-    error.hidden = true;
     try {
       const next = await tokens.updateToken(
         {
@@ -136,7 +137,8 @@ export function editDialog(app: App, t: Token): void {
       toast(`API token '${next.name}' (${next.id}) was updated successfully.`);
     } catch (err) {
       save.disabled = false;
-      report(app, failure(err), error);
+      const f = failure(err);
+      if (!fields.showRefusal(f)) report(app, f, error);
     }
   }, "primary");
   m.footer.append(cancel, save);

@@ -5,7 +5,7 @@
 import { sessionSignal, tokens } from "../api";
 import type { App } from "../app";
 import { fill, h, newId } from "../dom";
-import { failure, isSignedOut } from "../errors";
+import { type Failure, failure, isSignedOut } from "../errors";
 import { button, modal, secretBlock, toast, tokenIcon } from "../ui";
 import { accountModules } from "./actions";
 
@@ -128,6 +128,27 @@ export function tokenFields(initial: TokenValues, available: string[]) {
     modules,
     readGeneral,
     readModules,
+    /**
+     * Shows a refusal of tokend's beside the field it names (its checks are
+     * the final word: the page's own are a convenience), focused; false if
+     * it names none of these fields.
+     */
+    showRefusal(f: Failure): boolean {
+      const path = f.field.replace(/^token\./, "");
+      const target = ({ name, icon, description: desc } as Record<string, typeof name>)[path];
+      if (target) {
+        setError(target, `${f.problem.charAt(0).toUpperCase()}${f.problem.slice(1)}.`.replace(/\.\.$/, "."));
+        target.control.focus();
+        return true;
+      }
+      if (path === "modules") {
+        modulesError.textContent = f.sentence;
+        modulesError.hidden = false;
+        boxes[0]?.box.focus();
+        return true;
+      }
+      return false;
+    },
     read(): TokenValues | null {
       const g = readGeneral();
       if (!g) return null;
