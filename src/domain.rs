@@ -285,12 +285,24 @@ pub fn parse_name(field: &'static str, s: &str) -> Result<String, Error> {
     Ok(s.to_string())
 }
 
+/// Free text, with line breaks and tabs, but no other control character
+/// (a NUL, or a terminal's escape sequences, would reach every page, table
+/// and log line that shows it).
 pub fn parse_description(field: &'static str, s: &str) -> Result<String, Error> {
     let n = s.chars().count();
     if n > DESCRIPTION_MAX_CHARS {
         return Err(Error::invalid(
             field,
             format!("is {n} characters long; at most {DESCRIPTION_MAX_CHARS} are allowed"),
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("contains the control character {c:?}; only line breaks and tabs are allowed"),
         ));
     }
     Ok(s.to_string())
@@ -677,6 +689,21 @@ mod tests {
             "trail ",
         ] {
             assert!(parse_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn descriptions_take_line_breaks_and_tabs_but_no_other_control_character() {
+        let ok = "Ships the release.\r\nOwner:\tplatform team — Zoë 東京";
+        assert_eq!(parse_description("description", ok).unwrap(), ok);
+        for bad in [
+            "a\u{0}b",
+            "red \u{1b}[31m",
+            "bell \u{7}",
+            "next line \u{85}",
+        ] {
+            let e = parse_description("description", bad).unwrap_err();
+            assert!(e.to_string().contains("control character"), "{bad:?}: {e}");
         }
     }
 

@@ -8,6 +8,9 @@
 //   (cd examples/node && npm ci)
 //   node examples/node/tokend_demo.mjs --server localhost:50051 \
 //       --token-file tokend-data/operator.token
+//
+// It creates an account ("Node Inc.", left behind: accounts are not
+// deleted), so it needs an operator's secret, such as the one above.
 
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -96,6 +99,13 @@ const account = await call(accounts, "CreateAccount", {
   name: "Node Inc.",
   type: "ACCOUNT_TYPE_CLIENT",
   modules: ["access-management", "commerce"],
+}).catch((err) => {
+  const why = errorReason(err);
+  if (why === "PERMISSION_DENIED" || why === "UNAUTHENTICATED") {
+    console.error(`this example creates an account: give it an operator's secret (--token-file): ${err.details}`);
+    process.exit(2);
+  }
+  throw err;
 });
 const created = await call(tokens, "CreateToken", { account_id: account.id, name: "node-client", modules: ["commerce"] });
 const token = created.token;

@@ -8,6 +8,9 @@ grpcio-tools, into a temporary directory, so nothing generated is committed:
     pip install grpcio grpcio-tools
     python3 examples/python/tokend_demo.py --server localhost:50051 \
         --token-file tokend-data/operator.token
+
+It creates an account ("Python Inc.", left behind: accounts are not
+deleted), so it needs an operator's secret, such as the one above.
 """
 
 import argparse
@@ -60,9 +63,15 @@ def main():
     tokens = tokens_grpc.TokenServiceStub(channel)
     accounts = accounts_grpc.AccountServiceStub(channel)
 
-    account = accounts.CreateAccount(accounts_pb2.CreateAccountRequest(
-        name="Python Inc.", type=accounts_pb2.ACCOUNT_TYPE_CLIENT,
-        modules=["access-management", "commerce"]), metadata=auth)
+    try:
+        account = accounts.CreateAccount(accounts_pb2.CreateAccountRequest(
+            name="Python Inc.", type=accounts_pb2.ACCOUNT_TYPE_CLIENT,
+            modules=["access-management", "commerce"]), metadata=auth)
+    except grpc.RpcError as e:
+        if e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            sys.exit(f"this example creates an account: give it an operator's secret "
+                     f"(--token-file): {e.details()}")
+        raise
     created = tokens.CreateToken(tokens_pb2.CreateTokenRequest(
         account_id=account.id, name="python-client", modules=["commerce"]), metadata=auth)
     token = created.token
