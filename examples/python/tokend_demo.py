@@ -14,10 +14,12 @@ deleted), so it needs an operator's secret, such as the one above.
 """
 
 import argparse
+import atexit
 import importlib
 import os
 import pathlib
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -32,6 +34,7 @@ PROTOS = ["apitokens/v1/common.proto", "apitokens/v1/accounts.proto", "apitokens
 def generate_stubs():
     """Compiles proto/ into an importable package; returns (pb2, pb2_grpc)."""
     out = tempfile.mkdtemp(prefix="tokend-py-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     well_known = str(pathlib.Path(protoc.__file__).parent / "_proto")
     args = ["protoc", f"-I{ROOT / 'proto'}", f"-I{well_known}",
             f"--python_out={out}", f"--grpc_python_out={out}", *PROTOS]
