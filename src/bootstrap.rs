@@ -56,7 +56,8 @@ pub async fn operator(
     let _turn = store.bootstrap_lock().await?;
     let path = supplied.map_or_else(|| data_dir.join(OPERATOR_TOKEN_FILE), Path::to_path_buf);
     let state = store.state();
-    if !path.exists() && !an_operator_remains(&state, SystemTime::now()) {
+    let missing = !path.exists();
+    if missing && !an_operator_remains(&state, SystemTime::now()) {
         let id = crate::command::fresh_token_id(&state)?;
         write_secret_file(&path, &Secret::generate(&id))?;
         if state.accounts_after(None).next().is_none() {
@@ -67,7 +68,7 @@ pub async fn operator(
                 "no operator token could call tokend (each was deleted, disabled or expired): a new operator credential was written"
             );
         }
-    } else if !path.exists() && supplied.is_none() {
+    } else if missing && supplied.is_none() {
         // Normal once an operator moved the file somewhere safer.
         tracing::info!(
             path = %path.display(),
