@@ -153,6 +153,12 @@ const scenarios = {
     await L.toastSaying(page, "was updated successfully.");
     const got = await L.cli("tokens", "get", t.id);
     check(got.description === "Edited in the console", "Edit saved the description");
+    // A change made elsewhere shows at once and leaves the keyboard focus on
+    // the Actions button (the head is updated in place, not rebuilt).
+    await page.focus(actions);
+    await L.cli("tokens", "update", t.id, "--description", "Changed elsewhere");
+    await page.waitForFunction(() => document.querySelector("main").textContent.includes("Changed elsewhere"));
+    check(await page.$eval(actions, (b) => document.activeElement === b), "a live change keeps the focus on the Actions button");
 
     // Delete from the dropdown.
     await page.click(actions);
@@ -335,6 +341,13 @@ const scenarios = {
     await L.cli("tokens", "disable", created.token.id);
     await list.waitForFunction((sel) => document.querySelector(`${sel} .badge`)?.textContent === "Disabled", {}, L.rowSel(created.token.id));
     check(true, "a token disabled with the CLI shows as disabled");
+    // The row is updated in place: the keyboard focus on its name stays.
+    const name = `${L.rowSel(created.token.id)} a.token-name`;
+    await list.focus(name);
+    await L.cli("tokens", "update", created.token.id, "--name", "renamed-by-cli", "--description", "now described");
+    await list.waitForFunction((sel) => document.querySelector(sel)?.textContent === "renamed-by-cli", {}, name);
+    check((await L.text(list, `${L.rowSel(created.token.id)} .token-description`)) === "now described", "a change made with the CLI shows in the row");
+    check(await list.$eval(name, (a) => document.activeElement === a), "and the focus stays on the row's name");
     check(await list.evaluate(() => window.__noReload === true), "all without a reload");
     L.assertClean(list);
     L.assertClean(details);
@@ -386,10 +399,10 @@ const scenarios = {
     await L.axe(page, "other account");
     await page.evaluate((a, t) => (location.hash = `#/${a}/tokens/${t}`), F.other.id, F.other.token.id);
     await page.waitForFunction(() => document.querySelector("main")?.textContent?.includes("can't see it"));
-    check((await page.$("main [aria-haspopup=menu]")) === null, "another account's token: no actions");
+    check(!(await L.visible(page, "main [aria-haspopup=menu]")), "another account's token: no actions");
     await page.evaluate((a, t) => (location.hash = `#/${a}/tokens/${t}`), F.account.id, F.other.token.id);
     await page.waitForSelector("#deleted-banner");
-    check((await page.$("main [aria-haspopup=menu]")) === null, "another account's token under this account's URL: not found, no actions");
+    check(!(await L.visible(page, "main [aria-haspopup=menu]")), "another account's token under this account's URL: not found, no actions");
 
     // Sign out forgets.
     await page.click("#sign-out");

@@ -132,6 +132,12 @@ export async function text(page, selector) {
   return page.$eval(selector, (e) => e.textContent ?? "").catch(() => "");
 }
 
+/** Whether some element matching `selector` is on screen (not hidden). */
+export async function visible(page, selector) {
+  for (const el of await page.$$(selector)) if (await el.isVisible()) return true;
+  return false;
+}
+
 /** Waits until some toast says `needle`; returns its text. */
 export async function toastSaying(page, needle) {
   const h = await page.waitForFunction(

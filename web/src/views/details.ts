@@ -38,7 +38,24 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
   tabs.panels.audit.append(audit.el);
 
   const crumbName = h("span", { "aria-current": "page" }, token?.name ?? tokenId);
-  const head = h("div", { class: "page-head details-head" });
+  // The head's nodes are made once and updated in place, as the list reuses
+  // its rows: a live change (the watch confirming a disable, a new last
+  // access) must not swap the Actions button out from under the pointer or
+  // take the keyboard focus off it.
+  const heading = h("h1", { id: "main-heading", tabindex: "-1" }, token?.name ?? tokenId);
+  let icon: HTMLElement = h("span", { hidden: true });
+  let iconOf = "";
+  let badge: HTMLElement = h("span", { hidden: true });
+  const actions = menuButton(
+    h("span", {}, "Actions ", h("span", { "aria-hidden": "true", class: "chevron" }, "▾")),
+    `Actions for API token ${token?.name ?? tokenId}`,
+    () => {
+      const now = live.tokens.get(tokenId);
+      return now ? tokenActions(app, now, { onDeleted: goBack }) : [];
+    },
+    "btn btn-secondary",
+  );
+  const head = h("div", { class: "page-head details-head" }, h("div", { class: "title-row" }, icon, heading, badge), actions);
   const banner = h("div", { id: "details-banner" });
   const body = h("div");
   fill(
@@ -60,28 +77,23 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
   const goBack = () => app.navigate(listHash);
 
   const renderHead = (t: Token | undefined, gone: boolean) => {
-    fill(
-      head,
-      h(
-        "div",
-        { class: "title-row" },
-        t ? tokenIcon(t, true) : null,
-        h("h1", { id: "main-heading", tabindex: "-1" }, t?.name ?? tokenId),
-        t ? statusBadge(t.status) : null,
-      ),
-      t && !gone
-        ? menuButton(
-            h("span", {}, "Actions ", h("span", { "aria-hidden": "true", class: "chevron" }, "▾")),
-            `Actions for API token ${t.name}`,
-            () => {
-              const now = live.tokens.get(tokenId);
-              return now ? tokenActions(app, now, { onDeleted: goBack }) : [];
-            },
-            "btn btn-secondary",
-          )
-        : null,
-    );
-    crumbName.textContent = t?.name ?? tokenId;
+    const name = t?.name ?? tokenId;
+    const nextIcon = t ? `${t.icon}\n${t.name}` : "";
+    if (nextIcon !== iconOf) {
+      iconOf = nextIcon;
+      const next = t ? tokenIcon(t, true) : h("span", { hidden: true });
+      icon.replaceWith(next);
+      icon = next;
+    }
+    const nextBadge = t ? statusBadge(t.status) : h("span", { hidden: true });
+    badge.replaceWith(nextBadge);
+    badge = nextBadge;
+    heading.textContent = name;
+    crumbName.textContent = name;
+    actions.hidden = !t || gone;
+    for (const el of actions.querySelectorAll("[aria-haspopup=menu], [role=menu]")) {
+      el.setAttribute("aria-label", `Actions for API token ${name}`);
+    }
   };
 
   const fact = (label: string, ...value: (Node | string | null)[]) => [h("dt", {}, label), h("dd", {}, ...value)];
@@ -225,9 +237,9 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
 
   const unsubscribe = live.subscribe((c) => {
     if (c.kind === "reset" || c.kind === "state" || (c.kind === "token" && c.id === tokenId)) {
-      const hadFocus = head.contains(document.activeElement) ? null : document.activeElement;
+      const hadFocus = document.activeElement;
       render();
-      if (hadFocus instanceof HTMLElement && hadFocus.isConnected) hadFocus.focus();
+      if (hadFocus instanceof HTMLElement && hadFocus.isConnected && document.activeElement !== hadFocus) hadFocus.focus();
     }
   });
   render();

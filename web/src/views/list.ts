@@ -108,7 +108,7 @@ export function listView(app: App, accountId: string): Screen {
     ),
   );
 
-  const rows = new Map<string, { tr: HTMLTableRowElement; cells: HTMLElement[] }>();
+  const rows = new Map<string, { tr: HTMLTableRowElement; cells: HTMLElement[]; link: HTMLAnchorElement }>();
 
   const matches = (t: Token): boolean => {
     if (p.status === "active" && t.status !== TokenStatus.ACTIVE) return false;
@@ -117,13 +117,14 @@ export function listView(app: App, accountId: string): Screen {
     return q === "" || t.name.toLocaleLowerCase().includes(q);
   };
 
-  const fillRow = (cells: HTMLElement[], t: Token) => {
+  const fillRow = (cells: HTMLElement[], link: HTMLAnchorElement, t: Token) => {
     fill(cells[0], tokenIcon(t));
-    fill(
-      cells[1],
-      h("a", { href: `#/${accountId}/tokens/${t.id}`, class: "token-name" }, t.name),
-      t.description ? h("span", { class: "token-description" }, t.description) : null,
-    );
+    // The name link is the row's own node, like its ••• button: a live
+    // change must not take the keyboard focus (or a click) away from it.
+    link.textContent = t.name;
+    const description = cells[1].querySelector<HTMLElement>(".token-description")!;
+    description.textContent = t.description;
+    description.hidden = t.description === "";
     fill(cells[2], h("span", { class: "mono" }, t.id));
     fill(cells[3], statusBadge(t.status));
     fill(cells[4], h("span", { title: t.modules.join(", ") }, modulesSummary(t.modules)));
@@ -145,10 +146,12 @@ export function listView(app: App, accountId: string): Screen {
         }),
       );
       const tr = h("tr", { "data-token-id": t.id }, cells, actions);
-      r = { tr, cells };
+      const link = h("a", { href: `#/${accountId}/tokens/${t.id}`, class: "token-name" });
+      cells[1].append(link, h("span", { class: "token-description" }));
+      r = { tr, cells, link };
       rows.set(t.id, r);
     }
-    fillRow(r.cells, t);
+    fillRow(r.cells, r.link, t);
     const trigger = r.tr.querySelector<HTMLButtonElement>("[aria-haspopup=menu]");
     trigger?.setAttribute("aria-label", `Actions for API token ${t.name}`);
     return r.tr;
