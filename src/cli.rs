@@ -127,6 +127,28 @@ pub struct ClientArgs {
     /// operator's secret never goes to another host unasked.
     #[arg(long, env = "TOKEND_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// With an https:// server: the CA certificate(s), PEM, to trust for
+    /// it instead of the system's roots (a private CA, `serve --tls-cert`
+    /// signed by it).
+    #[arg(long, env = "TOKEND_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// With an https:// server that asks for client certificates (`serve
+    /// --tls-client-ca`): this client's certificate chain, PEM.
+    #[arg(
+        long,
+        env = "TOKEND_CLIENT_CERT",
+        requires = "client_key",
+        global = true
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert, PEM.
+    #[arg(
+        long,
+        env = "TOKEND_CLIENT_KEY",
+        requires = "client_cert",
+        global = true
+    )]
+    pub client_key: Option<PathBuf>,
     /// Human tables, or JSON for scripts.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -139,6 +161,9 @@ impl std::fmt::Debug for ClientArgs {
             .field("server", &self.server)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .field("output", &self.output)
             .finish()
     }
@@ -373,18 +398,16 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A server's URL: `http://` and a host, checked before any connection is
-/// tried (a bare `host:port` would otherwise fail as an unreachable
-/// server). The client has no TLS: an `https://` server is refused here,
-/// saying so, rather than failing to connect.
+/// A server's URL: `http://` (plaintext) or `https://` (TLS) and a host,
+/// checked before any connection is tried (a bare `host:port` would
+/// otherwise fail as an unreachable server).
 fn server_url(s: &str) -> Result<String, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
-        (Some("https"), _) => {
-            Err("this client speaks plaintext gRPC only (http://), not TLS".into())
-        }
-        _ => Err("must be a URL such as http://127.0.0.1:50051".into()),
+        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
+        _ => Err(
+            "must be a URL such as http://127.0.0.1:50051 or https://tokend.example:50051".into(),
+        ),
     }
 }
 

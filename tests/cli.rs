@@ -451,11 +451,8 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
             "must be a URL such as http://127.0.0.1:50051",
         ),
         ("notaurl".to_string(), 2, "must be a URL"),
-        (
-            format!("https://127.0.0.1:{port}"),
-            2,
-            "plaintext gRPC only",
-        ),
+        ("ftp://127.0.0.1".to_string(), 2, "must be a URL"),
+        (format!("https://127.0.0.1:{port}"), 6, "Connection refused"),
         (format!("http://127.0.0.1:{port}"), 6, "Connection refused"),
     ] {
         let out = Command::new(BIN)

@@ -181,7 +181,7 @@ async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said()
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
-    // The CLI (plaintext only) against it is told why it cannot talk, as a
+    // The CLI calling it as http:// is told why it cannot talk, as a
     // server it cannot reach (exit 6), not "Internal: h2 protocol error".
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
         .args(["accounts", "list", "--token", "x", "--server"])
@@ -190,7 +190,10 @@ async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said()
         .unwrap();
     let said = String::from_utf8_lossy(&cli.stderr);
     assert_eq!(cli.status.code(), Some(6), "{said}");
-    assert!(said.contains("is it serving TLS (--tls-cert)?"), "{said}");
+    assert!(
+        said.contains("a TLS server (--tls-cert) closes a call made as http://"),
+        "{said}"
+    );
     drop(s);
 
     let key_pair = rcgen::KeyPair::generate().unwrap();
@@ -216,5 +219,136 @@ async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said()
     assert!(
         text.contains("the serving certificate has expired"),
         "{text}"
+    );
+}
+
+/// The CLI against a TLS server that asks for client certificates: with
+/// the private CA (`--ca-file`) and a client certificate it works; each
+/// missing piece is a failure that names it, with exit 6 (cannot reach)
+/// or 2 (a TLS file named for a plaintext URL).
+#[tokio::test]
+async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = writer(dir.path());
+    let (cert, key, ca) = (
+        write("server.pem", &p.server.0),
+        write("server.key", &p.server.1),
+        write("ca.pem", &p.ca_pem),
+    );
+    let (client_cert, client_key) = (
+        write("client.pem", &p.client.0),
+        write("client.key", &p.client.1),
+    );
+    let data = dir.path().join("data");
+    let s = spawn_tokend_with(
+        &data,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        |_| {},
+    )
+    .await;
+    let https = format!("https://localhost:{}", s.addr.port());
+    let token_file = data.join("operator.token").display().to_string();
+    let cli = |server: &str, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args([
+                "accounts",
+                "list",
+                "--output",
+                "json",
+                "--token-file",
+                &token_file,
+                "--server",
+                server,
+            ])
+            .args(extra)
+            .env_remove("TOKEND_CA_FILE")
+            .env_remove("TOKEND_CLIENT_CERT")
+            .env_remove("TOKEND_CLIENT_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let identity = [
+        "--client-cert",
+        client_cert.as_str(),
+        "--client-key",
+        client_key.as_str(),
+    ];
+
+    let (code, stdout, stderr) = cli(
+        &https,
+        &[&["--ca-file", ca.as_str()][..], &identity].concat(),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("Operations"),
+        "the bootstrap account is listed: {stdout}"
+    );
+
+    // The system's roots do not know the private CA.
+    let (code, _, stderr) = cli(&https, &identity);
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(
+        stderr.contains("invalid peer certificate: UnknownIssuer"),
+        "{stderr}"
+    );
+
+    // No client certificate: the server refuses the handshake.
+    let (code, _, stderr) = cli(&https, &["--ca-file", ca.as_str()]);
+    assert_eq!(code, Some(6), "{stderr}");
+    // The server's alert says why, unless the call's write met the closed
+    // socket first: then both usual causes are said.
+    assert!(
+        stderr.contains(
+            "the server asks for a client certificate: give --client-cert and --client-key"
+        ) || stderr
+            .contains("made without a client certificate it accepts (--client-cert, --client-key)"),
+        "{stderr}"
+    );
+
+    // A client certificate the server's CA did not sign.
+    let (stranger_cert, stranger_key) = stranger();
+    let (stranger_cert, stranger_key) = (
+        write("stranger.pem", &stranger_cert),
+        write("stranger.key", &stranger_key),
+    );
+    let (code, _, stderr) = cli(
+        &https,
+        &[
+            "--ca-file",
+            ca.as_str(),
+            "--client-cert",
+            &stranger_cert,
+            "--client-key",
+            &stranger_key,
+        ],
+    );
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(
+        stderr.contains("the server does not accept --client-cert")
+            || stderr.contains(
+                "made without a client certificate it accepts (--client-cert, --client-key)"
+            ),
+        "{stderr}"
+    );
+
+    // A TLS file for a plaintext URL is a mistake, said before connecting.
+    let (code, _, stderr) = cli(&s.url(), &["--ca-file", ca.as_str()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--ca-file applies to an https:// server"),
+        "{stderr}"
     );
 }

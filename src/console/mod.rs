@@ -22,7 +22,7 @@ mod watch;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 
 use crate::cli::{AccountsCommand, ClientArgs, TokensCommand};
@@ -59,12 +59,27 @@ impl From<Status> for Failure {
         let closed = std::error::Error::source(&s).is_some()
             && matches!(s.code(), Code::Internal | Code::Unknown | Code::Cancelled);
         if closed {
+            let why = chain(s.message().to_string(), std::error::Error::source(&s));
+            // A TLS server that refuses this client says why in an alert
+            // (TLS 1.3 sends it after the handshake, on the first call).
+            let hint = match tls_alert(&why) {
+                Some("CertificateRequired") => {
+                    "the server asks for a client certificate: give --client-cert and --client-key"
+                }
+                Some(
+                    "BadCertificate" | "UnknownCA" | "CertificateExpired" | "CertificateUnknown"
+                    | "DecryptError",
+                ) => "the server does not accept --client-cert",
+                Some(_) => "the server refused the TLS connection",
+                // The alert is often lost (the call's write meets the closed
+                // socket first): both usual causes are said.
+                None => {
+                    "a TLS server (--tls-cert) closes a call made as http://, and one made without a client certificate it accepts (--client-cert, --client-key) when it asks for one"
+                }
+            };
             return fail(
                 exit::UNAVAILABLE,
-                format!(
-                    "the server closed the connection without an answer ({}): is it serving TLS (--tls-cert)? This CLI speaks plaintext only",
-                    s.message()
-                ),
+                format!("the server closed the connection without an answer ({why}): {hint}"),
             );
         }
         let code = match s.code() {
@@ -80,6 +95,41 @@ impl From<Status> for Failure {
             message: format!("{:?}: {}", s.code(), s.message()),
         }
     }
+}
+
+/// An error and its sources, joined: tonic's own words are only "transport
+/// error", the cause (refused, no such host, a TLS alert) is in its
+/// sources.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    chain(e.to_string(), e.source())
+}
+
+/// `first`, then each source's words; hyper's repeat their own words: each
+/// is said once.
+fn chain(first: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut why = vec![first];
+    while let Some(s) = source {
+        let said = s.to_string();
+        if why.last() != Some(&said) {
+            why.push(said);
+        }
+        source = s.source();
+    }
+    why.join(": ")
+}
+
+/// The TLS alert a server closed the connection with, if it did, by name
+/// (`CertificateRequired`). Only its words survive: h2 keeps a connection's
+/// I/O error as a kind and a message, so rustls's typed error is gone by
+/// the time the call fails.
+fn tls_alert(why: &str) -> Option<&str> {
+    let (_, after) = why.split_once("received fatal alert: ")?;
+    Some(
+        after
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .next()
+            .unwrap_or(""),
+    )
 }
 
 fn fail(code: i32, message: impl Into<String>) -> Failure {
@@ -104,6 +154,45 @@ fn is_loopback(server: &str) -> bool {
                 || h.parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback())
         })
+}
+
+/// The TLS an `https://` server is called with: the system's CA roots, or
+/// `--ca-file`'s; a client certificate when one is given. A TLS file named
+/// for a plaintext `http://` server is refused rather than ignored: the
+/// caller meant TLS and would otherwise send the bearer in the clear.
+fn tls_config(args: &ClientArgs) -> Result<Option<ClientTlsConfig>, Failure> {
+    let https = args.server.starts_with("https://");
+    if !https {
+        let named = [
+            ("--ca-file", &args.ca_file),
+            ("--client-cert", &args.client_cert),
+        ]
+        .into_iter()
+        .find(|(_, path)| path.is_some());
+        return match named {
+            Some((flag, _)) => Err(fail(
+                exit::USAGE,
+                format!(
+                    "{flag} applies to an https:// server; {} is plaintext",
+                    args.server
+                ),
+            )),
+            None => Ok(None),
+        };
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &args.ca_file {
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 /// Where to connect and as whom.
@@ -136,30 +225,21 @@ impl Conn {
             Some(s) => Bearer::new(&s)
                 .ok_or_else(|| fail(exit::USAGE, "the token is not printable ASCII"))?,
         };
-        let channel = Channel::from_shared(args.server.clone())
+        let endpoint = Channel::from_shared(args.server.clone())
             .map_err(|e| fail(exit::USAGE, format!("bad --server {}: {e}", args.server)))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| {
-                // tonic's own words are only "transport error": the cause
-                // (refused, no such host, TLS) is in its sources.
-                // (hyper's repeat their own words: said once).
-                let mut why = vec![e.to_string()];
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    let said = s.to_string();
-                    if why.last() != Some(&said) {
-                        why.push(said);
-                    }
-                    source = s.source();
-                }
-                let why = why.join(": ");
-                fail(
-                    exit::UNAVAILABLE,
-                    format!("cannot reach {}: {why}", args.server),
-                )
-            })?;
+            .connect_timeout(Duration::from_secs(5));
+        let endpoint = match tls_config(args)? {
+            Some(tls) => endpoint
+                .tls_config(tls)
+                .map_err(|e| fail(exit::USAGE, format!("TLS to {}: {e}", args.server)))?,
+            None => endpoint,
+        };
+        let channel = endpoint.connect().await.map_err(|e| {
+            fail(
+                exit::UNAVAILABLE,
+                format!("cannot reach {}: {}", args.server, causes(&e)),
+            )
+        })?;
         Ok(Conn { channel, bearer })
     }
 
