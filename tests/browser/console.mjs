@@ -249,6 +249,10 @@ const scenarios = {
     const verified = await L.cli("tokens", "verify", secret);
     check(verified.valid === true, "the secret shown verifies");
     const id = secret.slice(4, 17);
+    // Escape (twice, as an impatient user would) does not put the secret away.
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Escape");
+    check(!(await L.goneWithin(page, "#add-token-dialog", 1000)), "Escape leaves the secret on screen: only Done closes");
     await page.click("#wizard-done");
     await page.waitForFunction(() => !document.querySelector("#add-token-dialog"));
     await L.assertSecretNowhere(page, secret, "after Done");
@@ -289,6 +293,9 @@ const scenarios = {
     const verified = await L.cli("tokens", "verify", secret);
     check(verified.valid === true, "the new secret verifies");
     const id = secret.slice(4, 17);
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Escape");
+    check(!(await L.goneWithin(page, "#roll-dialog", 1000)), "Escape leaves the new secret on screen: only Done closes");
     await page.click("#roll-done");
     await page.waitForFunction(() => !document.querySelector("#roll-dialog"));
     await L.assertSecretNowhere(page, secret, "after Done");

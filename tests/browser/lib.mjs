@@ -132,6 +132,14 @@ export async function text(page, selector) {
   return page.$eval(selector, (e) => e.textContent ?? "").catch(() => "");
 }
 
+/** Whether `selector` matches nothing within `ms` (a close that should not happen). */
+export async function goneWithin(page, selector, ms) {
+  return page.waitForFunction((sel) => !document.querySelector(sel), { timeout: ms }, selector).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** Whether some element matching `selector` is on screen (not hidden). */
 export async function visible(page, selector) {
   for (const el of await page.$$(selector)) if (await el.isVisible()) return true;

@@ -48,9 +48,16 @@ export function modal(title: string, opts: { wide?: boolean; onCancel?: () => bo
   const opener = document.activeElement as HTMLElement | null;
   let done!: () => void;
   const closed = new Promise<void>((r) => (done = r));
+  // Escape: the caller may refuse (a request in flight, a secret shown once
+  // that only Done may put away). Refused at the key as well as at the
+  // cancel event: Chrome lets a second Escape close a dialog whose cancel
+  // was refused without a click in between.
+  const refuses = () => opts.onCancel !== undefined && opts.onCancel() === false;
   dialog.addEventListener("cancel", (e) => {
-    // Escape: the caller may refuse while a request is in flight.
-    if (opts.onCancel && opts.onCancel() === false) e.preventDefault();
+    if (refuses()) e.preventDefault();
+  });
+  dialog.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && refuses()) e.preventDefault();
   });
   dialog.addEventListener("close", () => {
     dialog.remove();

@@ -21,7 +21,9 @@ const GRACES: [label: string, seconds: number][] = [
 export function rollDialog(app: App, t: Token): void {
   const error = h("p", { class: "notice notice-error", role: "alert", hidden: true });
   let busy = false;
-  const m = modal("Roll API token", { wide: true, onCancel: () => !busy });
+  // Once the new secret is shown, only Done closes: an Escape would lose it.
+  let secretShown = false;
+  const m = modal("Roll API token", { wide: true, onCancel: () => !busy && !secretShown });
   m.dialog.id = "roll-dialog";
   const grace = h(
     "select",
@@ -77,6 +79,7 @@ export function rollDialog(app: App, t: Token): void {
 
   const showSecret = (secret: string, id: string, old: Token | undefined) => {
     const { element, field } = secretBlock(secret);
+    secretShown = true;
     const oldFate =
       !old || old.status === TokenStatus.DELETED
         ? `The old token ${t.id} was deleted: its secret no longer works.`

@@ -189,7 +189,9 @@ function expiryField(limitDays: number) {
 
 export function addTokenWizard(app: App, accountId: string): void {
   let busy = false;
-  const m = modal("Add API token", { wide: true, onCancel: () => !busy });
+  // Once the secret is shown, only Done closes: an Escape would lose it.
+  let secretShown = false;
+  const m = modal("Add API token", { wide: true, onCancel: () => !busy && !secretShown });
   m.dialog.id = "add-token-dialog";
   const fields = tokenFields({ name: "", description: "", icon: "", modules: [] }, accountModules(app));
   let values: TokenValues = { name: "", description: "", icon: "", modules: [] };
@@ -296,6 +298,7 @@ export function addTokenWizard(app: App, accountId: string): void {
 
   const showSecret = (secret: string, name: string, id: string) => {
     const { element, field } = secretBlock(secret);
+    secretShown = true;
     fill(stepper);
     fill(panel, h("p", {}, "API token ", h("strong", {}, name), ` (${id}) was added.`), element);
     error.hidden = true;
