@@ -212,7 +212,8 @@ const scenarios = {
     await page.waitForSelector("#add-token-dialog .field-error:not([hidden])");
     check((await L.text(page, "#add-token-dialog")).includes("Enter a name."), "a name is required");
     const [logo, name, desc] = await page.$$("#add-token-dialog input, #add-token-dialog textarea");
-    await logo.type("https://example.com/logo.png");
+    // A logo only tokend refuses (the page's own check lets it through).
+    await logo.type('https://example.com/"quoted".png');
     await name.type("deploy-bot");
     await desc.type("Deploys from the console's test");
     await page.select("#expires", "30");
@@ -222,6 +223,21 @@ const scenarios = {
     check(JSON.stringify(offered) === JSON.stringify([...F.account.modules].sort()), `Modules offers exactly the account's: ${offered}`);
     await L.axe(page, "add: Modules");
     await page.click('#add-token-dialog input[value="commerce"]');
+    await page.click("#wizard-next");
+    await page.waitForSelector("#add-token-dialog .overview");
+    await page.click("#wizard-next");
+    // tokend's refusal takes the wizard back to General, beside the field.
+    const badLogo = "#add-token-dialog input[type=url][aria-invalid=true]";
+    await page.waitForSelector(badLogo);
+    const logoError = await page.$eval(badLogo, (e) => document.getElementById(`${e.id}-error`).textContent);
+    check(logoError.startsWith("Must be an http or https URL"), `tokend's refusal is beside the logo, on General: ${logoError}`);
+    check(await page.$eval(badLogo, (e) => document.activeElement === e), "the refused field has focus");
+    check(await page.$eval("#add-token-dialog .notice-error", (e) => e.hidden), "no error at the dialog's foot for a field's refusal");
+    await page.$eval(badLogo, (e) => (e.value = ""));
+    await page.type("#add-token-dialog input[type=url]", "https://example.com/logo.png");
+    await page.click("#wizard-next");
+    await page.waitForSelector('#add-token-dialog input[value="commerce"]:checked');
+    check(true, "the modules picked are kept");
     await page.click("#wizard-next");
     await page.waitForSelector("#add-token-dialog .overview");
     const overview = await L.text(page, "#add-token-dialog .overview");

@@ -290,6 +290,14 @@ export function addTokenWizard(app: App, accountId: string): void {
           app.signedOutBy(f);
           return;
         }
+        // A field tokend refused is said beside it, on its own step (the
+        // page's checks are a convenience, tokend's the final word).
+        const field = f.field.replace(/^token\./, "");
+        const home = ["name", "description", "icon"].includes(field) ? 0 : field === "modules" ? 1 : -1;
+        if (home >= 0) {
+          show(home);
+          if (fields.showRefusal(f)) return;
+        }
         error.textContent = f.sentence;
         error.hidden = false;
       }
