@@ -64,6 +64,105 @@ async fn the_node_grpc_js_client_resumes_its_stream_and_reads_error_reasons() {
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
 }
 
+/// Both examples over mutual TLS, as the CLI calls such a server:
+/// `https://`, the private CA and a client certificate (the Python one from
+/// the environment, the Node one from flags). And neither sends the local
+/// operator's secret to a server not on this machine (`0.0.0.0` stands for
+/// one: neither can tell it is this host).
+#[tokio::test]
+async fn the_examples_call_over_mutual_tls_and_keep_the_local_secret_local() {
+    let pki = common::pki::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key, ca) = (
+        write("server.pem", &pki.server.0),
+        write("server.key", &pki.server.1),
+        write("ca.pem", &pki.ca_pem),
+    );
+    let (client_cert, client_key) = (
+        write("client.pem", &pki.client.0),
+        write("client.key", &pki.client.1),
+    );
+    let data = dir.path().join("data");
+    let p = spawn_tokend_with(
+        &data,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        |_| {},
+    )
+    .await;
+    let https = format!("https://localhost:{}", p.addr.port());
+    let token_file = data.join("operator.token");
+    let example = |program: &str, script: &str| {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg(format!("{}/examples/{script}", env!("CARGO_MANIFEST_DIR")));
+        for var in [
+            "TOKEND_SERVER",
+            "TOKEND_TOKEN_FILE",
+            "TOKEND_CA_FILE",
+            "TOKEND_CLIENT_CERT",
+            "TOKEND_CLIENT_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd
+    };
+    let python = example("python3", "python/tokend_demo.py")
+        .env("TOKEND_SERVER", &https)
+        .env("TOKEND_TOKEN_FILE", &token_file)
+        .env("TOKEND_CA_FILE", &ca)
+        .env("TOKEND_CLIENT_CERT", &client_cert)
+        .env("TOKEND_CLIENT_KEY", &client_key)
+        .output();
+    let node = example("node", "node/tokend_demo.mjs")
+        .args(["--server", &https, "--ca-file", &ca])
+        .args(["--client-cert", &client_cert, "--client-key", &client_key])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output();
+    for (name, out) in [("python", python.await), ("node", node.await)] {
+        let out = out.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name} over mTLS\n{stdout}\n{stderr}");
+        assert!(stdout.contains("watcher saw DELETED"), "{name}: {stdout}");
+    }
+
+    // A tokend-data/operator.token in the working directory is not sent to
+    // another host unasked: the examples stop before calling.
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("tokend-data")).unwrap();
+    std::fs::copy(&token_file, cwd.path().join("tokend-data/operator.token")).unwrap();
+    let elsewhere = format!("0.0.0.0:{}", p.addr.port());
+    for (program, script) in [
+        ("python3", "python/tokend_demo.py"),
+        ("node", "node/tokend_demo.mjs"),
+    ] {
+        let out = example(program, script)
+            .args(["--server", &elsewhere])
+            .current_dir(cwd.path())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {stderr}");
+        assert!(
+            stderr.contains("is not on this machine: give its operator secret with --token-file"),
+            "{script}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_move_when_traffic_flows() {
     let dir = tempfile::tempdir().unwrap();

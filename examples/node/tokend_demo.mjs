@@ -10,10 +10,15 @@
 //       --token-file tokend-data/operator.token
 //
 // It creates an account ("Node Inc.", left behind: accounts are not
-// deleted), so it needs an operator's secret, such as the one above.
+// deleted), so it needs an operator's secret, such as the one above. Like
+// the `tokend` CLI, it reads ./tokend-data/operator.token by itself for a
+// server on this machine only, and calls a server started with --tls-cert
+// as https://host:port (the system's roots or --ca-file; --client-cert and
+// --client-key when it asks for client certificates).
 
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { isIP } from "node:net";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import assert from "node:assert/strict";
@@ -24,19 +29,44 @@ import protobuf from "protobufjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
-// The same environment as the `tokend` CLI's; the server as host:port or as
-// the CLI's URL.
+// The same flags and environment as the `tokend` CLI's; the server as
+// host:port or as the CLI's URL.
+const env = process.env;
 const { values: args } = parseArgs({
   options: {
-    server: { type: "string", default: process.env.TOKEND_SERVER ?? "localhost:50051" },
-    "token-file": { type: "string", default: process.env.TOKEND_TOKEN_FILE ?? "tokend-data/operator.token" },
+    server: { type: "string", default: env.TOKEND_SERVER ?? "localhost:50051" },
+    "token-file": { type: "string", default: env.TOKEND_TOKEN_FILE },
+    "ca-file": { type: "string", default: env.TOKEND_CA_FILE },
+    "client-cert": { type: "string", default: env.TOKEND_CLIENT_CERT },
+    "client-key": { type: "string", default: env.TOKEND_CLIENT_KEY },
   },
 });
-if (args.server.startsWith("https://")) {
-  console.error("this example speaks plaintext gRPC: give http://host:port or host:port");
+const usage = (why) => {
+  console.error(`tokend_demo: ${why}`);
   process.exit(2);
+};
+const tls = args.server.startsWith("https://");
+const target = args.server.replace(/^https?:\/\//, "").replace(/\/$/, "");
+
+/** Plaintext for host:port or http://; TLS for https://, with --ca-file's
+ * roots (or the system's) and a client certificate when given. */
+function channelCredentials() {
+  if (!tls) {
+    if (args["ca-file"] || args["client-cert"]) usage(`--ca-file and --client-cert apply to an https:// server; ${args.server} is plaintext`);
+    return grpc.credentials.createInsecure();
+  }
+  if (!args["client-cert"] !== !args["client-key"]) usage("--client-cert and --client-key go together");
+  const read = (file) => (file ? readFileSync(file) : null);
+  return grpc.credentials.createSsl(read(args["ca-file"]), read(args["client-key"]), read(args["client-cert"]));
 }
-args.server = args.server.replace(/^http:\/\//, "").replace(/\/$/, "");
+
+/** Whether host:port names this machine (the CLI's rule). */
+function isLoopback(hostPort) {
+  const host = hostPort.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  if (host === "localhost") return true;
+  if (isIP(host) === 4) return host.startsWith("127.");
+  return host === "::1";
+}
 
 const definition = protoLoader.loadSync(
   ["apitokens/v1/tokens.proto", "apitokens/v1/accounts.proto"],
@@ -63,12 +93,15 @@ function errorReason(err) {
   return info ? ErrorInfo.decode(info.value).reason : "";
 }
 
-const secret = readFileSync(args["token-file"], "utf8").trim();
+const credentials = channelCredentials();
+// The local operator's secret goes to a local server only.
+const tokenFile = args["token-file"] ?? (isLoopback(target) ? "tokend-data/operator.token" : undefined);
+if (!tokenFile) usage(`${args.server} is not on this machine: give its operator secret with --token-file`);
+const secret = readFileSync(tokenFile, "utf8").trim();
 const auth = new grpc.Metadata();
 auth.set("authorization", `Bearer ${secret}`);
-const credentials = grpc.credentials.createInsecure();
-const tokens = new v1.TokenService(args.server, credentials);
-const accounts = new v1.AccountService(args.server, credentials);
+const tokens = new v1.TokenService(target, credentials);
+const accounts = new v1.AccountService(target, credentials);
 
 /** A unary call as a promise. */
 const call = (client, method, request) =>

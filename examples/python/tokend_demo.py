@@ -10,12 +10,17 @@ grpcio-tools, into a temporary directory, so nothing generated is committed:
         --token-file tokend-data/operator.token
 
 It creates an account ("Python Inc.", left behind: accounts are not
-deleted), so it needs an operator's secret, such as the one above.
+deleted), so it needs an operator's secret, such as the one above. Like the
+`tokend` CLI, it reads ./tokend-data/operator.token by itself for a server
+on this machine only, and calls a server started with --tls-cert as
+https://host:port (the system's roots or --ca-file; --client-cert and
+--client-key when it asks for client certificates).
 """
 
 import argparse
 import atexit
 import importlib
+import ipaddress
 import os
 import pathlib
 import queue
@@ -47,22 +52,61 @@ def generate_stubs():
             importlib.import_module("apitokens.v1.accounts_pb2_grpc"))
 
 
+LOCAL_OPERATOR_TOKEN = "tokend-data/operator.token"
+
+
+def is_loopback(target):
+    """Whether host:port names this machine (the CLI's rule)."""
+    host = target.rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def channel_for(parser, args):
+    """A channel to --server: plaintext for host:port or http://, TLS for
+    https:// (with --ca-file's roots, or the system's, and a client
+    certificate when given)."""
+    tls = args.server.startswith("https://")
+    target = args.server.removeprefix("https://").removeprefix("http://").rstrip("/")
+    if not tls:
+        if args.ca_file or args.client_cert:
+            parser.error(f"--ca-file and --client-cert apply to an https:// server; {args.server} is plaintext")
+        return target, grpc.insecure_channel(target)
+    if bool(args.client_cert) != bool(args.client_key):
+        parser.error("--client-cert and --client-key go together")
+
+    def read(path):
+        return pathlib.Path(path).read_bytes() if path else None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca_file),
+        private_key=read(args.client_key),
+        certificate_chain=read(args.client_cert))
+    return target, grpc.secure_channel(target, credentials)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # The same environment as the `tokend` CLI's; the server as host:port or
-    # as the CLI's URL.
-    parser.add_argument("--server", default=os.environ.get("TOKEND_SERVER", "localhost:50051"))
-    parser.add_argument("--token-file",
-                        default=os.environ.get("TOKEND_TOKEN_FILE", "tokend-data/operator.token"))
+    # The same flags and environment as the `tokend` CLI's; the server as
+    # host:port or as the CLI's URL.
+    env = os.environ.get
+    parser.add_argument("--server", default=env("TOKEND_SERVER", "localhost:50051"))
+    parser.add_argument("--token-file", default=env("TOKEND_TOKEN_FILE"))
+    parser.add_argument("--ca-file", default=env("TOKEND_CA_FILE"))
+    parser.add_argument("--client-cert", default=env("TOKEND_CLIENT_CERT"))
+    parser.add_argument("--client-key", default=env("TOKEND_CLIENT_KEY"))
     args = parser.parse_args()
-    if args.server.startswith("https://"):
-        parser.error("this example speaks plaintext gRPC: give http://host:port or host:port")
-    args.server = args.server.removeprefix("http://").rstrip("/")
 
-    tokens_pb2, tokens_grpc, accounts_pb2, accounts_grpc = generate_stubs()
-    secret = pathlib.Path(args.token_file).read_text().strip()
+    target, channel = channel_for(parser, args)
+    # The local operator's secret goes to a local server only.
+    token_file = args.token_file or (LOCAL_OPERATOR_TOKEN if is_loopback(target) else None)
+    if token_file is None:
+        parser.error(f"{args.server} is not on this machine: give its operator secret with --token-file")
+    secret = pathlib.Path(token_file).read_text().strip()
     auth = [("authorization", f"Bearer {secret}")]
-    channel = grpc.insecure_channel(args.server)
+    tokens_pb2, tokens_grpc, accounts_pb2, accounts_grpc = generate_stubs()
     tokens = tokens_grpc.TokenServiceStub(channel)
     accounts = accounts_grpc.AccountServiceStub(channel)
 

@@ -17,13 +17,16 @@ pub fn pki() -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // Each certificate its own name: rcgen gives every one the same by
+    // default, and OpenSSL-based clients (Python's, Node's) then take a
+    // leaf whose issuer reads like its subject for a self-signed one.
+    ca_params.distinguished_name = common_name("tokend test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let leaf = |names: Vec<String>| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name = common_name(&names[0]);
+        let cert = params.signed_by(&key, &ca).unwrap();
         (cert.pem(), key.serialize_pem())
     };
     Pki {
@@ -31,6 +34,12 @@ pub fn pki() -> Pki {
         server: leaf(vec!["localhost".into()]),
         client: leaf(vec!["client.example".into()]),
     }
+}
+
+fn common_name(name: &str) -> rcgen::DistinguishedName {
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, name);
+    dn
 }
 
 /// A client certificate no test CA signed.
