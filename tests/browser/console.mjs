@@ -317,6 +317,10 @@ const scenarios = {
     await L.assertSecretNowhere(page, secret, "after Done");
     await L.waitRow(page, id);
     check(await L.hasRow(page, t.id), "the old token is still listed during its grace");
+    const oldStatus = await L.text(page, `${L.rowSel(t.id)} .replaced`);
+    check(oldStatus.startsWith(`Replaced by ${id}, works until `), `the old row says it was replaced, by which, until when: ${oldStatus}`);
+    check(!(await page.$(`${L.rowSel(id)} .replaced`)), "the successor's row does not");
+    await L.shot(page, "roll-3-list");
     await page.click(`${L.rowSel(t.id)} [aria-haspopup=menu]`);
     await page.waitForSelector(".menu:not([hidden]) [role=menuitem]");
     const items = await page.$$eval(".menu:not([hidden]) [role=menuitem]", (els) => els.map((e) => e.textContent));

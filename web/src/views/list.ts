@@ -126,7 +126,15 @@ export function listView(app: App, accountId: string): Screen {
     description.textContent = t.description;
     description.hidden = t.description === "";
     fill(cells[2], h("span", { class: "mono" }, t.id));
-    fill(cells[3], statusBadge(t.status));
+    // A rolled token and its successor share a name: the old one says it
+    // was replaced, by which, and until when its secret works.
+    fill(
+      cells[3],
+      statusBadge(t.status),
+      t.replacedBy
+        ? h("span", { class: "token-description replaced" }, `Replaced by ${t.replacedBy}, works until `, timeEl(t.expireTime))
+        : null,
+    );
     fill(cells[4], h("span", { title: t.modules.join(", ") }, modulesSummary(t.modules)));
     fill(cells[5], timeEl(t.lastAccessTime));
     fill(cells[6], timeEl(t.audit?.created?.at, "—"));
