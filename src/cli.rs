@@ -108,7 +108,8 @@ pub enum SnapshotCommand {
 /// How a client subcommand reaches a server.
 #[derive(clap::Args, Clone)]
 pub struct ClientArgs {
-    /// The tokend server.
+    /// The tokend server: http://host:port, or https://host:port for one
+    /// serving TLS (see --ca-file).
     #[arg(
         long,
         env = "TOKEND_SERVER",
@@ -127,9 +128,9 @@ pub struct ClientArgs {
     /// operator's secret never goes to another host unasked.
     #[arg(long, env = "TOKEND_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
-    /// With an https:// server: the CA certificate(s), PEM, to trust for
-    /// it instead of the system's roots (a private CA, `serve --tls-cert`
-    /// signed by it).
+    /// With an https:// server: the CA certificate(s), PEM, that signed
+    /// its certificate (a private CA), trusted instead of the system's
+    /// roots. The TLS flags are refused with an http:// server.
     #[arg(long, env = "TOKEND_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
     /// With an https:// server that asks for client certificates (`serve
@@ -401,10 +402,14 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 /// A server's URL: `http://` (plaintext) or `https://` (TLS) and a host,
 /// checked before any connection is tried (a bare `host:port` would
 /// otherwise fail as an unreachable server).
+/// The scheme comes back in lower case, which the rest reads.
 fn server_url(s: &str) -> Result<String, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
+    let scheme = uri.scheme_str().map(str::to_ascii_lowercase);
+    match (scheme.as_deref(), uri.host()) {
+        (Some(scheme @ ("http" | "https")), Some(h)) if !h.is_empty() => {
+            Ok(format!("{scheme}{}", &s[scheme.len()..]))
+        }
         _ => Err(
             "must be a URL such as http://127.0.0.1:50051 or https://tokend.example:50051".into(),
         ),

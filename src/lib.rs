@@ -14,6 +14,8 @@
 //! - [`server`], [`listener`], [`tls`], [`telemetry`], [`traces`], [`cli`] and [`console`]: the `tokend` binary around all of it
 //!   ([`listener`]: the port's defences against connection floods; [`tls`]:
 //!   handshakes, and why one failed).
+//! - [`dial`]: why a connection tokend made as a client failed (to etcd, or
+//!   the CLI's to a server), as the cause and the flag to fix.
 //! - [`client`]: for other Rust programs, [`client::TokenCache`], a verifier
 //!   in their own memory that the watch stream keeps current.
 
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod console;
+pub mod dial;
 pub mod domain;
 pub mod error;
 pub mod expiry;

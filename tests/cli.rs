@@ -442,6 +442,8 @@ async fn verify_without_a_secret_is_a_usage_error() {
 
 #[test]
 fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), common::pki::pki().ca_pem).unwrap();
     // Port 1 (tcpmux): privileged, and no test server takes it.
     let port = 1;
     for (server, code, says) in [
@@ -452,11 +454,27 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
         ),
         ("notaurl".to_string(), 2, "must be a URL"),
         ("ftp://127.0.0.1".to_string(), 2, "must be a URL"),
-        (format!("https://127.0.0.1:{port}"), 6, "Connection refused"),
-        (format!("http://127.0.0.1:{port}"), 6, "Connection refused"),
+        (
+            format!("HTTPS://127.0.0.1:{port}"),
+            6,
+            "connection refused: is the server listening there?",
+        ),
+        (
+            format!("http://127.0.0.1:{port}"),
+            6,
+            "connection refused: is the server listening there?",
+        ),
     ] {
+        // (A CA file for the https case: the machine may have no roots.)
+        let ca = ca.path().display().to_string();
+        let tls: &[&str] = if server.to_lowercase().starts_with("https") {
+            &["--ca-file", &ca]
+        } else {
+            &[]
+        };
         let out = Command::new(BIN)
             .args(["tokens", "list", "--token", "x", "--server", &server])
+            .args(tls)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -71,36 +71,11 @@ async fn the_node_grpc_js_client_resumes_its_stream_and_reads_error_reasons() {
 /// one: neither can tell it is this host).
 #[tokio::test]
 async fn the_examples_call_over_mutual_tls_and_keep_the_local_secret_local() {
-    let pki = common::pki::pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, pem: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    };
-    let (cert, key, ca) = (
-        write("server.pem", &pki.server.0),
-        write("server.key", &pki.server.1),
-        write("ca.pem", &pki.ca_pem),
-    );
-    let (client_cert, client_key) = (
-        write("client.pem", &pki.client.0),
-        write("client.key", &pki.client.1),
-    );
+    let files = common::pki::pki().write(dir.path());
+    let (ca, client_cert, client_key) = (&files.ca, &files.client_cert, &files.client_key);
     let data = dir.path().join("data");
-    let p = spawn_tokend_with(
-        &data,
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-client-ca",
-            &ca,
-        ],
-        |_| {},
-    )
-    .await;
+    let p = spawn_tokend_with(&data, &files.mutual_tls(), |_| {}).await;
     let https = format!("https://localhost:{}", p.addr.port());
     let token_file = data.join("operator.token");
     let example = |program: &str, script: &str| {
@@ -120,13 +95,13 @@ async fn the_examples_call_over_mutual_tls_and_keep_the_local_secret_local() {
     let python = example("python3", "python/tokend_demo.py")
         .env("TOKEND_SERVER", &https)
         .env("TOKEND_TOKEN_FILE", &token_file)
-        .env("TOKEND_CA_FILE", &ca)
-        .env("TOKEND_CLIENT_CERT", &client_cert)
-        .env("TOKEND_CLIENT_KEY", &client_key)
+        .env("TOKEND_CA_FILE", ca)
+        .env("TOKEND_CLIENT_CERT", client_cert)
+        .env("TOKEND_CLIENT_KEY", client_key)
         .output();
     let node = example("node", "node/tokend_demo.mjs")
-        .args(["--server", &https, "--ca-file", &ca])
-        .args(["--client-cert", &client_cert, "--client-key", &client_key])
+        .args(["--server", &https, "--ca-file", ca])
+        .args(["--client-cert", client_cert, "--client-key", client_key])
         .arg("--token-file")
         .arg(&token_file)
         .output();

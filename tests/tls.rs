@@ -10,46 +10,26 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::pki::{list_over_tls, pki, stranger};
+use common::pki::{list_over_tls, pki, stranger, write_pem};
 use common::*;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-
-/// Writes a PEM file into `dir`, returning its path.
-fn writer(dir: &std::path::Path) -> impl Fn(&str, &str) -> String + '_ {
-    move |name, pem| {
-        let path = dir.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    }
-}
 
 #[tokio::test]
 async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_per_burst() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = writer(dir.path());
-    let (cert, key, ca) = (
-        write("server.pem", &p.server.0),
-        write("server.key", &p.server.1),
-        write("ca.pem", &p.ca_pem),
-    );
+    let files = p.write(dir.path());
     let log = dir.path().join("stderr.log");
     let metrics = free_addr();
     let data = dir.path().join("data");
+    let metrics_addr = metrics.to_string();
     let s = spawn_tokend_with(
         &data,
         &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-client-ca",
-            &ca,
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--log-format",
-            "json",
-        ],
+            &files.mutual_tls()[..],
+            &["--metrics-addr", &metrics_addr, "--log-format", "json"],
+        ]
+        .concat(),
         |cmd| {
             cmd.stderr(std::fs::File::create(&log).unwrap());
         },
@@ -144,7 +124,7 @@ async fn failed_handshakes_are_counted_by_reason_and_logged_with_the_peer_once_p
 async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = writer(dir.path());
+    let write = |name: &str, pem: &str| write_pem(dir.path(), name, pem);
     let (cert, key) = (
         write("server.pem", &p.server.0),
         write("server.key", &p.server.1),
@@ -191,7 +171,9 @@ async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said()
     let said = String::from_utf8_lossy(&cli.stderr);
     assert_eq!(cli.status.code(), Some(6), "{said}");
     assert!(
-        said.contains("a TLS server (--tls-cert) closes a call made as http://"),
+        said.contains(
+            "as one serving TLS (--tls-cert) does with a plaintext client: call it as https://"
+        ),
         "{said}"
     );
     drop(s);
@@ -230,33 +212,14 @@ async fn an_http1_client_is_served_over_tls_and_an_expired_certificate_is_said()
 async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate() {
     let p = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = writer(dir.path());
-    let (cert, key, ca) = (
-        write("server.pem", &p.server.0),
-        write("server.key", &p.server.1),
-        write("ca.pem", &p.ca_pem),
-    );
-    let (client_cert, client_key) = (
-        write("client.pem", &p.client.0),
-        write("client.key", &p.client.1),
-    );
+    let write = |name: &str, pem: &str| write_pem(dir.path(), name, pem);
+    let files = p.write(dir.path());
+    let (ca, client_cert, client_key) = (&files.ca, &files.client_cert, &files.client_key);
     let data = dir.path().join("data");
-    let s = spawn_tokend_with(
-        &data,
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-client-ca",
-            &ca,
-        ],
-        |_| {},
-    )
-    .await;
+    let s = spawn_tokend_with(&data, &files.mutual_tls(), |_| {}).await;
     let https = format!("https://localhost:{}", s.addr.port());
     let token_file = data.join("operator.token").display().to_string();
-    let cli = |server: &str, extra: &[&str]| {
+    let cli_with = |server: &str, extra: &[&str], env: &[(&str, &str)]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
             .args([
                 "accounts",
@@ -272,6 +235,7 @@ async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate()
             .env_remove("TOKEND_CA_FILE")
             .env_remove("TOKEND_CLIENT_CERT")
             .env_remove("TOKEND_CLIENT_KEY")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         (
@@ -280,6 +244,7 @@ async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate()
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let cli = |server: &str, extra: &[&str]| cli_with(server, extra, &[]);
     let identity = [
         "--client-cert",
         client_cert.as_str(),
@@ -297,24 +262,28 @@ async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate()
         "the bootstrap account is listed: {stdout}"
     );
 
-    // The system's roots do not know the private CA.
-    let (code, _, stderr) = cli(&https, &identity);
+    // The system's roots do not know the private CA. (They are pinned to
+    // another CA here, SSL_CERT_FILE, so the case holds on a machine with
+    // no CA bundle too.)
+    let elsewhere = write("other-roots.pem", &stranger().0);
+    let (code, _, stderr) = cli_with(&https, &identity, &[("SSL_CERT_FILE", &elsewhere)]);
     assert_eq!(code, Some(6), "{stderr}");
     assert!(
-        stderr.contains("invalid peer certificate: UnknownIssuer"),
+        stderr.contains(
+            "TLS handshake failed: the server's certificate is not signed by a CA this \
+             machine trusts: give --ca-file"
+        ),
         "{stderr}"
     );
 
-    // No client certificate: the server refuses the handshake.
+    // No client certificate: the server refuses the handshake. Whether its
+    // alert or its close reaches the CLI first, the cause is the same.
     let (code, _, stderr) = cli(&https, &["--ca-file", ca.as_str()]);
     assert_eq!(code, Some(6), "{stderr}");
-    // The server's alert says why, unless the call's write met the closed
-    // socket first: then both usual causes are said.
     assert!(
         stderr.contains(
-            "the server asks for a client certificate: give --client-cert and --client-key"
-        ) || stderr
-            .contains("made without a client certificate it accepts (--client-cert, --client-key)"),
+            "the server requires a client certificate: give --client-cert and --client-key"
+        ),
         "{stderr}"
     );
 
@@ -337,18 +306,30 @@ async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate()
     );
     assert_eq!(code, Some(6), "{stderr}");
     assert!(
-        stderr.contains("the server does not accept --client-cert")
-            || stderr.contains(
-                "made without a client certificate it accepts (--client-cert, --client-key)"
-            ),
+        stderr.contains(
+            "the server did not accept the client certificate (--client-cert, --client-key): \
+             is it signed by the CA the server trusts (its --tls-client-ca)?"
+        ),
         "{stderr}"
+    );
+
+    // A file that is not PEM is named before connecting.
+    let (code, _, stderr) = cli(&https, &["--ca-file", &token_file]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--ca-file: ") && stderr.contains("is not a PEM file"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("idt:"),
+        "the file's contents are not quoted: {stderr}"
     );
 
     // A TLS file for a plaintext URL is a mistake, said before connecting.
     let (code, _, stderr) = cli(&s.url(), &["--ca-file", ca.as_str()]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("--ca-file applies to an https:// server"),
+        stderr.contains("--ca-file (TOKEND_CA_FILE) applies to an https:// server"),
         "{stderr}"
     );
 }

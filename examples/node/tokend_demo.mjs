@@ -13,8 +13,8 @@
 // deleted), so it needs an operator's secret, such as the one above. Like
 // the `tokend` CLI, it reads ./tokend-data/operator.token by itself for a
 // server on this machine only, and calls a server started with --tls-cert
-// as https://host:port (the system's roots or --ca-file; --client-cert and
-// --client-key when it asks for client certificates).
+// as https://host:port (--ca-file, else Node's bundled roots; --client-cert
+// and --client-key when it asks for client certificates).
 
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -49,10 +49,12 @@ const tls = args.server.startsWith("https://");
 const target = args.server.replace(/^https?:\/\//, "").replace(/\/$/, "");
 
 /** Plaintext for host:port or http://; TLS for https://, with --ca-file's
- * roots (or the system's) and a client certificate when given. */
+ * roots (or Node's bundled ones) and a client certificate when given. */
 function channelCredentials() {
   if (!tls) {
-    if (args["ca-file"] || args["client-cert"]) usage(`--ca-file and --client-cert apply to an https:// server; ${args.server} is plaintext`);
+    if (args["ca-file"] || args["client-cert"] || args["client-key"]) {
+      usage(`--ca-file, --client-cert and --client-key apply to an https:// server; ${args.server} is plaintext`);
+    }
     return grpc.credentials.createInsecure();
   }
   if (!args["client-cert"] !== !args["client-key"]) usage("--client-cert and --client-key go together");

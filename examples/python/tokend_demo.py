@@ -13,8 +13,8 @@ It creates an account ("Python Inc.", left behind: accounts are not
 deleted), so it needs an operator's secret, such as the one above. Like the
 `tokend` CLI, it reads ./tokend-data/operator.token by itself for a server
 on this machine only, and calls a server started with --tls-cert as
-https://host:port (the system's roots or --ca-file; --client-cert and
---client-key when it asks for client certificates).
+https://host:port (--ca-file, else grpcio's own bundled roots; --client-cert
+and --client-key when it asks for client certificates).
 """
 
 import argparse
@@ -66,13 +66,14 @@ def is_loopback(target):
 
 def channel_for(parser, args):
     """A channel to --server: plaintext for host:port or http://, TLS for
-    https:// (with --ca-file's roots, or the system's, and a client
+    https:// (with --ca-file's roots, or grpcio's bundled ones, and a client
     certificate when given)."""
     tls = args.server.startswith("https://")
     target = args.server.removeprefix("https://").removeprefix("http://").rstrip("/")
     if not tls:
-        if args.ca_file or args.client_cert:
-            parser.error(f"--ca-file and --client-cert apply to an https:// server; {args.server} is plaintext")
+        if args.ca_file or args.client_cert or args.client_key:
+            parser.error(f"--ca-file, --client-cert and --client-key apply to an https:// server; "
+                         f"{args.server} is plaintext")
         return target, grpc.insecure_channel(target)
     if bool(args.client_cert) != bool(args.client_key):
         parser.error("--client-cert and --client-key go together")

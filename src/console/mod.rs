@@ -27,6 +27,7 @@ use tonic::{Code, Status};
 
 use crate::cli::{AccountsCommand, ClientArgs, TokensCommand};
 use crate::client::{Bearer, TokenClient};
+use crate::dial::{self, Peer};
 use crate::proto::{
     account_service_client::AccountServiceClient, token_service_client::TokenServiceClient,
 };
@@ -47,40 +48,28 @@ pub mod exit {
 pub struct Failure {
     pub code: i32,
     pub message: String,
+    /// A call the server closed the connection on without answering: what
+    /// that means depends on how it was called (TLS or not, a client
+    /// certificate or not), which [`finish`] knows.
+    unanswered: Option<Status>,
 }
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Failure {
-        // What a TLS port answers a plaintext HTTP/2 client: it closes the
-        // connection. The client reads that as a broken protocol, a
-        // transport error or its call cancelled, depending on when the
-        // close arrives; what these share is that the status is the
-        // client's own (it has a source), not an answer from a server.
+        // A server that refuses the connection closes it: a TLS port, a
+        // plaintext call; a TLS server, a client certificate it does not
+        // take. The client reads that as a broken protocol, a transport
+        // error or its call cancelled, depending on when the close
+        // arrives; what these share is that the status is the client's own
+        // (it has a source), not an answer from a server.
         let closed = std::error::Error::source(&s).is_some()
             && matches!(s.code(), Code::Internal | Code::Unknown | Code::Cancelled);
         if closed {
-            let why = chain(s.message().to_string(), std::error::Error::source(&s));
-            // A TLS server that refuses this client says why in an alert
-            // (TLS 1.3 sends it after the handshake, on the first call).
-            let hint = match tls_alert(&why) {
-                Some("CertificateRequired") => {
-                    "the server asks for a client certificate: give --client-cert and --client-key"
-                }
-                Some(
-                    "BadCertificate" | "UnknownCA" | "CertificateExpired" | "CertificateUnknown"
-                    | "DecryptError",
-                ) => "the server does not accept --client-cert",
-                Some(_) => "the server refused the TLS connection",
-                // The alert is often lost (the call's write meets the closed
-                // socket first): both usual causes are said.
-                None => {
-                    "a TLS server (--tls-cert) closes a call made as http://, and one made without a client certificate it accepts (--client-cert, --client-key) when it asks for one"
-                }
+            return Failure {
+                code: exit::UNAVAILABLE,
+                message: dial::chain(s.message().to_string(), std::error::Error::source(&s)),
+                unanswered: Some(s),
             };
-            return fail(
-                exit::UNAVAILABLE,
-                format!("the server closed the connection without an answer ({why}): {hint}"),
-            );
         }
         let code = match s.code() {
             Code::NotFound => exit::NOT_FOUND,
@@ -90,52 +79,38 @@ impl From<Status> for Failure {
             Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
             _ => exit::FAILED,
         };
-        Failure {
-            code,
-            message: format!("{:?}: {}", s.code(), s.message()),
-        }
+        fail(code, format!("{:?}: {}", s.code(), s.message()))
     }
 }
 
-/// An error and its sources, joined: tonic's own words are only "transport
-/// error", the cause (refused, no such host, a TLS alert) is in its
-/// sources.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    chain(e.to_string(), e.source())
-}
-
-/// `first`, then each source's words; hyper's repeat their own words: each
-/// is said once.
-fn chain(first: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
-    let mut why = vec![first];
-    while let Some(s) = source {
-        let said = s.to_string();
-        if why.last() != Some(&said) {
-            why.push(said);
-        }
-        source = s.source();
+/// The server `args` call, in the words [`dial`]'s diagnosis uses.
+fn peer(args: &ClientArgs) -> Peer<'_> {
+    Peer {
+        name: "the server",
+        certificate: "the server's certificate",
+        address_flag: "--server",
+        tls: is_https(args),
+        ca_flag: "--ca-file",
+        ca_file: args.ca_file.as_deref(),
+        cert_flags: ("--client-cert", "--client-key"),
+        has_cert: args.client_cert.is_some(),
+        trusts: "its --tls-client-ca",
+        not_tls: "the server does not speak TLS: is it plaintext (http://)?",
+        plaintext_to_tls: "the server dropped the connection at once, as one serving TLS \
+                           (--tls-cert) does with a plaintext client: call it as https://…",
     }
-    why.join(": ")
 }
 
-/// The TLS alert a server closed the connection with, if it did, by name
-/// (`CertificateRequired`). Only its words survive: h2 keeps a connection's
-/// I/O error as a kind and a message, so rustls's typed error is gone by
-/// the time the call fails.
-fn tls_alert(why: &str) -> Option<&str> {
-    let (_, after) = why.split_once("received fatal alert: ")?;
-    Some(
-        after
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .next()
-            .unwrap_or(""),
-    )
+fn is_https(args: &ClientArgs) -> bool {
+    // `server_url` wrote the scheme in lower case.
+    args.server.starts_with("https://")
 }
 
 fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
+        unanswered: None,
     }
 }
 
@@ -161,11 +136,11 @@ fn is_loopback(server: &str) -> bool {
 /// for a plaintext `http://` server is refused rather than ignored: the
 /// caller meant TLS and would otherwise send the bearer in the clear.
 fn tls_config(args: &ClientArgs) -> Result<Option<ClientTlsConfig>, Failure> {
-    let https = args.server.starts_with("https://");
-    if !https {
+    if !is_https(args) {
         let named = [
-            ("--ca-file", &args.ca_file),
-            ("--client-cert", &args.client_cert),
+            ("--ca-file (TOKEND_CA_FILE)", &args.ca_file),
+            ("--client-cert (TOKEND_CLIENT_CERT)", &args.client_cert),
+            ("--client-key (TOKEND_CLIENT_KEY)", &args.client_key),
         ]
         .into_iter()
         .find(|(_, path)| path.is_some());
@@ -180,20 +155,26 @@ fn tls_config(args: &ClientArgs) -> Result<Option<ClientTlsConfig>, Failure> {
             None => Ok(None),
         };
     }
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))
+    let read = |flag: &str, path: &std::path::Path| {
+        dial::pem(path).map_err(|why| fail(exit::USAGE, format!("{flag}: {why}")))
     };
-    let mut tls = ClientTlsConfig::new();
+    // The handshake's own deadline: the connect timeout ends at TCP's.
+    let mut tls = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
     tls = match &args.ca_file {
-        Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read("--ca-file", path)?)),
         None => tls.with_native_roots(),
     };
     if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        tls = tls.identity(Identity::from_pem(
+            read("--client-cert", cert)?,
+            read("--client-key", key)?,
+        ));
     }
     Ok(Some(tls))
 }
+
+/// How long a connection (TCP, then the TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where to connect and as whom.
 struct Conn {
@@ -227,17 +208,25 @@ impl Conn {
         };
         let endpoint = Channel::from_shared(args.server.clone())
             .map_err(|e| fail(exit::USAGE, format!("bad --server {}: {e}", args.server)))?
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(CONNECT_TIMEOUT);
         let endpoint = match tls_config(args)? {
-            Some(tls) => endpoint
-                .tls_config(tls)
-                .map_err(|e| fail(exit::USAGE, format!("TLS to {}: {e}", args.server)))?,
+            Some(tls) => endpoint.tls_config(tls).map_err(|e| {
+                let why = dial::chain(e.to_string(), std::error::Error::source(&e));
+                let roots = if args.ca_file.is_none() {
+                    " (without --ca-file, the system's CA roots: has this machine any?)"
+                } else {
+                    ""
+                };
+                fail(exit::USAGE, format!("TLS to {}: {why}{roots}", args.server))
+            })?,
             None => endpoint,
         };
         let channel = endpoint.connect().await.map_err(|e| {
+            let why = dial::cause(&peer(args), &e)
+                .unwrap_or_else(|| dial::chain(e.to_string(), std::error::Error::source(&e)));
             fail(
                 exit::UNAVAILABLE,
-                format!("cannot reach {}: {}", args.server, causes(&e)),
+                format!("cannot reach {}: {why}", args.server),
             )
         })?;
         Ok(Conn { channel, bearer })
@@ -271,15 +260,19 @@ async fn all_pages<T>(
 
 /// Runs a client subcommand; returns the process exit code.
 pub async fn run_accounts(args: ClientArgs, cmd: AccountsCommand) -> i32 {
-    finish(accounts::run(&args, cmd).await)
+    finish(Some(&args), accounts::run(&args, cmd).await)
 }
 
 pub async fn run_tokens(args: ClientArgs, cmd: TokensCommand) -> i32 {
-    finish(tokens::run(&args, cmd).await)
+    finish(Some(&args), tokens::run(&args, cmd).await)
 }
 
 pub async fn run_snapshot(cmd: crate::cli::SnapshotCommand) -> i32 {
-    finish(snapshot::run(cmd).await)
+    let client = match &cmd {
+        crate::cli::SnapshotCommand::Save { client, .. } => Some(client.clone()),
+        crate::cli::SnapshotCommand::Restore { .. } => None,
+    };
+    finish(client.as_ref(), snapshot::run(cmd).await)
 }
 
 /// `tokend compact --data-dir DIR`: a stopped server's sled store rewritten
@@ -296,23 +289,40 @@ pub async fn run_compact(data_dir: std::path::PathBuf) -> i32 {
         };
         fail(code, e.to_string())
     });
-    finish(result.map(|c| {
-        println!(
-            "compacted {}: {} records, {} → {} bytes on disk in {:.2?}",
-            data_dir.display(),
-            c.records,
-            c.bytes_before,
-            c.bytes_after,
-            c.took
-        );
-    }))
+    finish(
+        None,
+        result.map(|c| {
+            println!(
+                "compacted {}: {} records, {} → {} bytes on disk in {:.2?}",
+                data_dir.display(),
+                c.records,
+                c.bytes_before,
+                c.bytes_after,
+                c.took
+            );
+        }),
+    )
 }
 
-fn finish(result: Result<(), Failure>) -> i32 {
+/// Prints why a command failed, if it did; its exit code. `client`: how
+/// the server was called, which says what a connection closed without an
+/// answer means.
+fn finish(client: Option<&ClientArgs>, result: Result<(), Failure>) -> i32 {
     match result {
         Ok(()) => exit::OK,
         Err(f) => {
-            eprintln!("tokend: {}", f.message);
+            let message = match (&f.unanswered, client) {
+                (Some(status), Some(args)) => {
+                    let peer = peer(args);
+                    let cause = dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer));
+                    format!(
+                        "{cause} (the server closed the connection without an answer: {})",
+                        f.message
+                    )
+                }
+                _ => f.message,
+            };
+            eprintln!("tokend: {message}");
             f.code
         }
     }

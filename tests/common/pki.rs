@@ -42,6 +42,50 @@ fn common_name(name: &str) -> rcgen::DistinguishedName {
     dn
 }
 
+/// A PKI's files, written into a directory: their paths.
+pub struct Files {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+impl Pki {
+    /// Writes every certificate and key into `dir`.
+    pub fn write(&self, dir: &std::path::Path) -> Files {
+        Files {
+            cert: write_pem(dir, "server.pem", &self.server.0),
+            key: write_pem(dir, "server.key", &self.server.1),
+            ca: write_pem(dir, "ca.pem", &self.ca_pem),
+            client_cert: write_pem(dir, "client.pem", &self.client.0),
+            client_key: write_pem(dir, "client.key", &self.client.1),
+        }
+    }
+}
+
+impl Files {
+    /// `tokend serve`'s flags for TLS that requires a client certificate
+    /// this PKI's CA signed.
+    pub fn mutual_tls(&self) -> [&str; 6] {
+        [
+            "--tls-cert",
+            &self.cert,
+            "--tls-key",
+            &self.key,
+            "--tls-client-ca",
+            &self.ca,
+        ]
+    }
+}
+
+/// Writes a PEM file into `dir`, returning its path.
+pub fn write_pem(dir: &std::path::Path, name: &str, pem: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).unwrap();
+    path.display().to_string()
+}
+
 /// A client certificate no test CA signed.
 pub fn stranger() -> (String, String) {
     let key = KeyPair::generate().unwrap();

@@ -56,17 +56,15 @@ export function modal(title: string, opts: { wide?: boolean; onCancel?: () => bo
   dialog.addEventListener("cancel", (e) => {
     if (refuses()) e.preventDefault();
   });
-  dialog.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && refuses()) e.preventDefault();
-  });
   dialog.addEventListener("close", () => {
     dialog.remove();
     if (opener && opener.isConnected) opener.focus();
     else document.getElementById("main-heading")?.focus();
     done();
   });
-  // Tab wraps around inside the dialog instead of leaving for the browser's UI.
   dialog.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && refuses()) e.preventDefault();
+    // Tab wraps around inside the dialog instead of leaving for the browser's UI.
     if (e.key !== "Tab") return;
     const items = focusables(dialog);
     if (items.length === 0) return;

@@ -2,19 +2,19 @@
 //! files, the password file), and one line naming why a cluster refused
 //! this replica at start-up.
 //!
-//! Owns reading the credential files and turning the client's nested errors
-//! (a rustls alert inside an I/O error inside a transport error inside a
-//! gRPC status) into the cause and the flag to fix. It must never put the
-//! password in an error, a log line or Debug output: it is handed straight
-//! to the client's options and dropped.
+//! Owns reading the credential files and the etcd side of a refusal (its
+//! authentication's words); what a refused connection's nested errors say
+//! is [`crate::dial`]'s, told here which flags are etcd's. It must never put
+//! the password in an error, a log line or Debug output: it is handed
+//! straight to the client's options and dropped.
 
 use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-use rustls::{AlertDescription, CertificateError};
 use tonic::Code;
 
+use crate::dial::{self, Peer};
 use crate::error::{Error, reason};
 use crate::store::Endpoints;
 
@@ -67,15 +67,7 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
 
 /// A PEM file's bytes, or which flag names a file that is not one.
 fn pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::invalid(flag, format!("cannot read {}: {e}", path.display())))?;
-    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(Error::invalid(
-            flag,
-            format!("{} is not a PEM file", path.display()),
-        ));
-    }
-    Ok(bytes)
+    dial::pem(path).map_err(|why| Error::invalid(flag, why))
 }
 
 /// The password in `path`, without one trailing newline (`echo pw > file`).
@@ -129,10 +121,10 @@ pub(super) fn refused(endpoints: &Endpoints, context: &str, e: &etcd_client::Err
                      \"Running on a secured etcd\")"
                 ))
             } else {
-                std::error::Error::source(status).and_then(|s| transport(endpoints, s))
+                std::error::Error::source(status).and_then(|s| dial::cause(&peer(endpoints), s))
             }
         }
-        etcd_client::Error::TransportError(t) => transport(endpoints, t),
+        etcd_client::Error::TransportError(t) => dial::cause(&peer(endpoints), t),
         _ => None,
     };
     let doing = if context.is_empty() {
@@ -151,176 +143,34 @@ pub(super) fn refused(endpoints: &Endpoints, context: &str, e: &etcd_client::Err
     }
 }
 
-/// The cause of a failed connection, found in its chain of sources: a
-/// rustls error (ours, or the alert the member sent), or a refused socket.
-fn transport(endpoints: &Endpoints, e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next = Some(e);
-    while let Some(e) = next {
-        // tokio-rustls wraps rustls's error in an io::Error, whose `source`
-        // skips it: look inside.
-        let inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(e), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(handshake(endpoints, tls));
-            }
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return Some("connection refused: is etcd listening there?".into());
-            }
-            // An alert read after the handshake (TLS 1.3: the server checks
-            // the client's certificate once the client thinks it is done)
-            // reaches us as text only.
-            let text = io.to_string();
-            if let Some(alert) = text.strip_prefix("received fatal alert: ") {
-                return Some(match alert {
-                    "BadCertificate" | "CertificateRequired" | "UnknownCA" | "HandshakeFailure" => {
-                        format!("TLS handshake failed: {}", client_cert_refused(endpoints))
-                    }
-                    _ => format!("TLS handshake failed: {text}"),
-                });
-            }
-        }
-        // Or, as often, the server's close overtakes its alert: the request
-        // finds the connection closed, or its write a broken pipe.
-        if endpoints.tls && dropped(e) {
-            return Some(format!(
-                "TLS: etcd closed the connection right after the handshake, as it does \
-                 when it refuses the client: {}",
-                client_cert_refused(endpoints)
-            ));
-        }
-        if !endpoints.tls && dropped(e) {
-            return Some(
-                "etcd dropped the connection at once, as a member serving TLS does with \
-                 a plaintext client: write etcds://… and give --etcd-ca"
-                    .into(),
-            );
-        }
-        next = e.source();
+/// The cluster, in the words [`dial`]'s diagnosis uses, with etcd's flags.
+fn peer(endpoints: &Endpoints) -> Peer<'_> {
+    Peer {
+        name: "etcd",
+        certificate: "the members' certificate",
+        address_flag: "--store",
+        tls: endpoints.tls,
+        ca_flag: "--etcd-ca",
+        ca_file: endpoints.security.ca.as_deref(),
+        cert_flags: ("--etcd-cert", "--etcd-key"),
+        has_cert: endpoints.security.cert.is_some(),
+        trusts: "its --trusted-ca-file",
+        not_tls: "the members do not speak TLS: is the cluster plaintext (etcd://)?",
+        plaintext_to_tls: "etcd dropped the connection at once, as a member serving TLS does \
+                           with a plaintext client: write etcds://… and give --etcd-ca",
     }
-    None
-}
-
-/// The connection went away under a request: how a TLS 1.3 server's refusal
-/// of the client looks when its alert is not read first.
-fn dropped(e: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        return matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
-    }
-    // hyper's and h2's errors are not ours to name; their words are stable.
-    // "connection was not ready": hyper cancelled the request because the
-    // connection died before it could be sent (seen in CI, where the
-    // member's close won the race against the first request).
-    let text = e.to_string();
-    e.source().is_none()
-        && (text == "connection closed"
-            || text == "connection was not ready"
-            || text.ends_with("broken pipe"))
-}
-
-/// The member refused this client's certificate, or its lack of one.
-fn client_cert_refused(endpoints: &Endpoints) -> String {
-    if endpoints.security.cert.is_some() {
-        "etcd did not accept the client certificate (--etcd-cert, --etcd-key): \
-         is it signed by the CA etcd trusts (its --trusted-ca-file)?"
-            .into()
-    } else {
-        "etcd requires a client certificate: give --etcd-cert and --etcd-key".into()
-    }
-}
-
-/// A failed TLS handshake, named by which side refused and which flag to fix.
-fn handshake(endpoints: &Endpoints, e: &rustls::Error) -> String {
-    let ca = endpoints
-        .security
-        .ca
-        .as_deref()
-        .map_or_else(String::new, |p| format!(" {}", p.display()));
-    let why = match e {
-        rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer | CertificateError::BadSignature,
-        ) => format!("the members' certificate is not signed by --etcd-ca{ca}"),
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "the members' certificate does not name the host in --store".into(),
-        rustls::Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "the members' certificate has expired".into(),
-        rustls::Error::AlertReceived(
-            AlertDescription::CertificateRequired
-            | AlertDescription::BadCertificate
-            | AlertDescription::UnknownCA
-            | AlertDescription::HandshakeFailure,
-        ) => client_cert_refused(endpoints),
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
-            "the members do not speak TLS: is the cluster plaintext (etcd://)?".into()
-        }
-        other => other.to_string(),
-    };
-    format!("TLS handshake failed: {why}")
 }
 
 /// The client's error and every source below it, on one line.
 fn chain(e: &etcd_client::Error) -> String {
-    let mut parts = vec![match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => other.to_string(),
-    }];
-    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
-        etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
-        etcd_client::Error::TransportError(t) => std::error::Error::source(t),
-        _ => None,
-    };
-    while let Some(s) = next {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
+    match e {
+        etcd_client::Error::GRpcStatus(s) => dial::chain(
+            format!("{:?}: {}", s.code(), s.message()),
+            std::error::Error::source(s),
+        ),
+        etcd_client::Error::TransportError(t) => {
+            dial::chain(e.to_string(), std::error::Error::source(t))
         }
-        next = s.source();
-    }
-    parts.join(": ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dropped;
-
-    /// A leaf error as hyper and h2 report them: words, no source.
-    #[derive(Debug)]
-    struct Words(&'static str);
-
-    impl std::fmt::Display for Words {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl std::error::Error for Words {}
-
-    #[test]
-    fn a_connection_gone_under_the_request_is_dropped_in_each_of_its_wordings() {
-        for words in [
-            "connection closed",
-            "connection was not ready",
-            "error writing a body to connection: broken pipe",
-        ] {
-            assert!(dropped(&Words(words)), "{words}");
-        }
-        for kind in [
-            std::io::ErrorKind::BrokenPipe,
-            std::io::ErrorKind::ConnectionReset,
-            std::io::ErrorKind::UnexpectedEof,
-        ] {
-            assert!(dropped(&std::io::Error::from(kind)), "{kind:?}");
-        }
-        assert!(!dropped(&Words("deadline has elapsed")));
-        assert!(!dropped(&std::io::Error::from(
-            std::io::ErrorKind::ConnectionRefused
-        )));
+        other => dial::chain(other.to_string(), None),
     }
 }

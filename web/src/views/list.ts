@@ -108,7 +108,8 @@ export function listView(app: App, accountId: string): Screen {
     ),
   );
 
-  const rows = new Map<string, { tr: HTMLTableRowElement; cells: HTMLElement[]; link: HTMLAnchorElement }>();
+  type Row = { tr: HTMLTableRowElement; cells: HTMLElement[]; link: HTMLAnchorElement; description: HTMLElement };
+  const rows = new Map<string, Row>();
 
   const matches = (t: Token): boolean => {
     if (p.status === "active" && t.status !== TokenStatus.ACTIVE) return false;
@@ -117,12 +118,11 @@ export function listView(app: App, accountId: string): Screen {
     return q === "" || t.name.toLocaleLowerCase().includes(q);
   };
 
-  const fillRow = (cells: HTMLElement[], link: HTMLAnchorElement, t: Token) => {
+  const fillRow = ({ cells, link, description }: Row, t: Token) => {
     fill(cells[0], tokenIcon(t));
     // The name link is the row's own node, like its ••• button: a live
     // change must not take the keyboard focus (or a click) away from it.
     link.textContent = t.name;
-    const description = cells[1].querySelector<HTMLElement>(".token-description")!;
     description.textContent = t.description;
     description.hidden = t.description === "";
     fill(cells[2], h("span", { class: "mono" }, t.id));
@@ -132,7 +132,7 @@ export function listView(app: App, accountId: string): Screen {
       cells[3],
       statusBadge(t.status),
       t.replacedBy
-        ? h("span", { class: "token-description replaced" }, `Replaced by ${t.replacedBy}, works until `, timeEl(t.expireTime))
+        ? h("span", { class: "replaced" }, `Replaced by ${t.replacedBy}, works until `, timeEl(t.expireTime))
         : null,
     );
     fill(cells[4], h("span", { title: t.modules.join(", ") }, modulesSummary(t.modules)));
@@ -155,11 +155,12 @@ export function listView(app: App, accountId: string): Screen {
       );
       const tr = h("tr", { "data-token-id": t.id }, cells, actions);
       const link = h("a", { href: `#/${accountId}/tokens/${t.id}`, class: "token-name" });
-      cells[1].append(link, h("span", { class: "token-description" }));
-      r = { tr, cells, link };
+      const description = h("span", { class: "token-description" });
+      cells[1].append(link, description);
+      r = { tr, cells, link, description };
       rows.set(t.id, r);
     }
-    fillRow(r.cells, r.link, t);
+    fillRow(r, t);
     const trigger = r.tr.querySelector<HTMLButtonElement>("[aria-haspopup=menu]");
     trigger?.setAttribute("aria-label", `Actions for API token ${t.name}`);
     return r.tr;

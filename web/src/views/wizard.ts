@@ -134,7 +134,7 @@ export function tokenFields(initial: TokenValues, available: string[]) {
      * it names none of these fields.
      */
     showRefusal(f: Failure): boolean {
-      const path = f.field.replace(/^token\./, "");
+      const path = fieldOf(f);
       const target = ({ name, icon, description: desc } as Record<string, typeof name>)[path];
       if (target) {
         setError(target, `${f.problem.charAt(0).toUpperCase()}${f.problem.slice(1)}.`.replace(/\.\.$/, "."));
@@ -149,6 +149,12 @@ export function tokenFields(initial: TokenValues, available: string[]) {
       }
       return false;
     },
+    /** Which part of the form a refusal names a field of, if any. */
+    partOf(f: Failure): "general" | "modules" | undefined {
+      const path = fieldOf(f);
+      if (path === "name" || path === "icon" || path === "description") return "general";
+      return path === "modules" ? "modules" : undefined;
+    },
     read(): TokenValues | null {
       const g = readGeneral();
       if (!g) return null;
@@ -158,6 +164,9 @@ export function tokenFields(initial: TokenValues, available: string[]) {
     focus: () => (name.control as HTMLInputElement).focus(),
   };
 }
+
+/** A refusal's field, as the form names it (an update's are `token.*`). */
+const fieldOf = (f: Failure) => f.field.replace(/^token\./, "");
 
 const STEPS = ["General", "Modules", "Overview"];
 
@@ -292,11 +301,11 @@ export function addTokenWizard(app: App, accountId: string): void {
         }
         // A field tokend refused is said beside it, on its own step (the
         // page's checks are a convenience, tokend's the final word).
-        const field = f.field.replace(/^token\./, "");
-        const home = ["name", "description", "icon"].includes(field) ? 0 : field === "modules" ? 1 : -1;
-        if (home >= 0) {
-          show(home);
-          if (fields.showRefusal(f)) return;
+        const part = fields.partOf(f);
+        if (part) {
+          show(part === "general" ? 0 : 1);
+          fields.showRefusal(f);
+          return;
         }
         error.textContent = f.sentence;
         error.hidden = false;

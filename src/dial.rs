@@ -1,0 +1,330 @@
+//! Why a connection this process made as a client failed, in one line
+//! naming the cause and the flag to fix: the etcd store's connection to
+//! its cluster, and the CLI's to a tokend server.
+//!
+//! A refused TLS connection reaches the caller in layers: a rustls error
+//! inside an I/O error (whose `source()` skips it) inside a hyper or h2
+//! error inside a transport error, often inside a gRPC status. An alert
+//! read after the handshake (TLS 1.3: the server checks the client's
+//! certificate once the client thinks it is done) arrives as words only,
+//! since h2 keeps a connection's I/O error as a kind and a message; and as
+//! often, the server's close overtakes its alert and all that is left is a
+//! broken pipe. All three are read here, once, for both callers.
+//!
+//! Owns the diagnosis and its wording. It must never put anything in a
+//! message but the flags and paths a [`Peer`] names: no file's contents.
+
+use std::error::Error as StdError;
+use std::path::Path;
+
+use rustls::{AlertDescription, CertificateError};
+
+/// The side being called, in its messages' words, and how it was called.
+pub struct Peer<'a> {
+    /// Who answers: "etcd", "the server".
+    pub name: &'a str,
+    /// Its certificate: "the members' certificate".
+    pub certificate: &'a str,
+    /// The flag that names its address: "--store".
+    pub address_flag: &'a str,
+    /// Whether it was called over TLS.
+    pub tls: bool,
+    /// The flag for the CA that signs its certificate, and that file; with
+    /// none, the system's roots were used.
+    pub ca_flag: &'a str,
+    pub ca_file: Option<&'a Path>,
+    /// The flags for this client's certificate and key, and whether given.
+    pub cert_flags: (&'a str, &'a str),
+    pub has_cert: bool,
+    /// What it trusts client certificates by: "its --trusted-ca-file".
+    pub trusts: &'a str,
+    /// Why it answered a TLS client with something else: "the members do
+    /// not speak TLS: is the cluster plaintext (etcd://)?".
+    pub not_tls: &'a str,
+    /// Why it dropped a plaintext client at once, and the fix: "etcd
+    /// dropped the connection at once, as a member serving TLS does with a
+    /// plaintext client: write etcds://… and give --etcd-ca".
+    pub plaintext_to_tls: &'a str,
+}
+
+/// The cause of a failed connection or call, found in `e`'s chain of
+/// sources: a TLS error (ours, or the alert the server sent), a refused
+/// socket, or a connection dropped the way a refusing server drops it.
+/// `None`: nothing this module can name (the caller says the error's own
+/// words, [`chain`]).
+pub fn cause(peer: &Peer, e: &(dyn StdError + 'static)) -> Option<String> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let io = e.downcast_ref::<std::io::Error>();
+        let inner = io
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn StdError + 'static));
+        for candidate in [Some(e), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(handshake(peer, tls));
+            }
+        }
+        if let Some(io) = io {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Some(format!(
+                    "connection refused: is {} listening there?",
+                    peer.name
+                ));
+            }
+            let text = io.to_string();
+            if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+                return Some(match alert {
+                    "BadCertificate"
+                    | "CertificateRequired"
+                    | "UnknownCA"
+                    | "HandshakeFailure"
+                    | "CertificateExpired"
+                    | "CertificateUnknown"
+                    | "DecryptError" => {
+                        format!("TLS handshake failed: {}", client_cert_refused(peer))
+                    }
+                    _ => format!("TLS handshake failed: {text}"),
+                });
+            }
+        }
+        if dropped(e) {
+            return Some(closed(peer));
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// What a connection closed with no answer says about the peer: a TLS
+/// peer refused this client's certificate (or its lack of one), a
+/// plaintext call reached a TLS port.
+pub fn closed(peer: &Peer) -> String {
+    if peer.tls {
+        format!(
+            "TLS: {} closed the connection right after the handshake, as it does when it \
+             refuses the client: {}",
+            peer.name,
+            client_cert_refused(peer)
+        )
+    } else {
+        peer.plaintext_to_tls.to_string()
+    }
+}
+
+/// The connection went away under a request: how a TLS 1.3 server's refusal
+/// of the client looks when its alert is not read first.
+fn dropped(e: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+    }
+    // hyper's and h2's errors are not ours to name; their words are stable.
+    // "connection was not ready": hyper cancelled the request because the
+    // connection died before it could be sent (seen in CI, where the
+    // member's close won the race against the first request).
+    let text = e.to_string();
+    e.source().is_none()
+        && (text == "connection closed"
+            || text == "connection was not ready"
+            || text.ends_with("broken pipe"))
+}
+
+/// The peer refused this client's certificate, or its lack of one.
+fn client_cert_refused(peer: &Peer) -> String {
+    let (cert, key) = peer.cert_flags;
+    if peer.has_cert {
+        format!(
+            "{name} did not accept the client certificate ({cert}, {key}): is it signed by \
+             the CA {name} trusts ({trusts})?",
+            name = peer.name,
+            trusts = peer.trusts,
+        )
+    } else {
+        format!(
+            "{} requires a client certificate: give {cert} and {key}",
+            peer.name
+        )
+    }
+}
+
+/// A failed TLS handshake, named by which side refused and which flag to fix.
+fn handshake(peer: &Peer, e: &rustls::Error) -> String {
+    let subject = peer.certificate;
+    let why = match e {
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => match peer.ca_file {
+            Some(ca) => format!(
+                "{subject} is not signed by {} {}",
+                peer.ca_flag,
+                ca.display()
+            ),
+            None => format!(
+                "{subject} is not signed by a CA this machine trusts: give {}",
+                peer.ca_flag
+            ),
+        },
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!("{subject} does not name the host in {}", peer.address_flag),
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => format!("{subject} has expired"),
+        rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::HandshakeFailure
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::DecryptError,
+        ) => client_cert_refused(peer),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            peer.not_tls.to_string()
+        }
+        other => other.to_string(),
+    };
+    format!("TLS handshake failed: {why}")
+}
+
+/// `first`, then the words of each source below it that are not already
+/// said (hyper's and tonic's repeat their own), on one line.
+pub fn chain(first: String, mut next: Option<&(dyn StdError + 'static)>) -> String {
+    let mut parts = vec![first];
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = s.source();
+    }
+    parts.join(": ").replace(['\n', '\r'], " ")
+}
+
+/// A PEM file's bytes; else why not (unreadable, or not PEM), naming the
+/// file but never quoting it.
+pub fn pem(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!("{} is not a PEM file", path.display()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leaf error as hyper and h2 report them: words, no source.
+    #[derive(Debug)]
+    struct Words(&'static str);
+
+    impl std::fmt::Display for Words {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Words {}
+
+    fn peer(tls: bool, has_cert: bool) -> Peer<'static> {
+        Peer {
+            name: "the server",
+            certificate: "the server's certificate",
+            address_flag: "--server",
+            tls,
+            ca_flag: "--ca-file",
+            ca_file: None,
+            cert_flags: ("--client-cert", "--client-key"),
+            has_cert,
+            trusts: "its --tls-client-ca",
+            not_tls: "not TLS",
+            plaintext_to_tls: "call it as https://",
+        }
+    }
+
+    #[test]
+    fn a_connection_gone_under_the_request_is_dropped_in_each_of_its_wordings() {
+        for words in [
+            "connection closed",
+            "connection was not ready",
+            "error writing a body to connection: broken pipe",
+        ] {
+            assert!(dropped(&Words(words)), "{words}");
+        }
+        for kind in [
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(dropped(&std::io::Error::from(kind)), "{kind:?}");
+        }
+        assert!(!dropped(&Words("deadline has elapsed")));
+        assert!(!dropped(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        )));
+    }
+
+    /// The alert as rustls types it, and as words only (what h2 leaves of
+    /// it): the same cause, naming the flags that fix it, which depend on
+    /// whether a client certificate was given.
+    #[test]
+    fn a_refused_client_certificate_names_the_flags_typed_or_in_words() {
+        let typed = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+            )
+        };
+        let words = || {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "received fatal alert: CertificateRequired",
+            )
+        };
+        for e in [typed(), words()] {
+            assert_eq!(
+                cause(&peer(true, false), &e).unwrap(),
+                "TLS handshake failed: the server requires a client certificate: give \
+                 --client-cert and --client-key"
+            );
+            assert_eq!(
+                cause(&peer(true, true), &e).unwrap(),
+                "TLS handshake failed: the server did not accept the client certificate \
+                 (--client-cert, --client-key): is it signed by the CA the server trusts \
+                 (its --tls-client-ca)?"
+            );
+        }
+        // A dropped connection: the same flags, by what TLS or not says.
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(
+            cause(&peer(true, false), &pipe)
+                .unwrap()
+                .ends_with("give --client-cert and --client-key")
+        );
+        assert_eq!(
+            cause(&peer(false, false), &pipe).unwrap(),
+            "call it as https://"
+        );
+    }
+
+    #[test]
+    fn a_server_certificate_nobody_here_trusts_names_the_ca_flag() {
+        let e = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        assert_eq!(
+            cause(&peer(true, false), &e).unwrap(),
+            "TLS handshake failed: the server's certificate is not signed by a CA this \
+             machine trusts: give --ca-file"
+        );
+        let ca = Path::new("/etc/ca.pem");
+        let with_ca = Peer {
+            ca_file: Some(ca),
+            ..peer(true, false)
+        };
+        assert_eq!(
+            cause(&with_ca, &e).unwrap(),
+            "TLS handshake failed: the server's certificate is not signed by --ca-file \
+             /etc/ca.pem"
+        );
+    }
+}
