@@ -135,7 +135,7 @@ fn client_cert_refused(peer: &Peer) -> String {
     if peer.has_cert {
         format!(
             "{name} did not accept the client certificate ({cert}, {key}): is it signed by \
-             the CA {name} trusts ({trusts})?",
+             the CA {name} trusts ({trusts}), and made for client authentication?",
             name = peer.name,
             trusts = peer.trusts,
         )
@@ -166,7 +166,11 @@ fn handshake(peer: &Peer, e: &rustls::Error) -> String {
         },
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => format!("{subject} does not name the host in {}", peer.address_flag),
+        ) => format!(
+            "{subject} does not name the host in {} (hosts are named in its subjectAltName; \
+             its common name is not read)",
+            peer.address_flag
+        ),
         rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => format!("{subject} has expired"),
@@ -201,12 +205,28 @@ pub fn chain(first: String, mut next: Option<&(dyn StdError + 'static)>) -> Stri
     parts.join(": ").replace(['\n', '\r'], " ")
 }
 
-/// A PEM file's bytes; else why not (unreadable, or not PEM), naming the
-/// file but never quoting it.
-pub fn pem(path: &Path) -> Result<Vec<u8>, String> {
+/// What a PEM file must hold, by the label of its block.
+#[derive(Clone, Copy)]
+pub enum Holds {
+    Certificate,
+    PrivateKey,
+}
+
+/// A PEM file's bytes; else why not (unreadable, not PEM, or without the
+/// block it must hold), naming the file but never quoting it.
+pub fn pem(path: &Path, holds: Holds) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+    let has = |label: &[u8]| bytes.windows(label.len()).any(|w| w == label);
+    if !has(b"-----BEGIN ") {
         return Err(format!("{} is not a PEM file", path.display()));
+    }
+    // "PRIVATE KEY-----" ends every key's label: PKCS#8, RSA, EC.
+    let (label, what): (&[u8], _) = match holds {
+        Holds::Certificate => (b"-----BEGIN CERTIFICATE-----", "certificate"),
+        Holds::PrivateKey => (b"PRIVATE KEY-----", "private key"),
+    };
+    if !has(label) {
+        return Err(format!("{} holds no {what}", path.display()));
     }
     Ok(bytes)
 }
@@ -292,7 +312,7 @@ mod tests {
                 cause(&peer(true, true), &e).unwrap(),
                 "TLS handshake failed: the server did not accept the client certificate \
                  (--client-cert, --client-key): is it signed by the CA the server trusts \
-                 (its --tls-client-ca)?"
+                 (its --tls-client-ca), and made for client authentication?"
             );
         }
         // A dropped connection: the same flags, by what TLS or not says.

@@ -405,7 +405,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     });
 
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "tokend serving");
+    let tls_mode = match &config.tls {
+        None => "off",
+        Some(files) if files.client_ca.is_some() => "mutual",
+        Some(_) => "on",
+    };
+    tracing::info!(%addr, tls = tls_mode, data_dir = %config.data_dir.display(), "tokend serving");
     let signal = shutdown.clone();
     let grace = config.shutdown_grace;
     let task = tokio::spawn(async move {

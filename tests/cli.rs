@@ -518,6 +518,11 @@ async fn the_local_operator_secret_goes_to_a_local_server_only() {
         stderr.contains("Unauthenticated: missing or invalid credentials"),
         "{stderr}"
     );
+    // And it is told where a credential comes from.
+    assert!(
+        stderr.contains("this call sent no credential: give --token-file"),
+        "{stderr}"
+    );
 }
 
 /// `tokend …` with the server's operator credential, which must succeed.

@@ -308,8 +308,36 @@ async fn the_cli_calls_a_tls_server_with_a_private_ca_and_a_client_certificate()
     assert!(
         stderr.contains(
             "the server did not accept the client certificate (--client-cert, --client-key): \
-             is it signed by the CA the server trusts (its --tls-client-ca)?"
+             is it signed by the CA the server trusts (its --tls-client-ca), and made for \
+             client authentication?"
         ),
+        "{stderr}"
+    );
+
+    // A key that is not the certificate's, and a CA file holding no
+    // certificate: each named with its flag, before connecting.
+    let (code, _, stderr) = cli(
+        &https,
+        &[
+            "--ca-file",
+            ca.as_str(),
+            "--client-cert",
+            client_cert.as_str(),
+            "--client-key",
+            &stranger_key,
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--client-key {stranger_key} is not the private key of --client-cert {client_cert}"
+        )),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli(&https, &["--ca-file", client_key.as_str()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--ca-file: {client_key} holds no certificate")),
         "{stderr}"
     );
 

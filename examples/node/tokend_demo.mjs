@@ -45,8 +45,8 @@ const usage = (why) => {
   console.error(`tokend_demo: ${why}`);
   process.exit(2);
 };
-const tls = args.server.startsWith("https://");
-const target = args.server.replace(/^https?:\/\//, "").replace(/\/$/, "");
+const tls = /^https:\/\//i.test(args.server);
+const target = args.server.replace(/^https?:\/\//i, "").replace(/\/$/, "");
 
 /** Plaintext for host:port or http://; TLS for https://, with --ca-file's
  * roots (or Node's bundled ones) and a client certificate when given. */
@@ -58,8 +58,15 @@ function channelCredentials() {
     return grpc.credentials.createInsecure();
   }
   if (!args["client-cert"] !== !args["client-key"]) usage("--client-cert and --client-key go together");
-  const read = (file) => (file ? readFileSync(file) : null);
-  return grpc.credentials.createSsl(read(args["ca-file"]), read(args["client-key"]), read(args["client-cert"]));
+  // Each file checked as the CLI does: grpc-js takes a wrong CA file for none.
+  const read = (flag, label) => {
+    const file = args[flag];
+    if (!file) return null;
+    const data = readFileSync(file);
+    if (!data.includes(`${label}-----`)) usage(`--${flag}: ${file} holds no PEM ${label.toLowerCase()}`);
+    return data;
+  };
+  return grpc.credentials.createSsl(read("ca-file", "CERTIFICATE"), read("client-key", "PRIVATE KEY"), read("client-cert", "CERTIFICATE"));
 }
 
 /** Whether host:port names this machine (the CLI's rule). */

@@ -68,8 +68,9 @@ def channel_for(parser, args):
     """A channel to --server: plaintext for host:port or http://, TLS for
     https:// (with --ca-file's roots, or grpcio's bundled ones, and a client
     certificate when given)."""
-    tls = args.server.startswith("https://")
-    target = args.server.removeprefix("https://").removeprefix("http://").rstrip("/")
+    scheme, sep, rest = args.server.partition("://")
+    tls = sep != "" and scheme.lower() == "https"
+    target = (rest if sep else args.server).rstrip("/")
     if not tls:
         if args.ca_file or args.client_cert or args.client_key:
             parser.error(f"--ca-file, --client-cert and --client-key apply to an https:// server; "
@@ -78,13 +79,20 @@ def channel_for(parser, args):
     if bool(args.client_cert) != bool(args.client_key):
         parser.error("--client-cert and --client-key go together")
 
-    def read(path):
-        return pathlib.Path(path).read_bytes() if path else None
+    def read(flag, path, label):
+        """A PEM file's bytes, checked as the CLI does (grpcio's own error
+        for a wrong file says nothing of which)."""
+        if not path:
+            return None
+        data = pathlib.Path(path).read_bytes()
+        if f"{label}-----".encode() not in data:
+            parser.error(f"{flag}: {path} holds no PEM {label.lower()}")
+        return data
 
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=read(args.ca_file),
-        private_key=read(args.client_key),
-        certificate_chain=read(args.client_cert))
+        root_certificates=read("--ca-file", args.ca_file, "CERTIFICATE"),
+        private_key=read("--client-key", args.client_key, "PRIVATE KEY"),
+        certificate_chain=read("--client-cert", args.client_cert, "CERTIFICATE"))
     return target, grpc.secure_channel(target, credentials)
 
 

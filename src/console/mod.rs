@@ -22,12 +22,12 @@ mod watch;
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::cli::{AccountsCommand, ClientArgs, TokensCommand};
 use crate::client::{Bearer, TokenClient};
-use crate::dial::{self, Peer};
+use crate::dial::{self, Holds, Peer};
 use crate::proto::{
     account_service_client::AccountServiceClient, token_service_client::TokenServiceClient,
 };
@@ -131,11 +131,13 @@ fn is_loopback(server: &str) -> bool {
         })
 }
 
-/// The TLS an `https://` server is called with: the system's CA roots, or
-/// `--ca-file`'s; a client certificate when one is given. A TLS file named
-/// for a plaintext `http://` server is refused rather than ignored: the
-/// caller meant TLS and would otherwise send the bearer in the clear.
-fn tls_config(args: &ClientArgs) -> Result<Option<ClientTlsConfig>, Failure> {
+/// `endpoint` with the TLS an `https://` server is called with: the
+/// system's CA roots, or `--ca-file`'s; a client certificate when one is
+/// given. A TLS file named for a plaintext `http://` server is refused
+/// rather than ignored: the caller meant TLS and would otherwise send the
+/// bearer in the clear. Each file's fault is said with its flag.
+fn with_tls(args: &ClientArgs, endpoint: Endpoint) -> Result<Endpoint, Failure> {
+    let usage = |why: String| fail(exit::USAGE, why);
     if !is_https(args) {
         let named = [
             ("--ca-file (TOKEND_CA_FILE)", &args.ca_file),
@@ -145,36 +147,75 @@ fn tls_config(args: &ClientArgs) -> Result<Option<ClientTlsConfig>, Failure> {
         .into_iter()
         .find(|(_, path)| path.is_some());
         return match named {
-            Some((flag, _)) => Err(fail(
-                exit::USAGE,
-                format!(
-                    "{flag} applies to an https:// server; {} is plaintext",
-                    args.server
-                ),
-            )),
-            None => Ok(None),
+            Some((flag, _)) => Err(usage(format!(
+                "{flag} applies to an https:// server; {} is plaintext",
+                args.server
+            ))),
+            None => Ok(endpoint),
         };
     }
-    let read = |flag: &str, path: &std::path::Path| {
-        dial::pem(path).map_err(|why| fail(exit::USAGE, format!("{flag}: {why}")))
+    let read = |flag: &str, path: &std::path::Path, holds| {
+        dial::pem(path, holds).map_err(|why| usage(format!("{flag}: {why}")))
     };
     // The handshake's own deadline: the connect timeout ends at TCP's.
     let mut tls = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
     tls = match &args.ca_file {
-        Some(path) => tls.ca_certificate(Certificate::from_pem(read("--ca-file", path)?)),
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read(
+            "--ca-file",
+            path,
+            Holds::Certificate,
+        )?)),
         None => tls.with_native_roots(),
     };
+    let mut identity = None;
     if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        tls = tls.identity(Identity::from_pem(
-            read("--client-cert", cert)?,
-            read("--client-key", key)?,
-        ));
+        let cert_pem = read("--client-cert", cert, Holds::Certificate)?;
+        let key_pem = read("--client-key", key, Holds::PrivateKey)?;
+        tls = tls.identity(Identity::from_pem(&cert_pem, key_pem));
+        identity = Some((cert, cert_pem, key));
     }
-    Ok(Some(tls))
+    endpoint.tls_config(tls).map_err(|e| {
+        let rustls = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .find_map(|e| e.downcast_ref::<rustls::Error>());
+        if let (Some(e), Some((cert, cert_pem, key))) = (rustls, &identity) {
+            let cert = format!("--client-cert {}", cert.display());
+            let key = format!("--client-key {}", key.display());
+            return usage(crate::tls::unusable_pair(&cert, cert_pem, &key, e));
+        }
+        let why = dial::chain(e.to_string(), std::error::Error::source(&e));
+        let roots = if args.ca_file.is_none() {
+            " (without --ca-file, the system's CA roots: has this machine any?)"
+        } else {
+            ""
+        };
+        usage(format!("TLS to {}: {why}{roots}", args.server))
+    })
 }
 
 /// How long a connection (TCP, then the TLS handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The secret a command calls with: `--token`, `--token-file`, or for a
+/// server on this machine the local operator's; none otherwise.
+fn credential(args: &ClientArgs) -> Result<Option<String>, Failure> {
+    Ok(match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        // The local operator credential goes only to a local server,
+        // never to whatever host --server happens to name.
+        (None, None) if is_loopback(&args.server) => std::fs::read_to_string(LOCAL_OPERATOR_TOKEN)
+            .ok()
+            .map(|s| s.trim().to_string()),
+        (None, None) => None,
+    })
+}
 
 /// Where to connect and as whom.
 struct Conn {
@@ -184,23 +225,7 @@ struct Conn {
 
 impl Conn {
     async fn open(args: &ClientArgs) -> Result<Conn, Failure> {
-        let secret = match (&args.token, &args.token_file) {
-            (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            // The local operator credential goes only to a local server,
-            // never to whatever host --server happens to name.
-            (None, None) if is_loopback(&args.server) => {
-                std::fs::read_to_string(LOCAL_OPERATOR_TOKEN)
-                    .ok()
-                    .map(|s| s.trim().to_string())
-            }
-            (None, None) => None,
-        };
+        let secret = credential(args)?;
         let bearer = match secret {
             None => Bearer::none(),
             Some(s) => Bearer::new(&s)
@@ -209,18 +234,7 @@ impl Conn {
         let endpoint = Channel::from_shared(args.server.clone())
             .map_err(|e| fail(exit::USAGE, format!("bad --server {}: {e}", args.server)))?
             .connect_timeout(CONNECT_TIMEOUT);
-        let endpoint = match tls_config(args)? {
-            Some(tls) => endpoint.tls_config(tls).map_err(|e| {
-                let why = dial::chain(e.to_string(), std::error::Error::source(&e));
-                let roots = if args.ca_file.is_none() {
-                    " (without --ca-file, the system's CA roots: has this machine any?)"
-                } else {
-                    ""
-                };
-                fail(exit::USAGE, format!("TLS to {}: {why}{roots}", args.server))
-            })?,
-            None => endpoint,
-        };
+        let endpoint = with_tls(args, endpoint)?;
         let channel = endpoint.connect().await.map_err(|e| {
             let why = dial::cause(&peer(args), &e)
                 .unwrap_or_else(|| dial::chain(e.to_string(), std::error::Error::source(&e)));
@@ -317,6 +331,17 @@ fn finish(client: Option<&ClientArgs>, result: Result<(), Failure>) -> i32 {
                     let cause = dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer));
                     format!(
                         "{cause} (the server closed the connection without an answer: {})",
+                        f.message
+                    )
+                }
+                // Refused for sending no credential at all: say where one
+                // comes from.
+                _ if f.code == exit::DENIED
+                    && client.is_some_and(|args| matches!(credential(args), Ok(None))) =>
+                {
+                    format!(
+                        "{} (this call sent no credential: give --token-file or TOKEND_TOKEN_FILE; \
+                         a server on this machine gets {LOCAL_OPERATOR_TOKEN} when there is one)",
                         f.message
                     )
                 }

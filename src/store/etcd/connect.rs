@@ -14,7 +14,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tonic::Code;
 
-use crate::dial::{self, Peer};
+use crate::dial::{self, Holds, Peer};
 use crate::error::{Error, reason};
 use crate::store::Endpoints;
 
@@ -40,12 +40,16 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
     if endpoints.tls {
         let mut tls = TlsOptions::new();
         if let Some(ca) = &security.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(pem("etcd-ca", ca)?));
+            tls = tls.ca_certificate(Certificate::from_pem(pem(
+                "etcd-ca",
+                ca,
+                Holds::Certificate,
+            )?));
         }
         if let (Some(cert), Some(key)) = (&security.cert, &security.key) {
             tls = tls.identity(Identity::from_pem(
-                pem("etcd-cert", cert)?,
-                pem("etcd-key", key)?,
+                pem("etcd-cert", cert, Holds::Certificate)?,
+                pem("etcd-key", key, Holds::PrivateKey)?,
             ));
         }
         options = options.with_tls(tls);
@@ -66,8 +70,8 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
 }
 
 /// A PEM file's bytes, or which flag names a file that is not one.
-fn pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    dial::pem(path).map_err(|why| Error::invalid(flag, why))
+fn pem(flag: &'static str, path: &Path, holds: Holds) -> Result<Vec<u8>, Error> {
+    dial::pem(path, holds).map_err(|why| Error::invalid(flag, why))
 }
 
 /// The password in `path`, without one trailing newline (`echo pw > file`).
