@@ -91,7 +91,11 @@ impl Drop for Tracing {
 /// every trace that starts here). Call once, inside the tokio runtime (the
 /// exporter's channel lives on it).
 pub fn init(json: bool, otlp: Option<Otlp<'_>>) -> Result<Tracing, Error> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns per connection (an OpenSSL client calling by IP sends
+    // the address as its SNI, "Illegal SNI"); a failed handshake is logged
+    // by tls.rs, with the peer and at most once per reason every 10 s.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     // Colours for a terminal only: a file or a log collector gets the
     // escape codes as text.
     let logs = tracing_subscriber::fmt::layer()
