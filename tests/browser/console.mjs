@@ -365,9 +365,18 @@ const scenarios = {
     const created = await L.cli("tokens", "create", "--account", F.account.id, "--name", "made-by-cli", "--module", "commerce");
     await L.waitRow(list, created.token.id);
     check(true, "a token created with the CLI appears");
+    // Its ••• menu is open when someone disables it: the menu then offers
+    // what applies now (Enable, not Disable).
+    await list.click(`${L.rowSel(created.token.id)} [aria-haspopup=menu]`);
+    const offered = () => list.$$eval(".menu:not([hidden]) [role=menuitem]", (els) => els.map((e) => e.textContent));
+    check((await offered()).includes("Disable"), "an active token's open menu offers Disable");
     await L.cli("tokens", "disable", created.token.id);
     await list.waitForFunction((sel) => document.querySelector(`${sel} .badge`)?.textContent === "Disabled", {}, L.rowSel(created.token.id));
     check(true, "a token disabled with the CLI shows as disabled");
+    const now = await offered();
+    check(now.includes("Enable") && !now.includes("Disable"), `and its open menu now offers Enable: ${now}`);
+    check(await list.evaluate(() => document.activeElement?.getAttribute("role") === "menuitem"), "the focus stays in the open menu");
+    await list.keyboard.press("Escape");
     // The row is updated in place: the keyboard focus on its name stays.
     const name = `${L.rowSel(created.token.id)} a.token-name`;
     await list.focus(name);

@@ -101,6 +101,13 @@ export interface MenuItem {
   disabled?: boolean;
 }
 
+const REFRESH = "menu-refresh";
+
+/** Tells a menuButton that what its items act on changed. */
+export function refreshMenu(menuButtonEl: Element | null): void {
+  menuButtonEl?.dispatchEvent(new Event(REFRESH));
+}
+
 /**
  * A button that opens a menu of actions (WAI-ARIA menu button): arrows move,
  * Escape closes and returns focus to the button, a click outside closes.
@@ -138,9 +145,22 @@ export function menuButton(
     if (!wrap.contains(e.target as Node)) close(false);
   };
   const entries = () => Array.from(menu.querySelectorAll<HTMLButtonElement>("[role=menuitem]:not([disabled])"));
-  const open = (focusLast = false) => {
+  // The items shown, and what each runs: a refresh that offers the same
+  // items keeps their nodes (a click or the focus on one stays good) and
+  // only takes their newer actions.
+  let shown: MenuItem[] = [];
+  const sameItems = (a: MenuItem[], b: MenuItem[]) =>
+    a.length === b.length &&
+    a.every((it, i) => it.label === b[i].label && !!it.disabled === !!b[i].disabled && !!it.danger === !!b[i].danger);
+  const fillItems = () => {
+    const next = items();
+    if (sameItems(shown, next) && menu.childElementCount === next.length) {
+      shown = next;
+      return;
+    }
+    shown = next;
     menu.replaceChildren(
-      ...items().map((it) =>
+      ...next.map((it, i) =>
         h(
           "li",
           { role: "none" },
@@ -154,7 +174,7 @@ export function menuButton(
               disabled: it.disabled ?? false,
               onclick: (() => {
                 close(true);
-                it.run();
+                shown[i].run();
               }) as EventListener,
             },
             it.label,
@@ -162,12 +182,25 @@ export function menuButton(
         ),
       ),
     );
+  };
+  const open = (focusLast = false) => {
+    fillItems();
     menu.hidden = false;
     trigger.setAttribute("aria-expanded", "true");
     document.addEventListener("pointerdown", outside, true);
     const list = entries();
     (focusLast ? list[list.length - 1] : list[0])?.focus();
   };
+  // What the menu acts on changed (refreshMenu): an open menu shows the
+  // items that apply now, the focus staying on the same item if it still
+  // is one, rather than offering Disable on a token already disabled.
+  wrap.addEventListener(REFRESH, () => {
+    if (menu.hidden) return;
+    const focused = menu.contains(document.activeElement) ? document.activeElement?.textContent : undefined;
+    fillItems();
+    const list = entries();
+    if (focused !== undefined) (list.find((b) => b.textContent === focused) ?? list[0])?.focus();
+  });
   trigger.addEventListener("click", () => (menu.hidden ? open() : close(true)));
   trigger.addEventListener("keydown", (e) => {
     if (e.key === "ArrowDown" || e.key === "ArrowUp") {

@@ -12,7 +12,7 @@ import type { AuditEntry } from "../gen/apitokens/v1/common_pb";
 import { TokenStatus, type Token } from "../gen/apitokens/v1/tokens_pb";
 import type { Deletion } from "../live";
 import { tabSet } from "../tabs";
-import { menuButton, statusBadge, tokenIcon } from "../ui";
+import { menuButton, refreshMenu, statusBadge, tokenIcon } from "../ui";
 import { tokenActions } from "./actions";
 import { auditTrail } from "./audit";
 
@@ -91,6 +91,7 @@ export function detailsView(app: App, accountId: string, tokenId: string): Scree
     heading.textContent = name;
     crumbName.textContent = name;
     actions.hidden = !t || gone;
+    refreshMenu(actions);
     for (const el of actions.querySelectorAll("[aria-haspopup=menu], [role=menu]")) {
       el.setAttribute("aria-label", `Actions for API token ${name}`);
     }

@@ -6,7 +6,7 @@ import type { App, ListPrefs, Screen } from "../app";
 import { fill, h, timeEl, toDate } from "../dom";
 import { TokenStatus, type Token } from "../gen/apitokens/v1/tokens_pb";
 import type { Change } from "../live";
-import { menuButton, modulesSummary, statusBadge, tokenIcon } from "../ui";
+import { menuButton, refreshMenu, modulesSummary, statusBadge, tokenIcon } from "../ui";
 import { tokenActions } from "./actions";
 import { addTokenWizard } from "./wizard";
 
@@ -161,6 +161,7 @@ export function listView(app: App, accountId: string): Screen {
       rows.set(t.id, r);
     }
     fillRow(r, t);
+    refreshMenu(r.tr.querySelector(".menu-wrap"));
     const trigger = r.tr.querySelector<HTMLButtonElement>("[aria-haspopup=menu]");
     trigger?.setAttribute("aria-label", `Actions for API token ${t.name}`);
     return r.tr;
