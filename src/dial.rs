@@ -11,8 +11,9 @@
 //! often, the server's close overtakes its alert and all that is left is a
 //! broken pipe. All three are read here, once, for both callers.
 //!
-//! Owns the diagnosis and its wording. It must never put anything in a
-//! message but the flags and paths a [`Peer`] names: no file's contents.
+//! Owns the diagnosis and its wording, and the checks of a client's TLS
+//! files. It must never put a file's contents in a message: only its flag
+//! and path, and the words of the errors it explains.
 
 use std::error::Error as StdError;
 use std::path::Path;
@@ -33,9 +34,10 @@ pub struct Peer<'a> {
     /// none, the system's roots were used.
     pub ca_flag: &'a str,
     pub ca_file: Option<&'a Path>,
-    /// The flags for this client's certificate and key, and whether given.
+    /// The flags for this client's certificate and key, and their files
+    /// when given.
     pub cert_flags: (&'a str, &'a str),
-    pub has_cert: bool,
+    pub identity: Option<(&'a Path, &'a Path)>,
     /// What it trusts client certificates by: "its --trusted-ca-file".
     pub trusts: &'a str,
     /// Why it answered a TLS client with something else: "the members do
@@ -65,6 +67,17 @@ pub fn cause(peer: &Peer, e: &(dyn StdError + 'static)) -> Option<String> {
             }
         }
         if let Some(io) = io {
+            // tokio-rustls's words for a close before the handshake ended:
+            // no TLS server answered (etcd's cmux drops what it does not
+            // recognise), not a refused client certificate.
+            if io.kind() == std::io::ErrorKind::UnexpectedEof
+                && io.to_string() == "tls handshake eof"
+            {
+                return Some(format!(
+                    "TLS handshake failed: {} closed the connection before it finished: {}",
+                    peer.name, peer.not_tls
+                ));
+            }
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return Some(format!(
                     "connection refused: is {} listening there?",
@@ -132,7 +145,7 @@ fn dropped(e: &(dyn StdError + 'static)) -> bool {
 /// The peer refused this client's certificate, or its lack of one.
 fn client_cert_refused(peer: &Peer) -> String {
     let (cert, key) = peer.cert_flags;
-    if peer.has_cert {
+    if peer.identity.is_some() {
         format!(
             "{name} did not accept the client certificate ({cert}, {key}): is it signed by \
              the CA {name} trusts ({trusts}), and made for client authentication?",
@@ -147,8 +160,21 @@ fn client_cert_refused(peer: &Peer) -> String {
     }
 }
 
-/// A failed TLS handshake, named by which side refused and which flag to fix.
+/// A failed TLS handshake, named by which side refused and which flag to
+/// fix; or this client's own certificate and key, which rustls would not
+/// use (said without "handshake": none was tried).
 fn handshake(peer: &Peer, e: &rustls::Error) -> String {
+    if let Some((cert, key)) = peer.identity {
+        let ours = match e {
+            rustls::Error::InconsistentKeys(_) => true,
+            rustls::Error::InvalidCertificate(CertificateError::Other(_)) => is_v1(cert),
+            _ => false,
+        };
+        if ours {
+            let (cert_flag, key_flag) = peer.cert_flags;
+            return unusable_pair((cert_flag, cert), (key_flag, key), e);
+        }
+    }
     let subject = peer.certificate;
     let why = match e {
         rustls::Error::InvalidCertificate(
@@ -212,23 +238,63 @@ pub enum Holds {
     PrivateKey,
 }
 
-/// A PEM file's bytes; else why not (unreadable, not PEM, or without the
-/// block it must hold), naming the file but never quoting it.
+/// A PEM file's bytes; else why not (unreadable, not PEM, or without a
+/// block of what it must hold that rustls can read: an encrypted key, for
+/// one), naming the file but never quoting it.
 pub fn pem(path: &Path, holds: Holds) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let has = |label: &[u8]| bytes.windows(label.len()).any(|w| w == label);
-    if !has(b"-----BEGIN ") {
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(format!("{} is not a PEM file", path.display()));
     }
-    // "PRIVATE KEY-----" ends every key's label: PKCS#8, RSA, EC.
-    let (label, what): (&[u8], _) = match holds {
-        Holds::Certificate => (b"-----BEGIN CERTIFICATE-----", "certificate"),
-        Holds::PrivateKey => (b"PRIVATE KEY-----", "private key"),
+    let usable = match holds {
+        Holds::Certificate => CertificateDer::pem_slice_iter(&bytes)
+            .next()
+            .is_some_and(|c| c.is_ok()),
+        Holds::PrivateKey => PrivateKeyDer::from_pem_slice(&bytes).is_ok(),
     };
-    if !has(label) {
+    if !usable {
+        let what = match holds {
+            Holds::Certificate => "certificate",
+            Holds::PrivateKey => {
+                "private key it can use (an unencrypted PKCS#8, PKCS#1 or SEC1 key)"
+            }
+        };
         return Err(format!("{} holds no {what}", path.display()));
     }
     Ok(bytes)
+}
+
+/// Why rustls will not use a certificate with its key, naming the fix: an
+/// X.509 v1 certificate (what OpenSSL's `x509 -req` makes without
+/// extensions; rustls reads v3 only, and its own words blame a "peer"), or
+/// a key that is not the certificate's. `cert` and `key`: each one's flag
+/// and file.
+pub fn unusable_pair(cert: (&str, &Path), key: (&str, &Path), e: &rustls::Error) -> String {
+    let cert_said = format!("{} {}", cert.0, cert.1.display());
+    let key_said = format!("{} {}", key.0, key.1.display());
+    if is_v1(cert.1) {
+        return format!(
+            "{cert_said} is an X.509 v1 certificate, and TLS here takes v3 only: make it again \
+             with extensions (for `openssl x509 -req`, an -extfile with a subjectAltName)"
+        );
+    }
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            format!("{key_said} is not the private key of {cert_said}")
+        }
+        other => format!("{cert_said} with {key_said} cannot be used: {other}"),
+    }
+}
+
+/// Whether the first certificate in the PEM file at `path` is X.509 v1.
+fn is_v1(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|pem| x509_cert::Certificate::load_pem_chain(&pem).ok())
+        .and_then(|chain| chain.into_iter().next())
+        .is_some_and(|c| c.tbs_certificate().version() == x509_cert::certificate::Version::V1)
 }
 
 #[cfg(test)]
@@ -248,6 +314,7 @@ mod tests {
     impl StdError for Words {}
 
     fn peer(tls: bool, has_cert: bool) -> Peer<'static> {
+        let identity = (Path::new("c.pem"), Path::new("k.pem"));
         Peer {
             name: "the server",
             certificate: "the server's certificate",
@@ -256,7 +323,7 @@ mod tests {
             ca_flag: "--ca-file",
             ca_file: None,
             cert_flags: ("--client-cert", "--client-key"),
-            has_cert,
+            identity: has_cert.then_some(identity),
             trusts: "its --tls-client-ca",
             not_tls: "not TLS",
             plaintext_to_tls: "call it as https://",
@@ -325,6 +392,51 @@ mod tests {
         assert_eq!(
             cause(&peer(false, false), &pipe).unwrap(),
             "call it as https://"
+        );
+    }
+
+    /// A close before the handshake ended is no refused certificate: no
+    /// TLS server answered.
+    #[test]
+    fn a_close_during_the_handshake_says_no_tls_server_answered() {
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        for has_cert in [false, true] {
+            assert_eq!(
+                cause(&peer(true, has_cert), &eof).unwrap(),
+                "TLS handshake failed: the server closed the connection before it finished: \
+                 not TLS"
+            );
+        }
+    }
+
+    /// The X.509 v1 fixture was made by `openssl x509 -req -signkey`
+    /// without extensions.
+    #[test]
+    fn an_x509_v1_certificate_or_a_strange_key_is_named_by_its_flag() {
+        let v1 = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/x509-v1.pem"
+        ));
+        let key = Path::new("k.pem");
+        let said = rustls::Error::General("whatever rustls says".into());
+        let why = unusable_pair(("--tls-cert", v1), ("--tls-key", key), &said);
+        assert!(
+            why.contains("x509-v1.pem is an X.509 v1 certificate"),
+            "{why}"
+        );
+        let v3 = tempfile::NamedTempFile::new().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(v3.path(), cert.pem()).unwrap();
+        let mismatch = rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch);
+        assert_eq!(
+            unusable_pair(("--tls-cert", v3.path()), ("--tls-key", key), &mismatch),
+            format!(
+                "--tls-key k.pem is not the private key of --tls-cert {}",
+                v3.path().display()
+            )
         );
     }
 

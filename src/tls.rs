@@ -32,6 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
+use crate::dial;
 use crate::error::Error;
 use crate::listener::{Conn, RateLimitedWarning};
 use crate::telemetry;
@@ -105,9 +106,8 @@ impl Tls {
             }
         };
         let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            let cert = format!("--tls-cert {}", files.cert.display());
-            let key = format!("--tls-key {}", files.key.display());
-            Error::invalid("tls", unusable_pair(&cert, &pem, &key, &e))
+            let (cert, key) = (("--tls-cert", &*files.cert), ("--tls-key", &*files.key));
+            Error::invalid("tls", dial::unusable_pair(cert, key, &e))
         })?;
         // gRPC is HTTP/2, which browsers negotiate over TLS too; gRPC-Web
         // and the console also serve HTTP/1.1 clients, which announce it
@@ -198,31 +198,6 @@ fn reason(e: &io::Error) -> &'static str {
     }
 }
 
-/// Why rustls will not use a certificate with its key, naming the fix:
-/// an X.509 v1 certificate (what OpenSSL's `x509 -req` makes without
-/// extensions; rustls reads v3 only, and its own words blame a "peer"), or
-/// a key that is not the certificate's. `cert` and `key` say where each
-/// came from (a flag and a path); `cert_pem` is the certificate file.
-pub fn unusable_pair(cert: &str, cert_pem: &[u8], key: &str, e: &rustls::Error) -> String {
-    let first = x509_cert::Certificate::load_pem_chain(cert_pem).ok();
-    let v1 = first
-        .as_ref()
-        .and_then(|chain| chain.first())
-        .is_some_and(|c| c.tbs_certificate().version() == x509_cert::certificate::Version::V1);
-    if v1 {
-        return format!(
-            "{cert} is an X.509 v1 certificate, and TLS here takes v3 only: make it again \
-             with extensions (for `openssl x509 -req`, an -extfile with a subjectAltName)"
-        );
-    }
-    match e {
-        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-            format!("{key} is not the private key of {cert}")
-        }
-        other => format!("{cert} with {key} cannot be used: {other}"),
-    }
-}
-
 /// When the first certificate in `pem` expires, in Unix seconds.
 fn not_after(pem: &[u8]) -> Option<f64> {
     let chain = x509_cert::Certificate::load_pem_chain(pem).ok()?;
@@ -241,34 +216,5 @@ mod tests {
         // 2031-05-17T00:00:00Z
         assert_eq!(super::not_after(pem.as_bytes()), Some(1_936_742_400.0));
         assert_eq!(super::not_after(b"not a certificate"), None);
-    }
-
-    /// rustls's words for a v1 certificate blame a "peer"; its own file is
-    /// named instead, with the fix. (The fixture: `openssl x509 -req
-    /// -signkey` without extensions.)
-    #[test]
-    fn an_x509_v1_certificate_is_named_as_such_whatever_rustls_says() {
-        let v1 = include_bytes!("../tests/fixtures/x509-v1.pem");
-        let said = rustls::Error::General("whatever".into());
-        let why = super::unusable_pair("--tls-cert c.pem", v1, "--tls-key k.pem", &said);
-        assert!(
-            why.starts_with("--tls-cert c.pem is an X.509 v1 certificate"),
-            "{why}"
-        );
-        let v3 = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&rcgen::KeyPair::generate().unwrap())
-            .unwrap()
-            .pem();
-        let mismatch = rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch);
-        assert_eq!(
-            super::unusable_pair(
-                "--tls-cert c.pem",
-                v3.as_bytes(),
-                "--tls-key k.pem",
-                &mismatch
-            ),
-            "--tls-key k.pem is not the private key of --tls-cert c.pem"
-        );
     }
 }

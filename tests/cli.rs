@@ -523,6 +523,22 @@ async fn the_local_operator_secret_goes_to_a_local_server_only() {
         stderr.contains("this call sent no credential: give --token-file"),
         "{stderr}"
     );
+    // An empty token file is a mistake, said before calling (it used to
+    // send an empty bearer).
+    let empty = Command::new(BIN)
+        .args([
+            "tokens",
+            "list",
+            "--token-file",
+            "/dev/null",
+            "--server",
+            &p.url(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert_eq!(empty.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/dev/null is empty"), "{stderr}");
 }
 
 /// `tokend …` with the server's operator credential, which must succeed.

@@ -62,7 +62,12 @@ function channelCredentials() {
   const read = (flag, label) => {
     const file = args[flag];
     if (!file) return null;
-    const data = readFileSync(file);
+    let data;
+    try {
+      data = readFileSync(file);
+    } catch (e) {
+      usage(`--${flag}: ${e.message}`);
+    }
     if (!data.includes(`${label}-----`)) usage(`--${flag}: ${file} holds no PEM ${label.toLowerCase()}`);
     return data;
   };
@@ -74,7 +79,7 @@ function isLoopback(hostPort) {
   const host = hostPort.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   if (host === "localhost") return true;
   if (isIP(host) === 4) return host.startsWith("127.");
-  return host === "::1";
+  return host === "::1" || hostPort === "::1";
 }
 
 const definition = protoLoader.loadSync(

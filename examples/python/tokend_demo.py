@@ -84,7 +84,10 @@ def channel_for(parser, args):
         for a wrong file says nothing of which)."""
         if not path:
             return None
-        data = pathlib.Path(path).read_bytes()
+        try:
+            data = pathlib.Path(path).read_bytes()
+        except OSError as e:
+            parser.error(f"{flag}: {e}")
         if f"{label}-----".encode() not in data:
             parser.error(f"{flag}: {path} holds no PEM {label.lower()}")
         return data

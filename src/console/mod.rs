@@ -93,7 +93,7 @@ fn peer(args: &ClientArgs) -> Peer<'_> {
         ca_flag: "--ca-file",
         ca_file: args.ca_file.as_deref(),
         cert_flags: ("--client-cert", "--client-key"),
-        has_cert: args.client_cert.is_some(),
+        identity: args.client_cert.as_deref().zip(args.client_key.as_deref()),
         trusts: "its --tls-client-ca",
         not_tls: "the server does not speak TLS: is it plaintext (http://)?",
         plaintext_to_tls: "the server dropped the connection at once, as one serving TLS \
@@ -167,30 +167,25 @@ fn with_tls(args: &ClientArgs, endpoint: Endpoint) -> Result<Endpoint, Failure> 
         )?)),
         None => tls.with_native_roots(),
     };
-    let mut identity = None;
     if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        let cert_pem = read("--client-cert", cert, Holds::Certificate)?;
-        let key_pem = read("--client-key", key, Holds::PrivateKey)?;
-        tls = tls.identity(Identity::from_pem(&cert_pem, key_pem));
-        identity = Some((cert, cert_pem, key));
+        tls = tls.identity(Identity::from_pem(
+            read("--client-cert", cert, Holds::Certificate)?,
+            read("--client-key", key, Holds::PrivateKey)?,
+        ));
     }
     endpoint.tls_config(tls).map_err(|e| {
-        let rustls = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        })
-        .find_map(|e| e.downcast_ref::<rustls::Error>());
-        if let (Some(e), Some((cert, cert_pem, key))) = (rustls, &identity) {
-            let cert = format!("--client-cert {}", cert.display());
-            let key = format!("--client-key {}", key.display());
-            return usage(crate::tls::unusable_pair(&cert, cert_pem, &key, e));
-        }
-        let why = dial::chain(e.to_string(), std::error::Error::source(&e));
-        let roots = if args.ca_file.is_none() {
-            " (without --ca-file, the system's CA roots: has this machine any?)"
-        } else {
-            ""
-        };
-        usage(format!("TLS to {}: {why}{roots}", args.server))
+        // A certificate rustls will not use is said with its flag; what is
+        // left (the files were checked) is the system's roots.
+        let why = dial::cause(&peer(args), &e).unwrap_or_else(|| {
+            let said = dial::chain(e.to_string(), std::error::Error::source(&e));
+            match args.ca_file {
+                None => format!(
+                    "{said} (without --ca-file, the system's CA roots: has this machine any?)"
+                ),
+                Some(_) => said,
+            }
+        });
+        usage(format!("TLS to {}: {why}", args.server))
     })
 }
 
@@ -202,12 +197,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 fn credential(args: &ClientArgs) -> Result<Option<String>, Failure> {
     Ok(match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.trim().to_string()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?
-                .trim()
-                .to_string(),
-        ),
+        (None, Some(path)) => {
+            let secret = std::fs::read_to_string(path)
+                .map_err(|e| fail(exit::USAGE, format!("cannot read {}: {e}", path.display())))?;
+            if secret.trim().is_empty() {
+                return Err(fail(exit::USAGE, format!("{} is empty", path.display())));
+            }
+            Some(secret.trim().to_string())
+        }
         // The local operator credential goes only to a local server,
         // never to whatever host --server happens to name.
         (None, None) if is_loopback(&args.server) => std::fs::read_to_string(LOCAL_OPERATOR_TOKEN)

@@ -157,7 +157,11 @@ fn peer(endpoints: &Endpoints) -> Peer<'_> {
         ca_flag: "--etcd-ca",
         ca_file: endpoints.security.ca.as_deref(),
         cert_flags: ("--etcd-cert", "--etcd-key"),
-        has_cert: endpoints.security.cert.is_some(),
+        identity: endpoints
+            .security
+            .cert
+            .as_deref()
+            .zip(endpoints.security.key.as_deref()),
         trusts: "its --trusted-ca-file",
         not_tls: "the members do not speak TLS: is the cluster plaintext (etcd://)?",
         plaintext_to_tls: "etcd dropped the connection at once, as a member serving TLS does \
