@@ -150,6 +150,18 @@ pub struct ClientArgs {
         global = true
     )]
     pub client_key: Option<PathBuf>,
+    /// How long a call waits for the server to answer (for `tokens watch`
+    /// and `snapshot save`, to start answering: they then run as long as
+    /// they need). A server that accepts the connection and never answers
+    /// would otherwise hang the command, and a script with it.
+    #[arg(
+        long,
+        env = "TOKEND_TIMEOUT",
+        default_value = "30s",
+        value_parser = positive_duration,
+        global = true
+    )]
+    pub timeout: Duration,
     /// Human tables, or JSON for scripts.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -165,6 +177,7 @@ impl std::fmt::Debug for ClientArgs {
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
+            .field("timeout", &self.timeout)
             .field("output", &self.output)
             .finish()
     }

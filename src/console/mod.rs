@@ -48,14 +48,32 @@ pub mod exit {
 pub struct Failure {
     pub code: i32,
     pub message: String,
-    /// A call the server closed the connection on without answering: what
-    /// that means depends on how it was called (TLS or not, a client
-    /// certificate or not), which [`finish`] knows.
-    unanswered: Option<Status>,
+    /// A call the server did not answer: what that means depends on how it
+    /// was called (TLS or not, a client certificate or not, the deadline),
+    /// which [`finish`] knows.
+    unanswered: Option<Unanswered>,
+}
+
+enum Unanswered {
+    /// The server closed the connection without an answer.
+    Closed(Status),
+    /// No answer within `--timeout`.
+    TimedOut,
 }
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Failure {
+        // The client's own deadline (`--timeout`) reads as a cancelled
+        // call too; its source says which.
+        let timed_out = std::iter::successors(std::error::Error::source(&s), |e| e.source())
+            .any(|e| e.is::<tonic::TimeoutExpired>());
+        if timed_out {
+            return Failure {
+                code: exit::UNAVAILABLE,
+                message: "no answer within --timeout".into(),
+                unanswered: Some(Unanswered::TimedOut),
+            };
+        }
         // A server that refuses the connection closes it: a TLS port, a
         // plaintext call; a TLS server, a client certificate it does not
         // take. The client reads that as a broken protocol, a transport
@@ -68,7 +86,7 @@ impl From<Status> for Failure {
             return Failure {
                 code: exit::UNAVAILABLE,
                 message: dial::chain(s.message().to_string(), std::error::Error::source(&s)),
-                unanswered: Some(s),
+                unanswered: Some(Unanswered::Closed(s)),
             };
         }
         let code = match s.code() {
@@ -230,7 +248,8 @@ impl Conn {
         };
         let endpoint = Channel::from_shared(args.server.clone())
             .map_err(|e| fail(exit::USAGE, format!("bad --server {}: {e}", args.server)))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(args.timeout);
         let endpoint = with_tls(args, endpoint)?;
         let channel = endpoint.connect().await.map_err(|e| {
             let why = dial::cause(&peer(args), &e)
@@ -323,7 +342,13 @@ fn finish(client: Option<&ClientArgs>, result: Result<(), Failure>) -> i32 {
         Ok(()) => exit::OK,
         Err(f) => {
             let message = match (&f.unanswered, client) {
-                (Some(status), Some(args)) => {
+                (Some(Unanswered::TimedOut), Some(args)) => format!(
+                    "{} accepted the connection but did not answer within {} (--timeout, \
+                     TOKEND_TIMEOUT): is it a tokend server, and not overloaded?",
+                    args.server,
+                    humantime::format_duration(args.timeout)
+                ),
+                (Some(Unanswered::Closed(status)), Some(args)) => {
                     let peer = peer(args);
                     let cause = dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer));
                     format!(
