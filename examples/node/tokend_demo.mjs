@@ -14,7 +14,10 @@
 // the `tokend` CLI, it reads ./tokend-data/operator.token by itself for a
 // server on this machine only, and calls a server started with --tls-cert
 // as https://host:port (--ca-file, else Node's bundled roots; --client-cert
-// and --client-key when it asks for client certificates).
+// and --client-key when it asks for client certificates). Each call has a
+// deadline (--timeout, 30 s): a server that never answers fails the call
+// rather than hang it. A failed call ends the example with its status code
+// and message.
 
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -39,12 +42,29 @@ const { values: args } = parseArgs({
     "ca-file": { type: "string", default: env.TOKEND_CA_FILE },
     "client-cert": { type: "string", default: env.TOKEND_CLIENT_CERT },
     "client-key": { type: "string", default: env.TOKEND_CLIENT_KEY },
+    // Each call's deadline, in seconds: `10` or the CLI's `10s`.
+    timeout: { type: "string", default: env.TOKEND_TIMEOUT ?? "30s" },
   },
 });
 const usage = (why) => {
   console.error(`tokend_demo: ${why}`);
   process.exit(2);
 };
+const timeoutMs = Number(args.timeout.replace(/s$/, "")) * 1000;
+if (!(timeoutMs > 0)) usage(`--timeout: '${args.timeout}' is not a number of seconds above zero, such as 10s`);
+
+// A call that failed ends the example with its status, not a stack trace
+// (anything else is a bug in this example: its stack is shown).
+process.on("uncaughtException", (err) => {
+  if (typeof err?.code !== "number" || !("details" in err)) {
+    console.error(err);
+    process.exit(1);
+  }
+  const code = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code) ?? err.code;
+  const hint = err.code === grpc.status.DEADLINE_EXCEEDED ? " (no answer within --timeout)" : "";
+  console.error(`tokend_demo: ${code}: ${err.details}${hint}`);
+  process.exit(1);
+});
 const tls = /^https:\/\//i.test(args.server);
 const target = args.server.replace(/^https?:\/\//i, "").replace(/\/$/, "");
 
@@ -117,10 +137,13 @@ auth.set("authorization", `Bearer ${secret}`);
 const tokens = new v1.TokenService(target, credentials);
 const accounts = new v1.AccountService(target, credentials);
 
-/** A unary call as a promise. */
+/** A unary call as a promise, with the credential and the deadline every
+ * call needs. */
 const call = (client, method, request) =>
   new Promise((resolve, reject) =>
-    client[method](request, auth, (err, response) => (err ? reject(err) : resolve(response))),
+    client[method](request, auth, { deadline: Date.now() + timeoutMs }, (err, response) =>
+      err ? reject(err) : resolve(response),
+    ),
   );
 
 /** The next events of a stream, one at a time (PROGRESS skipped). */
@@ -160,6 +183,7 @@ console.log(`created ${token.id} in ${account.id}`);
 assert.equal((await call(tokens, "VerifyToken", { secret: created.secret })).valid, true);
 
 // Watch the account from a snapshot: one SNAPSHOT per live token, SYNCED.
+// A stream runs as long as it is read: no deadline.
 const stream = tokens.WatchTokens({ account_id: account.id, send_initial: true }, auth);
 const next = events(stream);
 let e;

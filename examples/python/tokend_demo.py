@@ -14,7 +14,10 @@ deleted), so it needs an operator's secret, such as the one above. Like the
 `tokend` CLI, it reads ./tokend-data/operator.token by itself for a server
 on this machine only, and calls a server started with --tls-cert as
 https://host:port (--ca-file, else grpcio's own bundled roots; --client-cert
-and --client-key when it asks for client certificates).
+and --client-key when it asks for client certificates). Each call has a
+deadline (--timeout, 30 s): a server that never answers fails the call, as
+it would fail any gRPC client without one, rather than hang. A failed call
+ends the example with its status code and message.
 """
 
 import argparse
@@ -99,6 +102,17 @@ def channel_for(parser, args):
     return target, grpc.secure_channel(target, credentials)
 
 
+def seconds(text):
+    """--timeout: seconds, as `10` or the CLI's `10s`."""
+    try:
+        value = float(text.removesuffix("s"))
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above zero, such as 10s")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # The same flags and environment as the `tokend` CLI's; the server as
@@ -109,6 +123,8 @@ def main():
     parser.add_argument("--ca-file", default=env("TOKEND_CA_FILE"))
     parser.add_argument("--client-cert", default=env("TOKEND_CLIENT_CERT"))
     parser.add_argument("--client-key", default=env("TOKEND_CLIENT_KEY"))
+    parser.add_argument("--timeout", type=seconds, default=env("TOKEND_TIMEOUT", "30s"),
+                        help="each call's deadline, in seconds (30s)")
     args = parser.parse_args()
 
     target, channel = channel_for(parser, args)
@@ -122,23 +138,27 @@ def main():
     tokens = tokens_grpc.TokenServiceStub(channel)
     accounts = accounts_grpc.AccountServiceStub(channel)
 
+    def call(method, request):
+        """A unary call, with the credential and the deadline every call needs."""
+        return method(request, metadata=auth, timeout=args.timeout)
+
     try:
-        account = accounts.CreateAccount(accounts_pb2.CreateAccountRequest(
+        account = call(accounts.CreateAccount, accounts_pb2.CreateAccountRequest(
             name="Python Inc.", type=accounts_pb2.ACCOUNT_TYPE_CLIENT,
-            modules=["access-management", "commerce"]), metadata=auth)
+            modules=["access-management", "commerce"]))
     except grpc.RpcError as e:
         if e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             sys.exit(f"this example creates an account: give it an operator's secret "
                      f"(--token-file): {e.details()}")
         raise
-    created = tokens.CreateToken(tokens_pb2.CreateTokenRequest(
-        account_id=account.id, name="python-client", modules=["commerce"]), metadata=auth)
+    created = call(tokens.CreateToken, tokens_pb2.CreateTokenRequest(
+        account_id=account.id, name="python-client", modules=["commerce"]))
     token = created.token
     print(f"created {token.id} in {account.id}")
-    assert tokens.VerifyToken(tokens_pb2.VerifyTokenRequest(secret=created.secret),
-                              metadata=auth).valid
+    assert call(tokens.VerifyToken, tokens_pb2.VerifyTokenRequest(secret=created.secret)).valid
 
-    # Watch the account from a snapshot; events arrive on a background thread.
+    # Watch the account from a snapshot; events arrive on a background
+    # thread. A stream runs as long as it is read: no deadline.
     events = queue.Queue()
     stream = tokens.WatchTokens(tokens_pb2.WatchTokensRequest(
         account_id=account.id, send_initial=True), metadata=auth)
@@ -158,8 +178,7 @@ def main():
             synced = e.revision
     print(f"watching from revision {synced}")
 
-    deleted = tokens.DeleteToken(tokens_pb2.DeleteTokenRequest(
-        id=token.id, etag=token.etag), metadata=auth)
+    deleted = call(tokens.DeleteToken, tokens_pb2.DeleteTokenRequest(id=token.id, etag=token.etag))
     print(f"API token '{deleted.token.name}' ({deleted.token.id}) was deleted "
           f"at revision {deleted.revision}")
 
@@ -168,11 +187,10 @@ def main():
     assert e.token.id == token.id and e.revision == deleted.revision, e
     print(f"watcher saw DELETED {e.token.id} at revision {e.revision}")
 
-    result = tokens.VerifyToken(tokens_pb2.VerifyTokenRequest(secret=created.secret),
-                                metadata=auth)
+    result = call(tokens.VerifyToken, tokens_pb2.VerifyTokenRequest(secret=created.secret))
     assert not result.valid and result.result == tokens_pb2.VERIFY_RESULT_NOT_FOUND
     try:
-        tokens.GetToken(tokens_pb2.GetTokenRequest(id=token.id), metadata=auth)
+        call(tokens.GetToken, tokens_pb2.GetTokenRequest(id=token.id))
         sys.exit("a deleted token was still found")
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.NOT_FOUND, err
@@ -181,4 +199,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except grpc.RpcError as e:
+        hint = " (no answer within --timeout)" if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else ""
+        sys.exit(f"tokend_demo: {e.code().name}: {e.details()}{hint}")
