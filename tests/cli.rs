@@ -377,6 +377,19 @@ async fn history_prints_a_tokens_changes_newest_first() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // For people, a table: its head names the columns.
+    let table = String::from_utf8(cli(&p, &["tokens", "history", &t.id]).stdout).unwrap();
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert_eq!(
+        lines[0],
+        ["TIME", "REVISION", "TYPE", "TOKEN", "NAME", "ACTOR"],
+        "{table}"
+    );
+    assert_eq!(lines[1][2..4], ["UPDATED", &t.id[..]], "{table}");
 
     // A token that does not exist: NOT_FOUND's exit code, and a plain message.
     let missing = Command::new(BIN)

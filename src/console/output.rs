@@ -13,6 +13,15 @@ use serde_json::{Value, json};
 use crate::cli::Output;
 use crate::proto as pb;
 
+/// The head of a table of events ([`print_event`]'s columns), printed
+/// before the first: a watch's before anything happens. None for JSON,
+/// whose every line is an event.
+pub(super) fn print_event_header(out: Output) {
+    if out == Output::Table {
+        print_event_row(["TIME", "REVISION", "TYPE", "TOKEN", "NAME", "ACTOR"]);
+    }
+}
+
 pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
     let kind = name::<pb::EventType>(e.r#type);
     match out {
@@ -21,15 +30,20 @@ pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
             json!({"revision": e.revision, "type": kind, "token": e.token.as_ref().map(token_json), "actor": e.actor, "time": e.time.as_ref().map(rfc3339)})
         ),
         Output::Table => {
-            let t = e.token.clone().unwrap_or_default();
+            let t = e.token.as_ref();
             let at = e.time.as_ref().map(rfc3339).unwrap_or_default();
-            println!(
-                "{at:<20}  {:>8}  {:<9} {:<14} {:<30} {}",
-                e.revision, kind, t.id, t.name, e.actor
-            );
+            let revision = e.revision.to_string();
+            let (id, token_name) = t.map_or(("", ""), |t| (&t.id[..], &t.name[..]));
+            print_event_row([&at, &revision, kind, id, token_name, &e.actor]);
         }
     }
     let _ = std::io::stdout().flush();
+}
+
+/// One line of an event table: columns of fixed width (a watch cannot
+/// size them to rows it has not seen), the name's wider, the actor last.
+fn print_event_row([at, revision, kind, id, name, actor]: [&str; 6]) {
+    println!("{at:<20}  {revision:>8}  {kind:<9} {id:<14} {name:<30} {actor}");
 }
 
 /// A proto enum value as the console shows it: prost's `as_str_name()`

@@ -158,6 +158,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 Ok((r.events, r.next_page_token))
             })
             .await?;
+            output::print_event_header(out);
             for e in &events {
                 output::print_event(out, e);
             }

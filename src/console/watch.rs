@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use crate::cli::{EventTypeArg, Output};
 use crate::client::watch::{Follow, Start, Update};
 
-use super::output::print_event;
+use super::output::{print_event, print_event_header};
 use super::{Conn, Failure};
 
 /// Prints events as they come. After a dropped connection it resumes from
@@ -29,6 +29,7 @@ pub(super) async fn run(
     let mut follow = Follow::new(conn.tokens(), Start::from_revision(from.unwrap_or(0)))
         .account(account_id)
         .types(types.iter().map(|t| t.proto()));
+    print_event_header(out);
     loop {
         match follow.next().await {
             Update::Snapshot(e) | Update::Synced(e) | Update::Change(e) => print_event(out, &e),
