@@ -501,27 +501,14 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
 /// call and for a watch, instead of hanging the command and its script.
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_and_says_so() {
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = format!("http://{}", silent.local_addr().unwrap());
-    // Accepts every connection and keeps it open, saying nothing.
-    std::thread::spawn(move || {
-        let held: Vec<_> = silent.incoming().collect();
-        drop(held);
-    });
+    let server = format!("http://{}", silent_addr());
     let watch = ["tokens", "watch", "--account", "ACC-nothing"];
     let calls: [&[&str]; 3] = [&["tokens", "list"], &watch, &["accounts", "list"]];
     for call in calls {
-        let child = tokio::process::Command::new(BIN)
-            .args(call)
-            .args(["--token", "x", "--server", &server, "--timeout", "1s"])
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("{call:?} hung on a server that never answers"))
-            .unwrap();
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(call)
+            .args(["--token", "x", "--server", &server, "--timeout", "1s"]);
+        let out = output_within(cmd, Duration::from_secs(30), &format!("{call:?}")).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(6), "{call:?}: {stderr}");
         assert!(

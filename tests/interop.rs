@@ -144,28 +144,18 @@ async fn the_examples_call_over_mutual_tls_and_keep_the_local_secret_local() {
 /// without a deadline).
 #[tokio::test]
 async fn the_examples_give_up_on_a_server_that_never_answers() {
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = silent.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let held: Vec<_> = silent.incoming().collect();
-        drop(held);
-    });
+    let server = silent_addr().to_string();
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "not-a-secret").unwrap();
     for (program, script, timeout) in [
         ("python3", "python/tokend_demo.py", "1"),
         ("node", "node/tokend_demo.mjs", "1s"),
     ] {
-        let run = tokio::process::Command::new(program)
-            .arg(format!("{}/examples/{script}", env!("CARGO_MANIFEST_DIR")))
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg(format!("{}/examples/{script}", env!("CARGO_MANIFEST_DIR")))
             .args(["--server", &server, "--timeout", timeout, "--token-file"])
-            .arg(secret.path())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(60), run)
-            .await
-            .unwrap_or_else(|_| panic!("{script} hung on a server that never answers"))
-            .unwrap();
+            .arg(secret.path());
+        let out = output_within(cmd, Duration::from_secs(60), script).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{script}: {stderr}");
         assert!(

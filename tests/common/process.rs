@@ -58,6 +58,37 @@ pub fn free_addr() -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// A loopback address that accepts every connection and never answers:
+/// a wedged server, or another service's port. It stays open for the rest
+/// of the test process.
+pub fn silent_addr() -> std::net::SocketAddr {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    addr
+}
+
+/// `cmd`'s output, or a failure naming `what` if it has not ended within
+/// `limit` (it is killed then): for a client that must give up by itself.
+pub async fn output_within(
+    mut cmd: tokio::process::Command,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    let run = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung: still running after {limit:?}"))
+        .unwrap()
+}
+
 /// Starts tokend on `addr` (a port this test owns, e.g. for a restart).
 pub async fn spawn_tokend_at(dir: &Path, addr: std::net::SocketAddr, extra: &[&str]) -> Process {
     launch(serve_command(dir, addr, extra), dir, addr)
