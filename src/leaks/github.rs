@@ -217,8 +217,17 @@ async fn report(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
                 .collect();
             axum::Json(labels).into_response()
         }
+        // Too many secrets in one report: sending it again cannot help.
+        Err(
+            e @ Error::InvalidArgument {
+                field: "secrets", ..
+            },
+        ) => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        // Any other refusal of the report itself (none today): sending it
+        // again cannot help either.
         Err(e @ Error::InvalidArgument { .. }) => {
-            (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
+            tracing::warn!(error = %e, "leak report refused");
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
         }
         Err(e) => {
             tracing::warn!(error = %e, "leak report could not be acted on; the reporter will retry");
