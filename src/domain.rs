@@ -16,10 +16,11 @@ use std::time::{Duration, SystemTime};
 use crate::error::Error;
 
 /// A position in the one global, ordered history of committed changes.
-/// Revisions only increase. On the embedded store they are consecutive; on
-/// etcd they are etcd's own and skip the numbers etcd spends on writes that
-/// are not events, which is why watch streams judge gaps by each event's
-/// predecessor, never by `revision == last + 1` (see [`crate::hub`]).
+/// Revisions only increase. On the embedded store they are consecutive (but
+/// for the jump a restored store starts with: `store::snapshot::RESTORE_GAP`);
+/// on etcd they are etcd's own and skip the numbers etcd spends on writes
+/// that are not events, which is why watch streams judge gaps by each
+/// event's predecessor, never by `revision == last + 1` (see [`crate::hub`]).
 /// Revision 0 means "nothing yet".
 pub type Revision = u64;
 

@@ -424,7 +424,9 @@ async fn history_says_when_a_trails_start_was_compacted() {
     }
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("were compacted and are not shown"),
+        stderr.contains(
+            "are no longer kept (compacted, or made before the store was restored) and are not shown"
+        ),
         "{stderr}"
     );
     assert!(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokend::proto as pb;
-use tokend::store::snapshot::Snapshot;
+use tokend::store::snapshot::{RESTORE_GAP, Snapshot};
 use tonic::Code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokend");
@@ -297,6 +297,15 @@ async fn a_restored_store_answers_as_the_original_did() {
         "{}",
         ran.stdout
     );
+    // The restored store numbers its changes past any the original may
+    // have made since the snapshot.
+    let head = r + RESTORE_GAP as i64;
+    assert!(
+        ran.stdout
+            .contains(&format!("its next change is revision {}", head + 1)),
+        "{}",
+        ran.stdout
+    );
     let q = serve_restored(dir.path(), &restored).await;
     let mut c = q.tokens().await;
     for (id, t) in &before {
@@ -315,12 +324,20 @@ async fn a_restored_store_answers_as_the_original_did() {
         assert_eq!(v.result, pb::VerifyResult::NotFound as i32);
     }
     // History before the snapshot is gone: OUT_OF_RANGE, never a replay.
-    assert_eq!(watch_refusal(&mut c, 1).await, Code::OutOfRange);
-    assert_eq!(watch_refusal(&mut c, r).await, Code::OutOfRange);
-    // Revisions continue after R, and new ids are new.
-    let mut live = watch_from(&mut c, r + 1).await;
+    // So is every revision the original may have written after it: a
+    // watcher or cache of the original that heard R + 5 there must re-sync,
+    // not wait for the restored store's own R + 5 and take it for the next.
+    for from in [1, r, r + 1, r + 5, head] {
+        assert_eq!(
+            watch_refusal(&mut c, from).await,
+            Code::OutOfRange,
+            "from {from}"
+        );
+    }
+    // Revisions continue after the restored head, and new ids are new.
+    let mut live = watch_from(&mut c, head + 1).await;
     let used: BTreeSet<&String> = before.keys().collect();
-    let mut prev = r;
+    let mut prev = head;
     for i in 0..20 {
         let (t, _) = create_token(&mut c, &acc.id, &format!("new {i}")).await;
         assert!(!used.contains(&t.id), "{} issued again", t.id);
@@ -329,6 +346,8 @@ async fn a_restored_store_answers_as_the_original_did() {
         prev = e.revision;
         assert_eq!(e.token.unwrap().id, t.id);
     }
+    // Its own changes took no number the original's watchers may hold.
+    assert_eq!(watch_refusal(&mut c, r + 1).await, Code::OutOfRange);
     // A restored record takes writes under the etag it had before.
     let (id, t) = before
         .iter()
@@ -681,8 +700,11 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
     for (live, secret) in &secrets {
         assert_eq!(verify(&mut c2, secret).await.valid, *live);
     }
-    assert_eq!(watch_refusal(&mut c, r_a).await, Code::OutOfRange);
-    let mut live = watch_from(&mut c2, r_a + 1).await;
+    let head_a = r_a + RESTORE_GAP as i64;
+    for from in [r_a, r_a + 1, head_a] {
+        assert_eq!(watch_refusal(&mut c, from).await, Code::OutOfRange);
+    }
+    let mut live = watch_from(&mut c2, head_a + 1).await;
     // (Tokens of the test's account: never the operator's, which the
     // calls authenticate with.)
     // Writes on B: a restored token updated under its old etag, one
@@ -710,7 +732,7 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
         "{} issued again",
         fresh.id
     );
-    let mut prev = r_a;
+    let mut prev = head_a;
     for id in [kept, gone, &fresh.id] {
         let e = next_change(&mut live).await;
         assert!(e.revision > prev, "revision {} after {prev}", e.revision);
@@ -745,11 +767,14 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
     let cc = serve_restored(&a_dir, &c_dir).await;
     let mut c = cc.tokens().await;
     assert_same(&records(&mut c).await, &state_b, "back on sled");
-    assert_eq!(watch_refusal(&mut c, r_b).await, Code::OutOfRange);
-    let mut live = watch_from(&mut c, r_b + 1).await;
+    let head_b = r_b + RESTORE_GAP as i64;
+    for from in [r_b, r_b + 1, head_b] {
+        assert_eq!(watch_refusal(&mut c, from).await, Code::OutOfRange);
+    }
+    let mut live = watch_from(&mut c, head_b + 1).await;
     let (newest, _) = create_token(&mut c, &acc.id, "back on sled").await;
     assert!(!state_b.contains_key(&newest.id));
-    assert_eq!(next_change(&mut live).await.revision, r_b + 1);
+    assert_eq!(next_change(&mut live).await.revision, head_b + 1);
 
     // A prefix whose restore stopped half-way is refused, in one line.
     cluster.etcdctl(

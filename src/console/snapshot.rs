@@ -97,6 +97,11 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
                 started.elapsed()
             );
             println!(
+                "its next change is revision {}: watchers and caches of the original resuming \
+                 from any revision before it re-sync",
+                snapshot.restored_head() + 1
+            );
+            println!(
                 "the snapshot holds no operator.token: copy it into the data dir, or serve with --operator-token-file"
             );
             Ok(())

@@ -163,12 +163,14 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 output::print_event(out, e);
             }
             // A trail that does not reach the token's creation lost its
-            // start to compaction: said, as the web console says it, on
-            // stderr so that the printed events stay what a script reads.
+            // start to compaction, or to a restore (a snapshot keeps no
+            // history): said, as the web console says it, on stderr so
+            // that the printed events stay what a script reads.
             let created = pb::EventType::Created as i32;
             if events.last().is_none_or(|e| e.r#type != created) {
                 eprintln!(
-                    "note: the changes before revision {} were compacted and are not shown; \
+                    "note: the changes before revision {} are no longer kept (compacted, or \
+                     made before the store was restored) and are not shown; \
                      `tokend tokens get {id}` (--show-deleted once deleted) still says who \
                      created the token and when",
                     oldest.get()

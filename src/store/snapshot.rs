@@ -20,10 +20,13 @@
 //!
 //! Records are the JSON shapes of `record.rs`, the storage format of both
 //! backends. The last line is the SHA-256 of every byte before it: a flipped
-//! byte or a cut-off file fails it. The snapshot keeps no event history: a
-//! store restored from it starts its log after revision R, so a watcher
-//! resuming from R or earlier gets OUT_OF_RANGE (compacted), never a
-//! replay that would be wrong. Last-access times are not kept either.
+//! byte or a cut-off file fails it. The snapshot keeps no event history,
+//! and a store restored from it starts its log [`RESTORE_GAP`] revisions
+//! after R ([`Snapshot::restored_head`]): a watcher resuming from R or
+//! earlier, or from a revision the original store wrote after the snapshot,
+//! gets OUT_OF_RANGE (compacted), never a replay that would be wrong, nor
+//! the restored store's own changes under numbers it already holds. Last-access times
+//! are not kept either.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -37,6 +40,20 @@ use super::record::{self, AccountRecord, TokenRecord};
 use crate::domain::{Account, Revision, Token, TokenId};
 use crate::secret::SecretHash;
 use crate::state::State;
+
+/// How many revisions a restored store skips past the snapshot's. The store
+/// the snapshot came from may have gone on writing after it, and its
+/// watchers and caches hold those revisions: had the restored store
+/// numbered its own changes from R + 1, one resuming from R + 5 would skip
+/// the restored store's first four changes and take its fifth for the
+/// change it was waiting for. Past the gap, every such revision is below
+/// the restored store's oldest, so resuming from it is refused as
+/// compacted, and the caller re-syncs (etcd's `snapshot restore
+/// --bump-revision --mark-compacted`, made the default). A trillion: more
+/// than the original could write after the snapshot (a year and a half at
+/// the benchmark's top rate), and room for millions of restores in an
+/// `int64`.
+pub const RESTORE_GAP: Revision = 1_000_000_000_000;
 
 /// Records reserved up front at most, whatever a header claims.
 const PREALLOCATE: usize = 1 << 16;
@@ -162,6 +179,13 @@ pub fn write(
 }
 
 impl Snapshot {
+    /// The revision a store restored from this snapshot is at: its next
+    /// change is the one after, and nothing at or below it is served as
+    /// history ([`RESTORE_GAP`]).
+    pub fn restored_head(&self) -> Revision {
+        self.revision + RESTORE_GAP
+    }
+
     /// Reads and checks a whole snapshot file: what it is, its checksum
     /// (before anything else is believed), its version, every record, and
     /// that the secret index names live tokens only. The error says what is

@@ -3,11 +3,12 @@
 //! revisions start in etcd's.
 //!
 //! etcd numbers its revisions itself and no client can set them, yet a
-//! restored store must continue after the snapshot's revision (a watcher
+//! restored store must continue after the snapshot's revision, and past
+//! any the original wrote since (`Snapshot::restored_head`: a watcher
 //! holding revision R must never be told of an older one as new), and
 //! the restore's own puts are not events anyone may replay. So a restore
-//! ends with one transaction that writes `m/origin` (the snapshot's
-//! revision R) beside `m/head`: from then on, tokend revision = etcd
+//! ends with one transaction that writes `m/origin` (the restored head R)
+//! beside `m/head`: from then on, tokend revision = etcd
 //! revision + (R − that transaction's etcd revision), and etcd's history up
 //! to it is below the oldest revision tokend serves. A prefix tokend made
 //! itself has no origin: the two numberings are the same.
@@ -78,7 +79,7 @@ struct OriginRecord {
     /// Set while a restore is writing records; gone when it is finished.
     #[serde(rename = "restoring", default, skip_serializing_if = "is_false")]
     restoring: bool,
-    /// The snapshot's revision: the tokend revision of this key's own put.
+    /// The restored store's head: the tokend revision of this key's own put.
     #[serde(rename = "revision", default)]
     revision: Revision,
 }
@@ -152,7 +153,7 @@ impl EtcdStore {
         }
         let mark = encode(&OriginRecord {
             restoring: true,
-            revision: snapshot.revision,
+            revision: snapshot.restored_head(),
         });
         let nothing_yet = [
             Compare::create_revision(keys.origin(), CompareOp::Equal, 0),
@@ -186,11 +187,12 @@ impl EtcdStore {
         }
 
         // Last, together: the page key (a replica opening the prefix finds
-        // it and keeps it), the head and the origin, both at the snapshot's
-        // revision by definition.
+        // it and keeps it), the head and the origin, both at the restored
+        // store's head (past the snapshot's revision: `RESTORE_GAP`) by
+        // definition.
         let origin = encode(&OriginRecord {
             restoring: false,
-            revision: snapshot.revision,
+            revision: snapshot.restored_head(),
         });
         let done = txn(
             &client,

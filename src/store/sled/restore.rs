@@ -1,13 +1,14 @@
 //! Restoring a snapshot into a new sled data dir (`tokend snapshot restore`).
 //!
 //! Owns writing a checked [`Snapshot`] as the layout of `layout.rs`: the
-//! format marker, the revision counter (the snapshot's, so the next commit
-//! continues after it), the page key, every account and token (tombstones
-//! included, and every token's number marked issued, so their ids are never
-//! issued again; each live one with its secret's hash); no
-//! events, so the restored log starts after the snapshot's revision. The
-//! dir is built beside the target under a temporary name and renamed into
-//! place once flushed and synced: a failure leaves no half-restored data dir.
+//! format marker, the revision counter (past the snapshot's, by
+//! `RESTORE_GAP`: the next commit comes after any revision the original
+//! store may have written since), the page key, every account and token
+//! (tombstones included, and every token's number marked issued, so their
+//! ids are never issued again; each live one with its secret's hash); no
+//! events, so the restored log starts after its head. The dir is built
+//! beside the target under a temporary name and renamed into place once
+//! flushed and synced: a failure leaves no half-restored data dir.
 //! It must never write into a directory that holds anything.
 
 use std::path::{Path, PathBuf};
@@ -99,7 +100,7 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
     }
     set_tombstone_counts(&tree, &counts, s.revision).map_err(failed)?;
     tree.insert(K_PAGE_KEY, &s.page_key[..]).map_err(failed)?;
-    tree.insert(K_REVISION, &s.revision.to_be_bytes()[..])
+    tree.insert(K_REVISION, &s.restored_head().to_be_bytes()[..])
         .map_err(failed)?;
     // Last: a dir without the marker is refused at open, never taken as new.
     tree.insert(K_FORMAT, format::CURRENT).map_err(failed)?;
