@@ -458,13 +458,43 @@ async fn a_non_empty_target_is_refused_and_an_empty_one_used() {
         std::fs::write(target.join("notes.txt"), "mine").unwrap();
         let ran = restore(&file, &target).await;
         assert_ne!(ran.code, 0);
-        assert!(ran.stderr.contains("is not empty"), "{}", ran.stderr);
+        assert!(
+            ran.stderr.contains("is not empty (it holds notes.txt)"),
+            "{}",
+            ran.stderr
+        );
         let left: Vec<_> = std::fs::read_dir(&target).unwrap().collect();
         assert_eq!(left.len(), 1);
         assert_eq!(
             std::fs::read_to_string(target.join("notes.txt")).unwrap(),
             "mine"
         );
+        // The root of a file system, as a Kubernetes volume mounted as the
+        // data dir is, holds lost+found: the store goes beside it, and
+        // lost+found is left as it was.
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(volume.join("lost+found")).unwrap();
+        std::fs::write(volume.join("lost+found/#1234"), "fsck's").unwrap();
+        let ran = restore(&file, &volume).await;
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        let mut names: Vec<_> = std::fs::read_dir(&volume)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["db", "lost+found"]);
+        assert_eq!(
+            std::fs::read_to_string(volume.join("lost+found/#1234")).unwrap(),
+            "fsck's"
+        );
+        std::fs::copy(
+            dir.path().join("server/operator.token"),
+            volume.join("operator.token"),
+        )
+        .unwrap();
+        let p = spawn_tokend(&volume, &[]).await;
+        assert_eq!(records(&mut p.tokens().await).await.len(), 6);
+        drop(p);
     }
     // The server's own store (its data dir, or its etcd prefix) is not
     // empty either, and is left as it was.

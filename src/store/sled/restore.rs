@@ -6,12 +6,13 @@
 //! store may have written since), the page key, every account and token
 //! (tombstones included, and every token's number marked issued, so their
 //! ids are never issued again; each live one with its secret's hash); no
-//! events, so the restored log starts after its head. The dir is built
-//! beside the target under a temporary name and renamed into place once
+//! events, so the restored log starts after its head. The store is built
+//! in the target under a temporary name and renamed into place once
 //! flushed and synced: a failure leaves no half-restored data dir.
-//! It must never write into a directory that holds anything.
+//! It must never write into a directory that holds anything but a file
+//! system's `lost+found`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::layout::{
     Accessed, K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts,
@@ -25,49 +26,78 @@ use crate::store::snapshot::Snapshot;
 
 impl SledStore {
     /// Writes `snapshot` as a new data dir at `dir`, which must be missing or
-    /// an empty directory. Returns once it is on disk (flushed, fsynced, the
-    /// names too).
+    /// empty (but for a file system's own `lost+found`: a Kubernetes volume
+    /// mounted as the data dir has one). Returns once it is on disk
+    /// (flushed, fsynced, the names too).
     pub fn restore_into(dir: &Path, snapshot: &Snapshot) -> Result<(), Error> {
         let refuse = |m: String| Error::invalid("data-dir", m);
-        match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
-            Ok(true) => {
-                return Err(refuse(format!(
-                    "{} is not empty: a snapshot is restored only into an empty data dir",
-                    dir.display()
-                )));
+        let created = match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let held: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| !is_lost_and_found(e))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                if !held.is_empty() {
+                    return Err(refuse(format!(
+                        "{} is not empty (it holds {}): a snapshot is restored only into an \
+                         empty data dir",
+                        dir.display(),
+                        named(held)
+                    )));
+                }
+                false
             }
-            Ok(false) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| io_error(&format!("creating {}", dir.display()), e))?;
+                true
+            }
             Err(e) => return Err(refuse(format!("cannot read {}: {e}", dir.display()))),
-        }
-        let name = dir
-            .file_name()
-            .ok_or_else(|| refuse(format!("{} names no directory", dir.display())))?;
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
         };
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| io_error(&format!("creating {}", parent.display()), e))?;
-        let mut tmp_name = name.to_os_string();
-        tmp_name.push(format!(".restoring-{}", std::process::id()));
-        let tmp = parent.join(tmp_name);
-        let result = write_dir(&tmp, snapshot).and_then(|()| {
-            // rename(2) replaces an empty directory, or takes a free name.
-            std::fs::rename(&tmp, dir)
-                .map_err(|e| io_error(&format!("renaming into {}", dir.display()), e))?;
-            sync_names(dir, true).map_err(|e| {
+        // Built inside the target, then moved into place with one rename:
+        // the target may be the root of a file system (that volume), and a
+        // rename cannot cross into it from its parent.
+        let staging = dir.join(format!(".restoring-{}", std::process::id()));
+        let db = dir.join("db");
+        let result = write_dir(&staging, snapshot).and_then(|()| {
+            std::fs::rename(staging.join("db"), &db)
+                .map_err(|e| io_error(&format!("moving the store into {}", dir.display()), e))?;
+            let _ = std::fs::remove_dir(&staging);
+            sync_names(dir, created).map_err(|e| {
                 // Whole but perhaps not durable under its name: a later
                 // serve must not take it for a finished restore.
-                let _ = std::fs::remove_dir_all(dir);
+                let _ = std::fs::remove_dir_all(&db);
                 io_error(&format!("syncing {}", dir.display()), e)
             })
         });
         if result.is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
+            let _ = std::fs::remove_dir_all(&staging);
+            if created {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
         result
     }
+}
+
+/// A file system's own `lost+found` directory, which a data dir on the
+/// root of one holds from the start and tokend never touches (its owner
+/// is root: tokend may not even read it).
+fn is_lost_and_found(entry: &std::fs::DirEntry) -> bool {
+    entry.file_name() == "lost+found" && entry.file_type().is_ok_and(|t| t.is_dir())
+}
+
+/// The first few names, for a refusal.
+fn named(mut names: Vec<String>) -> String {
+    names.sort();
+    let more = names.len().saturating_sub(3);
+    names.truncate(3);
+    let mut said = names.join(", ");
+    if more > 0 {
+        said.push_str(&format!(" and {more} more"));
+    }
+    said
 }
 
 fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
