@@ -65,6 +65,10 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
             format!("{} holds no tokend store", data_dir.display()),
         ));
     }
+    // Before sled opens it: an open allocates a new log segment (half a
+    // megabyte), which a figure taken after would count as space the
+    // compaction gave back.
+    let bytes_before = dir_bytes(&db_dir);
     let old = open(&db_dir).map_err(|e| {
         let hint = if super::open::is_locked(&e) {
             " (is a tokend serving it? compact a stopped server's data dir)"
@@ -91,7 +95,6 @@ fn compact(data_dir: &Path) -> Result<Compacted, Error> {
         None => return Err(corrupt("store", "records without a format marker")),
     }
     drop(tree);
-    let bytes_before = dir_bytes(&db_dir);
 
     let copy_dir = data_dir.join(COMPACTING);
     remove_if_present(&copy_dir)?;
