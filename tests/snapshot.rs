@@ -445,6 +445,36 @@ async fn corrupt_truncated_and_foreign_files_are_refused_writing_nothing() {
 
 /// (4) A target that holds anything is refused and left as it was; an
 /// empty one is used.
+/// A save whose file cannot be written fails before it downloads anything
+/// (the server named here is not even there), and one that fails later
+/// leaves no temp file beside its target.
+#[tokio::test]
+async fn a_save_that_cannot_write_fails_before_asking_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = "http://127.0.0.1:1";
+    let save_to = |file: &Path| {
+        let file = file.display().to_string();
+        let args = [
+            "snapshot", "save", &file, "--server", nowhere, "--token", "x",
+        ];
+        tokend(args.iter().map(|s| s.to_string()).collect())
+    };
+    let missing = dir.path().join("no/such/dir/backup.snap");
+    let ran = save_to(&missing).await;
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains(&format!("cannot write {}: No such file", missing.display())),
+        "{}",
+        ran.stderr
+    );
+    let writable = dir.path().join("backup.snap");
+    let ran = save_to(&writable).await;
+    assert_eq!(ran.code, 6, "{}", ran.stderr);
+    assert!(ran.stderr.contains("cannot reach"), "{}", ran.stderr);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_empty_target_is_refused_and_an_empty_one_used() {
     let dir = tempfile::tempdir().unwrap();

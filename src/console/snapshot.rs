@@ -2,10 +2,10 @@
 //! into a new data dir (format and what a snapshot holds:
 //! `crate::store::snapshot`).
 //!
-//! Owns the files: `save` checks what the server sent (checksum and every
-//! record) before the file exists, and writes it atomically (a temp file in
-//! the same dir, fsync, rename, fsync of the dir) with mode 0600, since it
-//! holds secret hashes. `restore` checks the whole file before it creates
+//! Owns the files: `save` makes its temp file (mode 0600, since a snapshot
+//! holds secret hashes) beside the target before it asks the server for
+//! anything, checks what the server sent (checksum and every record), and
+//! only then gives it the target's name (fsync, rename, fsync of the dir). `restore` checks the whole file before it creates
 //! anything. It must never leave a half-written snapshot under the final
 //! name, nor write anything from a file that failed its checks.
 
@@ -24,6 +24,15 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
     match cmd {
         SnapshotCommand::Save { client, file } => {
             let started = Instant::now();
+            let cannot_write = |e: std::io::Error| {
+                fail(
+                    exit::FAILED,
+                    format!("cannot write {}: {e}", file.display()),
+                )
+            };
+            // Before anything is downloaded: a path that cannot be written
+            // fails at once, not after the whole store crossed the wire.
+            let staged = Staged::create(&file).map_err(cannot_write)?;
             let conn = Conn::open(&client).await?;
             let mut chunks = conn
                 .accounts()
@@ -37,12 +46,7 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
             let summary = Snapshot::decode(&bytes)
                 .map_err(|e| fail(exit::FAILED, format!("the server sent a bad snapshot: {e}")))?
                 .summary();
-            write_atomically(&file, &bytes).map_err(|e| {
-                fail(
-                    exit::FAILED,
-                    format!("cannot write {}: {e}", file.display()),
-                )
-            })?;
+            staged.commit(&bytes).map_err(cannot_write)?;
             match client.output {
                 Output::Json => println!(
                     "{}",
@@ -144,33 +148,62 @@ fn describe(s: &Summary) -> String {
     )
 }
 
-/// A temp file beside `file`, written and synced, renamed over it, and the
-/// rename made durable by syncing the directory.
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = file
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
+/// A snapshot's file while it is made: a temp file beside it (mode 0600),
+/// written and synced, then renamed over it, and the rename made durable by
+/// syncing the directory. Removed if dropped unfinished.
+struct Staged {
+    file: PathBuf,
+    dir: PathBuf,
+    tmp: PathBuf,
+    /// `None` once renamed into place.
+    out: Option<std::fs::File>,
+}
+
+impl Staged {
+    fn create(file: &Path) -> std::io::Result<Staged> {
+        let dir = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = file
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{}", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        let out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(Staged {
+            file: file.to_path_buf(),
+            dir,
+            tmp,
+            out: Some(out),
+        })
     }
-    written
+
+    fn commit(mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut out = self.out.take().expect("committed once");
+        let written = (|| {
+            out.write_all(bytes)?;
+            out.sync_all()?;
+            std::fs::rename(&self.tmp, &self.file)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        written?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
