@@ -124,6 +124,34 @@ pub fn closed(peer: &Peer) -> String {
     }
 }
 
+/// Whether the plaintext server at `authority` (`host:port`) answers an
+/// HTTP/2 client in HTTP/1: a web server's port, not a gRPC one. Asked only
+/// to explain a connection closed at once, which h2 reads the same way from
+/// an HTTP/1 server's status line as from a TLS server's alert: it asks
+/// for `/` in HTTP/1.1 and reads the first bytes of the answer (a second
+/// at most), a status line or an alert.
+pub fn answers_http1(authority: &str) -> bool {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    let Some(addr) = authority.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, WAIT) else {
+        return false;
+    };
+    let mut head = [0u8; 5];
+    stream.set_read_timeout(Some(WAIT)).is_ok()
+        && stream.set_write_timeout(Some(WAIT)).is_ok()
+        && write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        )
+        .is_ok()
+        && stream.read_exact(&mut head).is_ok()
+        && &head == b"HTTP/"
+}
+
 /// The connection went away under a request: how a TLS 1.3 server's refusal
 /// of the client looks when its alert is not read first.
 fn dropped(e: &(dyn StdError + 'static)) -> bool {

@@ -498,6 +498,33 @@ fn a_server_that_is_not_a_url_or_not_there_is_said_so() {
     }
 }
 
+/// A web server's port (HTTP/1) is said to be one, not taken for a TLS
+/// server: to h2 both close the connection at once.
+#[tokio::test]
+async fn a_web_servers_port_is_said_to_be_one() {
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", web.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in web.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["tokens", "list", "--token", "x", "--server", &server]);
+    let out = output_within(cmd, Duration::from_secs(30), "a call to a web server").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{server} answers in HTTP/1, not gRPC: is it another service's port?"
+        )),
+        "{stderr}"
+    );
+}
+
 /// A port that accepts connections and never answers (another service's,
 /// or a server wedged) gets a clear failure after `--timeout`, for a plain
 /// call and for a watch, instead of hanging the command and its script.

@@ -334,6 +334,15 @@ pub async fn run_compact(data_dir: std::path::PathBuf) -> i32 {
     )
 }
 
+/// Whether the `http://` server named answers in HTTP/1 ([`dial::answers_http1`]).
+fn answers_http1(server: &str) -> bool {
+    server
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host()?, u.port_u16().unwrap_or(80))))
+        .is_some_and(|authority| dial::answers_http1(&authority))
+}
+
 /// Prints why a command failed, if it did; its exit code. `client`: how
 /// the server was called, which says what a connection closed without an
 /// answer means.
@@ -350,7 +359,17 @@ fn finish(client: Option<&ClientArgs>, result: Result<(), Failure>) -> i32 {
                 ),
                 (Some(Unanswered::Closed(status)), Some(args)) => {
                     let peer = peer(args);
-                    let cause = dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer));
+                    // A plaintext call closed at once reads the same from a
+                    // TLS server as from a web server: the web server says
+                    // so when asked.
+                    let cause = if !peer.tls && answers_http1(&args.server) {
+                        format!(
+                            "{} answers in HTTP/1, not gRPC: is it another service's port?",
+                            args.server
+                        )
+                    } else {
+                        dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer))
+                    };
                     format!(
                         "{cause} (the server closed the connection without an answer: {})",
                         f.message
