@@ -88,6 +88,22 @@ async fn serve_restored(original: &Path, restored: &Path) -> Process {
     spawn_tokend(restored, &[]).await
 }
 
+async fn rename(c: &mut Tokens, id: &str, name: &str) {
+    c.update_token(pb::UpdateTokenRequest {
+        token: Some(pb::Token {
+            id: id.to_string(),
+            name: name.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+        etag: String::new(),
+    })
+    .await
+    .unwrap();
+}
+
 /// The code a watch from `from` fails with (at open or as its first
 /// message); panics if it delivers a change instead.
 async fn watch_refusal(c: &mut Tokens, from: i64) -> Code {
@@ -443,8 +459,6 @@ async fn corrupt_truncated_and_foreign_files_are_refused_writing_nothing() {
     assert!(!target.exists());
 }
 
-/// (4) A target that holds anything is refused and left as it was; an
-/// empty one is used.
 /// A save whose file cannot be written fails before it downloads anything
 /// (the server named here is not even there), and one that fails later
 /// leaves no temp file beside its target.
@@ -475,6 +489,9 @@ async fn a_save_that_cannot_write_fails_before_asking_the_server() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// (4) A target that holds anything is refused and left as it was (but
+/// for a volume's lost+found, and what a killed restore left); an empty
+/// one is used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_empty_target_is_refused_and_an_empty_one_used() {
     let dir = tempfile::tempdir().unwrap();
@@ -505,6 +522,8 @@ async fn a_non_empty_target_is_refused_and_an_empty_one_used() {
         let volume = dir.path().join("volume");
         std::fs::create_dir_all(volume.join("lost+found")).unwrap();
         std::fs::write(volume.join("lost+found/#1234"), "fsck's").unwrap();
+        // And what a restore killed half-way left there: removed.
+        std::fs::create_dir_all(volume.join(".restoring-999/db")).unwrap();
         let ran = restore(&file, &volume).await;
         assert_eq!(ran.code, 0, "{}", ran.stderr);
         let mut names: Vec<_> = std::fs::read_dir(&volume)
@@ -710,6 +729,21 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
     let acc = new_account(&mut a.accounts().await, ALL_MODULES).await;
     let mut c = a.tokens().await;
     let made = mixed_tokens(&mut c, &acc.id, 24).await;
+    // A token with two changes, and a cursor into its trail that A handed
+    // out (page tokens are signed with the page key, which moves too).
+    let (trail, _) = create_token(&mut c, &acc.id, "trail").await;
+    rename(&mut c, &trail.id, "trail 2").await;
+    let cursor = c
+        .list_token_events(pb::ListTokenEventsRequest {
+            token_id: trail.id.clone(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    assert!(!cursor.is_empty());
     let secrets: Vec<(bool, String)> = (made.kept.iter().map(|s| (true, s)))
         .chain(made.disabled.iter().chain(&made.gone).map(|s| (false, s)))
         .map(|(live, s)| (live, s.clone()))
@@ -799,6 +833,20 @@ async fn a_deployment_moves_from_sled_to_etcd_and_back() {
         prev = e.revision;
         assert_eq!(&e.token.unwrap().id, id);
     }
+    // A's cursor reads nothing from before the restore, even once the
+    // token changed on etcd (etcd read a revision below the restore's as
+    // its newest, and listed that change as older than the cursor).
+    rename(&mut c, &trail.id, "trail 3").await;
+    let before_restore = c
+        .list_token_events(pb::ListTokenEventsRequest {
+            token_id: trail.id.clone(),
+            page_token: cursor,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before_restore.events, [], "history from before the restore");
     let history = c
         .list_token_events(pb::ListTokenEventsRequest {
             token_id: kept.clone(),

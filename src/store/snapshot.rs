@@ -55,6 +55,10 @@ use crate::state::State;
 /// `int64`.
 pub const RESTORE_GAP: Revision = 1_000_000_000_000;
 
+/// The highest revision a snapshot may hold: its restore, [`RESTORE_GAP`]
+/// later, still fits an `int64`.
+const MAX_REVISION: Revision = i64::MAX as Revision - RESTORE_GAP;
+
 /// Records reserved up front at most, whatever a header claims.
 const PREALLOCATE: usize = 1 << 16;
 const MAGIC: &str = "TOKEND-SNAPSHOT ";
@@ -222,6 +226,14 @@ impl Snapshot {
             return Err(format!("header names format {}", header.format));
         }
         let page_key = unhex::<32>(&header.page_key).ok_or("bad header: page_key")?;
+        // Revisions travel as int64 (the API, etcd), and a restore adds the
+        // gap: a crafted header must not wrap either.
+        if header.revision > MAX_REVISION {
+            return Err(format!(
+                "bad header: revision {} is beyond {MAX_REVISION}",
+                header.revision
+            ));
+        }
         let mut snap = Snapshot {
             revision: header.revision,
             page_key,
@@ -380,5 +392,22 @@ mod tests {
         let odd = body.replacen("\nt ", "\nx ", 1);
         let e = Snapshot::decode(&sealed(&odd)).err().unwrap();
         assert!(e.contains("not a record line"), "{e}");
+        // A revision whose restore would not fit an int64 (or wrap).
+        let (_, bytes) = written();
+        let revision = Snapshot::decode(&bytes).unwrap().revision;
+        let huge = body.replacen(
+            &format!("\"revision\":{revision},"),
+            &format!("\"revision\":{},", u64::MAX - 1),
+            1,
+        );
+        let e = Snapshot::decode(&sealed(&huge)).err().unwrap();
+        assert!(e.contains("bad header: revision"), "{e}");
+        let edge = body.replacen(
+            &format!("\"revision\":{revision},"),
+            &format!("\"revision\":{MAX_REVISION},"),
+            1,
+        );
+        let s = Snapshot::decode(&sealed(&edge)).unwrap();
+        assert_eq!(s.restored_head(), i64::MAX as Revision);
     }
 }

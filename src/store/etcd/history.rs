@@ -92,7 +92,10 @@ impl Inner {
         let key = self.keys.token(id);
         let mut client = self.client.clone();
         let mut out = Vec::new();
-        while out.len() < max && at > 0 {
+        // Below the origin's oldest (a cursor from before a restore) etcd
+        // holds only the restore's puts, and an etcd revision of 0 or less
+        // would read the newest version instead: nothing older is listed.
+        while out.len() < max && at >= self.origin.oldest() {
             let options = GetOptions::new().with_revision(self.origin.etcd(at));
             let r = match client.get(key.as_str(), Some(options)).await {
                 Ok(r) => r,

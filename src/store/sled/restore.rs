@@ -33,11 +33,19 @@ impl SledStore {
         let refuse = |m: String| Error::invalid("data-dir", m);
         let created = match std::fs::read_dir(dir) {
             Ok(entries) => {
-                let held: Vec<String> = entries
-                    .filter_map(|e| e.ok())
-                    .filter(|e| !is_lost_and_found(e))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect();
+                let mut held = Vec::new();
+                for e in entries.filter_map(|e| e.ok()) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(STAGING) {
+                        // What a restore killed half-way left: never a
+                        // store (its `db` was not moved into place).
+                        std::fs::remove_dir_all(e.path()).map_err(|err| {
+                            io_error(&format!("removing {}", e.path().display()), err)
+                        })?;
+                    } else if !is_lost_and_found(&e) {
+                        held.push(name);
+                    }
+                }
                 if !held.is_empty() {
                     return Err(refuse(format!(
                         "{} is not empty (it holds {}): a snapshot is restored only into an \
@@ -58,7 +66,7 @@ impl SledStore {
         // Built inside the target, then moved into place with one rename:
         // the target may be the root of a file system (that volume), and a
         // rename cannot cross into it from its parent.
-        let staging = dir.join(format!(".restoring-{}", std::process::id()));
+        let staging = dir.join(format!("{STAGING}{}", std::process::id()));
         let db = dir.join("db");
         let result = write_dir(&staging, snapshot).and_then(|()| {
             std::fs::rename(staging.join("db"), &db)
@@ -80,6 +88,10 @@ impl SledStore {
         result
     }
 }
+
+/// The name a restore builds the store under, inside the target, before
+/// it moves `db` into place.
+const STAGING: &str = ".restoring-";
 
 /// A file system's own `lost+found` directory, which a data dir on the
 /// root of one holds from the start and tokend never touches (its owner
