@@ -338,21 +338,7 @@ async fn delete_confirms_the_api_way() {
     assert_eq!(stale.code(), Code::Aborted);
 
     // Someone renames it between the dialog and the confirmation.
-    let renamed = c
-        .update_token(pb::UpdateTokenRequest {
-            token: Some(pb::Token {
-                id: t.id.clone(),
-                name: "renamed".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["name".into()],
-            }),
-            etag: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let renamed = rename(&mut c, &t.id, "renamed").await.unwrap();
     let e = c
         .delete_token(pb::DeleteTokenRequest {
             id: t.id.clone(),

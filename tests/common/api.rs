@@ -125,6 +125,23 @@ pub async fn delete(c: &mut Tokens, id: &str) -> Result<pb::DeleteTokenResponse,
     .map(|r| r.into_inner())
 }
 
+/// Renames token `id`, whatever its etag: the token after.
+pub async fn rename(c: &mut Tokens, id: &str, name: &str) -> Result<pb::Token, tonic::Status> {
+    c.update_token(pb::UpdateTokenRequest {
+        token: Some(pb::Token {
+            id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+        etag: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
 pub async fn verify(c: &mut Tokens, secret: &str) -> pb::VerifyTokenResponse {
     c.verify_token(pb::VerifyTokenRequest {
         secret: secret.into(),

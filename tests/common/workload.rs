@@ -371,22 +371,7 @@ pub async fn change(
             let r = delete(c, &id).await?;
             (r.token.unwrap(), Some(r.revision))
         }
-        Op::Rename(name) => {
-            let r = c
-                .update_token(pb::UpdateTokenRequest {
-                    token: Some(pb::Token {
-                        id: id.clone(),
-                        name: name.clone(),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["name".into()],
-                    }),
-                    etag: String::new(),
-                })
-                .await?;
-            (r.into_inner(), None)
-        }
+        Op::Rename(name) => (rename(c, &id, name).await?, None),
         Op::Disable => {
             let r = c
                 .disable_token(pb::DisableTokenRequest {
