@@ -134,7 +134,6 @@ impl Watchers {
         if self.hub.is_closing() {
             return Err(Error::shutting_down());
         }
-        let slot = Slot::take(&self.open, self.config.max_watchers)?;
         // Subscribe before reading anything: every event committed from now
         // on is in `live`, every earlier one is in the log or the snapshot.
         let live = self.hub.subscribe();
@@ -142,6 +141,9 @@ impl Watchers {
         // from, where history ends, and whether its credential still holds
         // (it may have been revoked since the interceptor looked).
         let state = self.store.state();
+        // Counted (`tokend_watch_streams_open`) once its start is fixed: a
+        // change made after the count shows the stream is one it delivers.
+        let slot = Slot::take(&self.open, self.config.max_watchers)?;
         if let Some(caller) = &filter.credential
             && !caller.still_valid(&state)
         {
