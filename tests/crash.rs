@@ -65,6 +65,13 @@ async fn sigterm_during_load_loses_no_acknowledged_write_and_exits_within_5s() {
     let mut watchers = vec![(run.base + 1, Vec::new())];
     let stopping = Arc::new(AtomicBool::new(false));
     let (mut workers, mut listeners) = run.load(&p, &ledger, &stopping, &watchers, seed);
+    // Under load: past the writes the end asserts (a fixed half second
+    // was not always enough on a busy machine), and half a second more.
+    let loading = Instant::now() + Duration::from_secs(30);
+    while ledger.lock().unwrap().acked_writes <= 50 {
+        assert!(Instant::now() < loading, "the load never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     stopping.store(true, Ordering::SeqCst);

@@ -113,7 +113,21 @@ async fn idle_connections_past_the_cap_are_closed_and_clients_still_served() {
     for _ in 0..1_000 {
         flood.push(TcpStream::connect(s.p.addr).await.unwrap());
     }
-    // Everything past the cap is closed at once.
+    // Everything past the cap is closed at once: once the server has taken
+    // the whole flood in (each one counted open or closed; the client's
+    // connection is open too), a connection it closed has its end waiting
+    // to be read. (Counted before it had: on a busy machine, one still in
+    // the backlog counted as kept open past the cap.)
+    let cap = "tokend_connections_closed_total{reason=\"cap\"}";
+    let timeout = "tokend_connections_closed_total{reason=\"first_request_timeout\"}";
+    let taken_in = Instant::now() + Duration::from_secs(30);
+    while s.metric(cap) + s.metric(timeout) + s.metric("tokend_connections_open") < 1_001.0 {
+        assert!(
+            Instant::now() < taken_in,
+            "the server never took the flood in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut refused = 0;
     for c in flood.iter_mut() {
         if closed(c, Duration::from_millis(5)).await {
@@ -135,12 +149,12 @@ async fn idle_connections_past_the_cap_are_closed_and_clients_still_served() {
         );
     }
     assert!(
-        s.healthy(Duration::from_secs(2)).await,
+        s.healthy(Duration::from_secs(10)).await,
         "health after the flood"
     );
     create_in(&mut tokens, &account).await;
-    let by_cap = s.metric("tokend_connections_closed_total{reason=\"cap\"}");
-    let by_timeout = s.metric("tokend_connections_closed_total{reason=\"first_request_timeout\"}");
+    let by_cap = s.metric(cap);
+    let by_timeout = s.metric(timeout);
     println!(
         "1,000 idle connections against a cap of 64: {refused} closed at once \
          ({by_cap} counted), the rest after the 1 s first-request timeout ({by_timeout} counted) \
@@ -219,10 +233,11 @@ async fn a_burst_of_connections_waits_in_the_backlog_instead_of_being_dropped() 
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_preface_is_closed() {
     let s = start(&["--first-request-timeout", "1s"]).await;
+    // Before the connections: the server's timeout runs from its accept.
+    let started = Instant::now();
     let mut silent = TcpStream::connect(s.p.addr).await.unwrap();
     let mut partial = TcpStream::connect(s.p.addr).await.unwrap();
     partial.write_all(&PREFACE[..10]).await.unwrap();
-    let started = Instant::now();
     assert!(closed(&mut silent, Duration::from_secs(5)).await);
     assert!(closed(&mut partial, Duration::from_secs(5)).await);
     let took = started.elapsed();
@@ -230,13 +245,15 @@ async fn a_connection_that_never_finishes_its_preface_is_closed() {
         took >= Duration::from_millis(900),
         "closed before the timeout: {took:?}"
     );
-    assert!(s.healthy(Duration::from_secs(2)).await);
+    assert!(s.healthy(Duration::from_secs(10)).await);
 }
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_but_an_open_watch_stream_is_not() {
     let s = start(&["--idle-timeout", "1s", "--progress-interval", "300ms"]).await;
     // A raw HTTP/2 connection that makes one call and then does nothing.
+    // Idle from its call's answer on, at the earliest from here.
+    let started = Instant::now();
     let tcp = TcpStream::connect(s.p.addr).await.unwrap();
     let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);
@@ -252,7 +269,6 @@ async fn an_idle_connection_is_closed_but_an_open_watch_stream_is_not() {
     // Meanwhile a watch stream stays open well past the idle timeout.
     let mut tokens = s.p.tokens().await;
     let mut w = watch(&mut tokens, tokend::proto::WatchTokensRequest::default()).await;
-    let started = Instant::now();
     let done = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(done.is_ok(), "the idle connection was not closed");
     let idle_for = started.elapsed();
@@ -326,7 +342,7 @@ async fn survives(name: &str, frames: Vec<u8>, per_write: usize) {
         sent += a.await.unwrap();
     }
     assert!(
-        s.healthy(Duration::from_secs(2)).await,
+        s.healthy(Duration::from_secs(10)).await,
         "{name}: health after"
     );
     let (rss_after, cpu_after) = (s.p.rss_kib(), s.cpu());
@@ -388,7 +404,7 @@ async fn rapid_reset_is_survived() {
         assert!(call.await.is_ok(), "a legitimate call took over 2 s");
         served += 1;
     }
-    assert!(s.healthy(Duration::from_secs(2)).await);
+    assert!(s.healthy(Duration::from_secs(10)).await);
     let (rss_after, cpu_after) = (s.p.rss_kib(), s.cpu());
     println!(
         "rapid reset: {resets} streams opened and reset in 2 s; {served} legitimate calls \
@@ -420,7 +436,7 @@ async fn an_oversized_header_list_is_refused_and_the_server_goes_on() {
         },
     };
     assert!(refused, "a 200 KiB header list was accepted");
-    assert!(s.healthy(Duration::from_secs(2)).await);
+    assert!(s.healthy(Duration::from_secs(10)).await);
 }
 
 /// An account for the legitimate client's tokens.

@@ -384,7 +384,23 @@ async fn a_flood_of_reports_is_answered_or_shed_and_the_endpoint_goes_on() {
     let flood: Vec<_> = (0..200)
         .map(|_| {
             let (scanner, body) = (scanner.clone(), body.clone());
-            tokio::spawn(async move { scanner.send(body).await.0 })
+            tokio::spawn(async move {
+                let sig = scanner.sign(&body);
+                // A shed report's body goes unread: the server's close can
+                // reset the connection before its 503 is read (GitHub sends
+                // such a report again, as it does a 503).
+                match scanner.try_post(body, Some(KEY_ID), Some(sig)).await {
+                    Ok((status, _)) => status.to_string(),
+                    Err(e) => {
+                        let e = format!("{e:?}");
+                        let closed = ["BodyWrite", "IncompleteMessage", "reset by peer"];
+                        match closed.iter().any(|c| e.contains(c)) {
+                            true => "closed under the client".to_string(),
+                            false => e,
+                        }
+                    }
+                }
+            })
         })
         .collect();
     let mut answered = std::collections::BTreeMap::new();
@@ -393,8 +409,14 @@ async fn a_flood_of_reports_is_answered_or_shed_and_the_endpoint_goes_on() {
     }
     eprintln!("200 concurrent 1,000-finding reports: {answered:?} (status: count)");
     assert!(
-        answered.keys().all(|s| *s == 200 || *s == 503),
+        answered
+            .keys()
+            .all(|s| s == "200" || s == "503" || s == "closed under the client"),
         "every report answered or shed: {answered:?}"
+    );
+    assert!(
+        answered.contains_key("200"),
+        "some were answered: {answered:?}"
     );
     // The endpoint, and the API, go on.
     let (status, body) = scanner

@@ -107,11 +107,11 @@ async fn two_thousand_streams_half_stalled() {
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let r = tokio::time::timeout(
-                    Duration::from_secs(5),
+                    Duration::from_secs(10),
                     h.check(tonic_health::pb::HealthCheckRequest::default()),
                 )
                 .await
-                .expect("health answers within 5 s")
+                .expect("health answers within 10 s")
                 .expect("health answers OK")
                 .into_inner();
                 assert_eq!(r.status, 1, "SERVING");
@@ -244,15 +244,17 @@ async fn two_thousand_streams_half_stalled() {
         rss_peak < budget_kib,
         "peak RSS {rss_peak} KiB over the budget {budget_kib} KiB"
     );
-    // Readers kept their latency: the stalled half does not sit in their way.
+    // Readers kept their latency: the stalled half does not sit in their
+    // way (were it in their way, they would wait for it: seconds, or for
+    // ever). The margin is for a busy machine's scheduling stalls.
     assert!(
-        loaded.1 < (baseline.1 * 5.0).max(baseline.1 + 250.0),
+        loaded.1 < (baseline.1 * 5.0).max(baseline.1 + 1_000.0),
         "readers' p99 went from {:.1} ms to {:.1} ms",
         baseline.1,
         loaded.1
     );
     assert!(
-        slowest_health < Duration::from_secs(2),
+        slowest_health < Duration::from_secs(5),
         "{slowest_health:?}"
     );
     reading.abort_all();

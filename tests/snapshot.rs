@@ -220,18 +220,19 @@ async fn a_snapshot_under_concurrent_writes_is_the_state_at_its_revision() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writes before the save, and after it.
+    head_past(&mut c, before).await;
     let file = dir.path().join("backup.snap");
     let ran = save(&p, &file).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = Snapshot::decode(&std::fs::read(&file).unwrap()).unwrap();
+    let r = snap.revision as i64;
+    head_past(&mut c, r).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
     let end = head(&mut c).await;
-    let snap = Snapshot::decode(&std::fs::read(&file).unwrap()).unwrap();
-    let r = snap.revision as i64;
     assert!(
         before < r && r < end,
         "writes before {before}, at {r}, after; head {end}"
@@ -590,10 +591,20 @@ fn traffic(
 }
 
 /// "N writes, p50/p99/max …" for the calls of one kind inside `window`.
+/// Waits until the store's head is past `revision` (30 s at most).
+async fn head_past(c: &mut Tokens, revision: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while head(c).await <= revision {
+        assert!(Instant::now() < deadline, "no write past {revision}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn latencies(calls: &[Call], write: bool, window: (Instant, Instant)) -> (usize, String) {
     let mut took: Vec<Duration> = calls
         .iter()
-        .filter(|(at, d, w)| *w == write && *at >= window.0 && *at + *d <= window.1)
+        // Every call that ran during the window, if only for a part of it.
+        .filter(|(at, d, w)| *w == write && *at < window.1 && *at + *d > window.0)
         .map(|c| c.1)
         .collect();
     took.sort();

@@ -157,17 +157,18 @@ async fn a_failed_sync_fails_what_was_planned_behind_it() {
     let victim = made.token.unwrap().id;
     p.kill();
 
-    // Every append to the log fails, a second after it began.
-    let p = start(tmp.path(), "sled-wal-append-fails=return(1000)").await;
+    // Every append to the log fails, three seconds after it began.
+    let p = start(tmp.path(), "sled-wal-append-fails=return(3000)").await;
     let mut c = p.tokens().await;
     let mut w = watch(&mut c, pb::WatchTokensRequest::default()).await;
     let first = tokio::spawn({
         let (mut c, victim) = (c.clone(), victim.clone());
         async move { delete(&mut c, &victim).await }
     });
-    // The first delete is in its append by now: the second is planned
-    // behind it, on a state without the token.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first delete is in its append by now (a second is ample on a
+    // busy machine; 300 ms was not always): the second is planned behind
+    // it, on a state without the token.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let second = delete(&mut c, &victim).await.unwrap_err();
     let first = first.await.unwrap().unwrap_err();
     for refused in [&first, &second] {

@@ -501,8 +501,9 @@ const scenarios = {
     } else {
       check((await snapshots()) === 2, "the history was compacted: the page listed again (a second snapshot)");
     }
-    // The browser logs each refused reconnect while tokend is down.
-    L.assertClean(page, /net::ERR_CONNECTION_REFUSED/);
+    // The browser logs each refused reconnect while tokend is down, and
+    // each one tried while it was kept offline.
+    L.assertClean(page, /net::ERR_(CONNECTION_REFUSED|INTERNET_DISCONNECTED)/);
   },
 
   // Status filter, name search and pages, over a list that keeps changing.

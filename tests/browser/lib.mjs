@@ -277,15 +277,18 @@ export async function restartTokend(page, meanwhile) {
   await until("tokend to stop", async () => !(await portOpen()));
   await page.waitForFunction(() => document.querySelector("#live-state")?.textContent === "Reconnecting…");
   log("ok: the page noticed the dropped stream");
-  // The page retries after 250, 500, 1000 and 2000 ms, then waits 5 s: start
-  // tokend and make the changes inside that pause.
+  // The page retries after 250, 500, 1000 and 2000 ms, then every 5 s.
+  // Offline meanwhile, so that it reconnects only once all of `meanwhile`
+  // is made (within the 5 s pause was not always, on a busy machine).
   await until("four refused reconnects", async () => refused >= 4, 30_000);
   page.off("requestfailed", onFailed);
+  await page.setOfflineMode(true);
   const [bin, ...args] = restartArgv;
   const child = spawn(bin, args, { stdio: "ignore" });
   server = { pid: child.pid, child };
   await until("tokend to serve again", portOpen);
   await meanwhile();
+  await page.setOfflineMode(false);
 }
 
 /** Stops a tokend this script started. */
