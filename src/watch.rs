@@ -141,9 +141,6 @@ impl Watchers {
         // from, where history ends, and whether its credential still holds
         // (it may have been revoked since the interceptor looked).
         let state = self.store.state();
-        // Counted (`tokend_watch_streams_open`) once its start is fixed: a
-        // change made after the count shows the stream is one it delivers.
-        let slot = Slot::take(&self.open, self.config.max_watchers)?;
         if let Some(caller) = &filter.credential
             && !caller.still_valid(&state)
         {
@@ -163,6 +160,10 @@ impl Watchers {
             }
             Start::Snapshot => 0, // set by the follower from the snapshot it takes
         };
+        // Counted (`tokend_watch_streams_open`) once it is sure to open, and
+        // subscribed: a change made after the count shows is one the stream
+        // delivers (from `live`, or in the snapshot it takes).
+        let slot = Slot::take(&self.open, self.config.max_watchers)?;
         let follower = Follower {
             store: self.store.clone(),
             filter,

@@ -108,7 +108,12 @@ impl Scanner {
             .request(req.body(Full::new(Bytes::from(body))).unwrap())
             .await?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        // The status is the answer; a body cut off by the server's close
+        // (a shed report's connection reset) reads as empty.
+        let body = match response.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 

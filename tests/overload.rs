@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -135,17 +135,41 @@ async fn two_thousand_streams_half_stalled() {
             }
         });
     }
-    let take_receipts = || -> Vec<Receipts> {
-        receipts
-            .iter()
-            .map(|r| std::mem::take(&mut *r.lock().unwrap()))
-            .collect()
+    // Once every reader has heard the load's last delete (30 s at most: a
+    // reader held up behind the stalled streams would wait for ever), what
+    // each heard, every delete included.
+    let heard_all = |sent: HashMap<i64, Instant>| {
+        let receipts = &receipts;
+        async move {
+            let last = *sent.keys().max().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let heard = |r: &Mutex<Receipts>| r.lock().unwrap().last().is_some_and(|e| e.0 >= last);
+            while !receipts.iter().all(|r| heard(r)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "a reader never heard revision {last}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let taken: Vec<Receipts> = receipts
+                .iter()
+                .map(|r| std::mem::take(&mut *r.lock().unwrap()))
+                .collect();
+            for r in &taken {
+                let got: HashSet<i64> = r
+                    .iter()
+                    .map(|e| e.0)
+                    .filter(|rev| sent.contains_key(rev))
+                    .collect();
+                assert_eq!(got.len(), sent.len(), "a reader missed deletes");
+            }
+            (latencies(&sent, &taken), last)
+        }
     };
 
     // Baseline: only readers.
     let sent = load(&mut c, &account, Duration::from_secs(2)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let baseline = latencies(&sent, &take_receipts());
+    let (baseline, _) = heard_all(sent).await;
     let rss_readers = p.rss_kib();
 
     // Now 1,000 streams that never read, then the same load again.
@@ -174,11 +198,9 @@ async fn two_thousand_streams_half_stalled() {
         })
     };
     let sent = load(&mut c, &account, Duration::from_secs(4)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let loaded = latencies(&sent, &take_receipts());
     // The last event of the load is its last delete (`head` would need a
     // stream, and all 2,000 are taken).
-    let last = *sent.keys().max().unwrap();
+    let (loaded, last) = heard_all(sent).await;
     stop.store(true, Ordering::Relaxed);
     rss_peak = rss_peak.max(sampling.await.unwrap());
     let (checks, slowest_health) = health.await.unwrap();

@@ -590,7 +590,6 @@ fn traffic(
     })
 }
 
-/// "N writes, p50/p99/max …" for the calls of one kind inside `window`.
 /// Waits until the store's head is past `revision` (30 s at most).
 async fn head_past(c: &mut Tokens, revision: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -600,11 +599,11 @@ async fn head_past(c: &mut Tokens, revision: i64) {
     }
 }
 
+/// "N writes, p50/p99/max …" for the calls of one kind inside `window`.
 fn latencies(calls: &[Call], write: bool, window: (Instant, Instant)) -> (usize, String) {
     let mut took: Vec<Duration> = calls
         .iter()
-        // Every call that ran during the window, if only for a part of it.
-        .filter(|(at, d, w)| *w == write && *at < window.1 && *at + *d > window.0)
+        .filter(|(at, d, w)| *w == write && *at >= window.0 && *at + *d <= window.1)
         .map(|c| c.1)
         .collect();
     took.sort();

@@ -261,10 +261,10 @@ async function until(what, cond, ms = TIMEOUT) {
 }
 
 /**
- * Stops tokend (SIGTERM) under an open page, waits until the page has
- * backed off its reconnects to their longest pause, starts tokend again on
- * the same port and data, runs `meanwhile` (changes the page must catch up
- * on), and lets the page reconnect.
+ * Stops tokend (SIGTERM) under an open page, waits for four refused
+ * reconnects, then, with the page kept offline, starts tokend again on the
+ * same port and data and runs `meanwhile` (changes the page must catch up
+ * on); back online, the page reconnects.
  */
 export async function restartTokend(page, meanwhile) {
   if (!restartArgv || !server.pid) throw new Error("TOKEND_PID and TOKEND_RESTART are not set");
@@ -277,9 +277,10 @@ export async function restartTokend(page, meanwhile) {
   await until("tokend to stop", async () => !(await portOpen()));
   await page.waitForFunction(() => document.querySelector("#live-state")?.textContent === "Reconnecting…");
   log("ok: the page noticed the dropped stream");
-  // The page retries after 250, 500, 1000 and 2000 ms, then every 5 s.
-  // Offline meanwhile, so that it reconnects only once all of `meanwhile`
-  // is made (within the 5 s pause was not always, on a busy machine).
+  // The page retries after 250, 500, 1000 and 2000 ms, then after 5 and
+  // 10 s. Kept offline meanwhile, so that it reconnects only once all of
+  // `meanwhile` is made (inside the 5 s pause was not always, on a busy
+  // machine); back online, it tries again at once.
   await until("four refused reconnects", async () => refused >= 4, 30_000);
   page.off("requestfailed", onFailed);
   await page.setOfflineMode(true);
@@ -288,7 +289,10 @@ export async function restartTokend(page, meanwhile) {
   server = { pid: child.pid, child };
   await until("tokend to serve again", portOpen);
   await meanwhile();
+  const back = Date.now();
   await page.setOfflineMode(false);
+  await page.waitForFunction(() => document.querySelector("#live-state")?.textContent === "Live");
+  log(`ok: back online, the page was live again ${Date.now() - back} ms later`);
 }
 
 /** Stops a tokend this script started. */

@@ -27,8 +27,8 @@ export type Change =
   | { kind: "state" }
   | { kind: "token"; id: string; token: Token | undefined; deletion?: Deletion };
 
-// Pauses between reconnects (tests/browser/lib.mjs restartTokend counts on
-// the fifth being 5 s).
+// Pauses between reconnects; a pause ends early when the browser comes
+// back online (tests/browser/lib.mjs restartTokend relies on it).
 const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 5000, 10000];
 
 export class LiveTokens {
@@ -220,16 +220,19 @@ export class LiveTokens {
   }
 }
 
+/** Waits `ms`, or less: until the session ends, or until the browser is
+ * back online (a laptop waking, the network back), when the next try should
+ * not wait out a pause of up to 10 s. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(t);
-        resolve();
-      },
-      { once: true },
-    );
+    const done = () => {
+      clearTimeout(t);
+      window.removeEventListener("online", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    window.addEventListener("online", done);
+    signal.addEventListener("abort", done);
   });
 }
