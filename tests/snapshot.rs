@@ -474,6 +474,62 @@ async fn a_save_that_cannot_write_fails_before_asking_the_server() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// A save stopped while it waits for the server (Ctrl-C, a cron job's
+/// timeout) says so and leaves nothing behind: no hidden temp file beside
+/// the target, and the file already there as it was.
+#[tokio::test]
+async fn a_save_stopped_by_a_signal_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.snap");
+    std::fs::write(&file, "yesterday's").unwrap();
+    let server = format!("http://{}", silent_addr());
+    for signal in ["INT", "TERM"] {
+        let args = [
+            "snapshot",
+            "save",
+            &file.display().to_string(),
+            "--server",
+            &server,
+            "--token",
+            "x",
+        ];
+        let child = std::process::Command::new(BIN)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its temp file made, it waits for the server's answer.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_dir(dir.path()).unwrap().count() < 2 {
+            assert!(Instant::now() < deadline, "no temp file");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let out = tokio::task::spawn_blocking(|| child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "SIG{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "stopped by SIG{signal}: nothing written to {}",
+                file.display()
+            )),
+            "{stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["backup.snap"], "SIG{signal}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "yesterday's");
+    }
+}
+
 /// (4) A target that holds anything is refused and left as it was (but
 /// for a volume's lost+found, and what a killed restore left); an empty
 /// one is used.

@@ -33,16 +33,33 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
             // Before anything is downloaded: a path that cannot be written
             // fails at once, not after the whole store crossed the wire.
             let staged = Staged::create(&file).map_err(cannot_write)?;
-            let conn = Conn::open(&client).await?;
-            let mut chunks = conn
-                .accounts()
-                .save_snapshot(pb::SaveSnapshotRequest {})
-                .await?
-                .into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = chunks.message().await? {
-                bytes.extend_from_slice(&chunk.data);
-            }
+            let stopped = stop_signal()
+                .map_err(|e| fail(exit::FAILED, format!("cannot handle Ctrl-C: {e}")))?;
+            let download = async {
+                let conn = Conn::open(&client).await?;
+                let mut chunks = conn
+                    .accounts()
+                    .save_snapshot(pb::SaveSnapshotRequest {})
+                    .await?
+                    .into_inner();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = chunks.message().await? {
+                    bytes.extend_from_slice(&chunk.data);
+                }
+                Ok::<_, Failure>(bytes)
+            };
+            // Stopped (Ctrl-C, a cron job's timeout) while it downloads: the
+            // temp file goes with `staged` instead of staying behind,
+            // hidden, beside the file, and the file is left as it was.
+            let bytes = tokio::select! {
+                bytes = download => bytes?,
+                signal = stopped => {
+                    return Err(fail(
+                        exit::FAILED,
+                        format!("stopped by {signal}: nothing written to {}", file.display()),
+                    ));
+                }
+            };
             let summary = Snapshot::decode(&bytes)
                 .map_err(|e| fail(exit::FAILED, format!("the server sent a bad snapshot: {e}")))?
                 .summary();
@@ -146,6 +163,20 @@ fn describe(s: &Summary) -> String {
         "revision {}, {} accounts, {} tokens ({} live)",
         s.revision, s.accounts, s.tokens, s.live_secrets
     )
+}
+
+/// Installs SIGINT and SIGTERM handlers now; the future resolves with the
+/// name of the first of them to arrive.
+fn stop_signal() -> std::io::Result<impl Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
 }
 
 /// A snapshot's file while it is made: a temp file beside it (mode 0600),
