@@ -80,13 +80,30 @@ const BACKLOG: u32 = 4096;
 /// `SO_REUSEADDR`, as `TcpListener::bind` sets: a restart binds at once
 /// while the old process's connections linger in `TIME_WAIT`).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    reserve(addr)?.listen()
+}
+
+/// `addr`, bound but not listening yet: a port another process holds is
+/// refused now, while connections to it are still refused until
+/// [`Reserved::listen`] (a server reserves its port before it sets up its
+/// data dir, and listens once it can answer).
+pub fn reserve(addr: SocketAddr) -> io::Result<Reserved> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    Ok(Reserved(socket))
+}
+
+/// A bound socket ([`reserve`]).
+pub struct Reserved(tokio::net::TcpSocket);
+
+impl Reserved {
+    pub fn listen(self) -> io::Result<TcpListener> {
+        self.0.listen(BACKLOG)
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit (Go's runtime does

@@ -255,6 +255,22 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // opened: a bad file must not leave a new data dir (or a cluster's
     // operator credential) behind.
     let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+    // The ports too: one another process holds must not leave a new data
+    // dir and operator credential behind either.
+    let cannot_listen = |what: &str, addr: SocketAddr, e: std::io::Error| Error::Unavailable {
+        reason: crate::error::reason::LISTEN_FAILED,
+        message: format!("cannot listen{what} on {addr}: {e}"),
+    };
+    let api_port =
+        listener::reserve(config.listen).map_err(|e| cannot_listen("", config.listen, e))?;
+    let leak_port = match &config.leak_report {
+        Some(leak) => Some((
+            listener::reserve(leak.listen)
+                .map_err(|e| cannot_listen(" for leak reports", leak.listen, e))?,
+            crate::leaks::github::Keys::load(&leak.keys)?,
+        )),
+        None => None,
+    };
     let hub = Hub::new(config.hub_capacity);
     let store = open_store(&config, &hub).await?;
     let shutdown = CancellationToken::new();
@@ -280,12 +296,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.expiry_check,
         shutdown.clone(),
     ));
-    if let Some(leak) = &config.leak_report {
-        let keys = crate::leaks::github::Keys::load(&leak.keys)?;
-        let listener = listener::bind(leak.listen).map_err(|e| Error::Unavailable {
-            reason: crate::error::reason::LISTEN_FAILED,
-            message: format!("cannot listen for leak reports on {}: {e}", leak.listen),
-        })?;
+    if let (Some(leak), Some((port, keys))) = (&config.leak_report, leak_port) {
+        let listener = port
+            .listen()
+            .map_err(|e| cannot_listen(" for leak reports", leak.listen, e))?;
         tracing::info!(addr = %leak.listen, path = crate::leaks::github::PATH, "serving leak reports");
         tokio::spawn(crate::leaks::github::serve(
             listener,
@@ -297,10 +311,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     // Bound only once the store is open and the operator credential exists:
     // whoever sees the port open can read operator.token.
-    let listener = listener::bind(config.listen).map_err(|e| Error::Unavailable {
-        reason: crate::error::reason::LISTEN_FAILED,
-        message: format!("cannot listen on {}: {e}", config.listen),
-    })?;
+    let listener = api_port
+        .listen()
+        .map_err(|e| cannot_listen("", config.listen, e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;

@@ -527,13 +527,16 @@ async fn a_web_servers_port_is_said_to_be_one() {
 
 /// A port that accepts connections and never answers (another service's,
 /// or a server wedged) gets a clear failure after `--timeout`, for a plain
-/// call and for a watch, instead of hanging the command and its script.
+/// call and for a watch, instead of hanging the command and its script;
+/// called over TLS too, where it is the handshake that gets no answer.
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_and_says_so() {
-    let server = format!("http://{}", silent_addr());
+    let silent = silent_addr();
     let watch = ["tokens", "watch", "--account", "ACC-nothing"];
     let calls: [&[&str]; 3] = [&["tokens", "list"], &watch, &["accounts", "list"]];
-    for call in calls {
+    let schemes = ["http", "https"];
+    for (call, scheme) in calls.into_iter().flat_map(|c| schemes.map(|s| (c, s))) {
+        let server = format!("{scheme}://{silent}");
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(call)
             .args(["--token", "x", "--server", &server, "--timeout", "1s"]);
@@ -547,6 +550,7 @@ async fn a_server_that_never_answers_times_out_and_says_so() {
             "{call:?}: {stderr}"
         );
     }
+    let server = format!("http://{silent}");
     // The deadline's env twin is read, and a zero one refused.
     let out = Command::new(BIN)
         .args(["tokens", "list", "--server", &server])

@@ -315,7 +315,9 @@ fn a_zero_that_would_stop_every_call_is_refused_before_anything_is_opened() {
 }
 
 /// A port another process holds is said so, in one line, exit 1: the API
-/// port, and the metrics port (which read "internal error" before).
+/// port, and the metrics port (which read "internal error" before); before
+/// anything is opened (a data dir and an operator credential were left
+/// behind by a taken API port).
 #[test]
 fn a_taken_port_is_said_so() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -328,8 +330,9 @@ fn a_taken_port_is_said_so() {
         ),
     ] {
         let flag = args[args.len() - 2];
-        let (code, stderr, _) = serve_refused(&args, &[]);
+        let (code, stderr, opened) = serve_refused(&args, &[]);
         assert_eq!(code, Some(1), "{flag}: {stderr}");
+        assert!(!opened, "{flag}: the data dir was made: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
         assert!(
             last.contains(&said) && last.contains("in use"),

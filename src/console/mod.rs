@@ -175,8 +175,9 @@ fn with_tls(args: &ClientArgs, endpoint: Endpoint) -> Result<Endpoint, Failure> 
     let read = |flag: &str, path: &std::path::Path, holds| {
         dial::pem(path, holds).map_err(|why| usage(format!("{flag}: {why}")))
     };
-    // The handshake's own deadline: the connect timeout ends at TCP's.
-    let mut tls = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
+    // The handshake's own deadline (the connect timeout ends at TCP's): a
+    // port that accepts and never answers is given what a call is given.
+    let mut tls = ClientTlsConfig::new().timeout(args.timeout);
     tls = match &args.ca_file {
         Some(path) => tls.ca_certificate(Certificate::from_pem(read(
             "--ca-file",
@@ -207,7 +208,7 @@ fn with_tls(args: &ClientArgs, endpoint: Endpoint) -> Result<Endpoint, Failure> 
     })
 }
 
-/// How long a connection (TCP, then the TLS handshake) may take.
+/// How long a TCP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The secret a command calls with: `--token`, `--token-file`, or for a
@@ -252,6 +253,16 @@ impl Conn {
             .timeout(args.timeout);
         let endpoint = with_tls(args, endpoint)?;
         let channel = endpoint.connect().await.map_err(|e| {
+            // tonic's words for its handshake deadline (the error's type is
+            // its own): said as a call without an answer is.
+            let said = dial::chain(e.to_string(), std::error::Error::source(&e));
+            if said.contains("TLS handshake timeout") {
+                return Failure {
+                    code: exit::UNAVAILABLE,
+                    message: said,
+                    unanswered: Some(Unanswered::TimedOut),
+                };
+            }
             let why = dial::cause(&peer(args), &e)
                 .unwrap_or_else(|| dial::chain(e.to_string(), std::error::Error::source(&e)));
             fail(
@@ -362,18 +373,20 @@ fn finish(client: Option<&ClientArgs>, result: Result<(), Failure>) -> i32 {
                     // A plaintext call closed at once reads the same from a
                     // TLS server as from a web server: the web server says
                     // so when asked.
-                    let cause = if !peer.tls && answers_http1(&args.server) {
+                    if !peer.tls && answers_http1(&args.server) {
                         format!(
-                            "{} answers in HTTP/1, not gRPC: is it another service's port?",
-                            args.server
+                            "{} answers in HTTP/1, not gRPC: is it another service's port? \
+                             (to a gRPC call, it closed the connection: {})",
+                            args.server, f.message
                         )
                     } else {
-                        dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer))
-                    };
-                    format!(
-                        "{cause} (the server closed the connection without an answer: {})",
-                        f.message
-                    )
+                        let cause =
+                            dial::cause(&peer, status).unwrap_or_else(|| dial::closed(&peer));
+                        format!(
+                            "{cause} (the server closed the connection without an answer: {})",
+                            f.message
+                        )
+                    }
                 }
                 // Refused for sending no credential at all: say where one
                 // comes from.

@@ -53,9 +53,9 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
             // hidden, beside the file, and the file is left as it was.
             let bytes = tokio::select! {
                 bytes = download => bytes?,
-                signal = stopped => {
+                (signal, code) = stopped => {
                     return Err(fail(
-                        exit::FAILED,
+                        code,
                         format!("stopped by {signal}: nothing written to {}", file.display()),
                     ));
                 }
@@ -166,15 +166,17 @@ fn describe(s: &Summary) -> String {
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves with the
-/// name of the first of them to arrive.
-fn stop_signal() -> std::io::Result<impl Future<Output = &'static str>> {
+/// name of the first of them to arrive, and the exit code a process the
+/// signal ended would have in a shell (128 + its number, as `tokens watch`
+/// has, which the signal does end).
+fn stop_signal() -> std::io::Result<impl Future<Output = (&'static str, i32)>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     Ok(async move {
         tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => ("SIGINT", 128 + libc::SIGINT),
+            _ = term.recv() => ("SIGTERM", 128 + libc::SIGTERM),
         }
     })
 }

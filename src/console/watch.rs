@@ -33,7 +33,10 @@ pub(super) async fn run(
     loop {
         match follow.next().await {
             Update::Snapshot(e) | Update::Synced(e) | Update::Change(e) => print_event(out, &e),
-            Update::Progress(_) | Update::Resumed { .. } => {}
+            Update::Progress(_) => {}
+            // Said, as the interruption was: quiet retries in between
+            // could otherwise read as a server gone for good.
+            Update::Resumed { from } => eprintln!("tokend: stream resumed from revision {from}"),
             Update::Relisting { from } => {
                 eprintln!("tokend: revision {from} was compacted; re-syncing with a snapshot");
             }
