@@ -309,8 +309,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             shutdown.clone(),
         ));
     }
-    // Bound only once the store is open and the operator credential exists:
-    // whoever sees the port open can read operator.token.
+    // Listening only once the store is open and the operator credential
+    // exists: whoever sees the port open can read operator.token.
     let listener = api_port
         .listen()
         .map_err(|e| cannot_listen("", config.listen, e))?;
