@@ -1,8 +1,9 @@
 //! Command line: `tokend serve` and the client subcommands (`accounts`,
 //! `tokens`), every flag with an environment twin.
 //!
-//! Owns argument parsing and logging set-up only; it must never reach into
-//! the store or services directly (`console` runs the client subcommands).
+//! Owns argument parsing, logging set-up and the signals that stop the
+//! process only; it must never reach into the store or services directly
+//! (`console` runs the client subcommands).
 //! `serve`'s own flags, and the server configuration they make, are in
 //! `cli/serve.rs`.
 
@@ -444,4 +445,20 @@ fn count_up_to(max: usize) -> clap::builder::RangedU64ValueParser<usize> {
 fn instant(s: &str) -> Result<prost_types::Timestamp, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not an RFC 3339 instant such as 2027-01-31T00:00:00Z"))
+}
+
+/// Installs SIGINT and SIGTERM handlers now; the future resolves with the
+/// name of the first of them to arrive, and the exit code a process the
+/// signal ended would have in a shell (128 + its number). `tokend serve`
+/// stops on it; `snapshot save` cleans up and exits with that code.
+pub fn stop_signal() -> std::io::Result<impl Future<Output = (&'static str, i32)>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => ("SIGINT", 128 + libc::SIGINT),
+            _ = term.recv() => ("SIGTERM", 128 + libc::SIGTERM),
+        }
+    })
 }

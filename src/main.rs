@@ -92,7 +92,7 @@ async fn serve(args: tokend::cli::ServeArgs) -> Result<(), tokend::error::Error>
     // The handlers go in before the server binds: a supervisor (or a test)
     // that sees the port open and sends SIGTERM at once must get a clean
     // stop, not the default action of a signal nobody handles yet.
-    let stop = shutdown_signal();
+    let stop = tokend::cli::stop_signal().expect("installing the SIGINT and SIGTERM handlers");
     let running = tokend::server::start(args.config()?).await?;
     release_freed_memory();
     stop.await;
@@ -109,18 +109,4 @@ fn release_freed_memory() {
     // SAFETY: no arguments to uphold; mimalloc's collection is safe to
     // run on any thread at any time.
     unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
-/// Installs the SIGINT and SIGTERM handlers now; the future resolves on
-/// either.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    }
 }

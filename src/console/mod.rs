@@ -263,8 +263,7 @@ impl Conn {
                     unanswered: Some(Unanswered::TimedOut),
                 };
             }
-            let why = dial::cause(&peer(args), &e)
-                .unwrap_or_else(|| dial::chain(e.to_string(), std::error::Error::source(&e)));
+            let why = dial::cause(&peer(args), &e).unwrap_or(said);
             fail(
                 exit::UNAVAILABLE,
                 format!("cannot reach {}: {why}", args.server),

@@ -33,7 +33,7 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
             // Before anything is downloaded: a path that cannot be written
             // fails at once, not after the whole store crossed the wire.
             let staged = Staged::create(&file).map_err(cannot_write)?;
-            let stopped = stop_signal()
+            let stopped = crate::cli::stop_signal()
                 .map_err(|e| fail(exit::FAILED, format!("cannot handle Ctrl-C: {e}")))?;
             let download = async {
                 let conn = Conn::open(&client).await?;
@@ -163,22 +163,6 @@ fn describe(s: &Summary) -> String {
         "revision {}, {} accounts, {} tokens ({} live)",
         s.revision, s.accounts, s.tokens, s.live_secrets
     )
-}
-
-/// Installs SIGINT and SIGTERM handlers now; the future resolves with the
-/// name of the first of them to arrive, and the exit code a process the
-/// signal ended would have in a shell (128 + its number, as `tokens watch`
-/// has, which the signal does end).
-fn stop_signal() -> std::io::Result<impl Future<Output = (&'static str, i32)>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => ("SIGINT", 128 + libc::SIGINT),
-            _ = term.recv() => ("SIGTERM", 128 + libc::SIGTERM),
-        }
-    })
 }
 
 /// A snapshot's file while it is made: a temp file beside it (mode 0600),
