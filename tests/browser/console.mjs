@@ -470,8 +470,10 @@ const scenarios = {
 
     // Drop 1: one change while the page is away.
     await L.restartTokend(page, async () => {
+      await L.shot(page, "resume-away");
       await L.cli("tokens", "delete", F.target.id, "--yes");
     });
+    await L.shot(page, "resume-back");
     await L.waitRowGone(page, F.target.id);
     await L.listReady(page);
     check((await snapshots()) === 1, "resumed from the next revision: the delete arrived, no new snapshot");
