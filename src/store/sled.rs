@@ -12,7 +12,8 @@
 //! reaches the disk in background checkpoints (`sled/apply.rs`). At open,
 //! sled is brought up to the log's end before anything is served. Readers
 //! use the published [`State`], and sled's event log once sled has caught
-//! up with that state.
+//! up with that state. What sled's own flush leaves unsynced, every flush
+//! here syncs (`sled/files.rs`).
 //!
 //! The data dir: `db/` (sled; its layout and reading it back are in
 //! `sled/layout.rs`, the retained event log in `sled/events.rs`, and
@@ -43,6 +44,7 @@ mod commit;
 mod compact;
 mod durable;
 mod events;
+mod files;
 mod format;
 mod layout;
 mod open;
@@ -93,8 +95,8 @@ struct Inner {
     retention: u64,
     access: AccessLog,
     page_key: [u8; 32],
-    /// sled's own file, for the fdatasync that its flush leaves out.
-    log_file: std::fs::File,
+    /// sled's files, for the syncs that its flush leaves out.
+    files: files::SledFiles,
     /// Set when a commit failed after sled may have taken part of it: from
     /// then on memory and disk may disagree, so writes are refused until a
     /// restart re-reads the disk.

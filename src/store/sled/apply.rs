@@ -287,17 +287,16 @@ impl Drop for Dead<'_> {
     }
 }
 
-/// sled's flush ends in sync_file_range, which flushes neither the drive's
-/// write cache nor the file's size: not durable across a power loss. One
-/// fdatasync of its file after it makes it so.
+/// sled's flush, then the syncs it leaves out (`sled/files.rs`): not
+/// durable across a power loss without them.
 fn flush(inner: &Inner) -> Result<(), Error> {
     inner
         .db
         .flush()
         .map_err(|e| io_error("flushing to disk", e))?;
     inner
-        .log_file
-        .sync_data()
+        .files
+        .sync()
         .map_err(|e| io_error("syncing to disk", e))
 }
 

@@ -29,6 +29,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::files::SledFiles;
 use super::layout::K_FORMAT;
 use super::{SledStore, corrupt, format, io_error};
 use crate::error::Error;
@@ -195,9 +196,14 @@ fn copy_into(old: &sled::Db, dir: &Path) -> Result<(sled::Db, u64), Error> {
         )));
     }
     new.flush().map_err(failed)?;
-    // sled's flush leaves out the fdatasync of its own file and the names
-    // (`blobs/` stays empty: no tokend record is near sled's blob size).
-    for path in [dir.join("conf"), dir.join("db"), dir.to_path_buf()] {
+    // What sled's flush leaves out (`sled/files.rs`: its file's data and
+    // its blob files, which a copy's pages of packed tombstones fill), and
+    // the names it created.
+    let syncing = |e| io_error(&format!("syncing {}", dir.display()), e);
+    SledFiles::open(dir)
+        .and_then(|f| f.sync())
+        .map_err(syncing)?;
+    for path in [dir.join("conf"), dir.to_path_buf()] {
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error(&format!("syncing {}", path.display()), e))?;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use super::files::SledFiles;
 use super::layout::{self, K_PAGE_KEY};
 use super::wal::Wal;
 use super::{
@@ -95,9 +96,9 @@ impl SledStore {
                 state.revision()
             )));
         }
-        let sled_path = config.data_dir.join("db").join("db");
-        let log_file = std::fs::File::open(&sled_path)
-            .map_err(|e| io_error(&format!("opening {}", sled_path.display()), e))?;
+        let db_dir = config.data_dir.join("db");
+        let files = SledFiles::open(&db_dir)
+            .map_err(|e| io_error(&format!("opening {}", db_dir.display()), e))?;
         let oldest = events.oldest();
         tracing::info!(
             revision = state.revision(),
@@ -108,7 +109,7 @@ impl SledStore {
         );
 
         let inner = Arc::new(Inner {
-            log_file,
+            files,
             db,
             tree,
             applied: tokio::sync::watch::Sender::new(state.revision()),

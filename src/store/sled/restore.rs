@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+use super::files::SledFiles;
 use super::layout::{
     Accessed, K_FORMAT, K_PAGE_KEY, K_REVISION, Writes, account_key, set_tombstone_counts,
     write_issued, write_token,
@@ -149,9 +150,10 @@ fn write_dir(dir: &Path, s: &Snapshot) -> Result<(), Error> {
     db.flush().map_err(failed)?;
     drop(tree);
     drop(db);
-    // sled's flush leaves out the fdatasync of its own file.
-    let file = dir.join("db").join("db");
-    std::fs::File::open(&file)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_error(&format!("syncing {}", file.display()), e))
+    // What sled's flush leaves out (`sled/files.rs`); the names, once the
+    // store is in place (`sync_names`).
+    let db_dir = dir.join("db");
+    SledFiles::open(&db_dir)
+        .and_then(|f| f.sync())
+        .map_err(|e| io_error(&format!("syncing {}", db_dir.display()), e))
 }
