@@ -130,7 +130,7 @@ impl Watchers {
 
     /// Opens a stream. Fails at once (rather than as the stream's first
     /// message) when the cap is reached or `start` is already compacted.
-    pub fn open(&self, filter: Filter, start: Start) -> Result<WatchStream, Error> {
+    pub async fn open(&self, filter: Filter, start: Start) -> Result<WatchStream, Error> {
         if self.hub.is_closing() {
             return Err(Error::shutting_down());
         }
@@ -148,8 +148,10 @@ impl Watchers {
         }
         let next = match start {
             Start::Now => state.revision() + 1,
-            Start::At(rev) => {
-                let oldest = self.store.oldest_revision();
+            // At or before the head, the log has to hold it; after it, it
+            // is to come.
+            Start::At(rev) if rev <= state.revision() => {
+                let oldest = self.store.oldest_revision(state.revision()).await?;
                 if rev < oldest {
                     return Err(Error::Compacted {
                         requested: rev,
@@ -158,6 +160,7 @@ impl Watchers {
                 }
                 rev
             }
+            Start::At(rev) => rev,
             Start::Snapshot => 0, // set by the follower from the snapshot it takes
         };
         // Counted (`tokend_watch_streams_open`) once it is sure to open, and

@@ -233,7 +233,7 @@ async fn pages_sled_keeps_in_files_of_their_own_survive_a_power_cut() {
         let id = e.token.expect("a token event").id;
         assert!(
             made.contains_key(&id),
-            "{id}: not made here, or heard twice"
+            "{id}: not one of the tokens made here"
         );
         assert!(heard.insert(id.clone()), "{id} heard twice");
     }

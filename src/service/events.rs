@@ -23,7 +23,7 @@ use crate::watch::{Filter, Notice, Start};
 pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<pb::EncodedEvent, Status>> + Send>>;
 
 impl Service {
-    pub(super) fn watch(
+    pub(super) async fn watch(
         &self,
         request: Request<pb::WatchTokensRequest>,
     ) -> Result<EventStream, Error> {
@@ -52,7 +52,7 @@ impl Service {
             kinds,
             credential: Some(caller),
         };
-        let stream = self.watchers.open(filter, start)?;
+        let stream = self.watchers.open(filter, start).await?;
         let (encoded, store) = (self.encoded.clone(), self.store.clone());
         let stream = stream.map(move |item| match item {
             Ok(Notice::Change(event)) => Ok(encoded.get(&event)),
@@ -91,7 +91,8 @@ impl Service {
         };
         let mut events = self.store.token_events(&id, before, size + 1).await?;
         // After the read, which may have learnt of a compaction.
-        let oldest_revision = self.store.oldest_revision() as i64;
+        let head = self.store.state().revision();
+        let oldest_revision = self.store.oldest_revision(head).await? as i64;
         let next_page_token = if events.len() > size {
             events.truncate(size);
             events

@@ -489,7 +489,7 @@ impl TokenService for Service {
         &self,
         request: Request<pb::WatchTokensRequest>,
     ) -> Result<Response<Self::WatchTokensStream>, Status> {
-        Ok(Response::new(self.watch(request)?))
+        Ok(Response::new(self.watch(request).await?))
     }
 
     async fn list_token_events(

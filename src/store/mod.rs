@@ -140,8 +140,12 @@ pub trait Store: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<Token>, Error>;
 
-    /// The oldest revision still in the event log (head + 1 when it is empty).
-    fn oldest_revision(&self) -> Revision;
+    /// The oldest revision the event log keeps once it holds every event
+    /// up to `head` (`head + 1` when it keeps none): what a reader of the
+    /// state at `head` may ask for. The embedded store trims its log as it
+    /// applies commits to sled, behind the published state: it waits for
+    /// that first.
+    async fn oldest_revision(&self, head: Revision) -> Result<Revision, Error>;
 
     /// Last-access times: kept in memory, persisted lazily by the backend.
     fn access_log(&self) -> &AccessLog;

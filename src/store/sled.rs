@@ -91,6 +91,8 @@ struct Inner {
     wanted: AtomicU64,
     /// The applier thread, for `hurry` to wake.
     applier_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// The oldest revision sled's event log keeps: moved by the applier
+    /// before it removes the keys below it (`sled/apply.rs`).
     oldest: AtomicU64,
     retention: u64,
     access: AccessLog,
@@ -291,8 +293,9 @@ impl Store for SledStore {
         .map_err(|e| Error::Internal(format!("reading tombstones: {e}")))?
     }
 
-    fn oldest_revision(&self) -> Revision {
-        self.inner.oldest.load(Ordering::Acquire)
+    async fn oldest_revision(&self, head: Revision) -> Result<Revision, Error> {
+        self.inner.caught_up(head).await?;
+        Ok(self.inner.oldest.load(Ordering::Acquire))
     }
 
     fn access_log(&self) -> &AccessLog {

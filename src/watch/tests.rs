@@ -160,8 +160,8 @@ impl Store for FakeStore {
         unreachable!("watch streams never read tombstones")
     }
 
-    fn oldest_revision(&self) -> Revision {
-        self.inner.lock().unwrap().oldest
+    async fn oldest_revision(&self, _: Revision) -> Result<Revision, Error> {
+        Ok(self.inner.lock().unwrap().oldest)
     }
 
     fn access_log(&self) -> &AccessLog {
@@ -213,9 +213,9 @@ impl Rig {
         }
     }
 
-    fn open(&self, start: Start) -> WatchStream {
+    async fn open(&self, start: Start) -> WatchStream {
         let filter = Filter::default();
-        self.watchers.open(filter, start).expect("a stream")
+        self.watchers.open(filter, start).await.expect("a stream")
     }
 
     /// Commits a rename of the token (in the world only: nothing visible,
@@ -301,7 +301,7 @@ fn changes(notices: Vec<Result<Notice, Error>>) -> Vec<Revision> {
 #[tokio::test]
 async fn a_live_event_after_a_hole_sends_the_follower_back_to_the_log() {
     let mut rig = Rig::new(64);
-    let mut stream = rig.open(Start::Now);
+    let mut stream = rig.open(Start::Now).await;
     assert_eq!(
         revisions(&mut stream),
         NOTHING,
@@ -327,7 +327,7 @@ async fn a_live_event_after_a_hole_sends_the_follower_back_to_the_log() {
 #[tokio::test]
 async fn a_hole_the_log_no_longer_holds_ends_the_stream_compacted() {
     let mut rig = Rig::new(64);
-    let mut stream = rig.open(Start::Now);
+    let mut stream = rig.open(Start::Now).await;
     assert_eq!(revisions(&mut stream), NOTHING);
     for _ in 3..=5 {
         rig.rename();
@@ -357,7 +357,7 @@ async fn a_publisher_ahead_of_its_state_is_caught_by_the_gap_check() {
     let mut rig = Rig::new(64);
     let (three, four, five) = (rig.rename(), rig.rename(), rig.rename());
     rig.publish(2, three);
-    let mut stream = rig.open(Start::Now);
+    let mut stream = rig.open(Start::Now).await;
     assert_eq!(revisions(&mut stream), NOTHING);
     rig.show();
     rig.publish(three, four);
@@ -373,8 +373,8 @@ async fn a_stream_opened_mid_batch_misses_nothing_and_repeats_nothing() {
     let (three, four, five) = (rig.rename(), rig.rename(), rig.rename());
     rig.show();
     rig.publish(2, three);
-    let mut now = rig.open(Start::Now);
-    let mut replay = rig.open(Start::At(2));
+    let mut now = rig.open(Start::Now).await;
+    let mut replay = rig.open(Start::At(2)).await;
     rig.publish(three, four);
     assert_eq!(revisions(&mut now), NOTHING);
     assert_eq!(revisions(&mut replay), [2, 3, 4, 5]);
@@ -389,7 +389,7 @@ async fn a_stream_opened_mid_batch_misses_nothing_and_repeats_nothing() {
 #[tokio::test]
 async fn live_events_already_read_from_the_log_are_skipped() {
     let mut rig = Rig::new(64);
-    let mut stream = rig.open(Start::At(1));
+    let mut stream = rig.open(Start::At(1)).await;
     // Published after the stream subscribed, before it first read the log:
     // it reads 1..=4 there (1 is an account's: not sent), then hears 3 and
     // 4 again from the hub.
@@ -403,8 +403,8 @@ async fn live_events_already_read_from_the_log_are_skipped() {
 #[tokio::test]
 async fn revisions_that_skip_numbers_are_not_holes() {
     let mut rig = Rig::new(64);
-    let mut now = rig.open(Start::Now);
-    let mut future = rig.open(Start::At(11));
+    let mut now = rig.open(Start::Now).await;
+    let mut future = rig.open(Start::At(11)).await;
     for revision in [10, 13, 17] {
         rig.rename_at(revision);
         rig.show();
@@ -417,7 +417,7 @@ async fn revisions_that_skip_numbers_are_not_holes() {
 #[tokio::test]
 async fn a_follower_that_lagged_behind_the_hub_catches_up_from_the_log() {
     let mut rig = Rig::new(16);
-    let mut stream = rig.open(Start::Now);
+    let mut stream = rig.open(Start::Now).await;
     assert_eq!(revisions(&mut stream), NOTHING);
     let last = (0..100).map(|_| rig.commit_rename()).last().unwrap();
     let got = revisions(&mut stream);
@@ -434,7 +434,7 @@ async fn a_follower_that_lagged_behind_the_hub_catches_up_from_the_log() {
 #[tokio::test]
 async fn a_caught_up_follower_takes_a_whole_batch_from_the_hub() {
     let mut rig = Rig::new(64);
-    let mut stream = rig.open(Start::Now);
+    let mut stream = rig.open(Start::Now).await;
     assert_eq!(revisions(&mut stream), NOTHING);
     let batch: Vec<Revision> = (0..3).map(|_| rig.rename()).collect();
     rig.show();
@@ -449,7 +449,7 @@ async fn a_caught_up_follower_takes_a_whole_batch_from_the_hub() {
 #[tokio::test]
 async fn a_snapshot_stream_continues_right_after_its_snapshot() {
     let mut rig = Rig::new(64);
-    let mut stream = rig.open(Start::Snapshot);
+    let mut stream = rig.open(Start::Snapshot).await;
     rig.commit_rename(); // 3: published after subscribing, before the snapshot
     let got = ready(&mut stream);
     assert!(
@@ -472,7 +472,7 @@ async fn a_filter_sends_its_account_and_kinds_but_moves_past_everything() {
         kinds: HashSet::from([EventKind::Disabled]),
         credential: None,
     };
-    let mut stream = rig.watchers.open(filter, Start::Now).unwrap();
+    let mut stream = rig.watchers.open(filter, Start::Now).await.unwrap();
     rig.world.disable_token(&theirs);
     rig.show();
     rig.publish(rig.published, rig.world.state.revision());
@@ -496,7 +496,7 @@ async fn a_revoked_credential_ends_the_stream_after_the_event_that_revoked_it() 
         kinds: HashSet::new(),
         credential: Some(caller),
     };
-    let mut stream = rig.watchers.open(filter, Start::Now).unwrap();
+    let mut stream = rig.watchers.open(filter, Start::Now).await.unwrap();
     rig.commit_rename();
     rig.world
         .set_account_status(&rig.account.clone(), AccountStatus::Disabled);
@@ -542,7 +542,7 @@ async fn an_old_revocation_replayed_from_the_log_does_not_end_the_stream() {
         credential: Some(caller),
         ..Filter::default()
     };
-    let mut stream = rig.watchers.open(filter, Start::At(1)).unwrap();
+    let mut stream = rig.watchers.open(filter, Start::At(1)).await.unwrap();
     assert_eq!(revisions(&mut stream), [2, 3, 4, 5]);
     // A revocation after the stream opened does end it.
     rig.world.disable_token(&rig.token.clone());
@@ -562,6 +562,7 @@ async fn opening_refuses_compacted_history_revoked_credentials_and_too_many_stre
     let e = rig
         .watchers
         .open(Filter::default(), Start::At(1))
+        .await
         .err()
         .unwrap();
     assert!(
@@ -574,7 +575,12 @@ async fn opening_refuses_compacted_history_revoked_credentials_and_too_many_stre
         ),
         "{e:?}"
     );
-    assert!(rig.watchers.open(Filter::default(), Start::At(2)).is_ok());
+    assert!(
+        rig.watchers
+            .open(Filter::default(), Start::At(2))
+            .await
+            .is_ok()
+    );
 
     let (gone, _) = rig.world.token(&rig.account, &[]);
     let stale = crate::caller::Caller {
@@ -587,20 +593,29 @@ async fn opening_refuses_compacted_history_revoked_credentials_and_too_many_stre
         credential: Some(stale),
         ..Filter::default()
     };
-    let e = rig.watchers.open(filter, Start::Now).err().unwrap();
+    let e = rig.watchers.open(filter, Start::Now).await.err().unwrap();
     assert_eq!(reason_of(&e), "UNAUTHENTICATED");
 
-    let streams: Vec<_> = (0..8).map(|_| rig.open(Start::Now)).collect();
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        streams.push(rig.open(Start::Now).await);
+    }
     assert_eq!(rig.watchers.open_count(), 8);
     let e = rig
         .watchers
         .open(Filter::default(), Start::Now)
+        .await
         .err()
         .unwrap();
     assert!(matches!(e, Error::TooManyWatchers { limit: 8 }), "{e:?}");
     drop(streams);
     assert_eq!(rig.watchers.open_count(), 0);
-    assert!(rig.watchers.open(Filter::default(), Start::Now).is_ok());
+    assert!(
+        rig.watchers
+            .open(Filter::default(), Start::Now)
+            .await
+            .is_ok()
+    );
 }
 
 /// The notices ready now: every one a change but the last, which is the
@@ -619,13 +634,13 @@ fn ends_shutting_down(stream: &mut WatchStream) -> Vec<Revision> {
 #[tokio::test]
 async fn closing_the_hub_ends_waiting_streams_and_opens_no_more() {
     let mut rig = Rig::new(64);
-    let mut waiting = rig.open(Start::Now);
-    let mut snapshot = rig.open(Start::Snapshot);
+    let mut waiting = rig.open(Start::Now).await;
+    let mut snapshot = rig.open(Start::Snapshot).await;
     assert_eq!(revisions(&mut waiting), NOTHING);
     assert_eq!(ready(&mut snapshot).len(), 2, "the token, then synced");
     assert_eq!(rig.commit_rename(), 3);
     // Opened after 3 went out: it waits for 4, and only the close wakes it.
-    let mut idle = rig.open(Start::Now);
+    let mut idle = rig.open(Start::Now).await;
     assert_eq!(revisions(&mut idle), NOTHING);
     rig.hub.close();
     // An event published before the close still goes out.
@@ -633,7 +648,7 @@ async fn closing_the_hub_ends_waiting_streams_and_opens_no_more() {
     assert_eq!(ends_shutting_down(&mut snapshot), [3]);
     assert_eq!(ends_shutting_down(&mut idle), NOTHING);
     assert!(matches!(
-        rig.watchers.open(Filter::default(), Start::Now),
+        rig.watchers.open(Filter::default(), Start::Now).await,
         Err(Error::Unavailable { .. })
     ));
 }
@@ -644,7 +659,7 @@ async fn closing_the_hub_ends_a_stream_waiting_for_a_log_read() {
     let first = rig.rename();
     rig.show();
     rig.store.stalled.store(true, Ordering::Relaxed);
-    let mut stream = rig.open(Start::At(first));
+    let mut stream = rig.open(Start::At(first)).await;
     assert!(ready(&mut stream).is_empty(), "waiting for the log");
     rig.hub.close();
     assert_eq!(ends_shutting_down(&mut stream), NOTHING);
@@ -655,7 +670,7 @@ async fn a_stream_that_lagged_past_the_close_ends_too() {
     // The ring keeps 16: the close's wake-up is dropped for a receiver 20
     // behind, which is told it lagged, and ends all the same.
     let mut rig = Rig::new(16);
-    let mut stream = rig.open(Start::Now);
+    let mut stream = rig.open(Start::Now).await;
     assert_eq!(revisions(&mut stream), NOTHING);
     for _ in 0..20 {
         rig.commit_rename();

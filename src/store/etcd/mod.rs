@@ -419,8 +419,8 @@ impl Store for EtcdStore {
         Ok(out)
     }
 
-    fn oldest_revision(&self) -> Revision {
-        self.inner.compacted.load(Ordering::Acquire)
+    async fn oldest_revision(&self, _head: Revision) -> Result<Revision, Error> {
+        Ok(self.inner.compacted.load(Ordering::Acquire))
     }
 
     fn access_log(&self) -> &AccessLog {

@@ -4,13 +4,20 @@
 //! A committed batch is durable once the writer (`sled/durable.rs`) has
 //! synced it to the log; sled only has to catch up. The applier thread
 //! takes the writer's batches in commit order, gathers those of the next
-//! [`APPLY_EVERY`] into one run (one tombstone count per account and one
-//! revision-counter write for the whole run; the thread sleeps out the run,
-//! so the writer's sends do not wake it), applies the run to sled in memory and
-//! advances the applied revision, which readers of sled (the event log,
-//! tombstones) wait for. The writer therefore answers and publishes without
-//! waiting for sled. This is etcd's shape: its raft loop persists the WAL,
-//! and its backend applies behind it and commits every 100 ms.
+//! [`APPLY_EVERY`] into one run (one tombstone count per account, one event
+//! key and one revision-counter write for the whole run; the thread sleeps
+//! out the run, so the writer's sends do not wake it), applies the run to
+//! sled in memory and advances the applied revision, which readers of sled
+//! (the event log, tombstones) wait for. The writer therefore answers and
+//! publishes without waiting for sled. This is etcd's shape: its raft loop
+//! persists the WAL, and its backend applies behind it and commits every
+//! 100 ms.
+//!
+//! It keeps the event log's keys ([`EventLog`]): which ones sled holds,
+//! which a run's trim removes, and the oldest revision readers may ask
+//! for. One key per run (unless its events are many), not per commit: at
+//! one client a commit is one delete, and its own event key, and the trim
+//! of an old one, were two of the four sled writes it cost.
 //!
 //! The thread runs [`NICE`] steps below the process: no write's answer
 //! and no live event waits for it (readers of sled hurry it, below), so on
@@ -26,9 +33,11 @@
 //!
 //! It must never delete a segment before sled's flush covering it returned,
 //! never advance the applied revision past a batch it has not applied,
-//! never keep a waiting reader waiting for the rest of a run, never do work
-//! a write's answer waits for (it runs at a lower priority), and never use
-//! sled's `flush_async` (it deadlocks under concurrency).
+//! never keep a waiting reader waiting for the rest of a run, never remove
+//! an event key before the oldest revision readers may ask for has moved
+//! past it, never do work a write's answer waits for (it runs at a lower
+//! priority), and never use sled's `flush_async` (it deadlocks under
+//! concurrency).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,7 +46,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::events::{self, EventLog};
+use super::events::EventLog;
 use super::format;
 use super::layout::{self, Writes};
 use super::wal::{Entry, Wal};
@@ -59,8 +68,14 @@ const APPLY_EVERY: Duration = Duration::from_millis(10);
 
 /// What the writer hands the applier, in commit order.
 pub(super) enum Work {
-    /// A committed batch's writes; `head` is its last revision.
-    Batch { writes: Writes, head: Revision },
+    /// A committed batch's writes; `head` is its last revision, and
+    /// `events` its events as the event log keeps them (`encode_event`), the
+    /// last at `head` (none for last-access times alone).
+    Batch {
+        writes: Writes,
+        head: Revision,
+        events: Vec<Vec<u8>>,
+    },
     /// Make what sled holds durable (last-access times, which skip the log).
     Flush,
     /// Flush, then delete the log segments below this sequence.
@@ -78,7 +93,12 @@ pub(super) struct Applier {
 }
 
 impl Applier {
-    pub(super) fn start(inner: Arc<Inner>, wal_dir: PathBuf) -> std::io::Result<Applier> {
+    /// Starts the thread on the event keys sled holds (`events`).
+    pub(super) fn start(
+        inner: Arc<Inner>,
+        wal_dir: PathBuf,
+        events: EventLog,
+    ) -> std::io::Result<Applier> {
         let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
         let busy = Arc::new(AtomicBool::new(false));
         let closing = Arc::new(AtomicBool::new(false));
@@ -89,7 +109,7 @@ impl Applier {
             .spawn(move || {
                 let _watch = Dead(&applying);
                 lower_priority();
-                apply_loop(&applying, &wal_dir, &flags.0, &flags.1, rx)
+                apply_loop(&applying, &wal_dir, events, &flags.0, &flags.1, rx)
             })?;
         // Readers wake it by its handle (`hurry`), which keeps no queue open.
         let _ = inner.applier_thread.set(thread.thread().clone());
@@ -190,6 +210,7 @@ pub(super) fn hurry(inner: &Inner, head: Revision) {
 fn apply_loop(
     inner: &Inner,
     wal_dir: &Path,
+    mut log: EventLog,
     busy: &AtomicBool,
     closing: &AtomicBool,
     rx: Receiver<Work>,
@@ -199,19 +220,27 @@ fn apply_loop(
     // waiting for it.
     let mut sled_head = *inner.applied.borrow();
     while let Ok(first) = rx.recv() {
-        let mut run: Option<(Writes, Revision)> = None;
+        let mut run: Option<Run> = None;
         // Flushes and checkpoints that come in during a run follow it: a
         // checkpoint then covers a few batches past its segment, which the
         // replay at open takes (it replays every logged batch).
         let mut after = Vec::new();
         let mut take = |work| match work {
-            Work::Batch { writes, head } => match &mut run {
-                Some((run, run_head)) => {
-                    run.append(writes);
-                    *run_head = head;
+            Work::Batch {
+                writes,
+                head,
+                events,
+            } => {
+                let batch = Run {
+                    writes,
+                    head,
+                    events,
+                };
+                match &mut run {
+                    Some(run) => run.add(batch),
+                    None => run = Some(batch),
                 }
-                None => run = Some((writes, head)),
-            },
+            }
             other => after.push(other),
         };
         let gather = matches!(first, Work::Batch { .. });
@@ -230,10 +259,11 @@ fn apply_loop(
                 take(work);
             }
         }
-        if let Some((writes, head)) = run
+        if let Some(run) = run
             && sled_head != Revision::MAX
         {
-            sled_head = match writes.apply(&inner.tree) {
+            let head = run.head;
+            sled_head = match run.finish(inner, &mut log).apply(&inner.tree) {
                 Ok(()) => head,
                 Err(e) => {
                     poison(inner, "applying a batch to sled", &e);
@@ -262,6 +292,39 @@ fn apply_loop(
                 Work::Batch { .. } => unreachable!("batches join the run"),
             }
         }
+    }
+}
+
+/// The batches one run applies together, in commit order (or one of them).
+struct Run {
+    writes: Writes,
+    /// The last batch's last revision.
+    head: Revision,
+    /// The run's events, encoded, the last at `head`: revisions are
+    /// consecutive across batches.
+    events: Vec<Vec<u8>>,
+}
+
+impl Run {
+    /// Adds the next batch behind these.
+    fn add(&mut self, later: Run) {
+        self.writes.append(later.writes);
+        self.head = later.head;
+        self.events.extend(later.events);
+    }
+
+    /// The run's writes, ended by its events' keys (one, unless they are
+    /// many), the removal of the keys past retention and the revision
+    /// counter (`EventLog::append`). The oldest revision readers may ask
+    /// for moves first, so that one who reads a removed key's revision is
+    /// told OUT_OF_RANGE, not handed a gap.
+    fn finish(mut self, inner: &Inner, log: &mut EventLog) -> Writes {
+        if !self.events.is_empty() {
+            let events: Vec<&[u8]> = self.events.iter().map(|e| &e[..]).collect();
+            let kept = log.append(&mut self.writes, &events, self.head, inner.retention);
+            inner.oldest.store(kept, Ordering::Release);
+        }
+        self.writes
     }
 }
 
@@ -349,10 +412,8 @@ pub(super) fn replay(
     let mut head: Option<Revision> = None;
     let mut applied = 0;
     for entries in batches {
-        let mut first = None;
-        let retained = events::encode_events(entries.iter().map(|e| &e.event[..]));
-        for Entry { secret, event } in entries {
-            let e = layout::decode::<EventRecord>("event in the write-ahead log", &event)?;
+        for Entry { secret, event } in &entries {
+            let e = layout::decode::<EventRecord>("event in the write-ahead log", event)?;
             // Increasing; consecutive past sled's revision, and the first
             // one sled must already reach: a hole there means lost commits.
             // (Below it, a hole is a checkpointed segment whose deletion
@@ -375,7 +436,7 @@ pub(super) fn replay(
             let change = Change {
                 kind: e.kind,
                 subject: e.subject,
-                secret,
+                secret: secret.clone(),
             };
             // A log of format 2 may keep a live token's secret without
             // naming it: the record sled holds has it. Applied at once, so
@@ -399,15 +460,15 @@ pub(super) fn replay(
             writes
                 .apply(tree)
                 .map_err(|e| io_error("replaying the write-ahead log", e))?;
-            first.get_or_insert(e.revision);
             head = Some(e.revision);
             applied += 1;
         }
-        let (Some(first), Some(last)) = (first, head) else {
+        let Some(last) = head.filter(|_| !entries.is_empty()) else {
             continue;
         };
+        let events: Vec<&[u8]> = entries.iter().map(|e| &e.event[..]).collect();
         let mut writes = Writes::default();
-        log.append(&mut writes, first, last, retained, retention);
+        log.append(&mut writes, &events, last, retention);
         writes
             .apply(tree)
             .map_err(|e| io_error("replaying the write-ahead log", e))?;

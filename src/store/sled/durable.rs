@@ -9,10 +9,10 @@
 //! It takes the batch callers have planned (`sled/commit.rs`), appends it
 //! to the log as one record and `fdatasync`s it once: from then on it is
 //! durable. It then publishes the state the batch leaves, answers the
-//! callers, hands the events to the hub and the batch's sled writes to the
-//! applier (`sled/apply.rs`), in that order, and takes the next batch: all
-//! that was planned since it took this one (mostly while it synced).
-//! Concurrent writers share one sync.
+//! callers, hands the events to the hub and the batch's sled writes, its
+//! events among them, to the applier (`sled/apply.rs`), in that order, and
+//! takes the next batch: all that was planned since it took this one
+//! (mostly while it synced). Concurrent writers share one sync.
 //!
 //! Every [`CHECKPOINT_EVERY`] or [`SEGMENT_BYTES`] of log, the writer closes
 //! the log segment and queues a checkpoint behind its batches. When writes
@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use super::apply::{self, Applier, Work};
 use super::commit::{Handoff, Planned};
-use super::events::{self, EventLog};
+use super::events::EventLog;
 use super::wal::Wal;
 use super::{Inner, io_error};
 use crate::domain::Revision;
@@ -101,8 +101,6 @@ fn writer_loop(inner: &Inner, handoff: &Handoff) {
 pub(super) struct Writer {
     inner: Arc<Inner>,
     wal: Wal,
-    /// The event keys sled will hold once the applier has caught up.
-    events: EventLog,
     /// The last durable revision.
     head: Revision,
     applier: Applier,
@@ -113,15 +111,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// The writer on `wal`, with the applier thread behind it started.
+    /// The writer on `wal`, with the applier thread behind it started
+    /// (which keeps the event log's keys, `events`, from then on).
     pub(super) fn open(inner: Arc<Inner>, wal: Wal, events: EventLog) -> std::io::Result<Writer> {
-        let applier = Applier::start(inner.clone(), wal.dir().to_path_buf())?;
+        let applier = Applier::start(inner.clone(), wal.dir().to_path_buf(), events)?;
         let head = inner.state.read().expect("state lock").revision();
         Ok(Writer {
             applier,
             inner,
             wal,
-            events,
             head,
             last_checkpoint: Instant::now(),
             fsync_duration: metrics::histogram!(telemetry::FSYNC_DURATION),
@@ -151,7 +149,7 @@ impl Writer {
         } else if !batch.events.is_empty() || batch.access {
             let started = Instant::now();
             let span = crate::traces::batch_span(&batch.committing, batch.events.len());
-            match span.in_scope(|| self.persist(&mut batch)) {
+            match span.in_scope(|| self.persist(&batch)) {
                 Ok(()) => {
                     to_sled = true;
                     tracing::debug!(
@@ -192,6 +190,7 @@ impl Writer {
             self.applier.send(Work::Batch {
                 writes: batch.writes,
                 head: self.head,
+                events: batch.encoded,
             });
             if access_only {
                 self.applier.send(Work::Flush);
@@ -201,13 +200,13 @@ impl Writer {
         batch.close
     }
 
-    /// Makes a batch's changes durable in the log and ends its sled writes
-    /// with the event log's. Access times alone skip the log.
-    fn persist(&mut self, batch: &mut Planned) -> Result<(), Error> {
-        let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+    /// Makes a batch's changes durable in the log. Access times alone skip
+    /// it. The batch's events reach sled's event log through the applier,
+    /// which keeps that log's keys (`sled/apply.rs`).
+    fn persist(&mut self, batch: &Planned) -> Result<(), Error> {
+        let Some(last) = batch.events.last() else {
             return Ok(());
         };
-        let (first, last) = (first.revision, last.revision);
         let started = Instant::now();
         self.wal
             .append(&batch.payload)
@@ -215,18 +214,7 @@ impl Writer {
         self.fsync_duration.record(started.elapsed().as_secs_f64());
         self.batch_size.record(batch.events.len() as f64);
         fail::fail_point!("sled-wal-synced", |_| std::process::abort());
-        self.head = last;
-        // `oldest` moves before the keys go, so a reader sees OUT_OF_RANGE
-        // rather than a gap.
-        let retained = events::encode_events(batch.encoded.iter().map(|e| &e[..]));
-        let kept = self.events.append(
-            &mut batch.writes,
-            first,
-            last,
-            retained,
-            self.inner.retention,
-        );
-        self.inner.oldest.store(kept, Ordering::Release);
+        self.head = last.revision;
         Ok(())
     }
 

@@ -1,14 +1,17 @@
 //! The retained event log in sled: under `e/<u64 BE rev>`, the events of
-//! one commit, from revision `rev` on, as one value.
+//! one run of commits (those the applier applies together, `sled/apply.rs`;
+//! one commit each when the log is replayed at open), from revision `rev`
+//! on, as one value.
 //!
 //! A commit's value: `Z`, the length (`u32` LE), then LZ4 of `E` and each
 //! event as `[u32 LE length]` + its EventRecord. Formats 3 to 7 kept the
 //! `E` value uncompressed and format 2 one bare EventRecord per key: all
 //! three read as one log. No secret hash: a deleted token's is nowhere in
-//! sled. One key per commit, not per event: a sled insert or remove costs
-//! several microseconds whatever its size, and a commit of 30 deletes then
-//! writes one event key and removes at most a few old ones instead of 30
-//! of each.
+//! sled. One key per run, not per event or commit: a sled insert or remove
+//! costs several microseconds whatever its size, and a run of 30 deletes
+//! then writes one event key and removes at most a few old ones instead of
+//! 30 of each. A reader finds a revision in the last key at or before it,
+//! whatever that key's run held.
 //!
 //! Owns the event keys, encoding and reading a commit's value, and which
 //! keys are kept ([`EventLog`]: a new commit's key, the trim of commits
@@ -123,10 +126,10 @@ pub(super) fn decode_events(value: &[u8]) -> Result<Vec<Event>, Error> {
     Ok(out)
 }
 
-/// Which event keys sled holds: the first revision of each commit's events,
-/// oldest first. The writer alone adds and removes them (and the replay at
-/// open, before it), so it knows which keys a trim removes without reading
-/// sled, which the applier may not have brought up to date yet.
+/// Which event keys sled holds: the first revision of each key's events,
+/// oldest first. The applier thread alone adds and removes them (and the
+/// replay at open, before it), so it knows which keys a trim removes
+/// without reading sled.
 pub(super) struct EventLog {
     starts: VecDeque<Revision>,
     head: Revision,
@@ -148,27 +151,34 @@ impl EventLog {
         self.starts.front().copied().unwrap_or(self.head + 1)
     }
 
-    /// Ends the writes of a commit of revisions `first..=last`, whose
-    /// events are `payload`: its event key, the removal of every commit
-    /// that lies wholly before the newest `retention` events (a commit that
-    /// straddles the line stays whole), then the revision counter, last.
-    /// Returns the oldest revision kept after it. A commit applied again
-    /// (the replay at open) is written again only if its key is still kept.
+    /// Ends the writes of consecutive events, each encoded (`encoded`, in
+    /// revision order, the last at revision `last`; a run of commits, or
+    /// one): their event keys (a new one whenever a key's events would pass
+    /// [`KEY_BYTES`], or a sixteenth of `retention`), the removal of every
+    /// key that lies wholly before the newest `retention` events (a key
+    /// that straddles the line stays whole: the log keeps up to a key more
+    /// than `retention`), then the revision counter, last. Returns the oldest revision
+    /// kept after it. Events applied again (the replay at open) are written
+    /// again only where their key is still kept.
     pub(super) fn append(
         &mut self,
         batch: &mut Writes,
-        first: Revision,
+        encoded: &[&[u8]],
         last: Revision,
-        payload: Vec<u8>,
         retention: u64,
     ) -> Revision {
-        // Older than every kept key (or none is kept): trimmed already.
-        let trimmed = first <= self.head && self.starts.front().is_none_or(|&f| first < f);
-        if !trimmed {
-            if let Err(at) = self.starts.binary_search(&first) {
-                self.starts.insert(at, first);
+        let mut first = (last + 1).saturating_sub(encoded.len() as Revision);
+        for events in key_chunks(encoded, (retention / 16).max(1)) {
+            // Older than every kept key (or none is kept): trimmed already.
+            let trimmed = first <= self.head && self.starts.front().is_none_or(|&f| first < f);
+            if !trimmed {
+                if let Err(at) = self.starts.binary_search(&first) {
+                    self.starts.insert(at, first);
+                }
+                let value = encode_events(events.iter().copied());
+                batch.insert_encoded(event_key(first), value, compress_events);
             }
-            batch.insert_encoded(event_key(first), payload, compress_events);
+            first += events.len() as Revision;
         }
         self.head = self.head.max(last);
         let keep_from = (self.head + 1).saturating_sub(retention).max(1);
@@ -179,6 +189,38 @@ impl EventLog {
         batch.insert(K_REVISION.to_vec(), &self.head.to_be_bytes()[..]);
         self.oldest()
     }
+}
+
+/// The most event bytes (before compression) one key takes, but for a
+/// single larger event. sled writes a page of over 128 KiB to a file of its
+/// own (`sled/files.rs`), and a page of event keys holds up to 17 of them:
+/// compressed to a fifth or less (a tenth, for tokens made alike), keys of
+/// this size keep such pages inline. A run of 30 deletes (some 14 KB) is
+/// one key.
+const KEY_BYTES: usize = 32 << 10;
+
+/// `encoded` cut into the events of each key, in order: as many as fit in
+/// [`KEY_BYTES`], up to `most`, at least one.
+fn key_chunks<'a, 'b>(encoded: &'b [&'a [u8]], most: u64) -> impl Iterator<Item = &'b [&'a [u8]]> {
+    let mut rest = encoded;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take(most as usize)
+            .take_while(|e| {
+                bytes += e.len() + 4;
+                bytes <= KEY_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(n);
+        rest = after;
+        Some(chunk)
+    })
 }
 
 #[cfg(test)]
@@ -198,47 +240,114 @@ mod tests {
         log.starts.into_iter().collect()
     }
 
-    /// Commits `first..=last` and applies their writes.
-    fn commit(log: &mut EventLog, tree: &sled::Tree, first: Revision, last: Revision) -> Revision {
+    /// Commits `first..=last` (events of one byte) and applies their writes,
+    /// keeping `retention` events.
+    fn commit(
+        log: &mut EventLog,
+        tree: &sled::Tree,
+        (first, last): (Revision, Revision),
+        retention: u64,
+    ) -> Revision {
         let mut writes = Writes::default();
-        let oldest = log.append(&mut writes, first, last, vec![first as u8], 4);
+        let body = [first as u8];
+        let events = vec![&body[..]; (last + 1 - first) as usize];
+        let oldest = log.append(&mut writes, &events, last, retention);
         writes.apply(tree).unwrap();
         oldest
     }
 
     #[test]
-    fn whole_commits_go_once_all_their_events_are_past_retention() {
+    fn whole_keys_go_once_all_their_events_are_past_retention() {
         let tree = tree();
         let mut log = EventLog::load(&tree, 0).unwrap();
         assert_eq!(log.oldest(), 1);
-        assert_eq!(commit(&mut log, &tree, 1, 3), 1);
-        assert_eq!(commit(&mut log, &tree, 4, 5), 1);
-        // Keep from 3 on: the first commit holds 3, so it stays whole.
-        assert_eq!(commit(&mut log, &tree, 6, 6), 1);
-        assert_eq!(keys(&tree), [1, 4, 6]);
-        // Keep from 5 on: the first commit goes, the second holds 5.
-        assert_eq!(commit(&mut log, &tree, 7, 8), 4);
-        assert_eq!(keys(&tree), [4, 6, 7]);
-        assert_eq!(revision(&tree).unwrap(), 8);
+        // Keys of up to 4 events (a sixteenth of 64).
+        assert_eq!(commit(&mut log, &tree, (1, 3), 64), 1);
+        assert_eq!(commit(&mut log, &tree, (4, 5), 64), 1);
+        assert_eq!(commit(&mut log, &tree, (6, 66), 64), 1);
+        assert_eq!(keys(&tree)[..4], [1, 4, 6, 10]);
+        // Keep from 4 on: the first key goes.
+        assert_eq!(commit(&mut log, &tree, (67, 67), 64), 4);
+        // Keep from 5 on: the key of 4 and 5 holds 5, so it stays whole.
+        assert_eq!(commit(&mut log, &tree, (68, 68), 64), 4);
+        // Keep from 6 on: it goes.
+        assert_eq!(commit(&mut log, &tree, (69, 69), 64), 6);
+        assert_eq!(keys(&tree)[..2], [6, 10]);
+        assert_eq!(revision(&tree).unwrap(), 69);
+        // With a retention of 4, one event a key.
+        let tree = self::tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        assert_eq!(commit(&mut log, &tree, (1, 3), 4), 1);
+        assert_eq!(commit(&mut log, &tree, (4, 5), 4), 2);
+        assert_eq!(keys(&tree), [2, 3, 4, 5]);
     }
 
     #[test]
     fn a_replayed_commit_is_written_again_only_while_kept() {
         let tree = tree();
         let mut log = EventLog::load(&tree, 0).unwrap();
-        for (first, last) in [(1, 3), (4, 5), (6, 6), (7, 8)] {
-            commit(&mut log, &tree, first, last);
+        for commit_of in [(1, 3), (4, 5), (6, 6), (7, 8)] {
+            commit(&mut log, &tree, commit_of, 4);
         }
-        // The replay at open: sled is at 8 and holds 4, 6 and 7.
+        // The replay at open: sled is at 8 and holds one key an event, 5 on.
         let mut log = EventLog::load(&tree, 8).unwrap();
         let mut writes = Writes::default();
-        log.append(&mut writes, 1, 3, vec![9], 4);
-        log.append(&mut writes, 4, 5, vec![9], 4);
+        log.append(&mut writes, &[&[9][..]; 3], 3, 4);
+        log.append(&mut writes, &[&[9][..]; 2], 5, 4);
         writes.apply(&tree).unwrap();
-        assert_eq!(keys(&tree), [4, 6, 7], "the trimmed commit stays gone");
-        let kept = tree.get(event_key(4)).unwrap().unwrap();
-        assert_eq!(&*inflate_events(&kept).unwrap(), [9]);
-        assert_eq!(log.oldest(), 4);
+        assert_eq!(keys(&tree), [5, 6, 7, 8], "the trimmed ones stay gone");
+        let kept = tree.get(event_key(5)).unwrap().unwrap();
+        assert_eq!(&*inflate_events(&kept).unwrap(), encode_events([&[9][..]]));
+        assert_eq!(log.oldest(), 5);
+    }
+
+    /// A run's events are cut into keys of at most [`KEY_BYTES`] (one
+    /// larger event has a key of its own) and a sixteenth of retention,
+    /// each holding the revisions from its key's on: read back in order,
+    /// none missing, none twice; a trim removes whole keys.
+    #[test]
+    fn many_events_are_cut_into_keys_that_read_back_in_order() {
+        let tree = tree();
+        let mut log = EventLog::load(&tree, 0).unwrap();
+        // Revisions 1..=10 of 10 KB, 11 of 40 KB, 12 of 1 byte.
+        let bodies: Vec<Vec<u8>> = (1..=12u8)
+            .map(|r| match r {
+                11 => vec![r; 40 << 10],
+                12 => vec![r],
+                _ => vec![r; 10 << 10],
+            })
+            .collect();
+        let events: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        let mut writes = Writes::default();
+        assert_eq!(log.append(&mut writes, &events, 12, 100), 1);
+        writes.apply(&tree).unwrap();
+        // Three 10 KB events fit in 32 KiB, a fourth does not.
+        assert_eq!(keys(&tree), [1, 4, 7, 10, 11, 12]);
+        let mut read = Vec::new();
+        for item in tree.scan_prefix(P_EVENT) {
+            let (k, v) = item.unwrap();
+            let value = inflate_events(&v).unwrap();
+            let mut rest = &value[1..];
+            let mut n = decode_event_key(&k).unwrap();
+            while !rest.is_empty() {
+                let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+                assert_eq!(&rest[4..4 + len], events[n as usize - 1], "revision {n}");
+                read.push(n);
+                rest = &rest[4 + len..];
+                n += 1;
+            }
+        }
+        assert_eq!(read, (1..=12).collect::<Vec<_>>());
+        // Keep the newest 6 (7 on): the keys wholly before it go.
+        let mut writes = Writes::default();
+        assert_eq!(log.append(&mut writes, &[b"13"], 13, 7), 7);
+        writes.apply(&tree).unwrap();
+        assert_eq!(keys(&tree), [7, 10, 11, 12, 13]);
+        // Small events, but at most a sixteenth of retention (32) a key.
+        let mut writes = Writes::default();
+        log.append(&mut writes, &[&b"e"[..]; 5], 18, 32);
+        writes.apply(&tree).unwrap();
+        assert_eq!(keys(&tree), [7, 10, 11, 12, 13, 14, 16, 18]);
     }
 
     /// The events of an account and `n` tokens made in it, each encoded,
@@ -293,12 +402,13 @@ mod tests {
     /// split. Damage is an error, never a panic or a huge allocation.
     #[test]
     fn a_commit_is_compressed_in_sled_and_damage_is_refused() {
-        let (w, _, value) = events_of_tokens(20);
+        let (w, encoded, value) = events_of_tokens(20);
         let tree = tree();
         let mut log = EventLog::load(&tree, 0).unwrap();
         let mut writes = Writes::default();
         let last = w.log.last().unwrap().revision;
-        log.append(&mut writes, 1, last, value.clone(), 1000);
+        let encoded: Vec<&[u8]> = encoded.iter().map(|e| &e[..]).collect();
+        log.append(&mut writes, &encoded, last, 1000);
         writes.apply(&tree).unwrap();
         let kept = tree.get(event_key(1)).unwrap().unwrap();
         assert_eq!(kept[0], COMPRESSED_EVENTS);
