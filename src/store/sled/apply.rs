@@ -15,9 +15,10 @@
 //!
 //! It keeps the event log's keys ([`EventLog`]): which ones sled holds,
 //! which a run's trim removes, and the oldest revision readers may ask
-//! for. One key per run (unless its events are many), not per commit: at
-//! one client a commit is one delete, and its own event key, and the trim
-//! of an old one, were two of the four sled writes it cost.
+//! for. One key per run (more, between batches, when its events are
+//! many), not per commit: at one client a commit is one delete, and its
+//! own event key, and the trim of an old one, were two of the four sled
+//! writes it cost.
 //!
 //! The thread runs [`NICE`] steps below the process: no write's answer
 //! and no live event waits for it (readers of sled hurry it, below), so on
@@ -68,18 +69,21 @@ const APPLY_EVERY: Duration = Duration::from_millis(10);
 
 /// What the writer hands the applier, in commit order.
 pub(super) enum Work {
-    /// A committed batch's writes; `head` is its last revision, and
-    /// `events` its events as the event log keeps them (`encode_event`), the
-    /// last at `head` (none for last-access times alone).
-    Batch {
-        writes: Writes,
-        head: Revision,
-        events: Vec<Vec<u8>>,
-    },
+    Batch(Batch),
     /// Make what sled holds durable (last-access times, which skip the log).
     Flush,
     /// Flush, then delete the log segments below this sequence.
     Checkpoint(u64),
+}
+
+/// A committed batch, as sled gets it.
+pub(super) struct Batch {
+    pub(super) writes: Writes,
+    /// Its last revision.
+    pub(super) head: Revision,
+    /// Its events as the event log keeps them (`record::encode_event`), the
+    /// last at `head`; none for last-access times alone.
+    pub(super) events: Vec<Vec<u8>>,
 }
 
 /// The writer's handle on the applier thread.
@@ -220,30 +224,16 @@ fn apply_loop(
     // waiting for it.
     let mut sled_head = *inner.applied.borrow();
     while let Ok(first) = rx.recv() {
-        let mut run: Option<Run> = None;
+        let mut run: Vec<Batch> = Vec::new();
         // Flushes and checkpoints that come in during a run follow it: a
         // checkpoint then covers a few batches past its segment, which the
         // replay at open takes (it replays every logged batch).
         let mut after = Vec::new();
         let mut take = |work| match work {
-            Work::Batch {
-                writes,
-                head,
-                events,
-            } => {
-                let batch = Run {
-                    writes,
-                    head,
-                    events,
-                };
-                match &mut run {
-                    Some(run) => run.add(batch),
-                    None => run = Some(batch),
-                }
-            }
+            Work::Batch(batch) => run.push(batch),
             other => after.push(other),
         };
-        let gather = matches!(first, Work::Batch { .. });
+        let gather = matches!(first, Work::Batch(_));
         take(first);
         if gather {
             // Parked, not waiting on the queue: the writer's sends do not
@@ -259,11 +249,10 @@ fn apply_loop(
                 take(work);
             }
         }
-        if let Some(run) = run
+        if let Some(head) = run.last().map(|b| b.head)
             && sled_head != Revision::MAX
         {
-            let head = run.head;
-            sled_head = match run.finish(inner, &mut log).apply(&inner.tree) {
+            sled_head = match run_writes(run, inner, &mut log).apply(&inner.tree) {
                 Ok(()) => head,
                 Err(e) => {
                     poison(inner, "applying a batch to sled", &e);
@@ -289,43 +278,37 @@ fn apply_loop(
                     }
                     busy.store(false, Ordering::Release);
                 }
-                Work::Batch { .. } => unreachable!("batches join the run"),
+                Work::Batch(_) => unreachable!("batches join the run"),
             }
         }
     }
 }
 
-/// The batches one run applies together, in commit order (or one of them).
-struct Run {
-    writes: Writes,
-    /// The last batch's last revision.
-    head: Revision,
-    /// The run's events, encoded, the last at `head`: revisions are
-    /// consecutive across batches.
-    events: Vec<Vec<u8>>,
-}
-
-impl Run {
-    /// Adds the next batch behind these.
-    fn add(&mut self, later: Run) {
-        self.writes.append(later.writes);
-        self.head = later.head;
-        self.events.extend(later.events);
-    }
-
-    /// The run's writes, ended by its events' keys (one, unless they are
-    /// many), the removal of the keys past retention and the revision
-    /// counter (`EventLog::append`). The oldest revision readers may ask
-    /// for moves first, so that one who reads a removed key's revision is
-    /// told OUT_OF_RANGE, not handed a gap.
-    fn finish(mut self, inner: &Inner, log: &mut EventLog) -> Writes {
-        if !self.events.is_empty() {
-            let events: Vec<&[u8]> = self.events.iter().map(|e| &e[..]).collect();
-            let kept = log.append(&mut self.writes, &events, self.head, inner.retention);
-            inner.oldest.store(kept, Ordering::Release);
+/// The writes of a run of batches, in commit order, ended by their events'
+/// keys (one, unless they are many; a batch's events stay in one key), the
+/// removal of the keys past retention and the revision counter
+/// (`EventLog::append`). The oldest revision readers may ask for moves
+/// first, so that one who reads a removed key's revision is told
+/// OUT_OF_RANGE, not handed a gap.
+fn run_writes(run: Vec<Batch>, inner: &Inner, log: &mut EventLog) -> Writes {
+    let head = run.last().map_or(0, |b| b.head);
+    let mut writes = Writes::default();
+    let mut events = Vec::with_capacity(run.len());
+    for batch in run {
+        writes.append(batch.writes);
+        if !batch.events.is_empty() {
+            events.push(batch.events);
         }
-        self.writes
     }
+    if !events.is_empty() {
+        let batches: Vec<Vec<&[u8]>> = events
+            .iter()
+            .map(|b| b.iter().map(|e| &e[..]).collect())
+            .collect();
+        let kept = log.append(&mut writes, &batches, head, inner.retention);
+        inner.oldest.store(kept, Ordering::Release);
+    }
+    writes
 }
 
 /// How long a run gathers batches: [`APPLY_EVERY`]; a day (in effect,
@@ -468,7 +451,7 @@ pub(super) fn replay(
         };
         let events: Vec<&[u8]> = entries.iter().map(|e| &e.event[..]).collect();
         let mut writes = Writes::default();
-        log.append(&mut writes, &events, last, retention);
+        log.append(&mut writes, &[events], last, retention);
         writes
             .apply(tree)
             .map_err(|e| io_error("replaying the write-ahead log", e))?;

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::apply::{self, Applier, Work};
+use super::apply::{self, Applier, Batch, Work};
 use super::commit::{Handoff, Planned};
 use super::events::EventLog;
 use super::wal::Wal;
@@ -187,11 +187,11 @@ impl Writer {
         // answers and the watchers' wake-ups need. Access times alone, which
         // skipped the log, are flushed behind them.
         if to_sled {
-            self.applier.send(Work::Batch {
+            self.applier.send(Work::Batch(Batch {
                 writes: batch.writes,
                 head: self.head,
                 events: batch.encoded,
-            });
+            }));
             if access_only {
                 self.applier.send(Work::Flush);
             }

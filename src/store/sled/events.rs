@@ -10,8 +10,9 @@
 //! sled. One key per run, not per event or commit: a sled insert or remove
 //! costs several microseconds whatever its size, and a run of 30 deletes
 //! then writes one event key and removes at most a few old ones instead of
-//! 30 of each. A reader finds a revision in the last key at or before it,
-//! whatever that key's run held.
+//! 30 of each. A batch's events are never split between keys: a commit's
+//! events are kept or dropped together. A reader finds a revision in the
+//! last key at or before it, whatever that key's run held.
 //!
 //! Owns the event keys, encoding and reading a commit's value, and which
 //! keys are kept ([`EventLog`]: a new commit's key, the trim of commits
@@ -151,75 +152,82 @@ impl EventLog {
         self.starts.front().copied().unwrap_or(self.head + 1)
     }
 
-    /// Ends the writes of consecutive events, each encoded (`encoded`, in
-    /// revision order, the last at revision `last`; a run of commits, or
-    /// one): their event keys (a new one whenever a key's events would pass
-    /// [`KEY_BYTES`], or a sixteenth of `retention`), the removal of every
-    /// key that lies wholly before the newest `retention` events (a key
-    /// that straddles the line stays whole: the log keeps up to a key more
-    /// than `retention`), then the revision counter, last. Returns the oldest revision
-    /// kept after it. Events applied again (the replay at open) are written
-    /// again only where their key is still kept.
+    /// Ends the writes of consecutive batches of events, each event encoded
+    /// (`batches`, in revision order, the last event at revision `last`; a
+    /// run of batches, or one): their event keys (one, and another between
+    /// two batches once a key's events would pass [`KEY_BYTES`] or a
+    /// sixteenth of `retention`: a batch's events, whole commits, stay in
+    /// one key), the removal of every key that lies wholly before the
+    /// newest `retention` events (a key that straddles the line stays
+    /// whole: the log keeps up to a key more than `retention`), then the
+    /// revision counter, last. Returns the oldest revision kept after it.
+    /// Events applied again (the replay at open) are written again only
+    /// where their key is still kept.
     pub(super) fn append(
         &mut self,
-        batch: &mut Writes,
-        encoded: &[&[u8]],
+        writes: &mut Writes,
+        batches: &[Vec<&[u8]>],
         last: Revision,
         retention: u64,
     ) -> Revision {
-        let mut first = (last + 1).saturating_sub(encoded.len() as Revision);
-        for events in key_chunks(encoded, (retention / 16).max(1)) {
+        let count: usize = batches.iter().map(Vec::len).sum();
+        let mut first = (last + 1).saturating_sub(count as Revision);
+        for key in key_chunks(batches, (retention / 16).max(1)) {
+            let n = key.iter().map(|b| b.len()).sum::<usize>() as Revision;
             // Older than every kept key (or none is kept): trimmed already.
             let trimmed = first <= self.head && self.starts.front().is_none_or(|&f| first < f);
             if !trimmed {
                 if let Err(at) = self.starts.binary_search(&first) {
                     self.starts.insert(at, first);
                 }
-                let value = encode_events(events.iter().copied());
-                batch.insert_encoded(event_key(first), value, compress_events);
+                let value = encode_events(key.iter().flatten().copied());
+                writes.insert_encoded(event_key(first), value, compress_events);
             }
-            first += events.len() as Revision;
+            first += n;
         }
         self.head = self.head.max(last);
         let keep_from = (self.head + 1).saturating_sub(retention).max(1);
         while self.starts.len() >= 2 && self.starts[1] <= keep_from {
             let gone = self.starts.pop_front().expect("two or more");
-            batch.remove(event_key(gone));
+            writes.remove(event_key(gone));
         }
-        batch.insert(K_REVISION.to_vec(), &self.head.to_be_bytes()[..]);
+        writes.insert(K_REVISION.to_vec(), &self.head.to_be_bytes()[..]);
         self.oldest()
     }
 }
 
 /// The most event bytes (before compression) one key takes, but for a
-/// single larger event. sled writes a page of over 128 KiB to a file of its
+/// single larger batch. sled writes a page of over 128 KiB to a file of its
 /// own (`sled/files.rs`), and a page of event keys holds up to 17 of them:
 /// compressed to a fifth or less (a tenth, for tokens made alike), keys of
 /// this size keep such pages inline. A run of 30 deletes (some 14 KB) is
 /// one key.
 const KEY_BYTES: usize = 32 << 10;
 
-/// `encoded` cut into the events of each key, in order: as many as fit in
-/// [`KEY_BYTES`], up to `most`, at least one.
-fn key_chunks<'a, 'b>(encoded: &'b [&'a [u8]], most: u64) -> impl Iterator<Item = &'b [&'a [u8]]> {
-    let mut rest = encoded;
+/// `batches` cut into the batches of each key, in order: as many as fit in
+/// [`KEY_BYTES`] and `most` events, at least one.
+fn key_chunks<'b, 'a>(
+    batches: &'b [Vec<&'a [u8]>],
+    most: u64,
+) -> impl Iterator<Item = &'b [Vec<&'a [u8]>]> {
+    let mut rest = batches;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let mut bytes = 0;
+        let (mut bytes, mut events) = (0, 0);
         let n = rest
             .iter()
-            .take(most as usize)
-            .take_while(|e| {
-                bytes += e.len() + 4;
-                bytes <= KEY_BYTES
+            .take_while(|b| {
+                bytes += b.iter().map(|e| e.len() + 4).sum::<usize>();
+                events += b.len() as u64;
+                bytes <= KEY_BYTES && events <= most
             })
             .count()
             .max(1);
-        let (chunk, after) = rest.split_at(n);
+        let (key, after) = rest.split_at(n);
         rest = after;
-        Some(chunk)
+        Some(key)
     })
 }
 
@@ -251,9 +259,14 @@ mod tests {
         let mut writes = Writes::default();
         let body = [first as u8];
         let events = vec![&body[..]; (last + 1 - first) as usize];
-        let oldest = log.append(&mut writes, &events, last, retention);
+        let oldest = log.append(&mut writes, &[events], last, retention);
         writes.apply(tree).unwrap();
         oldest
+    }
+
+    /// Batches of one event each, one byte long.
+    fn singles(n: usize) -> Vec<Vec<&'static [u8]>> {
+        vec![vec![&b"e"[..]]; n]
     }
 
     #[test]
@@ -264,7 +277,9 @@ mod tests {
         // Keys of up to 4 events (a sixteenth of 64).
         assert_eq!(commit(&mut log, &tree, (1, 3), 64), 1);
         assert_eq!(commit(&mut log, &tree, (4, 5), 64), 1);
-        assert_eq!(commit(&mut log, &tree, (6, 66), 64), 1);
+        let mut writes = Writes::default();
+        assert_eq!(log.append(&mut writes, &singles(61), 66, 64), 1);
+        writes.apply(&tree).unwrap();
         assert_eq!(keys(&tree)[..4], [1, 4, 6, 10]);
         // Keep from 4 on: the first key goes.
         assert_eq!(commit(&mut log, &tree, (67, 67), 64), 4);
@@ -274,12 +289,13 @@ mod tests {
         assert_eq!(commit(&mut log, &tree, (69, 69), 64), 6);
         assert_eq!(keys(&tree)[..2], [6, 10]);
         assert_eq!(revision(&tree).unwrap(), 69);
-        // With a retention of 4, one event a key.
+        // With a retention of 4, one batch a key, each whole: keep from 2
+        // on, and the first holds 2 and 3.
         let tree = self::tree();
         let mut log = EventLog::load(&tree, 0).unwrap();
         assert_eq!(commit(&mut log, &tree, (1, 3), 4), 1);
-        assert_eq!(commit(&mut log, &tree, (4, 5), 4), 2);
-        assert_eq!(keys(&tree), [2, 3, 4, 5]);
+        assert_eq!(commit(&mut log, &tree, (4, 5), 4), 1);
+        assert_eq!(keys(&tree), [1, 4]);
     }
 
     #[test]
@@ -289,22 +305,25 @@ mod tests {
         for commit_of in [(1, 3), (4, 5), (6, 6), (7, 8)] {
             commit(&mut log, &tree, commit_of, 4);
         }
-        // The replay at open: sled is at 8 and holds one key an event, 5 on.
+        // The replay at open: sled is at 8 and holds 4, 6 and 7.
         let mut log = EventLog::load(&tree, 8).unwrap();
         let mut writes = Writes::default();
-        log.append(&mut writes, &[&[9][..]; 3], 3, 4);
-        log.append(&mut writes, &[&[9][..]; 2], 5, 4);
+        log.append(&mut writes, &[vec![&[9][..]; 3]], 3, 4);
+        log.append(&mut writes, &[vec![&[9][..]; 2]], 5, 4);
         writes.apply(&tree).unwrap();
-        assert_eq!(keys(&tree), [5, 6, 7, 8], "the trimmed ones stay gone");
-        let kept = tree.get(event_key(5)).unwrap().unwrap();
-        assert_eq!(&*inflate_events(&kept).unwrap(), encode_events([&[9][..]]));
-        assert_eq!(log.oldest(), 5);
+        assert_eq!(keys(&tree), [4, 6, 7], "the trimmed commit stays gone");
+        let kept = tree.get(event_key(4)).unwrap().unwrap();
+        assert_eq!(
+            &*inflate_events(&kept).unwrap(),
+            encode_events([&[9][..]; 2])
+        );
+        assert_eq!(log.oldest(), 4);
     }
 
-    /// A run's events are cut into keys of at most [`KEY_BYTES`] (one
-    /// larger event has a key of its own) and a sixteenth of retention,
-    /// each holding the revisions from its key's on: read back in order,
-    /// none missing, none twice; a trim removes whole keys.
+    /// A run's batches are cut into keys of at most [`KEY_BYTES`] (one
+    /// larger batch has a key of its own, never split) and a sixteenth of
+    /// retention, each holding the revisions from its key's on: read back
+    /// in order, none missing, none twice; a trim removes whole keys.
     #[test]
     fn many_events_are_cut_into_keys_that_read_back_in_order() {
         let tree = tree();
@@ -318,8 +337,9 @@ mod tests {
             })
             .collect();
         let events: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        let batches: Vec<Vec<&[u8]>> = events.iter().map(|e| vec![*e]).collect();
         let mut writes = Writes::default();
-        assert_eq!(log.append(&mut writes, &events, 12, 100), 1);
+        assert_eq!(log.append(&mut writes, &batches, 12, 100), 1);
         writes.apply(&tree).unwrap();
         // Three 10 KB events fit in 32 KiB, a fourth does not.
         assert_eq!(keys(&tree), [1, 4, 7, 10, 11, 12]);
@@ -340,14 +360,21 @@ mod tests {
         assert_eq!(read, (1..=12).collect::<Vec<_>>());
         // Keep the newest 6 (7 on): the keys wholly before it go.
         let mut writes = Writes::default();
-        assert_eq!(log.append(&mut writes, &[b"13"], 13, 7), 7);
+        assert_eq!(log.append(&mut writes, &[vec![&b"13"[..]]], 13, 7), 7);
         writes.apply(&tree).unwrap();
         assert_eq!(keys(&tree), [7, 10, 11, 12, 13]);
         // Small events, but at most a sixteenth of retention (32) a key.
         let mut writes = Writes::default();
-        log.append(&mut writes, &[&b"e"[..]; 5], 18, 32);
+        log.append(&mut writes, &singles(5), 18, 32);
         writes.apply(&tree).unwrap();
         assert_eq!(keys(&tree), [7, 10, 11, 12, 13, 14, 16, 18]);
+        // One batch past both bounds is one key all the same: a commit's
+        // events stay together.
+        let mut writes = Writes::default();
+        let big = vec![&bodies[0][..]; 10];
+        log.append(&mut writes, &[big], 28, 32);
+        writes.apply(&tree).unwrap();
+        assert_eq!(keys(&tree)[7..], [18, 19]);
     }
 
     /// The events of an account and `n` tokens made in it, each encoded,
@@ -408,7 +435,7 @@ mod tests {
         let mut writes = Writes::default();
         let last = w.log.last().unwrap().revision;
         let encoded: Vec<&[u8]> = encoded.iter().map(|e| &e[..]).collect();
-        log.append(&mut writes, &encoded, last, 1000);
+        log.append(&mut writes, &[encoded], last, 1000);
         writes.apply(&tree).unwrap();
         let kept = tree.get(event_key(1)).unwrap().unwrap();
         assert_eq!(kept[0], COMPRESSED_EVENTS);

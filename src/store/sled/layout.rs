@@ -612,7 +612,7 @@ mod tests {
         let mut later = Writes::default();
         later.count_tombstone(&AccountId::from_number(1), 3);
         run.append(later);
-        log.append(&mut run, &[b"1", b"2", b"3"], 3, 100);
+        log.append(&mut run, &[vec![b"1", b"2"], vec![b"3"]], 3, 100);
         // sled's own subscriber sees the writes in the order they happen.
         let mut seen = tree.watch_prefix(b"");
         run.apply(&tree).unwrap();
