@@ -55,7 +55,7 @@ use super::{Inner, corrupt, io_error};
 use crate::domain::Revision;
 use crate::domain::Subject;
 use crate::error::Error;
-use crate::state::{Change, SecretOp};
+use crate::state::{Change, SecretOp, State};
 use crate::store::record::{self, EventRecord};
 use crate::telemetry;
 
@@ -84,6 +84,11 @@ pub(super) struct Batch {
     /// Its events as the event log keeps them (`record::encode_event`), the
     /// last at `head`; none for last-access times alone.
     pub(super) events: Vec<Vec<u8>>,
+    /// The published state this batch replaced, freed here: dropping a
+    /// state frees every index node its successor copied, work no caller
+    /// waits for (at one client the caller commits its own batch, and it
+    /// was 3–4 µs of each delete's answer).
+    pub(super) retired: Option<Arc<State>>,
 }
 
 /// The writer's handle on the applier thread.
@@ -299,6 +304,7 @@ fn run_writes(run: Vec<Batch>, inner: &Inner, log: &mut EventLog) -> Writes {
         if !batch.events.is_empty() {
             events.push(batch.events);
         }
+        drop(batch.retired);
     }
     if !events.is_empty() {
         let batches: Vec<Vec<&[u8]>> = events

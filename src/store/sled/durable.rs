@@ -137,10 +137,7 @@ impl Writer {
     ) -> Option<oneshot::Sender<()>> {
         let inner = self.inner.clone();
         let mut to_sled = false;
-        // The state this batch replaces: freed only once the batch is
-        // answered (dropping a state frees every index node its successor
-        // copied: up to a tenth of the writer's time, none of it owed to
-        // a caller).
+        // The state this batch replaces: the applier frees it (`Batch`).
         let mut retired = None;
         if inner.poisoned.load(Ordering::Acquire) {
             // Planned on a batch that failed (an allow_missing delete behind
@@ -191,11 +188,13 @@ impl Writer {
                 writes: batch.writes,
                 head: self.head,
                 events: batch.encoded,
+                retired: retired.take(),
             }));
             if access_only {
                 self.applier.send(Work::Flush);
             }
         }
+        // Unless the batch never reached sled (a failed one).
         drop(retired);
         batch.close
     }
