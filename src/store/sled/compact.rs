@@ -152,12 +152,13 @@ pub(super) fn discard_unfinished(data_dir: &Path) -> Result<(), Error> {
 }
 
 fn open(dir: &Path) -> sled::Result<sled::Db> {
-    sled::Config::new()
-        .path(dir)
-        // As the server's: sled's default cache is 1 GiB, and two are open.
-        .cache_capacity(super::open::CACHE_BYTES)
-        .flush_every_ms(None)
-        .open()
+    super::open::open_config(
+        sled::Config::new()
+            .path(dir)
+            // As the server's: sled's default cache is 1 GiB, and two are open.
+            .cache_capacity(super::open::CACHE_BYTES)
+            .flush_every_ms(None),
+    )
 }
 
 /// Copies every tree of `old` into a new sled at `dir`, checks it, and

@@ -9,8 +9,10 @@
 //! before sled has caught up with the log and been checkpointed, and never
 //! open a data dir that another process changed while it was opening.
 
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Once, RwLock};
 use std::time::Duration;
 
 use super::files::SledFiles;
@@ -204,15 +206,69 @@ fn reopen_sled(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), Err
 }
 
 fn try_open_sled(data_dir: &std::path::Path) -> sled::Result<sled::Db> {
-    sled::Config::new()
-        .path(data_dir.join("db"))
-        // Reads are served from `State` in memory; sled's cache only
-        // speeds up log replays, so it need not be sled's default 1 GiB.
-        .cache_capacity(CACHE_BYTES)
-        // sled reaches the disk in the writer's checkpoints, not on a
-        // timer of its own (commits are durable in the log first).
-        .flush_every_ms(None)
-        .open()
+    open_config(
+        sled::Config::new()
+            .path(data_dir.join("db"))
+            // Reads are served from `State` in memory; sled's cache only
+            // speeds up log replays, so it need not be sled's default 1 GiB.
+            .cache_capacity(CACHE_BYTES)
+            // sled reaches the disk in the writer's checkpoints, not on a
+            // timer of its own (commits are durable in the log first).
+            .flush_every_ms(None),
+    )
+}
+
+/// Opens sled as `config` says; an error, not a panic, when its files are
+/// damaged. sled 0.34 panics on the opening thread when a page it recovers
+/// is gone (a file under `db/blobs/` lost or truncated: `serialization.rs`,
+/// "tried to serialize Uninitialized"), which would end `tokend serve` or
+/// `tokend compact` with a Rust backtrace and no word of what to do.
+/// Nothing of sled's is left running by then: it starts its threads once
+/// recovery is done.
+pub(super) fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
+    let opened = quietly(|| config.open());
+    opened.unwrap_or_else(|said| {
+        Err(sled::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "sled could not recover its pages ({said}): its files under db/ are damaged \
+                 or missing; restore the last snapshot into a new data dir \
+                 (`tokend snapshot restore`)"
+            ),
+        )))
+    })
+}
+
+thread_local! {
+    /// Set while this thread runs [`quietly`].
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, and returns what it panicked with instead of panicking, without
+/// the process's panic hook printing it (the error that follows says it).
+/// The hook is wrapped once, for good, and stays quiet only on a thread
+/// inside `quietly`: replacing it for the while would silence every other
+/// thread's panics meanwhile.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static WRAPPED: Once = Once::new();
+    WRAPPED.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.get() {
+                hook(info)
+            }
+        }));
+    });
+    QUIET.set(true);
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.set(false);
+    ran.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
+    })
 }
 
 fn with_tree(db: sled::Db) -> Result<(sled::Db, sled::Tree), Error> {
