@@ -84,10 +84,8 @@ pub(super) struct Batch {
     /// Its events as the event log keeps them (`record::encode_event`), the
     /// last at `head`; none for last-access times alone.
     pub(super) events: Vec<Vec<u8>>,
-    /// The published state this batch replaced, freed here: dropping a
-    /// state frees every index node its successor copied, work no caller
-    /// waits for (at one client the caller commits its own batch, and it
-    /// was 3–4 µs of each delete's answer).
+    /// The published state this batch replaced, for this thread to free
+    /// when a caller committed the batch (`durable::Writer::commit`).
     pub(super) retired: Option<Arc<State>>,
 }
 

@@ -205,7 +205,7 @@ impl Handoff {
         };
         let committed = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let had_log = writer.log_holds_records();
-            let close = writer.commit(batch, after);
+            let close = writer.commit(batch, after, true);
             debug_assert!(close.is_none(), "a close is the writer's");
             writer.maybe_checkpoint();
             had_log
