@@ -42,8 +42,14 @@ pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
 
 /// One line of an event table: columns of fixed width (a watch cannot
 /// size them to rows it has not seen), the name's wider, the actor last.
-fn print_event_row([at, revision, kind, id, name, actor]: [&str; 6]) {
-    println!("{at:<20}  {revision:>8}  {kind:<9} {id:<14} {name:<30} {actor}");
+fn print_event_row(columns: [&str; 6]) {
+    println!("{}", event_row(columns));
+}
+
+/// The revision's column fits 13 digits: a restored store numbers its
+/// changes from a trillion past the snapshot's (`RESTORE_GAP`).
+fn event_row([at, revision, kind, id, name, actor]: [&str; 6]) -> String {
+    format!("{at:<20}  {revision:>13}  {kind:<9} {id:<14} {name:<30} {actor}")
 }
 
 /// A proto enum value as the console shows it: prost's `as_str_name()`
@@ -243,6 +249,30 @@ mod tests {
         for (got, want) in cases {
             assert_eq!(got, want);
         }
+    }
+
+    /// A restored store's revisions (a trillion and up) keep the columns
+    /// where the head puts them.
+    #[test]
+    fn a_restored_stores_revisions_fit_the_event_table() {
+        let head = event_row(["TIME", "REVISION", "TYPE", "TOKEN", "NAME", "ACTOR"]);
+        let revision = (crate::store::snapshot::RESTORE_GAP + 4_182).to_string();
+        let row = event_row([
+            "2026-12-05T19:30:00Z",
+            &revision,
+            "DELETED",
+            "TKN-0001-2345",
+            "ci-deploy",
+            "TKN-0000-0001",
+        ]);
+        for (column, value) in [("TYPE", "DELETED"), ("TOKEN", "TKN-0001-2345")] {
+            assert_eq!(head.find(column), row.find(value), "{head}\n{row}");
+        }
+        assert_eq!(
+            head.find("REVISION").map(|at| at + "REVISION".len()),
+            row.find(&revision[..]).map(|at| at + revision.len()),
+            "{head}\n{row}"
+        );
     }
 
     /// humantime cannot write a year past 9999 (its `Display` fails, and
