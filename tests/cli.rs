@@ -622,6 +622,33 @@ async fn the_local_operator_secret_goes_to_a_local_server_only() {
     assert!(stderr.contains("/dev/null is empty"), "{stderr}");
 }
 
+/// A reader that stops reading (`tokend tokens list | head`) ends the
+/// command quietly and with success, as it ends `cat`: not with a panic, its
+/// backtrace and exit code 101.
+#[tokio::test]
+async fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let (p, _dir, _) = setup().await;
+    for output in ["table", "json"] {
+        for args in [&["tokens", "list"][..], &["accounts", "list"]] {
+            let mut child = Command::new(BIN)
+                .args(args)
+                .args(["--output", output])
+                .args(client_args(&p))
+                .env("RUST_BACKTRACE", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Gone before the command has its answer to print.
+            drop(child.stdout.take());
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{args:?} {output}: {stderr}");
+            assert!(stderr.is_empty(), "{args:?} {output}: {stderr}");
+        }
+    }
+}
+
 /// `tokend …` with the server's operator credential, which must succeed.
 fn cli(p: &Process, args: &[&str]) -> std::process::Output {
     let out = Command::new(BIN)

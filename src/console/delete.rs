@@ -81,13 +81,14 @@ pub(super) async fn run(
     };
     let tomb = r.token.unwrap_or(shown);
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({"token": token_json(&tomb), "revision": r.revision})
         ),
-        Output::Table => println!(
+        Output::Table => say!(
             "API token '{}' ({}) was deleted successfully.",
-            tomb.name, tomb.id
+            tomb.name,
+            tomb.id
         ),
     }
     Ok(())

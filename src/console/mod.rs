@@ -12,6 +12,19 @@
 //! `tokens create` shows once, and never send the local operator credential
 //! to a server that is not on this machine.
 
+/// `println!` for the console's answers. A reader that went away (`tokend
+/// tokens list -o json | head`) ends the command quietly, with success, as
+/// it ends `cat`, where `println!` would panic; any other failure to write
+/// fails the command.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::console::said(::std::io::Write::write_fmt(
+            &mut ::std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        ))
+    };
+}
+
 mod accounts;
 mod delete;
 mod output;
@@ -31,6 +44,18 @@ use crate::dial::{self, Holds, Peer};
 use crate::proto::{
     account_service_client::AccountServiceClient, token_service_client::TokenServiceClient,
 };
+
+/// Where [`say!`] ends the command: at once, when stdout is gone.
+pub(crate) fn said(written: std::io::Result<()>) {
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(exit::OK),
+        Err(e) => {
+            eprintln!("tokend: cannot write the answer: {e}");
+            std::process::exit(exit::FAILED)
+        }
+    }
+}
 
 /// Exit codes (documented in the README).
 pub mod exit {
@@ -332,7 +357,7 @@ pub async fn run_compact(data_dir: std::path::PathBuf) -> i32 {
     finish(
         None,
         result.map(|c| {
-            println!(
+            say!(
                 "compacted {}: {} records, {} → {} bytes on disk in {:.2?}",
                 data_dir.display(),
                 c.records,

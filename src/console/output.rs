@@ -25,7 +25,7 @@ pub(super) fn print_event_header(out: Output) {
 pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
     let kind = name::<pb::EventType>(e.r#type);
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             json!({"revision": e.revision, "type": kind, "token": e.token.as_ref().map(token_json), "actor": e.actor, "time": e.time.as_ref().map(rfc3339)})
         ),
@@ -43,7 +43,7 @@ pub(super) fn print_event(out: Output, e: &pb::TokenEvent) {
 /// One line of an event table: columns of fixed width (a watch cannot
 /// size them to rows it has not seen), the name's wider, the actor last.
 fn print_event_row(columns: [&str; 6]) {
-    println!("{}", event_row(columns));
+    say!("{}", event_row(columns));
 }
 
 /// The revision's column fits 13 digits: a restored store numbers its
@@ -138,7 +138,7 @@ fn account_json(a: &pb::Account) -> Value {
 
 pub(super) fn print_tokens(out: Output, tokens: &[pb::Token]) {
     match out {
-        Output::Json => println!("{}", Value::Array(tokens.iter().map(token_json).collect())),
+        Output::Json => say!("{}", Value::Array(tokens.iter().map(token_json).collect())),
         Output::Table => table(
             &[
                 "ID",
@@ -175,7 +175,7 @@ pub(super) fn print_tokens(out: Output, tokens: &[pb::Token]) {
 
 pub(super) fn print_accounts(out: Output, accounts: &[pb::Account]) {
     match out {
-        Output::Json => println!(
+        Output::Json => say!(
             "{}",
             Value::Array(accounts.iter().map(account_json).collect())
         ),
@@ -225,9 +225,9 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
             .collect();
         padded.join("  ").trim_end().to_string()
     };
-    println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+    say!("{}", line(header.iter().map(|h| h.to_string()).collect()));
     for row in rows {
-        println!("{}", line(row));
+        say!("{}", line(row));
     }
 }
 

@@ -65,7 +65,7 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
                 .summary();
             staged.commit(&bytes).map_err(cannot_write)?;
             match client.output {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     serde_json::json!({
                         "file": file.display().to_string(),
@@ -76,7 +76,7 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
                         "bytes": bytes.len(),
                     })
                 ),
-                Output::Table => println!(
+                Output::Table => say!(
                     "saved {}: {}, {} bytes in {:.2?}",
                     file.display(),
                     describe(&summary),
@@ -111,18 +111,18 @@ pub async fn run(cmd: SnapshotCommand) -> Result<(), Failure> {
                 )
             })?;
             let target = restore_into(&store, data_dir.as_deref(), &snapshot).await?;
-            println!(
+            say!(
                 "restored {} into {target}: {} in {:.2?}",
                 file.display(),
                 describe(&snapshot.summary()),
                 started.elapsed()
             );
-            println!(
+            say!(
                 "its next change is revision {}: watchers and caches of the original resuming \
                  from any revision before it re-sync",
                 snapshot.restored_head() + 1
             );
-            println!(
+            say!(
                 "the snapshot holds no operator.token: copy it into the data dir, or serve with --operator-token-file"
             );
             Ok(())

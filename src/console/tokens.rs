@@ -59,13 +59,13 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 .into_inner();
             let token = r.token.unwrap_or_default();
             match out {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     json!({"token": token_json(&token), "secret": r.secret})
                 ),
                 Output::Table => {
                     print_tokens(out, std::slice::from_ref(&token));
-                    println!("\nSecret (shown once; store it now):\n{}", r.secret);
+                    say!("\nSecret (shown once; store it now):\n{}", r.secret);
                 }
             }
         }
@@ -93,19 +93,19 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 .into_inner();
             let (token, old) = (r.token.unwrap_or_default(), r.replaced.unwrap_or_default());
             match out {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     json!({"token": token_json(&token), "secret": r.secret,
                            "replaced": token_json(&old), "revision": r.revision})
                 ),
                 Output::Table => {
                     print_tokens(out, std::slice::from_ref(&token));
-                    println!("\nSecret (shown once; store it now):\n{}", r.secret);
+                    say!("\nSecret (shown once; store it now):\n{}", r.secret);
                     match old.expire_time.as_ref() {
                         _ if old.status == pb::TokenStatus::Deleted as i32 => {
-                            println!("\nThe old token {} was deleted.", old.id)
+                            say!("\nThe old token {} was deleted.", old.id)
                         }
-                        Some(at) => println!(
+                        Some(at) => say!(
                             "\nThe old token {} keeps working until {}.",
                             old.id,
                             output::rfc3339(at)
@@ -254,7 +254,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                 .into_inner();
             let result = output::name::<pb::VerifyResult>(r.result);
             match out {
-                Output::Json => println!(
+                Output::Json => say!(
                     "{}",
                     json!({"valid": r.valid, "result": result, "token": r.token.as_ref().map(token_json)})
                 ),
@@ -263,7 +263,7 @@ pub(super) async fn run(args: &ClientArgs, cmd: TokensCommand) -> Result<(), Fai
                         .token
                         .map(|t| format!(" ({}, {})", t.name, t.id))
                         .unwrap_or_default();
-                    println!("{result}{who}");
+                    say!("{result}{who}");
                 }
             }
             if !r.valid {
