@@ -346,7 +346,8 @@ async fn a_replica_whose_watch_stalls_stops_verifying_before_a_delete_it_missed_
 /// it never end on their own. Each call to etcd is bounded and tried again,
 /// a renewal that goes unanswered is taken elsewhere, and a watch found
 /// behind is made again: while the member still hangs, both replicas
-/// verify and write again, and no write waits for the request's deadline.
+/// verify and write again, no write waits for the request's deadline, and
+/// the reads they answer from etcd are answered (below).
 #[tokio::test]
 async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
     let cluster = EtcdCluster::start(3).await;
@@ -357,6 +358,8 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
     let mut on_b = tokens_at(&b.url(), bearer(&operator)).await;
     let account = account_on(&a, &operator).await;
     let (_, secret) = create_token(&mut on_a, &account.id, "before").await;
+    let (gone, _) = create_token(&mut on_a, &account.id, "deleted before").await;
+    delete(&mut on_a, &gone.id).await.unwrap();
 
     cluster.pause(1);
     let hung = std::time::Instant::now();
@@ -411,7 +414,72 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
             }
         }
     }
+    for (name, c) in [("A", &mut on_a), ("B", &mut on_b)] {
+        reads_from_etcd_are_answered(name, c, &gone.id).await;
+    }
     cluster.resume(1);
+}
+
+/// The reads a replica answers from etcd rather than from memory, about
+/// `gone` (deleted): a tombstone, a list of them and a token's history, six
+/// rounds of them. The client sends each call to a member at random, the
+/// one that hangs among them. Each read must be answered; the only refusal
+/// allowed is a replica's own while its lease renewal is late (it tells its
+/// callers to try another, and nothing about etcd's answers). A call that
+/// went to the hung member once and was not tried elsewhere failed about
+/// one read in three.
+async fn reads_from_etcd_are_answered(name: &str, c: &mut Tokens, gone: &str) {
+    let mut refused = Vec::new();
+    for _ in 0..6 {
+        let tombstone = pb::GetTokenRequest {
+            id: gone.into(),
+            show_deleted: true,
+        };
+        let t = answered(c.get_token(tombstone), &mut refused).await;
+        assert!(t.as_ref().is_none_or(|t| t.id == gone), "{name}: {t:?}");
+        let list = pb::ListTokensRequest {
+            show_deleted: true,
+            ..Default::default()
+        };
+        let l = answered(c.list_tokens(list), &mut refused).await;
+        assert!(
+            l.as_ref()
+                .is_none_or(|l| l.tokens.iter().any(|t| t.id == gone)),
+            "{name}: {l:?}"
+        );
+        let history = pb::ListTokenEventsRequest {
+            token_id: gone.into(),
+            ..Default::default()
+        };
+        let h = answered(c.list_token_events(history), &mut refused).await;
+        assert!(
+            h.as_ref().is_none_or(|h| h.events.len() == 2),
+            "{name}: {h:?}"
+        );
+    }
+    let failed: Vec<_> = refused
+        .iter()
+        .filter(|m| !m.contains("lost touch with etcd"))
+        .collect();
+    eprintln!("{name}: {} of 18 reads refused: {refused:?}", refused.len());
+    assert!(failed.is_empty(), "{name}: reads failed: {failed:?}");
+}
+
+/// A call's answer, or `None` with its refusal's message kept: any refusal
+/// but UNAVAILABLE, or no end within 20 s (before the request's deadline),
+/// fails the test.
+async fn answered<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    refused: &mut Vec<String>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(20), call).await {
+        Ok(Ok(answer)) => Some(answer.into_inner()),
+        Ok(Err(e)) if e.code() == tonic::Code::Unavailable => {
+            refused.push(e.message().to_string());
+            None
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use etcd_client::{GetOptions, WatchOptions};
 
 use super::keyspace::decode_record;
-use super::{Inner, unavailable};
+use super::{Inner, attempt, retried, unavailable};
 use crate::domain::{Event, Revision, TokenId};
 use crate::error::Error;
 
@@ -89,22 +89,32 @@ impl Inner {
         } else {
             head.min(before - 1)
         };
-        let key = self.keys.token(id);
-        let mut client = self.client.clone();
+        let key = &self.keys.token(id);
         let mut out = Vec::new();
         // Below the origin's oldest (a cursor from before a restore) etcd
         // holds only the restore's puts, and an etcd revision of 0 or less
         // would read the newest version instead: nothing older is listed.
         while out.len() < max && at >= self.origin.oldest() {
             let options = GetOptions::new().with_revision(self.origin.etcd(at));
-            let r = match client.get(key.as_str(), Some(options)).await {
-                Ok(r) => r,
-                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::OutOfRange => {
-                    // Compacted: the oldest revision left is past `at`.
-                    self.compacted.fetch_max(at + 1, Ordering::AcqRel);
-                    break;
+            // Compacted is an answer, not a failure to try again.
+            let got = retried("reading a token's history", &self.client, |mut c| {
+                let options = options.clone();
+                async move {
+                    match c.get(key.as_str(), Some(options)).await {
+                        Err(etcd_client::Error::GRpcStatus(s))
+                            if s.code() == tonic::Code::OutOfRange =>
+                        {
+                            Ok(None)
+                        }
+                        answer => answer.map(Some),
+                    }
                 }
-                Err(e) => return Err(unavailable("reading a token's history", e)),
+            })
+            .await?;
+            let Some(r) = got else {
+                // Compacted: the oldest revision left is past `at`.
+                self.compacted.fetch_max(at + 1, Ordering::AcqRel);
+                break;
             };
             // Absent then, or put by the restore that made the prefix.
             let Some(kv) = r
@@ -137,16 +147,20 @@ async fn history(
         .with_prefix()
         .with_start_revision(inner.origin.etcd(from))
         .with_prev_key();
-    let mut stream = inner
-        .client
-        .clone()
-        .watch(inner.keys.records(), Some(options))
-        .await
-        .map_err(|e| unavailable("reading history", e))?;
+    let mut stream = attempt(
+        inner
+            .client
+            .clone()
+            .watch(inner.keys.records(), Some(options)),
+    )
+    .await
+    .map_err(|e| unavailable("reading history", e))?;
     let mut out: Vec<Arc<Event>> = Vec::new();
     loop {
-        let r = stream
-            .message()
+        // Each answer bounded as one call is: a member that hangs holds a
+        // watch as it holds a get. The stream that asked ends UNAVAILABLE,
+        // and its client resumes from its last revision.
+        let r = attempt(stream.message())
             .await
             .map_err(|e| unavailable("reading history", e))?
             .ok_or_else(|| unavailable("reading history", "the stream ended"))?;

@@ -103,6 +103,11 @@ const RETRY_PAUSES: &[Duration] = &[
     Duration::from_millis(1000),
 ];
 
+/// How long a call is tried again while etcd does not answer: the caller
+/// hears well before its request's own deadline (30 s), even when every
+/// attempt goes to a member that hangs.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
     /// The members, and the TLS and credentials to reach them with (the
@@ -173,6 +178,35 @@ async fn attempt<T>(
         Ok(answer) => answer.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {ATTEMPT:?}")),
     }
+}
+
+/// An idempotent etcd call (a read, or a put of the same value) on a clone
+/// of `client`, tried until it is answered: an [`attempt`] at a time,
+/// pausing [`RETRY_PAUSES`] between them, for up to [`RETRY_FOR`]. Its
+/// answer, or the last failure as [`unavailable`] while `doing` this. One
+/// unbounded call to a member that hangs would hold the request until its
+/// own deadline instead.
+async fn retried<C: Clone, T, F>(
+    doing: &str,
+    client: &C,
+    mut call: impl FnMut(C) -> F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let started = Instant::now();
+    let mut failure = String::new();
+    for pause in RETRY_PAUSES {
+        match attempt(call(client.clone())).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => failure = e,
+        }
+        if started.elapsed() >= RETRY_FOR {
+            break;
+        }
+        tokio::time::sleep(*pause).await;
+    }
+    Err(unavailable(doing, failure))
 }
 
 fn unavailable(context: &str, e: impl std::fmt::Display) -> Error {
@@ -301,12 +335,13 @@ async fn write_access(inner: &Inner, all: bool) -> Result<(), Error> {
         if state.secret_of(&id).is_none() {
             continue;
         }
-        inner
-            .client
-            .clone()
-            .put(inner.keys.access(&id), keyspace::encode_access(&at), None)
-            .await
-            .map_err(|e| unavailable("writing a last-access time", e))?;
+        let (key, value) = (&inner.keys.access(&id), &keyspace::encode_access(&at));
+        retried(
+            "writing a last-access time",
+            &inner.client,
+            |mut c| async move { c.put(key.as_str(), value.as_slice(), None).await },
+        )
+        .await?;
     }
     Ok(())
 }
@@ -361,13 +396,13 @@ impl Store for EtcdStore {
 
     async fn tombstone(&self, id: &TokenId) -> Result<Option<Token>, Error> {
         self.inner.sync().await?;
-        let r = self
-            .inner
-            .client
-            .clone()
-            .get(self.inner.keys.token(id), None)
-            .await
-            .map_err(|e| unavailable("reading a tombstone", e))?;
+        let key = &self.inner.keys.token(id);
+        let r = retried(
+            "reading a tombstone",
+            &self.inner.client,
+            |mut c| async move { c.get(key.as_str(), None).await },
+        )
+        .await?;
         match r
             .kvs()
             .first()
@@ -471,7 +506,7 @@ impl Drop for LeaseGuard {
     fn drop(&mut self) {
         let (mut client, lease) = (self.client.clone(), self.lease);
         tokio::spawn(async move {
-            let _ = client.lease_revoke(lease).await;
+            let _ = attempt(client.lease_revoke(lease)).await;
         });
     }
 }

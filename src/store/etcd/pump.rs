@@ -19,7 +19,7 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 
 use super::keyspace::{Committed, Keyspace, decode_access, decode_record};
 use super::restore::Origin;
-use super::{Inner, RETRY_PAUSES, attempt, unavailable};
+use super::{Inner, attempt, retried, unavailable};
 use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;
@@ -42,7 +42,6 @@ pub(super) async fn load(
     keys: &Keyspace,
     origin: &Origin,
 ) -> Result<Loaded, Error> {
-    let failed = |e| unavailable("loading records", e);
     // Page by page: a tombstone leaves only its number in memory, so a
     // replica's memory follows live tokens, at start-up too.
     let mut state = Restore::new(IdSet::default());
@@ -59,11 +58,12 @@ pub(super) async fn load(
     .await?;
     // The state's revision is the last event's (`m/head` moves with every
     // one), read as of the same etcd revision as the records.
-    let h = client
-        .clone()
-        .get(keys.head(), Some(GetOptions::new().with_revision(at)))
-        .await
-        .map_err(failed)?;
+    let head_key = &keys.head();
+    let h = retried("loading records", client, |mut c| async move {
+        let options = GetOptions::new().with_revision(at);
+        c.get(head_key.as_str(), Some(options)).await
+    })
+    .await?;
     let head = h
         .kvs()
         .first()
@@ -93,16 +93,17 @@ pub(super) async fn get_range(
     mut at: i64,
     each: &mut (dyn FnMut(Vec<KeyValue>) -> Result<bool, Error> + Send),
 ) -> Result<i64, Error> {
-    let mut kv = client.kv_client().max_decoding_message_size(PAGE_BYTES);
+    let kv = client.kv_client().max_decoding_message_size(PAGE_BYTES);
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
         if at > 0 {
             options = options.with_revision(at);
         }
-        let mut r = kv
-            .get(from.clone(), Some(options))
-            .await
-            .map_err(|e| unavailable("reading records", e))?;
+        let (key, options) = (&from, &options);
+        let mut r = retried("reading records", &kv, |mut kv| async move {
+            kv.get(key.as_slice(), Some(options.clone())).await
+        })
+        .await?;
         if at == 0 {
             at = r.header().map_or(0, |h| h.revision());
         }
@@ -312,24 +313,17 @@ impl Inner {
     /// watch itself. (etcd's watch progress notices could do it without
     /// the extra key, but before 3.4.25 they may overtake events in flight.)
     pub(super) async fn sync(&self) -> Result<(), Error> {
-        let key = self.keys.head();
-        let mut failure = None;
-        for pause in RETRY_PAUSES {
-            match attempt(self.client.clone().get(key.as_str(), None)).await {
-                Ok(r) => {
-                    let head = r
-                        .kvs()
-                        .first()
-                        .map_or(0, |kv| self.origin.revision(kv.mod_revision()));
-                    return self.caught_up(head).await;
-                }
-                Err(e) => failure = Some(e),
-            }
-            tokio::time::sleep(*pause).await;
-        }
-        Err(unavailable(
+        let key = &self.keys.head();
+        let r = retried(
             "reading the cluster revision",
-            failure.unwrap_or_default(),
-        ))
+            &self.client,
+            |mut c| async move { c.get(key.as_str(), None).await },
+        )
+        .await?;
+        let head = r
+            .kvs()
+            .first()
+            .map_or(0, |kv| self.origin.revision(kv.mod_revision()));
+        self.caught_up(head).await
     }
 }

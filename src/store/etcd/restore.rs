@@ -27,7 +27,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keyspace::{Keyspace, encode_record};
-use super::{EtcdStore, connect, unavailable};
+use super::{EtcdStore, connect, retried, unavailable};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::Error;
 use crate::store::Endpoints;
@@ -95,11 +95,11 @@ fn encode(o: &OriginRecord) -> Vec<u8> {
 /// The prefix's origin, read as a replica opens it; refused while a restore
 /// into it has not finished.
 pub(super) async fn read_origin(client: &Client, keys: &Keyspace) -> Result<Origin, Error> {
-    let r = client
-        .clone()
-        .get(keys.origin(), None)
-        .await
-        .map_err(|e| unavailable("reading the origin", e))?;
+    let key = &keys.origin();
+    let r = retried("reading the origin", client, |mut c| async move {
+        c.get(key.as_str(), None).await
+    })
+    .await?;
     let Some(kv) = r.kvs().first() else {
         return Ok(Origin::default());
     };

@@ -14,15 +14,12 @@ use std::time::SystemTime;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::keyspace::encode_record;
-use super::{Inner, RETRY_PAUSES, attempt, unavailable};
+use super::{Inner, RETRY_FOR, RETRY_PAUSES, attempt, retried, unavailable};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::{Error, reason};
 use crate::state::{Change, SecretOp, State};
 use crate::store::Applied;
-
-/// How long a commit is tried again while etcd does not answer.
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many times a write is planned again after another replica changed
 /// what it read, before the caller is told to retry.
@@ -93,18 +90,12 @@ impl Inner {
     /// commit makes the roll plan again: under thousands of writes a second
     /// it may take several attempts.
     async fn reserve(&self) -> Result<Revision, Error> {
-        let mut failure = None;
-        for pause in RETRY_PAUSES {
-            match attempt(self.client.clone().put(self.keys.reserve(), "", None)).await {
-                Ok(r) => return Ok(self.origin.revision(r.header().map_or(0, |h| h.revision()))),
-                Err(e) => failure = Some(e),
-            }
-            tokio::time::sleep(*pause).await;
-        }
-        Err(unavailable(
-            "reserving a revision",
-            failure.unwrap_or_default(),
-        ))
+        let key = &self.keys.reserve();
+        let r = retried("reserving a revision", &self.client, |mut c| async move {
+            c.put(key.as_str(), "", None).await
+        })
+        .await?;
+        Ok(self.origin.revision(r.header().map_or(0, |h| h.revision())))
     }
 
     /// The transaction that commits `changes`, planned against `state`, and
@@ -221,7 +212,7 @@ impl Inner {
         };
         let mut unknown = false;
         let mut failure = None;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         for pause in RETRY_PAUSES {
             match attempt(self.client.clone().txn(txn.clone())).await {
                 Ok(r) => {
