@@ -141,17 +141,25 @@ async fn yes_skips_the_question_and_a_script_without_it_is_refused() {
     assert_eq!(again.status.code(), Some(3));
 }
 
-/// Reads JSON event lines from the watcher until `done` says stop.
+/// Reads JSON event lines from the watcher until `done` says stop. Each
+/// line must come within 30 s: a watcher that stops printing fails the
+/// test rather than hanging it.
 fn read_events(
-    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    lines: &Lines,
     mut done: impl FnMut(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut events = Vec::new();
     while !done(&events) {
-        let line = lines
-            .next()
-            .expect("the watcher ended before printing what was awaited")
-            .unwrap();
+        let line = match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line.unwrap(),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("the watcher printed nothing for 30 s; so far: {events:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the watcher ended before printing what was awaited: {events:?}")
+            }
+        };
         events.push(serde_json::from_str(&line).unwrap());
     }
     events
@@ -171,12 +179,12 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     )
     .await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
-    let (mut watcher, mut lines) = spawn_watcher(&client_args(&p));
+    let (mut watcher, lines) = spawn_watcher(&client_args(&p));
     until_watching(&metrics);
 
     let mut c = p.tokens().await;
     let (a, _) = create_token(&mut c, &acc.id, "a").await;
-    let first = read_events(&mut lines, |e| e.len() == 1);
+    let first = read_events(&lines, |e| e.len() == 1);
     assert_eq!(first[0]["token"]["id"], a.id.as_str());
     let last_seen = first[0]["revision"].as_i64().unwrap();
 
@@ -188,7 +196,7 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
     let mut c = p.tokens().await;
     let (b, _) = create_token(&mut c, &acc.id, "b").await;
-    let second = read_events(&mut lines, |e| e.len() == 1);
+    let second = read_events(&lines, |e| e.len() == 1);
     assert_eq!(second[0]["token"]["id"], b.id.as_str());
     assert_eq!(second[0]["revision"].as_i64().unwrap(), last_seen + 1);
 
@@ -206,9 +214,7 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
     let mut elsewhere = elsewhere;
     elsewhere.terminate();
     let p = spawn_tokend_at(dir.path(), addr, &["--retention", "3"]).await;
-    let resync = read_events(&mut lines, |e| {
-        e.last().is_some_and(|e| e["type"] == "SYNCED")
-    });
+    let resync = read_events(&lines, |e| e.last().is_some_and(|e| e["type"] == "SYNCED"));
     let snapshot: Vec<_> = resync.iter().filter(|e| e["type"] == "SNAPSHOT").collect();
     assert_eq!(
         snapshot.len(),
@@ -216,7 +222,7 @@ async fn watch_resumes_after_a_restart_and_resyncs_after_compaction() {
         "operator, a, b and the five: {resync:?}"
     );
     let (c2, _) = create_token(&mut p.tokens().await, &acc.id, "after resync").await;
-    let live = read_events(&mut lines, |e| e.len() == 1);
+    let live = read_events(&lines, |e| e.len() == 1);
     assert_eq!(live[0]["token"]["id"], c2.id.as_str());
     let _ = watcher.kill();
     let _ = watcher.wait();
@@ -239,14 +245,12 @@ fn until_watching(metrics: &str) {
     }
 }
 
+/// A watcher's stdout, line by line.
+type Lines = std::sync::mpsc::Receiver<std::io::Result<String>>;
+
 /// Starts `tokend tokens watch --output json <args…>`; its stdout lines
-/// arrive on the returned iterator (stderr is discarded).
-fn spawn_watcher(
-    args: &[String],
-) -> (
-    std::process::Child,
-    std::sync::mpsc::IntoIter<std::io::Result<String>>,
-) {
+/// arrive on the returned channel (stderr is discarded).
+fn spawn_watcher(args: &[String]) -> (std::process::Child, Lines) {
     use std::io::BufRead;
     let mut watcher = Command::new(BIN)
         .args(["tokens", "watch", "--output", "json"])
@@ -264,7 +268,7 @@ fn spawn_watcher(
             }
         }
     });
-    (watcher, rx.into_iter())
+    (watcher, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +277,7 @@ async fn a_watcher_that_heard_nothing_before_a_restart_lists_instead_of_skipping
     let (addr, metrics) = (free_addr(), free_addr().to_string());
     let p = spawn_tokend_at(dir.path(), addr, &["--metrics-addr", &metrics]).await;
     let acc = new_account(&mut p.accounts().await, ALL_MODULES).await;
-    let (mut watcher, mut lines) = spawn_watcher(&client_args(&p));
+    let (mut watcher, lines) = spawn_watcher(&client_args(&p));
     until_watching(&metrics);
 
     // The server stops before the watcher heard any revision; a token is
@@ -286,9 +290,7 @@ async fn a_watcher_that_heard_nothing_before_a_restart_lists_instead_of_skipping
     elsewhere.terminate();
     let p = spawn_tokend_at(dir.path(), addr, &[]).await;
 
-    let listing = read_events(&mut lines, |e| {
-        e.last().is_some_and(|e| e["type"] == "SYNCED")
-    });
+    let listing = read_events(&lines, |e| e.last().is_some_and(|e| e["type"] == "SYNCED"));
     assert!(
         listing[..listing.len() - 1]
             .iter()
@@ -300,7 +302,7 @@ async fn a_watcher_that_heard_nothing_before_a_restart_lists_instead_of_skipping
         "{listing:?}"
     );
     let (live, _) = create_token(&mut p.tokens().await, &acc.id, "live").await;
-    let next = read_events(&mut lines, |e| e.len() == 1);
+    let next = read_events(&lines, |e| e.len() == 1);
     assert_eq!(next[0]["type"], "CREATED");
     assert_eq!(next[0]["token"]["id"], live.id.as_str());
     let _ = watcher.kill();
@@ -313,7 +315,7 @@ async fn a_watch_whose_credential_is_deleted_prints_the_delete_then_exits_5() {
     let mut c = p.tokens().await;
     let (own, secret) = issue(&mut c, &t.account_id, "watcher", &["access-management"]).await;
     let from = head(&mut c).await + 1;
-    let (mut watcher, mut lines) = spawn_watcher(&[
+    let (mut watcher, lines) = spawn_watcher(&[
         "--server".into(),
         p.url(),
         "--token".into(),
@@ -331,13 +333,14 @@ async fn a_watch_whose_credential_is_deleted_prints_the_delete_then_exits_5() {
     })
     .await
     .unwrap();
-    let opened = read_events(&mut lines, |e| e.len() == 1);
+    let opened = read_events(&lines, |e| e.len() == 1);
     assert_eq!(opened[0]["type"], "DISABLED", "{opened:?}");
 
     delete(&mut c, &own.id).await.unwrap();
     // The stream ends with UNAUTHENTICATED (CREDENTIAL_REVOKED) right after
     // the delete: a refusal, not a dropped connection, so the command ends.
     let printed: Vec<serde_json::Value> = lines
+        .into_iter()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
     assert_eq!(printed.len(), 1, "{printed:?}");
