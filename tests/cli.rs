@@ -141,28 +141,42 @@ async fn yes_skips_the_question_and_a_script_without_it_is_refused() {
     assert_eq!(again.status.code(), Some(3));
 }
 
-/// Reads JSON event lines from the watcher until `done` says stop. Each
-/// line must come within 30 s: a watcher that stops printing fails the
-/// test rather than hanging it.
+/// Reads JSON event lines from the watcher until `done` says stop.
 fn read_events(
     lines: &Lines,
     mut done: impl FnMut(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    use std::sync::mpsc::RecvTimeoutError;
     let mut events = Vec::new();
     while !done(&events) {
-        let line = match lines.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => line.unwrap(),
-            Err(RecvTimeoutError::Timeout) => {
-                panic!("the watcher printed nothing for 30 s; so far: {events:?}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("the watcher ended before printing what was awaited: {events:?}")
-            }
-        };
-        events.push(serde_json::from_str(&line).unwrap());
+        match next_event(lines, &events) {
+            Some(e) => events.push(e),
+            None => panic!("the watcher ended before printing what was awaited: {events:?}"),
+        }
     }
     events
+}
+
+/// Every JSON event line the watcher prints until it ends.
+fn read_to_end(lines: &Lines) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    while let Some(e) = next_event(lines, &events) {
+        events.push(e);
+    }
+    events
+}
+
+/// The watcher's next event, or `None` once it ended. It must print within
+/// 30 s: a watcher that stops printing (or never ends) fails the test
+/// rather than hanging it. `so_far`: what it printed before, for the failure.
+fn next_event(lines: &Lines, so_far: &[serde_json::Value]) -> Option<serde_json::Value> {
+    use std::sync::mpsc::RecvTimeoutError;
+    match lines.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => Some(serde_json::from_str(&line.unwrap()).unwrap()),
+        Err(RecvTimeoutError::Disconnected) => None,
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("the watcher printed nothing for 30 s; so far: {so_far:?}")
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,10 +353,7 @@ async fn a_watch_whose_credential_is_deleted_prints_the_delete_then_exits_5() {
     delete(&mut c, &own.id).await.unwrap();
     // The stream ends with UNAUTHENTICATED (CREDENTIAL_REVOKED) right after
     // the delete: a refusal, not a dropped connection, so the command ends.
-    let printed: Vec<serde_json::Value> = lines
-        .into_iter()
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
+    let printed = read_to_end(&lines);
     assert_eq!(printed.len(), 1, "{printed:?}");
     assert_eq!(printed[0]["type"], "DELETED");
     assert_eq!(printed[0]["token"]["id"], own.id.as_str());

@@ -157,10 +157,12 @@ async fn history(
     .map_err(|e| unavailable("reading history", e))?;
     let mut out: Vec<Arc<Event>> = Vec::new();
     loop {
-        // Each answer bounded as one call is: a member that hangs holds a
-        // watch as it holds a get. The stream that asked ends UNAVAILABLE,
-        // and its client resumes from its last revision.
-        let r = attempt(stream.message())
+        // Not bounded as one call is: etcd may take a while to read a long
+        // history before its first answer, and a catch-up cut short would
+        // only start over. A member that hangs is given up by HTTP/2's
+        // pings (`connect.rs`), which ends this stream.
+        let r = stream
+            .message()
             .await
             .map_err(|e| unavailable("reading history", e))?
             .ok_or_else(|| unavailable("reading history", "the stream ended"))?;

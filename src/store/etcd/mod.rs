@@ -166,7 +166,8 @@ struct Inner {
 /// which the client may send to another member. A member that hangs (a
 /// partition, a stalled disk, a paused process), unlike one that is gone,
 /// accepts a call and never answers it: without a bound, the call would
-/// wait for the request's own deadline (30 s) and end CANCELLED.
+/// wait until HTTP/2's pings give the member up (9 s, `connect.rs`), and
+/// then fail.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
 /// One attempt at an etcd call, bounded by [`ATTEMPT`]: its error, or that
@@ -180,12 +181,16 @@ async fn attempt<T>(
     }
 }
 
-/// An idempotent etcd call (a read, or a put of the same value) on a clone
-/// of `client`, tried until it is answered: an [`attempt`] at a time,
-/// pausing [`RETRY_PAUSES`] between them, for up to [`RETRY_FOR`]. Its
-/// answer, or the last failure as [`unavailable`] while `doing` this. One
-/// unbounded call to a member that hangs would hold the request until its
-/// own deadline instead.
+/// An etcd call harmless to repeat (a read, a put of a hint or of a key
+/// whose value no one reads), made by `call` on a clone of `client` and
+/// tried until it is answered: an attempt at a time, each bounded by
+/// [`ATTEMPT`] and sent to whichever member the client picks, pausing
+/// [`RETRY_PAUSES`] between them, for up to [`RETRY_FOR`]. Its answer, or
+/// the failure as [`unavailable`] while `doing` this: at once when etcd
+/// answered about the call itself (permission denied, compacted, no space),
+/// which another try would not change. One unbounded call to a member that
+/// hangs would instead hold the request until HTTP/2's pings give the
+/// member up, and then fail it.
 async fn retried<C: Clone, T, F>(
     doing: &str,
     client: &C,
@@ -195,18 +200,38 @@ where
     F: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     let started = Instant::now();
-    let mut failure = String::new();
-    for pause in RETRY_PAUSES {
-        match attempt(call(client.clone())).await {
-            Ok(answer) => return Ok(answer),
-            Err(e) => failure = e,
+    let mut pauses = RETRY_PAUSES.iter();
+    loop {
+        let failure = match tokio::time::timeout(ATTEMPT, call(client.clone())).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) if !may_pass(&e) => return Err(unavailable(doing, e)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {ATTEMPT:?}"),
+        };
+        match pauses.next() {
+            Some(pause) if started.elapsed() < RETRY_FOR => tokio::time::sleep(*pause).await,
+            _ => return Err(unavailable(doing, failure)),
         }
-        if started.elapsed() >= RETRY_FOR {
-            break;
-        }
-        tokio::time::sleep(*pause).await;
     }
-    Err(unavailable(doing, failure))
+}
+
+/// Whether a failed etcd call may pass when tried again: the member was
+/// unreachable, lost its connection or its leader, or timed out, rather
+/// than answering about the call.
+fn may_pass(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Aborted
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
 }
 
 fn unavailable(context: &str, e: impl std::fmt::Display) -> Error {
@@ -484,14 +509,20 @@ impl Store for EtcdStore {
     }
 
     async fn close(&self) {
-        if let Err(e) = write_access(&self.inner, true).await {
-            tracing::warn!(error = %e, "last-access times not written at shutdown");
+        // Bounded as a whole: each time is tried again on its own, and a
+        // stop must not wait on a member that hangs for every token.
+        match tokio::time::timeout(RETRY_FOR, write_access(&self.inner, true)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "last-access times not written at shutdown"),
+            Err(_) => tracing::warn!(
+                "last-access times not all written at shutdown: etcd did not take them within {RETRY_FOR:?}"
+            ),
         }
         // Leaving: writers stop waiting for this replica at once instead of
         // when its lease runs out.
         let lease = self.inner.lease.load(Ordering::Acquire);
         if lease != 0 {
-            let _ = self.inner.client.clone().lease_revoke(lease).await;
+            let _ = attempt(self.inner.client.clone().lease_revoke(lease)).await;
         }
     }
 }
