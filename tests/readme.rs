@@ -128,3 +128,48 @@ async fn the_readme_grpcurl_walkthrough_works_as_written() {
 fn wait_for(text: &str, file: &str) -> String {
     format!("for _ in $(seq 300); do grep -q {text} {file} && break; sleep 0.1; done")
 }
+
+/// The README starts the server with `cargo run --release -- serve`: with
+/// two binaries in the package (the server and `tokend-bench`), cargo runs
+/// one only when the manifest names it (`default-run`); without it, the
+/// README's first command fails with "could not determine which binary to
+/// run". Checked from cargo's own reading of the manifest, without a build.
+#[test]
+fn cargo_run_in_the_readme_starts_the_server() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains("cargo run --release -- serve"),
+        "the README no longer says so"
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = &meta["packages"][0];
+    let binaries = package["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .count();
+    assert!(
+        binaries == 1 || package["default_run"] == "tokend",
+        "{binaries} binaries and default_run {}: `cargo run` cannot choose",
+        package["default_run"]
+    );
+}
