@@ -334,3 +334,64 @@ fn tls_flags_that_do_not_fit_the_store_are_refused_before_connecting() {
         assert!(took < Duration::from_secs(5), "{args:?}: {took:?}");
     }
 }
+
+/// The health probes that keep a member that hangs out of the etcd client's
+/// rotation go over the same TLS, with the client certificate, to a cluster
+/// with authentication on: a paused member leaves the rotation and comes
+/// back once resumed, as tokend's log says, and tokend serves throughout.
+/// A probe that could not reach the members (no client certificate, say)
+/// would leave the rotation as it is, and the log would say so instead.
+#[tokio::test]
+async fn a_member_that_hangs_leaves_the_rotation_and_comes_back_over_tls() {
+    let p = pki();
+    let cluster = secured_cluster(&p).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = p.path("tokend.log");
+    let args = flags(&cluster, &p, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tokend = spawn_tokend_with(dir.path(), &args, |cmd| {
+        cmd.stderr(std::fs::File::create(&log).unwrap())
+            .env("RUST_LOG", "info");
+    })
+    .await;
+    let mut tokens = tokend.tokens().await;
+    let mut accounts = tokend.accounts().await;
+    let account = new_account(&mut accounts, &["commerce"]).await;
+    let member = cluster.client(2).to_string();
+    let said = |what: &'static str| {
+        let log = log.clone();
+        let member = member.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap();
+                if text
+                    .lines()
+                    .any(|l| l.contains(what) && l.contains(&member))
+                {
+                    return text;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {what:?} for {member} in 20 s:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    cluster.pause(2);
+    said("out of rotation").await;
+    let (_, secret) = create_token(&mut tokens, &account.id, "during the hang").await;
+    assert_eq!(
+        verify(&mut tokens, &secret).await.result,
+        pb::VerifyResult::Valid as i32
+    );
+    cluster.resume(2);
+    let text = said("back in rotation").await;
+    assert!(
+        !text.contains("no etcd member answers"),
+        "a probe failed everywhere:\n{text}"
+    );
+    assert!(!text.contains(PASSWORD), "the password is in the log");
+}

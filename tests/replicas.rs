@@ -343,11 +343,15 @@ async fn a_replica_whose_watch_stalls_stops_verifying_before_a_delete_it_missed_
 
 /// A member that hangs (SIGSTOP) rather than dies: calls it holds would
 /// wait for the request's deadline (30 s) and watches and lease renewals on
-/// it never end on their own. Each call to etcd is bounded and tried again,
-/// a renewal that goes unanswered is taken elsewhere, and a watch found
-/// behind is made again: while the member still hangs, both replicas
-/// verify and write again, no write waits for the request's deadline, and
-/// the reads they answer from etcd are answered (below).
+/// it never end on their own, and its port still accepts connections, so
+/// the etcd client would keep sending it calls. Each call to etcd is
+/// bounded and tried again, and the member, which stops answering health
+/// probes, leaves the client's rotation and takes no more calls; the
+/// streams are taken again through the others. So while the member still
+/// hangs, both replicas verify and write again within 15 s (2 to 3 s here;
+/// without the rotation, 4 to 27 s, so CI's loaded machine is given room),
+/// no write waits for the request's deadline, and the reads they answer
+/// from etcd are answered (below).
 #[tokio::test]
 async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
     let cluster = EtcdCluster::start(3).await;
@@ -363,9 +367,9 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
 
     cluster.pause(1);
     let hung = std::time::Instant::now();
-    // Within 40 s of the hang (the old code: not 25 s in), and while it lasts: every replica verifies,
-    // and a write through each is answered (not cut at 30 s).
-    let deadline = hung + Duration::from_secs(40);
+    // Within 15 s of the hang, and while it lasts: every replica
+    // verifies, and a write through each is answered (not cut at 30 s).
+    let deadline = hung + Duration::from_secs(15);
     for (name, c) in [("A", &mut on_a), ("B", &mut on_b)] {
         loop {
             let verified = tokio::time::timeout(
@@ -390,7 +394,7 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
                 _ => {
                     assert!(
                         std::time::Instant::now() < deadline,
-                        "{name} does not verify 40 s into the hang: {verified:?}"
+                        "{name} does not verify 15 s into the hang: {verified:?}"
                     );
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
@@ -409,7 +413,7 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
                 }
                 other => assert!(
                     std::time::Instant::now() < deadline,
-                    "{name} does not write 40 s into the hang: {other:?}"
+                    "{name} does not write 15 s into the hang: {other:?}"
                 ),
             }
         }
@@ -422,13 +426,14 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
 
 /// The reads a replica answers from etcd rather than from memory, about
 /// `gone` (deleted): a tombstone, a list of them and a token's history,
-/// until each has been answered twice. The client sends each call to
-/// a member at random, the one that hangs among them. The only refusal
-/// allowed is the replica's own while its lease renewal is late (it tells
-/// its callers to try another, and says nothing of etcd's answers): one
-/// that comes from a read of etcd fails the test. A call that went to the
-/// hung member once and was not tried elsewhere failed about one read in
-/// three.
+/// until each has been answered twice. No read of etcd may fail: a call
+/// that went to the hung member once and was not tried elsewhere failed
+/// about one read in three, and one tried for 10 s while the client kept
+/// the member in its rotation failed in CI when every try landed on it.
+/// The only refusal allowed is the replica's own while its lease renewal is
+/// late (it tells its callers to try another), and only a few: with the
+/// hung member in the rotation, a replica refused 96 to 179 of these calls
+/// (no renewal it sent to the member was answered); out of it, none.
 async fn reads_from_etcd_are_answered(name: &str, c: &mut Tokens, gone: &str) {
     let mut refused = Vec::new();
     let mut answers = [0; 3];
@@ -467,6 +472,11 @@ async fn reads_from_etcd_are_answered(name: &str, c: &mut Tokens, gone: &str) {
             .filter(|m| !m.contains("lost touch with etcd"))
             .collect();
         assert!(failed.is_empty(), "{name}: reads failed: {failed:?}");
+        assert!(
+            refused.len() < 10,
+            "{name}: {} refusals by the replica ({answers:?} answered): {refused:?}",
+            refused.len()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(

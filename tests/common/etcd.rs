@@ -142,6 +142,11 @@ impl EtcdCluster {
         true
     }
 
+    /// Member `i`'s client address.
+    pub fn client(&self, i: usize) -> SocketAddr {
+        self.clients[i]
+    }
+
     /// `--store` for a tokend on this cluster, its keys under `prefix`.
     pub fn store(&self, prefix: &str) -> String {
         let all: Vec<usize> = (0..self.clients.len()).collect();

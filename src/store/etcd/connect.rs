@@ -36,24 +36,10 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE_EVERY, KEEP_ALIVE_TIMEOUT);
-    let security = &endpoints.security;
-    if endpoints.tls {
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &security.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(pem(
-                "etcd-ca",
-                ca,
-                Holds::Certificate,
-            )?));
-        }
-        if let (Some(cert), Some(key)) = (&security.cert, &security.key) {
-            tls = tls.identity(Identity::from_pem(
-                pem("etcd-cert", cert, Holds::Certificate)?,
-                pem("etcd-key", key, Holds::PrivateKey)?,
-            ));
-        }
+    if let Some(tls) = tls(endpoints)? {
         options = options.with_tls(tls);
     }
+    let security = &endpoints.security;
     if let (Some(user), Some(file)) = (&security.user, &security.password_file) {
         if !endpoints.tls {
             tracing::warn!(user = %user, "etcd: logging in over plaintext (etcd://): the password crosses the network readable");
@@ -67,6 +53,30 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
     Client::connect(endpoints.urls(), Some(options))
         .await
         .map_err(|e| refused(endpoints, "", &e))
+}
+
+/// The TLS to reach the members with (`None`: plaintext): the CA to trust
+/// them by and the certificate to show them, from their files.
+pub(super) fn tls(endpoints: &Endpoints) -> Result<Option<TlsOptions>, Error> {
+    if !endpoints.tls {
+        return Ok(None);
+    }
+    let security = &endpoints.security;
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &security.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(pem(
+            "etcd-ca",
+            ca,
+            Holds::Certificate,
+        )?));
+    }
+    if let (Some(cert), Some(key)) = (&security.cert, &security.key) {
+        tls = tls.identity(Identity::from_pem(
+            pem("etcd-cert", cert, Holds::Certificate)?,
+            pem("etcd-key", key, Holds::PrivateKey)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// A PEM file's bytes, or which flag names a file that is not one.

@@ -52,6 +52,8 @@
 //!   persistence;
 //! - `connect.rs`: TLS, credentials, and one line for why a cluster refused
 //!   this replica at start-up;
+//! - `members.rs`: which members the client sends calls to (the ones
+//!   that answer its health probes);
 //! - `keyspace.rs`: key names and the record codec;
 //! - `txn.rs`: planning a command and committing it as a guarded
 //!   transaction, including the read-back when the outcome is unknown;
@@ -67,6 +69,7 @@
 mod connect;
 mod history;
 mod keyspace;
+mod members;
 mod pump;
 mod replicas;
 mod restore;
@@ -159,6 +162,10 @@ struct Inner {
     /// it and watches again (a watch held by a member that hangs never
     /// ends on its own until HTTP/2's keep-alive gives up, 9 s on).
     rewatch: tokio::sync::Notify,
+    /// Moves each time a member leaves the client's rotation (`members.rs`):
+    /// the streams below (the pump's watch, the replicas' watch, the lease's
+    /// keep-alive) are taken again, as they may be held by that member.
+    left_rotation: watch::Receiver<u64>,
 }
 
 /// The longest one small call to etcd (a get, a put, a transaction, a
@@ -255,6 +262,14 @@ impl Inner {
     fn state(&self) -> Arc<State> {
         self.state.read().expect("state lock").clone()
     }
+
+    /// Told when a member leaves the rotation from now on (a stream taken
+    /// now is through the members in it).
+    fn left_rotation(&self) -> watch::Receiver<u64> {
+        let mut left = self.left_rotation.clone();
+        left.mark_unchanged();
+        left
+    }
 }
 
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -263,6 +278,14 @@ impl EtcdStore {
     /// Connects, loads every record, and starts following the cluster.
     pub async fn open(config: EtcdConfig, hub: Hub) -> Result<EtcdStore, Error> {
         let client = connect::connect(&config.endpoints).await?;
+        let spawn = |f| AbortOnDropHandle::new(tokio::spawn(f));
+        // From the first call on: opening reads from etcd too.
+        let (left, left_rotation) = watch::channel(0);
+        let rotation = spawn(Box::pin(members::keep_rotation(
+            client.clone(),
+            members::members(&config.endpoints)?,
+            left,
+        )) as Task);
         let keys = Keyspace::new(config.prefix.clone());
 
         // The page key is made once for the cluster: the first replica's put
@@ -317,8 +340,8 @@ impl EtcdStore {
             alive_until: Mutex::new(None),
             lease: AtomicI64::new(0),
             rewatch: tokio::sync::Notify::new(),
+            left_rotation,
         });
-        let spawn = |f| AbortOnDropHandle::new(tokio::spawn(f));
         // The watch first: registering checks that it is current (what
         // was committed since the load is applied), as every renewal does.
         let pump = spawn(Box::pin(pump::pump(inner.clone(), head)) as Task);
@@ -327,6 +350,7 @@ impl EtcdStore {
         let lease = replicas::register_at_open(&inner).await?;
         let others = replicas::load_replicas(&inner).await?;
         let tasks = vec![
+            rotation,
             pump,
             spawn(Box::pin(persist_access(
                 inner.clone(),

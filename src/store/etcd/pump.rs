@@ -165,6 +165,7 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
         .with_prefix()
         .with_start_revision(inner.origin.etcd(*after) + 1);
     let mut client = inner.client.clone();
+    let mut left = inner.left_rotation();
     let mut stream = attempt(client.watch(inner.keys.records(), Some(options)))
         .await
         .map_err(|e| unavailable("watching", e))?;
@@ -173,6 +174,9 @@ async fn follow(inner: &Inner, after: &mut Revision) -> Result<(), Error> {
             m = stream.message() => m.map_err(|e| unavailable("watching", e))?,
             () = inner.rewatch.notified() => {
                 return Err(unavailable("watching", "it fell behind the cluster; watching again"));
+            }
+            Ok(()) = left.changed() => {
+                return Err(unavailable("watching", "a member left the rotation; watching again"));
             }
         };
         let Some(r) = message else {

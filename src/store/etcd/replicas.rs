@@ -212,6 +212,7 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
         .map_err(|e| unavailable("renewing the lease", e))?;
     let mut applied = inner.applied.subscribe();
     let mut members = inner.replicas.subscribe();
+    let mut left = inner.left_rotation();
     let mut renew = tokio::time::interval(LEASE_TTL / 4);
     // When the check before each renewal still unanswered began, oldest
     // first: etcd answers renewals in order, and each answer extends this
@@ -263,6 +264,9 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
             }
             changed = members.changed() => {
                 changed.map_err(|_| Error::shutting_down())?;
+            }
+            Ok(()) = left.changed() => {
+                return Err(unavailable("renewing the lease", "a member left the rotation"));
             }
         }
         // Reports are for the other replicas' writers: a replica alone
@@ -326,10 +330,14 @@ pub(super) async fn follow_replicas(inner: Arc<Inner>, mut after: Revision) {
                 continue;
             }
         };
+        let mut left = inner.left_rotation();
         loop {
-            let r = match stream.message().await {
-                Ok(Some(r)) if !r.canceled() => r,
-                _ => break,
+            let r = tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(r)) if !r.canceled() => r,
+                    _ => break,
+                },
+                Ok(()) = left.changed() => break,
             };
             inner.replicas.send_modify(|map| {
                 for e in r.events() {
@@ -348,7 +356,8 @@ pub(super) async fn follow_replicas(inner: Arc<Inner>, mut after: Revision) {
                 }
             });
         }
-        // Broken or compacted: start again from a fresh listing.
+        // Broken, compacted, or maybe on a member that left the rotation:
+        // start again from a fresh listing.
         match load_replicas(&inner).await {
             Ok(rev) => after = rev,
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

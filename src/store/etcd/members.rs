@@ -1,0 +1,150 @@
+//! Which members the etcd client sends calls to: the ones that answer.
+//!
+//! The client spreads calls over the members at random (tonic's balancer
+//! counts every connection as equally loaded). A member that hangs (a
+//! paused process, a stalled disk, a partition that leaves its port open)
+//! still accepts connections, so it keeps its share of new calls, watches
+//! and lease keep-alives, each lost until its own timeout: a read tried
+//! again for 10 s could land on it at every try, and a replica whose lease
+//! keep-alive it held stopped verifying for seconds at a time.
+//!
+//! So this task asks every member's gRPC health service (`grpc.health.v1`,
+//! which etcd serves to anyone) once a second, on a connection of its own,
+//! and takes a member that does not answer SERVING within
+//! [`PROBE_TIMEOUT`] out of the client's rotation. It puts it back as soon
+//! as it answers again. The streams a replica holds are then taken again
+//! (they may be on that member); calls already sent are left to their own
+//! bound (`ATTEMPT` in `mod.rs`).
+//!
+//! Owns the probes and which members are in the rotation. It must never
+//! take a member out in a round where none answered: that says more about
+//! this replica (starved of CPU, cut off) than about any member, and the
+//! client's own calls would have nowhere left to go. It must never send
+//! credentials: the probes carry none.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+use futures_util::future::join_all;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use super::connect;
+use crate::error::Error;
+use crate::store::Endpoints;
+
+/// How often every member is asked.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a member has to answer. etcd answers a health check from
+/// memory, without the raft log or the disk: a loaded member answers in
+/// milliseconds, and one that hangs never does.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One member as the rotation sees it.
+pub(super) struct Member {
+    /// As the client knows it: what it is added and removed by.
+    url: String,
+    health: HealthClient<Channel>,
+    in_rotation: bool,
+}
+
+/// A probe for each member, with the client's TLS (its CA, its
+/// certificate), on connections made when first used. Empty for a cluster
+/// of one: with a single member there is no other to send a call to.
+pub(super) fn members(endpoints: &Endpoints) -> Result<Vec<Member>, Error> {
+    let urls = endpoints.urls();
+    if urls.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let tls = connect::tls(endpoints)?;
+    urls.into_iter()
+        .map(|url| {
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| Error::invalid("store", format!("{url}: {e}")))?
+                .connect_timeout(PROBE_TIMEOUT);
+            if let Some(tls) = &tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| Error::invalid("store", format!("{url}: {e}")))?;
+            }
+            Ok(Member {
+                url,
+                health: HealthClient::new(endpoint.connect_lazy()),
+                in_rotation: true,
+            })
+        })
+        .collect()
+}
+
+/// Asks every member each [`PROBE_EVERY`], and keeps the client's rotation
+/// to the ones that answered, for as long as the store is open. Each time
+/// a member leaves it, `left` moves: the streams this replica holds (its
+/// watches, its lease's keep-alive) may be on that member, and their
+/// holders take them again, through the members left.
+pub(super) async fn keep_rotation(
+    client: Client,
+    mut members: Vec<Member>,
+    left: watch::Sender<u64>,
+) {
+    if members.is_empty() {
+        // Holding `left` open: its receivers wait on it.
+        return std::future::pending().await;
+    }
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once per spell, not every second.
+    let mut none_answer = false;
+    loop {
+        every.tick().await;
+        let answers = join_all(members.iter().map(|m| probe(m.health.clone()))).await;
+        if answers.iter().all(Result::is_err) {
+            if !none_answer {
+                none_answer = true;
+                let why = answers.into_iter().filter_map(Result::err).next();
+                tracing::warn!(why = ?why, "no etcd member answers its health probe: the client's rotation is left as it is");
+            }
+            continue;
+        }
+        none_answer = false;
+        for (member, answer) in members.iter_mut().zip(answers) {
+            match (member.in_rotation, answer) {
+                (false, Ok(())) => match client.add_endpoint(&member.url).await {
+                    Ok(()) => {
+                        member.in_rotation = true;
+                        tracing::info!(member = %member.url, "etcd member answers again: back in rotation");
+                    }
+                    Err(e) => {
+                        tracing::warn!(member = %member.url, error = %e, "etcd member answers again, but the client did not take it back")
+                    }
+                },
+                (true, Err(why)) => match client.remove_endpoint(&member.url).await {
+                    Ok(()) => {
+                        member.in_rotation = false;
+                        left.send_modify(|n| *n += 1);
+                        tracing::warn!(member = %member.url, why = %why, "etcd member does not answer: out of rotation until it does");
+                    }
+                    Err(e) => {
+                        tracing::warn!(member = %member.url, error = %e, "etcd member does not answer, but the client did not let it go")
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether a member answered SERVING within [`PROBE_TIMEOUT`], or what it
+/// did instead.
+async fn probe(mut health: HealthClient<Channel>) -> Result<(), String> {
+    let asked = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
+        Ok(Ok(r)) if r.get_ref().status() == ServingStatus::Serving => Ok(()),
+        Ok(Ok(r)) => Err(format!("health {:?}", r.get_ref().status())),
+        Ok(Err(e)) => Err(format!("{:?}: {}", e.code(), e.message())),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
