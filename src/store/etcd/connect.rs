@@ -14,6 +14,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tonic::Code;
 
+use super::{Failed, RETRY_FOR, tried};
 use crate::dial::{self, Holds, Peer};
 use crate::error::{Error, reason};
 use crate::store::Endpoints;
@@ -50,9 +51,16 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
             .with_user(user.clone(), password(file)?)
             .with_auto_token_refresh(true);
     }
-    Client::connect(endpoints.urls(), Some(options))
-        .await
-        .map_err(|e| refused(endpoints, "", &e))
+    // Logging in is a call: tried again while unanswered (a member that
+    // hangs); a refusal, such as a wrong password, ends it at once.
+    let urls = endpoints.urls();
+    tried(
+        &options,
+        |_| false,
+        |options| Client::connect(urls.clone(), Some(options)),
+    )
+    .await
+    .map_err(|f| refused(endpoints, "", &f))
 }
 
 /// The TLS to reach the members with (`None`: plaintext): the CA to trust
@@ -102,7 +110,23 @@ fn password(path: &Path) -> Result<String, Error> {
 /// Why the cluster refused a call made while starting (`context`: what it
 /// was, after the connection itself), as one line naming the cause and the
 /// flag to look at. The client's own words are the fallback.
-pub(super) fn refused(endpoints: &Endpoints, context: &str, e: &etcd_client::Error) -> Error {
+pub(super) fn refused(endpoints: &Endpoints, context: &str, failed: &Failed) -> Error {
+    let doing = if context.is_empty() {
+        String::new()
+    } else {
+        format!(" ({context})")
+    };
+    let e = match failed {
+        Failed::Answer(e) => e,
+        Failed::NoAnswer => {
+            return Error::Unavailable {
+                reason: reason::STORE_UNAVAILABLE,
+                message: format!(
+                    "etcd {endpoints}: no member answered in {RETRY_FOR:?} of tries{doing}"
+                ),
+            };
+        }
+    };
     let security = &endpoints.security;
     let user = security.user.as_deref().unwrap_or("");
     let cause = match e {
@@ -140,11 +164,6 @@ pub(super) fn refused(endpoints: &Endpoints, context: &str, e: &etcd_client::Err
         }
         etcd_client::Error::TransportError(t) => dial::cause(&peer(endpoints), t),
         _ => None,
-    };
-    let doing = if context.is_empty() {
-        String::new()
-    } else {
-        format!(" ({context})")
     };
     let message = match cause {
         Some(cause) => format!("etcd {endpoints}: {cause}{doing}"),

@@ -80,7 +80,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, Compare, CompareOp, LockOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, LockOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -177,49 +177,79 @@ struct Inner {
 /// then fail.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
-/// One attempt at an etcd call, bounded by [`ATTEMPT`]: its error, or that
-/// it got no answer, as text for [`unavailable`].
-async fn attempt<T>(
-    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(ATTEMPT, call).await {
-        Ok(answer) => answer.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {ATTEMPT:?}")),
+/// Why an etcd call failed: etcd's answer, or none within [`ATTEMPT`].
+enum Failed {
+    Answer(etcd_client::Error),
+    NoAnswer,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Answer(e) => e.fmt(f),
+            Failed::NoAnswer => write!(f, "no answer within {ATTEMPT:?}"),
+        }
     }
 }
 
-/// An etcd call harmless to repeat (a read, a put of a hint or of a key
-/// whose value no one reads), made by `call` on a clone of `client` and
+/// One attempt at an etcd call, bounded by [`ATTEMPT`].
+async fn attempt<T>(
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Failed> {
+    match tokio::time::timeout(ATTEMPT, call).await {
+        Ok(answer) => answer.map_err(Failed::Answer),
+        Err(_) => Err(Failed::NoAnswer),
+    }
+}
+
+/// A call harmless to repeat, made by `call` on a clone of `client` and
 /// tried until it is answered: an attempt at a time, each bounded by
 /// [`ATTEMPT`] and sent to whichever member the client picks, pausing
-/// [`RETRY_PAUSES`] between them, for up to [`RETRY_FOR`]. Its answer, or
-/// the failure as [`unavailable`] while `doing` this: at once when etcd
-/// answered about the call itself (permission denied, compacted, no space),
-/// which another try would not change. One unbounded call to a member that
-/// hangs would instead hold the request until HTTP/2's pings give the
-/// member up, and then fail it.
-async fn retried<C: Clone, T, F>(
-    doing: &str,
+/// [`RETRY_PAUSES`] between them, for up to [`RETRY_FOR`]. A failure that
+/// `again` says may pass is tried again too; any other ends it at once.
+/// Its answer, or the last failure.
+async fn tried<C: Clone, T, F>(
     client: &C,
+    again: fn(&etcd_client::Error) -> bool,
     mut call: impl FnMut(C) -> F,
-) -> Result<T, Error>
+) -> Result<T, Failed>
 where
     F: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
     let started = Instant::now();
     let mut pauses = RETRY_PAUSES.iter();
     loop {
-        let failure = match tokio::time::timeout(ATTEMPT, call(client.clone())).await {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) if !may_pass(&e) => return Err(unavailable(doing, e)),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {ATTEMPT:?}"),
+        let failure = match attempt(call(client.clone())).await {
+            Ok(answer) => return Ok(answer),
+            Err(Failed::Answer(e)) if !again(&e) => return Err(Failed::Answer(e)),
+            Err(failure) => failure,
         };
         match pauses.next() {
             Some(pause) if started.elapsed() < RETRY_FOR => tokio::time::sleep(*pause).await,
-            _ => return Err(unavailable(doing, failure)),
+            _ => return Err(failure),
         }
     }
+}
+
+/// An etcd call harmless to repeat (a read, a put of a hint or of a key
+/// whose value no one reads), [`tried`] until it is answered, also while
+/// the member it went to was unreachable or lost its leader ([`may_pass`]).
+/// Its answer, or the failure as [`unavailable`] while `doing` this: at
+/// once when etcd answered about the call itself (permission denied,
+/// compacted, no space), which another try would not change. One unbounded
+/// call to a member that hangs would instead hold the request until
+/// HTTP/2's pings give the member up, and then fail it.
+async fn retried<C: Clone, T, F>(
+    doing: &str,
+    client: &C,
+    call: impl FnMut(C) -> F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    tried(client, may_pass, call)
+        .await
+        .map_err(|failure| unavailable(doing, failure))
 }
 
 /// Whether a failed etcd call may pass when tried again: the member was
@@ -292,30 +322,37 @@ impl EtcdStore {
         // wins, every replica reads the winner. Being the first call that
         // reaches a member (with no --etcd-user, connecting sends nothing),
         // its failure says why the cluster refuses us: TLS, or permissions.
+        // So it is tried again only while unanswered (a member that hangs,
+        // until the rotation leaves it out); any refusal ends it at once.
+        // Again is harmless: a put that landed unheard is the winner read.
         let key = keys.page_key();
         let mut fresh = [0u8; 32];
         getrandom::fill(&mut fresh).map_err(|e| Error::Internal(e.to_string()))?;
-        let r = client
-            .clone()
-            .txn(
-                Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key.clone(), fresh.to_vec(), None)])
-                    .or_else([TxnOp::get(key.clone(), None)]),
-            )
-            .await
-            .map_err(|e| connect::refused(&config.endpoints, "creating the page key", &e))?;
+        let create = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), fresh.to_vec(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = tried(
+            &client,
+            |_| false,
+            |mut c| {
+                let create = create.clone();
+                async move { c.txn(create).await }
+            },
+        )
+        .await
+        .map_err(|f| connect::refused(&config.endpoints, "creating the page key", &f))?;
         let page_key = if r.succeeded() {
             fresh
         } else {
-            let got = client
-                .clone()
-                .get(key, None)
-                .await
-                .map_err(|e| connect::refused(&config.endpoints, "reading the page key", &e))?;
-            got.kvs()
-                .first()
-                .and_then(|kv| kv.value().try_into().ok())
+            // Another replica's, read in the same transaction.
+            r.op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
+                    _ => None,
+                })
+                .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| corrupt("page key", "not 32 bytes"))?
         };
 

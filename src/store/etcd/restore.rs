@@ -27,7 +27,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keyspace::{Keyspace, encode_record};
-use super::{EtcdStore, connect, retried, unavailable};
+use super::{EtcdStore, connect, retried, tried, unavailable};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::Error;
 use crate::store::Endpoints;
@@ -133,14 +133,14 @@ impl EtcdStore {
     ) -> Result<(), Error> {
         let client = connect::connect(endpoints).await?;
         let keys = Keyspace::new(prefix.to_string());
-        let r = client
-            .clone()
-            .get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            )
-            .await
-            .map_err(|e| connect::refused(endpoints, "reading the prefix", &e))?;
+        let count = || Some(GetOptions::new().with_prefix().with_count_only());
+        let r = tried(
+            &client,
+            |_| false,
+            |mut c| async move { c.get(prefix, count()).await },
+        )
+        .await
+        .map_err(|f| connect::refused(endpoints, "reading the prefix", &f))?;
         if r.count() > 0 {
             return Err(Error::invalid(
                 "store",

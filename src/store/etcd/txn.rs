@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::keyspace::encode_record;
-use super::{Inner, RETRY_FOR, RETRY_PAUSES, attempt, retried, unavailable};
+use super::{Failed, Inner, RETRY_FOR, RETRY_PAUSES, attempt, retried, unavailable};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::{Error, reason};
@@ -203,7 +203,7 @@ impl Inner {
         // when it could not be read, which is not a no.
         let landed = || async {
             let got = attempt(self.client.clone().get(key, None)).await?;
-            Ok::<_, String>(
+            Ok::<_, Failed>(
                 got.kvs()
                     .first()
                     .filter(|kv| kv.value() == value)
@@ -211,7 +211,7 @@ impl Inner {
             )
         };
         let mut unknown = false;
-        let mut failure = None;
+        let mut failure = Failed::NoAnswer;
         let started = tokio::time::Instant::now();
         for pause in RETRY_PAUSES {
             match attempt(self.client.clone().txn(txn.clone())).await {
@@ -232,7 +232,7 @@ impl Inner {
                 }
                 Err(e) => {
                     unknown = true;
-                    failure = Some(e);
+                    failure = e;
                     tokio::time::sleep(*pause).await;
                     if let Ok(Some(rev)) = landed().await {
                         return Ok((true, rev));
@@ -245,9 +245,6 @@ impl Inner {
                 }
             }
         }
-        Err(unavailable(
-            "committing (it may have happened)",
-            failure.unwrap_or_default(),
-        ))
+        Err(unavailable("committing (it may have happened)", failure))
     }
 }
