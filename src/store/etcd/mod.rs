@@ -554,19 +554,32 @@ impl Store for EtcdStore {
 
     async fn bootstrap_lock(&self) -> Result<Box<dyn std::any::Any + Send>, Error> {
         let name = self.inner.keys.bootstrap_lock();
-        let mut client = self.inner.client.clone();
+        let client = &self.inner.client;
+        let doing = "taking the bootstrap lock";
         // Leased, so a replica that dies holding it lets the others go on.
-        let lease = client
-            .lease_grant(15, None)
-            .await
-            .map_err(|e| unavailable("taking the bootstrap lock", e))?
-            .id();
-        client
-            .lock(name, Some(LockOptions::new().with_lease(lease)))
-            .await
-            .map_err(|e| unavailable("taking the bootstrap lock", e))?;
+        // A grant whose answer was lost leaves a lease no one uses, which
+        // runs out.
+        let lease = retried(doing, client, |mut c| async move {
+            c.lease_grant(15, None).await
+        })
+        .await?
+        .id();
+        // Tried again like a read: under the same lease, a lock is the same
+        // waiting key (etcd's `<name>/<lease>`), and bootstrapping holds it
+        // for milliseconds.
+        retried(doing, client, |mut c| {
+            let name = name.clone();
+            async move {
+                c.lock(name, Some(LockOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await?;
         self.inner.sync().await?;
-        Ok(Box::new(LeaseGuard { client, lease }))
+        Ok(Box::new(LeaseGuard {
+            client: client.clone(),
+            lease,
+        }))
     }
 
     async fn close(&self) {
