@@ -337,10 +337,11 @@ fn tls_flags_that_do_not_fit_the_store_are_refused_before_connecting() {
 
 /// The health probes that keep a member that hangs out of the etcd client's
 /// rotation go over the same TLS, with the client certificate, to a cluster
-/// with authentication on: a paused member leaves the rotation and comes
-/// back once resumed, as tokend's log says, and tokend serves throughout.
-/// A probe that could not reach the members (no client certificate, say)
-/// would leave the rotation as it is, and the log would say so instead.
+/// with authentication on: a paused member leaves the rotation (which takes
+/// another member answering in the same round) and comes back once resumed
+/// (which takes its own answer), as tokend's log says, and tokend serves
+/// throughout. Probes that could not reach the members (in plaintext, say)
+/// leave the rotation as it is, and the test fails.
 #[tokio::test]
 async fn a_member_that_hangs_leaves_the_rotation_and_comes_back_over_tls() {
     let p = pki();
@@ -389,9 +390,5 @@ async fn a_member_that_hangs_leaves_the_rotation_and_comes_back_over_tls() {
     );
     cluster.resume(2);
     let text = said("back in rotation").await;
-    assert!(
-        !text.contains("no etcd member answers"),
-        "a probe failed everywhere:\n{text}"
-    );
     assert!(!text.contains(PASSWORD), "the password is in the log");
 }

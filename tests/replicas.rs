@@ -424,55 +424,71 @@ async fn a_member_that_hangs_stops_neither_verification_nor_writes_for_long() {
     cluster.resume(1);
 }
 
-/// A replica started while a member hangs opens and serves. The calls it
-/// makes while opening (logging in, the page key, the load, registering)
-/// are bounded and tried again while unanswered, and the member leaves the
-/// client's rotation within a second or two. Before, the page key's
-/// transaction went to the hung member about one start in three, waited for
-/// HTTP/2's pings (9 s) and stopped the replica: 2 of 4 starts in a trial.
-/// Each start is tried once, on the first prefix and then on one it loaded
-/// (`spawn_tokend` would start a replica that exited again).
+/// A replica started while a member hangs, or while one is down, opens and
+/// serves. Every member's health is asked before the client connects, and
+/// only those that answer get its calls, the login included; a call made
+/// while opening is bounded and tried again while unanswered. Before, the
+/// page key's transaction went to the hung member about one start in three,
+/// waited for HTTP/2's pings (9 s) and stopped the replica (2 of 4 starts
+/// in a trial). Each start is tried once (`spawn_tokend` would start a
+/// replica that exited again): the first on a new prefix, the others on
+/// the prefix it made.
 #[tokio::test]
-async fn replicas_start_while_a_member_hangs() {
-    let cluster = EtcdCluster::start(3).await;
+async fn replicas_start_while_a_member_hangs_or_is_down() {
+    let mut cluster = EtcdCluster::start(3).await;
     let (_keys, file, operator) = operator_file();
     let store = cluster.store("start in a hang");
     cluster.pause(1);
     for start in 0..4 {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stderr");
-        let p = loop {
-            let addr = free_addr();
-            let mut cmd = serve_command(
-                dir.path(),
-                addr,
-                &[
-                    "--store",
-                    &store,
-                    "--operator-token-file",
-                    file.to_str().unwrap(),
-                ],
-            );
-            cmd.stderr(std::fs::File::create(&log).unwrap());
-            if let Some(p) = launch(cmd, dir.path(), addr).await {
-                break p;
-            }
-            let said = std::fs::read_to_string(&log).unwrap();
-            // Another test took the port first: not this test's concern.
-            assert!(
-                said.contains("cannot listen"),
-                "start {start} failed: {said}"
-            );
-        };
-        let mut accounts = accounts_at(&p.url(), bearer(&operator)).await;
-        let listed = tokio::time::timeout(
-            Duration::from_secs(25),
-            accounts.list_accounts(pb::ListAccountsRequest::default()),
+        start_once(
+            &store,
+            &file,
+            &operator,
+            &format!("start {start}, a member hung"),
         )
         .await;
-        assert!(matches!(listed, Ok(Ok(_))), "start {start}: {listed:?}");
     }
     cluster.resume(1);
+    cluster.kill(2);
+    for start in 0..4 {
+        start_once(
+            &store,
+            &file,
+            &operator,
+            &format!("start {start}, a member down"),
+        )
+        .await;
+    }
+}
+
+/// Starts one replica on `store`, which must open and answer its operator.
+async fn start_once(store: &str, file: &Path, operator: &str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let p = loop {
+        let addr = free_addr();
+        let args = [
+            "--store",
+            store,
+            "--operator-token-file",
+            file.to_str().unwrap(),
+        ];
+        let mut cmd = serve_command(dir.path(), addr, &args);
+        cmd.stderr(std::fs::File::create(&log).unwrap());
+        if let Some(p) = launch(cmd, dir.path(), addr).await {
+            break p;
+        }
+        let said = std::fs::read_to_string(&log).unwrap();
+        // Another test took the port first: not this test's concern.
+        assert!(said.contains("cannot listen"), "{what}: it stopped: {said}");
+    };
+    let mut accounts = accounts_at(&p.url(), bearer(operator)).await;
+    let listed = tokio::time::timeout(
+        Duration::from_secs(25),
+        accounts.list_accounts(pb::ListAccountsRequest::default()),
+    )
+    .await;
+    assert!(matches!(listed, Ok(Ok(_))), "{what}: {listed:?}");
 }
 
 /// The reads a replica answers from etcd rather than from memory, about

@@ -27,13 +27,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// the ping gives it up. Not more often than etcd's
 /// `--grpc-keepalive-min-time` (5 s by default), past which it closes the
 /// connection as abusive.
-const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(6);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(6);
+pub(super) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connects to the cluster and logs in as `--etcd-user`, if given. Fails
-/// with one line naming the cause: an unreadable file, a TLS handshake
-/// refused either way, a wrong password.
-pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
+/// Connects to the cluster's members at `urls` (those that answered,
+/// `members.rs`) and logs in as `--etcd-user`, if given. Fails with one
+/// line naming the cause: an unreadable file, a TLS handshake refused
+/// either way, a wrong password.
+pub(super) async fn connect(endpoints: &Endpoints, urls: Vec<String>) -> Result<Client, Error> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE_EVERY, KEEP_ALIVE_TIMEOUT);
@@ -53,7 +54,6 @@ pub(super) async fn connect(endpoints: &Endpoints) -> Result<Client, Error> {
     }
     // Logging in is a call: tried again while unanswered (a member that
     // hangs); a refusal, such as a wrong password, ends it at once.
-    let urls = endpoints.urls();
     tried(
         &options,
         |_| false,
@@ -121,9 +121,7 @@ pub(super) fn refused(endpoints: &Endpoints, context: &str, failed: &Failed) -> 
         Failed::NoAnswer => {
             return Error::Unavailable {
                 reason: reason::STORE_UNAVAILABLE,
-                message: format!(
-                    "etcd {endpoints}: no member answered in {RETRY_FOR:?} of tries{doing}"
-                ),
+                message: format!("etcd {endpoints}: no answer in {RETRY_FOR:?} of tries{doing}"),
             };
         }
     };

@@ -2,8 +2,8 @@
 //!
 //! The client spreads calls over the members at random (tonic's balancer
 //! counts every connection as equally loaded). A member that hangs (a
-//! paused process, a stalled disk, a partition that leaves its port open)
-//! still accepts connections, so it keeps its share of new calls, watches
+//! paused or wedged process, or a network path to it that drops packets)
+//! keeps its connections open, so it keeps its share of new calls, watches
 //! and lease keep-alives, each lost until its own timeout: a read tried
 //! again for 10 s could land on it at every try, and a replica whose lease
 //! keep-alive it held stopped verifying for seconds at a time.
@@ -16,11 +16,17 @@
 //! (they may be on that member); calls already sent are left to their own
 //! bound (`ATTEMPT` in `mod.rs`).
 //!
+//! etcd answers a health check from memory: a member whose disk stalls, or
+//! that lost its quorum, still answers SERVING and stays in the rotation;
+//! calls to it are bounded and tried again (`ATTEMPT` in `mod.rs`).
+//!
 //! Owns the probes and which members are in the rotation. It must never
 //! take a member out in a round where none answered: that says more about
 //! this replica (starved of CPU, cut off) than about any member, and the
-//! client's own calls would have nowhere left to go. It must never send
-//! credentials: the probes carry none.
+//! client's own calls would have nowhere left to go. Members come back
+//! before others leave, so the rotation is never empty. It must never send
+//! the etcd user's password or token: a probe carries only what every
+//! connection does (the client certificate, with TLS).
 
 use std::time::Duration;
 
@@ -50,10 +56,44 @@ pub(super) struct Member {
     in_rotation: bool,
 }
 
+/// Every member, asked once (within [`PROBE_TIMEOUT`]) before the client
+/// connects: only those that answered start in the rotation, so that a
+/// member down or hanging as this replica starts gets none of its calls,
+/// not even the login. When none answers, all start in it, and the
+/// client's own failure says why (TLS, nothing listening). Empty for a
+/// cluster of one: with a single member there is no other to send a call
+/// to.
+pub(super) async fn survey(endpoints: &Endpoints) -> Result<Vec<Member>, Error> {
+    let mut members = probes(endpoints)?;
+    let answers = join_all(members.iter().map(|m| probe(m.health.clone()))).await;
+    if answers.iter().any(Result::is_ok) {
+        for (member, answer) in members.iter_mut().zip(answers) {
+            if let Err(why) = answer {
+                member.in_rotation = false;
+                tracing::warn!(member = %member.url, why = %why, "etcd member does not answer: out of rotation until it does");
+            }
+        }
+    }
+    Ok(members)
+}
+
+/// The members the client connects to: those in the rotation, or every
+/// one when there are no probes.
+pub(super) fn in_rotation(members: &[Member], endpoints: &Endpoints) -> Vec<String> {
+    if members.is_empty() {
+        return endpoints.urls();
+    }
+    members
+        .iter()
+        .filter(|m| m.in_rotation)
+        .map(|m| m.url.clone())
+        .collect()
+}
+
 /// A probe for each member, with the client's TLS (its CA, its
-/// certificate), on connections made when first used. Empty for a cluster
-/// of one: with a single member there is no other to send a call to.
-pub(super) fn members(endpoints: &Endpoints) -> Result<Vec<Member>, Error> {
+/// certificate), on connections made when first used; none for a cluster
+/// of one.
+fn probes(endpoints: &Endpoints) -> Result<Vec<Member>, Error> {
     let urls = endpoints.urls();
     if urls.len() < 2 {
         return Ok(Vec::new());
@@ -61,9 +101,14 @@ pub(super) fn members(endpoints: &Endpoints) -> Result<Vec<Member>, Error> {
     let tls = connect::tls(endpoints)?;
     urls.into_iter()
         .map(|url| {
+            // The client's own pings: a connection to a member that went
+            // silent is given up, so one that comes back is probed afresh.
             let mut endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| Error::invalid("store", format!("{url}: {e}")))?
-                .connect_timeout(PROBE_TIMEOUT);
+                .connect_timeout(PROBE_TIMEOUT)
+                .http2_keep_alive_interval(connect::KEEP_ALIVE_EVERY)
+                .keep_alive_timeout(connect::KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             if let Some(tls) = &tls {
                 endpoint = endpoint
                     .tls_config(tls.clone())
@@ -108,28 +153,35 @@ pub(super) async fn keep_rotation(
             continue;
         }
         none_answer = false;
-        for (member, answer) in members.iter_mut().zip(answers) {
-            match (member.in_rotation, answer) {
-                (false, Ok(())) => match client.add_endpoint(&member.url).await {
-                    Ok(()) => {
-                        member.in_rotation = true;
-                        tracing::info!(member = %member.url, "etcd member answers again: back in rotation");
-                    }
-                    Err(e) => {
-                        tracing::warn!(member = %member.url, error = %e, "etcd member answers again, but the client did not take it back")
-                    }
-                },
-                (true, Err(why)) => match client.remove_endpoint(&member.url).await {
-                    Ok(()) => {
-                        member.in_rotation = false;
-                        left.send_modify(|n| *n += 1);
-                        tracing::warn!(member = %member.url, why = %why, "etcd member does not answer: out of rotation until it does");
-                    }
-                    Err(e) => {
-                        tracing::warn!(member = %member.url, error = %e, "etcd member does not answer, but the client did not let it go")
-                    }
-                },
-                _ => {}
+        // Back first, then out: the rotation is never left empty between.
+        for (member, answer) in members.iter_mut().zip(&answers) {
+            if member.in_rotation || answer.is_err() {
+                continue;
+            }
+            match client.add_endpoint(&member.url).await {
+                Ok(()) => {
+                    member.in_rotation = true;
+                    tracing::info!(member = %member.url, "etcd member answers again: back in rotation");
+                }
+                Err(e) => {
+                    tracing::warn!(member = %member.url, error = %e, "etcd member answers again, but the client did not take it back")
+                }
+            }
+        }
+        for (member, answer) in members.iter_mut().zip(&answers) {
+            let Err(why) = answer else { continue };
+            if !member.in_rotation {
+                continue;
+            }
+            match client.remove_endpoint(&member.url).await {
+                Ok(()) => {
+                    member.in_rotation = false;
+                    left.send_modify(|n| *n += 1);
+                    tracing::warn!(member = %member.url, why = %why, "etcd member does not answer: out of rotation until it does");
+                }
+                Err(e) => {
+                    tracing::warn!(member = %member.url, error = %e, "etcd member does not answer, but the client did not let it go")
+                }
             }
         }
     }

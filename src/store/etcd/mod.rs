@@ -307,15 +307,14 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 impl EtcdStore {
     /// Connects, loads every record, and starts following the cluster.
     pub async fn open(config: EtcdConfig, hub: Hub) -> Result<EtcdStore, Error> {
-        let client = connect::connect(&config.endpoints).await?;
+        let members = members::survey(&config.endpoints).await?;
+        let urls = members::in_rotation(&members, &config.endpoints);
+        let client = connect::connect(&config.endpoints, urls).await?;
         let spawn = |f| AbortOnDropHandle::new(tokio::spawn(f));
         // From the first call on: opening reads from etcd too.
         let (left, left_rotation) = watch::channel(0);
-        let rotation = spawn(Box::pin(members::keep_rotation(
-            client.clone(),
-            members::members(&config.endpoints)?,
-            left,
-        )) as Task);
+        let rotation =
+            spawn(Box::pin(members::keep_rotation(client.clone(), members, left)) as Task);
         let keys = Keyspace::new(config.prefix.clone());
 
         // The page key is made once for the cluster: the first replica's put
@@ -564,17 +563,14 @@ impl Store for EtcdStore {
         })
         .await?
         .id();
-        // Tried again like a read: under the same lease, a lock is the same
-        // waiting key (etcd's `<name>/<lease>`), and bootstrapping holds it
-        // for milliseconds.
-        retried(doing, client, |mut c| {
-            let name = name.clone();
-            async move {
-                c.lock(name, Some(LockOptions::new().with_lease(lease)))
-                    .await
-            }
-        })
-        .await?;
+        // Made once and not bounded: waiting for another replica's
+        // bootstrap is this call's job, however long the other's writes
+        // take. A member that hangs fails it within HTTP/2's pings (9 s).
+        client
+            .clone()
+            .lock(name, Some(LockOptions::new().with_lease(lease)))
+            .await
+            .map_err(|e| unavailable(doing, e))?;
         self.inner.sync().await?;
         Ok(Box::new(LeaseGuard {
             client: client.clone(),

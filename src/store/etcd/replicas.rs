@@ -18,7 +18,7 @@ use std::time::Duration;
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::time::Instant;
 
-use super::{Inner, attempt, etcd_revision, unavailable};
+use super::{Inner, attempt, etcd_revision, retried, unavailable};
 use crate::domain::Revision;
 use crate::error::{Error, reason};
 
@@ -191,15 +191,22 @@ pub(super) async fn register_at_open(inner: &Inner) -> Result<i64, Error> {
 }
 
 /// Renews the lease and reports the applied revision whenever it moves;
-/// registers again if the lease was lost.
-pub(super) async fn keep_registered(inner: Arc<Inner>, mut lease: i64) {
+/// registers again if the renewals fail. A lease whose renewals failed is
+/// never renewed again: a registration tried since may have taken its key
+/// and then lost it (its own lease revoked), and renewing the old one would
+/// keep this replica verifying with no key that writers wait for. Until a
+/// registration succeeds, its clock runs out and it refuses.
+pub(super) async fn keep_registered(inner: Arc<Inner>, lease: i64) {
+    let mut lease = Some(lease);
     loop {
-        if let Err(e) = renew_and_report(&inner, lease).await {
+        if let Some(l) = lease.take()
+            && let Err(e) = renew_and_report(&inner, l).await
+        {
             tracing::warn!(error = %e, "replica registration lost; registering again");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         match register(&inner).await {
-            Ok(l) => lease = l,
+            Ok(l) => lease = Some(l),
             Err(e) => tracing::warn!(error = %e, "cannot register with etcd"),
         }
     }
@@ -266,7 +273,14 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
                 changed.map_err(|_| Error::shutting_down())?;
             }
             Ok(()) = left.changed() => {
-                return Err(unavailable("renewing the lease", "a member left the rotation"));
+                // The stream may be on the member that left: the same
+                // lease, through the members in the rotation. Renewals sent
+                // on the old stream are answered there or never, so their
+                // checks extend nothing.
+                (keeper, answers) = attempt(client.lease_keep_alive(lease))
+                    .await
+                    .map_err(|e| unavailable("renewing the lease", e))?;
+                sent.clear();
             }
         }
         // Reports are for the other replicas' writers: a replica alone
@@ -294,12 +308,11 @@ async fn renew_and_report(inner: &Inner, lease: i64) -> Result<(), Error> {
 
 /// The registered replicas now, and the revision to follow them from.
 pub(super) async fn load_replicas(inner: &Inner) -> Result<Revision, Error> {
-    let r = inner
-        .client
-        .clone()
-        .get(inner.keys.replicas(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| unavailable("listing replicas", e))?;
+    let r = retried("listing replicas", &inner.client, |mut c| async move {
+        c.get(inner.keys.replicas(), Some(GetOptions::new().with_prefix()))
+            .await
+    })
+    .await?;
     let mut map = HashMap::new();
     for kv in r.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -317,11 +330,14 @@ pub(super) async fn follow_replicas(inner: Arc<Inner>, mut after: Revision) {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(after as i64 + 1);
-        let watched = inner
-            .client
-            .clone()
-            .watch(inner.keys.replicas(), Some(options))
-            .await;
+        let mut left = inner.left_rotation();
+        let watched = attempt(
+            inner
+                .client
+                .clone()
+                .watch(inner.keys.replicas(), Some(options)),
+        )
+        .await;
         let mut stream = match watched {
             Ok(s) => s,
             Err(e) => {
@@ -330,7 +346,6 @@ pub(super) async fn follow_replicas(inner: Arc<Inner>, mut after: Revision) {
                 continue;
             }
         };
-        let mut left = inner.left_rotation();
         loop {
             let r = tokio::select! {
                 m = stream.message() => match m {

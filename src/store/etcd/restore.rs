@@ -27,7 +27,7 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keyspace::{Keyspace, encode_record};
-use super::{EtcdStore, connect, retried, tried, unavailable};
+use super::{EtcdStore, connect, members, retried, tried, unavailable};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::Error;
 use crate::store::Endpoints;
@@ -131,7 +131,8 @@ impl EtcdStore {
         prefix: &str,
         snapshot: &Snapshot,
     ) -> Result<(), Error> {
-        let client = connect::connect(endpoints).await?;
+        let members = members::survey(endpoints).await?;
+        let client = connect::connect(endpoints, members::in_rotation(&members, endpoints)).await?;
         let keys = Keyspace::new(prefix.to_string());
         let count = || Some(GetOptions::new().with_prefix().with_count_only());
         let r = tried(
