@@ -14,7 +14,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use tonic::Code;
 
-use super::{Failed, RETRY_FOR, tried};
+use super::retry::{Failed, RETRY_FOR, tried};
 use crate::dial::{self, Holds, Peer};
 use crate::error::{Error, reason};
 use crate::store::Endpoints;

@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 
 use etcd_client::{GetOptions, WatchOptions};
 
+use super::Inner;
 use super::keyspace::decode_record;
-use super::{Inner, attempt, retried, unavailable};
+use super::retry::{attempt, retried, unavailable};
 use crate::domain::{Event, Revision, TokenId};
 use crate::error::Error;
 

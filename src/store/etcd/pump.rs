@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions};
 
+use super::Inner;
 use super::keyspace::{Committed, Keyspace, decode_access, decode_record};
 use super::restore::Origin;
-use super::{Inner, attempt, retried, unavailable};
+use super::retry::{attempt, retried, unavailable};
 use crate::domain::{Event, EventKind, Revision, Subject, TokenId};
 use crate::error::Error;
 use crate::secret::SecretHash;

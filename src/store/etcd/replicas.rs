@@ -18,7 +18,8 @@ use std::time::Duration;
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 use tokio::time::Instant;
 
-use super::{Inner, attempt, etcd_revision, retried, unavailable};
+use super::retry::{attempt, retried, unavailable};
+use super::{Inner, etcd_revision};
 use crate::domain::Revision;
 use crate::error::{Error, reason};
 

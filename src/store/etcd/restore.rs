@@ -27,7 +27,8 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::keyspace::{Keyspace, encode_record};
-use super::{EtcdStore, connect, members, retried, tried, unavailable};
+use super::retry::{retried, tried, unavailable};
+use super::{EtcdStore, connect, members};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::Error;
 use crate::store::Endpoints;

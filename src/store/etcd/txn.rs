@@ -13,8 +13,9 @@ use std::time::SystemTime;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
+use super::Inner;
 use super::keyspace::encode_record;
-use super::{Failed, Inner, RETRY_FOR, RETRY_PAUSES, attempt, retried, unavailable};
+use super::retry::{Failed, RETRY_FOR, RETRY_PAUSES, attempt, retried, unavailable};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{Actor, EventKind, Revision, Subject};
 use crate::error::{Error, reason};
