@@ -56,6 +56,13 @@ pub(super) struct Member {
     in_rotation: bool,
 }
 
+impl Member {
+    /// Logs that this member left the rotation, and why.
+    fn said_out(&self, why: &str) {
+        tracing::warn!(member = %self.url, why = %why, "etcd member does not answer: out of rotation until it does");
+    }
+}
+
 /// Every member, asked once (within [`PROBE_TIMEOUT`]) before the client
 /// connects: only those that answered start in the rotation, so that a
 /// member down or hanging as this replica starts gets none of its calls,
@@ -70,7 +77,7 @@ pub(super) async fn survey(endpoints: &Endpoints) -> Result<Vec<Member>, Error> 
         for (member, answer) in members.iter_mut().zip(answers) {
             if let Err(why) = answer {
                 member.in_rotation = false;
-                tracing::warn!(member = %member.url, why = %why, "etcd member does not answer: out of rotation until it does");
+                member.said_out(&why);
             }
         }
     }
@@ -137,7 +144,9 @@ pub(super) async fn keep_rotation(
         // Holding `left` open: its receivers wait on it.
         return std::future::pending().await;
     }
-    let mut every = tokio::time::interval(PROBE_EVERY);
+    // The survey asked a moment ago: the first round is a period on.
+    let start = tokio::time::Instant::now() + PROBE_EVERY;
+    let mut every = tokio::time::interval_at(start, PROBE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Said once per spell, not every second.
     let mut none_answer = false;
@@ -177,7 +186,7 @@ pub(super) async fn keep_rotation(
                 Ok(()) => {
                     member.in_rotation = false;
                     left.send_modify(|n| *n += 1);
-                    tracing::warn!(member = %member.url, why = %why, "etcd member does not answer: out of rotation until it does");
+                    member.said_out(why);
                 }
                 Err(e) => {
                     tracing::warn!(member = %member.url, error = %e, "etcd member does not answer, but the client did not let it go")
