@@ -347,7 +347,7 @@ async fn an_old_sled_data_dir_reads_back_exactly() {
     let tree = db.open_tree("tokend").unwrap();
     assert_eq!(
         tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-8"[..])
+        Some(&b"tokend-sled-9"[..])
     );
     let deleted: Vec<&str> = expected["tokens"]
         .as_array()

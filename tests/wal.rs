@@ -431,7 +431,7 @@ fn assert_current_format(dir: &Path) {
     let tree = db.open_tree("tokend").unwrap();
     assert_eq!(
         tree.get("m/format").unwrap().as_deref(),
-        Some(&b"tokend-sled-8"[..])
+        Some(&b"tokend-sled-9"[..])
     );
 }
 
@@ -480,9 +480,51 @@ async fn a_migration_counts_tombstones_after_the_replay() {
     assert_current_format(tmp.path());
 }
 
+/// A format-8 data dir left by a kill, its log holding records as format
+/// 8 wrote them, uncompressed: every answered write replays, and the
+/// marker says 9 (which a format-8 tokend refuses).
+#[tokio::test]
+async fn a_format_8_log_of_uncompressed_records_replays() {
+    if sled_only("the embedded store's write-ahead log") {
+        return;
+    }
+    let (tmp, account) = prepared().await;
+    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    let acked = create_until_dead(&p, &account, 10, Duration::ZERO).await;
+    p.kill();
+    let mut compressed = 0;
+    for segment in segments(tmp.path()) {
+        let written = std::fs::read(&segment).unwrap();
+        let mut plain = Vec::with_capacity(written.len());
+        for (was, payload) in log_payloads(&written) {
+            compressed += usize::from(was);
+            plain.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            plain.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            plain.extend_from_slice(&payload);
+        }
+        plain.resize(plain.len().max(written.len()), 0);
+        std::fs::write(&segment, plain).unwrap();
+    }
+    assert!(
+        compressed >= acked.len(),
+        "{compressed} records were compressed"
+    );
+    {
+        let db = sled::open(tmp.path().join("db")).unwrap();
+        let tree = db.open_tree("tokend").unwrap();
+        tree.insert("m/format", "tokend-sled-8").unwrap();
+        db.flush().unwrap();
+    }
+    let (p, tokens) = after_restart(tmp.path()).await;
+    assert_eq!(names(&tokens).len(), acked.len());
+    assert_eq!(acked.len(), 10);
+    drop(p);
+    assert_current_format(tmp.path());
+}
+
 /// A format-7 data dir: its commits' events uncompressed (`E`), its
 /// tombstones counted. Opened, it reads those events in one trail with the
-/// compressed ones it writes after, keeps its counts, and says format 8
+/// compressed ones it writes after, keeps its counts, and says format 9
 /// (which a format-7 tokend refuses).
 #[tokio::test]
 async fn a_format_7_data_dir_reads_its_old_events_beside_new_ones() {

@@ -47,6 +47,7 @@ mod events;
 mod files;
 mod format;
 mod layout;
+mod lz4;
 mod open;
 mod restore;
 mod shrink;

@@ -48,18 +48,52 @@ pub fn sled_only(what: &str) -> bool {
 }
 
 /// The files of data dir `dir`'s write-ahead log (segments, and any torn
-/// tail kept aside) whose bytes hold `needle`. A segment deleted between
-/// the listing and the read is gone, not an error.
+/// tail kept aside) whose bytes hold `needle`, as written or in a record's
+/// payload inflated (`src/store/sled/wal.rs` compresses most). A segment
+/// deleted between the listing and the read is gone, not an error.
 pub fn log_files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     let mut found = Vec::new();
     for f in std::fs::read_dir(dir.join("wal")).unwrap() {
         let path = f.unwrap().path();
         let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
-        if bytes.windows(needle.len()).any(|w| w == needle) {
+        if holds(&bytes) || log_payloads(&bytes).iter().any(|(_, p)| holds(p)) {
             found.push(path);
         }
     }
     found
+}
+
+/// The payloads of a log segment's records, `[u32 LE length][u32 LE
+/// crc32][payload]` up to the first zero length, each inflated when
+/// compressed (`Z`, its length, an LZ4 block), and whether it was. Stops at
+/// the first record that does not check out (a torn tail): a caller
+/// searching them searches the raw bytes too.
+pub fn log_payloads(segment: &[u8]) -> Vec<(bool, Vec<u8>)> {
+    let mut payloads = Vec::new();
+    let mut at = 0;
+    while let Some(header) = segment.get(at..at + 8) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+        let Some(payload) = segment.get(at + 8..at + 8 + len) else {
+            break;
+        };
+        if len == 0 || crc32fast::hash(payload) != crc {
+            break;
+        }
+        payloads.push(match payload.split_first() {
+            Some((b'Z', framed)) => {
+                let size = u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize;
+                (
+                    true,
+                    lz4_flex::block::decompress(&framed[4..], size).unwrap(),
+                )
+            }
+            _ => (false, payload.to_vec()),
+        });
+        at += 8 + len;
+    }
+    payloads
 }

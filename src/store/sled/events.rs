@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use super::layout::{K_REVISION, Writes, decode};
-use super::{corrupt, io_error};
+use super::{corrupt, io_error, lz4};
 use crate::domain::{Event, Revision};
 use crate::error::Error;
 use crate::store::record::EventRecord;
@@ -62,15 +62,7 @@ const MAX_EVENTS_BYTES: usize = 64 << 20;
 /// An [`encode_events`] value as sled keeps it: what the applier writes
 /// ([`Writes::insert_encoded`]).
 fn compress_events(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + lz4_flex::block::get_maximum_output_size(value.len()));
-    out.push(COMPRESSED_EVENTS);
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    let at = out.len();
-    out.resize(out.capacity(), 0);
-    let n = lz4_flex::block::compress_into(value, &mut out[at..])
-        .expect("the buffer holds the largest output");
-    out.truncate(at + n);
-    out
+    lz4::compress(COMPRESSED_EVENTS, value)
 }
 
 /// One event key's value: a commit's events, already encoded.
@@ -91,20 +83,9 @@ pub(super) fn inflate_events(value: &[u8]) -> Result<Cow<'_, [u8]>, Error> {
     let Some((&COMPRESSED_EVENTS, value)) = value.split_first() else {
         return Ok(Cow::Borrowed(value));
     };
-    let damaged = |why: String| corrupt("event log", format!("a compressed commit: {why}"));
-    let (len, block) = value
-        .split_first_chunk::<4>()
-        .ok_or_else(|| damaged("cut short".into()))?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > MAX_EVENTS_BYTES {
-        return Err(damaged(format!("claims {len} bytes")));
-    }
-    let mut out = vec![0; len];
-    match lz4_flex::block::decompress_into(block, &mut out) {
-        Ok(n) if n == len => Ok(Cow::Owned(out)),
-        Ok(n) => Err(damaged(format!("{n} bytes, not {len}"))),
-        Err(e) => Err(damaged(e.to_string())),
-    }
+    lz4::inflate(value, MAX_EVENTS_BYTES)
+        .map(Cow::Owned)
+        .map_err(|why| corrupt("event log", format!("a compressed commit: {why}")))
 }
 
 /// The events of one event key's value, in revision order.

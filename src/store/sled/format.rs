@@ -13,7 +13,8 @@
 //! counted once the log is replayed ([`finish`]), since a killed tokend can
 //! leave sled holding tombstones past its revision counter, which the
 //! replay would count again. Before version 8, a commit's events were not
-//! compressed (read as they are).
+//! compressed (read as they are). Before version 9, the log's records were
+//! not compressed (read as they are, `sled/wal.rs`).
 //!
 //! Owns the marker and every step that rewrites an older format. Each step
 //! must be safe to run again after a crash half-way, and the new marker is
@@ -46,11 +47,16 @@ use crate::store::record::{self, TokenRecord};
 /// not read; version 7 counts each account's tombstones (`c/`), which a
 /// version-6 tokend would not keep counting; version 8 compresses each
 /// commit's retained events (`sled/events.rs`), which a version-7 tokend
-/// would not read. Every migration from before version 7 counts them.
+/// would not read; version 9 compresses the log's records (`sled/wal.rs`),
+/// which a version-8 tokend would not replay. Every migration from before
+/// version 7 counts them.
 /// The etcd keyspace keeps no marker; its records are version 1.
-pub(super) const CURRENT: &[u8] = b"tokend-sled-8";
-/// Opened and migrated to [`CURRENT`] by writing the new marker (its
-/// uncompressed event keys read as they are, until retention drops them).
+pub(super) const CURRENT: &[u8] = b"tokend-sled-9";
+/// Opened and migrated to [`CURRENT`] by writing the new marker (its log's
+/// uncompressed records replay as they are).
+const V8: &[u8] = b"tokend-sled-8";
+/// Likewise (and its uncompressed event keys read as they are, until
+/// retention drops them).
 const V7: &[u8] = b"tokend-sled-7";
 /// Opened and migrated to [`CURRENT`] by counting its tombstones.
 const V6: &[u8] = b"tokend-sled-6";
@@ -76,7 +82,7 @@ const P_SECRET: &[u8] = b"s/";
 pub(super) fn check(db: &sled::Db, tree: &sled::Tree) -> Result<Option<sled::IVec>, Error> {
     match tree.get(K_FORMAT).map_err(|e| io_error("reading", e))? {
         Some(f) if f.as_ref() == CURRENT => Ok(None),
-        Some(f) if [V1, V2, V3, V4, V5, V6, V7].contains(&f.as_ref()) => {
+        Some(f) if [V1, V2, V3, V4, V5, V6, V7, V8].contains(&f.as_ref()) => {
             if [V1, V2].contains(&f.as_ref()) {
                 let folded = fold_secrets(tree)?;
                 tracing::info!(folded, "secret index folded into the token records");
@@ -108,7 +114,7 @@ pub(super) fn check(db: &sled::Db, tree: &sled::Tree) -> Result<Option<sled::IVe
 /// the tombstones (unless `from` counted them already), then writes the new
 /// marker and flushes.
 pub(super) fn finish(db: &sled::Db, tree: &sled::Tree, from: &[u8]) -> Result<(), Error> {
-    let counted = if from == V7 {
+    let counted = if [V7, V8].contains(&from) {
         0
     } else {
         tombstones::count_all(tree, layout::revision(tree)?)?
@@ -120,7 +126,7 @@ pub(super) fn finish(db: &sled::Db, tree: &sled::Tree, from: &[u8]) -> Result<()
     tracing::info!(
         from = %String::from_utf8_lossy(from),
         counted,
-        "data dir migrated to format 8 (tombstones counted by account; old ones' packs compressed as the shrinker rewrites them; new commits' events compressed)"
+        "data dir migrated to format 9 (tombstones counted by account; old ones' packs compressed as the shrinker rewrites them; new commits' events and log records compressed)"
     );
     Ok(())
 }
