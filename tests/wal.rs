@@ -76,6 +76,17 @@ async fn create_until_dead(
     acked
 }
 
+/// A [`prepared`] data dir whose tokend was then killed after ten creates,
+/// one at a time, with every checkpoint skipped: its log holds them all.
+/// Returns it, its account, and the creates answered.
+async fn ten_in_the_log() -> (tempfile::TempDir, String, Vec<pb::Token>) {
+    let (tmp, account) = prepared().await;
+    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
+    let acked = create_until_dead(&p, &account, 10, Duration::ZERO).await;
+    p.kill();
+    (tmp, account, acked)
+}
+
 /// Every token in the store, and the event log checked: increasing
 /// revisions up to the head, consecutive since the test's first token
 /// (account changes are not streamed), one CREATED per token.
@@ -488,10 +499,7 @@ async fn a_format_8_log_of_uncompressed_records_replays() {
     if sled_only("the embedded store's write-ahead log") {
         return;
     }
-    let (tmp, account) = prepared().await;
-    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
-    let acked = create_until_dead(&p, &account, 10, Duration::ZERO).await;
-    p.kill();
+    let (tmp, _, acked) = ten_in_the_log().await;
     let mut compressed = 0;
     for segment in segments(tmp.path()) {
         let written = std::fs::read(&segment).unwrap();
@@ -596,10 +604,7 @@ async fn a_torn_last_record_is_cut_off_and_damage_elsewhere_refused() {
     if sled_only("the embedded store's write-ahead log") {
         return;
     }
-    let (tmp, account) = prepared().await;
-    let mut p = start(tmp.path(), "sled-checkpoint-skip=return").await;
-    let acked = create_until_dead(&p, &account, 10, Duration::ZERO).await;
-    p.kill();
+    let (tmp, account, acked) = ten_in_the_log().await;
 
     // A crash in the middle of writing an 11th batch: its header and a
     // few bytes of it made it to the disk. Never answered, so dropped.
