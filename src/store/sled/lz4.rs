@@ -14,7 +14,6 @@
 
 /// `tag`, then `bytes` compressed behind their length, appended to `out`.
 pub(super) fn compress_into(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
-    let at = out.len();
     out.push(tag);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     let block_at = out.len();
@@ -25,7 +24,6 @@ pub(super) fn compress_into(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
     let n = lz4_flex::block::compress_into(bytes, &mut out[block_at..])
         .expect("the buffer holds the largest output");
     out.truncate(block_at + n);
-    debug_assert_eq!(out[at], tag);
 }
 
 /// [`compress_into`] a new buffer.
