@@ -139,7 +139,8 @@ impl Running {
         self.shutdown.cancel();
     }
 
-    /// Waits until the server has stopped and the store is closed.
+    /// Waits until the server has stopped and the store is closed: the data
+    /// dir can be opened again at once.
     pub async fn wait(self) -> Result<(), Error> {
         self.task
             .await

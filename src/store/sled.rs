@@ -49,6 +49,7 @@ mod format;
 mod layout;
 mod lz4;
 mod open;
+mod release;
 mod restore;
 mod shrink;
 #[cfg(feature = "bench")]
@@ -76,6 +77,9 @@ pub struct SledStore {
     /// Where commands are planned into the writer's next batch.
     handoff: Arc<commit::Handoff>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The last-access ticker and the tombstone shrinker: they hold the
+    /// store only while they work on it, and `close` ends them.
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// What the writer, the planning callers and readers share.
@@ -113,6 +117,9 @@ struct Inner {
     /// the client's error says why, not only the log.
     poison_cause: std::sync::OnceLock<String>,
     hub: Hub,
+    /// Last, so that it drops after `db` and `tree`: waits for sled's
+    /// threads to let its lock go (`sled/release.rs`).
+    _released: release::Released,
 }
 
 /// What a caller plans into the writer's next batch (`sled/commit.rs`).
@@ -320,11 +327,23 @@ impl Store for SledStore {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        // A shrink slice in flight holds sled, and with it the data dir's
-        // lock: wait it out (a slice is bounded), so that whoever closed the
-        // store can open the dir again. Readers hold it only while a caller
-        // holds the store itself, which the server waits for.
+        // Every other holder of sled, and with it of the data dir's lock,
+        // must be gone before this returns, so that whoever closed the
+        // store can open the dir again once they drop it (sled's own
+        // threads are waited for then: `sled/release.rs`). The background
+        // tasks end here: one that took the store up just after the wait
+        // below would drop sled after its owner had. A shrink slice already
+        // on a blocking thread runs to its end (a slice is bounded); readers
+        // hold the store only while a caller holds the store itself, which
+        // the server waits for.
         self.inner.closed.store(true, Ordering::Release);
+        let background = std::mem::take(&mut *self.background.lock().expect("background tasks"));
+        for task in &background {
+            task.abort();
+        }
+        for task in background {
+            let _ = task.await;
+        }
         let started = std::time::Instant::now();
         while Arc::strong_count(&self.inner) > 1 && started.elapsed() < CLOSE_WAIT {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -13,13 +13,13 @@ use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Once, RwLock};
-use std::time::Duration;
 
 use super::files::SledFiles;
 use super::layout::{self, K_PAGE_KEY};
 use super::wal::Wal;
 use super::{
-    Inner, Job, SledConfig, SledStore, apply, commit, compact, corrupt, format, io_error, shrink,
+    Inner, Job, SledConfig, SledStore, apply, commit, compact, corrupt, format, io_error, release,
+    shrink,
 };
 use crate::error::Error;
 use crate::hub::Hub;
@@ -79,10 +79,13 @@ impl SledStore {
         // writes touch. It costs a second recovery, as long as the first
         // on a large store whatever it holds, so only when what was read
         // outgrows sled's cache.
+        let db_dir = config.data_dir.join("db");
         let (db, tree) = if read > CACHE_BYTES || reopen_always() {
             db.flush().map_err(|e| io_error("checkpointing", e))?;
             drop((tree, db));
-            reopen_sled(&config.data_dir)?
+            // sled's I/O threads may hold its lock a moment longer.
+            release::wait_released(&db_dir, release::RELEASE_WAIT);
+            open_sled(&config.data_dir)?
         } else {
             (db, tree)
         };
@@ -98,7 +101,6 @@ impl SledStore {
                 state.revision()
             )));
         }
-        let db_dir = config.data_dir.join("db");
         let files = SledFiles::open(&db_dir)
             .map_err(|e| io_error(&format!("opening {}", db_dir.display()), e))?;
         let oldest = events.oldest();
@@ -127,17 +129,17 @@ impl SledStore {
             packing: RwLock::new(()),
             closed: AtomicBool::new(false),
             hub,
+            _released: release::Released(db_dir),
         });
         apply::checkpoint(&inner, &wal_dir, wal.sequence())?;
         let (handoff, writer) = commit::start_writer(inner.clone(), wal, events)
             .map_err(|e| Error::Internal(format!("spawning the writer: {e}")))?;
 
         // Last-access times reach the disk through the write path too. The
-        // ticker holds the store only for a tick: `close` waits for every
-        // other holder to let go.
+        // ticker holds the store only for a tick; `close` ends it.
         let ticker = (handoff.clone(), Arc::downgrade(&inner));
         let every = config.access_interval;
-        tokio::spawn(async move {
+        let access = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -151,7 +153,7 @@ impl SledStore {
             }
         });
 
-        tokio::spawn(shrink::run(
+        let shrinker = tokio::spawn(shrink::run(
             Arc::downgrade(&inner),
             config.tombstone_shrink_after,
         ));
@@ -160,6 +162,7 @@ impl SledStore {
             inner,
             handoff,
             writer: std::sync::Mutex::new(Some(writer)),
+            background: std::sync::Mutex::new(vec![access, shrinker]),
         })
     }
 }
@@ -174,34 +177,6 @@ pub(super) fn open_sled(data_dir: &std::path::Path) -> Result<(sled::Db, sled::T
         };
         io_error(&format!("opening {}{hint}", data_dir.display()), e)
     })?;
-    with_tree(db)
-}
-
-/// [`open_sled`] right after this process dropped the same store. sled's
-/// I/O threads can hold its file, and with it sled's lock, for a moment
-/// after the last handle is gone (sled issue 1234): a lock error is tried
-/// again for up to two seconds. Past that, another process holds it.
-fn reopen_sled(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), Error> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    let db = loop {
-        match try_open_sled(data_dir) {
-            Ok(db) => break db,
-            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => {
-                let hint = if is_locked(&e) {
-                    " again (another process took it: a `tokend compact`?)"
-                } else {
-                    " again"
-                };
-                return Err(io_error(
-                    &format!("opening {}{hint}", data_dir.display()),
-                    e,
-                ));
-            }
-        }
-    };
     with_tree(db)
 }
 

@@ -232,3 +232,33 @@ async fn a_cancelled_caller_still_wakes_the_writer() {
     assert_eq!(store.state().revision(), before + 1);
     store.close().await;
 }
+
+/// A store closed and dropped has let go of sled's lock on its data dir:
+/// a server restarted in the same process opens the dir at once. CI once
+/// saw a restart refused: a background task (here the last-access ticker,
+/// on a 1 ms tick so that one is always about to run) still held the
+/// store a moment after its owner dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_has_let_go_of_its_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("db").join("db");
+    for round in 0..100 {
+        let store = open_writing_access_every(dir.path(), Duration::from_millis(1));
+        let applied = store.apply(create_account(), actor()).await.unwrap();
+        let Some(Subject::Account(account)) = applied.subject else {
+            panic!("an account was created");
+        };
+        for i in 0..3 {
+            let id = new_token(&store, &account.id, i).await;
+            store.record_access(&id, SystemTime::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.close().await;
+        drop(store);
+        let probe = std::fs::File::open(&lock).unwrap();
+        assert!(
+            probe.try_lock().is_ok(),
+            "round {round}: sled's lock outlived the store"
+        );
+    }
+}
