@@ -27,6 +27,16 @@ use crate::secret::{self, Secret};
 use crate::state::State;
 use crate::store::Store;
 
+/// How long the fail point `bootstrap-hold` (milliseconds) holds the
+/// bootstrap between reading the state and acting on it; none without it.
+fn slow_bootstrap() -> Option<std::time::Duration> {
+    fail::fail_point!("bootstrap-hold", |ms: Option<String>| {
+        ms.and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    None
+}
+
 /// The actor of what bootstrap does.
 const BOOTSTRAP: &str = "bootstrap";
 pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
@@ -56,6 +66,11 @@ pub async fn operator(
     let _turn = store.bootstrap_lock().await?;
     let path = supplied.map_or_else(|| data_dir.join(OPERATOR_TOKEN_FILE), Path::to_path_buf);
     let state = store.state();
+    // The tests' slow bootstrap: one that acts on `state` long after it read
+    // it, while the lock must still keep the other replicas out.
+    if let Some(held) = slow_bootstrap() {
+        tokio::time::sleep(held).await;
+    }
     let missing = !path.exists();
     if missing && !an_operator_remains(&state, SystemTime::now()) {
         let id = crate::command::fresh_token_id(&state)?;

@@ -727,3 +727,50 @@ async fn replicas_that_all_watch_for_expiries_delete_each_expired_token_once() {
     );
     drop(on_b);
 }
+
+/// The bootstrap lock holds for as long as its holder works, past its
+/// lease's time to live: replica A reads the state under the lock, then
+/// takes three times its (shortened) lease's life to act on it; B, started
+/// meanwhile, waits for A, and sees the operator A made. Before the lease
+/// was renewed, B took the lock when the lease ran out, and both made an
+/// Operations account.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_slow_bootstrap_keeps_its_lock_past_the_leases_life() {
+    let cluster = EtcdCluster::start(3).await;
+    let (_keys, file, operator) = operator_file();
+    let store = cluster.store("slowboot");
+    let args = [
+        "--store",
+        &store,
+        "--operator-token-file",
+        file.to_str().unwrap(),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = spawn_tokend_with(dir_a.path(), &args, |cmd| {
+        cmd.env(
+            "FAILPOINTS",
+            "etcd-bootstrap-lease-ttl=return(2);bootstrap-hold=return(6000)",
+        );
+    });
+    let b = async {
+        // A has the lock by then (it starts in well under a second).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        spawn_tokend(dir_b.path(), &args).await
+    };
+    let (a, b) = tokio::join!(a, b);
+    for p in [&a, &b] {
+        let mut accounts = accounts_at(&p.url(), bearer(&operator)).await;
+        let listed = accounts
+            .list_accounts(pb::ListAccountsRequest::default())
+            .await
+            .expect("the operator secret works on every replica")
+            .into_inner()
+            .accounts;
+        let operations = listed
+            .iter()
+            .filter(|a| a.r#type == pb::AccountType::Operations as i32)
+            .count();
+        assert_eq!(operations, 1, "one Operations account: {listed:?}");
+    }
+}

@@ -66,11 +66,13 @@
 //! - `replicas.rs`: registration under a lease, progress reports, waiting
 //!   for every replica, and fencing;
 //! - `restore.rs`: restoring a snapshot into an empty prefix, and the
-//!   origin it leaves (tokend revision = etcd revision + an offset).
+//!   origin it leaves (tokend revision = etcd revision + an offset);
+//! - `lock.rs`: the bootstrap lock, its lease kept alive while held.
 
 mod connect;
 mod history;
 mod keyspace;
+mod lock;
 mod members;
 mod pump;
 mod replicas;
@@ -83,7 +85,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Client, Compare, CompareOp, LockOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -91,7 +93,7 @@ use tracing::Instrument;
 
 use self::keyspace::{Committed, Keyspace, decode_record};
 use self::restore::Origin;
-use self::retry::{RETRY_FOR, attempt, retried, tried, unavailable};
+use self::retry::{RETRY_FOR, attempt, retried, tried};
 use super::{AccessLog, Applied, Endpoints, Store};
 use crate::command::{self, Command, Ctx, Plan};
 use crate::domain::{AccountId, Actor, Event, Revision, Subject, Token, TokenId};
@@ -430,30 +432,7 @@ impl Store for EtcdStore {
     }
 
     async fn bootstrap_lock(&self) -> Result<Box<dyn std::any::Any + Send>, Error> {
-        let name = self.inner.keys.bootstrap_lock();
-        let client = &self.inner.client;
-        let doing = "taking the bootstrap lock";
-        // Leased, so a replica that dies holding it lets the others go on.
-        // A grant whose answer was lost leaves a lease no one uses, which
-        // runs out.
-        let lease = retried(doing, client, |mut c| async move {
-            c.lease_grant(15, None).await
-        })
-        .await?
-        .id();
-        // Made once and not bounded: waiting for another replica's
-        // bootstrap is this call's job, however long the other's writes
-        // take. A member that hangs fails it within HTTP/2's pings (9 s).
-        client
-            .clone()
-            .lock(name, Some(LockOptions::new().with_lease(lease)))
-            .await
-            .map_err(|e| unavailable(doing, e))?;
-        self.inner.sync().await?;
-        Ok(Box::new(LeaseGuard {
-            client: client.clone(),
-            lease,
-        }))
+        lock::take(&self.inner).await
     }
 
     async fn close(&self) {
@@ -472,20 +451,5 @@ impl Store for EtcdStore {
         if lease != 0 {
             let _ = attempt(self.inner.client.clone().lease_revoke(lease)).await;
         }
-    }
-}
-
-/// Releases a lock by revoking its lease when dropped.
-struct LeaseGuard {
-    client: Client,
-    lease: i64,
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        let (mut client, lease) = (self.client.clone(), self.lease);
-        tokio::spawn(async move {
-            let _ = attempt(client.lease_revoke(lease)).await;
-        });
     }
 }
