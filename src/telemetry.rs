@@ -41,6 +41,7 @@ pub const ACCEPT_ERRORS: &str = "tokend_accept_errors_total";
 pub const TOKENS_EXPIRED: &str = "tokend_tokens_expired_total";
 pub const LEAKS_REPORTED: &str = "tokend_leaked_secrets_reported_total";
 pub const SERVING: &str = "tokend_serving";
+pub const ETCD_MEMBER_IN_ROTATION: &str = "tokend_etcd_member_in_rotation";
 pub const TLS_CERT_EXPIRY: &str = "tokend_tls_certificate_expiry_timestamp_seconds";
 pub const TLS_HANDSHAKE_FAILURES: &str = "tokend_tls_handshake_failures_total";
 
@@ -150,6 +151,12 @@ fn describe() {
         SERVING,
         "1 while this process may verify; 0 while it refuses (an etcd replica \
          that lost touch with the cluster: fenced, health NOT_SERVING)"
+    );
+    describe_gauge!(
+        ETCD_MEMBER_IN_ROTATION,
+        "Per etcd member (label member: its URL), 1 while it answers its \
+         health probe and gets this replica's calls, 0 while it is out of \
+         the rotation; absent on the embedded store and with one member"
     );
     describe_gauge!(
         TLS_CERT_EXPIRY,

@@ -774,3 +774,57 @@ async fn a_slow_bootstrap_keeps_its_lock_past_the_leases_life() {
         assert_eq!(operations, 1, "one Operations account: {listed:?}");
     }
 }
+
+/// Whether each etcd member is in the client's rotation is a gauge per
+/// member: 1 for all three at start, 0 for a member while it hangs
+/// (SIGSTOP), 1 again once it answers.
+#[tokio::test]
+async fn a_member_out_of_the_rotation_shows_in_the_metrics() {
+    let cluster = EtcdCluster::start(3).await;
+    let (_keys, file, _operator) = operator_file();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_addr();
+    let _p = spawn_tokend(
+        dir.path(),
+        &[
+            "--store",
+            &cluster.store("rotation"),
+            "--operator-token-file",
+            file.to_str().unwrap(),
+            "--metrics-addr",
+            &metrics.to_string(),
+        ],
+    )
+    .await;
+    let series = |i: usize| {
+        format!(
+            "tokend_etcd_member_in_rotation{{member=\"http://{}\"}} ",
+            cluster.client(i)
+        )
+    };
+    // The value of member i's series; None while it is not exported.
+    let value = |i: usize| {
+        let text = scrape(metrics);
+        let line = text.lines().find(|l| l.starts_with(&series(i)))?;
+        line.rsplit(' ').next()?.parse::<f64>().ok()
+    };
+    let until = |i: usize, want: f64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while value(i) != Some(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "member {i} never showed {want}: {:?}",
+                value(i)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    for i in 0..3 {
+        assert_eq!(value(i), Some(1.0), "member {i} at start");
+    }
+    cluster.pause(1);
+    until(1, 0.0).await;
+    assert_eq!((value(0), value(2)), (Some(1.0), Some(1.0)));
+    cluster.resume(1);
+    until(1, 1.0).await;
+}

@@ -20,6 +20,9 @@
 //! that lost its quorum, still answers SERVING and stays in the rotation;
 //! calls to it are bounded and tried again (`ATTEMPT` in `mod.rs`).
 //!
+//! Each member's place in the rotation is a gauge,
+//! `tokend_etcd_member_in_rotation{member}`, for operators to alert on.
+//!
 //! Owns the probes and which members are in the rotation. It must never
 //! take a member out in a round where none answered: that says more about
 //! this replica (starved of CPU, cut off) than about any member, and the
@@ -40,6 +43,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use super::connect;
 use crate::error::Error;
 use crate::store::Endpoints;
+use crate::telemetry;
 
 /// How often every member is asked.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -61,6 +65,15 @@ impl Member {
     fn said_out(&self, why: &str) {
         tracing::warn!(member = %self.url, why = %why, "etcd member does not answer: out of rotation until it does");
     }
+
+    /// Shows whether it is in the rotation to whoever scrapes the metrics:
+    /// a member out of it for long is an operator's to look at, though
+    /// this replica goes on without it.
+    fn show(&self) {
+        let member = self.url.clone();
+        let value = if self.in_rotation { 1.0 } else { 0.0 };
+        metrics::gauge!(telemetry::ETCD_MEMBER_IN_ROTATION, "member" => member).set(value);
+    }
 }
 
 /// Every member, asked once (within [`PROBE_TIMEOUT`]) before the client
@@ -81,6 +94,7 @@ pub(super) async fn survey(endpoints: &Endpoints) -> Result<Vec<Member>, Error> 
             }
         }
     }
+    members.iter().for_each(Member::show);
     Ok(members)
 }
 
@@ -170,6 +184,7 @@ pub(super) async fn keep_rotation(
             match client.add_endpoint(&member.url).await {
                 Ok(()) => {
                     member.in_rotation = true;
+                    member.show();
                     tracing::info!(member = %member.url, "etcd member answers again: back in rotation");
                 }
                 Err(e) => {
@@ -185,6 +200,7 @@ pub(super) async fn keep_rotation(
             match client.remove_endpoint(&member.url).await {
                 Ok(()) => {
                     member.in_rotation = false;
+                    member.show();
                     left.send_modify(|n| *n += 1);
                     member.said_out(why);
                 }
