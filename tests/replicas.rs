@@ -97,19 +97,25 @@ async fn replicas_started_together_bootstrap_the_operator_once() {
         replica(&cluster, "boot", &file)
     );
     for p in [&a, &b] {
-        let mut accounts = accounts_at(&p.url(), bearer(&operator)).await;
-        let listed = accounts
-            .list_accounts(pb::ListAccountsRequest::default())
-            .await
-            .expect("the operator secret works on every replica")
-            .into_inner()
-            .accounts;
-        let operations: Vec<_> = listed
-            .iter()
-            .filter(|a| a.r#type == pb::AccountType::Operations as i32)
-            .collect();
-        assert_eq!(operations.len(), 1, "one Operations account: {listed:?}");
+        one_operations_account(p, &operator).await;
     }
+}
+
+/// Checks that the operator secret works on replica `p` and that it lists
+/// exactly one Operations account: the bootstrap ran once.
+async fn one_operations_account(p: &Process, operator: &str) {
+    let mut accounts = accounts_at(&p.url(), bearer(operator)).await;
+    let listed = accounts
+        .list_accounts(pb::ListAccountsRequest::default())
+        .await
+        .expect("the operator secret works on every replica")
+        .into_inner()
+        .accounts;
+    let operations = listed
+        .iter()
+        .filter(|a| a.r#type == pb::AccountType::Operations as i32)
+        .count();
+    assert_eq!(operations, 1, "one Operations account: {listed:?}");
 }
 
 #[tokio::test]
@@ -760,18 +766,7 @@ async fn a_slow_bootstrap_keeps_its_lock_past_the_leases_life() {
     };
     let (a, b) = tokio::join!(a, b);
     for p in [&a, &b] {
-        let mut accounts = accounts_at(&p.url(), bearer(&operator)).await;
-        let listed = accounts
-            .list_accounts(pb::ListAccountsRequest::default())
-            .await
-            .expect("the operator secret works on every replica")
-            .into_inner()
-            .accounts;
-        let operations = listed
-            .iter()
-            .filter(|a| a.r#type == pb::AccountType::Operations as i32)
-            .count();
-        assert_eq!(operations, 1, "one Operations account: {listed:?}");
+        one_operations_account(p, &operator).await;
     }
 }
 
