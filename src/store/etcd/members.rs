@@ -184,7 +184,6 @@ pub(super) async fn keep_rotation(
             match client.add_endpoint(&member.url).await {
                 Ok(()) => {
                     member.in_rotation = true;
-                    member.show();
                     tracing::info!(member = %member.url, "etcd member answers again: back in rotation");
                 }
                 Err(e) => {
@@ -200,7 +199,6 @@ pub(super) async fn keep_rotation(
             match client.remove_endpoint(&member.url).await {
                 Ok(()) => {
                     member.in_rotation = false;
-                    member.show();
                     left.send_modify(|n| *n += 1);
                     member.said_out(why);
                 }
@@ -209,6 +207,7 @@ pub(super) async fn keep_rotation(
                 }
             }
         }
+        members.iter().for_each(Member::show);
     }
 }
 
