@@ -29,7 +29,8 @@
 //!
 //! The same thread checkpoints: when the writer closes a log segment it
 //! queues a checkpoint behind that segment's batches, so the flush that
-//! follows covers all of them before the segment is deleted. At open,
+//! follows covers all of them before the segment is deleted. It then makes
+//! the writer's next segment ahead of its use (`wal/spare.rs`). At open,
 //! [`replay`] applies every logged batch again.
 //!
 //! It must never delete a segment before sled's flush covering it returned,
@@ -50,7 +51,7 @@ use std::time::{Duration, Instant};
 use super::events::EventLog;
 use super::format;
 use super::layout::{self, Writes};
-use super::wal::{Entry, Wal};
+use super::wal::{Entry, Spare, Wal};
 use super::{Inner, corrupt, io_error};
 use crate::domain::Revision;
 use crate::domain::Subject;
@@ -104,6 +105,7 @@ impl Applier {
     pub(super) fn start(
         inner: Arc<Inner>,
         wal_dir: PathBuf,
+        spare: Arc<Spare>,
         events: EventLog,
     ) -> std::io::Result<Applier> {
         let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(QUEUE);
@@ -116,7 +118,8 @@ impl Applier {
             .spawn(move || {
                 let _watch = Dead(&applying);
                 lower_priority();
-                apply_loop(&applying, &wal_dir, events, &flags.0, &flags.1, rx)
+                let (busy, closing) = (&flags.0, &flags.1);
+                apply_loop(&applying, (&wal_dir, &spare), events, busy, closing, rx)
             })?;
         // Readers wake it by its handle (`hurry`), which keeps no queue open.
         let _ = inner.applier_thread.set(thread.thread().clone());
@@ -214,9 +217,11 @@ pub(super) fn hurry(inner: &Inner, head: Revision) {
     }
 }
 
+/// `wal`: the log's directory, whose segments a checkpoint deletes, and
+/// the segment to make ahead of its use after one.
 fn apply_loop(
     inner: &Inner,
-    wal_dir: &Path,
+    (wal_dir, spare): (&Path, &Spare),
     mut log: EventLog,
     busy: &AtomicBool,
     closing: &AtomicBool,
@@ -278,6 +283,15 @@ fn apply_loop(
                         // The segments stay: nothing is lost, open replays
                         // them. A retry could not be trusted (see poison).
                         poison(inner, "a checkpoint", &e);
+                    }
+                    // The writer's next rotation then takes it at once
+                    // (`wal/spare.rs`). A failure is one to sync the log's
+                    // directory, or to make a file in it: nothing there
+                    // can be trusted any more.
+                    if !inner.poisoned.load(Ordering::Acquire)
+                        && let Err(e) = spare.prepare()
+                    {
+                        poison(inner, "making the next log segment", &e);
                     }
                     busy.store(false, Ordering::Release);
                 }

@@ -16,6 +16,8 @@
 //! ahead when it is made, since an `fdatasync` that must also record a
 //! larger file size costs a third more (an extra journal commit on ext4).
 //! A record never has a zero length, so the zeros cannot be mistaken for one.
+//! The segment after the one written to is made ahead of its use, off the
+//! commit path (`wal/spare.rs`): the directory usually ends in one of zeros.
 //!
 //! and a payload is the batch's entries, each
 //!
@@ -48,10 +50,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::lz4;
 use crate::secret::SecretHash;
 use crate::state::SecretOp;
+
+pub(super) use self::spare::Spare;
+
+mod spare;
 
 /// A record longer than this is corruption, not a batch (1024 commands of
 /// at most a few KiB each fit many times over).
@@ -80,6 +87,8 @@ pub(super) struct Wal {
     sequence: u64,
     /// Bytes of records in the current segment: where the next one goes.
     len: u64,
+    /// The next segment, made ahead by the applier thread.
+    spare: Arc<Spare>,
 }
 
 fn segment_name(sequence: u64) -> String {
@@ -104,6 +113,17 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// The last of `found` that holds a byte other than zero: where a torn
+/// write can be. None if every one is zeros (or there are none).
+fn last_written(found: &[(u64, PathBuf)]) -> io::Result<Option<usize>> {
+    for (i, (_, path)) in found.iter().enumerate().rev() {
+        if std::fs::read(path)?.iter().any(|&b| b != 0) {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -117,9 +137,10 @@ fn corrupt(path: &Path, offset: u64, what: &str) -> io::Error {
 
 impl Wal {
     /// Opens the log in `dir` (created if missing) and reads back every
-    /// intact batch, oldest first. A torn tail of the last segment is cut
-    /// off; anything else that does not check out is an error. Appends go
-    /// to a new segment.
+    /// intact batch, oldest first. A torn tail of the last segment that
+    /// holds anything is cut off; anything else that does not check out is
+    /// an error. Appends go to a last segment of zeros (one made ahead,
+    /// `wal/spare.rs`), else to a new one; the next is made ahead at once.
     pub(super) fn open(dir: &Path) -> io::Result<(Wal, Vec<Vec<Entry>>)> {
         if !dir.exists() {
             std::fs::create_dir_all(dir)?;
@@ -129,17 +150,29 @@ impl Wal {
             }
         }
         let found = segments(dir)?;
+        // Those after it hold only zeros: made ahead, never written to.
+        let written = last_written(&found)?;
         let mut batches = Vec::new();
-        for (i, (_, path)) in found.iter().enumerate() {
-            let last = i + 1 == found.len();
-            read_segment(path, last, &mut batches)?;
+        for (i, (_, path)) in found.iter().enumerate().take(written.map_or(0, |w| w + 1)) {
+            read_segment(path, Some(i) == written, &mut batches)?;
         }
-        let sequence = found.last().map_or(0, |(s, _)| s + 1);
+        let (sequence, current) = match found.last() {
+            Some((sequence, path)) if written.is_none_or(|w| w + 1 < found.len()) => {
+                (*sequence, OpenOptions::new().write(true).open(path)?)
+            }
+            last => {
+                let sequence = last.map_or(0, |(s, _)| s + 1);
+                (sequence, create_segment(dir, sequence)?)
+            }
+        };
+        let spare = Arc::new(Spare::new(dir.to_path_buf(), sequence));
+        spare.prepare()?;
         let wal = Wal {
             dir: dir.to_path_buf(),
-            current: create_segment(dir, sequence)?,
+            current,
             sequence,
             len: 0,
+            spare,
         };
         Ok((wal, batches))
     }
@@ -180,7 +213,7 @@ impl Wal {
         let next = self.sequence + 1;
         // On failure the caller stops writing (a directory sync that failed
         // cannot be retried safely); the next open starts after `next`.
-        self.current = create_segment(&self.dir, next)?;
+        self.current = self.spare.take(next)?;
         self.sequence = next;
         self.len = 0;
         Ok(next)
@@ -200,6 +233,11 @@ impl Wal {
 
     pub(super) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where the applier makes the next segment ahead of its use.
+    pub(super) fn spare(&self) -> Arc<Spare> {
+        self.spare.clone()
     }
 
     /// The current segment's sequence number: every older one is closed.
@@ -276,9 +314,9 @@ fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
 /// Reads the batches of one segment into `out`, up to where only zeros are
 /// left (the preallocated rest). A record that does not check out (cut
 /// short, a length that cannot be, a checksum that fails)
-/// is a torn write only in the `last` segment and only when no intact
-/// record follows it at any offset: the torn batch was the last append
-/// and never answered. Its bytes are set aside in `<segment>.torn` and the
+/// is a torn write only in the `last` segment that holds anything (those
+/// after it are zeros, made ahead) and only when no intact record follows
+/// it at any offset: the torn batch was the last append and never answered. Its bytes are set aside in `<segment>.torn` and the
 /// segment is cut back to before it. Anything else is corruption: refused,
 /// and nothing is changed.
 fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Result<()> {

@@ -327,3 +327,63 @@ fn a_torn_record_in_a_segment_that_is_not_the_last_is_refused() {
         .unwrap();
     assert!(Wal::open(tmp.path()).is_err());
 }
+
+/// The sequence numbers of the segments in `dir`.
+fn sequences(dir: &Path) -> Vec<u64> {
+    segments(dir).unwrap().into_iter().map(|(s, _)| s).collect()
+}
+
+#[test]
+fn the_next_segment_is_made_ahead_and_the_rotation_takes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(tmp.path()).unwrap();
+    // Open made the first one ahead.
+    assert_eq!(sequences(tmp.path()), [0, 1]);
+    // Taken, not made again (which `create_new` would refuse).
+    assert_eq!(wal.rotate().unwrap(), 1);
+    assert_eq!(sequences(tmp.path()), [0, 1]);
+    // The applier makes the one after the current, once however often it
+    // is asked; the rotation takes it, and appends go there.
+    let spare = wal.spare();
+    spare.prepare().unwrap();
+    spare.prepare().unwrap();
+    assert_eq!(sequences(tmp.path()), [0, 1, 2]);
+    assert_eq!(wal.rotate().unwrap(), 2);
+    append(&mut wal, entry(4));
+    let bytes = std::fs::read(tmp.path().join(segment_name(2))).unwrap();
+    assert!(same(
+        &parse_payload(check_record(&bytes).unwrap().0).unwrap(),
+        &[entry(4)]
+    ));
+    // None ready (an applier behind): the rotation makes its own.
+    assert_eq!(wal.rotate().unwrap(), 3);
+    assert_eq!(sequences(tmp.path()), [0, 1, 2, 3]);
+    // An applier that then catches up makes the one after that, not 3.
+    spare.prepare().unwrap();
+    assert_eq!(sequences(tmp.path()), [0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn a_torn_write_before_the_segment_made_ahead_is_cut_and_that_segment_written_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = written(tmp.path(), 3);
+    assert_eq!(sequences(tmp.path()), [0, 1], "1 made ahead, all zeros");
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = record_starts(&bytes)[2] + HEADER + 1;
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    // Segment 0 is the last that holds anything: its torn batch 3 is cut
+    // off, not refused as damage followed by more log.
+    let (mut wal, back) = Wal::open(tmp.path()).unwrap();
+    assert_eq!(back.len(), 2);
+    // Appends go to the zeros made ahead; the next is made ahead of them.
+    append(&mut wal, entry(8));
+    assert_eq!(sequences(tmp.path()), [0, 1, 2]);
+    let next = std::fs::read(tmp.path().join(segment_name(1))).unwrap();
+    assert!(same(
+        &parse_payload(check_record(&next).unwrap().0).unwrap(),
+        &[entry(8)]
+    ));
+    drop(wal);
+    let (_, back) = Wal::open(tmp.path()).unwrap();
+    assert_eq!(back.len(), 3);
+}
