@@ -157,6 +157,9 @@ impl Wal {
             read_segment(path, Some(i) == written, &mut batches)?;
         }
         let (sequence, current) = match found.last() {
+            // Its directory entry may not be durable yet (a kill between its
+            // creation and its directory's sync): the next one's creation,
+            // below, syncs the directory before anything is written to it.
             Some((sequence, path)) if written.is_none_or(|w| w + 1 < found.len()) => {
                 (*sequence, OpenOptions::new().write(true).open(path)?)
             }
@@ -316,7 +319,8 @@ fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
 /// short, a length that cannot be, a checksum that fails)
 /// is a torn write only in the `last` segment that holds anything (those
 /// after it are zeros, made ahead) and only when no intact record follows
-/// it at any offset: the torn batch was the last append and never answered. Its bytes are set aside in `<segment>.torn` and the
+/// it at any offset: the torn batch was the last append and never
+/// answered. Its bytes are set aside in `<segment>.torn` and the
 /// segment is cut back to before it. Anything else is corruption: refused,
 /// and nothing is changed.
 fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Result<()> {
