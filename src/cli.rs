@@ -194,8 +194,12 @@ pub enum Output {
 pub enum AccountsCommand {
     /// Create an account.
     Create {
+        /// Its name, as the console and lists show it.
         #[arg(long)]
         name: String,
+        /// What it is, fixed at creation: a client or vendor of the
+        /// platform, or operations (its tokens with the module
+        /// platform-account-management are operators).
         #[arg(long = "type", value_enum)]
         kind: AccountTypeArg,
         /// A module the account has (repeat for more).
