@@ -16,8 +16,6 @@
 //! ahead when it is made, since an `fdatasync` that must also record a
 //! larger file size costs a third more (an extra journal commit on ext4).
 //! A record never has a zero length, so the zeros cannot be mistaken for one.
-//! The segment after the one written to is made ahead of its use, off the
-//! commit path (`wal/spare.rs`): the directory usually ends in one of zeros.
 //!
 //! and a payload is the batch's entries, each
 //!
@@ -40,11 +38,23 @@
 //! it). tokend up to 5428c58 wrote the erased hash there; it is read and
 //! ignored, and those versions read the zeros as an erase as well.
 //!
+//! The segment after the one written to is made ahead of its use, off the
+//! commit path (`wal/spare.rs`): the directory usually ends in one of
+//! zeros. So a torn write is looked for in the last segment that holds
+//! anything, and open writes next to a last segment of zeros. The price:
+//! for the moment between a rotation and the checkpoint that deletes the
+//! closed segment (milliseconds; for good if that checkpoint fails), a
+//! damaged last record of the closed segment (answered, so damage on the
+//! disk, not a torn write) looks like a torn one to open, and is cut off
+//! and kept aside instead of refused.
+//!
 //! Owns segment files, framing, checksums and reading them back, including
 //! the repair of a torn tail (a batch whose write was cut short by a crash:
 //! never answered, so dropped, its bytes kept aside in `<segment>.torn`).
 //! It must never drop a record that is followed by an intact one (that is
-//! corruption, refused at open), and never know about sled or the state.
+//! corruption, refused at open), never write to a segment whose directory
+//! entry may not be durable, never overwrite bytes it kept aside, and never
+//! know about sled or the state.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -150,7 +160,8 @@ impl Wal {
             }
         }
         let found = segments(dir)?;
-        // Those after it hold only zeros: made ahead, never written to.
+        // Those after it hold only zeros: made ahead and not written to, or
+        // written to by nothing that reached the disk.
         let written = last_written(&found)?;
         let mut batches = Vec::new();
         for (i, (_, path)) in found.iter().enumerate().take(written.map_or(0, |w| w + 1)) {
@@ -215,7 +226,8 @@ impl Wal {
     pub(super) fn rotate(&mut self) -> io::Result<u64> {
         let next = self.sequence + 1;
         // On failure the caller stops writing (a directory sync that failed
-        // cannot be retried safely); the next open starts after `next`.
+        // cannot be retried safely); the next open syncs the directory again
+        // before it writes to `next`, or starts after it.
         self.current = self.spare.take(next)?;
         self.sequence = next;
         self.len = 0;
@@ -340,11 +352,8 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
                 if !last || intact_after {
                     return Err(corrupt(path, at as u64, what));
                 }
-                let mut aside = path.as_os_str().to_owned();
-                aside.push(".torn");
-                let aside = PathBuf::from(aside);
                 // Kept before the warning names it, so that the file named exists.
-                std::fs::write(&aside, &bytes[at..])?;
+                let aside = keep_aside(path, &bytes[at..])?;
                 tracing::warn!(
                     segment = %path.display(),
                     offset = at,
@@ -361,6 +370,29 @@ fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Resul
         }
     }
     Ok(())
+}
+
+/// Writes `torn` to `<segment>.torn`, or `.torn.1`, `.torn.2`, … when one
+/// is there already: a segment cut back to nothing may be written to again
+/// (open writes next to a last segment of zeros) and torn again.
+fn keep_aside(segment: &Path, torn: &[u8]) -> io::Result<PathBuf> {
+    for n in 0u32.. {
+        let mut aside = segment.as_os_str().to_owned();
+        aside.push(".torn");
+        if n > 0 {
+            aside.push(format!(".{n}"));
+        }
+        let aside = PathBuf::from(aside);
+        match OpenOptions::new().write(true).create_new(true).open(&aside) {
+            Ok(mut f) => {
+                io::Write::write_all(&mut f, torn)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("a free name among 2^32")
 }
 
 /// The payload of the record at the start of `bytes` and the record's

@@ -9,19 +9,22 @@
 //! WAL makes its next file ahead in the background (its file pipeline); so
 //! does this. The applier thread makes the segment after the one being
 //! written once it has finished a checkpoint (and `Wal::open` makes the
-//! first). The writer's rotation then only takes that file. When none is
-//! ready (an applier far behind), the rotation makes its own, as before.
+//! first). The writer's rotation then only takes that file. The writer
+//! rotates only once the last checkpoint is done (`checkpoint_busy`), and
+//! with it this, so one is ready at every rotation of a store that is not
+//! poisoned (a failure here poisons it); were none ready, the rotation
+//! would make its own, as it did before.
 //!
 //! So the log's directory usually holds one segment past the one written to,
 //! all zeros. `Wal::open` knows that: a torn write can only be in the last
 //! segment that holds anything, and a last segment of zeros is written to
 //! next.
 //!
-//! Owns the one spare segment and the writer's current sequence number.
-//! It must never make a segment the writer has already started (it makes
-//! the one after the writer's current, under the same lock the rotation
-//! takes), and never hand over a segment whose directory entry is not yet
-//! durable.
+//! Owns the one spare segment, and a copy of the writer's current sequence
+//! number that the rotation keeps in step. It must never make a segment the
+//! writer has already started (it makes the one after the writer's current,
+//! under the same lock the rotation takes), and never hand over a segment
+//! whose directory entry is not yet durable.
 
 use std::fs::File;
 use std::io;
@@ -56,9 +59,8 @@ impl Spare {
     }
 
     /// Makes the segment after the writer's current one, unless it is
-    /// ready already. The writer's rotation waits while this runs, which
-    /// happens only when the two meet (an applier that prepares as the next
-    /// checkpoint comes due).
+    /// ready already. A rotation would wait for it; the writer does not
+    /// rotate while a checkpoint, and this after it, runs.
     pub(in crate::store::sled) fn prepare(&self) -> io::Result<()> {
         let mut slot = self.lock();
         let next = slot.current + 1;
@@ -73,6 +75,7 @@ impl Spare {
     pub(super) fn take(&self, next: u64) -> io::Result<File> {
         let mut slot = self.lock();
         // Only `current + 1` is ever made ahead: a spare is `next`.
+        debug_assert!(slot.ready.as_ref().is_none_or(|(s, _)| *s == next));
         let file = match slot.ready.take() {
             Some((sequence, file)) if sequence == next => file,
             _ => create_segment(&self.dir, next)?,

@@ -355,10 +355,10 @@ fn the_next_segment_is_made_ahead_and_the_rotation_takes_it() {
         &parse_payload(check_record(&bytes).unwrap().0).unwrap(),
         &[entry(4)]
     ));
-    // None ready (an applier behind): the rotation makes its own.
+    // None made (no checkpoint ran in between): the rotation makes its own.
     assert_eq!(wal.rotate().unwrap(), 3);
     assert_eq!(sequences(tmp.path()), [0, 1, 2, 3]);
-    // An applier that then catches up makes the one after that, not 3.
+    // A prepare after that makes the one after the current, not 3 again.
     spare.prepare().unwrap();
     assert_eq!(sequences(tmp.path()), [0, 1, 2, 3, 4]);
 }
@@ -386,4 +386,19 @@ fn a_torn_write_before_the_segment_made_ahead_is_cut_and_that_segment_written_ne
     drop(wal);
     let (_, back) = Wal::open(tmp.path()).unwrap();
     assert_eq!(back.len(), 3);
+}
+
+#[test]
+fn bytes_kept_aside_are_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segment = tmp.path().join(segment_name(0));
+    let first = keep_aside(&segment, b"first").unwrap();
+    let second = keep_aside(&segment, b"second").unwrap();
+    assert_eq!(first, tmp.path().join(format!("{}.torn", segment_name(0))));
+    assert_eq!(
+        second,
+        tmp.path().join(format!("{}.torn.1", segment_name(0)))
+    );
+    assert_eq!(std::fs::read(first).unwrap(), b"first");
+    assert_eq!(std::fs::read(second).unwrap(), b"second");
 }
