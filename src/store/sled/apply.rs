@@ -41,7 +41,7 @@
 //! priority), and never use sled's `flush_async` (it deadlocks under
 //! concurrency).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -104,7 +104,6 @@ impl Applier {
     /// Starts the thread on the event keys sled holds (`events`).
     pub(super) fn start(
         inner: Arc<Inner>,
-        wal_dir: PathBuf,
         spare: Arc<Spare>,
         events: EventLog,
     ) -> std::io::Result<Applier> {
@@ -119,7 +118,7 @@ impl Applier {
                 let _watch = Dead(&applying);
                 lower_priority();
                 let (busy, closing) = (&flags.0, &flags.1);
-                apply_loop(&applying, (&wal_dir, &spare), events, busy, closing, rx)
+                apply_loop(&applying, &spare, events, busy, closing, rx)
             })?;
         // Readers wake it by its handle (`hurry`), which keeps no queue open.
         let _ = inner.applier_thread.set(thread.thread().clone());
@@ -217,11 +216,11 @@ pub(super) fn hurry(inner: &Inner, head: Revision) {
     }
 }
 
-/// `wal`: the log's directory, whose segments a checkpoint deletes, and
-/// the segment to make ahead of its use after one.
+/// `spare`: the segment to make ahead of its use after a checkpoint, in
+/// the log's directory, whose segments a checkpoint deletes.
 fn apply_loop(
     inner: &Inner,
-    (wal_dir, spare): (&Path, &Spare),
+    spare: &Spare,
     mut log: EventLog,
     busy: &AtomicBool,
     closing: &AtomicBool,
@@ -278,7 +277,7 @@ fn apply_loop(
                 }
                 Work::Checkpoint(closed_below) => {
                     if !skip_checkpoint()
-                        && let Err(e) = checkpoint(inner, wal_dir, closed_below)
+                        && let Err(e) = checkpoint(inner, spare.dir(), closed_below)
                     {
                         // The segments stay: nothing is lost, open replays
                         // them. A retry could not be trusted (see poison).

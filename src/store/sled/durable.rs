@@ -114,7 +114,7 @@ impl Writer {
     /// The writer on `wal`, with the applier thread behind it started
     /// (which keeps the event log's keys, `events`, from then on).
     pub(super) fn open(inner: Arc<Inner>, wal: Wal, events: EventLog) -> std::io::Result<Writer> {
-        let applier = Applier::start(inner.clone(), wal.dir().to_path_buf(), wal.spare(), events)?;
+        let applier = Applier::start(inner.clone(), wal.spare(), events)?;
         let head = inner.state.read().expect("state lock").revision();
         Ok(Writer {
             applier,

@@ -57,7 +57,7 @@
 //! know about sled or the state.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,9 +89,8 @@ pub(super) struct Entry {
     pub(super) event: Vec<u8>,
 }
 
-/// The log directory and the segment being appended to.
+/// The segment being appended to (the log's directory is the spare's).
 pub(super) struct Wal {
-    dir: PathBuf,
     current: File,
     /// The sequence number of the current segment (its file name).
     sequence: u64,
@@ -123,12 +122,14 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// The last of `found` that holds a byte other than zero: where a torn
-/// write can be. None if every one is zeros (or there are none).
-fn last_written(found: &[(u64, PathBuf)]) -> io::Result<Option<usize>> {
+/// The last of `found` that holds a byte other than zero, and its bytes:
+/// where a torn write can be. None if every one is zeros (or there are
+/// none).
+fn last_written(found: &[(u64, PathBuf)]) -> io::Result<Option<(usize, Vec<u8>)>> {
     for (i, (_, path)) in found.iter().enumerate().rev() {
-        if std::fs::read(path)?.iter().any(|&b| b != 0) {
-            return Ok(Some(i));
+        let bytes = std::fs::read(path)?;
+        if bytes.iter().any(|&b| b != 0) {
+            return Ok(Some((i, bytes)));
         }
     }
     Ok(None)
@@ -162,10 +163,13 @@ impl Wal {
         let found = segments(dir)?;
         // Those after it hold only zeros: made ahead and not written to, or
         // written to by nothing that reached the disk.
-        let written = last_written(&found)?;
+        let (written, last) = last_written(&found)?.unzip();
         let mut batches = Vec::new();
-        for (i, (_, path)) in found.iter().enumerate().take(written.map_or(0, |w| w + 1)) {
-            read_segment(path, Some(i) == written, &mut batches)?;
+        for (_, path) in &found[..written.unwrap_or(0)] {
+            read_segment(path, &std::fs::read(path)?, false, &mut batches)?;
+        }
+        if let (Some(w), Some(bytes)) = (written, last) {
+            read_segment(&found[w].1, &bytes, true, &mut batches)?;
         }
         let (sequence, current) = match found.last() {
             // Its directory entry may not be durable yet (a kill between its
@@ -182,7 +186,6 @@ impl Wal {
         let spare = Arc::new(Spare::new(dir.to_path_buf(), sequence));
         spare.prepare()?;
         let wal = Wal {
-            dir: dir.to_path_buf(),
             current,
             sequence,
             len: 0,
@@ -246,8 +249,9 @@ impl Wal {
         sync_dir(dir)
     }
 
+    /// The log's directory.
     pub(super) fn dir(&self) -> &Path {
-        &self.dir
+        self.spare.dir()
     }
 
     /// Where the applier makes the next segment ahead of its use.
@@ -326,8 +330,8 @@ fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
     Ok(file)
 }
 
-/// Reads the batches of one segment into `out`, up to where only zeros are
-/// left (the preallocated rest). A record that does not check out (cut
+/// Reads the batches of one segment (`bytes`, read from `path`) into
+/// `out`, up to where only zeros are left (the preallocated rest). A record that does not check out (cut
 /// short, a length that cannot be, a checksum that fails)
 /// is a torn write only in the `last` segment that holds anything (those
 /// after it are zeros, made ahead) and only when no intact record follows
@@ -335,9 +339,12 @@ fn create_segment(dir: &Path, sequence: u64) -> io::Result<File> {
 /// answered. Its bytes are set aside in `<segment>.torn` and the
 /// segment is cut back to before it. Anything else is corruption: refused,
 /// and nothing is changed.
-fn read_segment(path: &Path, last: bool, out: &mut Vec<Vec<Entry>>) -> io::Result<()> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
+fn read_segment(
+    path: &Path,
+    bytes: &[u8],
+    last: bool,
+    out: &mut Vec<Vec<Entry>>,
+) -> io::Result<()> {
     let mut at = 0usize;
     while at < bytes.len() {
         match check_record(&bytes[at..]) {

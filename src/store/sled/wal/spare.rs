@@ -20,7 +20,8 @@
 //! segment that holds anything, and a last segment of zeros is written to
 //! next.
 //!
-//! Owns the one spare segment, and a copy of the writer's current sequence
+//! Owns the log's directory (the applier's checkpoints delete segments in
+//! it), the one spare segment, and a copy of the writer's current sequence
 //! number that the rotation keeps in step. It must never make a segment the
 //! writer has already started (it makes the one after the writer's current,
 //! under the same lock the rotation takes), and never hand over a segment
@@ -28,7 +29,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::create_segment;
@@ -56,6 +57,11 @@ impl Spare {
                 ready: None,
             }),
         }
+    }
+
+    /// The log's directory.
+    pub(in crate::store::sled) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Makes the segment after the writer's current one, unless it is
