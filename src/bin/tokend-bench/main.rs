@@ -95,6 +95,8 @@ struct Sizes {
     cache_pace: Duration,
     catch_up: i64,
     floor_time: Duration,
+    /// Live records of the tree sled's own floor deletes from.
+    sled_tokens: u32,
     /// Tokens seeded for the tracing scenario's verifies.
     traced_items: usize,
 }
@@ -126,6 +128,7 @@ impl Sizes {
             cache_pace: Duration::from_millis(20),
             catch_up: 100_000,
             floor_time: Duration::from_secs(2),
+            sled_tokens: 20_000,
             traced_items: 20_000,
         }
     }
@@ -144,6 +147,7 @@ impl Sizes {
             cache_pace: Duration::from_millis(20),
             catch_up: 400,
             floor_time: Duration::from_millis(200),
+            sled_tokens: 500,
             traced_items: 200,
         }
     }
@@ -199,6 +203,10 @@ async fn main() {
         report.floors(
             scenarios::fsync_floor(&tokend.data_dir, sizes.floor_time),
             scenarios::grpc_floor(sizes.floor_time).await,
+            [1.0, 1.0 / 3.0].map(|scale| {
+                let sled = scenarios::sled_floor(root.path(), sizes.sled_tokens, scale);
+                (sizes.sled_tokens, scale, sled)
+            }),
         );
     }
 

@@ -167,11 +167,20 @@ impl Report {
         out
     }
 
-    pub fn floors(&mut self, fsyncs_per_s: f64, grpc: (Latency, f64)) {
+    /// `sled`: (live records, value scale, CPU µs per delete) of
+    /// `scenarios::sled_floor`, tokend's JSON sizes first.
+    pub fn floors(&mut self, fsyncs_per_s: f64, grpc: (Latency, f64), sled: [(u32, f64, f64); 2]) {
+        let [(tokens, _, json), (_, scale, compact)] = sled;
         self.floors = format!(
             "| raw `write(512 B)` + `fdatasync`, one at a time, on the data disk | {fsyncs_per_s:.0} /s |\n\
-             | gRPC empty call (health check), one at a time, loopback | p50 {:.3} ms, {:.0} calls/s |\n",
-            grpc.0.p50, grpc.1
+             | gRPC empty call (health check), one at a time, loopback | p50 {:.3} ms, {:.0} calls/s |\n\
+             | sled 0.34 alone: a delete's two writes as tokend's applier makes them (remove the \
+             live record, insert the tombstone; tokend's JSON values) in a tree of {tokens} live \
+             records, one thread, nothing else | {json:.1} µs CPU per delete |\n\
+             | the same with values {:.0}% of that size (a compact binary encoding's) | {compact:.1} µs CPU per delete |\n",
+            grpc.0.p50,
+            grpc.1,
+            scale * 100.0,
         );
     }
 

@@ -471,6 +471,72 @@ pub fn fsync_floor(dir: &std::path::Path, how_long: Duration) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The sizes of a bench token's values in tokend's sled tree: its live
+/// record (JSON, its secret's hash in front) and its tombstone (JSON),
+/// read off a data dir after a `tokend-bench`-shaped create and delete.
+const LIVE_BYTES: f64 = 378.0;
+const TOMBSTONE_BYTES: f64 = 430.0;
+
+/// sled 0.34 alone, in this process: the two writes tokend's applier makes
+/// for each delete (the live record's key removed, the tombstone's key
+/// inserted, in one tree) for `tokens` live records of a tree in `dir`,
+/// deleted in an order unrelated to their ids' as the bench's are, on one
+/// thread with nothing else running in it. The calling thread's CPU µs per
+/// delete, the median of three trees: the price of those writes before
+/// tokend does anything around them. `scale` shrinks both values (1.0:
+/// tokend's JSON), for what a more compact encoding would save there.
+pub fn sled_floor(dir: &std::path::Path, tokens: u32, scale: f64) -> f64 {
+    let key = |prefix: &str, n: u32| format!("{prefix}TKN-{:04}-{:04}", n / 10_000, n % 10_000);
+    // Distinct numbers spread over the id space, and a delete order that
+    // strides through them (7,919 is a prime that divides no bench size).
+    let number = |i: u32| (u64::from(i) * 2_654_435_761 % 100_000_000) as u32;
+    let order = |j: u32| (u64::from(j) * 7_919 % u64::from(tokens)) as u32;
+    let (live, tombstone) = (
+        vec![7u8; (LIVE_BYTES * scale) as usize],
+        vec![9u8; (TOMBSTONE_BYTES * scale) as usize],
+    );
+    let mut runs: Vec<f64> = (0..3)
+        .map(|_| {
+            let at = tempfile::tempdir_in(dir).expect("temp dir");
+            // As tokend opens its store (`store/sled/open.rs`).
+            let db = sled::Config::new()
+                .path(at.path())
+                .cache_capacity(64 * 1024 * 1024)
+                .flush_every_ms(None)
+                .open()
+                .expect("sled");
+            let tree = db.open_tree("tokend").expect("tree");
+            for i in 0..tokens {
+                tree.insert(key("t/", number(i)), live.as_slice())
+                    .expect("insert");
+            }
+            db.flush().expect("flush");
+            let started = thread_cpu();
+            for j in 0..tokens {
+                let n = number(order(j));
+                tree.remove(key("t/", n)).expect("remove");
+                tree.insert(key("d/", n), tombstone.as_slice())
+                    .expect("insert");
+            }
+            (thread_cpu() - started).as_secs_f64() * 1e6 / f64::from(tokens)
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
+/// This thread's time on a CPU so far.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to write into.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(r, 0, "the thread's CPU clock");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// A gRPC call that does nothing (the standard health check, served by
 /// tonic in this process), one at a time: the loopback + HTTP/2 + gRPC
 /// floor under any call.
