@@ -51,6 +51,11 @@ struct Args {
     /// (default: ten times --scale-tokens).
     #[arg(long)]
     scale_old_tombstones: Option<u64>,
+    /// Live records in the tree of sled's own floor (section 6; default
+    /// 20,000, as many as `--profile-deletes` seeds). Past about
+    /// 150,000 they outgrow the 64 MiB cache tokend gives sled.
+    #[arg(long)]
+    sled_tokens: Option<u32>,
     /// Internal: be the TokenCache process of the mesh scenario, following
     /// the tokend at this URL.
     #[arg(long, hide = true)]
@@ -181,11 +186,12 @@ async fn main() {
         assert_eq!(args.only.len(), 1, "--only scale runs alone");
         return scale(&args).await;
     }
-    let sizes = if args.smoke {
+    let mut sizes = if args.smoke {
         Sizes::smoke()
     } else {
         Sizes::full()
     };
+    sizes.sled_tokens = args.sled_tokens.unwrap_or(sizes.sled_tokens);
     let root = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
     let mut report = Report::new(args.smoke, sizes.rounds, Etcd::version());
 
