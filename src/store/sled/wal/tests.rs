@@ -33,6 +33,11 @@ fn append(wal: &mut Wal, e: Entry) {
 /// cuts the segment back to its records, as on a file system without
 /// preallocation (`a_preallocated_segment_ends_where_its_zeros_start`
 /// keeps the zeros).
+/// Where open keeps aside the torn bytes of the first segment in `dir`.
+fn torn(dir: &Path) -> PathBuf {
+    dir.join(format!("{}.torn", segment_name(0)))
+}
+
 fn written(dir: &Path, n: u8) -> PathBuf {
     let path = written_preallocated(dir, n);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
@@ -125,8 +130,7 @@ fn a_preallocated_segment_ends_where_its_zeros_start() {
     let end = records_len(&bytes) as usize;
     let (mut wal, back) = Wal::open(tmp.path()).unwrap();
     assert_eq!(back.len(), 3);
-    let torn = tmp.path().join(format!("{}.torn", segment_name(0)));
-    assert!(!torn.exists(), "zeros are not a torn write");
+    assert!(!torn(tmp.path()).exists(), "zeros are not a torn write");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing cut");
     // Appends go where the records end, not after the zeros.
     append(&mut wal, entry(7));
@@ -145,11 +149,7 @@ fn a_preallocated_segment_ends_where_its_zeros_start() {
     std::fs::write(&path, &damaged).unwrap();
     let (_, back) = Wal::open(tmp.path()).unwrap();
     assert_eq!(back.len(), 2, "batch 3 dropped");
-    assert!(
-        tmp.path()
-            .join(format!("{}.torn", segment_name(0)))
-            .exists()
-    );
+    assert!(torn(tmp.path()).exists());
 }
 
 #[test]
@@ -169,11 +169,7 @@ fn a_last_record_that_fails_its_checksum_is_a_torn_write_and_zeros_the_end() {
         .unwrap();
     f.write_all(&[0; 4096]).unwrap();
     assert_eq!(Wal::open(tmp.path()).unwrap().1.len(), 3);
-    assert!(
-        !tmp.path()
-            .join(format!("{}.torn", segment_name(0)))
-            .exists()
-    );
+    assert!(!torn(tmp.path()).exists());
 }
 
 #[test]
@@ -299,7 +295,7 @@ fn a_torn_header_over_garbage_is_a_torn_write() {
     f.write_all(&[0x5a; 100]).unwrap();
     drop(f);
     assert_eq!(Wal::open(tmp.path()).unwrap().1.len(), 2);
-    let aside = std::fs::read(tmp.path().join(format!("{}.torn", segment_name(0)))).unwrap();
+    let aside = std::fs::read(torn(tmp.path())).unwrap();
     assert_eq!(aside.len(), 108, "the dropped bytes are kept aside");
 }
 
@@ -394,7 +390,7 @@ fn bytes_kept_aside_are_never_overwritten() {
     let segment = tmp.path().join(segment_name(0));
     let first = keep_aside(&segment, b"first").unwrap();
     let second = keep_aside(&segment, b"second").unwrap();
-    assert_eq!(first, tmp.path().join(format!("{}.torn", segment_name(0))));
+    assert_eq!(first, torn(tmp.path()));
     assert_eq!(
         second,
         tmp.path().join(format!("{}.torn.1", segment_name(0)))
