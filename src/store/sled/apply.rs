@@ -30,8 +30,12 @@
 //! The same thread checkpoints: when the writer closes a log segment it
 //! queues a checkpoint behind that segment's batches, so the flush that
 //! follows covers all of them before the segment is deleted. It then makes
-//! the writer's next segment ahead of its use (`wal/spare.rs`). At open,
-//! [`replay`] applies every logged batch again.
+//! the writer's next segment ahead of its use (`wal/spare.rs`). A queued
+//! checkpoint ends the run at once: its syncs then follow the commit that
+//! made it due, while that commit's answers go out, instead of landing a
+//! run later on whichever commit is syncing then (at a steady 100 deletes
+//! a second, the next one). At open, [`replay`] applies every logged batch
+//! again.
 //!
 //! It must never delete a segment before sled's flush covering it returned,
 //! never advance the applied revision past a batch it has not applied,
@@ -93,7 +97,7 @@ pub(super) struct Batch {
 /// The writer's handle on the applier thread.
 pub(super) struct Applier {
     queue: Option<SyncSender<Work>>,
-    /// A checkpoint is queued or running.
+    /// A checkpoint is queued or running (a run gathering ends).
     busy: Arc<AtomicBool>,
     /// Set by [`Applier::stop`]: a run in progress ends at once.
     closing: Arc<AtomicBool>,
@@ -132,12 +136,17 @@ impl Applier {
 
     pub(super) fn send(&self, work: Work) {
         if let Some(q) = &self.queue {
-            if let Work::Checkpoint(_) = work {
+            let checkpoint = matches!(work, Work::Checkpoint(_));
+            if checkpoint {
                 self.busy.store(true, Ordering::Release);
             }
             // Only fails once the thread is gone, which only a panic does
             // (and `Dead` has poisoned the store); the log holds everything.
             let _ = q.send(work);
+            // The run it follows ends now (`apply_loop`).
+            if checkpoint && let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
         }
     }
 
@@ -244,10 +253,12 @@ fn apply_loop(
         take(first);
         if gather {
             // Parked, not waiting on the queue: the writer's sends do not
-            // wake it. `hurry` and `stop` do (unpark).
-            let deadline = Instant::now() + run_length();
+            // wake it. `hurry`, a queued checkpoint and `stop` do (unpark).
+            let (length, ends_for_checkpoint) = run_rule();
+            let deadline = Instant::now() + length;
             while inner.wanted.load(Ordering::Acquire) <= sled_head
                 && !closing.load(Ordering::Acquire)
+                && !(ends_for_checkpoint && busy.load(Ordering::Acquire))
                 && let Some(left) = deadline.checked_duration_since(Instant::now())
             {
                 std::thread::park_timeout(left);
@@ -328,12 +339,17 @@ fn run_writes(run: Vec<Batch>, inner: &Inner, log: &mut EventLog) -> Writes {
     writes
 }
 
-/// How long a run gathers batches: [`APPLY_EVERY`]; a day (in effect,
-/// until a reader waits or the store closes) for the tests that hold sled
-/// back (`sled-apply-hold`).
-fn run_length() -> Duration {
-    fail::fail_point!("sled-apply-hold", |_| Duration::from_secs(86_400));
-    APPLY_EVERY
+/// How long a run gathers batches ([`APPLY_EVERY`]), and whether a queued
+/// checkpoint ends it sooner (it does). Tests hold runs back for a day with
+/// `sled-apply-hold`: `return` ends one only for a reader or the close (a
+/// reader must not wait out the run), `return(checkpoint)` for a checkpoint
+/// too (a checkpoint must not wait out the run either).
+fn run_rule() -> (Duration, bool) {
+    fail::fail_point!("sled-apply-hold", |v| {
+        let day = Duration::from_secs(86_400);
+        (day, v.as_deref() == Some("checkpoint"))
+    });
+    (APPLY_EVERY, true)
 }
 
 /// Poisons the store if the applier thread ends by a panic (sled panics on
