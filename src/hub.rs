@@ -13,9 +13,12 @@
 //! It also carries the end: [`Hub::close`] (the server shutting down) wakes
 //! every subscriber once, through the same ring, so that a caught-up watch
 //! stream waits on one thing only. A per-stream shutdown future would lock
-//! one mutex, shared by every stream, on every poll of every stream.
+//! one mutex, shared by every stream, on every poll of every stream; so
+//! would asking the cancellation token whether it fired (`is_cancelled`
+//! takes that lock too), which is why each `recv` reads a flag instead.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -30,7 +33,7 @@ pub struct Hub {
     /// `None` is the close: it wakes every receiver, which then reads the
     /// `closing` flag (a receiver that lagged past it reads the flag too).
     tx: broadcast::Sender<Option<Published>>,
-    closing: CancellationToken,
+    closing: Arc<Closing>,
     /// Registered once (make the hub after the exporter is installed).
     published: metrics::Counter,
 }
@@ -58,7 +61,10 @@ impl Hub {
     pub fn new(capacity: usize) -> Hub {
         Hub {
             tx: broadcast::channel(capacity.clamp(1, MAX_CAPACITY)).0,
-            closing: CancellationToken::new(),
+            closing: Arc::new(Closing {
+                flag: AtomicBool::new(false),
+                token: CancellationToken::new(),
+            }),
             published: metrics::counter!(telemetry::EVENTS_PUBLISHED),
         }
     }
@@ -83,19 +89,34 @@ impl Hub {
     pub fn close(&self) {
         // The flag first: a receiver that subscribes after the wake-up below
         // went out still sees it.
-        self.closing.cancel();
+        self.closing.flag.store(true, Ordering::Release);
+        self.closing.token.cancel();
         let _ = self.tx.send(None);
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing.is_closing()
+    }
+}
+
+/// The hub's end, as its subscribers see it: a flag read on every `recv`
+/// (one atomic load), and the token that wakes a subscriber waiting on
+/// something else.
+struct Closing {
+    flag: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Closing {
+    fn is_closing(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
     }
 }
 
 /// One subscriber's end of the hub.
 pub struct Subscription {
     rx: broadcast::Receiver<Option<Published>>,
-    closing: CancellationToken,
+    closing: Arc<Closing>,
 }
 
 impl Subscription {
@@ -103,7 +124,7 @@ impl Subscription {
     /// when the ring dropped some for this receiver, `Closed` once the hub
     /// is closing.
     pub async fn recv(&mut self) -> Result<Published, RecvError> {
-        if self.closing.is_cancelled() {
+        if self.closing.is_closing() {
             return Err(RecvError::Closed);
         }
         match self.rx.recv().await {
@@ -114,13 +135,13 @@ impl Subscription {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.is_cancelled()
+        self.closing.is_closing()
     }
 
     /// Resolves once the hub is closing: for a subscriber waiting on
     /// something else than [`Subscription::recv`] (a log read). Not for
     /// every poll of every stream: each poll of it takes a shared lock.
     pub fn closing(&self) -> WaitForCancellationFuture<'_> {
-        self.closing.cancelled()
+        self.closing.token.cancelled()
     }
 }
