@@ -29,15 +29,15 @@ fn append(wal: &mut Wal, e: Entry) {
         .unwrap();
 }
 
-/// Writes batches 1..=n, one entry each plus batch 2 with three, and
-/// cuts the segment back to its records, as on a file system without
-/// preallocation (`a_preallocated_segment_ends_where_its_zeros_start`
-/// keeps the zeros).
 /// Where open keeps aside the torn bytes of the first segment in `dir`.
 fn torn(dir: &Path) -> PathBuf {
     dir.join(format!("{}.torn", segment_name(0)))
 }
 
+/// Writes batches 1..=n, one entry each plus batch 2 with three, and
+/// cuts the segment back to its records, as on a file system without
+/// preallocation (`a_preallocated_segment_ends_where_its_zeros_start`
+/// keeps the zeros).
 fn written(dir: &Path, n: u8) -> PathBuf {
     let path = written_preallocated(dir, n);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
